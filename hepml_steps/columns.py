@@ -1,0 +1,21 @@
+"""Names of the canonical columns every step agrees on.
+
+The canonical event table (output of ``ingest``) holds ``event_id`` (int64,
+unique), ``label`` (int8: 1 signal, 0 background), ``weight`` (float64 event
+weight), optionally ``truth_llr`` (exact log-likelihood ratio, toy data only;
+never a training feature) and ``target`` (regression target), plus feature
+columns. Split tables add nothing; prediction tables add ``split`` and
+``score``.
+"""
+EVENT_ID = "event_id"
+LABEL = "label"
+WEIGHT = "weight"
+TRUTH_LLR = "truth_llr"
+TARGET = "target"
+SPLIT = "split"
+SCORE = "score"
+
+#: Columns that are never used as training features.
+RESERVED = (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, SPLIT, SCORE)
+
+SPLITS = ("train", "validation", "test")

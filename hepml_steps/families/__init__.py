@@ -1,0 +1,1 @@
+"""Built-in model families. Each module is imported only when its family is used."""

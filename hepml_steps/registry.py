@@ -1,0 +1,88 @@
+"""One registry for built-in and third-party model families.
+
+Built-in families are listed here as ``"module:Class"`` strings so that
+listing them imports nothing heavy; a family's module (and its library:
+xgboost, torch, ...) is imported only when that family is asked for.
+
+Third parties register a family without touching this package through the
+``hepml.families`` entry-point group, e.g. in their ``pyproject.toml``::
+
+    [project.entry-points."hepml.families"]
+    my_bdt = "my_package.module:MyBDTFamily"
+
+The entry-point name is the family name used in ``config.yaml``. A plugin
+that fails to import only breaks models that use it; the error names the
+plugin and the import error.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import entry_points
+
+from .errors import FamilyError
+
+ENTRY_POINT_GROUP = "hepml.families"
+
+BUILTIN: dict[str, str] = {
+    "xgboost": "hepml_steps.families.xgb:XGBoostFamily",
+    "logistic_regression": "hepml_steps.families.sk:LogisticRegressionFamily",
+    "mlp": "hepml_steps.families.torch_nets:MLPFamily",
+    "autoencoder": "hepml_steps.families.torch_nets:AutoencoderFamily",
+}
+
+
+def _plugin_entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> dict[str, str]:
+    """Family name -> where it comes from (``module:Class``), plugins included."""
+    found = dict(BUILTIN)
+    for name, ep in _plugin_entry_points().items():
+        if name in found:
+            continue  # built-ins win; a plugin cannot silently replace one
+        found[name] = ep.value
+    return found
+
+
+def get(name: str):
+    """Return the family class registered as ``name`` (importing it now)."""
+    if name in BUILTIN:
+        module, _, attr = BUILTIN[name].partition(":")
+        try:
+            cls = getattr(import_module(module), attr)
+        except ImportError as exc:
+            raise FamilyError(f"family '{name}' needs a library that is not installed: {exc}") from exc
+        return cls
+    eps = _plugin_entry_points()
+    if name not in eps:
+        raise FamilyError(
+            f"unknown model family '{name}'; known families: {', '.join(sorted(available()))}")
+    ep = eps[name]
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a broken third-party plugin must name itself
+        raise FamilyError(
+            f"plugin family '{name}' (entry point {ep.value!r} in group '{ENTRY_POINT_GROUP}') "
+            f"failed to import: {type(exc).__name__}: {exc}") from exc
+    from .families.base import Family
+
+    if not (isinstance(cls, type) and issubclass(cls, Family)):
+        raise FamilyError(f"plugin family '{name}' ({ep.value}) is not a hepml_steps.families.base.Family subclass")
+    return cls
+
+
+#: Name of the JSON file that describes a saved model directory.
+META_FILE = "hepml_model.json"
+
+
+def load_model(directory):
+    """Load a fitted model written by the train step (family from its metadata)."""
+    from pathlib import Path
+
+    from .io import read_json
+
+    meta = read_json(Path(directory) / META_FILE)
+    cls = get(meta["family"])
+    model = cls.load(directory, meta)
+    return model, meta

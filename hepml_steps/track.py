@@ -1,0 +1,162 @@
+"""Publish a model's results to MLflow: one run per model per pipeline run.
+
+Steps never talk to MLflow themselves: they write files, and this step (a
+local rule, so it runs on the submit host even on a cluster) publishes them.
+Parallel jobs are safe: writes are serialised with a file lock (a single
+sqlite file does not survive concurrent writers), and every run is tagged
+with a fingerprint of what it publishes (model files, metrics), so
+re-publishing unchanged results reuses the existing run instead of creating a
+duplicate.
+
+Tracking URI: ``tracking.uri`` from config if set, else ``MLFLOW_TRACKING_URI``,
+else ``sqlite:///<results>/mlflow.db`` (MLflow 3 refuses the ``./mlruns`` file
+store). An ``http://`` URI sends everything to that server.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from . import cli
+from .errors import ConfigError
+from .io import read_json, write_json
+
+log = logging.getLogger("hepml.track")
+
+FINGERPRINT_TAG = "hepml.fingerprint"
+
+
+def resolve_uri(uri: str | None, results_dir: str) -> str:
+    if uri:
+        return str(uri)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def tracking_lock(results_dir: str):
+    """An exclusive lock held while talking to the tracking store."""
+    path = Path(results_dir) / ".mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fingerprint(model: str, files: list[Path]) -> str:
+    h = hashlib.sha256(model.encode())
+    for f in sorted(files):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _flatten(prefix: str, obj, out: dict) -> dict:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = obj if isinstance(obj, (int, float, str, bool)) or obj is None else json.dumps(obj)
+    return out
+
+
+def _experiment_id(client, name: str, artifact_root: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root)
+    except Exception:  # created meanwhile by another process (e.g. against a server)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def track(model: str, record: str, metrics: str, predictions: str, model_dir: str, out: str,
+          results_dir: str = "results", uri: str | None = None, experiment: str = "hepml",
+          artifacts: list[str] | tuple = ()) -> dict:
+    """Log one trained and evaluated model as an MLflow run; write the run's ids to ``out``."""
+    if not experiment:
+        raise ConfigError("tracking.experiment must be a non-empty name")
+    uri = resolve_uri(uri, results_dir)
+    rec, met = read_json(record), read_json(metrics)
+    model_files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
+    fp = fingerprint(model, model_files + [Path(metrics)])
+
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    artifact_root = None
+    if uri.startswith("sqlite:"):
+        artifact_root = (Path(results_dir).resolve() / "mlartifacts").as_uri()
+    with tracking_lock(results_dir):
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = _experiment_id(client, experiment, artifact_root)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}'", max_results=1)
+        if found:
+            run_id, reused = found[0].info.run_id, True
+            log.info("%s: unchanged since MLflow run %s; not logging a duplicate", model, run_id)
+        else:
+            run = client.create_run(exp_id, run_name=model, tags={
+                FINGERPRINT_TAG: fp, "hepml.model": model, "hepml.family": rec.get("family", ""),
+                "hepml.task": rec.get("task", ""), "mlflow.runName": model})
+            run_id, reused = run.info.run_id, False
+            params = _flatten("", {"family": rec.get("family"), "task": rec.get("task"),
+                                   "params": rec.get("params"), "weighting": rec.get("weighting"),
+                                   "n_features": len(rec.get("features", [])), "seed": rec.get("seed"),
+                                   "n_train": rec.get("n_train")}, {})
+            values = {k: float(v) for k, v in (met.get("metrics") or {}).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+            values["fit_seconds"] = float(rec.get("fit_seconds", 0.0))
+            ts = int(run.info.start_time)
+            metric_list = [Metric(k, v, ts, 0) for k, v in values.items()]
+            for key, series in (rec.get("history") or {}).items():
+                metric_list += [Metric(f"curve.{key}", float(v), ts, i) for i, v in enumerate(series)]
+            for i in range(0, len(metric_list), 900):  # MLflow's batch limit is 1000 metrics
+                client.log_batch(run_id, metrics=metric_list[i:i + 900],
+                                 params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [],
+                                 tags=[RunTag("hepml.device", str(rec.get("device", "")))] if i == 0 else [])
+            client.log_artifact(run_id, metrics)
+            client.log_artifact(run_id, record)
+            client.log_artifact(run_id, predictions)
+            client.log_artifacts(run_id, model_dir, artifact_path="model")
+            for extra in artifacts:
+                client.log_artifact(run_id, extra)
+            client.set_terminated(run_id, "FINISHED")
+            log.info("%s: logged MLflow run %s in experiment '%s' at %s", model, run_id, experiment, uri)
+    result = {"model": model, "run_id": run_id, "experiment_id": exp_id, "experiment": experiment,
+              "tracking_uri": uri, "reused": reused, "fingerprint": fp}
+    write_json(out, result)
+    return result
+
+
+def main(argv=None) -> int:
+    def build(p):
+        p.add_argument("--model", required=True)
+        p.add_argument("--record", required=True)
+        p.add_argument("--metrics", required=True)
+        p.add_argument("--predictions", required=True)
+        p.add_argument("--model-dir", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--results-dir", default="results")
+        p.add_argument("--uri", default=None)
+        p.add_argument("--experiment", default="hepml")
+        p.add_argument("--artifact", action="append", default=[])
+
+    return cli.run(build, lambda a: track(a.model, a.record, a.metrics, a.predictions, a.model_dir, a.out,
+                                          a.results_dir, a.uri or None, a.experiment, a.artifact), argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Train one model: a family from the registry on the prepared training split.
+
+Reads only the *train* and *validation* feature tables (never test). Event
+weights enter the fit according to ``weighting``:
+
+- ``balanced`` (default for classification): each class's weights are scaled
+  so both classes carry the same total, keeping relative weights within a
+  class (TMVA's NormMode=EqualNumEvents, but weighted);
+- ``physical``: the event weights as they are, rescaled to mean 1;
+- ``none``: every event counts once.
+
+Families that scale badly declare (or the config sets) ``max_train_events``;
+above it a deterministic subsample (smallest hash of ``event_id``) is used, a
+warning is logged and the cap is recorded. Anomaly detection trains on
+background events only. The model directory (model files + ``hepml_model.json``)
+is replaced atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import cli, registry
+from .columns import EVENT_ID, LABEL, RESERVED, WEIGHT
+from .errors import ConfigError, DataError
+from .io import read_parquet, write_json
+from .split import uniform_from_id
+
+log = logging.getLogger("hepml.train")
+
+WEIGHTINGS = ("balanced", "physical", "none")
+CAP_SALT = 0x5EED
+
+
+def fit_weights(w: np.ndarray, y: np.ndarray | None, weighting: str, task: str) -> np.ndarray:
+    """Event weights as used in the fit (see module docstring)."""
+    w = np.asarray(w, dtype=np.float64)
+    if weighting == "none":
+        return np.ones_like(w)
+    if weighting == "balanced" and task == "classification":
+        out = np.empty_like(w)
+        for cls in (0, 1):
+            m = y == cls
+            total = w[m].sum()
+            if total <= 0:
+                raise DataError(f"class {cls} has non-positive total weight {total:g}; cannot balance")
+            out[m] = w[m] * (len(w) / 2.0) / total
+        return out
+    if weighting in ("balanced", "physical"):
+        total = w.sum()
+        if total <= 0:
+            raise DataError(f"events have non-positive total weight {total:g}")
+        return w * len(w) / total
+    raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
+
+
+def select_features(df, wanted, target=None) -> list[str]:
+    available = [c for c in df.columns if c not in RESERVED]
+    if wanted:
+        missing = [c for c in wanted if c not in available]
+        if missing:
+            raise ConfigError(f"model features {missing} are not prepared feature columns (available: {available})")
+        cols = list(wanted)
+    else:
+        cols = available
+    if target is not None and target in cols:
+        cols.remove(target)  # never learn a target from itself
+    return cols
+
+
+def cap_events(df, cap: int | None, what: str):
+    """Deterministic subsample of at most ``cap`` events; returns (df, record)."""
+    n = len(df)
+    if not cap or n <= cap:
+        return df, {"cap": cap, "applied": False, "n_before": n, "n_after": n}
+    u = uniform_from_id(df[EVENT_ID].to_numpy(), CAP_SALT)
+    keep = np.sort(np.argpartition(u, cap - 1)[:cap])
+    log.warning("%s: training sample capped at %d of %d events (max_train_events); "
+                "raise the cap in config to use more", what, cap, n)
+    return df.iloc[keep].reset_index(drop=True), {"cap": cap, "applied": True, "n_before": n, "n_after": cap}
+
+
+def targets(df, task: str, target: str | None, raw_path: str | None, what: str):
+    """The labels / regression targets for ``df`` (None for unsupervised tasks)."""
+    if task == "classification":
+        y = df[LABEL].to_numpy()
+        if len(np.unique(y)) < 2:
+            raise DataError(f"{what}: the training labels have one class only")
+        return y
+    if task != "regression":
+        return None
+    if not target:
+        raise ConfigError(f"{what}: a regression model needs 'target' (a column name)")
+    if target in df.columns:
+        col = df[target]
+    else:
+        if raw_path is None:
+            raise DataError(f"{what}: regression target '{target}' not found")
+        raw = read_parquet(raw_path, columns=[EVENT_ID, target]) if _has_column(raw_path, target) else None
+        if raw is None:
+            raise DataError(f"{what}: regression target column '{target}' not in {raw_path}")
+        col = raw.set_index(EVENT_ID)[target].reindex(df[EVENT_ID].to_numpy())
+    if not np.issubdtype(col.dtype, np.number):
+        raise DataError(f"{what}: regression target '{target}' is not numeric (dtype {col.dtype})")
+    y = col.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{what}: regression target '{target}' has {int((~np.isfinite(y)).sum())} non-finite values")
+    return y
+
+
+def _has_column(path, column) -> bool:
+    import pyarrow.parquet as pq
+
+    return column in pq.read_schema(path).names
+
+
+def load_split(path: str, spec: dict, what: str, raw_path: str | None = None, cap=None):
+    """Read a feature table and return (X, y, w_raw, df, columns, cap_record)."""
+    task = spec.get("task", "classification")
+    df = read_parquet(path)
+    if task == "anomaly":
+        df = df[df[LABEL] == 0].reset_index(drop=True)
+        if df.empty:
+            raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
+    df, cap_rec = cap_events(df, cap, what)
+    if df.empty:
+        raise DataError(f"{what}: {path} has no events")
+    cols = select_features(df, spec.get("features"), spec.get("target"))
+    y = targets(df, task, spec.get("target"), raw_path, what)
+    X = df[cols].to_numpy(dtype=np.float32)
+    return X, y, df[WEIGHT].to_numpy(dtype=np.float64), df, cols, cap_rec
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir: str,
+          record_out: str, seed: int = 42, threads: int = 1, raw: dict | None = None) -> dict:
+    """Fit ``spec`` (family, task, params, ...) and write the model and its record."""
+    raw = raw or {}
+    what = f"model '{model}'"
+    if "family" not in spec:
+        raise ConfigError(f"models.{model}: 'family' is required")
+    task = spec.get("task", "classification")
+    cls = registry.get(spec["family"])
+    family = cls(task=task, params=spec.get("params") or {}, seed=seed, n_threads=threads,
+                 device=spec.get("device", "auto"))
+    cap = spec.get("max_train_events", cls.max_train_events)
+    X, y, w, df, cols, cap_rec = load_split(train_path, spec, what, raw.get("train"), cap)
+    Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"))
+    weighting = spec.get("weighting", "balanced")
+    sw = fit_weights(w, y, weighting, task)
+    swv = fit_weights(wv, yv, weighting, task)
+    if task in ("clustering", "dimreduction") and len(X) < 2:
+        raise DataError(f"{what}: {len(X)} training events are too few for {task}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    family.fit(X, y, sample_weight=sw, X_val=Xv, y_val=yv, w_val=swv)
+    fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    meta = {"model": model, "family": cls.name, "task": task, "params": family.params, "seed": seed,
+            "features": cols, "target": spec.get("target"), "file_format": cls.file_format}
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        meta["files"] = family.save(tmp)
+        write_json(tmp / registry.META_FILE, meta)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    record = {
+        **meta, "weighting": weighting, "n_train": int(len(X)), "n_validation": int(len(Xv)),
+        "sum_weights_train": float(w.sum()), "train_cap": cap_rec, "fit_seconds": fit_s,
+        "fit_cpu_seconds": cpu_s, "threads": threads, "device": family.info.get("device", "cpu"),
+        "info": family.info, "history": family.history,
+    }
+    write_json(record_out, record)
+    log.info("%s (%s, %s): trained on %d events in %.2f s", model, cls.name, task, len(X), fit_s)
+    return record
+
+
+def main(argv=None) -> int:
+    def build(p):
+        p.add_argument("--train", required=True, help="prepared training split (features)")
+        p.add_argument("--validation", required=True, help="prepared validation split (features)")
+        p.add_argument("--raw-train", help="unprepared training split (for regression targets)")
+        p.add_argument("--raw-validation")
+        p.add_argument("--model", required=True)
+        p.add_argument("--spec", type=cli.json_arg, required=True, help="the model's config entry as JSON")
+        p.add_argument("--out", required=True, help="model directory")
+        p.add_argument("--record", required=True, help="training record JSON")
+        p.add_argument("--seed", type=int, default=42)
+        p.add_argument("--threads", type=int, default=1)
+
+    return cli.run(build, lambda a: train(a.train, a.validation, a.model, a.spec, a.out, a.record, a.seed,
+                                          a.threads, {"train": a.raw_train, "validation": a.raw_validation}),
+                   argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,11 @@
+# All models side by side (CSV for machines, Markdown for people).
+rule leaderboard:
+    input:
+        expand(f"{RES}/metrics/{{model}}.json", model=MODELS),
+    output:
+        csv=f"{RES}/leaderboard.csv",
+        md=f"{RES}/leaderboard.md",
+    log:
+        f"{RES}/logs/leaderboard.log",
+    shell:
+        "{PY}.leaderboard --metrics {input} --csv {output.csv} --md {output.md} > {log} 2>&1"

@@ -1,0 +1,23 @@
+# Publish each model to MLflow. Local (runs on the submit host, which can reach
+# the tracking server); writes are serialised by a lock inside the step.
+localrules:
+    track,
+
+
+rule track:
+    input:
+        record=f"{RES}/records/{{model}}.train.json",
+        metrics=f"{RES}/metrics/{{model}}.json",
+        predictions=f"{RES}/predictions/{{model}}.parquet",
+        model=f"{RES}/models/{{model}}",
+    output:
+        f"{RES}/tracking/{{model}}.json",
+    params:
+        uri=lambda wc: config["tracking"]["uri"] or "",
+        experiment=config["tracking"]["experiment"],
+    log:
+        f"{RES}/logs/track/{{model}}.log",
+    shell:
+        "{PY}.track --model {wildcards.model} --record {input.record} --metrics {input.metrics}"
+        " --predictions {input.predictions} --model-dir {input.model} --out {output}"
+        " --results-dir {RES} --uri {params.uri:q} --experiment {params.experiment:q} > {log} 2>&1"

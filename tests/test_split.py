@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hepml_steps import split as sp
+from hepml_steps.errors import ConfigError, DataError
+
+FR = {"train": 0.6, "validation": 0.2, "test": 0.2}
+
+
+def outs(d):
+    return {s: str(d / f"{s}.parquet") for s in ("train", "validation", "test")}
+
+
+def test_split_partitions_events_with_requested_fractions(events, tmp_path):
+    summary = sp.split(str(events), outs(tmp_path), FR, summary_out=str(tmp_path / "s.json"))
+    parts = {s: pd.read_parquet(p) for s, p in outs(tmp_path).items()}
+    ids = np.concatenate([p.event_id.to_numpy() for p in parts.values()])
+    src = pd.read_parquet(events)
+    assert sorted(ids) == sorted(src.event_id)  # every event exactly once
+    for s, f in FR.items():
+        assert abs(len(parts[s]) / len(src) - f) < 0.04
+        assert summary["n_events"][s] == len(parts[s])
+    rec = json.loads((tmp_path / "s.json").read_text())
+    assert rec["recipe"] == sp.RECIPE and rec["fractions"] == FR
+
+
+def test_assignment_depends_only_on_event_id(events, tmp_path):
+    src = pd.read_parquet(events)
+    full = sp.assign(src.event_id.to_numpy(), FR)
+    shuffled = src.sample(frac=1.0, random_state=1)
+    subset = shuffled.iloc[: len(src) // 3]
+    part = sp.assign(subset.event_id.to_numpy(), FR)
+    lookup = dict(zip(src.event_id, full))
+    assert all(lookup[i] == a for i, a in zip(subset.event_id, part))
+
+
+def test_salt_changes_assignment_and_is_reproducible():
+    ids = np.arange(10000)
+    a, b = sp.assign(ids, FR, salt=0), sp.assign(ids, FR, salt=0)
+    c = sp.assign(ids, FR, salt=1)
+    assert (a == b).all() and (a != c).mean() > 0.3
+
+
+def test_uniform_is_uniform():
+    from scipy import stats
+
+    u = sp.uniform_from_id(np.arange(200000))
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert u.min() >= 0 and u.max() < 1
+
+
+@pytest.mark.parametrize("fr, key", [
+    ({"train": 0.6, "validation": 0.3, "test": 0.2}, "sum to 1"),
+    ({"train": 0.6, "validation": 0.4}, "exactly the keys"),
+    ({"train": 1.0, "validation": 0.0, "test": 0.0}, "split.fractions.train"),
+])
+def test_bad_fractions_are_named(fr, key, events, tmp_path):
+    with pytest.raises(ConfigError, match=key):
+        sp.split(str(events), outs(tmp_path), fr)
+
+
+def test_empty_split_is_an_error_and_writes_nothing(tmp_path):
+    pd.DataFrame({"event_id": [1, 2], "label": [0, 1], "weight": [1.0, 1.0]}).to_parquet(tmp_path / "e.parquet")
+    o = outs(tmp_path / "out")
+    with pytest.raises(DataError, match="would be empty"):
+        sp.split(str(tmp_path / "e.parquet"), o, FR)
+    assert not any((tmp_path / "out").glob("*.parquet"))
+
+
+def test_missing_input_named(tmp_path):
+    with pytest.raises(DataError, match="nope.parquet"):
+        sp.split(str(tmp_path / "nope.parquet"), outs(tmp_path), FR)
+
+
+def test_cli(events, tmp_path, capsys):
+    o = outs(tmp_path)
+    rc = sp.main(["--events", str(events), "--train", o["train"], "--validation", o["validation"],
+                  "--test", o["test"], "--fractions", json.dumps(FR)])
+    assert rc == 0 and all(pd.read_parquet(p).shape[0] > 0 for p in o.values())
+    rc = sp.main(["--events", str(events), "--train", o["train"], "--validation", o["validation"],
+                  "--test", o["test"], "--fractions", json.dumps({**FR, "test": 0.5})])
+    assert rc == 1 and "sum to 1" in capsys.readouterr().err

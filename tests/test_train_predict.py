@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hepml_steps import predict as pr
+from hepml_steps import registry
+from hepml_steps import train as tr
+from hepml_steps.errors import ConfigError, DataError, FamilyError
+from tests.conftest import make_events
+
+SPLITS = ("train", "validation", "test")
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    paths = {}
+    for i, s in enumerate(SPLITS):
+        paths[s] = str(tmp_path / f"{s}.parquet")
+        make_events(1500, seed=10 + i).to_parquet(paths[s], index=False)
+    return paths
+
+
+def fit(prepared, tmp_path, spec, model="m"):
+    rec = tr.train(prepared["train"], prepared["validation"], model, spec, str(tmp_path / model),
+                   str(tmp_path / f"{model}.json"))
+    return rec
+
+
+@pytest.mark.parametrize("family, params", [
+    ("xgboost", {"n_estimators": 30, "max_depth": 3}),
+    ("logistic_regression", {}),
+])
+def test_train_then_predict_roundtrip(family, params, prepared, tmp_path):
+    rec = fit(prepared, tmp_path, {"family": family, "params": params})
+    assert rec["family"] == family and rec["n_train"] == 1500 and rec["features"] == ["f0", "f1", "f2", "f3"]
+    meta = json.loads((tmp_path / "m" / registry.META_FILE).read_text())
+    assert meta["files"] and all((tmp_path / "m" / f).exists() for f in meta["files"])
+    out = tmp_path / "pred.parquet"
+    pr.predict(str(tmp_path / "m"), prepared, str(out))
+    p = pd.read_parquet(out)
+    assert list(p["split"].unique()) == list(SPLITS) and len(p) == 4500
+    t = p[p.split == "test"]
+    assert roc_auc_score(t.label, t.score, sample_weight=t.weight) > 0.8  # f0 separates the classes
+    # the saved model gives the same scores as a fresh load
+    model, _ = registry.load_model(tmp_path / "m")
+    X = pd.read_parquet(prepared["test"])[meta["features"]].to_numpy(np.float32)
+    assert np.allclose(model.predict_score(X), t.score)
+
+
+def test_xgboost_records_learning_curve(prepared, tmp_path):
+    rec = fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 12}})
+    assert len(rec["history"]["validation_loss"]) == 12 and len(rec["history"]["train_loss"]) == 12
+    assert rec["history"]["train_loss"][-1] < rec["history"]["train_loss"][0]
+
+
+def test_balanced_weighting_equalises_classes():
+    y = np.array([1, 1, 0, 0, 0, 0])
+    w = np.array([1.0, 3.0, 1.0, 1.0, 1.0, 5.0])
+    b = tr.fit_weights(w, y, "balanced", "classification")
+    assert np.isclose(b[y == 1].sum(), b[y == 0].sum()) and np.isclose(b.sum(), len(w))
+    assert np.isclose(b[1] / b[0], 3.0)  # relative weights within a class are kept
+    assert np.allclose(tr.fit_weights(w, y, "none", "classification"), 1)
+    assert np.isclose(tr.fit_weights(w, y, "physical", "classification").mean(), 1)
+
+
+def test_weights_change_the_fit(prepared, tmp_path):
+    df = pd.read_parquet(prepared["train"])
+    df.loc[df.label == 1, "weight"] *= 50  # physical weighting now favours signal
+    df.to_parquet(prepared["train"])
+    r1 = fit(prepared, tmp_path, {"family": "logistic_regression", "weighting": "physical"}, "a")
+    r2 = fit(prepared, tmp_path, {"family": "logistic_regression", "weighting": "none"}, "b")
+    m1, _ = registry.load_model(tmp_path / "a")
+    m2, _ = registry.load_model(tmp_path / "b")
+    X = df[r1["features"]].to_numpy(np.float32)
+    assert m1.predict_score(X).mean() > m2.predict_score(X).mean() + 0.1
+
+
+def test_training_cap_is_deterministic_and_recorded(prepared, tmp_path, caplog):
+    spec = {"family": "logistic_regression", "max_train_events": 400}
+    r1 = fit(prepared, tmp_path, spec, "a")
+    r2 = fit(prepared, tmp_path, spec, "b")
+    assert r1["n_train"] == 400 and r1["train_cap"]["applied"] and r1["train_cap"]["n_before"] == 1500
+    assert "capped at 400" in caplog.text
+    (m1, _), (m2, _) = registry.load_model(tmp_path / "a"), registry.load_model(tmp_path / "b")
+    assert np.array_equal(m1.estimator.coef_, m2.estimator.coef_)  # same subsample, same fit
+
+
+def test_unknown_family_lists_known_ones(prepared, tmp_path):
+    with pytest.raises(FamilyError, match="unknown model family 'nope'.*xgboost"):
+        fit(prepared, tmp_path, {"family": "nope"})
+
+
+def test_unknown_param_names_family(prepared, tmp_path):
+    with pytest.raises(FamilyError, match="max_dept.*'xgboost'"):
+        fit(prepared, tmp_path, {"family": "xgboost", "params": {"max_dept": 3}})
+
+
+def test_unsupported_task_named(prepared, tmp_path):
+    with pytest.raises(FamilyError, match="'logistic_regression' does not support task 'regression'"):
+        fit(prepared, tmp_path, {"family": "logistic_regression", "task": "regression"})
+
+
+def test_one_class_training_labels(prepared, tmp_path):
+    df = pd.read_parquet(prepared["train"])
+    df[df.label == 1].to_parquet(prepared["train"])
+    with pytest.raises(DataError, match="one class only"):
+        fit(prepared, tmp_path, {"family": "logistic_regression"})
+
+
+def test_unknown_feature_named(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="zz"):
+        fit(prepared, tmp_path, {"family": "logistic_regression", "features": ["f0", "zz"]})
+
+
+def test_failed_training_keeps_previous_model(prepared, tmp_path):
+    fit(prepared, tmp_path, {"family": "logistic_regression"})
+    before = (tmp_path / "m" / "model.skops").read_bytes()
+    with pytest.raises(FamilyError):
+        fit(prepared, tmp_path, {"family": "logistic_regression", "params": {"bogus": 1}})
+    assert (tmp_path / "m" / "model.skops").read_bytes() == before
+
+
+def test_swapped_skops_file_with_foreign_type_is_refused(prepared, tmp_path):
+    import skops.io as sio
+
+    fit(prepared, tmp_path, {"family": "logistic_regression"})
+    sio.dump({"x": pd.Timestamp("2020-01-01")}, str(tmp_path / "m" / "model.skops"))
+    with pytest.raises(FamilyError, match="refusing to load"):
+        registry.load_model(tmp_path / "m")
