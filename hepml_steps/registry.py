@@ -26,6 +26,17 @@ ENTRY_POINT_GROUP = "hepml.families"
 BUILTIN: dict[str, str] = {
     "xgboost": "hepml_steps.families.xgb:XGBoostFamily",
     "logistic_regression": "hepml_steps.families.sk:LogisticRegressionFamily",
+    "linear_regression": "hepml_steps.families.sk:LinearRegressionFamily",
+    "decision_tree": "hepml_steps.families.sk:DecisionTreeFamily",
+    "random_forest": "hepml_steps.families.sk:RandomForestFamily",
+    "adaboost": "hepml_steps.families.sk:AdaBoostFamily",
+    "hist_gbm": "hepml_steps.families.sk:HistGradientBoostingFamily",
+    "svm": "hepml_steps.families.sk:SVMFamily",
+    "naive_bayes": "hepml_steps.families.sk:GaussianNBFamily",
+    "kmeans": "hepml_steps.families.sk:KMeansFamily",
+    "knn": "hepml_steps.families.arrays:KNNFamily",
+    "dbscan": "hepml_steps.families.arrays:DBSCANFamily",
+    "pca": "hepml_steps.families.arrays:PCAFamily",
     "mlp": "hepml_steps.families.torch_nets:MLPFamily",
     "autoencoder": "hepml_steps.families.torch_nets:AutoencoderFamily",
 }

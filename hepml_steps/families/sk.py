@@ -46,17 +46,18 @@ class SklearnFamily(Family):
     estimators: ClassVar[dict[str, str]] = {}
     fixed_params: ClassVar[dict] = {}
     file_format = "skops"
-    seed_param: ClassVar[str | None] = "random_state"
-    threads_param: ClassVar[str | None] = None
+    pass_n_jobs: ClassVar[bool] = True  # False where the estimator's n_jobs is deprecated
 
     def make_estimator(self):
+        """The estimator for this task; seed and threads passed where it takes them."""
         module, _, attr = self.estimators[self.task].partition(":")
         cls = getattr(import_module(module), attr)
         kwargs = {**self.fixed_params.get(self.task, {}), **self.estimator_params()}
-        if self.seed_param:
-            kwargs[self.seed_param] = self.seed
-        if self.threads_param:
-            kwargs[self.threads_param] = self.n_threads
+        accepted = cls().get_params()
+        if "random_state" in accepted:
+            kwargs["random_state"] = self.seed
+        if "n_jobs" in accepted and self.pass_n_jobs:
+            kwargs["n_jobs"] = self.n_threads
         return cls(**kwargs)
 
     def estimator_params(self) -> dict:
@@ -94,4 +95,121 @@ class LogisticRegressionFamily(SklearnFamily):
     estimators = {"classification": "sklearn.linear_model:LogisticRegression"}
     default_params = {"C": 1.0, "max_iter": 1000, "tol": 1e-4}
     search_space = {"C": {"type": "float", "low": 1e-4, "high": 1e3, "log": True}}
-    seed_param = "random_state"
+    pass_n_jobs = False
+
+
+class LinearRegressionFamily(SklearnFamily):
+    """Ordinary least squares (alpha = 0) or ridge regression (alpha > 0)."""
+
+    name = "linear_regression"
+    tasks = ("regression",)
+    estimators = {"regression": "sklearn.linear_model:Ridge"}
+    default_params = {"alpha": 0.0}
+    search_space = {"alpha": {"type": "float", "low": 1e-6, "high": 1e3, "log": True}}
+
+
+class DecisionTreeFamily(SklearnFamily):
+    name = "decision_tree"
+    tasks = ("classification", "regression")
+    estimators = {"classification": "sklearn.tree:DecisionTreeClassifier",
+                  "regression": "sklearn.tree:DecisionTreeRegressor"}
+    default_params = {"max_depth": 8, "min_samples_leaf": 20, "min_samples_split": 2, "max_features": None}
+    search_space = {"max_depth": {"type": "int", "low": 2, "high": 20},
+                    "min_samples_leaf": {"type": "int", "low": 1, "high": 200, "log": True}}
+
+
+class RandomForestFamily(SklearnFamily):
+    name = "random_forest"
+    tasks = ("classification", "regression")
+    estimators = {"classification": "sklearn.ensemble:RandomForestClassifier",
+                  "regression": "sklearn.ensemble:RandomForestRegressor"}
+    default_params = {"n_estimators": 200, "max_depth": 12, "min_samples_leaf": 5, "max_features": "sqrt"}
+    search_space = {"n_estimators": {"type": "int", "low": 50, "high": 500, "log": True},
+                    "max_depth": {"type": "int", "low": 3, "high": 24},
+                    "min_samples_leaf": {"type": "int", "low": 1, "high": 100, "log": True}}
+
+
+class AdaBoostFamily(SklearnFamily):
+    """AdaBoost over shallow decision trees (TMVA's classic BDT with AdaBoost)."""
+
+    name = "adaboost"
+    tasks = ("classification", "regression")
+    estimators = {"classification": "sklearn.ensemble:AdaBoostClassifier",
+                  "regression": "sklearn.ensemble:AdaBoostRegressor"}
+    default_params = {"n_estimators": 200, "learning_rate": 0.5, "max_depth": 3}
+    search_space = {"n_estimators": {"type": "int", "low": 50, "high": 500, "log": True},
+                    "learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+                    "max_depth": {"type": "int", "low": 1, "high": 6}}
+
+    def estimator_params(self) -> dict:
+        from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+        p = dict(self.params)
+        tree = DecisionTreeClassifier if self.task == "classification" else DecisionTreeRegressor
+        p["estimator"] = tree(max_depth=p.pop("max_depth"), random_state=self.seed)
+        return p
+
+
+class HistGradientBoostingFamily(SklearnFamily):
+    """scikit-learn's histogram gradient boosting (LightGBM-like)."""
+
+    name = "hist_gbm"
+    tasks = ("classification", "regression")
+    estimators = {"classification": "sklearn.ensemble:HistGradientBoostingClassifier",
+                  "regression": "sklearn.ensemble:HistGradientBoostingRegressor"}
+    default_params = {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, "max_depth": None,
+                      "min_samples_leaf": 20, "l2_regularization": 0.0}
+    search_space = {"max_iter": {"type": "int", "low": 50, "high": 500, "log": True},
+                    "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+                    "max_leaf_nodes": {"type": "int", "low": 7, "high": 127, "log": True}}
+    fixed_params = {"classification": {"early_stopping": False}, "regression": {"early_stopping": False}}
+
+
+class SVMFamily(SklearnFamily):
+    """Support vector machine (kernel and C configurable).
+
+    Classification scores are the logistic of the decision function, so the
+    0.5 threshold is the SVM's own decision boundary (no costly Platt CV).
+    Training cost grows ~quadratically: the training sample is capped.
+    """
+
+    name = "svm"
+    tasks = ("classification", "regression")
+    estimators = {"classification": "sklearn.svm:SVC", "regression": "sklearn.svm:SVR"}
+    default_params = {"C": 1.0, "kernel": "rbf", "gamma": "scale", "degree": 3}
+    search_space = {"C": {"type": "float", "low": 1e-2, "high": 1e2, "log": True},
+                    "kernel": {"type": "categorical", "choices": ["rbf", "linear", "poly"]}}
+    max_train_events = 10_000
+
+    def predict_score(self, X):
+        if self.task == "classification":
+            d = self.estimator.decision_function(X)
+            sign = 1.0 if list(self.estimator.classes_) == [0, 1] else -1.0
+            return 1.0 / (1.0 + np.exp(-sign * np.asarray(d, dtype=np.float64)))
+        return super().predict_score(X)
+
+
+class GaussianNBFamily(SklearnFamily):
+    name = "naive_bayes"
+    tasks = ("classification",)
+    estimators = {"classification": "sklearn.naive_bayes:GaussianNB"}
+    default_params = {"var_smoothing": 1e-9}
+    search_space = {"var_smoothing": {"type": "float", "low": 1e-12, "high": 1e-3, "log": True}}
+
+
+class KMeansFamily(SklearnFamily):
+    """k-means clustering; score = cluster index."""
+
+    name = "kmeans"
+    tasks = ("clustering",)
+    estimators = {"clustering": "sklearn.cluster:KMeans"}
+    default_params = {"n_clusters": 2, "n_init": 4, "max_iter": 300}
+    search_space = {"n_clusters": {"type": "int", "low": 2, "high": 12}}
+
+    def fit(self, X, y=None, sample_weight=None, X_val=None, y_val=None, w_val=None):
+        from ..errors import DataError
+
+        if len(X) < int(self.params["n_clusters"]):
+            raise DataError(f"family 'kmeans': {len(X)} training events are fewer than "
+                            f"n_clusters = {self.params['n_clusters']}")
+        return super().fit(X, None, sample_weight)

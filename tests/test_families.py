@@ -1,0 +1,130 @@
+"""The family contract, checked for every built-in family and task it declares."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, r2_score, roc_auc_score
+
+from hepml_steps import registry
+from hepml_steps.errors import DataError, FamilyError
+
+FAST = {  # small settings so the whole matrix runs in seconds
+    "xgboost": {"n_estimators": 20}, "random_forest": {"n_estimators": 20},
+    "adaboost": {"n_estimators": 20}, "hist_gbm": {"max_iter": 20},
+    "mlp": {"epochs": 5}, "autoencoder": {"epochs": 5},
+}
+
+
+def data(n=1200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] ** 2 + 0.3 * rng.normal(size=n) > 0.5).astype(np.int64)
+    return X, y
+
+
+def cases():
+    for name in registry.BUILTIN:
+        for task in registry.get(name).tasks:
+            yield name, task
+
+
+@pytest.mark.parametrize("name, task", list(cases()))
+def test_fit_save_load_roundtrip(name, task, tmp_path):
+    cls = registry.get(name)
+    X, y = data()
+    if task == "regression":
+        y = 2 * X[:, 0] + X[:, 1] + 0.1 * np.random.default_rng(1).normal(size=len(X))
+    elif task in ("clustering", "dimreduction"):
+        y = None
+    elif task == "anomaly":
+        X, y = X[y == 0], None
+    m = cls(task=task, params=FAST.get(name, {}), seed=3).fit(X[:800], y if y is None else y[:800],
+                                                              X_val=X[800:], y_val=None if y is None else y[800:])
+    s = m.predict_score(X)
+    assert s.shape == (len(X),) and np.all(np.isfinite(s))
+    files = m.save(tmp_path)
+    assert files and all((tmp_path / f).exists() for f in files)
+    meta = {"task": task, "params": m.params, "seed": 3}
+    assert np.allclose(cls.load(tmp_path, meta).predict_score(X), s, rtol=1e-6, atol=1e-7)
+    if task == "classification":
+        assert roc_auc_score(y[800:], s[800:]) > 0.75, name
+    if task == "regression":
+        assert r2_score(y[800:], s[800:]) > 0.5, name
+
+
+@pytest.mark.parametrize("name", [n for n, t in cases() if t == "classification"])
+def test_classifiers_honour_event_weights(name):
+    """Up-weighting signal must raise the mean signal score."""
+    cls = registry.get(name)
+    X, y = data(1500, seed=5)
+    plain = cls(params=FAST.get(name, {}), seed=0).fit(X, y, sample_weight=np.ones(len(y)))
+    w = np.where(y == 1, 20.0, 1.0)
+    heavy = cls(params=FAST.get(name, {}), seed=0).fit(X, y, sample_weight=w / w.mean())
+    assert heavy.predict_score(X).mean() > plain.predict_score(X).mean() + 0.02, name
+
+
+def test_kmeans_and_dbscan_find_blobs():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(-3, 0.3, (300, 2)), rng.normal(3, 0.3, (300, 2))]).astype(np.float32)
+    truth = np.repeat([0, 1], 300)
+    km = registry.get("kmeans")(task="clustering", params={"n_clusters": 2}).fit(X, None)
+    assert adjusted_rand_score(truth, km.predict_score(X)) > 0.99
+    db = registry.get("dbscan")(task="clustering", params={"eps": 0.5, "min_samples": 5}).fit(X, None)
+    assert db.info["n_clusters"] == 2 and adjusted_rand_score(truth, db.predict_score(X)) > 0.99
+    far = np.array([[50.0, 50.0]], dtype=np.float32)
+    assert db.predict_score(far)[0] == -1  # far from every core sample: noise
+
+
+def test_clustering_with_fewer_events_than_clusters():
+    X = np.zeros((3, 2), dtype=np.float32)
+    with pytest.raises(DataError, match="kmeans.*fewer than n_clusters"):
+        registry.get("kmeans")(task="clustering", params={"n_clusters": 5}).fit(X, None)
+
+
+def test_weighted_pca():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 3)) * [5.0, 1.0, 0.2]
+    pca = registry.get("pca")(task="dimreduction", params={"n_components": 2}).fit(X)
+    assert abs(abs(pca.components[0][0]) - 1) < 0.01 and pca.explained_variance_ratio[0] > 0.9
+    w = np.where(np.arange(2000) < 1000, 1.0, 1e-6)
+    X2 = X.copy()
+    X2[:1000, 0] = 0.0  # the heavy half has no spread along axis 0
+    wp = registry.get("pca")(task="dimreduction", params={"n_components": 1}).fit(X2, sample_weight=w)
+    assert abs(wp.components[0][1]) > 0.99  # weights decide the leading direction
+
+
+def test_knn_weighted_vote():
+    X = np.array([[0.0], [0.1], [0.2]], dtype=np.float32)
+    y = np.array([1, 0, 0])
+    knn = registry.get("knn")(params={"n_neighbors": 3}).fit(X, y, sample_weight=np.array([8.0, 1.0, 1.0]))
+    assert knn.predict_score(np.array([[0.1]], dtype=np.float32))[0] == pytest.approx(0.8)
+
+
+def test_svm_cap_and_kernel_choice():
+    cls = registry.get("svm")
+    assert cls.max_train_events == 10_000
+    X, y = data(600)
+    lin = cls(params={"kernel": "linear", "C": 0.5}).fit(X, y)
+    assert lin.estimator.kernel == "linear" and lin.estimator.C == 0.5
+    s = lin.predict_score(X)
+    assert ((s > 0.5) == (lin.estimator.predict(X) == 1)).mean() > 0.99  # 0.5 = SVM's own boundary
+
+
+def test_every_builtin_family_declares_the_contract():
+    for name in registry.BUILTIN:
+        cls = registry.get(name)
+        assert cls.name == name and cls.tasks and cls.file_format
+        assert set(cls.search_space) <= set(cls.default_params), name
+        with pytest.raises(FamilyError, match=f"'{name}'"):
+            cls(task=cls.tasks[0], params={"no_such_param": 1})
+
+
+def test_xgboost_job_never_imports_torch():
+    code = ("import sys, numpy as np\n"
+            "from hepml_steps import registry, train, predict, split, features, track\n"
+            "m = registry.get('xgboost')(params={'n_estimators': 2}).fit(np.random.rand(50, 3), np.arange(50) % 2)\n"
+            "m = registry.get('logistic_regression')().fit(np.random.rand(50, 3), np.arange(50) % 2)\n"
+            "print('torch' in sys.modules, 'mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
