@@ -1,12 +1,15 @@
 # hepml: train, tune and evaluate every configured model family on HEP data.
 #   snakemake --cores 2                       # everything, on the embedded toy data
 #   snakemake --cores 2 --configfile my.yaml  # your data / models (merged over config/config.yaml)
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# Defaults live beside this Snakefile; --configfile / --config merge over them.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml", set_default=True)
