@@ -176,6 +176,9 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         meta["files"] = family.save(tmp)
+        if hasattr(family, "export_onnx"):  # a portable copy for C++/ONNX Runtime inference
+            family.export_onnx(tmp / "model.onnx", n_features=len(cols))
+            meta["onnx"] = "model.onnx"
         write_json(tmp / registry.META_FILE, meta)
         _replace_dir(tmp, out)
     except BaseException:

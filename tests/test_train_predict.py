@@ -130,3 +130,19 @@ def test_swapped_skops_file_with_foreign_type_is_refused(prepared, tmp_path):
     sio.dump({"x": pd.Timestamp("2020-01-01")}, str(tmp_path / "m" / "model.skops"))
     with pytest.raises(FamilyError, match="refusing to load"):
         registry.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_bdt_onnx_export_reproduces_scores(task, prepared, tmp_path):
+    import onnxruntime as ort
+
+    spec = {"family": "xgboost", "task": task, "params": {"n_estimators": 25}}
+    if task == "regression":
+        spec["target"] = "f1"
+    rec = fit(prepared, tmp_path, spec)
+    model, meta = registry.load_model(tmp_path / "m")
+    assert meta["onnx"] == "model.onnx"
+    X = pd.read_parquet(prepared["test"])[rec["features"]].to_numpy(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"))
+    onnx_scores = sess.run(["score"], {"features": X})[0]
+    assert np.allclose(onnx_scores, model.predict_score(X), atol=1e-5)
