@@ -148,12 +148,22 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir: str,
-          record_out: str, seed: int = 42, threads: int = 1, raw: dict | None = None) -> dict:
-    """Fit ``spec`` (family, task, params, ...) and write the model and its record."""
+          record_out: str, seed: int = 42, threads: int = 1, raw: dict | None = None,
+          tuned: str | None = None) -> dict:
+    """Fit ``spec`` (family, task, params, ...) and write the model and its record.
+
+    ``tuned``: a tuning record (from the tune step); its best params replace the config's.
+    """
     raw = raw or {}
     what = f"model '{model}'"
     if "family" not in spec:
         raise ConfigError(f"models.{model}: 'family' is required")
+    tuning = None
+    if tuned:
+        from .io import read_json
+
+        tuning = read_json(tuned)
+        spec = {**spec, "params": tuning["best_params"]}
     task = spec.get("task", "classification")
     cls = registry.get(spec["family"])
     family = cls(task=task, params=spec.get("params") or {}, seed=seed, n_threads=threads,
@@ -189,6 +199,10 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
         "sum_weights_train": float(w.sum()), "train_cap": cap_rec, "fit_seconds": fit_s,
         "fit_cpu_seconds": cpu_s, "threads": threads, "device": family.info.get("device", "cpu"),
         "info": family.info, "history": family.history,
+        "tuning": None if tuning is None else {
+            k: tuning.get(k) for k in ("objective", "direction", "split", "baseline_value", "best_value",
+                                       "n_trials", "n_complete", "n_pruned", "n_failed", "wall_seconds",
+                                       "budget")},
     }
     write_json(record_out, record)
     log.info("%s (%s, %s): trained on %d events in %.2f s", model, cls.name, task, len(X), fit_s)
@@ -207,10 +221,11 @@ def main(argv=None) -> int:
         p.add_argument("--record", required=True, help="training record JSON")
         p.add_argument("--seed", type=int, default=42)
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--tuned", help="tuning record whose best params to use")
 
     return cli.run(build, lambda a: train(a.train, a.validation, a.model, a.spec, a.out, a.record, a.seed,
-                                          a.threads, {"train": a.raw_train, "validation": a.raw_validation}),
-                   argv, __doc__)
+                                          a.threads, {"train": a.raw_train, "validation": a.raw_validation},
+                                          a.tuned), argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ SPLITS = ["train", "validation", "test"]
 PY = "python -m hepml_steps"
 
 # Per-model settings that fall back to the `training` section.
-_MODEL_DEFAULTS = ("threads", "weighting", "device")
+_MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus")
 
 
 def _model_specs():
@@ -25,7 +25,14 @@ def _model_specs():
                 f"models.{name}: unknown model family '{spec['family']}'; "
                 f"known families: {', '.join(sorted(known))}")
         full = {k: config["training"][k] for k in _MODEL_DEFAULTS}
-        full.update({k: v for k, v in spec.items() if k != "enabled"})
+        full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
+        full["tune"] = {**config["tuning"], **spec.get("tune", {})}
+        if full["gpus"]:
+            cls = registry.get(spec["family"])  # imported only when a GPU is asked for
+            if not cls.gpu_capable:
+                raise HepmlError(f"models.{name}: family '{cls.name}' cannot use a GPU; set gpus: 0")
+            if full["device"] == "cpu":
+                raise HepmlError(f"models.{name}: gpus: {full['gpus']} contradicts device: cpu")
         specs[name] = full
     if not specs:
         raise HepmlError("models: every model is disabled; enable at least one")
@@ -43,6 +50,28 @@ wildcard_constraints:
 def jq(obj):
     """JSON for a shell argument (quote it with {params.x:q} in the rule)."""
     return json.dumps(obj, sort_keys=True)
+
+
+def _gpu_if_used(value, empty):
+    return lambda wc: value if MODELS[wc.model]["gpus"] else empty
+
+
+def gpu_resources():
+    """Resources of GPU-capable steps: `gpu` for every executor (local scheduling
+    with --resources gpu=K, SLURM maps it to --gpus), plus the optional model,
+    CPUs per GPU and HTCondor's request_gpus."""
+    g = config["gpu"]
+    res = {"gpu": lambda wc: MODELS[wc.model]["gpus"],
+           "request_gpus": lambda wc: MODELS[wc.model]["gpus"]}
+    if g["model"]:
+        res["gpu_model"] = _gpu_if_used(g["model"], "")
+    if g["cpus_per_gpu"]:
+        res["cpus_per_gpu"] = _gpu_if_used(g["cpus_per_gpu"], 0)
+    return res
+
+
+def tuned(model):
+    return MODELS[model]["tune"]["enabled"]
 
 
 def all_outputs():

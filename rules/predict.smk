@@ -9,6 +9,8 @@ rule predict:
     params:
         batch=config["evaluation"]["inference_batch_size"],
     threads: lambda wc: MODELS[wc.model]["threads"]
+    resources:
+        **gpu_resources(),
     log:
         f"{RES}/logs/predict/{{model}}.log",
     shell:

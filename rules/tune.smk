@@ -1,0 +1,24 @@
+# Optuna study per model with tuning enabled. Inputs are train + validation only:
+# the test split is not an input of this rule, so tuning cannot read it.
+rule tune:
+    input:
+        train=f"{RES}/features/train.parquet",
+        validation=f"{RES}/features/validation.parquet",
+        raw_train=f"{RES}/split/train.parquet",
+        raw_validation=f"{RES}/split/validation.parquet",
+    output:
+        record=f"{RES}/tuning/{{model}}.json",
+        trials=f"{RES}/tuning/{{model}}.trials.csv",
+    params:
+        spec=lambda wc: jq(MODELS[wc.model]),
+        seed=config["seed"],
+    threads: lambda wc: MODELS[wc.model]["threads"]
+    resources:
+        **gpu_resources(),
+    log:
+        f"{RES}/logs/tune/{{model}}.log",
+    shell:
+        "{PY}.tune --train {input.train} --validation {input.validation}"
+        " --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
+        " --model {wildcards.model} --spec {params.spec:q} --out {output.record}"
+        " --trials {output.trials} --seed {params.seed} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,117 @@
+import inspect
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hepml_steps import registry, train as tr, tune as tn
+from hepml_steps.errors import ConfigError, FamilyError
+from tests.conftest import make_events
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    paths = {}
+    for i, s in enumerate(("train", "validation", "test")):
+        df = make_events(1500, seed=20 + i)
+        df["f1"] = df["f1"] + np.where(df["f2"] * df["f3"] > 0, 1.0, -1.0) * df["label"]  # needs depth
+        paths[s] = str(tmp_path / f"{s}.parquet")
+        df.to_parquet(paths[s], index=False)
+    return paths
+
+
+def run(prepared, tmp_path, spec, name="m"):
+    return tn.tune(prepared["train"], prepared["validation"], name, spec, str(tmp_path / f"{name}.json"),
+                   str(tmp_path / f"{name}.csv"), seed=1)
+
+
+def test_tuning_beats_a_poor_default_and_final_training_uses_it(prepared, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    spec = {"family": "decision_tree", "params": {"max_depth": 1, "min_samples_leaf": 1},
+            "tune": {"n_trials": 12, "search_space": {"max_depth": {"type": "int", "low": 1, "high": 8}}}}
+    rec = run(prepared, tmp_path, spec)
+    assert rec["n_trials"] == 12 and rec["baseline_value"] is not None
+    assert rec["best_value"] > rec["baseline_value"] + 0.03
+    assert rec["best_params"]["max_depth"] > 1
+    trials = pd.read_csv(tmp_path / "m.csv")
+    assert len(trials) == 12 and trials.loc[0, "param.max_depth"] == 1  # trial 0 = the config's params
+
+    def test_auc(tuned):
+        r = tr.train(prepared["train"], prepared["validation"], "x", spec, str(tmp_path / "x"),
+                     str(tmp_path / "x.json"), tuned=tuned)
+        model, _ = registry.load_model(tmp_path / "x")
+        t = pd.read_parquet(prepared["test"])
+        return roc_auc_score(t.label, model.predict_score(t[r["features"]].to_numpy(np.float32))), r
+
+    poor, _ = test_auc(None)
+    good, rec2 = test_auc(str(tmp_path / "m.json"))
+    assert good > poor + 0.03 and rec2["tuning"]["best_value"] == rec["best_value"]
+
+
+def test_test_split_is_never_read(prepared, tmp_path):
+    assert "test" not in inspect.signature(tn.tune).parameters
+    test_path = prepared.pop("test")
+    import os
+
+    os.remove(test_path)  # tuning works without the test split existing at all
+    rec = run(prepared, tmp_path, {"family": "logistic_regression", "tune": {"n_trials": 3}})
+    assert sorted(rec["inputs"]) == sorted([prepared["train"], prepared["validation"]])
+    assert all(len(h) == 64 for h in rec["inputs"].values())
+
+
+def test_seeded_study_is_reproducible(prepared, tmp_path):
+    spec = {"family": "decision_tree", "tune": {"n_trials": 6}}
+    run(prepared, tmp_path, spec, "a")
+    run(prepared, tmp_path, spec, "b")
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_crashing_trials_are_recorded_and_study_goes_on(prepared, tmp_path):
+    spec = {"family": "knn", "params": {"n_neighbors": 15},
+            "tune": {"n_trials": 8, "search_space": {
+                "weights": {"type": "categorical", "choices": ["uniform", "bogus"]},
+                "n_neighbors": {"type": "int", "low": 5, "high": 30}}}}
+    rec = run(prepared, tmp_path, spec)
+    trials = pd.read_csv(tmp_path / "m.csv")
+    failed = trials[trials.state == "FAIL"]
+    assert rec["n_failed"] == len(failed) > 0 and rec["n_complete"] > 0
+    assert failed["error"].str.contains("bogus").all()
+    assert rec["best_params"]["weights"] == "uniform"
+
+
+def test_all_trials_failing_names_the_family(prepared, tmp_path):
+    spec = {"family": "knn", "params": {"weights": "bogus"},
+            "tune": {"n_trials": 3, "search_space": {"weights": {"type": "categorical", "choices": ["bogus"]}}}}
+    with pytest.raises(FamilyError, match="every tuning trial of family 'knn' failed.*bogus"):
+        run(prepared, tmp_path, spec)
+
+
+@pytest.mark.parametrize("tune_cfg, err, msg", [
+    ({"search_space": {"max_dept": {"type": "int", "low": 1, "high": 3}}}, FamilyError, "max_dept.*decision_tree"),
+    ({"search_space": {"max_depth": {"type": "int", "low": 5, "high": 2}}}, ConfigError, "inverted"),
+    ({"search_space": {"max_depth": {"type": "int", "low": 3, "high": 3}}}, ConfigError, "empty or inverted"),
+    ({"objective": "auc_roc"}, ConfigError, "unknown tuning objective 'auc_roc'"),
+])
+def test_bad_tuning_config_is_named(tune_cfg, err, msg, prepared, tmp_path):
+    with pytest.raises(err, match=msg):
+        run(prepared, tmp_path, {"family": "decision_tree", "tune": tune_cfg})
+
+
+def test_iterative_family_trials_are_pruned(prepared, tmp_path):
+    spec = {"family": "xgboost", "params": {"n_estimators": 40},
+            "tune": {"n_trials": 16, "objective": "roc_auc", "search_space": {
+                "learning_rate": {"type": "categorical", "choices": [0.3, 0.0001]},
+                "max_depth": {"type": "int", "low": 2, "high": 6}}}}
+    rec = run(prepared, tmp_path, spec)
+    assert rec["n_pruned"] > 0 and rec["best_params"]["learning_rate"] == 0.3
+
+
+def test_cross_validation_objective(prepared, tmp_path):
+    rec = run(prepared, tmp_path, {"family": "logistic_regression",
+                                   "tune": {"n_trials": 3, "cv_folds": 3, "objective": "sig_eff_at_bkg_0.1"}})
+    assert rec["split"].startswith("3-fold") and 0 < rec["best_value"] <= 1
+    trials = pd.read_csv(tmp_path / "m.csv")
+    assert (trials.state == "COMPLETE").all()
