@@ -15,6 +15,9 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 validate(config, "config/schema.yaml", set_default=True)
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/generate.smk"
 include: "rules/ingest.smk"
@@ -24,6 +27,8 @@ include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
+include: "rules/importance.smk"
+include: "rules/plots.smk"
 include: "rules/leaderboard.smk"
 include: "rules/track.smk"
 

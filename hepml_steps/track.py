@@ -83,16 +83,41 @@ def _experiment_id(client, name: str, artifact_root: str | None) -> str:
         return exp.experiment_id
 
 
+def _log_trials(client, exp_id: str, parent: str, model: str, trials: str) -> None:
+    """One nested run per tuning trial under the model's run."""
+    import pandas as pd
+    from mlflow.entities import Metric, Param
+
+    table = pd.read_csv(trials)
+    for row in table.to_dict("records"):
+        child = client.create_run(exp_id, run_name=f"{model}-trial-{row['number']}", tags={
+            "mlflow.parentRunId": parent, "hepml.model": model, "hepml.trial": str(row["number"]),
+            "hepml.trial_state": str(row["state"])})
+        params = [Param(k.removeprefix("param."), str(v)) for k, v in row.items()
+                  if k.startswith("param.") and v == v]
+        ts = int(child.info.start_time)
+        mets = [Metric(k, float(row[k]), ts, 0) for k in ("value", "seconds")
+                if row.get(k) is not None and row[k] == row[k]]
+        client.log_batch(child.info.run_id, metrics=mets, params=params)
+        client.set_terminated(child.info.run_id, "FINISHED" if row["state"] == "COMPLETE" else "FAILED")
+
+
 def track(model: str, record: str, metrics: str, predictions: str, model_dir: str, out: str,
           results_dir: str = "results", uri: str | None = None, experiment: str = "hepml",
-          artifacts: list[str] | tuple = ()) -> dict:
-    """Log one trained and evaluated model as an MLflow run; write the run's ids to ``out``."""
+          artifacts: list[str] | tuple = (), plots_dir: str | None = None,
+          trials: str | None = None) -> dict:
+    """Log one trained and evaluated model as an MLflow run; write the run's ids to ``out``.
+
+    ``artifacts``: extra files to attach (leaderboard, importance, ...);
+    ``plots_dir``: figures, attached under ``plots/``; ``trials``: the tuning
+    trials table, logged as nested child runs (one per trial).
+    """
     if not experiment:
         raise ConfigError("tracking.experiment must be a non-empty name")
     uri = resolve_uri(uri, results_dir)
     rec, met = read_json(record), read_json(metrics)
     model_files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
-    fp = fingerprint(model, model_files + [Path(metrics)])
+    fp = fingerprint(model, model_files + [Path(metrics)] + ([Path(trials)] if trials else []))
 
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -133,6 +158,11 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
             client.log_artifacts(run_id, model_dir, artifact_path="model")
             for extra in artifacts:
                 client.log_artifact(run_id, extra)
+            if plots_dir:
+                client.log_artifacts(run_id, plots_dir, artifact_path="plots")
+            if trials:
+                client.log_artifact(run_id, trials)
+                _log_trials(client, exp_id, run_id, model, trials)
             client.set_terminated(run_id, "FINISHED")
             log.info("%s: logged MLflow run %s in experiment '%s' at %s", model, run_id, experiment, uri)
     result = {"model": model, "run_id": run_id, "experiment_id": exp_id, "experiment": experiment,
@@ -153,9 +183,12 @@ def main(argv=None) -> int:
         p.add_argument("--uri", default=None)
         p.add_argument("--experiment", default="hepml")
         p.add_argument("--artifact", action="append", default=[])
+        p.add_argument("--plots-dir")
+        p.add_argument("--trials")
 
     return cli.run(build, lambda a: track(a.model, a.record, a.metrics, a.predictions, a.model_dir, a.out,
-                                          a.results_dir, a.uri or None, a.experiment, a.artifact), argv, __doc__)
+                                          a.results_dir, a.uri or None, a.experiment, a.artifact,
+                                          a.plots_dir, a.trials), argv, __doc__)
 
 
 if __name__ == "__main__":

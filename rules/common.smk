@@ -75,7 +75,8 @@ def tuned(model):
 
 
 def all_outputs():
-    out = [f"{RES}/leaderboard.csv", f"{RES}/leaderboard.md"]
+    out = [f"{RES}/leaderboard.csv", f"{RES}/leaderboard.md", f"{RES}/plots/summary"]
+    out += expand(f"{RES}/plots/{{model}}", model=MODELS)
     if config["tracking"]["enabled"]:
         out += expand(f"{RES}/tracking/{{model}}.json", model=MODELS)
     return out

@@ -3,7 +3,7 @@ rule leaderboard:
     input:
         expand(f"{RES}/metrics/{{model}}.json", model=MODELS),
     output:
-        csv=f"{RES}/leaderboard.csv",
+        csv=report(f"{RES}/leaderboard.csv", caption="report/leaderboard.rst", category="Leaderboard"),
         md=f"{RES}/leaderboard.md",
     log:
         f"{RES}/logs/leaderboard.log",

@@ -10,14 +10,21 @@ rule track:
         metrics=f"{RES}/metrics/{{model}}.json",
         predictions=f"{RES}/predictions/{{model}}.parquet",
         model=f"{RES}/models/{{model}}",
+        plots=f"{RES}/plots/{{model}}",
+        importance=f"{RES}/importance/{{model}}.json",
+        leaderboard=f"{RES}/leaderboard.md",
+        trials=lambda wc: f"{RES}/tuning/{wc.model}.trials.csv" if tuned(wc.model) else [],
     output:
         f"{RES}/tracking/{{model}}.json",
     params:
         uri=lambda wc: config["tracking"]["uri"] or "",
         experiment=config["tracking"]["experiment"],
+        trials=lambda wc, input: f"--trials {input.trials}" if input.trials else "",
     log:
         f"{RES}/logs/track/{{model}}.log",
     shell:
         "{PY}.track --model {wildcards.model} --record {input.record} --metrics {input.metrics}"
         " --predictions {input.predictions} --model-dir {input.model} --out {output}"
-        " --results-dir {RES} --uri {params.uri:q} --experiment {params.experiment:q} > {log} 2>&1"
+        " --results-dir {RES} --uri {params.uri:q} --experiment {params.experiment:q}"
+        " --plots-dir {input.plots} --artifact {input.importance} --artifact {input.leaderboard}"
+        " {params.trials} > {log} 2>&1"

@@ -1,0 +1,363 @@
+"""Figures a physicist expects, one PNG file each (matplotlib, Agg backend).
+
+Per model (``plots`` rule, one directory per model): score distributions of
+signal and background on train vs test (the TMVA overtraining plot, with the
+KS p-values), the weighted confusion matrix, the learning curve of iterative
+families, the validation curve of a one-dimensional tuning, residuals vs
+target (regression), anomaly-score distributions, the clustering scatter on
+the first two principal components, and feature importance.
+Across models (``summary_plots`` rule): ROC curves overlaid (background
+rejection vs signal efficiency and TPR vs FPR, with the Bayes-optimal curve
+when the truth LLR is known) and the input correlation matrices for signal
+and for background.
+
+mplhep's CMS-like style is used when mplhep is installed (optional).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
+
+log = logging.getLogger("hepml.plots")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:  # optional HEP style
+        import mplhep
+
+        plt.style.use(mplhep.style.ROOT)
+    except Exception:
+        pass
+    return plt
+
+
+def _save(fig, path) -> str:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return str(path)
+
+
+def _hist_weights(w):
+    s = w.sum()
+    return w / s if s > 0 else w
+
+
+def score_distributions(pred, path, title: str, ks: dict | None = None) -> str:
+    """Signal and background score, train (points) vs test (filled), normalised."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    lo, hi = np.nanpercentile(pred[SCORE], [0.5, 99.5]) if len(pred) else (0, 1)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = np.linspace(lo, hi, 41)
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    for cls, colour, name in ((1, "tab:blue", "signal"), (0, "tab:red", "background")):
+        test = pred[(pred[SPLIT] == "test") & (pred[LABEL] == cls)]
+        train = pred[(pred[SPLIT] == "train") & (pred[LABEL] == cls)]
+        ax.hist(test[SCORE], bins=bins, weights=_hist_weights(test[WEIGHT].to_numpy()), histtype="stepfilled",
+                alpha=0.35, color=colour, label=f"{name} (test)")
+        h, _ = np.histogram(train[SCORE], bins=bins, weights=_hist_weights(train[WEIGHT].to_numpy()))
+        ax.plot(centres, h, "o", ms=3.5, color=colour, label=f"{name} (train)")
+    ax.set_xlabel("classifier score")
+    ax.set_ylabel("fraction of events / bin")
+    text = title
+    if ks:
+        text += (f"\nKS p-value train vs test: signal {ks.get('ks_pvalue_signal', float('nan')):.3g}, "
+                 f"background {ks.get('ks_pvalue_background', float('nan')):.3g}")
+    ax.set_title(text, fontsize=10)
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def confusion_matrix(m: dict, path, title: str) -> str:
+    """Weighted confusion matrix at the evaluation threshold (fractions per true class)."""
+    plt = _plt()
+    cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]], dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{frac[i, j]:.3f}\n(Σw={cm[i, j]:.4g})", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks([0, 1], ["predicted background", "predicted signal"])
+    ax.set_yticks([0, 1], ["true background", "true signal"])
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def learning_curve(history: dict, path, title: str) -> str | None:
+    keys = [k for k in history if k.endswith("loss") and history[k]]
+    if not keys:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k in sorted(keys):
+        ax.plot(np.arange(1, len(history[k]) + 1), history[k], label=k.replace("_", " "))
+    ax.set_xlabel("iteration / epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def validation_curve(trials, path, title: str, objective: str) -> str | None:
+    """Objective vs the tuned hyper-parameter, when tuning had one dimension."""
+    params = [c for c in trials.columns if c.startswith("param.")]
+    done = trials[trials["state"] == "COMPLETE"]
+    if len(params) != 1 or done.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = done[params[0]]
+    order = np.argsort(x.to_numpy())
+    if np.issubdtype(x.dtype, np.number):
+        ax.plot(x.to_numpy()[order], done["value"].to_numpy()[order], "o-")
+    else:
+        ax.plot(x.astype(str).to_numpy(), done["value"].to_numpy(), "o")
+    ax.set_xlabel(params[0].removeprefix("param."))
+    ax.set_ylabel(f"{objective} (validation)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def residuals(pred, path, title: str) -> str:
+    plt = _plt()
+    test = pred[pred[SPLIT] == "test"]
+    t, p = test["target"].to_numpy(), test[SCORE].to_numpy()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    a1.hist2d(t, p - t, bins=60, cmap="viridis", weights=test[WEIGHT].to_numpy())
+    a1.axhline(0, color="white", lw=1)
+    a1.set_xlabel("true target")
+    a1.set_ylabel("prediction − truth")
+    ok = t != 0
+    a2.hist((p[ok] - t[ok]) / t[ok], bins=80, weights=test[WEIGHT].to_numpy()[ok], histtype="step")
+    a2.set_xlabel("(prediction − truth) / truth")
+    a2.set_ylabel("weighted events")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def anomaly_scores(pred, path, title: str) -> str:
+    plt = _plt()
+    test = pred[pred[SPLIT] == "test"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    hi = np.nanpercentile(test[SCORE], 99.5) if len(test) else 1
+    bins = np.linspace(0, hi if hi > 0 else 1, 50)
+    for cls, name in ((0, "background (trained on)"), (1, "signal (anomalies)")):
+        s = test[test[LABEL] == cls]
+        ax.hist(s[SCORE], bins=bins, weights=_hist_weights(s[WEIGHT].to_numpy()), histtype="step", lw=1.5,
+                label=name)
+    ax.set_xlabel("anomaly score (reconstruction error)")
+    ax.set_ylabel("fraction of events / bin")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def cluster_scatter(X, labels, path, title: str, max_points: int = 5000) -> str:
+    """Events on their first two principal components, coloured by cluster."""
+    plt = _plt()
+    X = np.asarray(X, dtype=np.float64)
+    if len(X) > max_points:
+        X, labels = X[:max_points], np.asarray(labels)[:max_points]
+    Xc = X - X.mean(axis=0)
+    _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+    pc = Xc @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    sc = ax.scatter(pc[:, 0], pc[:, 1] if pc.shape[1] > 1 else np.zeros(len(pc)), c=labels, s=4,
+                    cmap="tab10")
+    fig.colorbar(sc, ax=ax, label="cluster (−1 = noise)")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def feature_importance(importance: dict, path, title: str) -> str | None:
+    perm = importance.get("permutation") or {}
+    if not perm:
+        return None
+    plt = _plt()
+    names = sorted(perm, key=lambda k: perm[k]["mean"])
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
+    ax.barh(names, [perm[n]["mean"] for n in names], xerr=[perm[n]["std"] for n in names], color="tab:blue",
+            alpha=0.8, label="permutation (test AUC drop)" if importance.get("metric") == "roc_auc"
+            else f"permutation ({importance.get('metric')} change)")
+    native = importance.get("native") or {}
+    if native:
+        total = sum(native.values()) or 1.0
+        scale = max(perm[n]["mean"] for n in names) or 1.0
+        ax.plot([native.get(n, 0) / total * scale for n in names], names, "k|", ms=12,
+                label="native (scaled)")
+    ax.set_xlabel("importance")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split") -> list[str]:
+    """All classification/anomaly models overlaid, plus the Bayes-optimal curve when known."""
+    from .metrics import roc_auc, roc_curve
+
+    plt = _plt()
+    f1, a1 = plt.subplots(figsize=(7, 6))
+    f2, a2 = plt.subplots(figsize=(7, 6))
+    bayes_done = False
+    for name, pred in sorted(preds.items()):
+        test = pred[pred[SPLIT] == "test"]
+        y, w = test[LABEL].to_numpy(), test[WEIGHT].to_numpy()
+        curves = [(name, test[SCORE].to_numpy(), "-")]
+        if TRUTH_LLR in test.columns and not bayes_done:
+            curves.append(("Bayes optimal (truth LLR)", test[TRUTH_LLR].to_numpy(), "k--"))
+            bayes_done = True
+        for label, score, style in curves:
+            fpr, tpr, _ = roc_curve(y, score, sample_weight=w)
+            auc = roc_auc(y, score, sample_weight=w)
+            kw = {"color": "black", "ls": "--"} if style == "k--" else {}
+            a1.plot(tpr, 1 - fpr, label=f"{label} (AUC {auc:.4f})", **kw)
+            a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
+    a1.set_xlabel("signal efficiency")
+    a1.set_ylabel("background rejection (1 − background efficiency)")
+    a2.plot([0, 1], [0, 1], ":", color="grey")
+    a2.set_xlabel("background efficiency (false positive rate)")
+    a2.set_ylabel("signal efficiency (true positive rate)")
+    for ax in (a1, a2):
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="lower left" if ax is a1 else "lower right")
+    return [_save(f1, path_rejection), _save(f2, path_tpr_fpr)]
+
+
+def correlation_matrix(df, columns, path, title: str) -> str:
+    """Weighted linear correlation coefficients (in %) of the input features."""
+    plt = _plt()
+    X = df[columns].to_numpy(dtype=np.float64)
+    w = df[WEIGHT].to_numpy(dtype=np.float64)
+    w = np.clip(w, 0, None)
+    mu = np.average(X, axis=0, weights=w)
+    Xc = X - mu
+    cov = (Xc * w[:, None]).T @ Xc / w.sum()
+    sd = np.sqrt(np.diag(cov))
+    sd[sd == 0] = 1
+    corr = cov / np.outer(sd, sd)
+    n = len(columns)
+    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.5))
+    im = ax.imshow(corr * 100, cmap="RdBu_r", vmin=-100, vmax=100)
+    for i in range(n):
+        for j in range(n):
+            if n <= 20:
+                ax.text(j, i, f"{corr[i, j] * 100:.0f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n), columns, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), columns, fontsize=8)
+    fig.colorbar(im, ax=ax, label="correlation [%]")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+# -- steps ---------------------------------------------------------------------
+def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir: str,
+               trials: str | None = None, importance: str | None = None,
+               features_test: str | None = None) -> list[str]:
+    """All per-model figures that apply to the model's task, into ``out_dir``."""
+    import pandas as pd
+
+    from .io import read_json, read_parquet
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred, met, rec = read_parquet(predictions), read_json(metrics), read_json(record)
+    task, family = rec["task"], rec["family"]
+    m = met.get("metrics", {})
+    title = f"{model} ({family})"
+    made = []
+    if task == "classification":
+        made.append(score_distributions(pred, out / "score_distributions.png", title, m))
+        if all(k in m and m[k] is not None for k in ("tp", "fp", "tn", "fn")):
+            made.append(confusion_matrix(m, out / "confusion_matrix.png",
+                                         f"{title}, test, threshold {met.get('threshold', 0.5)}"))
+    elif task == "regression":
+        made.append(residuals(pred, out / "residuals.png", title))
+    elif task == "anomaly":
+        made.append(anomaly_scores(pred, out / "anomaly_scores.png", title))
+    elif task == "clustering" and features_test:
+        ft = read_parquet(features_test)
+        test = pred[pred[SPLIT] == "test"].set_index("event_id")
+        labels = test.loc[ft["event_id"].to_numpy(), SCORE].to_numpy()
+        made.append(cluster_scatter(ft[rec["features"]].to_numpy(), labels, out / "clusters_pc12.png", title))
+    made.append(learning_curve(rec.get("history") or {}, out / "learning_curve.png", title))
+    if trials:
+        objective = (rec.get("tuning") or {}).get("objective", "objective")
+        made.append(validation_curve(pd.read_csv(trials), out / "validation_curve.png", title, objective))
+    if importance:
+        made.append(feature_importance(read_json(importance), out / "feature_importance.png", title))
+    return [p for p in made if p]
+
+
+def plot_summary(predictions: list[str], models: list[str], tasks: list[str], train_features: str,
+                 out_dir: str) -> list[str]:
+    """ROC curves of all classifiers/anomaly detectors, and input correlations per class."""
+    from .columns import RESERVED
+    from .io import read_parquet
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks)
+             if t in ("classification", "anomaly")}
+    if preds:
+        made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png")
+    df = read_parquet(train_features)
+    cols = [c for c in df.columns if c not in RESERVED]
+    for cls, name in ((1, "signal"), (0, "background")):
+        part = df[df[LABEL] == cls]
+        if len(part) > 1:
+            made.append(correlation_matrix(part, cols, out / f"correlation_{name}.png",
+                                           f"input correlations, {name} (train)"))
+    return made
+
+
+def main(argv=None) -> int:
+    from . import cli
+
+    def build(p):
+        sub = p.add_subparsers(dest="what", required=True)
+        pm = sub.add_parser("model")
+        for a in ("--model", "--predictions", "--metrics", "--record", "--out-dir"):
+            pm.add_argument(a, required=True)
+        for a in ("--trials", "--importance", "--features-test"):
+            pm.add_argument(a)
+        ps = sub.add_parser("summary")
+        ps.add_argument("--predictions", nargs="+", required=True)
+        ps.add_argument("--models", nargs="+", required=True)
+        ps.add_argument("--tasks", nargs="+", required=True)
+        ps.add_argument("--train-features", required=True)
+        ps.add_argument("--out-dir", required=True)
+
+    def call(a):
+        if a.what == "model":
+            plot_model(a.model, a.predictions, a.metrics, a.record, a.out_dir, a.trials, a.importance,
+                       a.features_test)
+        else:
+            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir)
+
+    return cli.run(build, call, argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

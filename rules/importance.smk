@@ -1,0 +1,15 @@
+# Permutation importance on the test split (+ native importance where the family has one).
+rule importance:
+    input:
+        model=f"{RES}/models/{{model}}",
+        test=f"{RES}/features/test.parquet",
+        raw_test=f"{RES}/split/test.parquet",
+    output:
+        f"{RES}/importance/{{model}}.json",
+    params:
+        seed=config["seed"],
+    log:
+        f"{RES}/logs/importance/{{model}}.log",
+    shell:
+        "{PY}.importance --model-dir {input.model} --test {input.test} --raw-test {input.raw_test}"
+        " --out {output} --seed {params.seed} > {log} 2>&1"

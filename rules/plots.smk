@@ -1,0 +1,49 @@
+# Figures per model and across models; all of them go into the HTML report:
+#   snakemake --report results/report.html
+rule plots:
+    input:
+        predictions=f"{RES}/predictions/{{model}}.parquet",
+        metrics=f"{RES}/metrics/{{model}}.json",
+        record=f"{RES}/records/{{model}}.train.json",
+        importance=f"{RES}/importance/{{model}}.json",
+        features_test=f"{RES}/features/test.parquet",
+        trials=lambda wc: f"{RES}/tuning/{wc.model}.trials.csv" if tuned(wc.model) else [],
+    output:
+        report(
+            directory(f"{RES}/plots/{{model}}"),
+            patterns=["{name}.png"],
+            caption="report/model_plots.rst",
+            category="Models",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "{name}"},
+        ),
+    params:
+        trials=lambda wc, input: f"--trials {input.trials}" if input.trials else "",
+    log:
+        f"{RES}/logs/plots/{{model}}.log",
+    shell:
+        "{PY}.plots model --model {wildcards.model} --predictions {input.predictions}"
+        " --metrics {input.metrics} --record {input.record} --importance {input.importance}"
+        " --features-test {input.features_test} {params.trials} --out-dir {output} > {log} 2>&1"
+
+
+rule summary_plots:
+    input:
+        predictions=expand(f"{RES}/predictions/{{model}}.parquet", model=MODELS),
+        train=f"{RES}/features/train.parquet",
+    output:
+        report(
+            directory(f"{RES}/plots/summary"),
+            patterns=["{name}.png"],
+            caption="report/summary_plots.rst",
+            category="Comparison",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        models=list(MODELS),
+        tasks=[MODELS[m]["task"] for m in MODELS],
+    log:
+        f"{RES}/logs/plots/summary.log",
+    shell:
+        "{PY}.plots summary --predictions {input.predictions} --models {params.models}"
+        " --tasks {params.tasks} --train-features {input.train} --out-dir {output} > {log} 2>&1"
