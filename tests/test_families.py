@@ -12,7 +12,7 @@ from hepml_steps.errors import DataError, FamilyError
 FAST = {  # small settings so the whole matrix runs in seconds
     "xgboost": {"n_estimators": 20}, "random_forest": {"n_estimators": 20},
     "adaboost": {"n_estimators": 20}, "hist_gbm": {"max_iter": 20},
-    "mlp": {"epochs": 5}, "autoencoder": {"epochs": 5},
+    "mlp": {"epochs": 5, "batch_size": 64, "learning_rate": 0.01}, "autoencoder": {"epochs": 5},
 }
 
 

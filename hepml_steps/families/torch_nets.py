@@ -1,0 +1,757 @@
+"""Neural networks with PyTorch: a feed-forward classifier/regressor (MLP) and
+an autoencoder for anomaly detection.
+
+Every choice discussed in the lecture is a hyper-parameter:
+
+- ``activation``: ``linear`` (identity: the whole net stays linear), ``relu``,
+  ``softplus``, ``step`` (Heaviside), ``logistic`` (sigmoid), ``tanh``.
+  The step function has zero derivative almost everywhere, so gradient
+  descent cannot train it as is. Its forward pass is the exact hard threshold
+  ``(x > 0)``; its backward pass uses a *surrogate gradient*: the derivative
+  of a steep sigmoid, ``k * s * (1 - s)`` with ``s = sigmoid(k * x)`` and
+  ``k = step_surrogate_slope`` (a "straight-through" estimator). Inference
+  and the ONNX export use only the hard threshold.
+- ``optimizer``: ``sgd``, ``momentum`` (SGD with ``momentum``), ``nesterov``
+  (SGD with Nesterov momentum), ``adagrad``, ``adadelta``, ``rmsprop``,
+  ``adam``, ``amsgrad`` (Adam with the AMSGrad fix). Every optimizer uses
+  ``learning_rate`` as given (note that Adadelta is conventionally run with a
+  learning rate near 1.0) and ``l2`` as weight decay (L2 penalty).
+- ``loss``: ``auto`` means ``cross_entropy`` for classification and ``mse``
+  for regression. Classification also accepts ``mse`` and ``absolute`` (on
+  the sigmoid output) and ``hinge`` (on the logit margin, labels mapped to
+  +-1); regression accepts ``mse`` and ``absolute``; the autoencoder's
+  reconstruction loss is ``mse`` or ``absolute``.
+- ``hidden_layers``, ``dropout``, ``batch_size``, ``epochs``,
+  ``early_stopping_patience`` (epochs without a better validation loss before
+  stopping; 0 = off; the weights of the best epoch are restored),
+  ``standardize_target`` (regression: the net learns ``(y - mean) / std`` of
+  the training target; predictions are converted back to target units).
+
+Training honours event weights: each mini-batch loss is the weighted mean of
+the per-event losses (normalised by the batch's weight sum); the validation
+loss uses the validation weights. Losses in ``history`` are those of the
+training objective (for regression with ``standardize_target``: in
+standardised target units).
+
+Reproducibility: all random numbers (initial weights, dropout, the shuffling
+of events) come from ``seed`` through a forked torch RNG and a NumPy
+generator, and ``torch.set_num_threads(n_threads)`` is applied during fit and
+predict, so the same seed gives bit-identical predictions on CPU. (On CUDA,
+cuBLAS/cuDNN may not be bit-reproducible.)
+
+Device: ``device="auto"`` or ``"cuda"`` uses CUDA when
+``torch.cuda.is_available()``, else CPU; if ``"cuda"`` was requested and is
+not available, a warning is logged. The device used and the reason go into
+``info["device"]`` and ``info["device_note"]``.
+
+Files: ``model.pt`` is the network's ``state_dict`` (tensors only; loaded
+with ``torch.load(weights_only=True)``, so nothing is unpickled) and
+``model_config.json`` describes the architecture and the input/target scaling
+needed to rebuild it. ``export_onnx`` writes an ONNX model whose input
+``features`` is ``[N, n_features]`` float32 and whose output ``score`` is
+``[N]`` and equal to ``predict_score``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import DataError, FamilyError
+from ..io import atomic_path, write_json
+from .base import Family
+
+log = logging.getLogger("hepml.torch")
+
+ACTIVATIONS = ("linear", "relu", "softplus", "step", "logistic", "tanh")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "amsgrad")
+DEVICES = ("auto", "cpu", "cuda")
+CONFIG_FILE = "model_config.json"
+WEIGHTS_FILE = "model.pt"
+CONFIG_FORMAT = "hepml-torch-net-1"
+INFERENCE_BATCH = 65536
+
+
+# --------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------
+class _StepSurrogate(torch.autograd.Function):
+    """Heaviside step forward; sigmoid-derivative surrogate gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x, slope: float):
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(ctx.slope * x)
+        return grad_output * ctx.slope * s * (1 - s), None
+
+
+class Step(nn.Module):
+    """Hard threshold ``(x > 0)``; trains through a surrogate gradient of slope ``slope``.
+
+    Without gradients (inference, ONNX export) it is the plain comparison, so
+    the exported graph needs no custom operator.
+    """
+
+    def __init__(self, slope: float = 5.0):
+        super().__init__()
+        self.slope = float(slope)
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad and not torch.onnx.is_in_onnx_export():
+            return _StepSurrogate.apply(x, self.slope)
+        return (x > 0).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"surrogate_slope={self.slope}"
+
+
+def make_activation(name: str, slope: float = 5.0) -> nn.Module:
+    return {
+        "linear": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus, "logistic": nn.Sigmoid,
+        "tanh": nn.Tanh, "step": lambda: Step(slope),
+    }[name]()
+
+
+class Net(nn.Module):
+    """Fully connected layers ``sizes[0] -> ... -> sizes[-1]``.
+
+    The activation (and dropout) follow every layer but the last. Layers live
+    in ``layers`` so the ``state_dict`` keys do not depend on the activation
+    or on dropout.
+    """
+
+    def __init__(self, sizes: list[int], activation: str, slope: float = 5.0, dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.act = make_activation(activation, slope)
+        self.dropout = float(dropout)
+
+    def forward(self, x):
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x = self.act(x)
+                if self.dropout > 0:
+                    x = F.dropout(x, self.dropout, self.training)
+        return x
+
+
+class Scorer(nn.Module):
+    """The net plus what turns its output into ``predict_score`` (exported as is to ONNX).
+
+    - ``classification``: sigmoid of the logit (probability of signal);
+    - ``regression``: output * target_std + target_mean (target units);
+    - ``anomaly``: inputs standardised, then the per-event mean squared
+      reconstruction error over features.
+    """
+
+    def __init__(self, net: Net, kind: str, target_mean: float = 0.0, target_std: float = 1.0,
+                 input_mean=None, input_std=None):
+        super().__init__()
+        self.net = net
+        self.kind = kind
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)), persistent=False)
+        self.register_buffer("target_std", torch.tensor(float(target_std)), persistent=False)
+        n = net.layers[0].in_features
+        mean = torch.zeros(n) if input_mean is None else torch.as_tensor(np.asarray(input_mean, np.float32))
+        std = torch.ones(n) if input_std is None else torch.as_tensor(np.asarray(input_std, np.float32))
+        self.register_buffer("input_mean", mean.float(), persistent=False)
+        self.register_buffer("input_std", std.float(), persistent=False)
+
+    def standardize(self, x):
+        return (x - self.input_mean) / self.input_std
+
+    def forward(self, x):
+        if self.kind == "anomaly":
+            z = self.standardize(x)
+            return ((self.net(z) - z) ** 2).mean(dim=1)
+        out = self.net(x)[:, 0]
+        if self.kind == "classification":
+            return torch.sigmoid(out)
+        return out * self.target_std + self.target_mean
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Use ``n`` intra-op threads inside the block; restore the previous number after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Hide the ONNX exporter's internal notices (optional torchvision ops, deprecations)."""
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _weighted_moments(X: np.ndarray, w: np.ndarray | None):
+    """Mean and standard deviation along axis 0 (weighted when the weights allow it)."""
+    X = np.asarray(X, dtype=np.float64)
+    if w is not None and np.all(w >= 0) and w.sum() > 0:
+        mean = np.average(X, axis=0, weights=w)
+        var = np.average((X - mean) ** 2, axis=0, weights=w)
+    else:
+        mean, var = X.mean(axis=0), X.var(axis=0)
+    std = np.sqrt(var)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return mean, std
+
+
+# --------------------------------------------------------------------------
+# shared machinery
+# --------------------------------------------------------------------------
+class TorchFamily(Family):
+    """What the MLP and the autoencoder share: parameters, devices, training loop, files.
+
+    Subclasses define ``kind`` (the :class:`Scorer` mode), ``losses``
+    (task -> allowed losses, the first being the ``auto`` default) and the
+    hooks ``_layer_sizes``, ``_fit_scaling``, ``_training_tensors`` and
+    ``_per_event_loss``.
+    """
+
+    gpu_capable = True
+    file_format = "torch-state-dict"
+    iterative = True
+    losses: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    #: optional ``f(epoch, metrics)`` called after every epoch (0-based epoch;
+    #: metrics: train_loss, validation_loss, validation_auc when available).
+    #: An exception it raises propagates out of ``fit`` (the tuner prunes so).
+    epoch_callback = None
+
+    def __init__(self, task: str = "classification", params: dict | None = None,
+                 seed: int = 0, n_threads: int = 1, device: str = "cpu"):
+        super().__init__(task=task, params=params, seed=seed, n_threads=n_threads, device=device)
+        self._validate()
+        self.n_features: int | None = None
+        self.scorer: Scorer | None = None
+        self.scaling: dict[str, Any] = {}
+
+    # -- parameter checks ----------------------------------------------------
+    def _bad(self, param: str, value, allowed, extra: str = "") -> FamilyError:
+        return FamilyError(f"family '{self.name}': {param} {value!r} is not allowed{extra}; "
+                           f"allowed: {', '.join(map(str, allowed))}")
+
+    def _validate(self) -> None:
+        p = self.params
+        if p["activation"] not in ACTIVATIONS:
+            raise self._bad("activation", p["activation"], ACTIVATIONS)
+        if p["optimizer"] not in OPTIMIZERS:
+            raise self._bad("optimizer", p["optimizer"], OPTIMIZERS)
+        allowed = self.losses[self.task]
+        if p["loss"] == "auto":
+            p["loss"] = allowed[0]
+        if p["loss"] not in allowed:
+            every = sorted({name for names in self.losses.values() for name in names})
+            if p["loss"] in every:
+                raise self._bad("loss", p["loss"], allowed, f" for task '{self.task}'")
+            raise self._bad("loss", p["loss"], ("auto",) + allowed)
+        if str(self.device).split(":")[0] not in DEVICES:
+            raise self._bad("device", self.device, DEVICES)
+        hl = p["hidden_layers"]
+        if isinstance(hl, int) and not isinstance(hl, bool):
+            hl = [hl]
+        if not isinstance(hl, (list, tuple)) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hl):
+            raise FamilyError(f"family '{self.name}': hidden_layers must be a list of positive integers "
+                              f"(got {p['hidden_layers']!r})")
+        if self.kind == "anomaly" and not hl:
+            raise FamilyError(f"family '{self.name}': hidden_layers needs at least one layer (the latent one)")
+        p["hidden_layers"] = [int(n) for n in hl]
+
+        def number(name, low, *, integer=False, strict=False, high=None):
+            v = p[name]
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > low if strict else v >= low) and (high is None or v < high)
+            if integer:
+                ok = ok and float(v).is_integer()
+            if not ok:
+                rng = f"{'>' if strict else '>='} {low}" + (f" and < {high}" if high is not None else "")
+                raise FamilyError(f"family '{self.name}': {name} must be {'an integer' if integer else 'a number'} "
+                                  f"{rng} (got {v!r})")
+            p[name] = int(v) if integer else float(v)
+
+        number("learning_rate", 0, strict=True)
+        number("l2", 0)
+        number("momentum", 0, high=1)
+        number("batch_size", 1, integer=True)
+        number("epochs", 0, integer=True)
+        number("early_stopping_patience", 0, integer=True)
+        number("dropout", 0, high=1)
+        number("step_surrogate_slope", 0, strict=True)
+
+    # -- hooks ------------------------------------------------------------------
+    kind: ClassVar[str] = ""
+
+    def _layer_sizes(self, n_features: int) -> list[int]:
+        raise NotImplementedError
+
+    def _fit_scaling(self, X, y, w) -> dict:
+        """Scaling constants fitted on the training data (stored in the JSON config)."""
+        return {}
+
+    def _training_tensors(self, X, y):
+        """(network input, target) as numpy float32 arrays for these events."""
+        raise NotImplementedError
+
+    def _per_event_loss(self, out, target):
+        raise NotImplementedError
+
+    # -- device ------------------------------------------------------------------
+    def _resolve_device(self) -> torch.device:
+        requested = str(self.device)
+        if requested == "cpu":
+            dev, note = "cpu", "cpu requested"
+        elif torch.cuda.is_available():
+            dev, note = (requested if requested.startswith("cuda:") else "cuda"), "CUDA available"
+        else:
+            dev = "cpu"
+            note = ("torch.cuda.is_available() is False (no visible GPU, no driver, or a CPU-only "
+                    f"torch build {torch.__version__}); using cpu")
+            if requested.startswith("cuda"):
+                log.warning("family '%s': device '%s' requested but %s", self.name, requested, note)
+        self.info["device"] = dev
+        self.info["device_note"] = note
+        return torch.device(dev)
+
+    # -- building --------------------------------------------------------------
+    def _build(self, n_features: int, scaling: dict) -> Scorer:
+        p = self.params
+        net = Net(self._layer_sizes(n_features), p["activation"], p["step_surrogate_slope"], p["dropout"])
+        return Scorer(net, self.kind, scaling.get("target_mean", 0.0), scaling.get("target_std", 1.0),
+                      scaling.get("input_mean"), scaling.get("input_std"))
+
+    def _make_optimizer(self, parameters):
+        p = self.params
+        lr, wd, opt = p["learning_rate"], p["l2"], p["optimizer"]
+        O = torch.optim
+        if opt == "sgd":
+            return O.SGD(parameters, lr=lr, weight_decay=wd)
+        if opt == "momentum":
+            return O.SGD(parameters, lr=lr, momentum=p["momentum"], weight_decay=wd)
+        if opt == "nesterov":
+            return O.SGD(parameters, lr=lr, momentum=p["momentum"], nesterov=True, weight_decay=wd)
+        if opt == "adagrad":
+            return O.Adagrad(parameters, lr=lr, weight_decay=wd)
+        if opt == "adadelta":
+            return O.Adadelta(parameters, lr=lr, weight_decay=wd)
+        if opt == "rmsprop":
+            return O.RMSprop(parameters, lr=lr, weight_decay=wd)
+        if opt == "adam":
+            return O.Adam(parameters, lr=lr, weight_decay=wd)
+        return O.Adam(parameters, lr=lr, weight_decay=wd, amsgrad=True)  # amsgrad
+
+    # -- data checks -------------------------------------------------------------
+    def _as_X(self, X, what: str) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise DataError(f"family '{self.name}': {what} must be 2-D (events x features), got shape {X.shape}")
+        if self.n_features is not None and X.shape[1] != self.n_features:
+            raise DataError(f"family '{self.name}': {what} has {X.shape[1]} features, the model {self.n_features}")
+        if not np.all(np.isfinite(X)):
+            raise DataError(f"family '{self.name}': {what} contains NaN or infinite values")
+        return X
+
+    def _as_w(self, w, n: int, what: str) -> np.ndarray:
+        if w is None:
+            return np.ones(n, dtype=np.float32)
+        w = np.asarray(w, dtype=np.float64).reshape(-1)
+        if len(w) != n or not np.all(np.isfinite(w)):
+            raise DataError(f"family '{self.name}': {what} must be {n} finite numbers")
+        return w.astype(np.float32)
+
+    # -- losses ------------------------------------------------------------------
+    @staticmethod
+    def _weighted_mean(per_event, w):
+        total = w.sum()
+        total = torch.where(total > 0, total, w.abs().sum()).clamp_min(1e-30)
+        return (per_event * w).sum() / total, total
+
+    def _evaluate(self, net, Xt, Tt, Wt):
+        """Weighted mean loss over all events (eval mode, no grad) and the raw outputs."""
+        net.eval()
+        loss_sum, w_sum, outs = 0.0, 0.0, []
+        with torch.no_grad():
+            for i in range(0, len(Xt), INFERENCE_BATCH):
+                out = net(Xt[i:i + INFERENCE_BATCH])
+                per = self._per_event_loss(out, Tt[i:i + INFERENCE_BATCH])
+                wb = Wt[i:i + INFERENCE_BATCH]
+                loss_sum += float((per * wb).sum())
+                w_sum += float(wb.sum())
+                outs.append(out)
+        loss = loss_sum / w_sum if w_sum > 0 else float("nan")
+        return loss, torch.cat(outs) if outs else None
+
+    def loss(self, X, y=None, sample_weight=None) -> float:
+        """The training objective (weighted mean per-event loss) of the fitted net on these events."""
+        if self.scorer is None:
+            raise FamilyError(f"family '{self.name}': the model is not fitted")
+        X = self._as_X(X, "X")
+        inp, tgt = self._training_tensors(X, y)
+        dev = next(self.scorer.parameters()).device
+        w = torch.from_numpy(self._as_w(sample_weight, len(X), "sample_weight")).to(dev)
+        with _threads(self.n_threads):
+            loss, _ = self._evaluate(self.scorer.net, torch.from_numpy(inp).to(dev),
+                                     torch.from_numpy(tgt).to(dev), w)
+        return loss
+
+    def _validation_extras(self, out, y_val, w_val) -> dict:
+        return {}
+
+    # -- training ----------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None, X_val=None, y_val=None, w_val=None):
+        p = self.params
+        self.n_features = None
+        X = self._as_X(X, "X")
+        if len(X) == 0:
+            raise DataError(f"family '{self.name}': no training events")
+        self.n_features = X.shape[1]
+        w = self._as_w(sample_weight, len(X), "sample_weight")
+        has_val = X_val is not None and len(X_val) > 0
+        if has_val:
+            X_val = self._as_X(X_val, "X_val")
+            w_val = self._as_w(w_val, len(X_val), "w_val")
+        device = self._resolve_device()
+        self.history = {"train_loss": [], "validation_loss": []}
+        if has_val and self.task == "classification":
+            self.history["validation_auc"] = []
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        rng = np.random.default_rng(self.seed)
+
+        with _threads(self.n_threads), torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(self.seed)
+            self.scaling = self._fit_scaling(X, y, w)
+            scorer = self._build(self.n_features, self.scaling).to(device)
+            net = scorer.net
+            inp, tgt = self._training_tensors(X, y)
+            Xt, Tt = torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
+            Wt = torch.from_numpy(w).to(device)
+            if has_val:
+                vin, vtgt = self._training_tensors(X_val, y_val)
+                Xv, Tv = torch.from_numpy(vin).to(device), torch.from_numpy(vtgt).to(device)
+                Wv = torch.from_numpy(w_val).to(device)
+            optimizer = self._make_optimizer(net.parameters())
+
+            self.info["initial_train_loss"], _ = self._evaluate(net, Xt, Tt, Wt)
+            if has_val:
+                self.info["initial_validation_loss"], _ = self._evaluate(net, Xv, Tv, Wv)
+            patience = p["early_stopping_patience"] if has_val else 0
+            best_loss, best_epoch, best_state, stale = math.inf, None, None, 0
+            n, bs = len(X), p["batch_size"]
+            epoch = -1
+            for epoch in range(p["epochs"]):
+                net.train()
+                order = torch.from_numpy(rng.permutation(n)).to(device)
+                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+                w_sum = torch.zeros((), device=device, dtype=torch.float64)
+                for start in range(0, n, bs):
+                    idx = order[start:start + bs]
+                    per = self._per_event_loss(net(Xt[idx]), Tt[idx])
+                    loss, total = self._weighted_mean(per, Wt[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach().double() * total.detach().double()
+                    w_sum += total.detach().double()
+                train_loss = float(loss_sum / w_sum)
+                if not math.isfinite(train_loss):
+                    raise FamilyError(
+                        f"family '{self.name}': training diverged (training loss {train_loss}) in epoch {epoch}; "
+                        f"try a lower learning_rate (now {p['learning_rate']:g}) or another optimizer")
+                self.history["train_loss"].append(train_loss)
+                metrics = {"train_loss": train_loss}
+                if has_val:
+                    val_loss, out = self._evaluate(net, Xv, Tv, Wv)
+                    self.history["validation_loss"].append(val_loss)
+                    metrics["validation_loss"] = val_loss
+                    for k, v in self._validation_extras(out, y_val, w_val).items():
+                        self.history[k].append(v)
+                        metrics[k] = v
+                    if val_loss < best_loss:
+                        best_loss, best_epoch, stale = val_loss, epoch, 0
+                        if patience:
+                            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                    else:
+                        stale += 1
+                if self.epoch_callback is not None:
+                    self.epoch_callback(epoch, metrics)
+                if patience and stale >= patience:
+                    break
+            self.info["epochs_run"] = epoch + 1
+            self.info["early_stopped"] = bool(patience and stale >= patience and epoch + 1 < p["epochs"])
+            if best_state is not None:
+                net.load_state_dict(best_state)
+                self.info["best_epoch"] = best_epoch
+                self.info["best_validation_loss"] = best_loss
+            else:  # no early stopping: the last epoch's weights are kept
+                self.info["best_epoch"] = epoch if epoch >= 0 else None
+                if has_val and best_epoch is not None:
+                    self.info["lowest_validation_loss_epoch"] = best_epoch
+            net.eval()
+        self.scorer = scorer
+        self.info["n_parameters"] = int(sum(t.numel() for t in net.parameters()))
+        return self
+
+    # -- inference ---------------------------------------------------------------
+    def predict_score(self, X):
+        if self.scorer is None:
+            raise FamilyError(f"family '{self.name}': the model is not fitted")
+        X = self._as_X(X, "X")
+        if len(X) == 0:
+            return np.empty(0, dtype=np.float64)
+        dev = next(self.scorer.parameters()).device
+        self.scorer.eval()
+        outs = []
+        with _threads(self.n_threads), torch.no_grad():
+            for i in range(0, len(X), INFERENCE_BATCH):
+                outs.append(self.scorer(torch.from_numpy(X[i:i + INFERENCE_BATCH]).to(dev)).cpu().numpy())
+        return np.concatenate(outs).astype(np.float64)
+
+    # -- files ---------------------------------------------------------------------
+    def _config(self) -> dict:
+        return {
+            "format": CONFIG_FORMAT, "family": self.name, "task": self.task, "n_features": self.n_features,
+            "layer_sizes": self._layer_sizes(self.n_features), "hidden_layers": self.params["hidden_layers"],
+            "activation": self.params["activation"],
+            "step_surrogate_slope": self.params["step_surrogate_slope"],
+            "scaling": self.scaling, "params": self.params, "torch_version": torch.__version__,
+        }
+
+    def save(self, directory) -> list[str]:
+        if self.scorer is None:
+            raise FamilyError(f"family '{self.name}': cannot save a model that is not fitted")
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.scorer.net.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            torch.save(state, tmp)
+        write_json(directory / CONFIG_FILE, self._config())
+        return [WEIGHTS_FILE, CONFIG_FILE]
+
+    @classmethod
+    def load(cls, directory, meta: dict) -> "TorchFamily":
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_FILE
+        if not cfg_path.exists():
+            raise DataError(f"missing input file: {cfg_path}")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("format") != CONFIG_FORMAT or cfg.get("family") != cls.name:
+            raise FamilyError(f"{cfg_path} is not a '{cls.name}' model config ({CONFIG_FORMAT})")
+        self = cls(task=cfg["task"], params=cfg["params"], seed=meta.get("seed", 0), device="cpu")
+        self.n_features = int(cfg["n_features"])
+        self.scaling = cfg.get("scaling") or {}
+        if self._layer_sizes(self.n_features) != list(cfg["layer_sizes"]):
+            raise FamilyError(f"{cfg_path}: layer sizes {cfg['layer_sizes']} do not match its params")
+        scorer = self._build(self.n_features, self.scaling)
+        # weights_only=True: only tensors and plain containers are accepted, nothing is unpickled
+        state = torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+        try:
+            scorer.net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise FamilyError(f"{directory / WEIGHTS_FILE} does not fit the architecture in {cfg_path}: {exc}") from exc
+        scorer.eval()
+        self.scorer = scorer
+        self.info["device"], self.info["device_note"] = "cpu", "loaded on cpu"
+        return self
+
+    def export_onnx(self, path, n_features: int | None = None) -> None:
+        """Write the model as ONNX: input ``features`` [N, n_features] -> output ``score`` [N] (= predict_score).
+
+        Uses the dynamo exporter when onnxscript is installed, else the legacy
+        TorchScript exporter (``dynamo=False``).
+        """
+        import onnx
+
+        if self.scorer is None:
+            raise FamilyError(f"family '{self.name}': cannot export a model that is not fitted")
+        if n_features is not None and int(n_features) != self.n_features:
+            raise FamilyError(f"family '{self.name}': export asked for {n_features} features, "
+                              f"the model has {self.n_features}")
+        model = copy.deepcopy(self.scorer).cpu().eval()
+        example = (torch.zeros(2, self.n_features, dtype=torch.float32),)
+        try:
+            import onnxscript  # noqa: F401  (needed by the dynamo exporter)
+            dynamo = True
+        except ImportError:
+            dynamo = False
+        with torch.no_grad(), _threads(self.n_threads), _quiet_exporter():
+            if dynamo:
+                program = torch.onnx.export(
+                    model, example, dynamo=True, input_names=["features"], output_names=["score"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                proto = program.model_proto
+            else:
+                buf = io.BytesIO()
+                torch.onnx.export(model, example, buf, dynamo=False, input_names=["features"],
+                                  output_names=["score"], opset_version=17,
+                                  dynamic_axes={"features": {0: "batch"}, "score": {0: "batch"}})
+                proto = onnx.load_from_string(buf.getvalue())
+        onnx.checker.check_model(proto)
+        names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
+        if names != (["features"], ["score"]):
+            raise FamilyError(f"family '{self.name}': ONNX export gave inputs/outputs {names}")
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_bytes(proto.SerializeToString())
+
+
+_COMMON = {
+    "activation": "relu",
+    "step_surrogate_slope": 5.0,
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "l2": 0.0,
+    "learning_rate": 1e-3,
+    "batch_size": 512,
+    "epochs": 20,
+    "early_stopping_patience": 5,
+    "dropout": 0.0,
+}
+_COMMON_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+    "l2": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},
+    "batch_size": {"type": "categorical", "choices": [128, 256, 512, 1024]},
+    "activation": {"type": "categorical", "choices": ["relu", "tanh", "softplus", "logistic"]},
+}
+
+
+# --------------------------------------------------------------------------
+# the families
+# --------------------------------------------------------------------------
+class MLPFamily(TorchFamily):
+    """Feed-forward network: one output (logit for classification, value for regression)."""
+
+    name = "mlp"
+    tasks = ("classification", "regression")
+    kind = ""  # set per instance: the task
+    losses = {"classification": ("cross_entropy", "mse", "absolute", "hinge"),
+              "regression": ("mse", "absolute")}
+    default_params = {"hidden_layers": [64, 64], **_COMMON, "loss": "auto", "standardize_target": True}
+    search_space = {
+        **_COMMON_SPACE,
+        "hidden_layers": {"type": "categorical", "choices": [[32], [64, 64], [128, 64], [64, 64, 64]]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    }
+
+    def __init__(self, task: str = "classification", params: dict | None = None,
+                 seed: int = 0, n_threads: int = 1, device: str = "cpu"):
+        self.kind = task
+        super().__init__(task=task, params=params, seed=seed, n_threads=n_threads, device=device)
+
+    def _layer_sizes(self, n_features):
+        return [int(n_features), *self.params["hidden_layers"], 1]
+
+    def _fit_scaling(self, X, y, w):
+        if y is None:
+            raise DataError(f"family '{self.name}': task '{self.task}' needs targets y")
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if len(y) != len(X) or not np.all(np.isfinite(y)):
+            raise DataError(f"family '{self.name}': y must be {len(X)} finite numbers")
+        if self.task == "classification":
+            if not np.all(np.isin(y, (0, 1))):
+                raise DataError(f"family '{self.name}': classification labels must be 0 or 1")
+            return {}
+        if not self.params["standardize_target"]:
+            return {"target_mean": 0.0, "target_std": 1.0}
+        mean, std = _weighted_moments(y[:, None], w)
+        return {"target_mean": float(mean[0]), "target_std": float(std[0])}
+
+    def _training_tensors(self, X, y):
+        if y is None:
+            raise DataError(f"family '{self.name}': task '{self.task}' needs targets y (also for validation)")
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if len(y) != len(X):
+            raise DataError(f"family '{self.name}': {len(y)} targets for {len(X)} events")
+        if self.task == "regression":
+            y = (y - self.scaling.get("target_mean", 0.0)) / self.scaling.get("target_std", 1.0)
+        return X, y.astype(np.float32)
+
+    def _per_event_loss(self, out, target):
+        z = out[:, 0]
+        loss = self.params["loss"]
+        if self.task == "classification":
+            if loss == "cross_entropy":
+                return F.binary_cross_entropy_with_logits(z, target, reduction="none")
+            if loss == "hinge":
+                return F.relu(1 - (2 * target - 1) * z)
+            z = torch.sigmoid(z)
+        return (z - target) ** 2 if loss == "mse" else (z - target).abs()
+
+    def _validation_extras(self, out, y_val, w_val):
+        if self.task != "classification":
+            return {}
+        from sklearn.metrics import roc_auc_score
+
+        try:
+            auc = float(roc_auc_score(np.asarray(y_val), torch.sigmoid(out[:, 0]).cpu().numpy(),
+                                      sample_weight=w_val))
+        except ValueError:  # a single class in the validation set
+            auc = float("nan")
+        return {"validation_auc": auc}
+
+
+class AutoencoderFamily(TorchFamily):
+    """Autoencoder: encoder ``hidden_layers`` (latent = last), mirrored decoder.
+
+    Inputs are standardised internally with the training mean/std; the
+    anomaly score is the per-event mean squared reconstruction error over the
+    (standardised) features. Fit on background only (``y`` is ignored).
+    """
+
+    name = "autoencoder"
+    tasks = ("anomaly",)
+    kind = "anomaly"
+    losses = {"anomaly": ("mse", "absolute")}
+    default_params = {"hidden_layers": [32, 8], **_COMMON, "loss": "auto"}
+    search_space = {
+        **_COMMON_SPACE,
+        "hidden_layers": {"type": "categorical", "choices": [[16, 4], [32, 8], [64, 16], [32, 16, 4]]},
+    }
+
+    def _layer_sizes(self, n_features):
+        hl = self.params["hidden_layers"]
+        return [int(n_features), *hl, *hl[-2::-1], int(n_features)]
+
+    def _fit_scaling(self, X, y, w):
+        mean, std = _weighted_moments(X, w)
+        return {"input_mean": [float(v) for v in mean], "input_std": [float(v) for v in std]}
+
+    def _training_tensors(self, X, y):
+        mean = np.asarray(self.scaling["input_mean"], dtype=np.float32)
+        std = np.asarray(self.scaling["input_std"], dtype=np.float32)
+        z = ((X - mean) / std).astype(np.float32)
+        return z, z
+
+    def _per_event_loss(self, out, target):
+        d = out - target
+        return (d ** 2).mean(dim=1) if self.params["loss"] == "mse" else d.abs().mean(dim=1)
