@@ -1,0 +1,154 @@
+"""The evaluate and leaderboard steps: metrics.json contents, overtraining flag, errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hepml_steps import metrics as M
+from hepml_steps.errors import DataError
+from hepml_steps.evaluate import evaluate
+from hepml_steps.families.sk import DecisionTreeFamily
+from hepml_steps.generate import FEATURES, generate_chunk
+from hepml_steps.leaderboard import leaderboard
+
+
+def predictions_table(n=3000, seed=0, shift=1.0):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, s in enumerate(("train", "validation", "test")):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=n) + shift * y
+        parts.append(pd.DataFrame({"event_id": np.arange(n) + i * n, "split": s, "label": y,
+                                   "weight": rng.uniform(0.5, 2, n), "score": 1 / (1 + np.exp(-x)),
+                                   "truth_llr": shift * x - shift ** 2 / 2}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_classification_metrics_json(tmp_path):
+    pred = predictions_table()
+    pred.to_parquet(tmp_path / "p.parquet")
+    rec = {"family": "xgboost", "n_train": 3000, "fit_seconds": 1.5,
+           "tuning": {"n_trials": 5, "wall_seconds": 2.0, "objective": "roc_auc"}}
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    out = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification",
+                   0.5, [0.01, 0.1, 0.3], str(tmp_path / "r.json"))
+    on_disk = json.loads((tmp_path / "m.json").read_text())
+    assert on_disk == out
+    m = out["metrics"]
+    test = pred[pred.split == "test"]
+    assert m["roc_auc"] == pytest.approx(M.roc_auc(test.label, test.score, test.weight))
+    # the score is a monotone function of the LLR here, so the model *is* Bayes-optimal
+    assert m["bayes_auc"] == pytest.approx(m["roc_auc"])
+    for k in ("accuracy", "error_rate", "precision", "sensitivity", "specificity", "roc_combined", "f1",
+              "geometric_mean", "tp", "fp", "tn", "fn", "sig_eff_at_bkg_0.01", "sig_eff_at_bkg_0.1",
+              "sig_eff_at_bkg_0.3", "roc_auc_train", "roc_auc_validation", "ks_pvalue_signal",
+              "ks_pvalue_background", "cross_entropy", "hinge_loss", "mse", "zero_one_loss"):
+        assert m[k] is not None, k
+    assert out["overtraining"]["flagged"] is False  # all splits drawn from one distribution
+    assert out["family"] == "xgboost" and out["extra"]["tuning"]["n_trials"] == 5
+    assert out["n_events"] == {"test": 3000, "train": 3000, "validation": 3000}
+
+
+def test_missing_column_and_one_class_are_clear_errors(tmp_path):
+    pred = predictions_table().drop(columns="weight")
+    pred.to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"missing column.*weight"):
+        evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "x", "classification")
+    pred = predictions_table()
+    pred.loc[pred.split == "test", "label"] = 0
+    pred.to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match="no signal events"):
+        evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "x", "classification")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cli_error_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hepml_steps.evaluate", "--predictions", str(tmp_path / "none.parquet"),
+                        "--out", str(tmp_path / "m.json"), "--model", "x"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("hepml: error: missing input file")
+    assert "none.parquet" in r.stderr
+
+
+def _tree_predictions(params, n_train=400, seed=11):
+    """Train a decision tree on toy events and score train and test like the pipeline does."""
+    df = generate_chunk(n_train + 20000, (n_train + 20000) // 2, seed=seed, chunk_index=0, event_id_start=0)
+    df["weight"] = 1.0
+    X, y = df[list(FEATURES)].to_numpy(np.float32), df["label"].to_numpy()
+    fam = DecisionTreeFamily(task="classification", params=params, seed=0).fit(X[:n_train], y[:n_train])
+    split = np.where(np.arange(len(df)) < n_train, "train", "test")
+    return pd.DataFrame({"event_id": df.event_id, "split": split, "label": y, "weight": 1.0,
+                         "score": fam.predict_score(X)})
+
+
+def test_ks_flags_an_overfit_tree_and_not_a_regularised_one(tmp_path):
+    deep = _tree_predictions({"max_depth": None, "min_samples_leaf": 1})
+    shallow = _tree_predictions({"max_depth": 2, "min_samples_leaf": 50})
+    results = {}
+    for name, pred in (("deep", deep), ("shallow", shallow)):
+        pred.to_parquet(tmp_path / f"{name}.parquet")
+        results[name] = evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name,
+                                 "classification", ks_pvalue_min=0.01)
+    assert results["deep"]["overtraining"]["flagged"] is True
+    assert min(results["deep"]["metrics"]["ks_pvalue_signal"], results["deep"]["metrics"]["ks_pvalue_background"]) < 1e-6
+    assert results["shallow"]["overtraining"]["flagged"] is False
+    assert results["deep"]["metrics"]["roc_auc_train"] == pytest.approx(1.0)
+
+
+def test_regression_anomaly_clustering_dimreduction(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    target = rng.uniform(50, 150, n)
+    base = pd.DataFrame({"event_id": np.arange(n), "split": np.where(np.arange(n) < 1000, "train", "test"),
+                         "label": y, "weight": 1.0})
+    reg = base.assign(score=target * (1 + rng.normal(0, 0.05, n)), target=target)
+    reg.to_parquet(tmp_path / "reg.parquet")
+    m = evaluate(str(tmp_path / "reg.parquet"), str(tmp_path / "reg.json"), "r", "regression")["metrics"]
+    assert m["relative_resolution_68"] == pytest.approx(0.05, rel=0.15) and m["r2"] > 0.9 and "r2_train" in m
+
+    ano = base.assign(score=rng.normal(size=n) + 2 * y)
+    ano.to_parquet(tmp_path / "ano.parquet")
+    out = evaluate(str(tmp_path / "ano.parquet"), str(tmp_path / "ano.json"), "a", "anomaly")
+    assert out["metrics"]["roc_auc"] > 0.85 and "ks_pvalue_background" in out["metrics"]
+
+    X = rng.normal(size=(n, 2)) + 4 * y[:, None]
+    feats = pd.DataFrame({"event_id": np.arange(n), "label": y, "weight": 1.0, "a": X[:, 0], "b": X[:, 1]})
+    feats[base.split == "test"].to_parquet(tmp_path / "ft.parquet")
+    clu = base.assign(score=y.astype(float))
+    clu.to_parquet(tmp_path / "clu.parquet")
+    m = evaluate(str(tmp_path / "clu.parquet"), str(tmp_path / "clu.json"), "k", "clustering",
+                 extra={"features": ["a", "b"]}, features=str(tmp_path / "ft.parquet"))["metrics"]
+    assert m["n_clusters"] == 2 and m["silhouette"] > 0.5 and m["adjusted_rand"] == pytest.approx(1.0)
+
+    pca = base.assign(score=X[:, 0])
+    pca.to_parquet(tmp_path / "pca.parquet")
+    m = evaluate(str(tmp_path / "pca.parquet"), str(tmp_path / "pca.json"), "p", "dimreduction",
+                 extra={"info": {"explained_variance_ratio": [0.6, 0.3]}})["metrics"]
+    assert m["explained_variance_ratio_total"] == pytest.approx(0.9) and m["pc1_separation_auc"] > 0.9
+
+
+def test_leaderboard_ranks_and_shows_bayes(tmp_path):
+    files = []
+    for name, shift in (("weak", 0.3), ("strong", 1.5)):
+        predictions_table(shift=shift).to_parquet(tmp_path / f"{name}.parquet")
+        evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name, "classification",
+                 extra={"family": "f", "fit_seconds": 1.0, "tuning": {"n_trials": 7, "wall_seconds": 3.0},
+                        "energy": {"train": {"energy_j": 5.0, "j_per_event": 0.001, "events_per_s": 1e4,
+                                             "method": "cpu-time-estimate"}}})
+        files.append(str(tmp_path / f"{name}.json"))
+    rows = leaderboard(files, str(tmp_path / "lb.csv"), str(tmp_path / "lb.md"))
+    assert [r["model"] for r in rows] == ["strong", "weak"]
+    csv = pd.read_csv(tmp_path / "lb.csv")
+    assert list(csv.model) == ["strong", "weak"]
+    for col in ("roc_auc", "bayes_auc", "ks_pvalue_signal", "tuning_trials", "train_j_per_event", "overtrained"):
+        assert col in csv.columns
+    md = (tmp_path / "lb.md").read_text()
+    assert "Bayes-optimal AUC" in md and "| 1 | strong |" in md and "cpu-time-estimate" in md
+    with pytest.raises(DataError, match="not a metrics file"):
+        (tmp_path / "bad.json").write_text("{}")
+        leaderboard([str(tmp_path / "bad.json")], str(tmp_path / "lb2.csv"), str(tmp_path / "lb2.md"))
+    assert not (tmp_path / "lb2.csv").exists()

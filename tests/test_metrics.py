@@ -1,0 +1,154 @@
+"""Figures of merit against hand-computed weighted confusion matrices and scikit-learn."""
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from hepml_steps import metrics as M
+from hepml_steps.errors import DataError
+
+# Six events, hand-computed at threshold 0.5:
+#   label  score  weight   called   -> cell
+#     1     0.9     2.0    signal      tp += 2
+#     1     0.4     1.0    bkg         fn += 1
+#     1     0.7     0.5    signal      tp += 0.5
+#     0     0.6     3.0    signal      fp += 3
+#     0     0.2     1.0    bkg         tn += 1
+#     0     0.1     4.0    bkg         tn += 4
+Y = np.array([1, 1, 1, 0, 0, 0])
+S = np.array([0.9, 0.4, 0.7, 0.6, 0.2, 0.1])
+W = np.array([2.0, 1.0, 0.5, 3.0, 1.0, 4.0])
+
+
+def test_weighted_confusion_by_hand():
+    m = M.threshold_metrics(Y, S, 0.5, W)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (2.5, 1.0, 3.0, 5.0)
+    sns, spc, prec = 2.5 / 3.5, 5.0 / 8.0, 2.5 / 5.5
+    assert m["sensitivity"] == pytest.approx(sns)
+    assert m["specificity"] == pytest.approx(spc)
+    assert m["precision"] == pytest.approx(prec)
+    assert m["accuracy"] == pytest.approx(7.5 / 11.5)
+    assert m["error_rate"] == pytest.approx(4.0 / 11.5)
+    assert m["roc_combined"] == pytest.approx(math.sqrt(sns ** 2 + spc ** 2) / math.sqrt(2))
+    assert m["f1"] == pytest.approx(2 * prec * sns / (prec + sns))
+    assert m["geometric_mean"] == pytest.approx(math.sqrt(sns * spc))
+
+
+def test_threshold_moves_events_between_cells():
+    m = M.threshold_metrics(Y, S, 0.65, W)  # the 0.6 background event is now rejected
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2.5, 0.0, 8.0, 1.0)
+    assert m["precision"] == 1.0
+
+
+def test_undefined_ratios_are_nan_not_errors():
+    m = M.threshold_metrics(Y, S, 2.0, W)  # nothing called signal
+    assert math.isnan(m["precision"]) and math.isnan(m["f1"])
+    assert m["specificity"] == 1.0 and m["sensitivity"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def sample():
+    rng = np.random.default_rng(3)
+    n = 5000
+    y = rng.integers(0, 2, n)
+    s = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.2 * y)))
+    s = np.round(s, 2)  # ties on purpose
+    w = rng.exponential(1.0, n)
+    return y, s, w
+
+
+def test_auc_and_roc_match_sklearn_with_weights_and_ties(sample):
+    y, s, w = sample
+    assert M.roc_auc(y, s, w) == pytest.approx(skm.roc_auc_score(y, s, sample_weight=w), abs=1e-12)
+    assert M.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, _ = M.roc_curve(y, s, w)
+    f2, t2, _ = skm.roc_curve(y, s, sample_weight=w, drop_intermediate=False)
+    assert np.allclose(fpr, f2) and np.allclose(tpr, t2)
+
+
+def test_auc_does_not_depend_on_event_order(sample):
+    y, s, w = sample
+    p = np.random.default_rng(0).permutation(len(y))
+    assert M.roc_auc(y[p], s[p], w[p]) == pytest.approx(M.roc_auc(y, s, w), abs=1e-14)
+
+
+def test_weights_matter(sample):
+    y, s, w = sample
+    w2 = w * np.where(s > 0.7, 5.0, 1.0)
+    assert abs(M.roc_auc(y, s, w2) - M.roc_auc(y, s, w)) > 1e-3
+
+
+def test_signal_efficiency_at_fixed_background_efficiency():
+    # continuous scores: background uniform, signal uniform on [0.5, 1.5]
+    rng = np.random.default_rng(1)
+    b, s = rng.uniform(0, 1, 200_000), rng.uniform(0.5, 1.5, 200_000)
+    y = np.r_[np.ones_like(s), np.zeros_like(b)]
+    x = np.r_[s, b]
+    # cut c = 1 - eff_b keeps signal fraction min(1, 1.5 - c)
+    effs = M.signal_efficiency_at(y, x, [0.1, 0.3, 0.6])
+    assert effs == pytest.approx([0.6, 0.8, 1.0], abs=0.01)
+    assert M.signal_efficiency_at(y, x, 0.1) == pytest.approx(0.6, abs=0.01)
+    with pytest.raises(DataError, match="background efficiencies"):
+        M.signal_efficiency_at(y, x, 1.5)
+
+
+def test_losses_by_hand():
+    y, p, w = np.array([1, 0]), np.array([0.8, 0.4]), np.array([1.0, 3.0])
+    assert M.zero_one_loss(y, p, w) == 0.0
+    assert M.mse(y, p, w) == pytest.approx((0.04 + 3 * 0.16) / 4)
+    assert M.absolute_loss(y, p, w) == pytest.approx((0.2 + 3 * 0.4) / 4)
+    assert M.hinge_loss(y, p, w) == pytest.approx((0.4 + 3 * 0.8) / 4)  # margins 0.6 and 0.2
+    assert M.cross_entropy(y, p, w) == pytest.approx((-math.log(0.8) - 3 * math.log(0.6)) / 4)
+    assert M.cross_entropy(y, p, w) == pytest.approx(skm.log_loss(y, p, sample_weight=w))
+    assert M.zero_one_loss(np.array([1, 0]), np.array([0.2, 0.9])) == 1.0
+
+
+def test_one_class_is_a_clear_error():
+    with pytest.raises(DataError, match="signal and background"):
+        M.roc_auc([1, 1, 1], [0.1, 0.2, 0.3])
+
+
+def test_ks_same_distribution_passes_shifted_fails():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=3000), rng.normal(size=3000)
+    same = M.ks_overtraining(a, b)
+    shifted = M.ks_overtraining(a + 0.3, b)
+    assert same["pvalue"] > 0.01 and shifted["pvalue"] < 1e-6
+    # unweighted statistic equals scipy's
+    from scipy.stats import ks_2samp
+    assert same["statistic"] == pytest.approx(ks_2samp(a, b).statistic)
+
+
+def test_ks_uses_effective_sample_size():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=2000), rng.normal(0.1, 1, size=2000)
+    flat = M.ks_overtraining(a, b)
+    w = np.r_[np.full(20, 100.0), np.full(1980, 0.01)]  # 20 events carry nearly all weight
+    spiky = M.ks_overtraining(a, b, w, w)
+    assert spiky["n_eff_train"] < 30 < flat["n_eff_train"] == pytest.approx(2000)
+    assert spiky["pvalue"] > flat["pvalue"]
+
+
+def test_regression_metrics_match_sklearn():
+    rng = np.random.default_rng(2)
+    y = rng.uniform(50, 200, 4000)
+    p = y * (1 + rng.normal(0, 0.1, 4000)) + 2.0
+    w = rng.uniform(0.5, 2.0, 4000)
+    m = M.regression_metrics(y, p, w)
+    assert m["mse"] == pytest.approx(skm.mean_squared_error(y, p, sample_weight=w))
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(y, p, sample_weight=w))
+    assert m["r2"] == pytest.approx(skm.r2_score(y, p, sample_weight=w))
+    assert m["relative_resolution_68"] == pytest.approx(0.1, rel=0.08)
+    assert m["bias"] == pytest.approx(2.0, abs=1.0)
+
+
+def test_clustering_metrics():
+    rng = np.random.default_rng(4)
+    X = np.r_[rng.normal(0, 0.3, (300, 2)), rng.normal(5, 0.3, (300, 2))]
+    truth = np.r_[np.zeros(300), np.ones(300)]
+    good = M.clustering_metrics(X, truth.astype(int), y_true=truth)
+    assert good["n_clusters"] == 2 and good["silhouette"] > 0.8 and good["adjusted_rand"] == pytest.approx(1.0)
+    noisy = M.clustering_metrics(X, np.r_[np.full(10, -1), rng.integers(0, 2, 590)], y_true=truth)
+    assert noisy["noise_fraction"] == pytest.approx(10 / 600) and noisy["silhouette"] < 0.1
+    assert abs(noisy["adjusted_rand"]) < 0.1
