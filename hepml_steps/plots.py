@@ -9,7 +9,8 @@ the first two principal components, and feature importance.
 Across models (``summary_plots`` rule): ROC curves overlaid (background
 rejection vs signal efficiency and TPR vs FPR, with the Bayes-optimal curve
 when the truth LLR is known) and the input correlation matrices for signal
-and for background.
+and for background; test AUC against training and inference J/event with
+the Pareto front, and energy per event against throughput.
 
 mplhep's CMS-like style is used when mplhep is installed (optional).
 """
@@ -270,6 +271,71 @@ def correlation_matrix(df, columns, path, title: str) -> str:
     return _save(fig, path)
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated when minimising x and maximising y."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
+    """Test AUC against J/event of training and of inference, with the Pareto
+    front across models; and energy per event against throughput."""
+    rows = []
+    for m in metrics:
+        e = (m.get("extra") or {}).get("energy") or {}
+        rows.append((m["model"], (m.get("metrics") or {}).get("roc_auc"), e.get("train") or {},
+                     e.get("inference") or {}))
+    made = []
+    scored = [r for r in rows if r[1] is not None]
+    if scored:
+        plt = _plt()
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+        for ax, step, idx in ((axes[0], "training", 2), (axes[1], "inference", 3)):
+            pts = [(r[idx].get("j_per_event"), r[1], r[0]) for r in scored if r[idx].get("j_per_event")]
+            if not pts:
+                continue
+            xs, ys, names = zip(*pts)
+            ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
+            for x, y, n in pts:
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            front = pareto_front(list(zip(xs, ys)))
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
+                    label="Pareto front", zorder=2)
+            ax.set_xscale("log")
+            ax.set_xlabel(f"{step} energy per event [J/event]")
+            ax.set_ylabel("test ROC AUC")
+            ax.legend(loc="lower right", fontsize=9)
+            ax.grid(alpha=0.3)
+        methods = sorted({str(r[i].get("method")) for r in scored for i in (2, 3) if r[i].get("method")})
+        fig.suptitle(f"Separation power vs energy cost ({', '.join(methods)})", fontsize=11)
+        made.append(_save(fig, out_dir / "energy_auc_vs_j_per_event.png"))
+    pts = [(r[0], r[2], r[3]) for r in rows if r[2].get("events_per_s") or r[3].get("events_per_s")]
+    if pts:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(7, 5.2))
+        for step, idx, marker in (("training", 1, "o"), ("inference", 2, "s")):
+            xy = [(p[idx]["events_per_s"], p[idx]["j_per_event"], p[0]) for p in pts
+                  if p[idx].get("events_per_s") and p[idx].get("j_per_event")]
+            if not xy:
+                continue
+            ax.scatter([a for a, _, _ in xy], [b for _, b, _ in xy], marker=marker, s=40, label=step)
+            for a, b, n in xy:
+                ax.annotate(n, (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput [events/s]")
+        ax.set_ylabel("energy per event [J/event]")
+        ax.set_title("Energy vs throughput across models")
+        ax.legend(fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        made.append(_save(fig, out_dir / "energy_vs_throughput.png"))
+    return made
+
+
 # -- steps ---------------------------------------------------------------------
 def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir: str,
                trials: str | None = None, importance: str | None = None,
@@ -310,8 +376,9 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
 
 
 def plot_summary(predictions: list[str], models: list[str], tasks: list[str], train_features: str,
-                 out_dir: str) -> list[str]:
-    """ROC curves of all classifiers/anomaly detectors, and input correlations per class."""
+                 out_dir: str, metrics: list[str] | None = None) -> list[str]:
+    """ROC curves of all classifiers/anomaly detectors, input correlations per
+    class, and (given the metrics files) the energy views across models."""
     from .columns import RESERVED
     from .io import read_parquet
 
@@ -329,6 +396,10 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
         if len(part) > 1:
             made.append(correlation_matrix(part, cols, out / f"correlation_{name}.png",
                                            f"input correlations, {name} (train)"))
+    if metrics:
+        from .io import read_json
+
+        made += energy_plots([read_json(p) for p in metrics], out)
     return made
 
 
@@ -348,13 +419,14 @@ def main(argv=None) -> int:
         ps.add_argument("--tasks", nargs="+", required=True)
         ps.add_argument("--train-features", required=True)
         ps.add_argument("--out-dir", required=True)
+        ps.add_argument("--metrics", nargs="*", help="metrics.json files (energy views)")
 
     def call(a):
         if a.what == "model":
             plot_model(a.model, a.predictions, a.metrics, a.record, a.out_dir, a.trials, a.importance,
                        a.features_test)
         else:
-            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir)
+            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir, a.metrics)
 
     return cli.run(build, call, argv, __doc__)
 

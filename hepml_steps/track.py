@@ -144,6 +144,14 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
             values = {k: float(v) for k, v in (met.get("metrics") or {}).items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
             values["fit_seconds"] = float(rec.get("fit_seconds", 0.0))
+            energy = (met.get("extra") or {}).get("energy") or {}
+            energy_tags = []
+            for step, e in energy.items():
+                for k in ("energy_j", "j_per_event", "events_per_s", "wall_s", "cpu_s", "peak_rss_mib", "co2_g"):
+                    if isinstance((e or {}).get(k), (int, float)):
+                        values[f"energy.{step}.{k}"] = float(e[k])
+                if (e or {}).get("method"):
+                    energy_tags.append(RunTag(f"hepml.energy.{step}.method", str(e["method"])))
             ts = int(run.info.start_time)
             metric_list = [Metric(k, v, ts, 0) for k, v in values.items()]
             for key, series in (rec.get("history") or {}).items():
@@ -151,7 +159,7 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
             for i in range(0, len(metric_list), 900):  # MLflow's batch limit is 1000 metrics
                 client.log_batch(run_id, metrics=metric_list[i:i + 900],
                                  params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [],
-                                 tags=[RunTag("hepml.device", str(rec.get("device", "")))] if i == 0 else [])
+                                 tags=[RunTag("hepml.device", str(rec.get("device", "")))] + energy_tags if i == 0 else [])
             client.log_artifact(run_id, metrics)
             client.log_artifact(run_id, record)
             client.log_artifact(run_id, predictions)

@@ -97,15 +97,16 @@ def targets(df, task: str, target: str | None, raw_path: str | None, what: str):
         return None
     if not target:
         raise ConfigError(f"{what}: a regression model needs 'target' (a column name)")
-    if target in df.columns:
+    # the raw (unstandardised) split holds the target in physical units; the
+    # prepared table only when the target is a derived column
+    if raw_path is not None and _has_column(raw_path, target):
+        raw = read_parquet(raw_path, columns=[EVENT_ID, target])
+        col = raw.set_index(EVENT_ID)[target].reindex(df[EVENT_ID].to_numpy())
+    elif target in df.columns:
         col = df[target]
     else:
-        if raw_path is None:
-            raise DataError(f"{what}: regression target '{target}' not found")
-        raw = read_parquet(raw_path, columns=[EVENT_ID, target]) if _has_column(raw_path, target) else None
-        if raw is None:
-            raise DataError(f"{what}: regression target column '{target}' not in {raw_path}")
-        col = raw.set_index(EVENT_ID)[target].reindex(df[EVENT_ID].to_numpy())
+        where = f"{raw_path} or the prepared features" if raw_path else "the prepared features"
+        raise DataError(f"{what}: regression target column '{target}' not found in {where}")
     if not np.issubdtype(col.dtype, np.number):
         raise DataError(f"{what}: regression target '{target}' is not numeric (dtype {col.dtype})")
     y = col.to_numpy(dtype=np.float64)
@@ -149,11 +150,15 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir: str,
           record_out: str, seed: int = 42, threads: int = 1, raw: dict | None = None,
-          tuned: str | None = None) -> dict:
+          tuned: str | None = None, energy: dict | None = None) -> dict:
     """Fit ``spec`` (family, task, params, ...) and write the model and its record.
 
     ``tuned``: a tuning record (from the tune step); its best params replace the config's.
+    ``energy``: the config's energy settings; the fit is metered (see :mod:`.energy`)
+    and the record gets ``energy.train`` (and ``energy.tuning`` from the tuning record).
     """
+    from .energy import step_meter
+
     raw = raw or {}
     what = f"model '{model}'"
     if "family" not in spec:
@@ -176,9 +181,13 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     swv = fit_weights(wv, yv, weighting, task)
     if task in ("clustering", "dimreduction") and len(X) < 2:
         raise DataError(f"{what}: {len(X)} training events are too few for {task}")
+    meter = step_meter(energy, spec.get("device", "auto"), cls.gpu_capable)
     t0, c0 = time.perf_counter(), time.process_time()
-    family.fit(X, y, sample_weight=sw, X_val=Xv, y_val=yv, w_val=swv)
+    with meter:
+        family.fit(X, y, sample_weight=sw, X_val=Xv, y_val=yv, w_val=swv)
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    meter.set_events(len(X))
+    train_energy = {**meter.record, "device": family.info.get("device", meter.device)}
     meta = {"model": model, "family": cls.name, "task": task, "params": family.params, "seed": seed,
             "features": cols, "target": spec.get("target"), "file_format": cls.file_format}
     out = Path(out_dir)
@@ -199,6 +208,7 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
         "sum_weights_train": float(w.sum()), "train_cap": cap_rec, "fit_seconds": fit_s,
         "fit_cpu_seconds": cpu_s, "threads": threads, "device": family.info.get("device", "cpu"),
         "info": family.info, "history": family.history,
+        "energy": {"train": train_energy, **({"tuning": tuning["energy"]} if tuning and tuning.get("energy") else {})},
         "tuning": None if tuning is None else {
             k: tuning.get(k) for k in ("objective", "direction", "split", "baseline_value", "best_value",
                                        "n_trials", "n_complete", "n_pruned", "n_failed", "wall_seconds",
@@ -222,10 +232,11 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=42)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--tuned", help="tuning record whose best params to use")
+        p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
     return cli.run(build, lambda a: train(a.train, a.validation, a.model, a.spec, a.out, a.record, a.seed,
                                           a.threads, {"train": a.raw_train, "validation": a.raw_validation},
-                                          a.tuned), argv, __doc__)
+                                          a.tuned, a.energy), argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,15 @@ def resolve_space(cls, overrides: dict | None, what: str) -> dict:
     return space
 
 
+def _in_space(value, spec: dict) -> bool:
+    if spec["type"] == "categorical":
+        return json.dumps(value) in [json.dumps(c) for c in spec["choices"]]
+    try:
+        return spec["low"] <= value <= spec["high"]
+    except TypeError:
+        return False
+
+
 def suggest(trial, space: dict) -> dict:
     params = {}
     for name, spec in space.items():
@@ -159,9 +168,14 @@ def _folds(event_id: np.ndarray, k: int) -> np.ndarray:
 
 
 def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str, trials_out: str,
-         seed: int = 42, threads: int = 1, raw: dict | None = None) -> dict:
-    """Run the study for ``model`` and write the best params (``out``) and the trials table."""
+         seed: int = 42, threads: int = 1, raw: dict | None = None, energy: dict | None = None) -> dict:
+    """Run the study for ``model`` and write the best params (``out``) and the trials table.
+
+    The whole study is metered (``energy`` settings as in :func:`.train.train`);
+    the record's ``energy`` counts the training events of every trial run."""
     import optuna
+
+    from .energy import step_meter
 
     raw = raw or {}
     what = f"model '{model}'"
@@ -232,11 +246,16 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
         if cfg.get("pruning", True) and cls.iterative and not cv else optuna.pruners.NopPruner()
     study = optuna.create_study(direction=direction_, sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=pruner, study_name=model)
+    # trial 0 = the config's params (those of them that lie inside the search space)
     study.enqueue_trial({k: (json.dumps(base_params[k]) if space[k]["type"] == "categorical" else base_params[k])
-                         for k in space}, skip_if_exists=True)
+                         for k in space if _in_space(base_params[k], space[k])}, skip_if_exists=True)
+    meter = step_meter(energy, spec.get("device", "auto"), cls.gpu_capable)
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,))
+    with meter:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,))
     wall = time.perf_counter() - t0
+    fits_per_trial = cv if cv else 1
+    meter.set_events(len(study.trials) * fits_per_trial * (len(Xa) * (cv - 1) // cv if cv else len(X)))
     states = optuna.trial.TrialState
     complete = [t for t in study.trials if t.state == states.COMPLETE]
     if not complete:
@@ -268,6 +287,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
         "budget": {"n_trials": n_trials, "timeout": timeout}, "wall_seconds": wall,
         "search_space": space, "seed": seed,
         "inputs": {p: _sha256(p) for p in inputs},
+        "energy": meter.record,
     }
     write_json(out, record)
     log.info("%s: %s %s -> %s after %d trials (%.1f s)", what, objective_name, record["baseline_value"],
@@ -287,9 +307,10 @@ def main(argv=None) -> int:
         p.add_argument("--trials", required=True, help="trials table (CSV)")
         p.add_argument("--seed", type=int, default=42)
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
     return cli.run(build, lambda a: tune(a.train, a.validation, a.model, a.spec, a.out, a.trials, a.seed,
-                                         a.threads, {"train": a.raw_train, "validation": a.raw_validation}),
+                                         a.threads, {"train": a.raw_train, "validation": a.raw_validation}, a.energy),
                    argv, __doc__)
 
 

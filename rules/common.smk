@@ -17,8 +17,14 @@ _MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus")
 def _model_specs():
     specs = {}
     known = registry.available()
+    chosen = config.get("select_models")
+    if chosen:
+        unknown = sorted(set(chosen) - set(config["models"]))
+        if unknown:
+            raise HepmlError(f"select_models: {unknown} not among the configured models "
+                             f"({', '.join(sorted(config['models']))})")
     for name, spec in config["models"].items():
-        if not spec.get("enabled", True):
+        if not spec.get("enabled", True) or (chosen and name not in chosen):
             continue
         if spec["family"] not in known:
             raise HepmlError(

@@ -31,6 +31,7 @@ rule summary_plots:
     input:
         predictions=expand(f"{RES}/predictions/{{model}}.parquet", model=MODELS),
         train=f"{RES}/features/train.parquet",
+        metrics=expand(f"{RES}/metrics/{{model}}.json", model=MODELS),
     output:
         report(
             directory(f"{RES}/plots/summary"),
@@ -46,4 +47,5 @@ rule summary_plots:
         f"{RES}/logs/plots/summary.log",
     shell:
         "{PY}.plots summary --predictions {input.predictions} --models {params.models}"
-        " --tasks {params.tasks} --train-features {input.train} --out-dir {output} > {log} 2>&1"
+        " --tasks {params.tasks} --train-features {input.train} --metrics {input.metrics}"
+        " --out-dir {output} > {log} 2>&1"

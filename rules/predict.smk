@@ -1,13 +1,16 @@
-# Score the train, validation and test splits with each trained model.
+# Score the train, validation and test splits with each trained model; the
+# test split's inference is metered (energy, events/s) into the step record.
 rule predict:
     input:
         model=f"{RES}/models/{{model}}",
         **{s: f"{RES}/features/{s}.parquet" for s in SPLITS},
         **{f"raw_{s}": f"{RES}/split/{s}.parquet" for s in SPLITS},
     output:
-        f"{RES}/predictions/{{model}}.parquet",
+        predictions=f"{RES}/predictions/{{model}}.parquet",
+        record=f"{RES}/records/{{model}}.predict.json",
     params:
         batch=config["evaluation"]["inference_batch_size"],
+        energy=jq(config["energy"]),
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
@@ -16,5 +19,5 @@ rule predict:
     shell:
         "{PY}.predict --model-dir {input.model} --train {input.train} --validation {input.validation}"
         " --test {input.test} --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
-        " --raw-test {input.raw_test} --out {output} --batch-size {params.batch}"
-        " --threads {threads} > {log} 2>&1"
+        " --raw-test {input.raw_test} --out {output.predictions} --record {output.record}"
+        " --batch-size {params.batch} --threads {threads} --energy {params.energy:q} > {log} 2>&1"

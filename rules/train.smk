@@ -13,6 +13,7 @@ rule train:
         spec=lambda wc: jq({k: v for k, v in MODELS[wc.model].items() if k != "tune"}),
         seed=config["seed"],
         tuned=lambda wc, input: f"--tuned {input.tuned}" if input.tuned else "",
+        energy=jq(config["energy"]),
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
@@ -22,4 +23,5 @@ rule train:
         "{PY}.train --train {input.train} --validation {input.validation}"
         " --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
         " --model {wildcards.model} --spec {params.spec:q} --out {output.model}"
-        " --record {output.record} --seed {params.seed} --threads {threads} {params.tuned} > {log} 2>&1"
+        " --record {output.record} --seed {params.seed} --threads {threads} {params.tuned}"
+        " --energy {params.energy:q} > {log} 2>&1"

@@ -12,6 +12,7 @@ rule tune:
     params:
         spec=lambda wc: jq(MODELS[wc.model]),
         seed=config["seed"],
+        energy=jq(config["energy"]),
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
@@ -21,4 +22,5 @@ rule tune:
         "{PY}.tune --train {input.train} --validation {input.validation}"
         " --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
         " --model {wildcards.model} --spec {params.spec:q} --out {output.record}"
-        " --trials {output.trials} --seed {params.seed} --threads {threads} > {log} 2>&1"
+        " --trials {output.trials} --seed {params.seed} --threads {threads}"
+        " --energy {params.energy:q} > {log} 2>&1"

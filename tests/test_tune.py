@@ -102,7 +102,7 @@ def test_bad_tuning_config_is_named(tune_cfg, err, msg, prepared, tmp_path):
 
 def test_iterative_family_trials_are_pruned(prepared, tmp_path):
     spec = {"family": "xgboost", "params": {"n_estimators": 40},
-            "tune": {"n_trials": 16, "objective": "roc_auc", "search_space": {
+            "tune": {"n_trials": 16, "objective": "cross_entropy", "search_space": {
                 "learning_rate": {"type": "categorical", "choices": [0.3, 0.0001]},
                 "max_depth": {"type": "int", "low": 2, "high": 6}}}}
     rec = run(prepared, tmp_path, spec)
