@@ -46,8 +46,8 @@ def test_plugin_runs_through_workflow_and_broken_plugin_spares_others(plugin_sit
         "data: {toy: {n_events: 3000}}\n"
         "training: {threads: 1}\n"
         "tracking: {enabled: false}\n"
+        "select_models: [centroid, broken, logreg]\n"
         "models:\n"
-        "  bdt: {enabled: false}\n  mlp: {enabled: false}\n  logreg_lowlevel: {enabled: false}\n"
         "  centroid: {family: nearest_centroid, params: {temperature: 2.0}}\n"
         "  broken: {family: broken_family}\n"
         "  logreg: {family: logistic_regression}\n")
