@@ -201,6 +201,9 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
         splits = [(fold != i, fold == i) for i in range(cv)]
     direction_ = direction(objective_name)
     sign = 1.0 if direction_ == "maximize" else -1.0
+    # optional second objective: training energy per event (minimised); the
+    # study then returns the Pareto set of (objective, J/event)
+    multi = bool(cfg.get("energy_objective"))
     errors: list[str] = []
 
     def fit_eval(params, Xt, yt, wt, Xe, ye, we, trial=None):
@@ -219,14 +222,16 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     def objective(trial):
         params = {**base_params, **suggest(trial, space)}
         t0 = time.perf_counter()
+        trial_meter = step_meter(energy, spec.get("device", "auto"), cls.gpu_capable)
         try:
-            if cv:
-                vals = [fit_eval(params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te],
-                                 None if ya is None else ya[te], wa[te]) for tr, te in splits]
-                value = float(np.mean(vals))
-                trial.set_user_attr("fold_values", vals)
-            else:
-                value = fit_eval(params, X, y, w, Xv, yv, wv, trial)
+            with trial_meter:
+                if cv:
+                    vals = [fit_eval(params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te],
+                                     None if ya is None else ya[te], wa[te]) for tr, te in splits]
+                    value = float(np.mean(vals))
+                    trial.set_user_attr("fold_values", vals)
+                else:
+                    value = fit_eval(params, X, y, w, Xv, yv, wv, None if multi else trial)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # recorded as a failed trial; the study goes on
@@ -239,13 +244,18 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
             trial.set_user_attr("seconds", time.perf_counter() - t0)
         if not math.isfinite(value):
             raise HepmlError(f"objective {objective_name} is not finite ({value})")
-        return value
+        n_fit = sum(int(tr.sum()) for tr, _ in splits) if cv else len(X)
+        trial_meter.set_events(n_fit)
+        jpe = trial_meter.record["j_per_event"]
+        trial.set_user_attr("train_j_per_event", jpe)
+        trial.set_user_attr("energy_method", trial_meter.record["method"])
+        return (value, jpe) if multi else value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3) \
-        if cfg.get("pruning", True) and cls.iterative and not cv else optuna.pruners.NopPruner()
-    study = optuna.create_study(direction=direction_, sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=pruner, study_name=model)
+        if cfg.get("pruning", True) and cls.iterative and not cv and not multi else optuna.pruners.NopPruner()
+    study = optuna.create_study(directions=[direction_, "minimize"] if multi else [direction_],
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, study_name=model)
     # trial 0 = the config's params (those of them that lie inside the search space)
     study.enqueue_trial({k: (json.dumps(base_params[k]) if space[k]["type"] == "categorical" else base_params[k])
                          for k in space if _in_space(base_params[k], space[k])}, skip_if_exists=True)
@@ -261,14 +271,23 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     if not complete:
         raise FamilyError(f"{what}: every tuning trial of family '{cls.name}' failed; first error: "
                           f"{errors[0] if errors else 'none recorded'}")
-    best = study.best_trial
+    pareto = None
+    if multi:  # the Pareto set of (objective, J/event); the final model takes its best objective
+        front = study.best_trials
+        best = (max if direction_ == "maximize" else min)(front, key=lambda t: t.values[0])
+        pareto = [{"number": t.number, "value": t.values[0], "train_j_per_event": t.values[1],
+                   "params": t.params} for t in sorted(front, key=lambda t: t.values[1])]
+    else:
+        best = study.best_trial
     best_params = {**base_params, **{k: (json.loads(v) if space[k]["type"] == "categorical" else v)
                                      for k, v in best.params.items()}}
     first = study.trials[0]
     rows = []
     for t in study.trials:
-        row = {"number": t.number, "state": t.state.name, "value": t.value,
-               "seconds": t.user_attrs.get("seconds"), "error": t.user_attrs.get("error", "")}
+        row = {"number": t.number, "state": t.state.name, "value": t.values[0] if t.values else None,
+               "seconds": t.user_attrs.get("seconds"), "train_j_per_event": t.user_attrs.get("train_j_per_event"),
+               "pareto": bool(pareto) and any(p["number"] == t.number for p in pareto),
+               "error": t.user_attrs.get("error", "")}
         row.update({f"param.{k}": v for k, v in t.params.items()})
         rows.append(row)
     import pandas as pd
@@ -279,8 +298,9 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     record = {
         "model": model, "family": cls.name, "task": task, "objective": objective_name,
         "direction": direction_, "split": f"{cv}-fold CV on train+validation" if cv else "validation",
-        "best_params": best_params, "best_value": best.value, "best_trial": best.number,
-        "baseline_value": first.value if first.state == states.COMPLETE else None,
+        "best_params": best_params, "best_value": best.values[0], "best_trial": best.number,
+        "baseline_value": first.values[0] if first.state == states.COMPLETE else None,
+        "energy_objective": multi, "pareto": pareto,
         "n_trials": len(study.trials), "n_complete": len(complete),
         "n_pruned": sum(t.state == states.PRUNED for t in study.trials),
         "n_failed": sum(t.state == states.FAIL for t in study.trials),
@@ -291,7 +311,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     }
     write_json(out, record)
     log.info("%s: %s %s -> %s after %d trials (%.1f s)", what, objective_name, record["baseline_value"],
-             best.value, len(study.trials), wall)
+             best.values[0], len(study.trials), wall)
     return record
 
 
