@@ -24,12 +24,14 @@ def _model_specs():
             raise HepmlError(f"select_models: {unknown} not among the configured models "
                              f"({', '.join(sorted(config['models']))})")
     for name, spec in config["models"].items():
-        if not spec.get("enabled", True) or (chosen and name not in chosen):
+        if not spec.get("enabled", True):
             continue
-        if spec["family"] not in known:
+        if spec["family"] not in known:  # checked for every enabled model, selected or not
             raise HepmlError(
                 f"models.{name}: unknown model family '{spec['family']}'; "
                 f"known families: {', '.join(sorted(known))}")
+        if chosen and name not in chosen:
+            continue
         full = {k: config["training"][k] for k in _MODEL_DEFAULTS}
         full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
         full["tune"] = {**config["tuning"], **spec.get("tune", {})}

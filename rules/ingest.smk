@@ -24,4 +24,4 @@ rule ingest:
         f"{RES}/logs/ingest.log",
     shell:
         "{PY}.ingest --inputs-json {params.inputs:q} --out {output.events} --summary {output.summary}"
-        " {params.opts} --columns {params.columns:q} --nonfinite {params.nonfinite} > {log} 2>&1"
+        " {params.opts} --columns={params.columns:q} --nonfinite {params.nonfinite} > {log} 2>&1"

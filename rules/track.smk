@@ -7,6 +7,7 @@ localrules:
 rule track:
     input:
         record=f"{RES}/records/{{model}}.train.json",
+        inference=f"{RES}/records/{{model}}.predict.json",
         metrics=f"{RES}/metrics/{{model}}.json",
         predictions=f"{RES}/predictions/{{model}}.parquet",
         model=f"{RES}/models/{{model}}",
@@ -25,6 +26,6 @@ rule track:
     shell:
         "{PY}.track --model {wildcards.model} --record {input.record} --metrics {input.metrics}"
         " --predictions {input.predictions} --model-dir {input.model} --out {output}"
-        " --results-dir {RES} --uri {params.uri:q} --experiment {params.experiment:q}"
-        " --plots-dir {input.plots} --artifact {input.importance} --artifact {input.leaderboard}"
+        " --results-dir {RES} --uri={params.uri:q} --experiment {params.experiment:q}"
+        " --plots-dir {input.plots} --artifact {input.importance} --artifact {input.inference} --artifact {input.leaderboard}"
         " {params.trials} > {log} 2>&1"

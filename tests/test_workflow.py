@@ -50,6 +50,43 @@ def test_outputs_and_metrics(run):
     assert "Bayes" in (res / "leaderboard.md").read_text()
 
 
+def test_plots_energy_and_overtraining_outputs(run):
+    wd, _ = run
+    res = wd / "results"
+    for model in ("bdt", "logreg", "mlp"):
+        pngs = {p.name for p in (res / "plots" / model).glob("*.png")}
+        assert {"score_distributions.png", "confusion_matrix.png", "feature_importance.png"} <= pngs, (model, pngs)
+        met = json.loads((res / "metrics" / f"{model}.json").read_text())
+        assert met["overtraining"]["flagged"] in (True, False)
+        for step in ("train", "inference"):
+            e = met["extra"]["energy"][step]
+            assert e["energy_j"] > 0 and e["j_per_event"] > 0 and e["method"], (model, step)
+        inf = met["extra"]["energy"]["inference"]
+        assert inf["events"] == met["n_events"]["test"] and inf["batch_size"] == 700
+    for model in ("bdt", "mlp"):  # iterative families have learning curves
+        assert (res / "plots" / model / "learning_curve.png").exists()
+    summary = {p.name for p in (res / "plots" / "summary").glob("*.png")}
+    assert {"roc_rejection_vs_efficiency.png", "roc_tpr_vs_fpr.png", "correlation_signal.png",
+            "correlation_background.png", "energy_auc_vs_j_per_event.png", "energy_vs_throughput.png"} <= summary
+    board = pd.read_csv(res / "leaderboard.csv")
+    for col in ("ks_pvalue_signal", "ks_pvalue_background", "overtrained", "train_j_per_event",
+                "inference_events_per_s", "fit_seconds"):
+        assert col in board.columns, col
+
+
+def test_html_report_contains_every_plot(run):
+    wd, _ = run
+    report = wd / "results" / "report.html"
+    snakemake(wd, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert len(html) > 50_000
+    for name in ("score_distributions", "roc_rejection_vs_efficiency", "energy_auc_vs_j_per_event",
+                 "leaderboard", "learning_curve", "feature_importance", "correlation_signal"):
+        assert name in html, name
+    for model in ("bdt", "logreg", "mlp"):
+        assert model in html
+
+
 def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
     from mlflow.tracking import MlflowClient
 
