@@ -259,7 +259,7 @@ def _column_ids(data, event_id_column, desc):
             ok = np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) < 2.0 ** 63)
         if not ok.all():
             raise DataError(f"{desc}: event id column '{event_id_column}' must hold integers; "
-                            f"found {arr[~ok][0]!r} ({int((~ok).sum())} non-integer values)")
+                            f"found {arr[~ok][0].item()!r} ({int((~ok).sum())} non-integer values)")
     return arr.astype(np.int64)
 
 
@@ -403,7 +403,8 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
                         f"dropped {sum(r['n_dropped_nonfinite'] for r in records)} with NaN/inf)")
     merged = {}
     for c in order:
-        merged[c] = np.concatenate([t.pop(c) for t in tables])
+        parts = [t.pop(c) for t in tables]
+        merged[c] = parts[0] if len(parts) == 1 else np.concatenate(parts)
     del tables
     merged[LABEL] = merged[LABEL].astype(np.int8, copy=False)
     merged[WEIGHT] = merged[WEIGHT].astype(np.float64, copy=False)
@@ -424,9 +425,11 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
     del merged
     y, w = events[LABEL].to_numpy(), events[WEIGHT].to_numpy()
     n_sig, n_bkg = int((y == 1).sum()), int((y == 0).sum())
-    if n_sig == 0 or n_bkg == 0:
-        log.warning("only %s events were ingested (no %s)", "signal" if n_bkg == 0 else "background",
-                    "background" if n_bkg == 0 else "signal")
+    if n_sig == 0 or n_bkg == 0:  # every task is judged on how it separates signal from background
+        src = f"label column '{label_column}'" if label_column else "the per-file labels"
+        raise DataError(f"{src} of {_listing(r['path'] for r in records)} give(s) one class only: "
+                        f"{'no background' if n_bkg == 0 else 'no signal'} events "
+                        f"({n_sig} signal, {n_bkg} background)")
     write_parquet(out, events)
     summary = {
         "output": str(out), "n_events": int(len(events)), "n_signal": n_sig, "n_background": n_bkg,
