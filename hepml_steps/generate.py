@@ -553,10 +553,9 @@ def _write_root(path: Path, chunks) -> None:
     with uproot.recreate(path) as f:
         for i, df in enumerate(chunks):
             arrays = {k: df[k].to_numpy() for k in df.columns}
-            if i == 0:
-                f[TREE] = arrays
-            else:
-                f[TREE].extend(arrays)
+            if i == 0:  # a classic TTree (uproot would write an RNTuple for f[name] = arrays)
+                f.mktree(TREE, {k: v.dtype for k, v in arrays.items()}, title="hepml toy events")
+            f[TREE].extend(arrays)
 
 
 def main(argv=None) -> int:

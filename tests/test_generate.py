@@ -279,6 +279,7 @@ def test_root_matches_parquet(tmp_path):
     g.generate(tmp_path / "t.root", 2500, seed=4, chunk_size=1000, physics={"m_mean_signal": 90.0})
     pdf = pd.read_parquet(tmp_path / "t.parquet")
     with uproot.open(tmp_path / "t.root") as f:
+        assert f.classnames() == {"events;1": "TTree"}  # a classic TTree, as ROOT users expect
         tree = f["events"]
         assert tree.num_entries == 2500
         arrays = tree.arrays(library="np")
