@@ -42,6 +42,8 @@ def importance(model_dir: str, test: str, out: str, raw_test: str | None = None,
     from . import metrics as M
 
     df = read_parquet(test)
+    if registry.get(meta["family"]).max_train_events:  # slow-inference families (kNN, SVM, ...)
+        max_events = min(max_events, 2000)
     if len(df) > max_events:
         df = df.sample(n=max_events, random_state=seed)
     X = df[features].to_numpy(dtype=np.float32)

@@ -23,7 +23,9 @@ def snakemake_cmd(workdir, cfg, *extra):
 
 
 def _train_pid(model: str):
-    out = subprocess.run(["pgrep", "-f", f"hepml_steps.train .*--model {model} "], capture_output=True, text=True)
+    # the Python process itself (not the shell Snakemake wraps it in)
+    out = subprocess.run(["pgrep", "-f", f"^\\S*python[0-9.]* -m hepml_steps.train .*--model {model} "],
+                         capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
     return pids[0] if pids else None
 
@@ -45,8 +47,13 @@ def test_killed_job_fails_and_rerun_resumes(tmp_path):
         time.sleep(0.5)
     assert pid, "the slow training job never started"
     time.sleep(1.0)
-    os.kill(pid, signal.SIGKILL)  # what a scheduler does at the time limit
-    out, _ = proc.communicate(timeout=600)
+    try:
+        os.kill(pid, signal.SIGKILL)  # what a scheduler does at the time limit
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["pkill", "-9", "-f", "hepml_steps.train .*--model slow "])
     assert proc.returncode != 0, out[-3000:]
     assert "train" in out and "slow" in out and "Error" in out
     assert not (tmp_path / "results" / "models" / "slow").exists()  # nothing half-written in place
