@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,65 @@ def test_missing_partition_error_is_surfaced(cluster, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "invalid partition" in out.lower() and "no_such_partition" in out, out[-4000:]
+
+
+SLOW = """
+select_models: [logreg, slow]
+tracking: {enabled: false}
+models:
+  slow: {family: mlp, params: {hidden_layers: [8], epochs: 100000, early_stopping_patience: 0, batch_size: 64}}
+"""
+
+
+def _slurm_job(comment: str):
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %k"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        jobid, state, *rest = line.split()
+        if rest and rest[0].startswith(comment) and state == "RUNNING":
+            return jobid
+    return None
+
+
+def test_job_cancelled_by_slurm_fails_and_rerun_resumes(cluster, tmp_path):
+    """scancel (what a scheduler does at the time limit) fails the run; the rerun
+    plans only the cancelled model, never the one that had finished."""
+    extra_cfg = tmp_path / "slow.yaml"
+    extra_cfg.write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    (tmp_path / "slurm.yaml").write_text(CONFIG)
+    base = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory",
+            str(tmp_path), "--configfile", str(TINY), str(tmp_path / "slurm.yaml"), str(extra_cfg)]
+    slurm = ["--executor", "slurm", "--jobs", "4", "--default-resources", "slurm_partition=debug",
+             "--slurm-no-account", "--slurm-status-command", "squeue",
+             "--slurm-init-seconds-before-status-checks", "2", "--keep-going"]
+    proc = subprocess.Popen(["timeout", "-k", "20", "900", *base, *slurm], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    jobid = None
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            jobid = _slurm_job("rule_train_wildcards_slow")
+            if jobid and (tmp_path / "results" / "metrics" / "logreg.json").exists():
+                break
+            time.sleep(1)
+        assert jobid, "the slow training job never ran on SLURM"
+        subprocess.run(["scancel", jobid], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["scancel", "--user", "root"], capture_output=True)
+    assert proc.returncode != 0, out[-3000:]
+    assert jobid in out and "Error in rule train" in out, out[-3000:]
+    assert not (tmp_path / "results" / "models" / "slow").exists()
+    logreg_model = tmp_path / "results" / "models" / "logreg"
+    finished = logreg_model.stat().st_mtime_ns
+    dry = subprocess.run([*base, "-n", "--rerun-incomplete", "--cores", "2"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    plan = dry.stdout + dry.stderr
+    assert dry.returncode == 0, plan[-3000:]
+    planned = {line.split("model=")[1].split(",")[0].strip() for line in plan.splitlines()
+               if "wildcards: model=" in line}
+    assert planned == {"slow"}, plan[-3000:]
+    assert logreg_model.stat().st_mtime_ns == finished

@@ -53,6 +53,7 @@ needed to rebuild it. ``export_onnx`` writes an ONNX model whose input
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 import contextlib
 import copy
 import io
@@ -315,19 +316,21 @@ class TorchFamily(Family):
     # -- hooks ------------------------------------------------------------------
     kind: ClassVar[str] = ""
 
+    @abstractmethod
     def _layer_sizes(self, n_features: int) -> list[int]:
-        raise NotImplementedError
+        """Widths of every layer, input and output included."""
 
     def _fit_scaling(self, X, y, w) -> dict:
         """Scaling constants fitted on the training data (stored in the JSON config)."""
         return {}
 
+    @abstractmethod
     def _training_tensors(self, X, y):
         """(network input, target) as numpy float32 arrays for these events."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _per_event_loss(self, out, target):
-        raise NotImplementedError
+        """Unweighted loss of each event (a 1-d tensor)."""
 
     # -- device ------------------------------------------------------------------
     def _resolve_device(self) -> torch.device:
