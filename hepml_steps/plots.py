@@ -281,6 +281,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def _label_points(ax, pts) -> None:
+    """Name each (x, y, name) point; neighbours in x alternate above/below so
+    close points stay readable."""
+    for k, (x, y, n) in enumerate(sorted(pts, key=lambda p: (p[0], p[1]))):
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4 if k % 2 == 0 else -11), fontsize=8)
+
+
+def _no_minor_labels(axis) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    axis.set_minor_formatter(NullFormatter())
+
+
 def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
     """Test AUC against J/event of training and of inference, with the Pareto
     front across models; and energy per event against throughput."""
@@ -300,15 +313,15 @@ def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
                 continue
             xs, ys, names = zip(*pts)
             ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
-            for x, y, n in pts:
-                ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            _label_points(ax, pts)
             front = pareto_front(list(zip(xs, ys)))
             ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
                     label="Pareto front", zorder=2)
             ax.set_xscale("log")
+            _no_minor_labels(ax.xaxis)
             ax.set_xlabel(f"{step} energy per event [J/event]")
             ax.set_ylabel("test ROC AUC")
-            ax.legend(loc="lower right", fontsize=9)
+            ax.legend(loc="best", fontsize=9)
             ax.grid(alpha=0.3)
         methods = sorted({str(r[i].get("method")) for r in scored for i in (2, 3) if r[i].get("method")})
         fig.suptitle(f"Separation power vs energy cost ({', '.join(methods)})", fontsize=11)
@@ -323,10 +336,11 @@ def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
             if not xy:
                 continue
             ax.scatter([a for a, _, _ in xy], [b for _, b, _ in xy], marker=marker, s=40, label=step)
-            for a, b, n in xy:
-                ax.annotate(n, (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            _label_points(ax, xy)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _no_minor_labels(ax.xaxis)
+        _no_minor_labels(ax.yaxis)
         ax.set_xlabel("throughput [events/s]")
         ax.set_ylabel("energy per event [J/event]")
         ax.set_title("Energy vs throughput across models")

@@ -249,6 +249,8 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
         jpe = trial_meter.record["j_per_event"]
         trial.set_user_attr("train_j_per_event", jpe)
         trial.set_user_attr("energy_method", trial_meter.record["method"])
+        log.info("%s: trial %d/%d %s=%.6g in %.1f s, params %s", what, trial.number + 1, n_trials, objective_name,
+                 value, time.perf_counter() - t0, params)
         return (value, jpe) if multi else value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
