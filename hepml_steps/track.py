@@ -6,7 +6,8 @@ Parallel jobs are safe: writes are serialised with a file lock (a single
 sqlite file does not survive concurrent writers), and every run is tagged
 with a fingerprint of what it publishes (model files, metrics), so
 re-publishing unchanged results reuses the existing run instead of creating a
-duplicate.
+duplicate. Each model is published as soon as it is evaluated; once all are,
+``track summary`` attaches the leaderboard and the comparison plots to every run.
 
 Tracking URI: ``tracking.uri`` from config if set, else ``MLFLOW_TRACKING_URI``,
 else ``sqlite:///<results>/mlflow.db`` (MLflow 3 refuses the ``./mlruns`` file
@@ -23,7 +24,7 @@ import os
 from pathlib import Path
 
 from . import cli
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .io import read_json, write_json
 
 log = logging.getLogger("hepml.track")
@@ -179,8 +180,48 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
     return result
 
 
+def attach_summary(runs: list[str], out: str, results_dir: str = "results",
+                   artifacts: list[str] | tuple = (), plots_dir: str | None = None) -> dict:
+    """Attach the cross-model results (leaderboard, comparison plots) to every
+    model's run, once all of them are published; write what was attached to ``out``.
+
+    ``runs``: the per-model tracking records :func:`track` wrote (they name the
+    run and the tracking URI). Keeping this apart from :func:`track` lets each
+    model be published as soon as it is evaluated, while other models still train.
+    """
+    recs = [read_json(r) for r in runs]
+    from mlflow.tracking import MlflowClient
+
+    files = [Path(a) for a in artifacts]
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"summary artifact {f} does not exist")
+    with tracking_lock(results_dir):
+        clients: dict[str, MlflowClient] = {}
+        for rec in recs:
+            client = clients.setdefault(rec["tracking_uri"], MlflowClient(tracking_uri=rec["tracking_uri"]))
+            for f in files:
+                client.log_artifact(rec["run_id"], str(f))
+            if plots_dir:
+                client.log_artifacts(rec["run_id"], plots_dir, artifact_path="plots/summary")
+    log.info("attached %d file(s)%s to %d run(s)", len(files), " and the summary plots" if plots_dir else "",
+             len(recs))
+    result = {"runs": {r["model"]: r["run_id"] for r in recs}, "artifacts": [f.name for f in files],
+              "plots_dir": plots_dir}
+    write_json(out, result)
+    return result
+
+
 def main(argv=None) -> int:
     def build(p):
+        sub = p.add_subparsers(dest="what", required=True)
+        ps = sub.add_parser("summary", help="attach leaderboard and comparison plots to every run")
+        ps.add_argument("--runs", nargs="+", required=True, help="tracking records of the models")
+        ps.add_argument("--out", required=True)
+        ps.add_argument("--results-dir", default="results")
+        ps.add_argument("--artifact", action="append", default=[])
+        ps.add_argument("--plots-dir")
+        p = sub.add_parser("model", help="publish one model as an MLflow run")
         p.add_argument("--model", required=True)
         p.add_argument("--record", required=True)
         p.add_argument("--metrics", required=True)
@@ -194,9 +235,14 @@ def main(argv=None) -> int:
         p.add_argument("--plots-dir")
         p.add_argument("--trials")
 
-    return cli.run(build, lambda a: track(a.model, a.record, a.metrics, a.predictions, a.model_dir, a.out,
-                                          a.results_dir, a.uri or None, a.experiment, a.artifact,
-                                          a.plots_dir, a.trials), argv, __doc__)
+    def call(a):
+        if a.what == "summary":
+            attach_summary(a.runs, a.out, a.results_dir, a.artifact, a.plots_dir)
+        else:
+            track(a.model, a.record, a.metrics, a.predictions, a.model_dir, a.out, a.results_dir,
+                  a.uri or None, a.experiment, a.artifact, a.plots_dir, a.trials)
+
+    return cli.run(build, call, argv, __doc__)
 
 
 if __name__ == "__main__":

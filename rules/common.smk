@@ -86,5 +86,5 @@ def all_outputs():
     out = [f"{RES}/leaderboard.csv", f"{RES}/leaderboard.md", f"{RES}/plots/summary"]
     out += expand(f"{RES}/plots/{{model}}", model=MODELS)
     if config["tracking"]["enabled"]:
-        out += expand(f"{RES}/tracking/{{model}}.json", model=MODELS)
+        out += expand(f"{RES}/tracking/{{model}}.json", model=MODELS) + [f"{RES}/tracking/summary.json"]
     return out

@@ -1,7 +1,10 @@
-# Publish each model to MLflow. Local (runs on the submit host, which can reach
-# the tracking server); writes are serialised by a lock inside the step.
+# Publish each model to MLflow as soon as it is evaluated; once every model is,
+# attach the leaderboard and comparison plots to each run. Local rules (they run
+# on the submit host, which can reach the tracking server); writes are
+# serialised by a lock inside the step.
 localrules:
     track,
+    track_summary,
 
 
 rule track:
@@ -13,7 +16,6 @@ rule track:
         model=f"{RES}/models/{{model}}",
         plots=f"{RES}/plots/{{model}}",
         importance=f"{RES}/importance/{{model}}.json",
-        leaderboard=f"{RES}/leaderboard.md",
         trials=lambda wc: f"{RES}/tuning/{wc.model}.trials.csv" if tuned(wc.model) else [],
     output:
         f"{RES}/tracking/{{model}}.json",
@@ -24,8 +26,23 @@ rule track:
     log:
         f"{RES}/logs/track/{{model}}.log",
     shell:
-        "{PY}.track --model {wildcards.model} --record {input.record} --metrics {input.metrics}"
+        "{PY}.track model --model {wildcards.model} --record {input.record} --metrics {input.metrics}"
         " --predictions {input.predictions} --model-dir {input.model} --out {output}"
         " --results-dir {RES} --uri={params.uri:q} --experiment {params.experiment:q}"
-        " --plots-dir {input.plots} --artifact {input.importance} --artifact {input.inference} --artifact {input.leaderboard}"
+        " --plots-dir {input.plots} --artifact {input.importance} --artifact {input.inference}"
         " {params.trials} > {log} 2>&1"
+
+
+rule track_summary:
+    input:
+        runs=expand(f"{RES}/tracking/{{model}}.json", model=MODELS),
+        md=f"{RES}/leaderboard.md",
+        csv=f"{RES}/leaderboard.csv",
+        plots=f"{RES}/plots/summary",
+    output:
+        f"{RES}/tracking/summary.json",
+    log:
+        f"{RES}/logs/track/summary.log",
+    shell:
+        "{PY}.track summary --runs {input.runs} --out {output} --results-dir {RES}"
+        " --artifact {input.md} --artifact {input.csv} --plots-dir {input.plots} > {log} 2>&1"

@@ -69,6 +69,31 @@ def test_parallel_writers_on_sqlite_lose_nothing_and_rerun_adds_nothing(tmp_path
     assert {"m2.metrics.json", "m2.train.json", "m2.pred.parquet", "model"} <= names
 
 
+def test_summary_attaches_leaderboard_and_plots_to_every_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    jobs = [make_inputs(tmp_path, f"m{i}") for i in range(2)]
+    ids = [tk.track(**j)["run_id"] for j in jobs]
+    board = tmp_path / "leaderboard.md"
+    board.write_text("| model | roc_auc |\n")
+    plots = tmp_path / "summary"
+    plots.mkdir()
+    (plots / "roc.png").write_bytes(b"png")
+    with pytest.raises(tk.DataError, match="nope.csv"):
+        tk.attach_summary([j["out"] for j in jobs], str(tmp_path / "s.json"), str(tmp_path),
+                          [str(board), str(tmp_path / "nope.csv")])
+    assert not (tmp_path / "s.json").exists()
+    res = tk.main(["summary", "--runs", *[j["out"] for j in jobs], "--out", str(tmp_path / "s.json"),
+                   "--results-dir", str(tmp_path), "--artifact", str(board), "--plots-dir", str(plots)])
+    assert res == 0
+    assert json.loads((tmp_path / "s.json").read_text())["runs"] == {"m0": ids[0], "m1": ids[1]}
+    c = MlflowClient(tracking_uri=tk.resolve_uri(None, str(tmp_path)))
+    for run_id in ids:
+        assert "leaderboard.md" in {a.path for a in c.list_artifacts(run_id)}
+        assert [a.path for a in c.list_artifacts(run_id, "plots/summary")] == ["plots/summary/roc.png"]
+
+
 def test_changed_results_make_a_new_run(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = make_inputs(tmp_path, "m")

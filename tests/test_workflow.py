@@ -101,6 +101,10 @@ def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
     first = runs()
     assert sorted(r.info.run_name for r in first) == ["bdt", "logreg", "mlp"]
     assert all("roc_auc" in r.data.metrics for r in first)
+    for r in first:  # per-model plots, and the cross-model leaderboard and comparison plots
+        assert {"leaderboard.md", "leaderboard.csv", "plots", "model"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+        summary = {a.path for a in client.list_artifacts(r.info.run_id, "plots/summary")}
+        assert "plots/summary/roc_tpr_vs_fpr.png" in summary
     again = snakemake(wd)
     assert "Nothing to be done" in again.stdout + again.stderr
     # forcing the tracking rule to re-publish unchanged results must not duplicate runs
