@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -130,6 +131,19 @@ def test_swapped_skops_file_with_foreign_type_is_refused(prepared, tmp_path):
     sio.dump({"x": pd.Timestamp("2020-01-01")}, str(tmp_path / "m" / "model.skops"))
     with pytest.raises(FamilyError, match="refusing to load"):
         registry.load_model(tmp_path / "m")
+    # a file that would call builtins.eval through functools.partial on load
+    sio.dump({"x": functools.partial(eval, "__import__('os').getpid()")}, str(tmp_path / "m" / "model.skops"))
+    with pytest.raises(FamilyError, match=r"refusing to load .*builtins\.eval.*functools\.partial"):
+        registry.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("family", ["decision_tree", "random_forest", "adaboost", "hist_gbm", "svm", "naive_bayes"])
+def test_tree_families_load_with_only_their_trusted_types(family, prepared, tmp_path):
+    params = {"n_estimators": 3} if family in ("random_forest", "adaboost") else {}
+    rec = fit(prepared, tmp_path, {"family": family, "params": params})
+    model, _ = registry.load_model(tmp_path / "m")
+    X = pd.read_parquet(prepared["test"])[rec["features"]].to_numpy(np.float32)
+    assert 0.6 < roc_auc_score(pd.read_parquet(prepared["test"])["label"], model.predict_score(X))
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
