@@ -103,6 +103,49 @@ def _log_trials(client, exp_id: str, parent: str, model: str, trials: str) -> No
         client.set_terminated(child.info.run_id, "FINISHED" if row["state"] == "COMPLETE" else "FAILED")
 
 
+def _log_contents(client, exp_id: str, run, model: str, rec: dict, met: dict, files: dict,
+                  artifacts, plots_dir: str | None, trials: str | None) -> None:
+    """Params, metrics, curves, tags and artifacts of a new run (``files``: the
+    metrics, record and predictions files and the model directory)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id = run.info.run_id
+    params = _flatten("", {"family": rec.get("family"), "task": rec.get("task"),
+                           "params": rec.get("params"), "weighting": rec.get("weighting"),
+                           "n_features": len(rec.get("features", [])), "seed": rec.get("seed"),
+                           "n_train": rec.get("n_train")}, {})
+    values = {k: float(v) for k, v in (met.get("metrics") or {}).items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    values["fit_seconds"] = float(rec.get("fit_seconds", 0.0))
+    energy = (met.get("extra") or {}).get("energy") or {}
+    energy_tags = []
+    for step, e in energy.items():
+        for k in ("energy_j", "j_per_event", "events_per_s", "wall_s", "cpu_s", "peak_rss_mib", "co2_g"):
+            if isinstance((e or {}).get(k), (int, float)):
+                values[f"energy.{step}.{k}"] = float(e[k])
+        if (e or {}).get("method"):
+            energy_tags.append(RunTag(f"hepml.energy.{step}.method", str(e["method"])))
+    ts = int(run.info.start_time)
+    metric_list = [Metric(k, v, ts, 0) for k, v in values.items()]
+    for key, series in (rec.get("history") or {}).items():
+        metric_list += [Metric(f"curve.{key}", float(v), ts, i) for i, v in enumerate(series)]
+    for i in range(0, len(metric_list), 900):  # MLflow's batch limit is 1000 metrics
+        client.log_batch(run_id, metrics=metric_list[i:i + 900],
+                         params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [],
+                         tags=[RunTag("hepml.device", str(rec.get("device", "")))] + energy_tags if i == 0 else [])
+    client.log_artifact(run_id, files["metrics"])
+    client.log_artifact(run_id, files["record"])
+    client.log_artifact(run_id, files["predictions"])
+    client.log_artifacts(run_id, files["model_dir"], artifact_path="model")
+    for extra in artifacts:
+        client.log_artifact(run_id, extra)
+    if plots_dir:
+        client.log_artifacts(run_id, plots_dir, artifact_path="plots")
+    if trials:
+        client.log_artifact(run_id, trials)
+        _log_trials(client, exp_id, run_id, model, trials)
+
+
 def track(model: str, record: str, metrics: str, predictions: str, model_dir: str, out: str,
           results_dir: str = "results", uri: str | None = None, experiment: str = "hepml",
           artifacts: list[str] | tuple = (), plots_dir: str | None = None,
@@ -120,7 +163,6 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
     model_files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
     fp = fingerprint(model, model_files + [Path(metrics)] + ([Path(trials)] if trials else []))
 
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     artifact_root = None
@@ -129,7 +171,9 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
     with tracking_lock(results_dir):
         client = MlflowClient(tracking_uri=uri)
         exp_id = _experiment_id(client, experiment, artifact_root)
-        found = client.search_runs([exp_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}'", max_results=1)
+        # only a FINISHED run counts: one whose publishing died half-way is not reused
+        found = client.search_runs([exp_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' "
+                                   "and attributes.status = 'FINISHED'", max_results=1)
         if found:
             run_id, reused = found[0].info.run_id, True
             log.info("%s: unchanged since MLflow run %s; not logging a duplicate", model, run_id)
@@ -138,40 +182,12 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
                 FINGERPRINT_TAG: fp, "hepml.model": model, "hepml.family": rec.get("family", ""),
                 "hepml.task": rec.get("task", ""), "mlflow.runName": model})
             run_id, reused = run.info.run_id, False
-            params = _flatten("", {"family": rec.get("family"), "task": rec.get("task"),
-                                   "params": rec.get("params"), "weighting": rec.get("weighting"),
-                                   "n_features": len(rec.get("features", [])), "seed": rec.get("seed"),
-                                   "n_train": rec.get("n_train")}, {})
-            values = {k: float(v) for k, v in (met.get("metrics") or {}).items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
-            values["fit_seconds"] = float(rec.get("fit_seconds", 0.0))
-            energy = (met.get("extra") or {}).get("energy") or {}
-            energy_tags = []
-            for step, e in energy.items():
-                for k in ("energy_j", "j_per_event", "events_per_s", "wall_s", "cpu_s", "peak_rss_mib", "co2_g"):
-                    if isinstance((e or {}).get(k), (int, float)):
-                        values[f"energy.{step}.{k}"] = float(e[k])
-                if (e or {}).get("method"):
-                    energy_tags.append(RunTag(f"hepml.energy.{step}.method", str(e["method"])))
-            ts = int(run.info.start_time)
-            metric_list = [Metric(k, v, ts, 0) for k, v in values.items()]
-            for key, series in (rec.get("history") or {}).items():
-                metric_list += [Metric(f"curve.{key}", float(v), ts, i) for i, v in enumerate(series)]
-            for i in range(0, len(metric_list), 900):  # MLflow's batch limit is 1000 metrics
-                client.log_batch(run_id, metrics=metric_list[i:i + 900],
-                                 params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [],
-                                 tags=[RunTag("hepml.device", str(rec.get("device", "")))] + energy_tags if i == 0 else [])
-            client.log_artifact(run_id, metrics)
-            client.log_artifact(run_id, record)
-            client.log_artifact(run_id, predictions)
-            client.log_artifacts(run_id, model_dir, artifact_path="model")
-            for extra in artifacts:
-                client.log_artifact(run_id, extra)
-            if plots_dir:
-                client.log_artifacts(run_id, plots_dir, artifact_path="plots")
-            if trials:
-                client.log_artifact(run_id, trials)
-                _log_trials(client, exp_id, run_id, model, trials)
+            try:
+                _log_contents(client, exp_id, run, model, rec, met, {"metrics": metrics, "record": record,
+                              "predictions": predictions, "model_dir": model_dir}, artifacts, plots_dir, trials)
+            except BaseException:
+                client.set_terminated(run_id, "FAILED")
+                raise
             client.set_terminated(run_id, "FINISHED")
             log.info("%s: logged MLflow run %s in experiment '%s' at %s", model, run_id, experiment, uri)
     result = {"model": model, "run_id": run_id, "experiment_id": exp_id, "experiment": experiment,

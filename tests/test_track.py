@@ -94,6 +94,31 @@ def test_summary_attaches_leaderboard_and_plots_to_every_run(tmp_path, monkeypat
         assert [a.path for a in c.list_artifacts(run_id, "plots/summary")] == ["plots/summary/roc.png"]
 
 
+def test_run_that_died_half_way_is_marked_failed_and_not_reused(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    real = MlflowClient.log_artifacts
+
+    def dies(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", dies)
+    with pytest.raises(OSError, match="disk full"):
+        tk.track(**job)
+    monkeypatch.setattr(MlflowClient, "log_artifacts", real)
+    uri = tk.resolve_uri(None, str(tmp_path))
+    (broken,) = runs(uri)
+    assert broken.info.status == "FAILED"
+    again = tk.track(**job)
+    assert not again["reused"] and again["run_id"] != broken.info.run_id
+    done = MlflowClient(tracking_uri=uri).get_run(again["run_id"])
+    assert done.info.status == "FINISHED" and "model" in {a.path for a in MlflowClient(tracking_uri=uri)
+                                                           .list_artifacts(again["run_id"])}
+    assert tk.track(**job)["run_id"] == again["run_id"]  # and the finished one is reused
+
+
 def test_changed_results_make_a_new_run(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = make_inputs(tmp_path, "m")
