@@ -5,6 +5,7 @@ import sys
 
 from hepml_steps import registry
 from hepml_steps.errors import HepmlError
+from hepml_steps.tune import DEFAULT_OBJECTIVE
 
 RES = config["results"]
 SPLITS = ["train", "validation", "test"]
@@ -35,6 +36,12 @@ def _model_specs():
         full = {k: config["training"][k] for k in _MODEL_DEFAULTS}
         full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
         full["tune"] = {**config["tuning"], **spec.get("tune", {})}
+        task = full.setdefault("task", "classification")
+        if full["tune"]["enabled"] and task not in DEFAULT_OBJECTIVE:
+            if spec.get("tune", {}).get("enabled"):
+                raise HepmlError(f"models.{name}: task '{task}' has no validation objective to tune; "
+                                 f"tunable tasks: {', '.join(DEFAULT_OBJECTIVE)}")
+            full["tune"]["enabled"] = False  # tuning.enabled covers the models that can be tuned
         if full["gpus"]:
             cls = registry.get(spec["family"])  # imported only when a GPU is asked for
             if not cls.gpu_capable:

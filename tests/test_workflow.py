@@ -1,6 +1,7 @@
 """Runs the real Snakemake workflow end to end on a tiny configuration."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
+# the module's main run: the tiny config with logreg tuned (3 trials)
+TUNED = ("--configfile", str(TINY), str(ROOT / "tests" / "config" / "tune_logreg.yaml"))
 
 
 def snakemake(workdir, *args, check=True, timeout=900):
@@ -28,7 +31,7 @@ def snakemake(workdir, *args, check=True, timeout=900):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("wf")
-    res = snakemake(wd)
+    res = snakemake(wd, *TUNED)
     return wd, res
 
 
@@ -77,7 +80,7 @@ def test_plots_energy_and_overtraining_outputs(run):
 def test_html_report_contains_every_plot(run):
     wd, _ = run
     report = wd / "results" / "report.html"
-    snakemake(wd, "--report", str(report))
+    snakemake(wd, *TUNED, "--report", str(report))
     html = report.read_text(errors="replace")
     assert len(html) > 50_000
     for name in ("score_distributions", "roc_rejection_vs_efficiency", "energy_auc_vs_j_per_event",
@@ -98,18 +101,50 @@ def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
         exp = client.get_experiment_by_name("hepml")
         return client.search_runs([exp.experiment_id])
 
-    first = runs()
+    everything = runs()
+    first = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.info.run_name for r in first) == ["bdt", "logreg", "mlp"]
     assert all("roc_auc" in r.data.metrics for r in first)
+    # the tuned model's trials are nested runs under its run
+    logreg = next(r for r in first if r.info.run_name == "logreg")
+    trials = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == logreg.info.run_id]
+    assert sorted(r.info.run_name for r in trials) == [f"logreg-trial-{i}" for i in range(3)]
+    assert all("C" in r.data.params and "value" in r.data.metrics for r in trials)
     for r in first:  # per-model plots, and the cross-model leaderboard and comparison plots
         assert {"leaderboard.md", "leaderboard.csv", "plots", "model"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
         summary = {a.path for a in client.list_artifacts(r.info.run_id, "plots/summary")}
         assert "plots/summary/roc_tpr_vs_fpr.png" in summary
-    again = snakemake(wd)
+    again = snakemake(wd, *TUNED)
     assert "Nothing to be done" in again.stdout + again.stderr
     # forcing the tracking rule to re-publish unchanged results must not duplicate runs
-    snakemake(wd, "--forcerun", "track")
-    assert sorted(r.info.run_id for r in runs()) == sorted(r.info.run_id for r in first)
+    snakemake(wd, *TUNED, "--forcerun", "track")
+    assert sorted(r.info.run_id for r in runs()) == sorted(r.info.run_id for r in everything)
+
+
+def test_tuned_model_uses_validation_only_and_reports_its_budget(run):
+    wd, _ = run
+    res = wd / "results"
+    rec = json.loads((res / "tuning" / "logreg.json").read_text())
+    assert rec["n_trials"] == 3 and rec["best_value"] >= rec["baseline_value"]
+    # the test split is not an input of the tune rule: the record hashes what it read
+    assert not any("test" in Path(p).name for p in rec["inputs"]), rec["inputs"]
+    train_rec = json.loads((res / "records" / "logreg.train.json").read_text())
+    assert train_rec["params"]["C"] == pytest.approx(rec["best_params"]["C"])
+    board = pd.read_csv(res / "leaderboard.csv").set_index("model")
+    assert board.loc["logreg", "tuning_trials"] == 3 and board.loc["logreg", "tuning_seconds"] > 0
+    assert (res / "plots" / "logreg" / "validation_curve.png").exists()
+    assert not (res / "tuning" / "bdt.json").exists()
+
+
+def test_global_tuning_skips_tasks_without_objective_and_explicit_request_is_an_error(tmp_path):
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("tuning: {enabled: true}\nselect_models: [logreg, pca]\n")
+    plan = snakemake(tmp_path, "--configfile", str(TINY), str(cfg), "-n")
+    tuned = set(re.findall(r"rule tune:\n(?:[ \t]+.*\n)*?[ \t]+wildcards: model=(\w+)", plan.stdout + plan.stderr))
+    assert tuned == {"logreg"}
+    cfg.write_text("select_models: [logreg, pca]\nmodels:\n  pca: {tune: {enabled: true}}\n")
+    res = snakemake(tmp_path, "--configfile", str(TINY), str(cfg), "-n", check=False)
+    assert res.returncode != 0 and "models.pca: task 'dimreduction' has no validation objective" in res.stdout + res.stderr
 
 
 def test_bad_config_key_is_named(tmp_path):
