@@ -35,6 +35,7 @@ def predict(model_dir: str, inputs: dict[str, str], out: str, raw: dict | None =
     model, meta = registry.load_model(model_dir)
     model.n_threads = threads
     cls = registry.get(meta["family"])
+    model.use_device(meta.get("device", "cpu"))
     parts, timing, inference = [], {}, None
     for s in SPLITS:
         df = read_parquet(inputs[s])
@@ -42,7 +43,7 @@ def predict(model_dir: str, inputs: dict[str, str], out: str, raw: dict | None =
         if missing:
             raise DataError(f"model '{meta['model']}': feature column(s) {missing} missing from {inputs[s]}")
         X = df[meta["features"]].to_numpy(dtype=np.float32)
-        meter = step_meter(energy, model.device if hasattr(model, "device") else "cpu", cls.gpu_capable)
+        meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
         t0 = time.perf_counter()
         with meter:
             score = np.concatenate([model.predict_score(X[i:i + batch_size])
@@ -60,6 +61,7 @@ def predict(model_dir: str, inputs: dict[str, str], out: str, raw: dict | None =
         parts.append(part)
     write_parquet(out, pd.concat(parts, ignore_index=True))
     record = {"model": meta["model"], "family": meta["family"], "batch_size": batch_size, "threads": threads,
+              "device": model.info.get("device", "cpu"), "device_note": model.info.get("device_note"),
               "timing": timing, "energy": {"inference": inference}}
     if record_out:
         write_json(record_out, record)

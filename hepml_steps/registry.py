@@ -87,6 +87,14 @@ def get(name: str):
 META_FILE = "hepml_model.json"
 
 
+def requested_device(spec: dict) -> str:
+    """The device a model's config asks for: ``device`` as given, except that
+    ``auto`` with ``gpus`` > 0 is a request for CUDA (so falling back to the CPU
+    is warned about, not silent)."""
+    device = str(spec.get("device", "auto"))
+    return "cuda" if device == "auto" and int(spec.get("gpus") or 0) > 0 else device
+
+
 def load_model(directory):
     """Load a fitted model written by the train step (family from its metadata)."""
     from pathlib import Path

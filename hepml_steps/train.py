@@ -171,8 +171,8 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
         spec = {**spec, "params": tuning["best_params"]}
     task = spec.get("task", "classification")
     cls = registry.get(spec["family"])
-    family = cls(task=task, params=spec.get("params") or {}, seed=seed, n_threads=threads,
-                 device=spec.get("device", "auto"))
+    device = registry.requested_device(spec)
+    family = cls(task=task, params=spec.get("params") or {}, seed=seed, n_threads=threads, device=device)
     cap = spec.get("max_train_events", cls.max_train_events)
     X, y, w, df, cols, cap_rec = load_split(train_path, spec, what, raw.get("train"), cap)
     Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"))
@@ -181,7 +181,7 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     swv = fit_weights(wv, yv, weighting, task)
     if task in ("clustering", "dimreduction") and len(X) < 2:
         raise DataError(f"{what}: {len(X)} training events are too few for {task}")
-    meter = step_meter(energy, spec.get("device", "auto"), cls.gpu_capable)
+    meter = step_meter(energy, device, cls.gpu_capable)
     t0, c0 = time.perf_counter(), time.process_time()
     with meter:
         family.fit(X, y, sample_weight=sw, X_val=Xv, y_val=yv, w_val=swv)
@@ -189,7 +189,8 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     meter.set_events(len(X))
     train_energy = {**meter.record, "device": family.info.get("device", meter.device)}
     meta = {"model": model, "family": cls.name, "task": task, "params": family.params, "seed": seed,
-            "features": cols, "target": spec.get("target"), "file_format": cls.file_format}
+            "features": cols, "target": spec.get("target"), "file_format": cls.file_format,
+            "device": device}  # the request: inference resolves it again where it runs
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -189,6 +189,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     cv = int(cfg.get("cv_folds") or 0)
     weighting = spec.get("weighting", "balanced")
     cap = spec.get("max_train_events", cls.max_train_events)
+    device = registry.requested_device(spec)
 
     X, y, w, df, cols, _ = load_split(train_path, spec, what, raw.get("train"), cap)
     Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"))
@@ -207,7 +208,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     errors: list[str] = []
 
     def fit_eval(params, Xt, yt, wt, Xe, ye, we, trial=None):
-        fam = cls(task=task, params=params, seed=seed, n_threads=threads, device=spec.get("device", "auto"))
+        fam = cls(task=task, params=params, seed=seed, n_threads=threads, device=device)
         if trial is not None and cls.iterative and not cv:
             def report(step, values):
                 trial.report(-sign * values["validation_loss"], step)
@@ -222,7 +223,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     def objective(trial):
         params = {**base_params, **suggest(trial, space)}
         t0 = time.perf_counter()
-        trial_meter = step_meter(energy, spec.get("device", "auto"), cls.gpu_capable)
+        trial_meter = step_meter(energy, device, cls.gpu_capable)
         try:
             with trial_meter:
                 if cv:
@@ -261,7 +262,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     # trial 0 = the config's params (those of them that lie inside the search space)
     study.enqueue_trial({k: (json.dumps(base_params[k]) if space[k]["type"] == "categorical" else base_params[k])
                          for k in space if _in_space(base_params[k], space[k])}, skip_if_exists=True)
-    meter = step_meter(energy, spec.get("device", "auto"), cls.gpu_capable)
+    meter = step_meter(energy, device, cls.gpu_capable)
     t0 = time.perf_counter()
     with meter:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,))

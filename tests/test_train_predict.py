@@ -1,5 +1,6 @@
 import functools
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -160,3 +161,45 @@ def test_bdt_onnx_export_reproduces_scores(task, prepared, tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"))
     onnx_scores = sess.run(["score"], {"features": X})[0]
     assert np.allclose(onnx_scores, model.predict_score(X), atol=1e-5)
+
+
+@pytest.mark.parametrize("family, params, logger", [
+    ("mlp", {"hidden_layers": [8], "epochs": 2}, "hepml.torch"),
+    ("xgboost", {"n_estimators": 5}, "hepml.xgboost"),
+])
+def test_gpu_asked_for_but_not_usable_falls_back_with_a_warning(family, params, logger, prepared, tmp_path,
+                                                                 monkeypatch, caplog):
+    """gpus: 1 with device: auto is a request for CUDA: training and inference run
+    on the CPU here, say so in the log, and record the device they used."""
+    import torch
+
+    from hepml_steps.families import xgb as xgb_family
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(xgb_family, "_cuda_usable", lambda xgb: (False, "no CUDA driver (test)"))
+    assert registry.requested_device({"gpus": 1}) == "cuda"
+    assert registry.requested_device({"gpus": 1, "device": "cuda:1"}) == "cuda:1"
+    assert registry.requested_device({"gpus": 0}) == "auto"
+    with caplog.at_level(logging.WARNING):
+        rec = fit(prepared, tmp_path, {"family": family, "params": params, "gpus": 1, "device": "auto"})
+    assert rec["device"] == "cpu" and rec["energy"]["train"]["device"] == "cpu"
+    trained = [r.getMessage() for r in caplog.records if r.name == logger]
+    assert trained and all(("requested" in m) for m in trained), trained
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        record = pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "p.parquet"))
+    assert record["device"] == "cpu" and record["energy"]["inference"]["device"] == "cpu"
+    assert any(r.name == logger and "requested" in r.getMessage() for r in caplog.records)
+
+
+def test_xgboost_uses_cuda_for_inference_when_usable(prepared, tmp_path, monkeypatch):
+    from hepml_steps.families import xgb as xgb_family
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5}})
+    model, meta = registry.load_model(tmp_path / "m")
+    assert meta["device"] == "auto"
+    set_to = []
+    monkeypatch.setattr(xgb_family, "_cuda_usable", lambda xgb: (True, "CUDA device visible (test)"))
+    monkeypatch.setattr(model.booster, "set_param", lambda p: set_to.append(p))
+    model.use_device("cuda")
+    assert set_to == [{"device": "cuda"}] and model.info["device"] == "cuda"

@@ -95,6 +95,12 @@ class Family(ABC):
     def load(cls, directory, meta: dict) -> "Family":
         """Rebuild a fitted instance from ``save``'s files (no pickle)."""
 
+    def use_device(self, device: str) -> None:
+        """Run inference of a loaded model on ``device`` (GPU-capable families
+        move the model there when it is usable, else stay on the CPU and warn)."""
+        self.device = device
+        self.info["device"] = "cpu"
+
     # -- helpers -------------------------------------------------------------
     @classmethod
     def describe(cls) -> dict:

@@ -122,6 +122,12 @@ class Step(nn.Module):
         return f"surrogate_slope={self.slope}"
 
 
+def _tensor(array):
+    """A tensor sharing memory with ``array``, copied first when it is read-only
+    (memory-mapped Parquet columns), since torch cannot wrap a read-only array."""
+    return torch.from_numpy(np.require(array, requirements="W"))
+
+
 def make_activation(name: str, slope: float = 5.0) -> nn.Module:
     return {
         "linear": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus, "logistic": nn.Sigmoid,
@@ -424,10 +430,10 @@ class TorchFamily(Family):
         X = self._as_X(X, "X")
         inp, tgt = self._training_tensors(X, y)
         dev = next(self.scorer.parameters()).device
-        w = torch.from_numpy(self._as_w(sample_weight, len(X), "sample_weight")).to(dev)
+        w = _tensor(self._as_w(sample_weight, len(X), "sample_weight")).to(dev)
         with _threads(self.n_threads):
-            loss, _ = self._evaluate(self.scorer.net, torch.from_numpy(inp).to(dev),
-                                     torch.from_numpy(tgt).to(dev), w)
+            loss, _ = self._evaluate(self.scorer.net, _tensor(inp).to(dev),
+                                     _tensor(tgt).to(dev), w)
         return loss
 
     def _validation_extras(self, out, y_val, w_val) -> dict:
@@ -459,12 +465,12 @@ class TorchFamily(Family):
             scorer = self._build(self.n_features, self.scaling).to(device)
             net = scorer.net
             inp, tgt = self._training_tensors(X, y)
-            Xt, Tt = torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
-            Wt = torch.from_numpy(w).to(device)
+            Xt, Tt = _tensor(inp).to(device), _tensor(tgt).to(device)
+            Wt = _tensor(w).to(device)
             if has_val:
                 vin, vtgt = self._training_tensors(X_val, y_val)
-                Xv, Tv = torch.from_numpy(vin).to(device), torch.from_numpy(vtgt).to(device)
-                Wv = torch.from_numpy(w_val).to(device)
+                Xv, Tv = _tensor(vin).to(device), _tensor(vtgt).to(device)
+                Wv = _tensor(w_val).to(device)
             optimizer = self._make_optimizer(net.parameters())
 
             self.info["initial_train_loss"], _ = self._evaluate(net, Xt, Tt, Wt)
@@ -476,7 +482,7 @@ class TorchFamily(Family):
             epoch = -1
             for epoch in range(p["epochs"]):
                 net.train()
-                order = torch.from_numpy(rng.permutation(n)).to(device)
+                order = _tensor(rng.permutation(n)).to(device)
                 loss_sum = torch.zeros((), device=device, dtype=torch.float64)
                 w_sum = torch.zeros((), device=device, dtype=torch.float64)
                 for start in range(0, n, bs):
@@ -539,8 +545,13 @@ class TorchFamily(Family):
         outs = []
         with _threads(self.n_threads), torch.no_grad():
             for i in range(0, len(X), INFERENCE_BATCH):
-                outs.append(self.scorer(torch.from_numpy(X[i:i + INFERENCE_BATCH]).to(dev)).cpu().numpy())
+                outs.append(self.scorer(_tensor(X[i:i + INFERENCE_BATCH]).to(dev)).cpu().numpy())
         return np.concatenate(outs).astype(np.float64)
+
+    def use_device(self, device: str) -> None:
+        self.device = device
+        if self.scorer is not None:
+            self.scorer.to(self._resolve_device())
 
     # -- files ---------------------------------------------------------------------
     def _config(self) -> dict:

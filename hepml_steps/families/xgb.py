@@ -77,18 +77,30 @@ class XGBoostFamily(Family):
             "seed": self.seed, "nthread": self.n_threads, "device": self._device,
         }
 
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None):
-        import xgboost as xgb
-
+    def _select_device(self, xgb, step: str) -> None:
+        """CUDA when asked for (or ``auto``) and usable, else the CPU (warned
+        about when CUDA was asked for)."""
         self._device = "cpu"
         if self.device in ("cuda", "auto"):
             ok, why = _cuda_usable(xgb)
             if ok:
                 self._device = "cuda"
             elif self.device == "cuda":
-                log.warning("GPU requested for xgboost but not usable (%s): training on CPU", why)
+                log.warning("GPU requested for xgboost but not usable (%s): %s on CPU", why, step)
             self.info["device_note"] = why
         self.info["device"] = self._device
+
+    def use_device(self, device: str) -> None:
+        import xgboost as xgb
+
+        self.device = device
+        self._select_device(xgb, "inference")
+        self.booster.set_param({"device": self._device})
+
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None):
+        import xgboost as xgb
+
+        self._select_device(xgb, "training")
         dtrain = xgb.DMatrix(X, label=y, weight=sample_weight, nthread=self.n_threads)
         evals = [(dtrain, "train")]
         if X_val is not None:
