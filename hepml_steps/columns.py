@@ -5,7 +5,7 @@ unique), ``label`` (int8: 1 signal, 0 background), ``weight`` (float64 event
 weight), optionally ``truth_llr`` (exact log-likelihood ratio, toy data only;
 never a training feature) and ``target`` (regression target), plus feature
 columns. Split tables add nothing; prediction tables add ``split`` and
-``score``.
+``score`` (and ``prob_<i>`` per class for multiclass models).
 """
 EVENT_ID = "event_id"
 LABEL = "label"
@@ -14,6 +14,8 @@ TRUTH_LLR = "truth_llr"
 TARGET = "target"
 SPLIT = "split"
 SCORE = "score"
+#: prefix of the per-class probability columns of multiclass predictions (prob_0, prob_1, ...)
+PROB = "prob_"
 
 #: Columns that are never used as training features.
 RESERVED = (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, SPLIT, SCORE)

@@ -13,6 +13,12 @@ Per task (all weighted with the event weights):
   validation, for comparison), signal efficiency at each background
   efficiency, the Bayes-optimal AUC from ``truth_llr`` when known, and the
   train-vs-test KS overtraining test per class;
+- multiclass: accuracy and error rate of the most probable class, per-class
+  and macro precision, sensitivity, F1 and one-vs-rest ROC AUC
+  (``roc_auc`` = the macro mean), cross-entropy, the weighted confusion
+  matrix (``confusion``, rows = true class), train/validation accuracy and
+  AUC for comparison, and per class the KS test of that class's probability,
+  train vs test, on its own events;
 - anomaly: the anomaly score as a signal discriminant (AUC, efficiencies),
   plus the KS test on background (the class it was trained on);
 - regression: MSE, MAE, RMSE, R², bias and resolutions on test (MSE and R²
@@ -21,6 +27,10 @@ Per task (all weighted with the event weights):
   test features), adjusted Rand index and purity against signal/background;
 - dimreduction: explained variance ratio and how well the first component
   alone separates signal from background.
+
+Train-split figures and the overtraining test use only the training events the
+model was fitted on: with a training cap (``train_cap`` in the record) that is
+the same deterministic subsample the training step took.
 """
 from __future__ import annotations
 
@@ -31,14 +41,14 @@ import numpy as np
 
 from . import cli
 from . import metrics as M
-from .columns import EVENT_ID, LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
+from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TRUTH_LLR, WEIGHT
 from .errors import DataError
 from .io import read_json, read_parquet, write_json
 
 log = logging.getLogger("hepml.evaluate")
 
 #: Record fields copied to metrics.json "extra" (and so to the leaderboard).
-EXTRA_KEYS = ("family", "n_train", "n_validation", "fit_seconds", "fit_cpu_seconds", "device", "threads",
+EXTRA_KEYS = ("family", "classes", "target", "n_train", "n_validation", "fit_seconds", "fit_cpu_seconds", "device", "threads",
               "train_cap", "tuning", "weighting", "energy", "params")
 
 
@@ -86,7 +96,7 @@ def _bayes(m: dict, test) -> None:
 
 
 def _ks(by_split, classes, ks_pvalue_min: float) -> dict:
-    out = {"ks_pvalue_min": ks_pvalue_min}
+    out = {"ks_pvalue_threshold": ks_pvalue_min}
     tr, te = by_split.get("train"), by_split["test"]
     if tr is None or tr.empty:
         return {**out, "flagged": None, "reason": "no training events in the predictions"}
@@ -94,6 +104,51 @@ def _ks(by_split, classes, ks_pvalue_min: float) -> dict:
     for cls, name in classes:
         a, b = tr[tr[LABEL] == cls], te[te[LABEL] == cls]
         r = M.ks_overtraining(a[SCORE].to_numpy(), b[SCORE].to_numpy(), a[WEIGHT].to_numpy(), b[WEIGHT].to_numpy())
+        out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
+        if not math.isnan(r["pvalue"]):
+            ps.append(r["pvalue"])
+    out["flagged"] = bool(ps) and min(ps) < ks_pvalue_min
+    return out
+
+
+def _fitted_events(train, rec: dict, task: str):
+    """The training-split predictions of the events the model was fitted on."""
+    cap = rec.get("train_cap") or {}
+    if not cap.get("applied"):
+        return train
+    from .train import cap_index
+
+    pool = train[train[LABEL] == 0] if task == "anomaly" else train
+    return pool.iloc[cap_index(pool[EVENT_ID].to_numpy(), int(cap["cap"]))]
+
+
+def _prob_columns(df, what: str) -> list[str]:
+    cols = sorted((c for c in df.columns if c.startswith(PROB)), key=lambda c: int(c[len(PROB):]))
+    if not cols or "target" not in df.columns:
+        raise DataError(f"{what}: multiclass predictions need 'target' and '{PROB}<i>' columns")
+    return cols
+
+
+def _multiclass(df, part, what: str, classes) -> dict:
+    cols = _prob_columns(df, what)
+    m = M.multiclass_metrics(part["target"].to_numpy(), part[cols].to_numpy(dtype=np.float64),
+                             part[WEIGHT].to_numpy(dtype=np.float64))
+    m["confusion_classes"] = list(classes) if classes else list(range(len(cols)))
+    return m
+
+
+def _ks_multiclass(by_split, k: int, classes, ks_pvalue_min: float) -> dict:
+    """Per class c: KS of P(c) on class-c events, train vs test."""
+    out = {"ks_pvalue_threshold": ks_pvalue_min}
+    tr, te = by_split.get("train"), by_split["test"]
+    if tr is None or tr.empty:
+        return {**out, "flagged": None, "reason": "no training events in the predictions"}
+    ps = []
+    for c in range(k):
+        a, b = tr[tr["target"] == c], te[te["target"] == c]
+        name = f"class{c}"
+        r = M.ks_overtraining(a[f"{PROB}{c}"].to_numpy(), b[f"{PROB}{c}"].to_numpy(),
+                              a[WEIGHT].to_numpy(), b[WEIGHT].to_numpy())
         out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
         if not math.isnan(r["pvalue"]):
             ps.append(r["pvalue"])
@@ -120,12 +175,17 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
     if inf.get("energy"):
         rec["energy"] = {**(rec.get("energy") or {}), **inf["energy"]}
     by_split = {s: g for s, g in df.groupby(SPLIT, observed=True)}
+    n_events = {s: int(len(g)) for s, g in by_split.items()}
+    if by_split.get("train") is not None:
+        # train figures and the overtraining test use the events the model was
+        # fitted on: a capped model (kNN, SVM, ...) never saw most of the training split
+        by_split["train"] = _fitted_events(by_split["train"], rec, task)
     test = by_split.get("test")
     if test is None or test.empty:
         raise DataError(f"{what}: no test events")
     effs = [float(e) for e in bkg_efficiencies]
     m: dict = {}
-    overtraining = None
+    overtraining = confusion = None
     if task == "classification":
         y, w = _two_classes(test, what)
         s = test[SCORE].to_numpy(dtype=np.float64)
@@ -139,6 +199,16 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
                 m[f"roc_auc_{sp}"] = M.roc_auc(part[LABEL], part[SCORE], part[WEIGHT])
         _bayes(m, test)
         overtraining = _ks(by_split, ((1, "signal"), (0, "background")), ks_pvalue_min)
+    elif task == "multiclass":
+        classes = rec.get("classes")
+        m.update(_multiclass(df, test, what, classes))
+        confusion = {"classes": m.pop("confusion_classes"), "matrix": m.pop("confusion")}
+        for sp in ("train", "validation"):
+            part = by_split.get(sp)
+            if part is not None and not part.empty:
+                mc = _multiclass(df, part, what, classes)
+                m[f"accuracy_{sp}"], m[f"roc_auc_{sp}"] = mc["accuracy"], mc["roc_auc"]
+        overtraining = _ks_multiclass(by_split, m["n_classes"], classes, ks_pvalue_min)
     elif task == "anomaly":
         _two_classes(test, what)
         _discriminant(m, test, effs)
@@ -180,9 +250,10 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
                 m[k] = v
     result = _clean({
         "model": model, "task": task, "family": rec.get("family"), "threshold": threshold,
-        "n_events": {s: int(len(g)) for s, g in by_split.items()},
+        "n_events": n_events,
         "sum_weights_test": float(test[WEIGHT].sum()),
         "metrics": m, "overtraining": overtraining,
+        **({"confusion": confusion} if task == "multiclass" else {}),
         "extra": {k: rec[k] for k in EXTRA_KEYS if k in rec},
     })
     write_json(out, result)

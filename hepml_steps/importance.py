@@ -24,7 +24,8 @@ def native_importance(model, features: list[str]) -> dict[str, float]:
     if est is not None and hasattr(est, "feature_importances_"):
         return dict(zip(features, map(float, est.feature_importances_)))
     if est is not None and hasattr(est, "coef_"):
-        return dict(zip(features, map(float, np.abs(np.atleast_2d(est.coef_))[0])))
+        # mean |coefficient| over the rows (one row for two classes, one per class for multiclass)
+        return dict(zip(features, map(float, np.abs(np.atleast_2d(est.coef_)).mean(axis=0))))
     return {}
 
 
@@ -36,7 +37,7 @@ def importance(model_dir: str, test: str, out: str, raw_test: str | None = None,
     task, features = meta["task"], meta["features"]
     result = {"model": meta["model"], "task": task, "metric": None, "permutation": {},
               "native": native_importance(model, features)}
-    if task not in ("classification", "anomaly", "regression"):
+    if task not in ("classification", "multiclass", "anomaly", "regression"):
         write_json(out, result)
         return result
     from . import metrics as M
@@ -54,6 +55,12 @@ def importance(model_dir: str, test: str, out: str, raw_test: str | None = None,
 
         def score(Xp):
             return M.mse(y, model.predict_score(Xp), sample_weight=w)
+    elif task == "multiclass":
+        y = targets(df, "multiclass", meta["target"], raw_test, meta["model"], meta.get("classes"))
+        metric, better = "roc_auc", 1.0  # macro one-vs-rest
+
+        def score(Xp):
+            return M.multiclass_metrics(y, model.predict_score(Xp), sample_weight=w)["roc_auc"]
     else:
         y = df[LABEL].to_numpy()
         metric, better = "roc_auc", 1.0

@@ -24,6 +24,12 @@ _MD = {
         ("ks_pvalue_signal", "KS p (S)", ".3g"), ("ks_pvalue_background", "KS p (B)", ".3g"),
         ("overtrained", "overtrained?", ""),
     ],
+    "multiclass": [
+        ("n_classes", "classes", ""), ("roc_auc", "test AUC (macro, one-vs-rest)", ".4f"),
+        ("accuracy", "accuracy", ".4f"), ("accuracy_train", "train accuracy", ".4f"),
+        ("f1_macro", "F1 (macro)", ".3f"), ("cross_entropy", "cross-entropy", ".4g"),
+        ("overtrained", "overtrained?", ""),
+    ],
     "anomaly": [
         ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
         ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"), ("ks_pvalue_background", "KS p (B)", ".3g"),
@@ -47,9 +53,10 @@ _COST = [("fit_seconds", "train s", ".1f"), ("tuning_trials", "tuning trials", "
          ("tuning_seconds", "tuning s", ".1f"), ("train_j_per_event", "train J/event", ".3g"),
          ("inference_j_per_event", "inference J/event", ".3g"),
          ("inference_events_per_s", "inference events/s", ".3g")]
-_RANK = {"classification": ("roc_auc", True), "anomaly": ("roc_auc", True), "regression": ("mse", False),
+_RANK = {"classification": ("roc_auc", True), "multiclass": ("roc_auc", True), "anomaly": ("roc_auc", True), "regression": ("mse", False),
          "clustering": ("silhouette", True), "dimreduction": ("explained_variance_ratio_total", True)}
-_TASK_TITLES = {"classification": "Classification (signal vs background)", "anomaly": "Anomaly detection",
+_TASK_TITLES = {"classification": "Classification (signal vs background)",
+                "multiclass": "Multiclass classification", "anomaly": "Anomaly detection",
                 "regression": "Regression", "clustering": "Clustering",
                 "dimreduction": "Dimensionality reduction"}
 

@@ -19,7 +19,9 @@ probability or any monotone discriminant):
 - :func:`ks_overtraining`: weighted Kolmogorov–Smirnov test of the train
   against the test score distribution (TMVA's overtraining check).
 
-Regression: :func:`regression_metrics`. Clustering: :func:`clustering_metrics`.
+Multiclass (``y`` = class index 0..K-1, ``proba`` = events x K class
+probabilities): :func:`multiclass_metrics`. Regression:
+:func:`regression_metrics`. Clustering: :func:`clustering_metrics`.
 Ratios whose denominator is zero are ``nan`` (written as ``null`` in JSON).
 """
 from __future__ import annotations
@@ -255,4 +257,57 @@ def clustering_metrics(X, labels, y_true=None, max_events: int = 5000, seed: int
             _, counts = np.unique(y_true[labels == c], return_counts=True)
             purity += counts.max()
         out["purity"] = purity / len(labels) if len(labels) else math.nan
+    return out
+
+
+# -- multiclass -------------------------------------------------------------------
+def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict:
+    """Weighted figures of a K-class classifier (``y`` in 0..K-1; an event whose
+    class the model never saw may carry −1 and simply counts as misclassified).
+
+    accuracy and error rate of the most probable class; per class ``k``
+    precision, sensitivity (recall), F1 and the one-vs-rest ROC AUC of
+    ``proba[:, k]``; their unweighted means over classes (``*_macro``; ``roc_auc``
+    is the macro one-vs-rest AUC over classes that have events and rivals);
+    cross-entropy (mean −log p of the true class); and the weighted confusion
+    matrix ``confusion[true][predicted]``.
+    """
+    P = np.asarray(proba, dtype=np.float64)
+    if P.ndim != 2:
+        raise DataError(f"metrics: multiclass probabilities must be events x classes, got shape {P.shape}")
+    y = np.asarray(y).ravel().astype(np.int64)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+    if not len(y) == len(P) == len(w):
+        raise DataError(f"metrics: {len(y)} labels, {len(P)} probability rows, {len(w)} weights")
+    k = P.shape[1]
+    pred = P.argmax(axis=1) if len(P) else np.empty(0, dtype=np.int64)
+    total = float(w.sum())
+    conf = np.zeros((k, k))
+    known = y >= 0
+    np.add.at(conf, (y[known], pred[known]), w[known])
+    out: dict = {"n_classes": k, "accuracy": _div(float(w[pred == y].sum()), total)}
+    out["error_rate"] = 1.0 - out["accuracy"] if total else math.nan
+    precisions, recalls, f1s, aucs = [], [], [], []
+    for c in range(k):
+        tp = conf[c, c]
+        prec = _div(tp, conf[:, c].sum())
+        rec = _div(tp, float(w[y == c].sum()))
+        f1 = _div(2 * prec * rec, prec + rec) if not (math.isnan(prec) or math.isnan(rec)) else math.nan
+        is_c = (y == c).astype(np.float64)
+        auc = math.nan
+        if w[y == c].sum() > 0 and w[y != c].sum() > 0:
+            auc = roc_auc(is_c, P[:, c], w)
+        out[f"precision_class{c}"], out[f"sensitivity_class{c}"] = prec, rec
+        out[f"f1_class{c}"], out[f"roc_auc_class{c}"] = f1, auc
+        precisions.append(prec), recalls.append(rec), f1s.append(f1), aucs.append(auc)
+
+    def mean(values):
+        v = [x for x in values if not math.isnan(x)]
+        return float(np.mean(v)) if v else math.nan
+
+    out["precision_macro"], out["sensitivity_macro"] = mean(precisions), mean(recalls)
+    out["f1_macro"], out["roc_auc"] = mean(f1s), mean(aucs)
+    p_true = np.where(known, P[np.arange(len(y)), np.clip(y, 0, k - 1)], 0.0) if len(y) else np.empty(0)
+    out["cross_entropy"] = _wmean(-np.log(np.clip(p_true, eps, 1.0)), w) if len(y) else math.nan
+    out["confusion"] = conf.tolist()
     return out

@@ -86,20 +86,35 @@ def score_distributions(pred, path, title: str, ks: dict | None = None) -> str:
 
 def confusion_matrix(m: dict, path, title: str) -> str:
     """Weighted confusion matrix at the evaluation threshold (fractions per true class)."""
-    plt = _plt()
     cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]], dtype=float)
+    return _confusion(cm, ["background", "signal"], path, title)
+
+
+def _confusion(cm, names, path, title: str) -> str:
+    """A weighted confusion matrix (rows = true class) as fractions per true class."""
+    plt = _plt()
+    cm = np.asarray(cm, dtype=float)
+    k = len(names)
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(5, 4.4))
+    size = max(5.0, 1.1 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.88))
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(2):
-        for j in range(2):
+    small = 9 if k <= 4 else 7
+    for i in range(k):
+        for j in range(k):
             ax.text(j, i, f"{frac[i, j]:.3f}\n(Σw={cm[i, j]:.4g})", ha="center", va="center",
-                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
-    ax.set_xticks([0, 1], ["predicted background", "predicted signal"])
-    ax.set_yticks([0, 1], ["true background", "true signal"])
+                    color="white" if frac[i, j] > 0.6 else "black", fontsize=small)
+    ax.set_xticks(range(k), [f"predicted {n}" for n in names], rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
+    ax.set_yticks(range(k), [f"true {n}" for n in names])
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def multiclass_confusion(confusion: dict, path, title: str, target: str | None = None) -> str:
+    """The weighted confusion matrix of a multiclass model; classes named by their target value."""
+    name = target or "class"
+    return _confusion(confusion["matrix"], [f"{name}={c}" for c in confusion["classes"]], path, title)
 
 
 def learning_curve(history: dict, path, title: str) -> str | None:
@@ -137,19 +152,34 @@ def validation_curve(trials, path, title: str, objective: str) -> str | None:
     return _save(fig, path)
 
 
-def residuals(pred, path, title: str) -> str:
+def residuals(pred, path, title: str, target: str | None = None) -> str:
+    """Residual vs true target (2-D) and the relative residual (1-D); the axes
+    span the central 99 % of the residuals so a few outliers do not hide the core."""
     plt = _plt()
     test = pred[pred[SPLIT] == "test"]
     t, p = test["target"].to_numpy(), test[SCORE].to_numpy()
+    w = test[WEIGHT].to_numpy()
+    name = f"true {target}" if target else "true target"
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    a1.hist2d(t, p - t, bins=60, cmap="viridis", weights=test[WEIGHT].to_numpy())
+    r = p - t
+    lo, hi = np.nanpercentile(r, [0.5, 99.5]) if len(r) else (-1.0, 1.0)
+    tlo, thi = np.nanpercentile(t, [0.5, 99.5]) if len(t) else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 1, hi + 1
+    if thi <= tlo:
+        tlo, thi = tlo - 1, thi + 1
+    a1.hist2d(t, r, bins=60, cmap="viridis", weights=w, range=[[tlo, thi], [lo, hi]])
     a1.axhline(0, color="white", lw=1)
-    a1.set_xlabel("true target")
-    a1.set_ylabel("prediction − truth")
+    a1.set_xlabel(name)
+    a1.set_ylabel(f"prediction − {name}")
     ok = t != 0
-    a2.hist((p[ok] - t[ok]) / t[ok], bins=80, weights=test[WEIGHT].to_numpy()[ok], histtype="step")
-    a2.set_xlabel("(prediction − truth) / truth")
-    a2.set_ylabel("weighted events")
+    rel = r[ok] / t[ok]
+    rlo, rhi = np.nanpercentile(rel, [0.5, 99.5]) if len(rel) else (-1.0, 1.0)
+    if rhi <= rlo:
+        rlo, rhi = rlo - 1, rhi + 1
+    a2.hist(rel, bins=np.linspace(rlo, rhi, 81), weights=w[ok], histtype="step")
+    a2.set_xlabel(f"(prediction − truth) / truth  [{target or 'target'}]")
+    a2.set_ylabel("weighted events / bin")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
@@ -221,17 +251,19 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
     f1, a1 = plt.subplots(figsize=(7, 6))
     f2, a2 = plt.subplots(figsize=(7, 6))
     bayes_done = False
-    for name, pred in sorted(preds.items()):
+    colours = plt.get_cmap("tab10").colors
+    for i, (name, pred) in enumerate(sorted(preds.items())):
         test = pred[pred[SPLIT] == "test"]
         y, w = test[LABEL].to_numpy(), test[WEIGHT].to_numpy()
-        curves = [(name, test[SCORE].to_numpy(), "-")]
+        # ten colours, then the same colours dash-dotted, then dotted: every curve distinct
+        style = {"color": colours[i % 10], "ls": ("-", "-.", ":")[(i // 10) % 3]}
+        curves = [(name, test[SCORE].to_numpy(), style)]
         if TRUTH_LLR in test.columns and not bayes_done:
-            curves.append(("Bayes optimal (truth LLR)", test[TRUTH_LLR].to_numpy(), "k--"))
+            curves.append(("Bayes optimal (truth LLR)", test[TRUTH_LLR].to_numpy(), {"color": "black", "ls": "--"}))
             bayes_done = True
-        for label, score, style in curves:
+        for label, score, kw in curves:
             fpr, tpr, _ = roc_curve(y, score, sample_weight=w)
             auc = roc_auc(y, score, sample_weight=w)
-            kw = {"color": "black", "ls": "--"} if style == "k--" else {}
             a1.plot(tpr, 1 - fpr, label=f"{label} (AUC {auc:.4f})", **kw)
             a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
     a1.set_xlabel("signal efficiency")
@@ -300,7 +332,9 @@ def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
     rows = []
     for m in metrics:
         e = (m.get("extra") or {}).get("energy") or {}
-        rows.append((m["model"], (m.get("metrics") or {}).get("roc_auc"), e.get("train") or {},
+        # the AUC axis is signal vs background: binary classifiers and anomaly detectors only
+        auc = (m.get("metrics") or {}).get("roc_auc") if m.get("task") in ("classification", "anomaly") else None
+        rows.append((m["model"], auc, e.get("train") or {},
                      e.get("inference") or {}))
     made = []
     scored = [r for r in rows if r[1] is not None]
@@ -371,8 +405,12 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
         if all(k in m and m[k] is not None for k in ("tp", "fp", "tn", "fn")):
             made.append(confusion_matrix(m, out / "confusion_matrix.png",
                                          f"{title}, test, threshold {met.get('threshold', 0.5)}"))
+    elif task == "multiclass":
+        if met.get("confusion"):
+            made.append(multiclass_confusion(met["confusion"], out / "confusion_matrix.png",
+                                             f"{title}, test, most probable class", rec.get("target")))
     elif task == "regression":
-        made.append(residuals(pred, out / "residuals.png", title))
+        made.append(residuals(pred, out / "residuals.png", title, rec.get("target")))
     elif task == "anomaly":
         made.append(anomaly_scores(pred, out / "anomaly_scores.png", title))
     elif task == "clustering" and features_test:

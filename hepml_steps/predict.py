@@ -2,7 +2,10 @@
 
 Writes one Parquet table per model with ``event_id, split, label, weight,
 score`` (plus ``truth_llr`` and ``target`` when known) — the input of
-evaluation. Inference runs in batches of ``batch_size`` events; the test
+evaluation. A multiclass model's ``score`` is the index of its most probable
+class, ``prob_<i>`` the probability of class ``i`` and ``target`` the index of
+the true class (−1 for a class the model never saw); the index → value map is
+the model's ``classes``. Inference runs in batches of ``batch_size`` events; the test
 split's inference is metered (time, CPU time, energy, events/s, J/event) and
 written to the step's record (``--record``).
 """
@@ -14,7 +17,7 @@ import time
 import numpy as np
 
 from . import cli, registry
-from .columns import EVENT_ID, LABEL, SCORE, SPLIT, SPLITS, TRUTH_LLR, WEIGHT
+from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, SPLITS, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, DataError
 from .io import read_parquet, write_json, write_parquet
 
@@ -45,19 +48,26 @@ def predict(model_dir: str, inputs: dict[str, str], out: str, raw: dict | None =
         X = df[meta["features"]].to_numpy(dtype=np.float32)
         meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
         t0 = time.perf_counter()
+        multiclass = meta["task"] == "multiclass"
         with meter:
             score = np.concatenate([model.predict_score(X[i:i + batch_size])
-                                    for i in range(0, len(X), batch_size)]) if len(X) else np.empty(0)
+                                    for i in range(0, len(X), batch_size)]) if len(X) else (
+                np.empty((0, len(meta.get("classes") or ()))) if multiclass else np.empty(0))
         timing[s] = {"n_events": int(len(X)), "seconds": time.perf_counter() - t0}
         if s == "test":
             meter.set_events(len(X))
             inference = {**meter.record, "batch_size": batch_size, "split": "test"}
+        probs = {}
+        if multiclass:
+            probs = {f"{PROB}{i}": score[:, i] for i in range(score.shape[1])}
+            score = score.argmax(axis=1).astype(np.float64) if len(score) else np.empty(0)
         part = pd.DataFrame({EVENT_ID: df[EVENT_ID].to_numpy(), SPLIT: s, LABEL: df[LABEL].to_numpy(),
-                             WEIGHT: df[WEIGHT].to_numpy(), SCORE: score})
+                             WEIGHT: df[WEIGHT].to_numpy(), SCORE: score, **probs})
         if TRUTH_LLR in df.columns:
             part[TRUTH_LLR] = df[TRUTH_LLR].to_numpy()
-        if meta["task"] == "regression":
-            part["target"] = targets(df, "regression", meta["target"], (raw or {}).get(s), meta["model"])
+        if meta["task"] in ("regression", "multiclass"):
+            part["target"] = targets(df, meta["task"], meta["target"], (raw or {}).get(s), meta["model"],
+                                     meta.get("classes"))
         parts.append(part)
     write_parquet(out, pd.concat(parts, ignore_index=True))
     record = {"model": meta["model"], "family": meta["family"], "batch_size": batch_size, "threads": threads,

@@ -113,7 +113,8 @@ def _log_contents(client, exp_id: str, run, model: str, rec: dict, met: dict, fi
     params = _flatten("", {"family": rec.get("family"), "task": rec.get("task"),
                            "params": rec.get("params"), "weighting": rec.get("weighting"),
                            "n_features": len(rec.get("features", [])), "seed": rec.get("seed"),
-                           "n_train": rec.get("n_train")}, {})
+                           "n_train": rec.get("n_train"), "target": rec.get("target"),
+                           "classes": rec.get("classes")}, {})
     values = {k: float(v) for k, v in (met.get("metrics") or {}).items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
     values["fit_seconds"] = float(rec.get("fit_seconds", 0.0))

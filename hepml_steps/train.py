@@ -3,17 +3,20 @@
 Reads only the *train* and *validation* feature tables (never test). Event
 weights enter the fit according to ``weighting``:
 
-- ``balanced`` (default for classification): each class's weights are scaled
-  so both classes carry the same total, keeping relative weights within a
-  class (TMVA's NormMode=EqualNumEvents, but weighted);
+- ``balanced`` (default): for classification and multiclass, each class's
+  weights are scaled so every class carries the same total, keeping relative
+  weights within a class (TMVA's NormMode=EqualNumEvents, but weighted);
+  for other tasks as ``physical``;
 - ``physical``: the event weights as they are, rescaled to mean 1;
 - ``none``: every event counts once.
 
 Families that scale badly declare (or the config sets) ``max_train_events``;
 above it a deterministic subsample (smallest hash of ``event_id``) is used, a
 warning is logged and the cap is recorded. Anomaly detection trains on
-background events only. The model directory (model files + ``hepml_model.json``)
-is replaced atomically.
+background events only. A multiclass model's classes are the distinct values
+of its ``target`` column in the training split (recorded as ``classes``).
+The model directory (model files + ``hepml_model.json``) is replaced
+atomically.
 """
 from __future__ import annotations
 
@@ -43,14 +46,15 @@ def fit_weights(w: np.ndarray, y: np.ndarray | None, weighting: str, task: str) 
     w = np.asarray(w, dtype=np.float64)
     if weighting == "none":
         return np.ones_like(w)
-    if weighting == "balanced" and task == "classification":
+    if weighting == "balanced" and task in ("classification", "multiclass"):
         out = np.empty_like(w)
-        for cls in (0, 1):
+        labels = (0, 1) if task == "classification" else np.unique(y)
+        for cls in labels:
             m = y == cls
             total = w[m].sum()
             if total <= 0:
                 raise DataError(f"class {cls} has non-positive total weight {total:g}; cannot balance")
-            out[m] = w[m] * (len(w) / 2.0) / total
+            out[m] = w[m] * (len(w) / len(labels)) / total
         return out
     if weighting in ("balanced", "physical"):
         total = w.sum()
@@ -74,29 +78,58 @@ def select_features(df, wanted, target=None) -> list[str]:
     return cols
 
 
+def cap_index(event_ids, cap: int) -> np.ndarray:
+    """Positions of the events kept by a training cap: the ``cap`` smallest
+    hashes of ``event_id`` (independent of order and of the other events' presence)."""
+    u = uniform_from_id(np.asarray(event_ids), CAP_SALT)
+    if cap >= len(u):
+        return np.arange(len(u))
+    return np.sort(np.argpartition(u, cap - 1)[:cap])
+
+
 def cap_events(df, cap: int | None, what: str):
     """Deterministic subsample of at most ``cap`` events; returns (df, record)."""
     n = len(df)
     if not cap or n <= cap:
         return df, {"cap": cap, "applied": False, "n_before": n, "n_after": n}
-    u = uniform_from_id(df[EVENT_ID].to_numpy(), CAP_SALT)
-    keep = np.sort(np.argpartition(u, cap - 1)[:cap])
+    keep = cap_index(df[EVENT_ID].to_numpy(), cap)
     log.warning("%s: training sample capped at %d of %d events (max_train_events); "
                 "raise the cap in config to use more", what, cap, n)
     return df.iloc[keep].reset_index(drop=True), {"cap": cap, "applied": True, "n_before": n, "n_after": cap}
 
 
-def targets(df, task: str, target: str | None, raw_path: str | None, what: str):
-    """The labels / regression targets for ``df`` (None for unsupervised tasks)."""
+MAX_CLASSES = 50
+
+
+def targets(df, task: str, target: str | None, raw_path: str | None, what: str, classes=None):
+    """The labels / regression targets / class indices for ``df`` (None for unsupervised tasks).
+
+    ``multiclass``: the target column's values mapped to indices into
+    ``classes`` (learned from the training split when not given); a value not
+    among ``classes`` becomes −1.
+    """
     if task == "classification":
         y = df[LABEL].to_numpy()
         if len(np.unique(y)) < 2:
             raise DataError(f"{what}: the training labels have one class only")
         return y
-    if task != "regression":
+    if task not in ("regression", "multiclass"):
         return None
+    col = _target_column(df, task, target, raw_path, what)
+    if task == "multiclass":
+        if classes is None:
+            classes = learn_classes(col, target, what)
+        return encode_classes(col.to_numpy(), classes)
+    y = col.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{what}: regression target '{target}' has {int((~np.isfinite(y)).sum())} non-finite values")
+    return y
+
+
+def _target_column(df, task: str, target: str | None, raw_path: str | None, what: str):
+    kind = "regression target" if task == "regression" else "class column"
     if not target:
-        raise ConfigError(f"{what}: a regression model needs 'target' (a column name)")
+        raise ConfigError(f"{what}: a {task} model needs 'target' (the {kind}'s name)")
     # the raw (unstandardised) split holds the target in physical units; the
     # prepared table only when the target is a derived column
     if raw_path is not None and _has_column(raw_path, target):
@@ -106,13 +139,41 @@ def targets(df, task: str, target: str | None, raw_path: str | None, what: str):
         col = df[target]
     else:
         where = f"{raw_path} or the prepared features" if raw_path else "the prepared features"
-        raise DataError(f"{what}: regression target column '{target}' not found in {where}")
+        raise DataError(f"{what}: {kind} '{target}' not found in {where}")
     if not np.issubdtype(col.dtype, np.number):
-        raise DataError(f"{what}: regression target '{target}' is not numeric (dtype {col.dtype})")
-    y = col.to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(y)):
-        raise DataError(f"{what}: regression target '{target}' has {int((~np.isfinite(y)).sum())} non-finite values")
-    return y
+        raise DataError(f"{what}: {kind} '{target}' is not numeric (dtype {col.dtype})")
+    return col
+
+
+def learn_classes(col, target: str, what: str) -> list:
+    """The sorted distinct values of a multiclass target (2 to MAX_CLASSES of them)."""
+    v = np.asarray(col, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise DataError(f"{what}: class column '{target}' has {int((~np.isfinite(v)).sum())} non-finite values")
+    classes = np.unique(v)
+    if len(classes) < 2:
+        raise DataError(f"{what}: class column '{target}' has one class only in the training split")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{what}: class column '{target}' has {len(classes)} distinct values (at most "
+                        f"{MAX_CLASSES}); a multiclass target holds class labels — use task 'regression' "
+                        "for a continuous target")
+    return [int(c) if float(c).is_integer() else float(c) for c in classes]
+
+
+def encode_classes(values, classes) -> np.ndarray:
+    """Indices of ``values`` into ``classes``; −1 where a value is not a class."""
+    ref = np.asarray(classes, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.clip(np.searchsorted(ref, v), 0, len(ref) - 1)
+    return np.where(ref[idx] == v, idx, -1).astype(np.int64)
+
+
+def training_classes(train_path: str, spec: dict, what: str, raw_path: str | None = None) -> list:
+    """The classes of a multiclass model: the distinct target values of the training split."""
+    target = spec.get("target")
+    df = read_parquet(train_path, columns=[EVENT_ID] + ([target] if target and _has_column(train_path, target) else []))
+    return learn_classes(_target_column(df, "multiclass", spec.get("target"), raw_path, what),
+                         spec.get("target"), what)
 
 
 def _has_column(path, column) -> bool:
@@ -121,8 +182,11 @@ def _has_column(path, column) -> bool:
     return column in pq.read_schema(path).names
 
 
-def load_split(path: str, spec: dict, what: str, raw_path: str | None = None, cap=None):
-    """Read a feature table and return (X, y, w_raw, df, columns, cap_record)."""
+def load_split(path: str, spec: dict, what: str, raw_path: str | None = None, cap=None, classes=None):
+    """Read a feature table and return (X, y, w_raw, df, columns, cap_record).
+
+    ``classes`` (multiclass): the training classes; events of another class are
+    left out (with a warning), since the model cannot predict them."""
     task = spec.get("task", "classification")
     df = read_parquet(path)
     if task == "anomaly":
@@ -133,7 +197,15 @@ def load_split(path: str, spec: dict, what: str, raw_path: str | None = None, ca
     if df.empty:
         raise DataError(f"{what}: {path} has no events")
     cols = select_features(df, spec.get("features"), spec.get("target"))
-    y = targets(df, task, spec.get("target"), raw_path, what)
+    y = targets(df, task, spec.get("target"), raw_path, what, classes)
+    if task == "multiclass":
+        if (y < 0).any():
+            log.warning("%s: %d events of a class absent from training are left out", what, int((y < 0).sum()))
+            df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
+        if classes is not None and len(df) and len(np.unique(y)) < len(classes) and cap:
+            absent = [c for i, c in enumerate(classes) if i not in set(y.tolist())]
+            raise DataError(f"{what}: class(es) {absent} of '{spec.get('target')}' have no events left after "
+                            f"the training cap of {cap} events; raise max_train_events")
     X = df[cols].to_numpy(dtype=np.float32)
     return X, y, df[WEIGHT].to_numpy(dtype=np.float64), df, cols, cap_rec
 
@@ -174,8 +246,12 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     device = registry.requested_device(spec)
     family = cls(task=task, params=spec.get("params") or {}, seed=seed, n_threads=threads, device=device)
     cap = spec.get("max_train_events", cls.max_train_events)
-    X, y, w, df, cols, cap_rec = load_split(train_path, spec, what, raw.get("train"), cap)
-    Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"))
+    classes = None
+    if task == "multiclass":
+        classes = training_classes(train_path, spec, what, raw.get("train"))
+    X, y, w, df, cols, cap_rec = load_split(train_path, spec, what, raw.get("train"), cap, classes)
+    Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"),
+                                       classes=classes)
     weighting = spec.get("weighting", "balanced")
     sw = fit_weights(w, y, weighting, task)
     swv = fit_weights(wv, yv, weighting, task)
@@ -191,6 +267,8 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     meta = {"model": model, "family": cls.name, "task": task, "params": family.params, "seed": seed,
             "features": cols, "target": spec.get("target"), "file_format": cls.file_format,
             "device": device}  # the request: inference resolves it again where it runs
+    if classes is not None:
+        meta["classes"] = classes  # class index i of the scores is the target value classes[i]
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -37,23 +37,25 @@ from . import cli, registry
 from .columns import EVENT_ID
 from .errors import ConfigError, FamilyError, HepmlError
 from .io import atomic_path, write_json
-from .train import fit_weights, load_split
+from .train import fit_weights, load_split, training_classes
 
 log = logging.getLogger("hepml.tune")
 
 MAXIMIZE = {"roc_auc", "accuracy", "precision", "sensitivity", "specificity", "roc_combined", "f1",
-            "geometric_mean", "r2", "silhouette", "adjusted_rand"}
+            "geometric_mean", "r2", "silhouette", "adjusted_rand", "f1_macro"}
 MINIMIZE = {"error_rate", "zero_one_loss", "mse", "mae", "rmse", "absolute_loss", "hinge_loss",
             "cross_entropy", "resolution"}
 TASK_OBJECTIVES = {
     "classification": {"roc_auc", "accuracy", "precision", "sensitivity", "specificity", "roc_combined",
                        "f1", "geometric_mean", "error_rate", "zero_one_loss", "mse", "absolute_loss",
                        "hinge_loss", "cross_entropy"},
+    "multiclass": {"roc_auc", "accuracy", "error_rate", "f1_macro", "cross_entropy"},
     "anomaly": {"roc_auc"},
     "regression": {"mse", "mae", "rmse", "r2", "resolution"},
     "clustering": {"silhouette", "adjusted_rand"},
 }
-DEFAULT_OBJECTIVE = {"classification": "roc_auc", "anomaly": "roc_auc", "regression": "mse",
+DEFAULT_OBJECTIVE = {"classification": "roc_auc", "multiclass": "roc_auc", "anomaly": "roc_auc",
+                     "regression": "mse",
                      "clustering": "silhouette"}
 
 
@@ -95,6 +97,8 @@ def objective_value(objective: str, task: str, y, score, w, X=None) -> float:
         if objective in losses:
             return float(losses[objective](y, score, sample_weight=w))
         return float(M.threshold_metrics(y, score, 0.5, sample_weight=w)[objective])
+    if task == "multiclass":  # roc_auc: the macro one-vs-rest AUC
+        return float(M.multiclass_metrics(y, score, sample_weight=w)[objective])
     if task == "regression":
         return float(M.regression_metrics(y, score, sample_weight=w)[objective])
     if task == "clustering":
@@ -191,8 +195,10 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     cap = spec.get("max_train_events", cls.max_train_events)
     device = registry.requested_device(spec)
 
-    X, y, w, df, cols, _ = load_split(train_path, spec, what, raw.get("train"), cap)
-    Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"))
+    classes = training_classes(train_path, spec, what, raw.get("train")) if task == "multiclass" else None
+    X, y, w, df, cols, _ = load_split(train_path, spec, what, raw.get("train"), cap, classes)
+    Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"),
+                                       classes=classes)
     if cv:
         if cv < 2:
             raise ConfigError(f"{what}: tune.cv_folds must be >= 2 (got {cv})")

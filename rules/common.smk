@@ -37,6 +37,9 @@ def _model_specs():
         full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
         full["tune"] = {**config["tuning"], **spec.get("tune", {})}
         task = full.setdefault("task", "classification")
+        if task in ("regression", "multiclass") and not full.get("target"):
+            what = "regression target" if task == "regression" else "class column"
+            raise HepmlError(f"models.{name}: task '{task}' needs 'target' (the {what}'s name)")
         if full["tune"]["enabled"] and task not in DEFAULT_OBJECTIVE:
             if spec.get("tune", {}).get("enabled"):
                 raise HepmlError(f"models.{name}: task '{task}' has no validation objective to tune; "

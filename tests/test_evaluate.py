@@ -152,3 +152,32 @@ def test_leaderboard_ranks_and_shows_bayes(tmp_path):
         (tmp_path / "bad.json").write_text("{}")
         leaderboard([str(tmp_path / "bad.json")], str(tmp_path / "lb2.csv"), str(tmp_path / "lb2.md"))
     assert not (tmp_path / "lb2.csv").exists()
+
+
+def test_ks_of_a_capped_model_uses_the_events_it_was_fitted_on(tmp_path):
+    """kNN/SVM-style cap: the model saw 400 of 10,000 training events. Its KS test
+    must compare those 400 with test, not the whole (mostly unseen) training split."""
+    from hepml_steps.train import cap_index
+
+    n_train, n_test, cap = 10_000, 10_000, 400
+    df = generate_chunk(n_train + n_test, (n_train + n_test) // 2, seed=5, chunk_index=0, event_id_start=0)
+    X, y = df[list(FEATURES)].to_numpy(np.float32), df["label"].to_numpy()
+    fitted = cap_index(df["event_id"].to_numpy()[:n_train], cap)
+    fam = DecisionTreeFamily(task="classification", params={"max_depth": None, "min_samples_leaf": 1},
+                             seed=0).fit(X[fitted], y[fitted])
+    split = np.where(np.arange(len(df)) < n_train, "train", "test")
+    pred = pd.DataFrame({"event_id": df.event_id, "split": split, "label": y, "weight": 1.0,
+                         "score": fam.predict_score(X)})
+    pred.to_parquet(tmp_path / "p.parquet")
+    capped = {"train_cap": {"cap": cap, "applied": True, "n_before": n_train, "n_after": cap}}
+    res = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "m", "classification",
+                   extra=capped, ks_pvalue_min=0.01)
+    assert res["overtraining"]["flagged"] is True
+    assert res["metrics"]["roc_auc_train"] == pytest.approx(1.0)  # the unpruned tree fits its 400 events
+    assert res["n_events"]["train"] == n_train  # the table's counts are unchanged
+    # without the cap record the unseen 96 % of the training split dilute the test
+    diluted = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "d.json"), "m", "classification",
+                       ks_pvalue_min=0.01)
+    assert diluted["metrics"]["roc_auc_train"] < 0.9
+    assert min(diluted["metrics"]["ks_pvalue_signal"], diluted["metrics"]["ks_pvalue_background"]) > \
+        min(res["metrics"]["ks_pvalue_signal"], res["metrics"]["ks_pvalue_background"])

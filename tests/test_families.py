@@ -39,10 +39,13 @@ def test_fit_save_load_roundtrip(name, task, tmp_path):
         y = None
     elif task == "anomaly":
         X, y = X[y == 0], None
+    elif task == "multiclass":  # three classes: bins of the same discriminant
+        y = np.digitize(X[:, 0] + 0.5 * X[:, 1] ** 2, [0.0, 1.0])
     m = cls(task=task, params=FAST.get(name, {}), seed=3).fit(X[:800], y if y is None else y[:800],
                                                               X_val=X[800:], y_val=None if y is None else y[800:])
     s = m.predict_score(X)
-    assert s.shape == (len(X),) and np.all(np.isfinite(s))
+    shape = (len(X), 3) if task == "multiclass" else (len(X),)
+    assert s.shape == shape and np.all(np.isfinite(s))
     files = m.save(tmp_path)
     assert files and all((tmp_path / f).exists() for f in files)
     meta = {"task": task, "params": m.params, "seed": 3}
@@ -51,6 +54,9 @@ def test_fit_save_load_roundtrip(name, task, tmp_path):
         assert roc_auc_score(y[800:], s[800:]) > 0.75, name
     if task == "regression":
         assert r2_score(y[800:], s[800:]) > 0.5, name
+    if task == "multiclass":
+        assert np.allclose(s.sum(axis=1), 1.0, atol=1e-5), name
+        assert np.mean(s[800:].argmax(axis=1) == y[800:]) > 0.6, name  # chance: about 1/3
 
 
 @pytest.mark.parametrize("name", [n for n, t in cases() if t == "classification"])

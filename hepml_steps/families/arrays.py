@@ -40,11 +40,11 @@ class ArrayFamily(Family):
 
 class KNNFamily(ArrayFamily):
     """k nearest neighbours; the score is the weighted signal fraction (or mean
-    target) among the k neighbours. Memory and time grow with the training
-    sample, which is capped."""
+    target, or each class's weighted fraction for multiclass) among the k
+    neighbours. Memory and time grow with the training sample, which is capped."""
 
     name = "knn"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     default_params = {"n_neighbors": 25, "weights": "uniform"}
     search_space = {"n_neighbors": {"type": "int", "low": 3, "high": 200, "log": True}}
     max_train_events = 50_000
@@ -75,6 +75,12 @@ class KNNFamily(ArrayFamily):
             w = w / np.maximum(dist, 1e-12)
         total = w.sum(axis=1)
         total[total == 0] = 1.0
+        if self.task == "multiclass":
+            labels = self.y[idx].astype(np.int64)
+            votes = np.zeros((len(idx), int(self.y.max()) + 1))
+            for c in range(votes.shape[1]):
+                votes[:, c] = (w * (labels == c)).sum(axis=1)
+            return votes / total[:, None]
         return (w * self.y[idx]).sum(axis=1) / total
 
 

@@ -23,13 +23,15 @@ and *implements*
 - ``predict_score(X)``: one float per event: signal probability
   (classification), prediction (regression), anomaly score (higher = more
   anomalous), cluster index (clustering), or the first component
-  (dimensionality reduction);
+  (dimensionality reduction); for ``multiclass`` an events x classes array
+  of class probabilities (rows sum to 1);
 - ``save(directory)``: write the model files, return their names;
 - ``load(directory, meta)`` (classmethod): rebuild a fitted instance from the
   files written by ``save`` without unpickling anything a user could swap.
 
 ``X`` is a float32 numpy array (events x features), ``y`` a numpy array
-(0/1 labels or regression targets), weights float64. After ``fit`` a family
+(0/1 labels, class indices 0..K-1 for ``multiclass`` with every class present
+in the training events, or regression targets), weights float64. After ``fit`` a family
 may fill ``self.history`` (per-iteration train/validation metrics) and
 ``self.info`` (anything worth recording, e.g. the device used).
 """
@@ -40,7 +42,7 @@ from typing import Any, ClassVar
 
 from ..errors import FamilyError
 
-TASKS = ("classification", "regression", "anomaly", "clustering", "dimreduction")
+TASKS = ("classification", "multiclass", "regression", "anomaly", "clustering", "dimreduction")
 
 
 class Family(ABC):

@@ -45,11 +45,27 @@ def skops_load(path, trusted=TRUSTED_TYPES):
     return sio.load(str(path), trusted=list(untrusted))
 
 
+def _by_class(values, classes) -> np.ndarray:
+    """Columns of ``values`` (one per entry of ``classes``) placed at their class index."""
+    classes = np.asarray(classes, dtype=np.int64)
+    out = np.zeros((len(values), int(classes.max()) + 1))
+    out[:, classes] = values
+    return out
+
+
+def _softmax(d) -> np.ndarray:
+    d = np.asarray(d, dtype=np.float64)
+    e = np.exp(d - d.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 class SklearnFamily(Family):
     """Base for families backed by one scikit-learn estimator per task.
 
     Subclasses set ``estimators = {task: "module:Class"}`` and
     ``default_params``; ``fixed_params`` are passed but not configurable.
+    A family listing ``multiclass`` in ``tasks`` uses its classification
+    estimator (scikit-learn classifiers handle K classes natively).
     """
 
     estimators: ClassVar[dict[str, str]] = {}
@@ -59,9 +75,10 @@ class SklearnFamily(Family):
 
     def make_estimator(self):
         """The estimator for this task; seed and threads passed where it takes them."""
-        module, _, attr = self.estimators[self.task].partition(":")
+        key = "classification" if self.task == "multiclass" else self.task
+        module, _, attr = self.estimators[key].partition(":")
         cls = getattr(import_module(module), attr)
-        kwargs = {**self.fixed_params.get(self.task, {}), **self.estimator_params()}
+        kwargs = {**self.fixed_params.get(key, {}), **self.estimator_params()}
         accepted = cls().get_params()
         if "random_state" in accepted:
             kwargs["random_state"] = self.seed
@@ -85,6 +102,8 @@ class SklearnFamily(Family):
         est = self.estimator
         if self.task == "classification":
             return est.predict_proba(X)[:, list(est.classes_).index(1)].astype(np.float64)
+        if self.task == "multiclass":
+            return _by_class(est.predict_proba(X), est.classes_)
         return np.asarray(est.predict(X), dtype=np.float64)
 
     def save(self, directory) -> list[str]:
@@ -100,7 +119,7 @@ class SklearnFamily(Family):
 
 class LogisticRegressionFamily(SklearnFamily):
     name = "logistic_regression"
-    tasks = ("classification",)
+    tasks = ("classification", "multiclass")
     estimators = {"classification": "sklearn.linear_model:LogisticRegression"}
     default_params = {"C": 1.0, "max_iter": 1000, "tol": 1e-4}
     search_space = {"C": {"type": "float", "low": 1e-4, "high": 1e3, "log": True}}
@@ -119,7 +138,7 @@ class LinearRegressionFamily(SklearnFamily):
 
 class DecisionTreeFamily(SklearnFamily):
     name = "decision_tree"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.tree:DecisionTreeClassifier",
                   "regression": "sklearn.tree:DecisionTreeRegressor"}
     default_params = {"max_depth": 8, "min_samples_leaf": 20, "min_samples_split": 2, "max_features": None}
@@ -129,7 +148,7 @@ class DecisionTreeFamily(SklearnFamily):
 
 class RandomForestFamily(SklearnFamily):
     name = "random_forest"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.ensemble:RandomForestClassifier",
                   "regression": "sklearn.ensemble:RandomForestRegressor"}
     default_params = {"n_estimators": 200, "max_depth": 12, "min_samples_leaf": 5, "max_features": "sqrt"}
@@ -142,7 +161,7 @@ class AdaBoostFamily(SklearnFamily):
     """AdaBoost over shallow decision trees (TMVA's classic BDT with AdaBoost)."""
 
     name = "adaboost"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.ensemble:AdaBoostClassifier",
                   "regression": "sklearn.ensemble:AdaBoostRegressor"}
     default_params = {"n_estimators": 200, "learning_rate": 0.5, "max_depth": 3}
@@ -154,7 +173,7 @@ class AdaBoostFamily(SklearnFamily):
         from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
         p = dict(self.params)
-        tree = DecisionTreeClassifier if self.task == "classification" else DecisionTreeRegressor
+        tree = DecisionTreeRegressor if self.task == "regression" else DecisionTreeClassifier
         p["estimator"] = tree(max_depth=p.pop("max_depth"), random_state=self.seed)
         return p
 
@@ -163,7 +182,7 @@ class HistGradientBoostingFamily(SklearnFamily):
     """scikit-learn's histogram gradient boosting (LightGBM-like)."""
 
     name = "hist_gbm"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.ensemble:HistGradientBoostingClassifier",
                   "regression": "sklearn.ensemble:HistGradientBoostingRegressor"}
     default_params = {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, "max_depth": None,
@@ -178,12 +197,14 @@ class SVMFamily(SklearnFamily):
     """Support vector machine (kernel and C configurable).
 
     Classification scores are the logistic of the decision function, so the
-    0.5 threshold is the SVM's own decision boundary (no costly Platt CV).
+    0.5 threshold is the SVM's own decision boundary (no costly Platt CV);
+    multiclass probabilities are the softmax of the one-vs-rest shaped
+    decision functions.
     Training cost grows ~quadratically: the training sample is capped.
     """
 
     name = "svm"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.svm:SVC", "regression": "sklearn.svm:SVR"}
     default_params = {"C": 1.0, "kernel": "rbf", "gamma": "scale", "degree": 3}
     search_space = {"C": {"type": "float", "low": 1e-2, "high": 1e2, "log": True},
@@ -195,12 +216,17 @@ class SVMFamily(SklearnFamily):
             d = self.estimator.decision_function(X)
             sign = 1.0 if list(self.estimator.classes_) == [0, 1] else -1.0
             return 1.0 / (1.0 + np.exp(-sign * np.asarray(d, dtype=np.float64)))
+        if self.task == "multiclass":
+            d = np.asarray(self.estimator.decision_function(X), dtype=np.float64)
+            if d.ndim == 1:  # two classes: one decision function for classes_[1]
+                d = np.stack([np.zeros_like(d), d], axis=1)
+            return _by_class(_softmax(d), self.estimator.classes_)
         return super().predict_score(X)
 
 
 class GaussianNBFamily(SklearnFamily):
     name = "naive_bayes"
-    tasks = ("classification",)
+    tasks = ("classification", "multiclass")
     estimators = {"classification": "sklearn.naive_bayes:GaussianNB"}
     default_params = {"var_smoothing": 1e-9}
     search_space = {"var_smoothing": {"type": "float", "low": 1e-12, "high": 1e-3, "log": True}}

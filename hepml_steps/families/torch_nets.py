@@ -20,7 +20,11 @@ Every choice discussed in the lecture is a hyper-parameter:
   for regression. Classification also accepts ``mse`` and ``absolute`` (on
   the sigmoid output) and ``hinge`` (on the logit margin, labels mapped to
   +-1); regression accepts ``mse`` and ``absolute``; the autoencoder's
-  reconstruction loss is ``mse`` or ``absolute``.
+  reconstruction loss is ``mse`` or ``absolute``. Multiclass (K outputs,
+  softmax probabilities): ``cross_entropy`` (softmax cross-entropy, the
+  default), ``mse`` and ``absolute`` (summed over classes, between the
+  softmax probabilities and the one-hot truth) and ``hinge`` (the multi-class
+  margin loss of Weston and Watkins, as ``torch.nn.functional.multi_margin_loss``).
 - ``hidden_layers``, ``dropout``, ``batch_size``, ``epochs``,
   ``early_stopping_patience`` (epochs without a better validation loss before
   stopping; 0 = off; the weights of the best epoch are restored),
@@ -49,7 +53,7 @@ with ``torch.load(weights_only=True)``, so nothing is unpickled) and
 ``model_config.json`` describes the architecture and the input/target scaling
 needed to rebuild it. ``export_onnx`` writes an ONNX model whose input
 ``features`` is ``[N, n_features]`` float32 and whose output ``score`` is
-``[N]`` and equal to ``predict_score``.
+``[N]`` (``[N, K]`` for multiclass) and equal to ``predict_score``.
 """
 from __future__ import annotations
 
@@ -164,6 +168,7 @@ class Scorer(nn.Module):
     """The net plus what turns its output into ``predict_score`` (exported as is to ONNX).
 
     - ``classification``: sigmoid of the logit (probability of signal);
+    - ``multiclass``: softmax of the K logits (class probabilities);
     - ``regression``: output * target_std + target_mean (target units);
     - ``anomaly``: inputs standardised, then the per-event mean squared
       reconstruction error over features.
@@ -189,6 +194,8 @@ class Scorer(nn.Module):
         if self.kind == "anomaly":
             z = self.standardize(x)
             return ((self.net(z) - z) ** 2).mean(dim=1)
+        if self.kind == "multiclass":
+            return torch.softmax(self.net(x), dim=1)
         out = self.net(x)[:, 0]
         if self.kind == "classification":
             return torch.sigmoid(out)
@@ -663,12 +670,14 @@ _COMMON_SPACE = {
 # the families
 # --------------------------------------------------------------------------
 class MLPFamily(TorchFamily):
-    """Feed-forward network: one output (logit for classification, value for regression)."""
+    """Feed-forward network: one output (logit for classification, value for
+    regression) or K logits (multiclass)."""
 
     name = "mlp"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     kind = ""  # set per instance: the task
     losses = {"classification": ("cross_entropy", "mse", "absolute", "hinge"),
+              "multiclass": ("cross_entropy", "mse", "absolute", "hinge"),
               "regression": ("mse", "absolute")}
     default_params = {"hidden_layers": [64, 64], **_COMMON, "loss": "auto", "standardize_target": True}
     search_space = {
@@ -683,7 +692,8 @@ class MLPFamily(TorchFamily):
         super().__init__(task=task, params=params, seed=seed, n_threads=n_threads, device=device)
 
     def _layer_sizes(self, n_features):
-        return [int(n_features), *self.params["hidden_layers"], 1]
+        n_out = int(self.scaling.get("n_classes", 1)) if self.task == "multiclass" else 1
+        return [int(n_features), *self.params["hidden_layers"], n_out]
 
     def _fit_scaling(self, X, y, w):
         if y is None:
@@ -695,6 +705,10 @@ class MLPFamily(TorchFamily):
             if not np.all(np.isin(y, (0, 1))):
                 raise DataError(f"family '{self.name}': classification labels must be 0 or 1")
             return {}
+        if self.task == "multiclass":
+            if np.any(y < 0) or np.any(y != np.round(y)):
+                raise DataError(f"family '{self.name}': multiclass labels must be class indices 0..K-1")
+            return {"n_classes": int(y.max()) + 1}
         if not self.params["standardize_target"]:
             return {"target_mean": 0.0, "target_std": 1.0}
         mean, std = _weighted_moments(y[:, None], w)
@@ -708,11 +722,20 @@ class MLPFamily(TorchFamily):
             raise DataError(f"family '{self.name}': {len(y)} targets for {len(X)} events")
         if self.task == "regression":
             y = (y - self.scaling.get("target_mean", 0.0)) / self.scaling.get("target_std", 1.0)
+        if self.task == "multiclass":
+            return X, y.astype(np.int64)
         return X, y.astype(np.float32)
 
     def _per_event_loss(self, out, target):
-        z = out[:, 0]
         loss = self.params["loss"]
+        if self.task == "multiclass":
+            if loss == "cross_entropy":
+                return F.cross_entropy(out, target, reduction="none")
+            if loss == "hinge":
+                return F.multi_margin_loss(out, target, reduction="none")
+            d = torch.softmax(out, dim=1) - F.one_hot(target, out.shape[1]).to(out.dtype)
+            return (d ** 2).sum(dim=1) if loss == "mse" else d.abs().sum(dim=1)
+        z = out[:, 0]
         if self.task == "classification":
             if loss == "cross_entropy":
                 return F.binary_cross_entropy_with_logits(z, target, reduction="none")

@@ -35,7 +35,7 @@ def _cuda_usable(xgb) -> tuple[bool, str]:
 
 class XGBoostFamily(Family):
     name = "xgboost"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "multiclass", "regression")
     default_params = {
         "n_estimators": 200,
         "max_depth": 6,
@@ -66,10 +66,12 @@ class XGBoostFamily(Family):
 
     def _booster_params(self) -> dict:
         p = self.params
-        objective = "binary:logistic" if self.task == "classification" else "reg:squarederror"
-        metric = ["logloss", "auc"] if self.task == "classification" else ["rmse"]
+        objective, metric = {"classification": ("binary:logistic", ["logloss", "auc"]),
+                             "multiclass": ("multi:softprob", ["mlogloss", "merror"]),
+                             "regression": ("reg:squarederror", ["rmse"])}[self.task]
+        extra = {"num_class": self.n_classes} if self.task == "multiclass" else {}
         return {
-            "objective": objective, "eval_metric": metric, "tree_method": "hist",
+            "objective": objective, "eval_metric": metric, "tree_method": "hist", **extra,
             "max_depth": int(p["max_depth"]), "eta": float(p["learning_rate"]),
             "subsample": float(p["subsample"]), "colsample_bytree": float(p["colsample_bytree"]),
             "min_child_weight": float(p["min_child_weight"]), "lambda": float(p["reg_lambda"]),
@@ -101,6 +103,8 @@ class XGBoostFamily(Family):
         import xgboost as xgb
 
         self._select_device(xgb, "training")
+        if self.task == "multiclass":
+            self.n_classes = int(np.max(y)) + 1
         dtrain = xgb.DMatrix(X, label=y, weight=sample_weight, nthread=self.n_threads)
         evals = [(dtrain, "train")]
         if X_val is not None:
@@ -108,7 +112,7 @@ class XGBoostFamily(Family):
         record: dict = {}
         callbacks = []
         if self.epoch_callback is not None and X_val is not None:
-            callbacks.append(_IterationHook(self.epoch_callback, "logloss" if self.task == "classification" else "rmse"))
+            callbacks.append(_IterationHook(self.epoch_callback, self._loss_metric))
         esr = int(self.params["early_stopping_rounds"]) or None
         self.booster = xgb.train(
             self._booster_params(), dtrain, num_boost_round=int(self.params["n_estimators"]),
@@ -116,12 +120,16 @@ class XGBoostFamily(Family):
             early_stopping_rounds=esr if X_val is not None else None, callbacks=callbacks)
         for split, metrics in record.items():
             for metric, values in metrics.items():
-                key = {"logloss": "loss", "rmse": "loss"}.get(metric, metric)
+                key = {"logloss": "loss", "mlogloss": "loss", "rmse": "loss"}.get(metric, metric)
                 self.history[f"{split}_{key}"] = [float(v) for v in values]
         if esr and X_val is not None:
             self.info["best_iteration"] = int(self.booster.best_iteration)
         self.info["n_trees"] = int(self.booster.num_boosted_rounds())
         return self
+
+    @property
+    def _loss_metric(self) -> str:
+        return {"classification": "logloss", "multiclass": "mlogloss"}.get(self.task, "rmse")
 
     def _iteration_range(self):
         best = self.info.get("best_iteration")
@@ -131,7 +139,8 @@ class XGBoostFamily(Family):
         import xgboost as xgb
 
         dm = xgb.DMatrix(X, nthread=self.n_threads)
-        return self.booster.predict(dm, iteration_range=self._iteration_range()).astype(np.float64)
+        out = self.booster.predict(dm, iteration_range=self._iteration_range()).astype(np.float64)
+        return out.reshape(len(X), -1) if self.task == "multiclass" else out
 
     def feature_importance(self) -> dict[str, float]:
         """Total gain per feature index ("f0", "f1", ...)."""
