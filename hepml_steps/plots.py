@@ -140,9 +140,11 @@ def validation_curve(trials, path, title: str, objective: str) -> str | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    from pandas.api.types import is_numeric_dtype
+
     x = done[params[0]]
-    order = np.argsort(x.to_numpy())
-    if np.issubdtype(x.dtype, np.number):
+    if is_numeric_dtype(x.dtype):
+        order = np.argsort(x.to_numpy())
         ax.plot(x.to_numpy()[order], done["value"].to_numpy()[order], "o-")
     else:
         ax.plot(x.astype(str).to_numpy(), done["value"].to_numpy(), "o")

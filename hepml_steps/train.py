@@ -140,7 +140,9 @@ def _target_column(df, task: str, target: str | None, raw_path: str | None, what
     else:
         where = f"{raw_path} or the prepared features" if raw_path else "the prepared features"
         raise DataError(f"{what}: {kind} '{target}' not found in {where}")
-    if not np.issubdtype(col.dtype, np.number):
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if not is_numeric_dtype(col.dtype) or is_bool_dtype(col.dtype):
         raise DataError(f"{what}: {kind} '{target}' is not numeric (dtype {col.dtype})")
     return col
 

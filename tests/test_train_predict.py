@@ -112,6 +112,30 @@ def test_one_class_training_labels(prepared, tmp_path):
         fit(prepared, tmp_path, {"family": "logistic_regression"})
 
 
+def test_regression_target_missing_or_not_numeric_is_named(prepared, tmp_path):
+    with pytest.raises(DataError, match="regression target 'nope' not found"):
+        fit(prepared, tmp_path, {"family": "xgboost", "task": "regression", "target": "nope"})
+    with pytest.raises(ConfigError, match="regression model needs 'target'"):
+        fit(prepared, tmp_path, {"family": "xgboost", "task": "regression"})
+    df = pd.read_parquet(prepared["train"])
+    df["kind"] = np.where(df.label == 1, "a", "b")
+    df.to_parquet(prepared["train"])
+    with pytest.raises(DataError, match="regression target 'kind' is not numeric"):
+        fit(prepared, tmp_path, {"family": "xgboost", "task": "regression", "target": "kind", "features": ["f0"]})
+    df["f3"] = np.nan
+    df.to_parquet(prepared["train"])
+    with pytest.raises(DataError, match="regression target 'f3' has 1500 non-finite values"):
+        fit(prepared, tmp_path, {"family": "xgboost", "task": "regression", "target": "f3"})
+
+
+def test_anomaly_task_without_background_is_named(prepared, tmp_path):
+    df = pd.read_parquet(prepared["train"])
+    df[df.label == 1].to_parquet(prepared["train"])
+    with pytest.raises(DataError, match=r"anomaly detection trains on background, but .*train.parquet has no "
+                                        "background events"):
+        fit(prepared, tmp_path, {"family": "autoencoder", "task": "anomaly"})
+
+
 def test_unknown_feature_named(prepared, tmp_path):
     with pytest.raises(ConfigError, match="zz"):
         fit(prepared, tmp_path, {"family": "logistic_regression", "features": ["f0", "zz"]})

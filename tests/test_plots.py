@@ -1,0 +1,84 @@
+"""The figures: what each one shows, checked on the matplotlib objects."""
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgba
+
+from hepml_steps import plots
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Keep the figures instead of only writing them."""
+    figs = {}
+    real = plots._save
+
+    def save(fig, path):
+        figs[str(path).rsplit("/", 1)[-1]] = fig
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return figs
+
+
+def _predictions(seed, n=600):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return pd.DataFrame({"event_id": np.arange(n), "split": "test", "label": y, "weight": 1.0,
+                         "score": rng.normal(size=n) + y, "truth_llr": rng.normal(size=n) + 2 * y})
+
+
+def test_roc_overlay_gives_every_model_its_own_line_style(tmp_path, captured):
+    preds = {f"model{i:02d}": _predictions(i) for i in range(13)}
+    plots.roc_curves(preds, tmp_path / "rej.png", tmp_path / "tpr.png")
+    assert (tmp_path / "rej.png").stat().st_size > 0
+    lines = [ln for ln in captured["tpr.png"].axes[0].get_lines() if not ln.get_label().startswith("_")]
+    assert len(lines) == 14  # 13 models + the Bayes-optimal curve
+    styles = {(tuple(np.round(to_rgba(ln.get_color()), 3)),
+               ln.get_linestyle()) for ln in lines}
+    assert len(styles) == 14
+    assert any(ln.get_label().startswith("Bayes optimal") and ln.get_linestyle() == "--" for ln in lines)
+
+
+def test_validation_curve_of_a_categorical_parameter(tmp_path):
+    csv = tmp_path / "trials.csv"
+    pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "value": [0.8, 0.9, 0.85],
+                  "param.kernel": ["rbf", "linear", "poly"]}).to_csv(csv, index=False)
+    out = plots.validation_curve(pd.read_csv(csv), tmp_path / "vc.png", "svm", "roc_auc")
+    assert out and (tmp_path / "vc.png").stat().st_size > 0
+
+
+def test_multiclass_confusion_names_classes_by_target_value(tmp_path, captured):
+    conf = {"classes": [0, 1, 2], "matrix": [[8.0, 1.0, 1.0], [0.0, 5.0, 5.0], [2.0, 0.0, 18.0]]}
+    plots.multiclass_confusion(conf, tmp_path / "cm.png", "m", "n_extra_jets")
+    ax = captured["cm.png"].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"true n_extra_jets={c}" for c in (0, 1, 2)]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[0].startswith("0.800") and texts[8].startswith("0.900")  # fractions per true class
+
+
+def test_residuals_name_the_target_and_ignore_far_outliers(tmp_path, captured):
+    rng = np.random.default_rng(0)
+    t = rng.uniform(50, 200, 2000)
+    p = t + rng.normal(0, 2, 2000)
+    p[:3] = 1e6  # a few wild predictions must not squash the core
+    pred = pd.DataFrame({"split": "test", "target": t, "score": p, "weight": 1.0})
+    plots.residuals(pred, tmp_path / "res.png", "m", "m_jj")
+    a1, a2 = captured["res.png"].axes[:2]
+    assert a1.get_xlabel() == "true m_jj" and "m_jj" in a2.get_xlabel()
+    lo, hi = a1.get_ylim()
+    assert hi < 100 and lo > -100
+
+
+def test_energy_view_leaves_out_models_without_a_signal_vs_background_auc(tmp_path, captured):
+    def met(model, task, auc):
+        e = {"j_per_event": 1e-3, "events_per_s": 1e4, "method": "estimate:cpu-time"}
+        return {"model": model, "task": task, "metrics": {"roc_auc": auc},
+                "extra": {"energy": {"train": e, "inference": e}}}
+
+    plots.energy_plots([met("bdt", "classification", 0.9), met("procs", "multiclass", 0.7),
+                        met("mass", "regression", None)], tmp_path)
+    ax = captured["energy_auc_vs_j_per_event.png"].axes[0]
+    assert {t.get_text() for t in ax.texts} == {"bdt"}
+    names = {t.get_text() for t in captured["energy_vs_throughput.png"].axes[0].texts}
+    assert names == {"bdt", "procs", "mass"}
