@@ -1,7 +1,7 @@
 """Read the toy sample or the user's ROOT / Parquet / CSV files into one
 canonical Parquet table (see :mod:`hepml_steps.columns`).
 
-Each input is ``{path, tree, label, weight, name, format}``:
+Each input is ``{path, tree, label, weight, name, format, process}``:
 
 - ``path``: ``.root`` (a TTree or RNTuple read with uproot; ``tree`` may be
   left out when the file holds exactly one), ``.parquet``/``.pq`` or ``.csv``;
@@ -11,7 +11,11 @@ Each input is ``{path, tree, label, weight, name, format}``:
   1 (signal) / 0 (background);
 - ``weight``: a global weight multiplying the file's event weights (TMVA's
   per-tree weight); event weights come from ``weight_column`` (default 1);
-- ``name``: the name hashed into the event ids (default: the file's name).
+- ``name``: the name hashed into the event ids (default: the file's name);
+- ``process``: an integer written to the ``process`` column for every event of
+  the file — TMVA's multiclass ``AddTree(tree, className)``; train a
+  ``multiclass`` model with ``target: process``. Give it for every input or
+  for none; ``process`` is never a training feature.
 
 ``event_id`` comes from ``event_id_column`` (integers, unique over all
 inputs) or is deterministic: a 23-bit hash of the input's name in the high
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .columns import EVENT_ID, LABEL, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
+from .columns import EVENT_ID, LABEL, PROCESS, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, DataError
 from .io import write_json, write_parquet
 
@@ -43,7 +47,7 @@ log = logging.getLogger("hepml.ingest")
 SUFFIXES = {".root": "root", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 FORMATS = ("root", "parquet", "csv")
 NONFINITE = ("drop", "fail")
-INPUT_KEYS = ("path", "tree", "label", "weight", "name", "format")
+INPUT_KEYS = ("path", "tree", "label", "weight", "name", "format", "process")
 #: uproot class names of the tables a ROOT input may name.
 TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD", "ROOT::RNTuple")
 ENTRY_BITS = 40
@@ -122,8 +126,17 @@ def _check_inputs(inputs) -> list[dict]:
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
                                    or not math.isfinite(weight)):
             raise ConfigError(f"{where} ({spec['path']}): weight must be a finite number, got {weight!r}")
+        process = spec.get("process")
+        if process is not None and (isinstance(process, bool) or not isinstance(process, numbers.Integral)):
+            raise ConfigError(f"{where} ({spec['path']}): process must be an integer (the class index), "
+                              f"got {process!r}")
         if spec.get("format") is not None and spec["format"] not in FORMATS:
             raise ConfigError(f"{where} ({spec['path']}): format {spec['format']!r} unknown; use one of {FORMATS}")
+    with_process = [s["path"] for s in inputs if s.get("process") is not None]
+    if with_process and len(with_process) != len(inputs):
+        without = [s["path"] for s in inputs if s.get("process") is None]
+        raise ConfigError(f"data.files.inputs: 'process' is given for {_listing(with_process)} but not for "
+                          f"{_listing(without)}; give every input its process or none")
     return list(inputs)
 
 
@@ -290,6 +303,9 @@ def _ingest_one(spec, columns, label_column, weight_column, event_id_column, tar
     for c, raw in data.items():
         if c in sources:
             continue
+        if c == PROCESS and spec.get("process") is not None:
+            log.warning("%s: column '%s' is replaced by the input's process %d", desc, c, spec["process"])
+            continue
         if c in (EVENT_ID, LABEL, WEIGHT, SPLIT, SCORE):
             log.warning("%s: column '%s' is a canonical column name; ignored (the canonical '%s' is %s)",
                         desc, c, c, "computed by ingest" if c in (EVENT_ID, LABEL, WEIGHT) else "added later")
@@ -335,10 +351,12 @@ def _ingest_one(spec, columns, label_column, weight_column, event_id_column, tar
     if ids is not None:
         table[EVENT_ID] = ids[keep]
     table.update((c, a[keep]) for c, a in features.items())
+    if spec.get("process") is not None:
+        table[PROCESS] = np.full(n, int(spec["process"]), dtype=np.int64)[keep]
     record = {"path": str(path), "format": fmt, "tree": tree, "name": spec.get("name") or path.name,
               "n_read": n, "n_dropped_nonfinite": n_bad, "nonfinite_by_column": per_col,
               "n_kept": n - n_bad, "label": label_source, "file_weight": file_w,
-              "skipped_columns": skipped}
+              "skipped_columns": skipped, "process": spec.get("process")}
     log.info("%s: read %d events, kept %d (%s, file weight %g)", desc, n, n - n_bad, label_source, file_w)
     return table, keep, record
 
@@ -436,7 +454,7 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
         "sum_weights_signal": float(w[y == 1].sum()), "sum_weights_background": float(w[y == 0].sum()),
         "n_dropped_nonfinite": sum(r["n_dropped_nonfinite"] for r in records),
         "files": records, "columns": list(events.columns),
-        "features": [c for c in events.columns if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET)],
+        "features": [c for c in events.columns if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS)],
         "label_column": label_column, "weight_column": weight_column, "target_column": target_column,
         "event_id": f"column {event_id_column}" if event_id_column else
                     f"hash: blake2b(name) top {NAME_BITS} bits << {ENTRY_BITS} | entry",

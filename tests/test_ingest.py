@@ -372,3 +372,36 @@ def test_label_column_with_one_class_is_named(tmp_path):
     with pytest.raises(DataError, match=r"label column 'label'.*all_signal.parquet.*no background"):
         ing.ingest([{"path": str(path)}], str(tmp_path / "out.parquet"), label_column="label")
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_process_per_input_feeds_a_multiclass_model(tmp_path):
+    """TMVA-style multiclass: one ROOT file per process; the process index is a
+    column, never a feature, and a multiclass model learns it."""
+    from hepml_steps import train as tr
+
+    files = [_root_tree(tmp_path / f"p{k}.root", _features(400, 10 + k, shift=40.0 * k)) for k in range(3)]
+    out = tmp_path / "events.parquet"
+    s = ing.ingest([{"path": str(f), "label": int(k == 2), "process": k} for k, f in enumerate(files)], out,
+                   weight_column="w")
+    df = pd.read_parquet(out)
+    assert df.groupby("process").size().to_dict() == {0: 400, 1: 400, 2: 400}
+    assert "process" not in s["features"] and [f["process"] for f in s["files"]] == [0, 1, 2]
+    rec = tr.train(str(out), str(out), "procs", {"family": "xgboost", "task": "multiclass", "target": "process",
+                                                  "params": {"n_estimators": 20}},
+                   str(tmp_path / "model"), str(tmp_path / "rec.json"))
+    assert rec["classes"] == [0, 1, 2] and "process" not in rec["features"]
+    # a binary classifier of the same table never sees the process column either
+    rec2 = tr.train(str(out), str(out), "bdt", {"family": "xgboost", "params": {"n_estimators": 5}},
+                    str(tmp_path / "bdt"), str(tmp_path / "bdt.json"))
+    assert "process" not in rec2["features"]
+
+
+def test_process_must_be_an_integer_and_given_for_every_input(tmp_path):
+    a, b = (_root_tree(tmp_path / f"{n}.root", _features(50, i)) for i, n in enumerate("ab"))
+    with pytest.raises(ConfigError, match=r"inputs\[0\] .*process must be an integer .*'ttbar'"):
+        ing.ingest([{"path": str(a), "label": 1, "process": "ttbar"}, {"path": str(b), "label": 0}],
+                   tmp_path / "o.parquet")
+    with pytest.raises(ConfigError, match=r"'process' is given for .*a\.root but not for .*b\.root"):
+        ing.ingest([{"path": str(a), "label": 1, "process": 1}, {"path": str(b), "label": 0}],
+                   tmp_path / "o.parquet")
+    assert not (tmp_path / "o.parquet").exists()
