@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PATH=$(BIN):$$PATH snakemake --cores $(CORES) --show-failed-logs
+	PATH=$(BIN):$$PATH snakemake --cores $(CORES) --show-failed-logs --keep-going
 
 test: $(STAMP)
 	PATH=$(BIN):$$PATH python -m pytest -q

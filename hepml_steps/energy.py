@@ -35,6 +35,9 @@ Every number in ``meter.record`` says how it was obtained (``method``,
    newer) at start and end, otherwise ``nvmlDeviceGetPowerUsage`` (mW)
    sampled every ``gpu_sample_s`` seconds in a background thread and
    integrated with the trapezoidal rule. NVML also counts the whole GPU.
+   NVML numbers GPUs physically while CUDA numbers the visible ones, so the
+   CUDA device is mapped through ``CUDA_VISIBLE_DEVICES`` (indices or
+   ``GPU-…`` UUIDs, as SLURM and HTCondor set it) to the GPU NVML reads.
 3. **Estimate from process CPU time** (``"estimate:cpu-time"``) when RAPL is
    absent or unreadable, as on this machine (AMD EPYC under KVM: no
    powercap at all). CPU energy = process CPU seconds (user + system, this
@@ -363,6 +366,22 @@ def _cuda_index(device: str, gpu_index: int) -> int | None:
     return int(gpu_index)
 
 
+def _nvml_locator(cuda_index: int, env: str | None = None) -> tuple[str, Any]:
+    """Which GPU NVML must read for CUDA device ``cuda_index``: ``("index", n)``
+    or ``("uuid", "GPU-...")``. CUDA renumbers the devices listed in
+    ``CUDA_VISIBLE_DEVICES`` from 0; NVML ignores that variable."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
+    if env is None:
+        return "index", cuda_index
+    entries = [e.strip() for e in env.split(",") if e.strip()]
+    if cuda_index >= len(entries):
+        return "missing", f"CUDA_VISIBLE_DEVICES={env!r} has no device {cuda_index}"
+    entry = entries[cuda_index]
+    if entry.isdigit():
+        return "index", int(entry)
+    return "uuid", entry
+
+
 # -- sampling -----------------------------------------------------------------
 
 class _Periodic:
@@ -582,12 +601,23 @@ class EnergyMeter:
             self._notes.append(f"NVML not available: nvmlInit failed ({exc}; no NVIDIA "
                                "driver?); GPU energy not measured")
             return
-        state: dict[str, Any] = {"nvml": nvml, "errors": errors, "index": index}
+        kind, key = _nvml_locator(index)
+        state: dict[str, Any] = {"nvml": nvml, "errors": errors, "index": key}
         self._gpu = state
+        if kind == "missing":
+            self._notes.append(f"NVML: {key}; GPU energy not measured")
+            state["mode"] = None
+            return
+        if (kind, key) != ("index", index):
+            self._notes.append(f"CUDA device {index} is NVML GPU {key} (CUDA_VISIBLE_DEVICES="
+                               f"{os.environ.get('CUDA_VISIBLE_DEVICES')})")
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            if kind == "uuid":
+                handle = nvml.nvmlDeviceGetHandleByUUID(key)
+            else:
+                handle = nvml.nvmlDeviceGetHandleByIndex(key)
         except errors as exc:
-            self._notes.append(f"NVML: no GPU with index {index} ({exc}); GPU energy not measured")
+            self._notes.append(f"NVML: no GPU with {kind} {key} ({exc}); GPU energy not measured")
             state["mode"] = None
             return
         state["handle"] = handle

@@ -325,9 +325,16 @@ class FakeNvml:
         return self.n_devices
 
     def nvmlDeviceGetHandleByIndex(self, index):
+        self.calls.append(f"handle {index}")
         if index >= self.n_devices:
             raise FakeNvmlError("Invalid Argument")
         return ("handle", index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.calls.append(f"handle {uuid}")
+        if not uuid.startswith("GPU-"):
+            raise FakeNvmlError("Not Found")
+        return ("handle", uuid)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle):
         if not self.total_energy:
@@ -350,7 +357,7 @@ def test_nvml_total_energy(tmp_path):
     assert r["methods"]["gpu"] == "nvml:total-energy"
     assert r["energy_j"] == pytest.approx(r["cpu_energy_j"] + r["ram_energy_j"] + 250.0)
     assert any("whole GPU 0" in n for n in r["notes"])
-    assert fake.calls == ["init", "shutdown"]
+    assert fake.calls == ["init", "handle 0", "shutdown"]
 
 
 def test_nvml_with_rapl(rapl_tree):
@@ -425,3 +432,24 @@ def test_real_machine_sources_are_explained():
     """Whatever this machine has, every source is either usable or says why not."""
     for name, info in available_sources().items():
         assert isinstance(info["available"], bool) and info["reason"], name
+
+
+@pytest.mark.parametrize("visible, device, reads, note", [
+    ("2,3", "cuda:1", "handle 3", "CUDA device 1 is NVML GPU 3"),
+    ("GPU-8f6c1a2e-0000-1111-2222-333344445555", "cuda", "handle GPU-8f6c1a2e-0000-1111-2222-333344445555",
+     "CUDA device 0 is NVML GPU GPU-8f6c1a2e"),
+    ("1", "cuda:1", None, "has no device 1"),
+])
+def test_nvml_reads_the_gpu_cuda_sees(visible, device, reads, note, tmp_path, monkeypatch):
+    """A batch system hands the job GPU 3 as CUDA_VISIBLE_DEVICES=3: CUDA calls
+    it cuda:0, NVML calls it 3. The meter must read the GPU the job uses."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    fake = FakeNvml(n_devices=4)
+    with EnergyMeter(powercap_root=tmp_path / "absent", device=device, nvml=fake) as m:
+        pass
+    r = m.record
+    assert any(note in n for n in r["notes"]), r["notes"]
+    if reads:
+        assert reads in fake.calls and r["gpu_energy_j"] == pytest.approx(250.0)
+    else:
+        assert not any(c.startswith("handle") for c in fake.calls) and r.get("gpu_energy_j") is None
