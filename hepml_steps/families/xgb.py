@@ -66,8 +66,10 @@ class XGBoostFamily(Family):
 
     def _booster_params(self) -> dict:
         p = self.params
-        objective, metric = {"classification": ("binary:logistic", ["logloss", "auc"]),
-                             "multiclass": ("multi:softprob", ["mlogloss", "merror"]),
+        # the learning curves need the loss only; an "auc" eval metric would sort the
+        # training set every iteration and triple the fit time (benchmarks/overhead.py)
+        objective, metric = {"classification": ("binary:logistic", ["logloss"]),
+                             "multiclass": ("multi:softprob", ["mlogloss"]),
                              "regression": ("reg:squarederror", ["rmse"])}[self.task]
         extra = {"num_class": self.n_classes} if self.task == "multiclass" else {}
         return {
