@@ -4,13 +4,11 @@ import logging
 
 import numpy as np
 import pytest
+import torch
+from sklearn.metrics import r2_score, roc_auc_score
 
-torch = pytest.importorskip("torch")
-
-from sklearn.metrics import r2_score, roc_auc_score  # noqa: E402
-
-from hepml_steps.errors import FamilyError  # noqa: E402
-from hepml_steps.families.torch_nets import (  # noqa: E402
+from hepml_steps.errors import FamilyError
+from hepml_steps.families.torch_nets import (
     ACTIVATIONS, OPTIMIZERS, AutoencoderFamily, MLPFamily, Net, Step)
 
 # learning rates that suit each optimizer for a few epochs on small data
