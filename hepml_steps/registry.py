@@ -42,6 +42,19 @@ BUILTIN: dict[str, str] = {
 }
 
 
+_CLASSIFIERS = ("classification", "multiclass")
+#: The tasks of each built-in family, known without importing it, so a config
+#: asking a family for a task it lacks fails when Snakemake parses it rather
+#: than when the job starts (tests check this against each class's ``tasks``).
+BUILTIN_TASKS: dict[str, tuple[str, ...]] = {
+    **{name: (*_CLASSIFIERS, "regression")
+       for name in ("xgboost", "decision_tree", "random_forest", "adaboost", "hist_gbm", "svm", "knn", "mlp")},
+    "logistic_regression": _CLASSIFIERS, "naive_bayes": _CLASSIFIERS,
+    "linear_regression": ("regression",), "kmeans": ("clustering",), "dbscan": ("clustering",),
+    "pca": ("dimreduction",), "autoencoder": ("anomaly",),
+}
+
+
 def _plugin_entry_points() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 

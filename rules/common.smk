@@ -5,6 +5,7 @@ import sys
 
 from hepml_steps import registry
 from hepml_steps.errors import HepmlError
+from hepml_steps.split import check_fractions
 from hepml_steps.tune import DEFAULT_OBJECTIVE
 
 RES = config["results"]
@@ -31,15 +32,21 @@ def _model_specs():
             raise HepmlError(
                 f"models.{name}: unknown model family '{spec['family']}'; "
                 f"known families: {', '.join(sorted(known))}")
+        # checked for every enabled model, selected or not: a config mistake is one anywhere
+        task = spec.get("task", "classification")
+        supported = registry.BUILTIN_TASKS.get(spec["family"])  # plugins are checked when their job starts
+        if supported is not None and task not in supported:
+            raise HepmlError(f"models.{name}: family '{spec['family']}' does not support task '{task}' "
+                             f"(it supports: {', '.join(supported)})")
+        if task in ("regression", "multiclass") and not spec.get("target"):
+            what = "regression target" if task == "regression" else "class column"
+            raise HepmlError(f"models.{name}: task '{task}' needs 'target' (the {what}'s name)")
         if chosen and name not in chosen:
             continue
         full = {k: config["training"][k] for k in _MODEL_DEFAULTS}
         full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
         full["tune"] = {**config["tuning"], **spec.get("tune", {})}
         task = full.setdefault("task", "classification")
-        if task in ("regression", "multiclass") and not full.get("target"):
-            what = "regression target" if task == "regression" else "class column"
-            raise HepmlError(f"models.{name}: task '{task}' needs 'target' (the {what}'s name)")
         if full["tune"]["enabled"] and task not in DEFAULT_OBJECTIVE:
             if spec.get("tune", {}).get("enabled"):
                 raise HepmlError(f"models.{name}: task '{task}' has no validation objective to tune; "
@@ -58,6 +65,7 @@ def _model_specs():
 
 
 MODELS = _model_specs()
+check_fractions(config["split"]["fractions"])  # a bad split fails now, not after generating the data
 
 
 wildcard_constraints:

@@ -29,6 +29,13 @@ def cases():
             yield name, task
 
 
+def test_builtin_task_table_matches_each_family():
+    """The parse-time table (no imports) says what each class declares."""
+    assert set(registry.BUILTIN_TASKS) == set(registry.BUILTIN)
+    for name in registry.BUILTIN:
+        assert set(registry.BUILTIN_TASKS[name]) == set(registry.get(name).tasks), name
+
+
 @pytest.mark.parametrize("name, task", list(cases()))
 def test_fit_save_load_roundtrip(name, task, tmp_path):
     cls = registry.get(name)

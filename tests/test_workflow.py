@@ -162,6 +162,23 @@ def test_unknown_family_lists_known_ones(tmp_path):
     assert res.returncode != 0 and "quantum_forest" in out and "xgboost" in out
 
 
+@pytest.mark.parametrize("config, message", [
+    ("models:\n  svmreg: {family: logistic_regression, task: regression, target: m_jj}\n",
+     "models.svmreg: family 'logistic_regression' does not support task 'regression' (it supports: "
+     "classification, multiclass)"),
+    ("models:\n  mass: {family: xgboost, task: regression}\n",
+     "models.mass: task 'regression' needs 'target'"),
+    ("split: {fractions: {train: 0.6, validation: 0.3, test: 0.3}}\n",
+     "split.fractions must sum to 1; train + validation + test = 1.2"),
+])
+def test_config_mistakes_fail_when_parsed_before_any_job(config, message, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config)
+    res = snakemake(tmp_path, "--configfile", str(TINY), str(bad), check=False)
+    assert res.returncode != 0 and message in res.stdout + res.stderr
+    assert not (tmp_path / "results").exists()  # nothing ran, nothing half-written
+
+
 def test_every_other_task_runs_through_the_workflow(tmp_path):
     """Multiclass, regression, anomaly, clustering and dimensionality reduction
     through real Snakemake: metrics, plots, leaderboard sections, MLflow runs."""
