@@ -36,8 +36,10 @@ Every number in ``meter.record`` says how it was obtained (``method``,
    sampled every ``gpu_sample_s`` seconds in a background thread and
    integrated with the trapezoidal rule. NVML also counts the whole GPU.
    NVML numbers GPUs physically while CUDA numbers the visible ones, so the
-   CUDA device is mapped through ``CUDA_VISIBLE_DEVICES`` (indices or
-   ``GPU-…`` UUIDs, as SLURM and HTCondor set it) to the GPU NVML reads.
+   CUDA device is mapped through ``CUDA_VISIBLE_DEVICES`` (indices or full or
+   short ``GPU-…`` UUIDs, as SLURM and HTCondor set it) to the GPU NVML reads;
+   ``hepml_steps`` sets ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (unless already set)
+   so CUDA indices follow NVML's PCI order.
 3. **Estimate from process CPU time** (``"estimate:cpu-time"``) when RAPL is
    absent or unreadable, as on this machine (AMD EPYC under KVM: no
    powercap at all). CPU energy = process CPU seconds (user + system, this
@@ -382,6 +384,18 @@ def _nvml_locator(cuda_index: int, env: str | None = None) -> tuple[str, Any]:
     return "uuid", entry
 
 
+def _uuid_handle(nvml, uuid: str):
+    """The NVML handle of the GPU whose UUID is ``uuid`` or starts with it (HTCondor
+    and CUDA accept short UUIDs; NVML's own lookup wants the full one)."""
+    for i in range(int(nvml.nvmlDeviceGetCount())):
+        handle = nvml.nvmlDeviceGetHandleByIndex(i)
+        full = nvml.nvmlDeviceGetUUID(handle)
+        full = full.decode() if isinstance(full, bytes) else str(full)
+        if full == uuid or full.startswith(uuid):
+            return handle
+    raise nvml.NVMLError(f"no GPU has a UUID starting with {uuid}")
+
+
 # -- sampling -----------------------------------------------------------------
 
 class _Periodic:
@@ -611,11 +625,11 @@ class EnergyMeter:
         if (kind, key) != ("index", index):
             self._notes.append(f"CUDA device {index} is NVML GPU {key} (CUDA_VISIBLE_DEVICES="
                                f"{os.environ.get('CUDA_VISIBLE_DEVICES')})")
+        if kind == "index" and os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID") != "PCI_BUS_ID":
+            self._notes.append("CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's device numbers may not be "
+                               "NVML's, so the GPU read may not be the one used")
         try:
-            if kind == "uuid":
-                handle = nvml.nvmlDeviceGetHandleByUUID(key)
-            else:
-                handle = nvml.nvmlDeviceGetHandleByIndex(key)
+            handle = _uuid_handle(nvml, key) if kind == "uuid" else nvml.nvmlDeviceGetHandleByIndex(key)
         except errors as exc:
             self._notes.append(f"NVML: no GPU with {kind} {key} ({exc}); GPU energy not measured")
             state["mode"] = None

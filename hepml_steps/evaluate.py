@@ -111,7 +111,7 @@ def _ks(by_split, classes, ks_pvalue_min: float) -> dict:
     return out
 
 
-def _fitted_events(train, rec: dict, task: str):
+def fitted_events(train, rec: dict, task: str):
     """The training-split predictions of the events the model was fitted on."""
     cap = rec.get("train_cap") or {}
     if not cap.get("applied"):
@@ -179,7 +179,7 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
     if by_split.get("train") is not None:
         # train figures and the overtraining test use the events the model was
         # fitted on: a capped model (kNN, SVM, ...) never saw most of the training split
-        by_split["train"] = _fitted_events(by_split["train"], rec, task)
+        by_split["train"] = fitted_events(by_split["train"], rec, task)
     test = by_split.get("test")
     if test is None or test.empty:
         raise DataError(f"{what}: no test events")

@@ -80,9 +80,9 @@ def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None)
     df = _add_derived(df, derived)
     available = [c for c in df.columns if c not in RESERVED]
     if columns is None:
-        from pandas.api.types import is_numeric_dtype
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-        columns = [c for c in available if is_numeric_dtype(df[c].dtype)]
+        columns = [c for c in available if is_numeric_dtype(df[c].dtype) and not is_bool_dtype(df[c].dtype)]
     else:
         missing = [c for c in columns if c not in available]
         if missing:

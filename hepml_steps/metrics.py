@@ -262,15 +262,21 @@ def clustering_metrics(X, labels, y_true=None, max_events: int = 5000, seed: int
 
 # -- multiclass -------------------------------------------------------------------
 def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict:
-    """Weighted figures of a K-class classifier (``y`` in 0..K-1; an event whose
-    class the model never saw may carry −1 and simply counts as misclassified).
+    """Weighted figures of a K-class classifier (``y`` in 0..K-1, ``proba`` events x K).
 
-    accuracy and error rate of the most probable class; per class ``k``
+    Events of a class the model never saw (``y`` = −1) cannot be scored
+    against any of its K outputs: every figure below is computed without
+    them, and their share of the total weight is ``unseen_class_fraction``.
+
+    accuracy and error rate of the most probable class; per class ``c``
     precision, sensitivity (recall), F1 and the one-vs-rest ROC AUC of
-    ``proba[:, k]``; their unweighted means over classes (``*_macro``; ``roc_auc``
-    is the macro one-vs-rest AUC over classes that have events and rivals);
-    cross-entropy (mean −log p of the true class); and the weighted confusion
-    matrix ``confusion[true][predicted]``.
+    ``proba[:, c]``; the ``*_macro`` unweighted means of precision,
+    sensitivity and F1 over the classes that occur (true or predicted), with
+    scikit-learn's conventions (a class never predicted has precision 0;
+    F1 = 2 TP / (2 TP + FP + FN)); ``roc_auc`` is the macro one-vs-rest AUC
+    over the classes that have events and rivals; cross-entropy (mean −log p
+    of the true class); and the weighted confusion matrix
+    ``confusion[true][predicted]``.
     """
     P = np.asarray(proba, dtype=np.float64)
     if P.ndim != 2:
@@ -280,34 +286,39 @@ def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict
     if not len(y) == len(P) == len(w):
         raise DataError(f"metrics: {len(y)} labels, {len(P)} probability rows, {len(w)} weights")
     k = P.shape[1]
+    if len(y) and y.max() >= k:
+        raise DataError(f"metrics: class index {int(y.max())} but only {k} probability columns")
+    known = y >= 0
+    total_all = float(w.sum())
+    out: dict = {"n_classes": k,
+                 "unseen_class_fraction": _div(float(w[~known].sum()), total_all) if len(y) else math.nan}
+    y, P, w = y[known], P[known], w[known]
     pred = P.argmax(axis=1) if len(P) else np.empty(0, dtype=np.int64)
     total = float(w.sum())
     conf = np.zeros((k, k))
-    known = y >= 0
-    np.add.at(conf, (y[known], pred[known]), w[known])
-    out: dict = {"n_classes": k, "accuracy": _div(float(w[pred == y].sum()), total)}
+    np.add.at(conf, (y, pred), w)
+    out["accuracy"] = _div(float(np.trace(conf)), total)
     out["error_rate"] = 1.0 - out["accuracy"] if total else math.nan
-    precisions, recalls, f1s, aucs = [], [], [], []
+    occurring, aucs = [], []
     for c in range(k):
-        tp = conf[c, c]
-        prec = _div(tp, conf[:, c].sum())
-        rec = _div(tp, float(w[y == c].sum()))
-        f1 = _div(2 * prec * rec, prec + rec) if not (math.isnan(prec) or math.isnan(rec)) else math.nan
-        is_c = (y == c).astype(np.float64)
+        tp, n_pred, n_true = conf[c, c], conf[:, c].sum(), conf[c, :].sum()
+        prec = _div(tp, n_pred) if n_pred else (0.0 if n_true else math.nan)
+        rec = _div(tp, n_true) if n_true else (0.0 if n_pred else math.nan)
+        fp, fn = n_pred - tp, n_true - tp
+        f1 = _div(2 * tp, 2 * tp + fp + fn) if (n_pred or n_true) else math.nan
         auc = math.nan
         if w[y == c].sum() > 0 and w[y != c].sum() > 0:
-            auc = roc_auc(is_c, P[:, c], w)
+            auc = roc_auc((y == c).astype(np.float64), P[:, c], w)
         out[f"precision_class{c}"], out[f"sensitivity_class{c}"] = prec, rec
         out[f"f1_class{c}"], out[f"roc_auc_class{c}"] = f1, auc
-        precisions.append(prec), recalls.append(rec), f1s.append(f1), aucs.append(auc)
-
-    def mean(values):
-        v = [x for x in values if not math.isnan(x)]
-        return float(np.mean(v)) if v else math.nan
-
-    out["precision_macro"], out["sensitivity_macro"] = mean(precisions), mean(recalls)
-    out["f1_macro"], out["roc_auc"] = mean(f1s), mean(aucs)
-    p_true = np.where(known, P[np.arange(len(y)), np.clip(y, 0, k - 1)], 0.0) if len(y) else np.empty(0)
-    out["cross_entropy"] = _wmean(-np.log(np.clip(p_true, eps, 1.0)), w) if len(y) else math.nan
+        if n_pred or n_true:
+            occurring.append((prec, rec, f1))
+        aucs.append(auc)
+    for i, name in enumerate(("precision_macro", "sensitivity_macro", "f1_macro")):
+        out[name] = float(np.mean([row[i] for row in occurring])) if occurring else math.nan
+    valid = [a for a in aucs if not math.isnan(a)]
+    out["roc_auc"] = float(np.mean(valid)) if valid else math.nan
+    p_true = P[np.arange(len(y)), y] if len(y) else np.empty(0)
+    out["cross_entropy"] = _wmean(-np.log(np.clip(p_true, eps, 1.0)), w) if total else math.nan
     out["confusion"] = conf.tolist()
     return out

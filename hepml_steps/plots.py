@@ -399,6 +399,12 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
     out.mkdir(parents=True, exist_ok=True)
     pred, met, rec = read_parquet(predictions), read_json(metrics), read_json(record)
     task, family = rec["task"], rec["family"]
+    if (rec.get("train_cap") or {}).get("applied"):
+        from .evaluate import fitted_events
+
+        # the train histograms show the events the model was fitted on, as its KS test does
+        train = pred[pred[SPLIT] == "train"]
+        pred = pd.concat([fitted_events(train, rec, task), pred[pred[SPLIT] != "train"]], ignore_index=True)
     m = met.get("metrics", {})
     title = f"{model} ({family})"
     made = []

@@ -117,4 +117,6 @@ def load_model(directory):
     meta = read_json(Path(directory) / META_FILE)
     cls = get(meta["family"])
     model = cls.load(directory, meta)
+    if meta.get("classes"):
+        model.n_classes = len(meta["classes"])
     return model, meta

@@ -259,6 +259,8 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     swv = fit_weights(wv, yv, weighting, task)
     if task in ("clustering", "dimreduction") and len(X) < 2:
         raise DataError(f"{what}: {len(X)} training events are too few for {task}")
+    if classes is not None:
+        family.n_classes = len(classes)
     meter = step_meter(energy, device, cls.gpu_capable)
     t0, c0 = time.perf_counter(), time.process_time()
     with meter:

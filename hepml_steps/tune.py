@@ -215,6 +215,8 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
 
     def fit_eval(params, Xt, yt, wt, Xe, ye, we, trial=None):
         fam = cls(task=task, params=params, seed=seed, n_threads=threads, device=device)
+        if classes is not None:
+            fam.n_classes = len(classes)  # a CV fold may lack a class; the outputs keep K columns
         if trial is not None and cls.iterative and not cv:
             def report(step, values):
                 trial.report(-sign * values["validation_loss"], step)

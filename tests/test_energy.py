@@ -330,11 +330,8 @@ class FakeNvml:
             raise FakeNvmlError("Invalid Argument")
         return ("handle", index)
 
-    def nvmlDeviceGetHandleByUUID(self, uuid):
-        self.calls.append(f"handle {uuid}")
-        if not uuid.startswith("GPU-"):
-            raise FakeNvmlError("Not Found")
-        return ("handle", uuid)
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle[1]}f6c1a2e-0000-1111-2222-333344445555".encode()
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle):
         if not self.total_energy:
@@ -436,8 +433,8 @@ def test_real_machine_sources_are_explained():
 
 @pytest.mark.parametrize("visible, device, reads, note", [
     ("2,3", "cuda:1", "handle 3", "CUDA device 1 is NVML GPU 3"),
-    ("GPU-8f6c1a2e-0000-1111-2222-333344445555", "cuda", "handle GPU-8f6c1a2e-0000-1111-2222-333344445555",
-     "CUDA device 0 is NVML GPU GPU-8f6c1a2e"),
+    ("GPU-2f6c1a2e-0000-1111-2222-333344445555", "cuda", "handle 2", "CUDA device 0 is NVML GPU GPU-2f6c1a2e"),
+    ("3,GPU-1f6c1a2e-0000-1111-2222-333344445555", "cuda:1", "handle 1", "CUDA device 1 is NVML GPU GPU-1f6c1a2e"),
     ("1", "cuda:1", None, "has no device 1"),
 ])
 def test_nvml_reads_the_gpu_cuda_sees(visible, device, reads, note, tmp_path, monkeypatch):
@@ -450,6 +447,36 @@ def test_nvml_reads_the_gpu_cuda_sees(visible, device, reads, note, tmp_path, mo
     r = m.record
     assert any(note in n for n in r["notes"]), r["notes"]
     if reads:
-        assert reads in fake.calls and r["gpu_energy_j"] == pytest.approx(250.0)
+        assert fake.calls[-2] == reads and r["gpu_energy_j"] == pytest.approx(250.0)
     else:
         assert not any(c.startswith("handle") for c in fake.calls) and r.get("gpu_energy_j") is None
+
+
+def test_nvml_matches_a_short_uuid_and_warns_about_device_order(tmp_path, monkeypatch):
+    """HTCondor hands out short UUIDs (GPU-3f6c1a2e); NVML's own lookup needs the full one."""
+    fake = FakeNvml(n_devices=4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3f6c1a2e")
+    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", nvml=fake) as m:
+        pass
+    assert m.record["gpu_energy_j"] == pytest.approx(250.0) and fake.calls[-2] == "handle 3"
+    fake = FakeNvml(n_devices=4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-ffff")
+    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", nvml=fake) as m:
+        pass
+    assert m.record.get("gpu_energy_j") is None
+    assert any("no GPU with uuid GPU-ffff" in n for n in m.record["notes"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", nvml=FakeNvml(n_devices=4)) as m:
+        pass
+    assert any("CUDA_DEVICE_ORDER is not PCI_BUS_ID" in n for n in m.record["notes"])
+
+
+def test_importing_hepml_numbers_cuda_devices_in_pci_order():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "CUDA_DEVICE_ORDER"}
+    out = subprocess.run([sys.executable, "-c", "import os, hepml_steps; print(os.environ['CUDA_DEVICE_ORDER'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "PCI_BUS_ID"

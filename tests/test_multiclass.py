@@ -111,9 +111,29 @@ def test_multiclass_metrics_match_scikit_learn():
     assert m["roc_auc"] == pytest.approx(np.mean([skm.roc_auc_score(y == c, P[:, c], sample_weight=w)
                                                   for c in range(k)]))
     assert np.allclose(m["confusion"], skm.confusion_matrix(y, pred, sample_weight=w))
-    # an event of a class the model never saw (-1) counts as misclassified
-    m2 = M.multiclass_metrics(np.r_[y, -1], np.vstack([P, np.eye(k)[0]]), np.r_[w, 1.0])
-    assert m2["accuracy"] == pytest.approx(float(w[pred == y].sum()) / (w.sum() + 1.0))
+    # events of a class the model never saw (-1) are left out of every figure and counted apart
+    m2 = M.multiclass_metrics(np.r_[y, -1, -1], np.vstack([P, np.eye(k)[:2]]), np.r_[w, 1.0, 3.0])
+    for key in ("accuracy", "f1_macro", "cross_entropy", "roc_auc", "precision_macro"):
+        assert m2[key] == pytest.approx(m[key]), key
+    assert m2["unseen_class_fraction"] == pytest.approx(4.0 / (w.sum() + 4.0))
+    assert np.sum(m2["confusion"]) == pytest.approx(w.sum())
+
+
+@pytest.mark.parametrize("case", ["constant guess", "class never predicted", "class absent from truth"])
+def test_multiclass_macro_figures_in_degenerate_cases_match_scikit_learn(case):
+    y = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    guess = {"constant guess": [0] * 8, "class never predicted": [0, 0, 1, 1, 1, 1, 0, 0],
+             "class absent from truth": [0, 2, 1, 1, 1, 2, 0, 2]}[case]
+    if case == "class absent from truth":
+        y = np.array([0, 0, 1, 1, 1, 1, 0, 1])
+    P = np.full((8, 3), 0.1)
+    P[np.arange(8), guess] = 0.8
+    m = M.multiclass_metrics(y, P)
+    labels = sorted(set(y) | set(guess))
+    kw = {"labels": labels, "average": "macro", "zero_division": 0}
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(y, guess, **kw))
+    assert m["precision_macro"] == pytest.approx(skm.precision_score(y, guess, **kw))
+    assert m["sensitivity_macro"] == pytest.approx(skm.recall_score(y, guess, **kw))
 
 
 def test_evaluate_writes_multiclass_figures(prepared, tmp_path):
@@ -177,3 +197,41 @@ def test_multiclass_tuning_uses_a_multiclass_objective(objective, prepared, tmp_
     assert (0.9 < res["best_value"] <= 1.0) if objective == "roc_auc" else (0 < res["best_value"] < 0.6)
     with pytest.raises(ConfigError, match="unknown tuning objective 'sensitivity' for task 'multiclass'"):
         tn.check_objective("sensitivity", "multiclass", "model 'mc'")
+
+
+@pytest.mark.parametrize("family", ["xgboost", "logistic_regression", "mlp", "knn"])
+def test_cross_validated_tuning_survives_a_fold_without_the_rarest_class(family, prepared, tmp_path):
+    """One training event of the last class: most CV folds train without it, yet
+    every fit must still give K probability columns."""
+    from hepml_steps import tune as tn
+
+    df = pd.read_parquet(prepared["train"])
+    rare = df["process"] == 30
+    df = pd.concat([df[~rare], df[rare].iloc[:1]]).reset_index(drop=True)
+    df.to_parquet(prepared["train"], index=False)
+    val = pd.read_parquet(prepared["validation"])
+    val[val["process"] != 30].to_parquet(prepared["validation"], index=False)
+    space = {"xgboost": {"max_depth": {"type": "int", "low": 1, "high": 3}},
+             "logistic_regression": {"C": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+             "mlp": {"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+             "knn": {"n_neighbors": {"type": "int", "low": 5, "high": 20}}}[family]
+    spec = spec_for(family, tune={"n_trials": 2, "cv_folds": 3, "search_space": space})
+    res = tn.tune(prepared["train"], prepared["validation"], "mc", spec, str(tmp_path / "t.json"),
+                  str(tmp_path / "t.csv"))
+    assert res["n_failed"] == 0 and res["n_complete"] == 2
+
+
+def test_two_class_multiclass_bdt_onnx_keeps_the_class_order(prepared, tmp_path):
+    """onnxmltools treats a 2-class softprob booster as binary and swaps its columns."""
+    import onnxruntime as ort
+
+    for s in SPLITS:
+        df = pd.read_parquet(prepared[s])
+        df[df["process"] != 30].to_parquet(prepared[s], index=False)
+    rec = tr.train(prepared["train"], prepared["validation"], "mc", spec_for("xgboost"), str(tmp_path / "mc"),
+                   str(tmp_path / "mc.json"))
+    assert rec["classes"] == [10, 20]
+    model, meta = registry.load_model(tmp_path / "mc")
+    X = pd.read_parquet(prepared["test"])[rec["features"]].to_numpy(np.float32)
+    out = ort.InferenceSession(str(tmp_path / "mc" / meta["onnx"])).run(["score"], {"features": X})[0]
+    assert out.shape == (len(X), 2) and np.allclose(out, model.predict_score(X), atol=1e-5)

@@ -82,3 +82,29 @@ def test_energy_view_leaves_out_models_without_a_signal_vs_background_auc(tmp_pa
     assert {t.get_text() for t in ax.texts} == {"bdt"}
     names = {t.get_text() for t in captured["energy_vs_throughput.png"].axes[0].texts}
     assert names == {"bdt", "procs", "mass"}
+
+
+def test_score_histograms_of_a_capped_model_use_its_fitted_events(tmp_path, monkeypatch):
+    import json
+
+    from hepml_steps.train import cap_index
+
+    pred = _predictions(1, n=3000)
+    pred["split"] = np.where(np.arange(3000) < 2000, "train", "test")
+    pred.to_parquet(tmp_path / "p.parquet")
+    rec = {"task": "classification", "family": "knn", "features": [], "history": {},
+           "train_cap": {"cap": 300, "applied": True, "n_before": 2000, "n_after": 300}}
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    (tmp_path / "m.json").write_text(json.dumps({"metrics": {}}))
+    seen = {}
+    def spy(p, path, title, m):
+        seen["pred"] = p
+        return str(path)
+
+    monkeypatch.setattr(plots, "score_distributions", spy)
+    plots.plot_model("knn", str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), str(tmp_path / "r.json"),
+                     str(tmp_path / "out"))
+    train = seen["pred"][seen["pred"]["split"] == "train"]
+    fitted = pred.iloc[cap_index(pred["event_id"].to_numpy()[:2000], 300)]
+    assert sorted(train["event_id"]) == sorted(fitted["event_id"])
+    assert (seen["pred"]["split"] == "test").sum() == 1000

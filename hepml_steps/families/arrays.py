@@ -77,7 +77,7 @@ class KNNFamily(ArrayFamily):
         total[total == 0] = 1.0
         if self.task == "multiclass":
             labels = self.y[idx].astype(np.int64)
-            votes = np.zeros((len(idx), int(self.y.max()) + 1))
+            votes = np.zeros((len(idx), self.classes_count(self.y)))
             for c in range(votes.shape[1]):
                 votes[:, c] = (w * (labels == c)).sum(axis=1)
             return votes / total[:, None]

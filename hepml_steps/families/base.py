@@ -30,8 +30,10 @@ and *implements*
   files written by ``save`` without unpickling anything a user could swap.
 
 ``X`` is a float32 numpy array (events x features), ``y`` a numpy array
-(0/1 labels, class indices 0..K-1 for ``multiclass`` with every class present
-in the training events, or regression targets), weights float64. After ``fit`` a family
+(0/1 labels, class indices 0..K-1 for ``multiclass``, or regression targets),
+weights float64. For ``multiclass`` the pipeline sets ``self.n_classes = K``
+before ``fit``; ``predict_score`` must return K columns even when a class has
+no training events (as can happen in a cross-validation fold). After ``fit`` a family
 may fill ``self.history`` (per-iteration train/validation metrics) and
 ``self.info`` (anything worth recording, e.g. the device used).
 """
@@ -68,6 +70,9 @@ class Family(ABC):
         self.device = device
         self.history: dict[str, list[float]] = {}
         self.info: dict[str, Any] = {}
+        #: multiclass: the number of classes K, set by the pipeline before ``fit``
+        #: (a cross-validation fold may lack a class; the outputs still have K columns)
+        self.n_classes: int | None = None
 
     @classmethod
     def resolve_params(cls, params: dict) -> dict:
@@ -96,6 +101,12 @@ class Family(ABC):
     @abstractmethod
     def load(cls, directory, meta: dict) -> "Family":
         """Rebuild a fitted instance from ``save``'s files (no pickle)."""
+
+    def classes_count(self, y) -> int:
+        """K for a multiclass fit: ``n_classes`` when the pipeline set it, else max(y) + 1."""
+        import numpy as np
+
+        return int(self.n_classes) if self.n_classes else int(np.max(y)) + 1
 
     def use_device(self, device: str) -> None:
         """Run inference of a loaded model on ``device`` (GPU-capable families

@@ -10,21 +10,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import FamilyError
 from ..io import atomic_path
 
 OPSET = 15
 
 
-def _with_score_output(model, source: str, column: int | None, n_classes: int | None = None):
+def _with_score_output(model, source: str, column: int | None, n_classes: int | None = None,
+                       order: list[int] | None = None):
     """Append nodes that turn output ``source`` into a 1-D ``score`` output
-    (``n_classes``: keep the [N, K] probabilities as they are)."""
+    (``n_classes``: keep the [N, K] probabilities, columns taken in ``order``)."""
     import onnx
     from onnx import TensorProto, helper
 
     g = model.graph
     nodes = []
     flat_in = source
-    if n_classes:
+    if n_classes and order is not None:
+        g.initializer.append(helper.make_tensor("hepml_order", TensorProto.INT64, [len(order)], order))
+        nodes.append(helper.make_node("Gather", [source, "hepml_order"], ["score"], axis=1))
+    elif n_classes:
         nodes.append(helper.make_node("Identity", [source], ["score"]))
     elif column is not None:
         g.initializer.append(helper.make_tensor("hepml_col", TensorProto.INT64, [], [column]))
@@ -43,17 +48,40 @@ def _with_score_output(model, source: str, column: int | None, n_classes: int | 
 
 
 def export_xgboost(booster, task: str, n_features: int, path) -> None:
+    import numpy as np
+    import xgboost as xgb
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    onx = convert_xgboost(booster, initial_types=[("features", FloatTensorType([None, n_features]))],
-                          target_opset=OPSET)
-    if task == "classification":
-        onx = _with_score_output(onx, "probabilities", 1)
-    elif task == "multiclass":
-        k = int(json.loads(booster.save_config())["learner"]["learner_model_param"]["num_class"])
-        onx = _with_score_output(onx, "probabilities", None, n_classes=k)
-    else:
-        onx = _with_score_output(onx, onx.graph.output[0].name, None)
+    def convert(order=None):
+        onx = convert_xgboost(booster, initial_types=[("features", FloatTensorType([None, n_features]))],
+                              target_opset=OPSET)
+        if task == "classification":
+            return _with_score_output(onx, "probabilities", 1)
+        if task == "multiclass":
+            k = int(json.loads(booster.save_config())["learner"]["learner_model_param"]["num_class"])
+            return _with_score_output(onx, "probabilities", None, n_classes=k, order=order)
+        return _with_score_output(onx, onx.graph.output[0].name, None)
+
+    onx = convert()
+    # onnxmltools treats two classes as a binary model and swaps the probability
+    # columns of a 2-class softprob booster: check against XGBoost on probe
+    # events and fix the order (or refuse) rather than write a wrong model
+    probe = np.random.default_rng(0).normal(0.0, 2.0, (256, n_features)).astype(np.float32)
+    want = booster.predict(xgb.DMatrix(probe)).reshape(len(probe), -1)
+    got = _run(onx, probe).reshape(len(probe), -1)
+    if task == "multiclass" and not np.allclose(got, want, atol=1e-5) and np.allclose(got[:, ::-1], want, atol=1e-5):
+        onx = convert(order=list(range(want.shape[1]))[::-1])
+        got = _run(onx, probe).reshape(len(probe), -1)
+    if not np.allclose(got, want, atol=1e-5):
+        raise FamilyError(f"ONNX export of the XGBoost {task} model does not reproduce its scores "
+                          f"(max difference {float(np.abs(got - want).max()):.3g}); not written")
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(onx.SerializeToString())
+
+
+def _run(model, X):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["score"], {"features": X})[0]

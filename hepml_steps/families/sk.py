@@ -45,10 +45,11 @@ def skops_load(path, trusted=TRUSTED_TYPES):
     return sio.load(str(path), trusted=list(untrusted))
 
 
-def _by_class(values, classes) -> np.ndarray:
-    """Columns of ``values`` (one per entry of ``classes``) placed at their class index."""
+def _by_class(values, classes, k: int | None = None) -> np.ndarray:
+    """Columns of ``values`` (one per entry of ``classes``) placed at their class
+    index among ``k`` columns (a class without training events gets probability 0)."""
     classes = np.asarray(classes, dtype=np.int64)
-    out = np.zeros((len(values), int(classes.max()) + 1))
+    out = np.zeros((len(values), k or int(classes.max()) + 1))
     out[:, classes] = values
     return out
 
@@ -103,7 +104,7 @@ class SklearnFamily(Family):
         if self.task == "classification":
             return est.predict_proba(X)[:, list(est.classes_).index(1)].astype(np.float64)
         if self.task == "multiclass":
-            return _by_class(est.predict_proba(X), est.classes_)
+            return _by_class(est.predict_proba(X), est.classes_, self.n_classes)
         return np.asarray(est.predict(X), dtype=np.float64)
 
     def save(self, directory) -> list[str]:
@@ -220,7 +221,7 @@ class SVMFamily(SklearnFamily):
             d = np.asarray(self.estimator.decision_function(X), dtype=np.float64)
             if d.ndim == 1:  # two classes: one decision function for classes_[1]
                 d = np.stack([np.zeros_like(d), d], axis=1)
-            return _by_class(_softmax(d), self.estimator.classes_)
+            return _by_class(_softmax(d), self.estimator.classes_, self.n_classes)
         return super().predict_score(X)
 
 

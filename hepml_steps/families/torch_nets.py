@@ -708,7 +708,7 @@ class MLPFamily(TorchFamily):
         if self.task == "multiclass":
             if np.any(y < 0) or np.any(y != np.round(y)):
                 raise DataError(f"family '{self.name}': multiclass labels must be class indices 0..K-1")
-            return {"n_classes": int(y.max()) + 1}
+            return {"n_classes": self.classes_count(y)}
         if not self.params["standardize_target"]:
             return {"target_mean": 0.0, "target_std": 1.0}
         mean, std = _weighted_moments(y[:, None], w)

@@ -3,8 +3,10 @@
 Saved as XGBoost's own UBJSON format (``model.ubj``): no pickle. Trains with
 the native API so event weights, a validation set (learning curve, optional
 early stopping) and a per-iteration callback (used for pruning while tuning)
-are all first-class. ``device="cuda"`` uses the GPU when this XGBoost build
-has CUDA and a device is visible; otherwise it falls back to CPU and says so.
+are all first-class. Early stopping (``early_stopping_rounds`` > 0) watches
+the validation log-loss, the metric of the learning curves and of pruning.
+``device="cuda"`` uses the GPU when this XGBoost build has CUDA and a device
+is visible; otherwise it falls back to CPU and says so.
 """
 from __future__ import annotations
 
@@ -106,7 +108,7 @@ class XGBoostFamily(Family):
 
         self._select_device(xgb, "training")
         if self.task == "multiclass":
-            self.n_classes = int(np.max(y)) + 1
+            self.n_classes = self.classes_count(y)
         dtrain = xgb.DMatrix(X, label=y, weight=sample_weight, nthread=self.n_threads)
         evals = [(dtrain, "train")]
         if X_val is not None:
