@@ -95,15 +95,17 @@ def _bayes(m: dict, test) -> None:
             m["auc_gap_to_bayes"] = m["bayes_auc"] - m["roc_auc"]
 
 
-def _ks(by_split, classes, ks_pvalue_min: float) -> dict:
+def _ks(by_split, tests, ks_pvalue_min: float) -> dict:
+    """Train-vs-test KS test per class: ``tests`` is (name, class column, class
+    value, score column) for each class; flagged when a p-value is below the threshold."""
     out = {"ks_pvalue_threshold": ks_pvalue_min}
     tr, te = by_split.get("train"), by_split["test"]
     if tr is None or tr.empty:
         return {**out, "flagged": None, "reason": "no training events in the predictions"}
     ps = []
-    for cls, name in classes:
-        a, b = tr[tr[LABEL] == cls], te[te[LABEL] == cls]
-        r = M.ks_overtraining(a[SCORE].to_numpy(), b[SCORE].to_numpy(), a[WEIGHT].to_numpy(), b[WEIGHT].to_numpy())
+    for name, column, value, score in tests:
+        a, b = tr[tr[column] == value], te[te[column] == value]
+        r = M.ks_overtraining(a[score].to_numpy(), b[score].to_numpy(), a[WEIGHT].to_numpy(), b[WEIGHT].to_numpy())
         out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
         if not math.isnan(r["pvalue"]):
             ps.append(r["pvalue"])
@@ -129,31 +131,9 @@ def _prob_columns(df, what: str) -> list[str]:
     return cols
 
 
-def _multiclass(df, part, what: str, classes) -> dict:
-    cols = _prob_columns(df, what)
-    m = M.multiclass_metrics(part["target"].to_numpy(), part[cols].to_numpy(dtype=np.float64),
-                             part[WEIGHT].to_numpy(dtype=np.float64))
-    m["confusion_classes"] = list(classes) if classes else list(range(len(cols)))
-    return m
-
-
-def _ks_multiclass(by_split, k: int, classes, ks_pvalue_min: float) -> dict:
-    """Per class c: KS of P(c) on class-c events, train vs test."""
-    out = {"ks_pvalue_threshold": ks_pvalue_min}
-    tr, te = by_split.get("train"), by_split["test"]
-    if tr is None or tr.empty:
-        return {**out, "flagged": None, "reason": "no training events in the predictions"}
-    ps = []
-    for c in range(k):
-        a, b = tr[tr["target"] == c], te[te["target"] == c]
-        name = f"class{c}"
-        r = M.ks_overtraining(a[f"{PROB}{c}"].to_numpy(), b[f"{PROB}{c}"].to_numpy(),
-                              a[WEIGHT].to_numpy(), b[WEIGHT].to_numpy())
-        out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
-        if not math.isnan(r["pvalue"]):
-            ps.append(r["pvalue"])
-    out["flagged"] = bool(ps) and min(ps) < ks_pvalue_min
-    return out
+def _multiclass(part, cols: list[str]) -> dict:
+    return M.multiclass_metrics(part["target"].to_numpy(), part[cols].to_numpy(dtype=np.float64),
+                                part[WEIGHT].to_numpy(dtype=np.float64))
 
 
 def evaluate(predictions: str, out: str, model: str, task: str, threshold: float = 0.5,
@@ -198,22 +178,22 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
             if part is not None and part[LABEL].nunique() == 2:
                 m[f"roc_auc_{sp}"] = M.roc_auc(part[LABEL], part[SCORE], part[WEIGHT])
         _bayes(m, test)
-        overtraining = _ks(by_split, ((1, "signal"), (0, "background")), ks_pvalue_min)
+        overtraining = _ks(by_split, (("signal", LABEL, 1, SCORE), ("background", LABEL, 0, SCORE)), ks_pvalue_min)
     elif task == "multiclass":
-        classes = rec.get("classes")
-        m.update(_multiclass(df, test, what, classes))
-        confusion = {"classes": m.pop("confusion_classes"), "matrix": m.pop("confusion")}
+        cols = _prob_columns(df, what)
+        m.update(_multiclass(test, cols))
+        confusion = {"classes": list(rec.get("classes") or range(len(cols))), "matrix": m.pop("confusion")}
         for sp in ("train", "validation"):
             part = by_split.get(sp)
             if part is not None and not part.empty:
-                mc = _multiclass(df, part, what, classes)
+                mc = _multiclass(part, cols)
                 m[f"accuracy_{sp}"], m[f"roc_auc_{sp}"] = mc["accuracy"], mc["roc_auc"]
-        overtraining = _ks_multiclass(by_split, m["n_classes"], classes, ks_pvalue_min)
+        overtraining = _ks(by_split, [(f"class{c}", "target", c, col) for c, col in enumerate(cols)], ks_pvalue_min)
     elif task == "anomaly":
         _two_classes(test, what)
         _discriminant(m, test, effs)
         _bayes(m, test)
-        overtraining = _ks(by_split, ((0, "background"),), ks_pvalue_min)
+        overtraining = _ks(by_split, (("background", LABEL, 0, SCORE),), ks_pvalue_min)
     elif task == "regression":
         if "target" not in df.columns:
             raise DataError(f"{what}: regression predictions have no 'target' column")
