@@ -3,7 +3,9 @@
 #   snakemake --cores 2 --configfile my.yaml  # your data / models (merged over config/config.yaml)
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from hepml_steps import config as hepml_config
 
 min_version("9.0")
 
@@ -12,7 +14,10 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "config/schema.yaml", set_default=True)
+# Schema, defaults and parse-time checks; a problem is one `hepml: error:` line.
+MODELS = hepml_config.exit_on_error(
+    hepml_config.load, config, workflow.config_settings.overwrite_config,
+    os.path.join(workflow.basedir, "config", "schema.yaml"))
 
 
 report: "rules/report/workflow.rst"

@@ -1,81 +1,33 @@
-# Shared helpers: resolved model specs, paths, and parse-time checks.
+# Shared helpers: paths, the step command and resources. MODELS (name -> resolved
+# spec) comes from hepml_steps.config.load in the Snakefile.
+#
+# Shell safety: every value that reaches a `shell:` command is quoted with
+# `{x:q}` (lists element by element), including {input}, {output}, {log} and
+# the results folder; the step runs with the interpreter that runs Snakemake.
 import json
-import os
+import re
+import shlex
 import sys
-
-from hepml_steps import registry
-from hepml_steps.errors import HepmlError
-from hepml_steps.split import check_fractions
-from hepml_steps.tune import DEFAULT_OBJECTIVE
 
 RES = config["results"]
 SPLITS = ["train", "validation", "test"]
-PY = "python -m hepml_steps"
-
-# Per-model settings that fall back to the `training` section.
-_MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus")
-
-
-def _model_specs():
-    specs = {}
-    known = registry.available()
-    chosen = config.get("select_models")
-    if chosen:
-        unknown = sorted(set(chosen) - set(config["models"]))
-        if unknown:
-            raise HepmlError(f"select_models: {unknown} not among the configured models "
-                             f"({', '.join(sorted(config['models']))})")
-    for name, spec in config["models"].items():
-        if not spec.get("enabled", True):
-            continue
-        if spec["family"] not in known:  # checked for every enabled model, selected or not
-            raise HepmlError(
-                f"models.{name}: unknown model family '{spec['family']}'; "
-                f"known families: {', '.join(sorted(known))}")
-        # checked for every enabled model, selected or not: a config mistake is one anywhere
-        task = spec.get("task", "classification")
-        supported = registry.BUILTIN_TASKS.get(spec["family"])  # plugins are checked when their job starts
-        if supported is not None and task not in supported:
-            raise HepmlError(f"models.{name}: family '{spec['family']}' does not support task '{task}' "
-                             f"(it supports: {', '.join(supported)})")
-        if task in ("regression", "multiclass") and not spec.get("target"):
-            what = "regression target" if task == "regression" else "class column"
-            raise HepmlError(f"models.{name}: task '{task}' needs 'target' (the {what}'s name)")
-        if chosen and name not in chosen:
-            continue
-        full = {k: config["training"][k] for k in _MODEL_DEFAULTS}
-        full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
-        full["tune"] = {**config["tuning"], **spec.get("tune", {})}
-        task = full.setdefault("task", "classification")
-        if full["tune"]["enabled"] and task not in DEFAULT_OBJECTIVE:
-            if spec.get("tune", {}).get("enabled"):
-                raise HepmlError(f"models.{name}: task '{task}' has no validation objective to tune; "
-                                 f"tunable tasks: {', '.join(DEFAULT_OBJECTIVE)}")
-            full["tune"]["enabled"] = False  # tuning.enabled covers the models that can be tuned
-        if full["gpus"]:
-            cls = registry.get(spec["family"])  # imported only when a GPU is asked for
-            if not cls.gpu_capable:
-                raise HepmlError(f"models.{name}: family '{cls.name}' cannot use a GPU; set gpus: 0")
-            if full["device"] == "cpu":
-                raise HepmlError(f"models.{name}: gpus: {full['gpus']} contradicts device: cpu")
-        specs[name] = full
-    if not specs:
-        raise HepmlError("models: every model is disabled; enable at least one")
-    return specs
-
-
-MODELS = _model_specs()
-check_fractions(config["split"]["fractions"])  # a bad split fails now, not after generating the data
+PY = shlex.quote(sys.executable) + " -m hepml_steps"
 
 
 wildcard_constraints:
-    model="|".join(sorted(MODELS)),
+    model="|".join(re.escape(m) for m in sorted(MODELS)),
     split="|".join(SPLITS),
 
 
 def jq(obj):
     """JSON for a shell argument (quote it with {params.x:q} in the rule)."""
     return json.dumps(obj, sort_keys=True)
+
+
+def opt(flag, value):
+    """['--flag=value'] when value is set, else []: quote with {params.x:q}
+    (one argument, so a value starting with '-' is not taken for an option)."""
+    return [f"{flag}={value}"] if value not in (None, "", []) else []
 
 
 def _gpu_if_used(value, empty):

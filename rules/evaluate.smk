@@ -13,11 +13,11 @@ rule evaluate:
         threshold=config["evaluation"]["threshold"],
         effs=",".join(str(e) for e in config["evaluation"]["bkg_efficiencies"]),
         ks=config["evaluation"]["ks_pvalue_min"],
-        features=lambda wc, input: f"--features {input.features}" if input.features else "",
+        features=lambda wc, input: opt("--features", input.features),
     log:
         f"{RES}/logs/evaluate/{{model}}.log",
     shell:
-        "{PY}.evaluate --predictions {input.predictions} --out {output} --model {wildcards.model}"
-        " --task {params.task} --threshold {params.threshold} --bkg-efficiencies {params.effs}"
-        " --ks-pvalue-min {params.ks} --extra {input.record}"
-        " --inference {input.inference} {params.features} > {log} 2>&1"
+        "{PY}.evaluate --predictions {input.predictions:q} --out {output:q} --model {wildcards.model:q}"
+        " --task {params.task:q} --threshold {params.threshold:q} --bkg-efficiencies {params.effs:q}"
+        " --ks-pvalue-min {params.ks:q} --extra {input.record:q}"
+        " --inference {input.inference:q} {params.features:q} > {log:q} 2>&1"

@@ -10,6 +10,6 @@ rule features:
     log:
         f"{RES}/logs/features.log",
     shell:
-        "{PY}.features --train {input.train} --validation {input.validation} --test {input.test}"
-        " --out-train {output.train} --out-validation {output.validation} --out-test {output.test}"
-        " --transform {output.transform} --params {params.cfg:q} > {log} 2>&1"
+        "{PY}.features --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
+        " --out-train {output.train:q} --out-validation {output.validation:q} --out-test {output.test:q}"
+        " --transform {output.transform:q} --params {params.cfg:q} > {log:q} 2>&1"

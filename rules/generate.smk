@@ -11,7 +11,7 @@ rule generate:
     log:
         f"{RES}/logs/generate.log",
     shell:
-        "{PY}.generate --out {output.events} --summary {output.summary}"
-        " --n-events {params.toy[n_events]} --signal-fraction {params.toy[signal_fraction]}"
-        " --seed {params.seed} --chunk-size {params.toy[chunk_size]}"
-        " --yields-json {params.yields:q} --physics-json {params.physics:q} > {log} 2>&1"
+        "{PY}.generate --out {output.events:q} --summary {output.summary:q}"
+        " --n-events {params.toy[n_events]:q} --signal-fraction {params.toy[signal_fraction]:q}"
+        " --seed {params.seed:q} --chunk-size {params.toy[chunk_size]:q}"
+        " --yields-json {params.yields:q} --physics-json {params.physics:q} > {log:q} 2>&1"

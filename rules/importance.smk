@@ -11,5 +11,5 @@ rule importance:
     log:
         f"{RES}/logs/importance/{{model}}.log",
     shell:
-        "{PY}.importance --model-dir {input.model} --test {input.test} --raw-test {input.raw_test}"
-        " --out {output} --seed {params.seed} > {log} 2>&1"
+        "{PY}.importance --model-dir {input.model:q} --test {input.test:q} --raw-test {input.raw_test:q}"
+        " --out {output:q} --seed {params.seed:q} > {log:q} 2>&1"

@@ -7,6 +7,12 @@ def _ingest_settings():
     return config["data"]["files"]
 
 
+def _ingest_options():
+    s = _ingest_settings()
+    return [a for k in ("label_column", "weight_column", "event_id_column")
+            for a in opt(f"--{k.replace('_', '-')}", s.get(k))]
+
+
 rule ingest:
     input:
         [i["path"] for i in _ingest_settings()["inputs"]],
@@ -15,13 +21,11 @@ rule ingest:
         summary=f"{RES}/data/ingest.json",
     params:
         inputs=lambda wc: jq(_ingest_settings()["inputs"]),
-        opts=lambda wc: " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in _ingest_settings().items()
-            if k in ("label_column", "weight_column", "event_id_column") and v),
+        opts=lambda wc: _ingest_options(),
         columns=lambda wc: ",".join(_ingest_settings()["columns"] or []),
         nonfinite=config["data"]["nonfinite"],
     log:
         f"{RES}/logs/ingest.log",
     shell:
-        "{PY}.ingest --inputs-json {params.inputs:q} --out {output.events} --summary {output.summary}"
-        " {params.opts} --columns={params.columns:q} --nonfinite {params.nonfinite} > {log} 2>&1"
+        "{PY}.ingest --inputs-json {params.inputs:q} --out {output.events:q} --summary {output.summary:q}"
+        " {params.opts:q} --columns={params.columns:q} --nonfinite {params.nonfinite:q} > {log:q} 2>&1"

@@ -8,4 +8,4 @@ rule leaderboard:
     log:
         f"{RES}/logs/leaderboard.log",
     shell:
-        "{PY}.leaderboard --metrics {input} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "{PY}.leaderboard --metrics {input:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"

@@ -18,13 +18,13 @@ rule plots:
             labels={"model": "{model}", "figure": "{name}"},
         ),
     params:
-        trials=lambda wc, input: f"--trials {input.trials}" if input.trials else "",
+        trials=lambda wc, input: opt("--trials", input.trials),
     log:
         f"{RES}/logs/plots/{{model}}.log",
     shell:
-        "{PY}.plots model --model {wildcards.model} --predictions {input.predictions}"
-        " --metrics {input.metrics} --record {input.record} --importance {input.importance}"
-        " --features-test {input.features_test} {params.trials} --out-dir {output} > {log} 2>&1"
+        "{PY}.plots model --model {wildcards.model:q} --predictions {input.predictions:q}"
+        " --metrics {input.metrics:q} --record {input.record:q} --importance {input.importance:q}"
+        " --features-test {input.features_test:q} {params.trials:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule summary_plots:
@@ -46,6 +46,6 @@ rule summary_plots:
     log:
         f"{RES}/logs/plots/summary.log",
     shell:
-        "{PY}.plots summary --predictions {input.predictions} --models {params.models}"
-        " --tasks {params.tasks} --train-features {input.train} --metrics {input.metrics}"
-        " --out-dir {output} > {log} 2>&1"
+        "{PY}.plots summary --predictions {input.predictions:q} --models {params.models:q}"
+        " --tasks {params.tasks:q} --train-features {input.train:q} --metrics {input.metrics:q}"
+        " --out-dir {output:q} > {log:q} 2>&1"

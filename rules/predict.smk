@@ -17,7 +17,7 @@ rule predict:
     log:
         f"{RES}/logs/predict/{{model}}.log",
     shell:
-        "{PY}.predict --model-dir {input.model} --train {input.train} --validation {input.validation}"
-        " --test {input.test} --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
-        " --raw-test {input.raw_test} --out {output.predictions} --record {output.record}"
-        " --batch-size {params.batch} --threads {threads} --energy {params.energy:q} > {log} 2>&1"
+        "{PY}.predict --model-dir {input.model:q} --train {input.train:q} --validation {input.validation:q}"
+        " --test {input.test:q} --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
+        " --raw-test {input.raw_test:q} --out {output.predictions:q} --record {output.record:q}"
+        " --batch-size {params.batch:q} --threads {threads} --energy {params.energy:q} > {log:q} 2>&1"

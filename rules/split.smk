@@ -11,6 +11,6 @@ rule split:
     log:
         f"{RES}/logs/split.log",
     shell:
-        "{PY}.split --events {input} --train {output.train} --validation {output.validation}"
-        " --test {output.test} --fractions {params.fractions:q} --salt {params.salt}"
-        " --summary {output.summary} > {log} 2>&1"
+        "{PY}.split --events {input:q} --train {output.train:q} --validation {output.validation:q}"
+        " --test {output.test:q} --fractions {params.fractions:q} --salt {params.salt:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"

@@ -22,15 +22,16 @@ rule track:
     params:
         uri=lambda wc: config["tracking"]["uri"] or "",
         experiment=config["tracking"]["experiment"],
-        trials=lambda wc, input: f"--trials {input.trials}" if input.trials else "",
+        trials=lambda wc, input: opt("--trials", input.trials),
+        results=RES,
     log:
         f"{RES}/logs/track/{{model}}.log",
     shell:
-        "{PY}.track model --model {wildcards.model} --record {input.record} --metrics {input.metrics}"
-        " --predictions {input.predictions} --model-dir {input.model} --out {output}"
-        " --results-dir {RES} --uri={params.uri:q} --experiment {params.experiment:q}"
-        " --plots-dir {input.plots} --artifact {input.importance} --artifact {input.inference}"
-        " {params.trials} > {log} 2>&1"
+        "{PY}.track model --model {wildcards.model:q} --record {input.record:q} --metrics {input.metrics:q}"
+        " --predictions {input.predictions:q} --model-dir {input.model:q} --out {output:q}"
+        " --results-dir {params.results:q} --uri={params.uri:q} --experiment {params.experiment:q}"
+        " --plots-dir {input.plots:q} --artifact {input.importance:q} --artifact {input.inference:q}"
+        " {params.trials:q} > {log:q} 2>&1"
 
 
 rule track_summary:
@@ -41,8 +42,10 @@ rule track_summary:
         plots=f"{RES}/plots/summary",
     output:
         f"{RES}/tracking/summary.json",
+    params:
+        results=RES,
     log:
         f"{RES}/logs/track/summary.log",
     shell:
-        "{PY}.track summary --runs {input.runs} --out {output} --results-dir {RES}"
-        " --artifact {input.md} --artifact {input.csv} --plots-dir {input.plots} > {log} 2>&1"
+        "{PY}.track summary --runs {input.runs:q} --out {output:q} --results-dir {params.results:q}"
+        " --artifact {input.md:q} --artifact {input.csv:q} --plots-dir {input.plots:q} > {log:q} 2>&1"

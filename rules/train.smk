@@ -12,7 +12,7 @@ rule train:
     params:
         spec=lambda wc: jq({k: v for k, v in MODELS[wc.model].items() if k != "tune"}),
         seed=config["seed"],
-        tuned=lambda wc, input: f"--tuned {input.tuned}" if input.tuned else "",
+        tuned=lambda wc, input: opt("--tuned", input.tuned),
         energy=jq(config["energy"]),
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
@@ -20,8 +20,8 @@ rule train:
     log:
         f"{RES}/logs/train/{{model}}.log",
     shell:
-        "{PY}.train --train {input.train} --validation {input.validation}"
-        " --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
-        " --model {wildcards.model} --spec {params.spec:q} --out {output.model}"
-        " --record {output.record} --seed {params.seed} --threads {threads} {params.tuned}"
-        " --energy {params.energy:q} > {log} 2>&1"
+        "{PY}.train --train {input.train:q} --validation {input.validation:q}"
+        " --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
+        " --model {wildcards.model:q} --spec {params.spec:q} --out {output.model:q}"
+        " --record {output.record:q} --seed {params.seed:q} --threads {threads} {params.tuned:q}"
+        " --energy {params.energy:q} > {log:q} 2>&1"

@@ -19,8 +19,8 @@ rule tune:
     log:
         f"{RES}/logs/tune/{{model}}.log",
     shell:
-        "{PY}.tune --train {input.train} --validation {input.validation}"
-        " --raw-train {input.raw_train} --raw-validation {input.raw_validation}"
-        " --model {wildcards.model} --spec {params.spec:q} --out {output.record}"
-        " --trials {output.trials} --seed {params.seed} --threads {threads}"
-        " --energy {params.energy:q} > {log} 2>&1"
+        "{PY}.tune --train {input.train:q} --validation {input.validation:q}"
+        " --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
+        " --model {wildcards.model:q} --spec {params.spec:q} --out {output.record:q}"
+        " --trials {output.trials:q} --seed {params.seed:q} --threads {threads}"
+        " --energy {params.energy:q} > {log:q} 2>&1"

@@ -144,7 +144,7 @@ def test_global_tuning_skips_tasks_without_objective_and_explicit_request_is_an_
     assert tuned == {"logreg"}
     cfg.write_text("select_models: [logreg, pca]\nmodels:\n  pca: {tune: {enabled: true}}\n")
     res = snakemake(tmp_path, "--configfile", str(TINY), str(cfg), "-n", check=False)
-    assert res.returncode != 0 and "models.pca: task 'dimreduction' has no validation objective" in res.stdout + res.stderr
+    assert res.returncode != 0 and "models.pca.tune.enabled: task 'dimreduction' has no validation objective" in res.stdout + res.stderr
 
 
 def test_bad_config_key_is_named(tmp_path):
@@ -164,10 +164,10 @@ def test_unknown_family_lists_known_ones(tmp_path):
 
 @pytest.mark.parametrize("config, message", [
     ("models:\n  svmreg: {family: logistic_regression, task: regression, target: m_jj}\n",
-     "models.svmreg: family 'logistic_regression' does not support task 'regression' (it supports: "
+     "models.svmreg.task: family 'logistic_regression' does not support task 'regression' (it supports: "
      "classification, multiclass)"),
     ("models:\n  mass: {family: xgboost, task: regression}\n",
-     "models.mass: task 'regression' needs 'target'"),
+     "models.mass.target: task 'regression' needs 'target'"),
     ("split: {fractions: {train: 0.6, validation: 0.3, test: 0.3}}\n",
      "split.fractions must sum to 1; train + validation + test = 1.2"),
 ])

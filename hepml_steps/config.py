@@ -1,0 +1,200 @@
+"""The configuration: schema validation, defaults and resolved model specs.
+
+The Snakefile calls :func:`load` once at parse time. Every problem found here
+is a :class:`~hepml_steps.errors.ConfigError` whose message starts with the
+offending key (``evaluation.threshold: 2.0 is not below 1``), printed by
+:func:`exit_on_error` as one ``hepml: error:`` line before any job runs.
+
+What is refused beyond the schema:
+
+- ``models: {}`` in a ``--configfile``/``--config`` override. Overrides are
+  merged over ``config/config.yaml``, so an empty mapping would otherwise
+  silently mean "every default model"; use ``select_models`` for a subset.
+- ``select_models: []``: it selects nothing (``null`` means every model).
+- a selected model that is disabled (``enabled: false``).
+- a model whose family does not support its task, a regression/multiclass
+  model without ``target``, GPUs for a family that cannot use them,
+  split fractions that do not sum to 1.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError, HepmlError
+
+SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+
+# Per-model settings that fall back to the `training` section.
+MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus")
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "config"
+
+
+def schema_error(config: dict, schema: dict) -> str | None:
+    """The most relevant schema violation as ``key: reason``, or None.
+
+    Parameters
+    ----------
+    config : dict
+        The merged configuration, before defaults are filled in.
+    schema : dict
+        The JSON schema (draft 2020-12) of ``config/schema.yaml``.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    err = best_match(Draft202012Validator(schema).iter_errors(config))
+    if err is None:
+        return None
+    hint = err.schema.get("errorMessage") if isinstance(err.schema, dict) else None
+    reason = hint or err.message
+    if hint and err.validator == "pattern":  # name the offending value (a key under propertyNames)
+        return f"{_key(err.absolute_path)}: {err.instance!r}: {reason}"
+    return f"{_key(err.absolute_path)}: {' '.join(str(reason).split())}"
+
+
+def check_overrides(overrides: dict) -> None:
+    """Refuse overrides that the merge over the defaults would silently drop.
+
+    Raises
+    ------
+    ConfigError
+        ``models`` given as an empty mapping.
+    """
+    if "models" in overrides and not overrides["models"]:
+        raise ConfigError(
+            "models: the override is empty, which would keep every default model of "
+            "config/config.yaml; list the models you want, or name a subset with select_models")
+
+
+def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA) -> dict:
+    """Validate ``config`` in place, fill in the schema's defaults, resolve the models.
+
+    Parameters
+    ----------
+    config : dict
+        The merged configuration (Snakemake's ``config``); defaults are written into it.
+    overrides : dict, optional
+        What ``--configfile``/``--config`` added over ``config/config.yaml``.
+
+    Returns
+    -------
+    dict
+        Model name -> resolved spec (training defaults applied, tuning merged).
+
+    Raises
+    ------
+    ConfigError
+        The first problem found, message starting with the key.
+    """
+    import yaml
+    from snakemake.utils import validate
+
+    check_overrides(overrides or {})
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problem = schema_error(config, schema)
+    if problem:
+        raise ConfigError(problem)
+    validate(config, str(schema_path), set_default=True)
+    from .split import check_fractions
+
+    check_fractions(config["split"]["fractions"])
+    if config["data"]["source"] == "files" and not config["data"]["files"]["inputs"]:
+        raise ConfigError("data.files.inputs: empty, but data.source is 'files'; list your input files")
+    return resolve_models(config)
+
+
+def _check_model(name: str, spec: dict, known) -> None:
+    from . import registry
+
+    if spec["family"] not in known:
+        raise ConfigError(f"models.{name}.family: unknown model family '{spec['family']}'; "
+                          f"known families: {', '.join(sorted(known))}")
+    task = spec.get("task", "classification")
+    supported = registry.BUILTIN_TASKS.get(spec["family"])  # plugins are checked when their job starts
+    if supported is not None and task not in supported:
+        raise ConfigError(f"models.{name}.task: family '{spec['family']}' does not support task "
+                          f"'{task}' (it supports: {', '.join(supported)})")
+    if task in ("regression", "multiclass") and not spec.get("target"):
+        what = "regression target" if task == "regression" else "class column"
+        raise ConfigError(f"models.{name}.target: task '{task}' needs 'target' (the {what}'s name)")
+
+
+def _selection(config: dict) -> list[str] | None:
+    chosen = config.get("select_models")
+    if chosen is None:
+        return None
+    if not chosen:
+        raise ConfigError("select_models: [] selects no model; list model names, "
+                          "or null (or leave the key out) for every enabled model")
+    models = config["models"]
+    unknown = sorted(set(chosen) - set(models))
+    if unknown:
+        raise ConfigError(f"select_models: {unknown} not among the configured models "
+                          f"({', '.join(sorted(models))})")
+    disabled = [m for m in chosen if not models[m].get("enabled", True)]
+    if disabled:
+        raise ConfigError(f"select_models: {disabled} selected but disabled (enabled: false); "
+                          "enable them or leave them out of select_models")
+    return list(chosen)
+
+
+def _resolve(name: str, spec: dict, config: dict) -> dict:
+    from . import registry
+    from .tune import DEFAULT_OBJECTIVE
+
+    full = {k: config["training"][k] for k in MODEL_DEFAULTS}
+    full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
+    full["tune"] = {**config["tuning"], **spec.get("tune", {})}
+    task = full.setdefault("task", "classification")
+    if full["tune"]["enabled"] and task not in DEFAULT_OBJECTIVE:
+        if spec.get("tune", {}).get("enabled"):
+            raise ConfigError(f"models.{name}.tune.enabled: task '{task}' has no validation objective "
+                              f"to tune; tunable tasks: {', '.join(DEFAULT_OBJECTIVE)}")
+        full["tune"]["enabled"] = False  # tuning.enabled covers the models that can be tuned
+    if full["gpus"]:
+        cls = registry.get(spec["family"])  # imported only when a GPU is asked for
+        if not cls.gpu_capable:
+            raise ConfigError(f"models.{name}.gpus: family '{cls.name}' cannot use a GPU; set gpus: 0")
+        if full["device"] == "cpu":
+            raise ConfigError(f"models.{name}.gpus: gpus: {full['gpus']} contradicts device: cpu")
+    return full
+
+
+def resolve_models(config: dict) -> dict[str, dict]:
+    """Model name -> spec for every enabled (and selected) model.
+
+    Every enabled model is checked, selected or not: a config mistake is one anywhere.
+
+    Raises
+    ------
+    ConfigError
+        Unknown family, unsupported task, missing target, bad selection, nothing to run.
+    """
+    from . import registry
+
+    known = registry.available()
+    chosen = _selection(config)
+    specs = {}
+    for name, spec in config["models"].items():
+        if not spec.get("enabled", True):
+            continue
+        _check_model(name, spec, known)
+        if chosen is None or name in chosen:
+            specs[name] = _resolve(name, spec, config)
+    if not specs:
+        raise ConfigError("models: every model is disabled; enable at least one")
+    return specs
+
+
+def exit_on_error(func: Callable, *args, **kwargs):
+    """Call ``func``; on a :class:`HepmlError` print one ``hepml: error:`` line and exit 1."""
+    try:
+        return func(*args, **kwargs)
+    except HepmlError as exc:
+        print(f"hepml: error: {exc}", file=sys.stderr)
+        sys.exit(1)
