@@ -191,6 +191,22 @@ def resolve_models(config: dict) -> dict[str, dict]:
     return specs
 
 
+def step_interpreter(conda: bool, workflow_dir: str) -> str:
+    """The Python that runs the steps.
+
+    Without ``--sdm conda`` it is the interpreter running Snakemake
+    (``sys.executable``), whatever ``python`` is first on PATH. With conda it is
+    the environment's ``python``, given ``workflow_dir`` on ``PYTHONPATH`` so that
+    it finds ``hepml_steps`` (jobs inherit Snakemake's environment).
+    """
+    if not conda:
+        return sys.executable
+    import os
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow_dir, os.environ.get("PYTHONPATH")) if p)
+    return "python"
+
+
 def exit_on_error(func: Callable, *args, **kwargs):
     """Call ``func``; on a :class:`HepmlError` print one ``hepml: error:`` line and exit 1."""
     try:

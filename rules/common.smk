@@ -3,20 +3,34 @@
 #
 # Shell safety: every value that reaches a `shell:` command is quoted with
 # `{x:q}` (lists element by element), including {input}, {output}, {log} and
-# the results folder; the step runs with the interpreter that runs Snakemake.
+# the results folder; the step runs with the interpreter that runs Snakemake
+# (or, with --sdm conda, the python of envs/hepml.yaml).
 import json
 import re
-import shlex
-import sys
+from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 RES = config["results"]
 SPLITS = ["train", "validation", "test"]
-PY = shlex.quote(sys.executable) + " -m hepml_steps"
+CONDA_ENV = "../envs/hepml.yaml"
+PYTHON = hepml_config.step_interpreter(
+    DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method, workflow.basedir)
 
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in sorted(MODELS)),
     split="|".join(SPLITS),
+
+
+def step(name, *args):
+    """argv that runs the step ``hepml_steps.<name>``: quote with {params.step:q}."""
+    return [PYTHON, "-m", f"hepml_steps.{name}", *args]
+
+
+def results_of(wc, output):
+    """The results folder, from an output `{RES}/<stage>/<file>`."""
+    return str(Path(output[0]).parents[1])
 
 
 def jq(obj):
@@ -58,3 +72,17 @@ def all_outputs():
     if config["tracking"]["enabled"]:
         out += expand(f"{RES}/tracking/{{model}}.json", model=MODELS) + [f"{RES}/tracking/summary.json"]
     return out
+
+
+def ingest_settings():
+    if config["data"]["source"] == "toy":
+        return {"inputs": [{"path": f"{RES}/data/toy.parquet", "name": "toy"}],
+                "label_column": "label", "weight_column": "weight",
+                "event_id_column": "event_id", "columns": None}
+    return config["data"]["files"]
+
+
+def ingest_options():
+    s = ingest_settings()
+    return [a for k in ("label_column", "weight_column", "event_id_column")
+            for a in opt(f"--{k.replace('_', '-')}", s.get(k))]

@@ -9,6 +9,7 @@ rule evaluate:
     output:
         f"{RES}/metrics/{{model}}.json",
     params:
+        step=step("evaluate"),
         task=lambda wc: MODELS[wc.model]["task"],
         threshold=config["evaluation"]["threshold"],
         effs=",".join(str(e) for e in config["evaluation"]["bkg_efficiencies"]),
@@ -16,8 +17,10 @@ rule evaluate:
         features=lambda wc, input: opt("--features", input.features),
     log:
         f"{RES}/logs/evaluate/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.evaluate --predictions {input.predictions:q} --out {output:q} --model {wildcards.model:q}"
+        "{params.step:q} --predictions {input.predictions:q} --out {output:q} --model {wildcards.model:q}"
         " --task {params.task:q} --threshold {params.threshold:q} --bkg-efficiencies {params.effs:q}"
         " --ks-pvalue-min {params.ks:q} --extra {input.record:q}"
         " --inference {input.inference:q} {params.features:q} > {log:q} 2>&1"

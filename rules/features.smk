@@ -6,10 +6,13 @@ rule features:
         **{s: f"{RES}/features/{s}.parquet" for s in SPLITS},
         transform=f"{RES}/features/transform.json",
     params:
+        step=step("features"),
         cfg=lambda wc: jq(config["features"]),
     log:
         f"{RES}/logs/features.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.features --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
+        "{params.step:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
         " --out-train {output.train:q} --out-validation {output.validation:q} --out-test {output.test:q}"
         " --transform {output.transform:q} --params {params.cfg:q} > {log:q} 2>&1"

@@ -7,9 +7,12 @@ rule importance:
     output:
         f"{RES}/importance/{{model}}.json",
     params:
+        step=step("importance"),
         seed=config["seed"],
     log:
         f"{RES}/logs/importance/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.importance --model-dir {input.model:q} --test {input.test:q} --raw-test {input.raw_test:q}"
+        "{params.step:q} --model-dir {input.model:q} --test {input.test:q} --raw-test {input.raw_test:q}"
         " --out {output:q} --seed {params.seed:q} > {log:q} 2>&1"

@@ -5,7 +5,11 @@ rule leaderboard:
     output:
         csv=report(f"{RES}/leaderboard.csv", caption="report/leaderboard.rst", category="Leaderboard"),
         md=f"{RES}/leaderboard.md",
+    params:
+        step=step("leaderboard"),
     log:
         f"{RES}/logs/leaderboard.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.leaderboard --metrics {input:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"
+        "{params.step:q} --metrics {input:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"

@@ -18,11 +18,14 @@ rule plots:
             labels={"model": "{model}", "figure": "{name}"},
         ),
     params:
+        step=step("plots", "model"),
         trials=lambda wc, input: opt("--trials", input.trials),
     log:
         f"{RES}/logs/plots/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.plots model --model {wildcards.model:q} --predictions {input.predictions:q}"
+        "{params.step:q} --model {wildcards.model:q} --predictions {input.predictions:q}"
         " --metrics {input.metrics:q} --record {input.record:q} --importance {input.importance:q}"
         " --features-test {input.features_test:q} {params.trials:q} --out-dir {output:q} > {log:q} 2>&1"
 
@@ -41,11 +44,14 @@ rule summary_plots:
             labels={"figure": "{name}"},
         ),
     params:
+        step=step("plots", "summary"),
         models=list(MODELS),
         tasks=[MODELS[m]["task"] for m in MODELS],
     log:
         f"{RES}/logs/plots/summary.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.plots summary --predictions {input.predictions:q} --models {params.models:q}"
+        "{params.step:q} --predictions {input.predictions:q} --models {params.models:q}"
         " --tasks {params.tasks:q} --train-features {input.train:q} --metrics {input.metrics:q}"
         " --out-dir {output:q} > {log:q} 2>&1"

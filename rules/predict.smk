@@ -9,6 +9,7 @@ rule predict:
         predictions=f"{RES}/predictions/{{model}}.parquet",
         record=f"{RES}/records/{{model}}.predict.json",
     params:
+        step=step("predict"),
         batch=config["evaluation"]["inference_batch_size"],
         energy=jq(config["energy"]),
     threads: lambda wc: MODELS[wc.model]["threads"]
@@ -16,8 +17,10 @@ rule predict:
         **gpu_resources(),
     log:
         f"{RES}/logs/predict/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.predict --model-dir {input.model:q} --train {input.train:q} --validation {input.validation:q}"
+        "{params.step:q} --model-dir {input.model:q} --train {input.train:q} --validation {input.validation:q}"
         " --test {input.test:q} --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
         " --raw-test {input.raw_test:q} --out {output.predictions:q} --record {output.record:q}"
         " --batch-size {params.batch:q} --threads {threads} --energy {params.energy:q} > {log:q} 2>&1"

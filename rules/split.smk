@@ -6,11 +6,14 @@ rule split:
         **{s: f"{RES}/split/{s}.parquet" for s in SPLITS},
         summary=f"{RES}/split/split.json",
     params:
+        step=step("split"),
         fractions=lambda wc: jq(config["split"]["fractions"]),
         salt=config["split"]["salt"],
     log:
         f"{RES}/logs/split.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.split --events {input:q} --train {output.train:q} --validation {output.validation:q}"
+        "{params.step:q} --events {input:q} --train {output.train:q} --validation {output.validation:q}"
         " --test {output.test:q} --fractions {params.fractions:q} --salt {params.salt:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"

@@ -20,14 +20,17 @@ rule track:
     output:
         f"{RES}/tracking/{{model}}.json",
     params:
+        step=step("track", "model"),
         uri=lambda wc: config["tracking"]["uri"] or "",
         experiment=config["tracking"]["experiment"],
         trials=lambda wc, input: opt("--trials", input.trials),
-        results=RES,
+        results=results_of,
     log:
         f"{RES}/logs/track/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.track model --model {wildcards.model:q} --record {input.record:q} --metrics {input.metrics:q}"
+        "{params.step:q} --model {wildcards.model:q} --record {input.record:q} --metrics {input.metrics:q}"
         " --predictions {input.predictions:q} --model-dir {input.model:q} --out {output:q}"
         " --results-dir {params.results:q} --uri={params.uri:q} --experiment {params.experiment:q}"
         " --plots-dir {input.plots:q} --artifact {input.importance:q} --artifact {input.inference:q}"
@@ -43,9 +46,12 @@ rule track_summary:
     output:
         f"{RES}/tracking/summary.json",
     params:
-        results=RES,
+        step=step("track", "summary"),
+        results=results_of,
     log:
         f"{RES}/logs/track/summary.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.track summary --runs {input.runs:q} --out {output:q} --results-dir {params.results:q}"
+        "{params.step:q} --runs {input.runs:q} --out {output:q} --results-dir {params.results:q}"
         " --artifact {input.md:q} --artifact {input.csv:q} --plots-dir {input.plots:q} > {log:q} 2>&1"

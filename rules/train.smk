@@ -10,6 +10,7 @@ rule train:
         model=directory(f"{RES}/models/{{model}}"),
         record=f"{RES}/records/{{model}}.train.json",
     params:
+        step=step("train"),
         spec=lambda wc: jq({k: v for k, v in MODELS[wc.model].items() if k != "tune"}),
         seed=config["seed"],
         tuned=lambda wc, input: opt("--tuned", input.tuned),
@@ -19,8 +20,10 @@ rule train:
         **gpu_resources(),
     log:
         f"{RES}/logs/train/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.train --train {input.train:q} --validation {input.validation:q}"
+        "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
         " --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.model:q}"
         " --record {output.record:q} --seed {params.seed:q} --threads {threads} {params.tuned:q}"

@@ -10,6 +10,7 @@ rule tune:
         record=f"{RES}/tuning/{{model}}.json",
         trials=f"{RES}/tuning/{{model}}.trials.csv",
     params:
+        step=step("tune"),
         spec=lambda wc: jq(MODELS[wc.model]),
         seed=config["seed"],
         energy=jq(config["energy"]),
@@ -18,8 +19,10 @@ rule tune:
         **gpu_resources(),
     log:
         f"{RES}/logs/tune/{{model}}.log",
+    conda:
+        CONDA_ENV
     shell:
-        "{PY}.tune --train {input.train:q} --validation {input.validation:q}"
+        "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
         " --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.record:q}"
         " --trials {output.trials:q} --seed {params.seed:q} --threads {threads}"
