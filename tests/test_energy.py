@@ -112,7 +112,7 @@ def test_rapl_polling_catches_repeated_wraps(tmp_path):
     with EnergyMeter(powercap_root=root, rapl_poll_s=3600) as m:
         for value in (8_000_000, 6_000_000, 4_000_000):   # +8, +8 (wrap), +8 (wrap)
             set_uj(pkg, value)
-            m._poll_rapl()
+            m.rapl.poll()
         set_uj(pkg, 5_000_000)                             # +1
     assert m.record["cpu_energy_j"] == pytest.approx(25.0)
 
