@@ -6,8 +6,9 @@ Every source meters one block of code the same way::
     ...                         # the block
     reading = source.stop()     # a Reading: joules per part, methods, notes
 
-A source that cannot measure does not raise: ``start`` sets ``why_not`` and
-``stop`` returns a :class:`Reading` without joules whose notes say why.
+A source that cannot measure does not raise: ``start`` sets ``why_not``,
+``stop`` returns a :class:`Reading` without joules, and the notes of one or
+the other say why.
 
 - :class:`CpuTimeEstimate` (``estimate:cpu-time``): process CPU seconds and
   peak RSS times fixed wattages; it also keeps the block's clock.
@@ -125,7 +126,13 @@ class EnergySource(ABC):
 
     @abstractmethod
     def stop(self) -> Reading:
-        """Stop measuring and return the energy (J) since :meth:`start`. Never raises."""
+        """Stop measuring. Never raises.
+
+        Returns
+        -------
+        Reading
+            Energy (J) per part since :meth:`start`, how it was obtained, and notes.
+        """
 
 
 class _Periodic:
