@@ -82,357 +82,33 @@ machine with ``/work/venv/bin/python``):
 Zeus (ml.energy) needs NVML or RAPL as well and is GPU-focused: on this
 machine it would have nothing to measure.
 
-This module imports only the standard library at import time; ``pynvml`` is
+How the code is laid out: :class:`EnergyMeter` (here) starts and stops one
+:class:`~.energy_sources.EnergySource` per kind of energy and adds their
+:class:`~.energy_sources.Reading` up: the CPU side is
+:class:`~.energy_sources.RaplSource` where it measured, else
+:class:`~.energy_sources.CpuTimeEstimate`; :class:`~.energy_sources.NvmlSource`
+joins for a CUDA device. The sources live in :mod:`hepml_steps.energy_sources`,
+the powercap reading in :mod:`hepml_steps.energy_powercap`; the names callers
+use (``read_rapl``, ``energy_delta``, ``RaplUnavailable``) are re-exported here.
+
+These modules import only the standard library at import time; ``pynvml`` is
 imported lazily, and only for CUDA devices.
 """
 from __future__ import annotations
 
 import os
-import re
-import sys
-import threading
-import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .energy_powercap import DEFAULT_POWERCAP_ROOT, RaplUnavailable, energy_delta, read_rapl
+from .energy_sources import (DEFAULT_CPU_WATTS_PER_CORE, DEFAULT_RAM_WATTS_PER_GIB, CpuTimeEstimate,
+                             EnergySource, NvmlSession, NvmlSource, ProcessReading, RaplSource, Reading,
+                             process_cpu_time_availability)
 from .errors import ConfigError
 
-DEFAULT_CPU_WATTS_PER_CORE = 10.0
-DEFAULT_RAM_WATTS_PER_GIB = 0.375
-DEFAULT_POWERCAP_ROOT = "/sys/class/powercap"
-
-# Counters of distinct packages are never equal to within this; mirrored
-# views of one counter are (reads are sequential, hence the 1 J slack).
-_MIRROR_REL_TOL = 1e-6
-_MIRROR_ABS_TOL_UJ = 1_000_000
-_DOMAIN_DIR = re.compile(r"^[A-Za-z0-9_.-]+(:\d+)+$")
-_MAX_DEPTH = 4
-
-
-class RaplUnavailable(RuntimeError):
-    """No usable RAPL counter; ``reason`` says exactly why.
-
-    ``unreadable`` is True when counters exist but cannot be read (permission,
-    bad contents), False when there are none.
-    """
-
-    def __init__(self, reason: str, *, unreadable: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.unreadable = unreadable
-
-
-# -- RAPL ---------------------------------------------------------------------
-
-def _read_int(path: Path) -> int:
-    with open(path) as fh:
-        return int(fh.read().strip())
-
-
-def _why(path: Path, exc: BaseException) -> str:
-    """One line saying why ``path`` could not be read."""
-    if isinstance(exc, PermissionError):
-        return (f"permission denied on {path} (root-only since the "
-                f"CVE-2020-8694 fix, Linux 5.10 and backports)")
-    if isinstance(exc, ValueError):
-        return f"unparsable value in {path}"
-    detail = getattr(exc, "strerror", None) or str(exc)
-    return f"cannot read {path}: {type(exc).__name__}: {detail}"
-
-
-def _scan_domains(root: Path) -> list[tuple[Path, Path | None]]:
-    """Domain directories under ``root`` as (path, enclosing domain or None).
-
-    ``/sys/class/powercap`` lists every domain flat (as symlinks) and nests the
-    subdomains inside their package as well, so directories are de-duplicated
-    by their resolved path, keeping the nested view (which knows its parent).
-    """
-    found: dict[str, tuple[Path, Path | None]] = {}
-
-    def is_domain(p: Path) -> bool:
-        return (p / "energy_uj").exists() and (p / "name").exists()
-
-    def visit(directory: Path, parent: Path | None, depth: int) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            if not _DOMAIN_DIR.match(entry.name):
-                continue
-            try:
-                if not entry.is_dir():
-                    continue
-            except OSError:
-                continue
-            path = Path(entry.path)
-            if not is_domain(path):
-                continue
-            key = os.path.realpath(path)
-            if key not in found or (found[key][1] is None and parent is not None):
-                found[key] = (path, parent)
-            if depth < _MAX_DEPTH:
-                visit(path, path, depth + 1)
-
-    # top-level control types such as "intel-rapl" hold the packages as well
-    visit(root, None, 0)
-    try:
-        controls = [Path(e.path) for e in os.scandir(root)
-                    if ":" not in e.name and e.is_dir() and "rapl" in e.name]
-    except OSError:
-        controls = []
-    for ctl in sorted(controls):
-        visit(ctl, None, 1)
-    return sorted(found.values(), key=lambda item: str(item[0]))
-
-
-def _classify(path: Path, name: str, parent: Path | None) -> tuple[str, str | None]:
-    """(kind, parent) with kind one of package, dram, psys, subdomain."""
-    if parent is None:
-        # flat listing: intel-rapl:0:1 belongs to intel-rapl:0
-        base, _, last = path.name.rpartition(":")
-        if ":" in base and last.isdigit():
-            parent = path.parent / base
-    lname = name.strip().lower()
-    if lname.startswith("dram"):
-        return "dram", str(parent) if parent else None
-    if lname.startswith("psys"):
-        return "psys", str(parent) if parent else None
-    if parent is not None:
-        return "subdomain", str(parent)
-    return "package", None
-
-
-def _read_domains_detailed(powercap_root: str | os.PathLike,
-                           ) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
-    """Readable domains and, for the others, why they could not be read."""
-    root = Path(powercap_root)
-    if not root.exists():
-        raise RaplUnavailable(f"{root} does not exist (no powercap interface: "
-                              f"a VM, a container without /sys, or not Linux)")
-    if not root.is_dir():
-        raise RaplUnavailable(f"{root} is not a directory")
-    scanned = _scan_domains(root)
-    if not scanned:
-        raise RaplUnavailable(f"{root} has no intel-rapl domains (no directory with "
-                              f"energy_uj and name)")
-    domains: dict[str, dict] = {}
-    problems: dict[str, tuple[str, str]] = {}  # path -> (why, kind)
-    for path, parent in scanned:
-        try:
-            name = (path / "name").read_text().strip()
-        except OSError as exc:
-            guess = "subdomain" if _looks_like_subdomain(path) else "package"
-            problems[str(path)] = (_why(path / "name", exc), guess)
-            continue
-        kind, parent_s = _classify(path, name, parent)
-        try:
-            energy = _read_int(path / "energy_uj")
-        except (OSError, ValueError) as exc:
-            problems[str(path)] = (_why(path / "energy_uj", exc), kind)
-            continue
-        try:
-            max_range = _read_int(path / "max_energy_range_uj")
-        except (OSError, ValueError) as exc:
-            problems[str(path)] = (_why(path / "max_energy_range_uj", exc), kind)
-            continue
-        domains[str(path)] = {"name": name, "energy_uj": energy,
-                              "max_energy_range_uj": max_range,
-                              "kind": kind, "parent": parent_s}
-    return domains, problems
-
-
-def read_rapl(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> dict[str, dict]:
-    """Read every RAPL domain under ``powercap_root``.
-
-    Returns ``{domain path: {"name", "energy_uj", "max_energy_range_uj",
-    "kind", "parent"}}`` with ``kind`` one of ``package``, ``subdomain``
-    (core/uncore: inside the package), ``dram`` and ``psys``. Raises
-    :class:`RaplUnavailable` when there is no counter, or when a package
-    counter cannot be read (a partial sum would silently undercount).
-    Unreadable non-package domains are simply left out.
-    """
-    return _read_rapl_checked(powercap_root)[0]
-
-
-def _read_rapl_checked(powercap_root) -> tuple[dict[str, dict], dict[str, str]]:
-    """:func:`read_rapl` plus the non-package domains that were skipped (path -> why)."""
-    domains, detailed = _read_domains_detailed(powercap_root)
-    pkg_problems = [why for why, kind in detailed.values() if kind == "package"]
-    if pkg_problems:
-        raise RaplUnavailable("; ".join(pkg_problems), unreadable=True)
-    problems = {path: why for path, (why, _) in detailed.items()}
-    if not any(_kind(p, d) == "package" for p, d in domains.items()):
-        if problems:
-            raise RaplUnavailable("; ".join(problems.values()), unreadable=True)
-        raise RaplUnavailable(f"{powercap_root} has no RAPL package domain "
-                              f"(found: {sorted(d['name'] for d in domains.values())})")
-    return domains, problems
-
-
-def _looks_like_subdomain(path: Path) -> bool:
-    return path.name.count(":") >= 2 or _DOMAIN_DIR.match(path.parent.name) is not None
-
-
-def _kind(path: str, info: dict) -> str:
-    """Domain kind, inferred from name and path if the dict does not carry it."""
-    if info.get("kind"):
-        return info["kind"]
-    name = str(info.get("name", "")).lower()
-    if name.startswith("dram"):
-        return "dram"
-    if name.startswith("psys"):
-        return "psys"
-    if _looks_like_subdomain(Path(path)):
-        return "subdomain"
-    return "package"
-
-
-def _counter_delta_uj(start: int, end: int, max_range: int | None) -> int:
-    """Counter increase, corrected for one wrap-around."""
-    if end >= start:
-        return end - start
-    if not max_range:
-        raise RaplUnavailable(f"counter went backwards ({start} -> {end}) and "
-                              f"max_energy_range_uj is unknown", unreadable=True)
-    return end + max_range - start
-
-
-def _domain_deltas_j(start: dict[str, dict], end: dict[str, dict]) -> dict[str, float]:
-    """Per-domain energy in joules between two readings (wrap-aware)."""
-    out = {}
-    for path, s in start.items():
-        e = end.get(path)
-        if e is None:
-            continue
-        max_range = e.get("max_energy_range_uj") or s.get("max_energy_range_uj")
-        out[path] = _counter_delta_uj(int(s["energy_uj"]), int(e["energy_uj"]), max_range) / 1e6
-    return out
-
-
-def _mirrored_packages(reading: dict[str, dict]) -> dict[str, str]:
-    """Package domains that repeat an earlier package's counter -> that package."""
-    refs: list[tuple[str, int]] = []
-    mirrored: dict[str, str] = {}
-    for path in sorted(reading):
-        info = reading[path]
-        if _kind(path, info) != "package":
-            continue
-        value = int(info["energy_uj"])
-        if value <= 0:
-            continue
-        for ref_path, ref in refs:
-            if abs(value - ref) <= max(_MIRROR_REL_TOL * max(value, ref), _MIRROR_ABS_TOL_UJ):
-                mirrored[path] = ref_path
-                break
-        else:
-            refs.append((path, value))
-    return mirrored
-
-
-def energy_delta(start: dict[str, dict], end: dict[str, dict]) -> float:
-    """Joules used by the RAPL package domains between two :func:`read_rapl` readings.
-
-    Each domain is wrap-corrected on its own (``end < start`` means the
-    counter passed ``max_energy_range_uj`` once); package domains are summed;
-    subdomains, dram and psys are not added; packages mirroring another's
-    counter are counted once.
-    """
-    mirrored = _mirrored_packages(start)
-    deltas = _domain_deltas_j(start, end)
-    return float(sum(j for path, j in deltas.items()
-                     if _kind(path, start[path]) == "package" and path not in mirrored))
-
-
-# -- NVML ----------------------------------------------------------------------
-
-def _load_nvml(nvml=None):
-    """(module, None) or (None, reason)."""
-    if nvml is not None:
-        return nvml, None
-    try:
-        import pynvml  # noqa: PLC0415 - lazy on purpose
-    except Exception as exc:  # ImportError, or a broken install
-        return None, f"pynvml (nvidia-ml-py) not importable: {exc}"
-    return pynvml, None
-
-
-def _cuda_index(device: str, gpu_index: int) -> int | None:
-    """GPU index for a CUDA device string, None for other devices."""
-    dev = str(device).strip().lower()
-    if not dev.startswith("cuda"):
-        return None
-    _, sep, idx = dev.partition(":")
-    if sep and idx.isdigit():
-        return int(idx)
-    return int(gpu_index)
-
-
-def _nvml_locator(cuda_index: int, env: str | None = None) -> tuple[str, Any]:
-    """Which GPU NVML must read for CUDA device ``cuda_index``: ``("index", n)``
-    or ``("uuid", "GPU-...")``. CUDA renumbers the devices listed in
-    ``CUDA_VISIBLE_DEVICES`` from 0; NVML ignores that variable."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES") if env is None else env
-    if env is None:
-        return "index", cuda_index
-    entries = [e.strip() for e in env.split(",") if e.strip()]
-    if cuda_index >= len(entries):
-        return "missing", f"CUDA_VISIBLE_DEVICES={env!r} has no device {cuda_index}"
-    entry = entries[cuda_index]
-    if entry.isdigit():
-        return "index", int(entry)
-    return "uuid", entry
-
-
-def _uuid_handle(nvml, uuid: str):
-    """The NVML handle of the GPU whose UUID is ``uuid`` or starts with it (HTCondor
-    and CUDA accept short UUIDs; NVML's own lookup wants the full one)."""
-    for i in range(int(nvml.nvmlDeviceGetCount())):
-        handle = nvml.nvmlDeviceGetHandleByIndex(i)
-        full = nvml.nvmlDeviceGetUUID(handle)
-        full = full.decode() if isinstance(full, bytes) else str(full)
-        if full == uuid or full.startswith(uuid):
-            return handle
-    raise nvml.NVMLError(f"no GPU has a UUID starting with {uuid}")
-
-
-# -- sampling -----------------------------------------------------------------
-
-class _Periodic:
-    """Call ``fn`` every ``interval`` seconds in a daemon thread until stopped."""
-
-    def __init__(self, interval: float, fn: Callable[[], None], name: str):
-        self.interval = float(interval)
-        self.fn = fn
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> "_Periodic":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.fn()
-            except Exception:  # a failed sample must never kill the job
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=max(5.0, 2 * self.interval))
-
-
-def _rusage() -> tuple[float, float]:
-    """(CPU seconds of this process + exited children, peak RSS MiB)."""
-    import resource
-
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    unit = 1.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
-    peak_mib = max(me.ru_maxrss, kids.ru_maxrss) * unit / 2**20
-    return cpu, peak_mib
+__all__ = ["DEFAULT_CPU_WATTS_PER_CORE", "DEFAULT_POWERCAP_ROOT", "DEFAULT_RAM_WATTS_PER_GIB",
+           "SETTINGS_KEYS", "CpuTimeEstimate", "EnergyMeter", "EnergySource", "NvmlSource",
+           "RaplSource", "RaplUnavailable", "Reading", "available_sources", "energy_delta",
+           "gpu_visible", "read_rapl", "step_meter"]
 
 
 def _check_nonneg(name: str, value, default):
@@ -447,18 +123,75 @@ def _check_nonneg(name: str, value, default):
     return value
 
 
-# -- the meter ------------------------------------------------------------------
+def _cuda_index(device: str, gpu_index: int) -> int | None:
+    """GPU index for a CUDA device string, None for other devices."""
+    dev = str(device).strip().lower()
+    if not dev.startswith("cuda"):
+        return None
+    _, sep, idx = dev.partition(":")
+    if sep and idx.isdigit():
+        return int(idx)
+    return int(gpu_index)
+
+
+def _cpu_and_ram(est: ProcessReading, rapl: Reading) -> Reading:
+    """The CPU and RAM parts: RAPL where it measured them, else the estimate.
+
+    The notes returned are those not already in ``rapl.notes``.
+    """
+    if rapl.cpu_j is None:
+        return est
+    if rapl.ram_j is not None:
+        return Reading(cpu_j=rapl.cpu_j, ram_j=rapl.ram_j, methods=rapl.methods)
+    return Reading(cpu_j=rapl.cpu_j, ram_j=est.ram_j,
+                   methods={"cpu": rapl.methods["cpu"],
+                            "ram": f"{est.methods['ram']} (no RAPL dram domain)"},
+                   notes=["no RAPL dram domain: RAM energy is an estimate, not a "
+                          f"measurement: {est.ram_basis}"])
+
 
 class EnergyMeter:
     """Context manager measuring time, CPU time and energy of a block.
 
-    ``cpu_watts_per_core`` (W per busy core-second, default 10.0) and
-    ``ram_watts_per_gib`` (default 0.375) drive the estimate (see the module
-    docstring for their justification); ``grid_gco2_per_kwh`` enables
-    ``co2_g``. ``device`` is ``"cpu"`` or ``"cuda"``/``"cuda:N"``;
-    ``nvml`` injects a pynvml-like module (tests). ``rapl_poll_s`` sets how
-    often RAPL counters are read to catch repeated wrap-arounds and
-    ``gpu_sample_s`` the NVML power sampling period.
+    After the block, :attr:`record` holds wall and CPU time (s), energy (J) in
+    total and per part, the CPU-time estimate beside any measurement, how each
+    number was obtained (``method``, ``methods``), ``notes``, and J/event and
+    events/s once :meth:`set_events` is called (before or after the block).
+
+    Parameters
+    ----------
+    cpu_watts_per_core : float, default 10.0
+        Power of one busy core for the estimate, W (see the module docstring).
+    ram_watts_per_gib : float, default 0.375
+        Power of one GiB of peak RSS for the estimate, W.
+    grid_gco2_per_kwh : float, optional
+        Grid carbon intensity, gCO2/kWh; enables ``co2_g``.
+    powercap_root : str or path-like, default ``/sys/class/powercap``
+        Where the RAPL counters are.
+    device : str, default ``"cpu"``
+        ``"cpu"``, or ``"cuda"``/``"cuda:N"`` to add the GPU's energy from NVML.
+    gpu_index : int, default 0
+        CUDA device number when ``device`` is ``"cuda"`` without one.
+    nvml : module, optional
+        A pynvml-like module (tests).
+    rapl_poll_s : float, default 10.0
+        Seconds between RAPL reads, to catch repeated counter wrap-arounds.
+    gpu_sample_s : float, default 0.1
+        NVML power sampling period, s (GPUs without an energy counter).
+
+    Attributes
+    ----------
+    record : dict
+        The step record (empty until the block ends).
+    rapl, estimate, gpu : EnergySource or None
+        The sources of the current or last block (``gpu`` None for the CPU).
+
+    Raises
+    ------
+    ConfigError
+        A wattage or intensity that is not a finite number >= 0, or a period <= 0.
+    RuntimeError
+        On entering a meter that is already measuring.
     """
 
     def __init__(self, *, cpu_watts_per_core: float | None = None,
@@ -479,15 +212,22 @@ class EnergyMeter:
         self.gpu_index = int(gpu_index)
         self.rapl_poll_s = float(rapl_poll_s)
         self.gpu_sample_s = float(gpu_sample_s)
-        self._nvml_arg = nvml
+        self._nvml = nvml
         self.events: int | None = None
         self.record: dict[str, Any] = {}
+        self.rapl: RaplSource | None = None
+        self.estimate: CpuTimeEstimate | None = None
+        self.gpu: NvmlSource | None = None
         self._active = False
-        self._lock = threading.Lock()
 
-    # -- public ------------------------------------------------------------
     def set_events(self, n: int) -> None:
-        """Number of events processed in the measured block (may follow exit)."""
+        """Number of events processed in the measured block (may follow exit).
+
+        Raises
+        ------
+        ConfigError
+            When ``n`` is not an integer >= 0.
+        """
         try:
             n = int(n)
         except (TypeError, ValueError):
@@ -503,250 +243,48 @@ class EnergyMeter:
             raise RuntimeError("EnergyMeter is not re-entrant")
         self._active = True
         self.record = {}
-        self._notes: list[str] = []
-        self._threads: list[_Periodic] = []
-        self._start_rapl()
-        self._start_gpu()
-        self._cpu0, _ = _rusage()
-        self._t0 = time.perf_counter()
+        self.rapl = RaplSource(self.powercap_root, self.rapl_poll_s)
+        self.estimate = CpuTimeEstimate(self.cpu_watts_per_core, self.ram_watts_per_gib)
+        index = _cuda_index(self.device, self.gpu_index)
+        self.gpu = None if index is None else NvmlSource(index, nvml=self._nvml,
+                                                        sample_s=self.gpu_sample_s)
+        self._notes = self.rapl.start() + (self.gpu.start() if self.gpu else [])
+        self.estimate.start()  # last, so the clock does not include the others' start
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        wall = time.perf_counter() - self._t0
-        cpu1, peak_mib = _rusage()
-        for thread in self._threads:
-            thread.stop()
         try:
-            gpu_j, gpu_method = self._stop_gpu()
-            rapl = self._stop_rapl()
-            self.record = self._build(wall, max(0.0, cpu1 - self._cpu0), peak_mib,
-                                      rapl, gpu_j, gpu_method)
+            process = self.estimate.stop()  # first, for the same reason
+            gpu = self.gpu.stop() if self.gpu else None
+            self.record = self._build(process, self.rapl.stop(), gpu)
         finally:
             self._active = False
         return False
 
-    # -- RAPL --------------------------------------------------------------
-    def _start_rapl(self) -> None:
-        self._rapl_last = None
-        self._rapl_acc: dict[str, float] = {}
-        self._rapl_failed: str | None = None
-        try:
-            domains, problems = _read_rapl_checked(self.powercap_root)
-        except RaplUnavailable as exc:
-            self._rapl_failed = exc.reason
-            self._rapl_unreadable = exc.unreadable
-            return
-        for path, why in problems.items():
-            self._notes.append(f"RAPL domain {path} skipped: {why}")
-        self._rapl_start = domains
-        self._rapl_last = domains
-        self._rapl_acc = {p: 0.0 for p in domains}
-        self._rapl_mirrored = _mirrored_packages(domains)
-        self._threads.append(_Periodic(self.rapl_poll_s, self._poll_rapl, "hepml-rapl").start())
-
-    def _reread_rapl(self) -> dict[str, dict]:
-        out = {}
-        for path, info in self._rapl_last.items():
-            try:
-                value = _read_int(Path(path) / "energy_uj")
-            except (OSError, ValueError) as exc:
-                raise RaplUnavailable(_why(Path(path) / "energy_uj", exc), unreadable=True) from None
-            out[path] = {**info, "energy_uj": value}
-        return out
-
-    def _poll_rapl(self) -> None:
-        """Fold the energy since the last reading into the per-domain totals."""
-        with self._lock:
-            if self._rapl_last is None or self._rapl_failed:
-                return
-            current = self._reread_rapl()
-            for path, joules in _domain_deltas_j(self._rapl_last, current).items():
-                self._rapl_acc[path] += joules
-            self._rapl_last = current
-
-    def _stop_rapl(self) -> dict | None:
-        if self._rapl_failed is not None:
-            prefix = "RAPL unreadable" if self._rapl_unreadable else "RAPL not available"
-            self._notes.append(f"{prefix}: {self._rapl_failed}")
-            return None
-        try:
-            self._poll_rapl()
-        except RaplUnavailable as exc:
-            self._notes.append(f"RAPL unreadable at the end of the block: {exc.reason}")
-            return None
-        kinds = {p: _kind(p, d) for p, d in self._rapl_start.items()}
-        packages = [p for p, k in kinds.items() if k == "package" and p not in self._rapl_mirrored]
-        drams = [p for p, k in kinds.items() if k == "dram"]
-        psys = [p for p, k in kinds.items() if k == "psys"]
-        subs = [p for p, k in kinds.items() if k == "subdomain"]
-        self._notes.append(
-            "RAPL counts the whole CPU package, including other processes and idle "
-            f"power (packages: {', '.join(self._rapl_start[p]['name'] for p in packages)})")
-        for mirror, ref in sorted(self._rapl_mirrored.items()):
-            self._notes.append(f"RAPL domain {mirror} mirrors the counter of {ref}: counted once")
-        if subs:
-            self._notes.append("RAPL subdomains "
-                               f"{sorted(self._rapl_start[p]['name'] for p in subs)} are part of "
-                               "their package and not added")
-        if psys:
-            self._notes.append("RAPL psys domain present (whole platform) and ignored to "
-                               "avoid double counting")
-        return {
-            "cpu_j": sum(self._rapl_acc[p] for p in packages),
-            "dram_j": sum(self._rapl_acc[p] for p in drams) if drams else None,
-        }
-
-    # -- GPU ---------------------------------------------------------------
-    def _start_gpu(self) -> None:
-        self._gpu = None
-        index = _cuda_index(self.device, self.gpu_index)
-        if index is None:
-            return
-        nvml, why = _load_nvml(self._nvml_arg)
-        if nvml is None:
-            self._notes.append(f"NVML not available: {why}; GPU energy not measured")
-            return
-        # pynvml raises NVMLError subclasses; anything else from a broken
-        # driver or binding must not kill the job either, so catch Exception.
-        errors = Exception
-        try:
-            nvml.nvmlInit()
-        except errors as exc:
-            self._notes.append(f"NVML not available: nvmlInit failed ({exc}; no NVIDIA "
-                               "driver?); GPU energy not measured")
-            return
-        kind, key = _nvml_locator(index)
-        state: dict[str, Any] = {"nvml": nvml, "errors": errors, "index": key}
-        self._gpu = state
-        if kind == "missing":
-            self._notes.append(f"NVML: {key}; GPU energy not measured")
-            state["mode"] = None
-            return
-        if (kind, key) != ("index", index):
-            self._notes.append(f"CUDA device {index} is NVML GPU {key} (CUDA_VISIBLE_DEVICES="
-                               f"{os.environ.get('CUDA_VISIBLE_DEVICES')})")
-        if kind == "index" and os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID") != "PCI_BUS_ID":
-            self._notes.append("CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's device numbers may not be "
-                               "NVML's, so the GPU read may not be the one used")
-        try:
-            handle = _uuid_handle(nvml, key) if kind == "uuid" else nvml.nvmlDeviceGetHandleByIndex(key)
-        except errors as exc:
-            self._notes.append(f"NVML: no GPU with {kind} {key} ({exc}); GPU energy not measured")
-            state["mode"] = None
-            return
-        state["handle"] = handle
-        try:
-            state["start_mj"] = float(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
-            state["mode"] = "nvml:total-energy"
-            return
-        except errors as exc:
-            state["total_energy_error"] = str(exc)
-        try:
-            first = float(nvml.nvmlDeviceGetPowerUsage(handle))
-        except errors as exc:
-            self._notes.append(
-                f"NVML: GPU {index} supports neither total energy "
-                f"({state['total_energy_error']}) nor power readings ({exc}); "
-                "GPU energy not measured")
-            state["mode"] = None
-            return
-        state["mode"] = "nvml:power-sampling"
-        state["samples"] = [(time.perf_counter(), first / 1000.0)]
-        state["failed_samples"] = 0
-        self._threads.append(_Periodic(self.gpu_sample_s, self._sample_gpu, "hepml-nvml").start())
-
-    def _sample_gpu(self) -> None:
-        state = self._gpu
-        try:
-            watts = float(state["nvml"].nvmlDeviceGetPowerUsage(state["handle"])) / 1000.0
-        except state["errors"]:
-            state["failed_samples"] += 1
-            return
-        state["samples"].append((time.perf_counter(), watts))
-
-    def _stop_gpu(self) -> tuple[float | None, str | None]:
-        state = self._gpu
-        if state is None:
-            return None, None
-        nvml, errors, index = state["nvml"], state["errors"], state["index"]
-        joules = None
-        mode = state.get("mode")
-        try:
-            if mode == "nvml:total-energy":
-                try:
-                    end = float(nvml.nvmlDeviceGetTotalEnergyConsumption(state["handle"]))
-                    joules = max(0.0, end - state["start_mj"]) / 1000.0
-                except errors as exc:
-                    self._notes.append(f"NVML: total energy unreadable at the end ({exc}); "
-                                       "GPU energy not measured")
-                    mode = None
-            elif mode == "nvml:power-sampling":
-                self._sample_gpu()
-                samples = state["samples"]
-                joules = sum((t1 - t0) * (w0 + w1) / 2.0
-                             for (t0, w0), (t1, w1) in zip(samples, samples[1:]))
-                self._notes.append(
-                    f"GPU {index}: total-energy counter unsupported "
-                    f"({state['total_energy_error']}); power sampled every "
-                    f"{self.gpu_sample_s:g} s ({len(samples)} samples, "
-                    f"{state['failed_samples']} failed) and integrated")
-            if mode is not None:
-                self._notes.append(f"NVML counts the whole GPU {index}, including other "
-                                   "processes using it")
-        finally:
-            try:
-                nvml.nvmlShutdown()
-            except Exception:
-                pass
-        return joules, mode
-
-    # -- record ------------------------------------------------------------
-    def _build(self, wall: float, cpu_s: float, peak_mib: float, rapl: dict | None,
-               gpu_j: float | None, gpu_method: str | None) -> dict[str, Any]:
-        notes = self._notes
-        cpu_est_j = cpu_s * self.cpu_watts_per_core
-        ram_est_j = self.ram_watts_per_gib * (peak_mib / 1024.0) * wall
-        ram_est_method = "estimate:rss-time"
-        ram_est_text = (f"RAM {self.ram_watts_per_gib:g} W/GiB x peak RSS "
-                        f"{peak_mib:.1f} MiB x wall {wall:.3f} s")
-        if rapl is not None:
-            cpu_j, cpu_method, method = rapl["cpu_j"], "rapl", "rapl"
-            if rapl["dram_j"] is not None:
-                ram_j, ram_method = rapl["dram_j"], "rapl:dram"
-                notes.append("RAM energy from the RAPL dram domain (all DIMMs on the "
-                             "socket, not only this process)")
-            else:
-                ram_j = ram_est_j
-                ram_method = f"{ram_est_method} (no RAPL dram domain)"
-                notes.append(f"no RAPL dram domain: RAM energy is an estimate, not a "
-                             f"measurement: {ram_est_text}")
-        else:
-            cpu_j, cpu_method, method = cpu_est_j, "estimate:cpu-time", "estimate:cpu-time"
-            ram_j, ram_method = ram_est_j, ram_est_method
-            notes.append(
-                f"estimate, not a measurement: CPU {self.cpu_watts_per_core:g} W per busy "
-                f"core x process CPU time {cpu_s:.3f} s (user+sys, threads and exited "
-                f"children) + {ram_est_text}; idle and non-CPU/RAM power not included")
-        if gpu_method is not None:
-            method += "+nvml"
-        elif _cuda_index(self.device, self.gpu_index) is not None:
+    def _build(self, est: ProcessReading, rapl: Reading, gpu: Reading | None) -> dict[str, Any]:
+        cpu = _cpu_and_ram(est, rapl)
+        notes = self._notes + (gpu.notes if gpu else []) + rapl.notes + cpu.notes
+        gpu_j = gpu.gpu_j if gpu else None
+        method = cpu.methods["cpu"] + (f"+{self.gpu.method}" if gpu_j is not None else "")
+        if gpu is not None and gpu_j is None:
             notes.append("GPU energy not included in energy_j")
-        energy = cpu_j + ram_j + (gpu_j or 0.0)
+        energy = cpu.cpu_j + cpu.ram_j + (gpu_j or 0.0)
         record: dict[str, Any] = {
-            "wall_s": wall,
-            "cpu_s": cpu_s,
+            "wall_s": est.wall_s,
+            "cpu_s": est.cpu_s,
             "energy_j": energy,
-            "cpu_energy_j": cpu_j,
+            "cpu_energy_j": cpu.cpu_j,
             "gpu_energy_j": gpu_j,
-            "ram_energy_j": ram_j,
-            "cpu_energy_estimate_j": cpu_est_j,
+            "ram_energy_j": cpu.ram_j,
+            "cpu_energy_estimate_j": est.cpu_j,
             "method": method,
-            "methods": {"cpu": cpu_method, "gpu": gpu_method, "ram": ram_method},
-            "notes": list(notes),
+            "methods": {"cpu": cpu.methods["cpu"], "gpu": gpu.methods.get("gpu") if gpu else None,
+                        "ram": cpu.methods["ram"]},
+            "notes": notes,
             "events": self.events,
             "events_per_s": None,
             "j_per_event": None,
-            "peak_rss_mib": peak_mib,
+            "peak_rss_mib": est.peak_rss_mib,
             "device": self.device,
             "co2_g": None if self.grid_gco2_per_kwh is None
             else energy / 3.6e6 * self.grid_gco2_per_kwh,
@@ -771,52 +309,24 @@ def available_sources(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT, 
                       nvml=None) -> dict[str, dict]:
     """Which energy sources work here, and why the others do not.
 
-    ``{"rapl": {...}, "nvml": {...}, "process_cpu_time": {...},
-    "estimate": {...}}``, each with ``available`` (bool) and ``reason``.
-    """
-    out: dict[str, dict] = {}
-    try:
-        domains = read_rapl(powercap_root)
-        out["rapl"] = {"available": True, "reason": "RAPL counters readable",
-                       "domains": {p: {"name": d["name"], "kind": d["kind"]}
-                                   for p, d in domains.items()}}
-    except RaplUnavailable as exc:
-        prefix = "RAPL unreadable" if exc.unreadable else "RAPL not available"
-        out["rapl"] = {"available": False, "reason": f"{prefix}: {exc.reason}"}
+    Parameters
+    ----------
+    powercap_root : str or path-like, default ``/sys/class/powercap``
+        Where to look for RAPL counters.
+    nvml : module, optional
+        A pynvml-like module (tests).
 
-    module, why = _load_nvml(nvml)
-    if module is None:
-        out["nvml"] = {"available": False, "reason": f"NVML not available: {why}"}
-    else:
-        errors = Exception
-        try:
-            module.nvmlInit()
-        except errors as exc:
-            out["nvml"] = {"available": False,
-                           "reason": f"NVML not available: nvmlInit failed ({exc}; no NVIDIA driver?)"}
-        else:
-            try:
-                count_fn = getattr(module, "nvmlDeviceGetCount", None)
-                count = int(count_fn()) if count_fn else None
-                out["nvml"] = {"available": count != 0, "devices": count,
-                               "reason": "NVML initialised" if count != 0 else "NVML has no GPU"}
-            except errors as exc:
-                out["nvml"] = {"available": False, "reason": f"NVML device count failed: {exc}"}
-            finally:
-                try:
-                    module.nvmlShutdown()
-                except Exception:
-                    pass
-    try:
-        import resource  # noqa: F401
-        out["process_cpu_time"] = {"available": True, "reason": "getrusage (self + exited children)"}
-    except ImportError:
-        out["process_cpu_time"] = {"available": False, "reason": "no resource module on this OS"}
-    out["estimate"] = {"available": out["process_cpu_time"]["available"],
-                       "reason": f"process CPU time x {DEFAULT_CPU_WATTS_PER_CORE:g} W/core + "
-                                 f"{DEFAULT_RAM_WATTS_PER_GIB:g} W/GiB x peak RSS x wall "
-                                 "(defaults, configurable)"}
-    return out
+    Returns
+    -------
+    dict
+        ``{"rapl": {...}, "nvml": {...}, "process_cpu_time": {...},
+        "estimate": {...}}``, each with ``available`` (bool) and ``reason``
+        (str); RAPL adds its ``domains``, NVML its number of ``devices``.
+    """
+    return {"rapl": RaplSource(powercap_root).availability(),
+            "nvml": NvmlSource(nvml=nvml).availability(),
+            "process_cpu_time": process_cpu_time_availability(),
+            "estimate": CpuTimeEstimate().availability()}
 
 
 # -- use from the pipeline steps --------------------------------------------------
@@ -825,25 +335,42 @@ SETTINGS_KEYS = ("cpu_watts_per_core", "ram_watts_per_gib", "grid_gco2_per_kwh",
 
 
 def gpu_visible(nvml=None) -> bool:
-    """Whether NVML reports at least one NVIDIA GPU (False when pynvml is absent)."""
-    mod, _ = _load_nvml(nvml)
-    if mod is None:
-        return False
+    """Whether NVML reports at least one NVIDIA GPU (False when pynvml or the driver is absent).
+
+    Parameters
+    ----------
+    nvml : module, optional
+        A pynvml-like module (tests).
+    """
     try:
-        mod.nvmlInit()
-        try:
-            return int(mod.nvmlDeviceGetCount()) > 0
-        finally:
-            mod.nvmlShutdown()
+        with NvmlSession(nvml) as session:
+            return bool(session.device_count())
     except Exception:
         return False
 
 
 def step_meter(settings: dict | None = None, requested_device: str = "cpu",
                gpu_capable: bool = False) -> EnergyMeter:
-    """An :class:`EnergyMeter` for a pipeline step, configured from the config's
-    ``energy`` section. The GPU is metered when the family can use one, the
-    model did not ask for the CPU, and NVML sees a GPU."""
+    """An :class:`EnergyMeter` for a pipeline step, configured from the config's ``energy`` section.
+
+    The GPU is metered when the family can use one, the model did not ask for
+    the CPU, and NVML sees a GPU.
+
+    Parameters
+    ----------
+    settings : dict, optional
+        The ``energy`` section; keys in :data:`SETTINGS_KEYS` (wattages in W,
+        grid intensity in gCO2/kWh).
+    requested_device : str, default ``"cpu"``
+        The model's device setting (``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"``).
+    gpu_capable : bool, default False
+        Whether the model family can run on a GPU.
+
+    Raises
+    ------
+    ConfigError
+        An unknown key in ``settings``, or a value :class:`EnergyMeter` refuses.
+    """
     settings = dict(settings or {})
     unknown = sorted(set(settings) - set(SETTINGS_KEYS))
     if unknown:

@@ -112,7 +112,7 @@ def test_rapl_polling_catches_repeated_wraps(tmp_path):
     with EnergyMeter(powercap_root=root, rapl_poll_s=3600) as m:
         for value in (8_000_000, 6_000_000, 4_000_000):   # +8, +8 (wrap), +8 (wrap)
             set_uj(pkg, value)
-            m._poll_rapl()
+            m.rapl.poll()
         set_uj(pkg, 5_000_000)                             # +1
     assert m.record["cpu_energy_j"] == pytest.approx(25.0)
 
@@ -480,3 +480,58 @@ def test_importing_hepml_numbers_cuda_devices_in_pci_order():
     out = subprocess.run([sys.executable, "-c", "import os, hepml_steps; print(os.environ['CUDA_DEVICE_ORDER'])"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert out == "PCI_BUS_ID"
+
+
+# -- the sources behind the meter ------------------------------------------------------
+
+class EndFailNvml(FakeNvml):
+    """Total-energy counter readable at the start only."""
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if self.energy_mj > 1_000_000:
+            raise FakeNvmlError("GPU is lost")
+        return super().nvmlDeviceGetTotalEnergyConsumption(handle)
+
+
+def test_every_source_has_the_same_interface(rapl_tree, tmp_path):
+    """start() -> notes, stop() -> Reading, availability() -> available + reason; an
+    unusable source says why instead of raising."""
+    from hepml_steps.energy import CpuTimeEstimate, EnergySource, NvmlSource, RaplSource, Reading
+
+    root, d = rapl_tree
+    rapl, absent = RaplSource(root), RaplSource(tmp_path / "absent")
+    gpu, no_driver = NvmlSource(nvml=FakeNvml()), NvmlSource(nvml=FakeNvml(init_error=True))
+    readings = {}
+    for source in (rapl, absent, gpu, no_driver, CpuTimeEstimate()):
+        assert isinstance(source, EnergySource) and source.name and source.method
+        info = source.availability()
+        assert isinstance(info["available"], bool) and info["reason"]
+        notes = source.start()
+        set_uj(d["pkg0"], 3_000_000)   # +2 J
+        readings[source] = source.stop()
+        assert isinstance(readings[source], Reading) and notes + readings[source].notes
+    assert rapl.why_not is None and readings[rapl].cpu_j == pytest.approx(2.0)
+    assert absent.why_not.startswith("RAPL not available:") and readings[absent].cpu_j is None
+    assert readings[gpu].gpu_j == pytest.approx(250.0) and gpu.why_not is None
+    assert no_driver.why_not.startswith("NVML not available: nvmlInit failed")
+    assert readings[no_driver].gpu_j is None
+
+
+@pytest.mark.parametrize("make, visible", [
+    (FakeNvml, None), (FakeNvml, "1"), (FakeNvml, "GPU-ffff"), (EndFailNvml, None),
+    (lambda: FakeNvml(total_energy=False), None), (lambda: FakeNvml(n_devices=0), None),
+])
+def test_nvml_is_shut_down_once_per_init(make, visible, tmp_path, monkeypatch):
+    """Whatever fails, every nvmlInit is matched by one nvmlShutdown (one NvmlSession)."""
+    from hepml_steps.energy import gpu_visible
+
+    fake = make()
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", nvml=fake, gpu_sample_s=0.01) as m:
+        pass
+    available_sources(tmp_path / "absent", nvml=fake)
+    gpu_visible(fake)
+    assert fake.calls.count("init") == fake.calls.count("shutdown") == 3
+    assert fake.calls[-4:] == ["init", "shutdown", "init", "shutdown"]
+    assert (m.record["gpu_energy_j"] is None) == any("GPU energy not measured" in n for n in m.record["notes"])
