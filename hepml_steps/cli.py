@@ -11,9 +11,10 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from typing import Callable, Sequence
 
-from .errors import HepmlError
+from .errors import UNSAFE_ADVICE, HepmlError, describe
 
 log = logging.getLogger("hepml")
 
@@ -30,7 +31,14 @@ def run(build: Callable[[argparse.ArgumentParser], None],
         argv: Sequence[str] | None = None, description: str | None = None) -> int:
     """Parse ``argv`` with the arguments ``build`` adds, then ``call`` them.
 
-    A :class:`HepmlError` becomes one clear line on stderr and exit status 1.
+    Returns
+    -------
+    int
+        0 on success; 1 after any error, printed as the last line of stderr:
+        ``hepml: error: <culprit>: <what>``, one line. A :class:`HepmlError` names
+        its culprit; an OSError with an errno names its file; any other exception
+        is ``<step>: <type>: <message>``. The traceback of a library error goes
+        to the log (stderr, before that line), never into the line itself.
     """
     parser = argparse.ArgumentParser(description=description)
     build(parser)
@@ -38,7 +46,33 @@ def run(build: Callable[[argparse.ArgumentParser], None],
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         call(args)
-    except HepmlError as exc:
-        print(f"hepml: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"hepml: error: {_error_line(exc, call.__module__.rsplit('.', 1)[-1])}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _error_line(exc: Exception, step: str) -> str:
+    """Log ``exc``'s traceback (the library's, for a wrapped one); return the one-line message."""
+    if isinstance(exc, HepmlError):
+        if exc.__cause__ is not None:
+            log.error("the error below came from this library error:\n%s", _traceback(exc.__cause__))
+        return " ".join(str(exc).split())
+    log.error("%s failed with an unexpected error:\n%s", step, _traceback(exc))
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{exc.filename or step}: {exc.strerror or describe(exc)}"
+    return f"{step}: {type(exc).__name__}: {describe(exc)}"
+
+
+def _traceback(exc: BaseException) -> str:
+    """``exc``'s traceback (with its chain), any library advice to load a file
+    unsafely replaced by :func:`describe`'s summary."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        message = str(exc)
+        if UNSAFE_ADVICE.search(message):
+            text = text.replace(message, describe(exc))
+        exc = exc.__cause__ or exc.__context__
+    return text

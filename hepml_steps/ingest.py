@@ -39,7 +39,7 @@ import numpy as np
 
 from . import cli
 from .columns import EVENT_ID, LABEL, PROCESS, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, culprit, describe
 from .io import write_json, write_parquet
 
 log = logging.getLogger("hepml.ingest")
@@ -168,11 +168,7 @@ def _select(path_desc: str, available: list[str], columns: list[str] | None, nee
 def _read_root(path: Path, tree: str | None, columns, needed):
     import uproot
 
-    try:
-        f = uproot.open(path)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot open as a ROOT file: {exc}") from exc
-    with f:
+    with culprit(path, context="cannot read as a ROOT file"), uproot.open(path) as f:
         trees = sorted({k.rsplit(";", 1)[0] for k, cls in f.classnames().items()
                         if cls in TREE_CLASSES or cls.startswith("TTree")})
         if tree is None:
@@ -191,14 +187,14 @@ def _read_root(path: Path, tree: str | None, columns, needed):
             try:
                 data[c] = t[c].array(library="np")
             except Exception as exc:
-                raise DataError(f"{desc}: cannot read branch '{c}' ({types.get(c)}): {exc}") from exc
+                raise DataError(f"{desc}: cannot read branch '{c}' ({types.get(c)}): {describe(exc)}") from exc
         return data, int(t.num_entries), skipped, tree, desc
 
 
 def _read_table(path: Path, fmt: str, columns, needed):
     import pandas as pd
 
-    try:
+    with culprit(path, context=f"cannot read as {fmt}"):
         if fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -218,10 +214,6 @@ def _read_table(path: Path, fmt: str, columns, needed):
             read, skipped = _select(str(path), available, columns, needed, lambda c: True)
             df = pd.read_csv(path, usecols=read)
             n = len(df)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
     return {c: df[c] for c in read}, n, skipped, None, str(path)
 
 
@@ -292,6 +284,8 @@ def _ingest_one(spec, columns, label_column, weight_column, event_id_column, tar
         data, n, skipped, tree, desc = _read_root(path, spec.get("tree"), columns, needed)
     else:
         data, n, skipped, tree, desc = _read_table(path, fmt, columns, needed)
+    if n == 0:
+        raise DataError(f"{desc}: no events")
 
     label, label_source = _labels(data, n, spec, label_column, desc)
     weight, file_w = _weights(data, n, spec, weight_column, desc)

@@ -3,7 +3,10 @@
 Outputs are written to a temporary file in the destination directory and moved
 into place with :func:`os.replace`, so a reader (or a re-run after a crash)
 never sees a half-written file and an existing good file is only replaced by a
-complete new one.
+complete new one. A write that fails for a reason of the system (disk full,
+no permission) leaves no temporary file and says which output it was:
+``results/x.parquet: No space left on device``. Readers name the file they
+could not read.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DataError
+from .errors import DataError, StorageError, culprit
 
 
 @contextlib.contextmanager
@@ -24,21 +27,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     The temporary file keeps the destination's suffix (libraries such as
     xgboost and pyarrow choose the format from it). On any exception the
     temporary file is removed and ``path`` is left untouched.
+
+    Raises
+    ------
+    StorageError
+        For an OSError with an errno (disk full, no permission), naming ``path``
+        (not the temporary file) and the system's reason.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    except BaseException as exc:
+        if tmp_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None:
+            named = exc.filename if exc.filename not in (None, str(tmp_path), tmp_path) else path
+            raise StorageError(f"{named}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -49,10 +63,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Raises
+    ------
+    DataError
+        When the file is missing or is not valid JSON (naming the file).
+    StorageError
+        When the system refuses to read it.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"missing input file: {path}")
-    return json.loads(path.read_text())
+    with culprit(path, context="not valid JSON"):
+        return json.loads(path.read_text())
 
 
 def _json_default(obj: Any) -> Any:
@@ -76,9 +100,19 @@ def write_parquet(path: str | os.PathLike, df) -> None:
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
+    """Read a Parquet table (only ``columns`` when given) as a pandas DataFrame.
+
+    Raises
+    ------
+    DataError
+        When the file is missing, corrupt or not Parquet, or lacks a column (naming the file).
+    StorageError
+        When the system refuses to read it.
+    """
     import pandas as pd
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"missing input file: {path}")
-    return pd.read_parquet(path, columns=columns)
+    with culprit(path, context="cannot read as parquet"):
+        return pd.read_parquet(path, columns=columns)

@@ -109,12 +109,24 @@ def requested_device(spec: dict) -> str:
 
 
 def load_model(directory):
-    """Load a fitted model written by the train step (family from its metadata)."""
+    """Load a fitted model written by the train step (family from its metadata).
+
+    Raises
+    ------
+    FamilyError
+        When the metadata names no family, or a model file is unreadable or
+        not what the family wrote (naming the file).
+    DataError
+        When the metadata file is missing or not JSON.
+    """
     from pathlib import Path
 
     from .io import read_json
 
-    meta = read_json(Path(directory) / META_FILE)
+    path = Path(directory) / META_FILE
+    meta = read_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("family"), str):
+        raise FamilyError(f"{path}: not a hepml model metadata file (no 'family')")
     cls = get(meta["family"])
     model = cls.load(directory, meta)
     if meta.get("classes"):

@@ -55,10 +55,10 @@ def test_pca_keeps_requested_components(splits, tmp_path):
 
 
 @pytest.mark.parametrize("expr, msg", [
-    ("__import__('os')", "not allowed|only the functions"),
+    ("__import__('os')", "unknown function '__import__'"),
     ("f0.real", "not allowed"),
     ("nope + 1", "unknown column 'nope'"),
-    ("system(f0)", "only the functions"),
+    ("system(f0)", "unknown function 'system'"),
     ("f0 +", "cannot parse"),
 ])
 def test_unsafe_or_bad_expressions_rejected(expr, msg, splits, tmp_path):

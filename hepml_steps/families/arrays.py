@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, FamilyError, culprit
 from .base import Family
 
 
@@ -28,7 +28,11 @@ class ArrayFamily(Family):
     @classmethod
     def load(cls, directory, meta: dict):
         self = cls(task=meta["task"], params=meta.get("params", {}), seed=meta.get("seed", 0))
-        with np.load(Path(directory) / "model.npz", allow_pickle=False) as z:
+        path = Path(directory) / "model.npz"
+        with culprit(path, FamilyError, f"not a hepml '{cls.name}' model file"), np.load(path, allow_pickle=False) as z:
+            missing = [k for k in cls.state_keys if k not in z.files]
+            if missing:
+                raise FamilyError(f"{path}: not a hepml '{cls.name}' model file: no array(s) {missing}")
             for k in cls.state_keys:
                 setattr(self, k, z[k])
         self._prepare()

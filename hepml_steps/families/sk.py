@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import FamilyError
+from ..errors import FamilyError, culprit
 from .base import Family
 
 # The types skops does not trust by default that the built-in families' fitted
@@ -35,14 +35,24 @@ def skops_dump(estimator, path) -> None:
 
 def skops_load(path, trusted=TRUSTED_TYPES):
     """Load a skops file; refuse it if it needs any type outside skops's safe
-    set and ``trusted`` (exact type names)."""
+    set and ``trusted`` (exact type names).
+
+    Raises
+    ------
+    FamilyError
+        When the file asks for another type, or is not a readable skops file
+        (naming the file).
+    StorageError
+        When the system refuses to read it.
+    """
     import skops.io as sio
 
-    untrusted = sio.get_untrusted_types(file=str(path))
-    bad = sorted(t for t in untrusted if t not in trusted)
-    if bad:
-        raise FamilyError(f"refusing to load {path}: it asks for types no hepml model stores: {bad}")
-    return sio.load(str(path), trusted=list(untrusted))
+    with culprit(path, FamilyError, "not a readable skops model"):
+        untrusted = sio.get_untrusted_types(file=str(path))
+        bad = sorted(t for t in untrusted if t not in trusted)
+        if bad:
+            raise FamilyError(f"refusing to load {path}: it asks for types no hepml model stores: {bad}")
+        return sio.load(str(path), trusted=list(untrusted))
 
 
 def _by_class(values, classes, k: int | None = None) -> np.ndarray:

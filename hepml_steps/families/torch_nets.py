@@ -72,7 +72,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import DataError, FamilyError
+from ..errors import DataError, FamilyError, culprit, describe
 from ..io import atomic_path, write_json
 from .base import Family
 
@@ -586,7 +586,8 @@ class TorchFamily(Family):
         cfg_path = directory / CONFIG_FILE
         if not cfg_path.exists():
             raise DataError(f"missing input file: {cfg_path}")
-        cfg = json.loads(cfg_path.read_text())
+        with culprit(cfg_path, FamilyError, "not a hepml model config"):
+            cfg = json.loads(cfg_path.read_text())
         if cfg.get("format") != CONFIG_FORMAT or cfg.get("family") != cls.name:
             raise FamilyError(f"{cfg_path} is not a '{cls.name}' model config ({CONFIG_FORMAT})")
         self = cls(task=cfg["task"], params=cfg["params"], seed=meta.get("seed", 0), device="cpu")
@@ -596,11 +597,13 @@ class TorchFamily(Family):
             raise FamilyError(f"{cfg_path}: layer sizes {cfg['layer_sizes']} do not match its params")
         scorer = self._build(self.n_features, self.scaling)
         # weights_only=True: only tensors and plain containers are accepted, nothing is unpickled
-        state = torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+        with culprit(directory / WEIGHTS_FILE, FamilyError, "not a hepml model weights file"):
+            state = torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu")
         try:
             scorer.net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise FamilyError(f"{directory / WEIGHTS_FILE} does not fit the architecture in {cfg_path}: {exc}") from exc
+        except (RuntimeError, TypeError, AttributeError) as exc:  # not a state dict, or not this net's
+            raise FamilyError(f"{directory / WEIGHTS_FILE} does not fit the architecture in {cfg_path}: "
+                              f"{describe(exc)}") from exc
         scorer.eval()
         self.scorer = scorer
         self.info["device"], self.info["device_note"] = "cpu", "loaded on cpu"

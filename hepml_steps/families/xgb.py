@@ -166,9 +166,13 @@ class XGBoostFamily(Family):
 
         import xgboost as xgb
 
+        from ..errors import FamilyError, culprit
+
         self = cls(task=meta["task"], params=meta.get("params", {}), seed=meta.get("seed", 0))
         self.booster = xgb.Booster()
-        self.booster.load_model(str(Path(directory) / "model.ubj"))
+        path = Path(directory) / "model.ubj"
+        with culprit(path, FamilyError, "not a readable XGBoost model"):
+            self.booster.load_model(str(path))
         return self
 
     def export_onnx(self, path, n_features: int) -> None:
