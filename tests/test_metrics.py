@@ -110,6 +110,12 @@ def test_one_class_is_a_clear_error():
         M.roc_auc([1, 1, 1], [0.1, 0.2, 0.3])
 
 
+def test_non_finite_scores_are_a_clear_error_for_the_roc():
+    # sklearn's roc_curve refuses them; the old hand-written sort gave an order-dependent curve for NaN
+    with pytest.raises(DataError, match="1 scores are NaN or infinite"):
+        M.roc_auc([1, 0, 1, 0], [0.2, np.nan, 0.7, 0.1])
+
+
 def test_ks_same_distribution_passes_shifted_fails():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=3000), rng.normal(size=3000)
@@ -187,7 +193,8 @@ def test_zero_weight_events_do_not_change_the_curve(sample):
     w0 = np.where(np.arange(len(y)) % 4 == 0, 0.0, w)
     keep = w0 > 0
     assert M.roc_auc(y, s, w0) == pytest.approx(M.roc_auc(y[keep], s[keep], w0[keep]), abs=1e-12)
-    assert M.signal_efficiency_at(y, s, 0.1, w0) == pytest.approx(M.signal_efficiency_at(y[keep], s[keep], 0.1, w0[keep]))
+    eff = M.signal_efficiency_at(y[keep], s[keep], 0.1, w0[keep])
+    assert M.signal_efficiency_at(y, s, 0.1, w0) == pytest.approx(eff)
 
 
 def test_negative_weights_give_an_auc(sample):
