@@ -5,12 +5,21 @@ weights, sometimes negative), so every quantity here is a weighted sum:
 an event of weight w counts w times. With no weights every event counts once
 and the results equal the textbook (and scikit-learn) definitions.
 
+What scikit-learn computes is taken from :mod:`sklearn.metrics` with
+``sample_weight`` (confusion matrix, precision/recall/F1, accuracy, the ROC
+curve, the losses, MSE/MAE/R², contingency tables, silhouette, adjusted Rand);
+this module adds what HEP needs on top: signal efficiency at fixed background
+efficiency, the weighted Kolmogorov–Smirnov test with Kish effective sample
+sizes, weighted quantiles and the 68 % resolution, the combined "ROC" and
+geometric-mean figures at a cut, and the conventions below (undefined ratios,
+unseen classes, one-class inputs) that the pipeline relies on.
+
 Classification (``y`` = 1 signal, 0 background; ``score`` = signal
 probability or any monotone discriminant):
 
 - :func:`threshold_metrics` at a score cut: weighted tp/fp/tn/fn, accuracy,
   error rate, precision, sensitivity (signal efficiency, recall), specificity
-  (background rejection), TMVA's combined "ROC" = sqrt(SNS² + SPC²)/√2, F1 and
+  (background rejection), the combined "ROC" = sqrt(SNS² + SPC²)/√2, F1 and
   the geometric mean sqrt(SNS·SPC);
 - :func:`roc_curve`, :func:`roc_auc`, :func:`signal_efficiency_at`
   (signal efficiency at fixed background efficiency);
@@ -44,8 +53,15 @@ def _arrays(y, score, sample_weight=None):
     return y, s, w
 
 
-def _div(a: float, b: float) -> float:
-    return float(a) / float(b) if b != 0 else math.nan
+def _loss_arrays(y, score, sample_weight):
+    y, s, w = _arrays(y, score, sample_weight)
+    if float(w.sum()) == 0:  # sklearn would raise ZeroDivisionError (np.average) or ValueError
+        raise DataError("metrics: total event weight is zero")
+    return y, s, w
+
+
+def _finite(a) -> bool:
+    return bool(np.all(np.isfinite(a)))
 
 
 def _class_sums(y, w):
@@ -58,62 +74,174 @@ def _class_sums(y, w):
 
 # -- at a threshold ------------------------------------------------------------
 def weighted_confusion(y, predicted, sample_weight=None) -> dict:
-    """Weighted counts of true/false positives/negatives (positive = signal)."""
+    """Weighted confusion matrix of a binary selection (positive = signal).
+
+    Parameters
+    ----------
+    y : array-like of shape (n_events,)
+        1 for signal, anything else for background.
+    predicted : array-like of shape (n_events,)
+        Events with ``predicted >= 0.5`` count as selected (called signal).
+    sample_weight : array-like of shape (n_events,), optional
+        Event weights (may be negative); by default every event counts once.
+
+    Returns
+    -------
+    dict
+        ``tp``, ``fp``, ``tn``, ``fn``: summed event weights, from
+        :func:`sklearn.metrics.confusion_matrix`.
+
+    Raises
+    ------
+    DataError
+        If the lengths of the arrays differ.
+    """
+    from sklearn.metrics import confusion_matrix
+
     y, p, w = _arrays(y, predicted, sample_weight)
-    pos, sig = p >= 0.5, y == 1
-    return {"tp": float(w[pos & sig].sum()), "fp": float(w[pos & ~sig].sum()),
-            "tn": float(w[~pos & ~sig].sum()), "fn": float(w[~pos & sig].sum())}
+    if not np.any(w):  # no events, or all of weight 0: sklearn refuses, every cell is 0
+        return dict.fromkeys(("tp", "fp", "tn", "fn"), 0.0)
+    tn, fp, fn, tp = confusion_matrix(y == 1, p >= 0.5, labels=[False, True], sample_weight=w).ravel()
+    return {"tp": float(tp), "fp": float(fp), "tn": float(tn), "fn": float(fn)}
 
 
 def threshold_metrics(y, score, threshold: float = 0.5, sample_weight=None) -> dict:
-    """All confusion-matrix figures of merit for events with ``score >= threshold``
-    called signal."""
+    """Every confusion-matrix figure of merit at one score cut.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_events,)
+        1 for signal, 0 for background.
+    score : array-like of shape (n_events,)
+        Events with ``score >= threshold`` are called signal.
+    threshold : float, default 0.5
+        The cut, in units of ``score``.
+    sample_weight : array-like of shape (n_events,), optional
+        Event weights (may be negative); by default every event counts once.
+
+    Returns
+    -------
+    dict
+        The weighted cells ``tp``, ``fp``, ``tn``, ``fn``
+        (:func:`weighted_confusion`); ``accuracy``, ``error_rate``,
+        ``precision``, ``sensitivity`` (recall of signal) and
+        ``specificity`` (recall of background) and ``f1`` from
+        :func:`sklearn.metrics.precision_recall_fscore_support` and
+        :func:`sklearn.metrics.accuracy_score`; ``roc_combined`` =
+        sqrt(SNS² + SPC²)/√2 (the (sensitivity, specificity) point's
+        distance from the origin, 1 for a perfect cut; not the ROC integral,
+        which is :func:`roc_auc`) and ``geometric_mean`` = sqrt(SNS·SPC).
+        A ratio with a zero denominator is ``nan``; so is F1 when no signal
+        event is selected (tp = 0: 2·PRC·SNS/(PRC + SNS) is 0/0 or has an
+        undefined factor; scikit-learn's 2TP/(2TP + FP + FN) would say 0).
+
+    Raises
+    ------
+    DataError
+        If the lengths of the arrays differ.
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     y, s, w = _arrays(y, score, sample_weight)
-    c = weighted_confusion(y, (s >= threshold).astype(np.float64), w)
-    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
-    total = tp + fp + tn + fn
-    sns, spc, prec = _div(tp, tp + fn), _div(tn, tn + fp), _div(tp, tp + fp)
-    acc = _div(tp + tn, total)
-    return {**c,
-            "accuracy": acc,
-            "error_rate": 1.0 - acc if not math.isnan(acc) else math.nan,
-            "precision": prec,
-            "sensitivity": sns,
-            "specificity": spc,
+    sig, sel = y == 1, s >= threshold
+    c = weighted_confusion(sig, sel, w)
+    if not np.any(w):  # sklearn refuses; every ratio is 0/0
+        prec = sns_spc = f1 = np.full(2, math.nan)
+    else:
+        prec, sns_spc, f1, _ = precision_recall_fscore_support(sig, sel, labels=[False, True], sample_weight=w,
+                                                               zero_division=np.nan)
+    acc = float(accuracy_score(sig, sel, sample_weight=w)) if float(w.sum()) != 0 else math.nan
+    spc, sns = float(sns_spc[0]), float(sns_spc[1])
+    return {**c, "accuracy": acc, "error_rate": 1.0 - acc, "precision": float(prec[1]),
+            "sensitivity": sns, "specificity": spc,
             "roc_combined": math.sqrt(sns ** 2 + spc ** 2) / math.sqrt(2.0),
-            "f1": _div(2 * prec * sns, prec + sns) if not (math.isnan(prec) or math.isnan(sns)) else math.nan,
+            "f1": float(f1[1]) if c["tp"] != 0 else math.nan,
             "geometric_mean": math.sqrt(sns * spc) if sns >= 0 and spc >= 0 else math.nan}
 
 
 # -- threshold-free ------------------------------------------------------------
 def roc_curve(y, score, sample_weight=None):
-    """Weighted ROC curve: ``(fpr, tpr, thresholds)`` from the strictest cut
-    (nothing selected, (0, 0)) to the loosest (everything, (1, 1)).
+    """Weighted ROC curve, from :func:`sklearn.metrics.roc_curve`.
 
-    Tied scores form one point, so the curve does not depend on event order.
+    Parameters
+    ----------
+    y : array-like of shape (n_events,)
+        1 for signal, anything else for background.
+    score : array-like of shape (n_events,)
+        Finite discriminant, higher = more signal-like.
+    sample_weight : array-like of shape (n_events,), optional
+        Event weights; by default every event counts once.
+
+    Returns
+    -------
+    fpr, tpr, thresholds : ndarray of shape (n_points,)
+        Background and signal efficiency of the cut ``score >= threshold``,
+        from the strictest cut (``inf``: nothing selected, (0, 0)) to the
+        loosest (everything, (1, 1)). Tied scores form one point, so the curve
+        does not depend on event order; every point is kept
+        (``drop_intermediate=False``). Scores carried only by events of weight
+        0 give no point (sklearn drops those events; the curve is the same).
+
+    Raises
+    ------
+    DataError
+        If signal or background has no positive total weight (sklearn would
+        return ``nan`` with a warning), a score is NaN or infinite, or the
+        lengths of the arrays differ.
+
+    Notes
+    -----
+    Negative weights (signed NLO generator weights) are accepted by sklearn
+    1.9 (``_check_sample_weight`` without ``ensure_non_negative``): they enter
+    the cumulative sums as they are, so the curve may then go backwards.
     """
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y, s, w = _arrays(y, score, sample_weight)
-    ws, wb = _class_sums(y, w)
-    order = np.argsort(-s, kind="mergesort")
-    s, y, w = s[order], y[order], w[order]
-    tps = np.cumsum(w * (y == 1))
-    fps = np.cumsum(w * (y == 0))
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
-    tpr = np.r_[0.0, tps[last] / ws]
-    fpr = np.r_[0.0, fps[last] / wb]
-    thresholds = np.r_[np.inf, s[last]]
-    return fpr, tpr, thresholds
+    _class_sums(y, w)
+    if not _finite(s):  # sklearn would raise ValueError
+        raise DataError(f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; "
+                        "the ROC curve needs finite scores")
+    return sk_roc_curve(y == 1, s, sample_weight=w, drop_intermediate=False)
 
 
 def roc_auc(y, score, sample_weight=None) -> float:
-    """Weighted area under the ROC curve (trapezoids; ties count one half)."""
+    """Weighted area under the ROC curve.
+
+    Parameters are those of :func:`roc_curve`. Returns the trapezoidal area
+    under its curve (ties count one half): equal to
+    :func:`sklearn.metrics.roc_auc_score` for non-negative weights, which is
+    not called because its :func:`sklearn.metrics.auc` refuses the
+    non-monotonic curves that negative weights can give ("x is neither
+    increasing nor decreasing"), and it returns ``nan`` for one class where
+    this raises :class:`DataError` (see :func:`roc_curve`).
+    """
     fpr, tpr, _ = roc_curve(y, score, sample_weight)
     return float(np.trapezoid(tpr, fpr))
 
 
 def signal_efficiency_at(y, score, bkg_efficiency, sample_weight=None):
-    """Signal efficiency at the given background efficiency (or efficiencies),
-    interpolated linearly along the weighted ROC curve."""
+    """Signal efficiency at fixed background efficiency.
+
+    Parameters
+    ----------
+    y, score, sample_weight
+        As for :func:`roc_curve`.
+    bkg_efficiency : float or array-like of shape (n_points,)
+        Background efficiencies in [0, 1].
+
+    Returns
+    -------
+    float or ndarray of shape (n_points,)
+        The signal efficiency, interpolated linearly along the weighted ROC
+        curve; where the curve is flat in background efficiency, the highest
+        signal efficiency reached there.
+
+    Raises
+    ------
+    DataError
+        If an efficiency lies outside [0, 1], or as for :func:`roc_curve`.
+    """
     fpr, tpr, _ = roc_curve(y, score, sample_weight)
     eff = np.asarray(bkg_efficiency, dtype=np.float64)
     if np.any((eff < 0) | (eff > 1)):
@@ -126,38 +254,59 @@ def signal_efficiency_at(y, score, bkg_efficiency, sample_weight=None):
 
 
 # -- losses (score read as the signal probability) -------------------------------
-def _wmean(values, w) -> float:
-    total = float(w.sum())
-    if total == 0:
-        raise DataError("metrics: total event weight is zero")
-    return float(np.sum(values * w) / total)
-
-
+# Each takes y (n_events,) of 1 = signal / 0 = background, score (n_events,) and
+# optional sample_weight (n_events,), returns the weighted mean loss per event,
+# and raises DataError when the lengths differ or the total weight is zero. A
+# NaN/inf score makes the loss nan (null in JSON), as before: sklearn would raise.
 def zero_one_loss(y, score, sample_weight=None, threshold: float = 0.5) -> float:
-    y, s, w = _arrays(y, score, sample_weight)
-    return _wmean(((s >= threshold).astype(np.float64) != y).astype(np.float64), w)
+    """Weighted fraction of events misclassified by the cut ``score >= threshold``
+    (:func:`sklearn.metrics.zero_one_loss`)."""
+    from sklearn.metrics import zero_one_loss as sk_zero_one_loss
+
+    y, s, w = _loss_arrays(y, score, sample_weight)
+    return float(sk_zero_one_loss(y == 1, s >= threshold, sample_weight=w))
 
 
 def mse(y, score, sample_weight=None) -> float:
-    y, s, w = _arrays(y, score, sample_weight)
-    return _wmean((s - y) ** 2, w)
+    """Weighted mean of (score − y)² (:func:`sklearn.metrics.mean_squared_error`)."""
+    from sklearn.metrics import mean_squared_error
+
+    y, s, w = _loss_arrays(y, score, sample_weight)
+    return float(mean_squared_error(y, s, sample_weight=w)) if _finite(s) else math.nan
 
 
 def absolute_loss(y, score, sample_weight=None) -> float:
-    y, s, w = _arrays(y, score, sample_weight)
-    return _wmean(np.abs(s - y), w)
+    """Weighted mean of |score − y| (:func:`sklearn.metrics.mean_absolute_error`)."""
+    from sklearn.metrics import mean_absolute_error
+
+    y, s, w = _loss_arrays(y, score, sample_weight)
+    return float(mean_absolute_error(y, s, sample_weight=w)) if _finite(s) else math.nan
 
 
 def hinge_loss(y, score, sample_weight=None) -> float:
-    """Hinge loss with labels ±1 and margin 2·score − 1 (score = probability)."""
-    y, s, w = _arrays(y, score, sample_weight)
-    return _wmean(np.maximum(0.0, 1.0 - (2 * y - 1) * (2 * s - 1)), w)
+    """Weighted mean of max(0, 1 − t·(2·score − 1)) with t = ±1 for signal /
+    background: the score (a probability) mapped to a margin in [−1, 1]
+    (:func:`sklearn.metrics.hinge_loss`)."""
+    from sklearn.metrics import hinge_loss as sk_hinge_loss
+
+    y, s, w = _loss_arrays(y, score, sample_weight)
+    if not _finite(s):
+        return math.nan
+    # sklearn reads the ±1 encoding off the classes present in y, so a y of one
+    # class would all count as −1: a weight-0 event of each class pins it.
+    return float(sk_hinge_loss(np.r_[y == 1, False, True], np.r_[2 * s - 1, 0.0, 0.0],
+                               sample_weight=np.r_[w, 0.0, 0.0]))
 
 
 def cross_entropy(y, score, sample_weight=None, eps: float = 1e-15) -> float:
-    y, s, w = _arrays(y, score, sample_weight)
+    """Weighted mean of −[y·ln p + (1 − y)·ln(1 − p)], p = score clipped to
+    [eps, 1 − eps] (:func:`sklearn.metrics.log_loss`; its own clip at machine
+    epsilon, 2.2e-16, and its refusal of values outside [0, 1] then never act)."""
+    from sklearn.metrics import log_loss
+
+    y, s, w = _loss_arrays(y, score, sample_weight)
     p = np.clip(s, eps, 1 - eps)
-    return _wmean(-(y * np.log(p) + (1 - y) * np.log1p(-p)), w)
+    return float(log_loss(y == 1, p, labels=[False, True], sample_weight=w)) if _finite(p) else math.nan
 
 
 # -- overtraining ----------------------------------------------------------------
@@ -175,11 +324,31 @@ def _n_eff(w) -> float:
 def ks_overtraining(score_train, score_test, w_train=None, w_test=None) -> dict:
     """Weighted two-sample Kolmogorov–Smirnov test of train vs test scores.
 
-    The distance is between the weighted empirical CDFs; the p-value uses the
-    asymptotic Kolmogorov distribution with effective sample sizes
-    N_eff = (Σw)²/Σw² (equal to N without weights). A small p-value means the
-    model scores its training events differently from unseen ones:
-    overtraining.
+    A small p-value means the model scores its training events differently
+    from unseen ones: overtraining (the check of the TMVA Users Guide).
+    scipy's :func:`scipy.stats.ks_2samp` takes no weights, hence this code.
+
+    Parameters
+    ----------
+    score_train : array-like of shape (n_train,)
+    score_test : array-like of shape (n_test,)
+        Classifier outputs of one class on the two splits.
+    w_train : array-like of shape (n_train,), optional
+    w_test : array-like of shape (n_test,), optional
+        Event weights; their absolute values are used (a negative weight
+        cannot enter a CDF). By default every event counts once.
+
+    Returns
+    -------
+    dict
+        ``statistic``: the largest distance between the two weighted empirical
+        CDFs; ``pvalue``: from the asymptotic Kolmogorov distribution at
+        (√N + 0.12 + 0.11/√N)·D, N = N_train·N_test/(N_train + N_test)
+        (Stephens' small-sample correction, as in Press et al., Numerical
+        Recipes, §14.3), with Kish's effective sample sizes
+        N_eff = (Σw)²/Σw² (L. Kish, Survey Sampling, 1965), equal to the
+        event counts without weights; ``n_eff_train``, ``n_eff_test``.
+        All ``nan`` (and sizes 0) when a side has no events or no weight.
     """
     from scipy.special import kolmogorov
 
@@ -199,6 +368,24 @@ def ks_overtraining(score_train, score_test, w_train=None, w_test=None) -> dict:
 
 # -- regression ------------------------------------------------------------------
 def weighted_quantile(values, q, w=None):
+    """Weighted quantiles, interpolated linearly between events.
+
+    Parameters
+    ----------
+    values : array-like of shape (n_events,)
+    q : float or array-like of shape (n_q,)
+        Probabilities in [0, 1].
+    w : array-like of shape (n_events,), optional
+        Event weights; by default every event counts once.
+
+    Returns
+    -------
+    float or ndarray of shape (n_q,)
+        In the units of ``values``. Event k (sorted) sits at cumulative
+        probability (W_k − w_k/2)/W; without weights that is (k − ½)/n,
+        Hyndman & Fan's definition 5 (numpy's ``method="hazen"``, which takes
+        no weights). Beyond the first or last event: its value.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
     w = np.ones_like(v) if w is None else np.asarray(w, dtype=np.float64).ravel()
     order = np.argsort(v, kind="mergesort")
@@ -207,20 +394,58 @@ def weighted_quantile(values, q, w=None):
     return np.interp(q, cdf, v)
 
 
+def _sklearn_regression(y, p, w):
+    """MSE, MAE and R² from sklearn; nan where undefined: for NaN/inf predictions
+    (sklearn would raise), and R² of a constant target (sklearn's default
+    force_finite would say 1.0 or 0.0) or of one event (nan with a warning)."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    if not _finite(p):
+        return math.nan, math.nan, math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = float(r2_score(y, p, sample_weight=w, force_finite=False)) if len(y) > 1 else math.nan
+    return (float(mean_squared_error(y, p, sample_weight=w)), float(mean_absolute_error(y, p, sample_weight=w)),
+            r2 if math.isfinite(r2) else math.nan)
+
+
 def regression_metrics(y, prediction, sample_weight=None) -> dict:
-    """MSE, MAE, RMSE, R², bias (mean residual), resolution (std of residuals),
-    and the robust resolution (half the central 68 % width of the residuals)
-    with its relative version on prediction/target − 1."""
-    y, p, w = _arrays(y, prediction, sample_weight)
+    """Weighted figures of a regression.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_events,)
+        True target values (e.g. energies in GeV).
+    prediction : array-like of shape (n_events,)
+        Predicted values, in the units of ``y``.
+    sample_weight : array-like of shape (n_events,), optional
+        Event weights; by default every event counts once.
+
+    Returns
+    -------
+    dict
+        ``mse`` and ``mae`` (:func:`sklearn.metrics.mean_squared_error`,
+        :func:`~sklearn.metrics.mean_absolute_error`), ``rmse``, ``r2``
+        (:func:`~sklearn.metrics.r2_score`; ``nan`` for a constant target or
+        one event), ``bias`` (mean residual prediction − y), ``resolution``
+        (standard deviation of the residuals), ``resolution_68`` (half the
+        width of the central 68 % of the residuals, the robust resolution; a
+        Gaussian's σ), and over events with y ≠ 0, when there are any,
+        ``relative_bias_median`` and ``relative_resolution_68`` of
+        prediction/y − 1 (dimensionless). Squared figures are in units², the
+        others in the units of ``y``.
+
+    Raises
+    ------
+    DataError
+        If the lengths of the arrays differ or the total weight is zero.
+    """
+    y, p, w = _loss_arrays(y, prediction, sample_weight)
+    mse_, mae, r2 = _sklearn_regression(y, p, w)
     r = p - y
-    mse_ = _wmean(r ** 2, w)
-    ybar = _wmean(y, w)
-    var_y = _wmean((y - ybar) ** 2, w)
-    bias = _wmean(r, w)
+    bias = float(np.average(r, weights=w))
     q16, q84 = weighted_quantile(r, [0.16, 0.84], w)
-    out = {"mse": mse_, "rmse": math.sqrt(mse_), "mae": _wmean(np.abs(r), w),
-           "r2": 1.0 - _div(mse_, var_y), "bias": bias,
-           "resolution": math.sqrt(max(_wmean((r - bias) ** 2, w), 0.0)),
+    out = {"mse": mse_, "rmse": math.sqrt(mse_), "mae": mae, "r2": r2, "bias": bias,
+           "resolution": math.sqrt(max(np.average((r - bias) ** 2, weights=w), 0.0)),
            "resolution_68": float(q84 - q16) / 2.0}
     nz = y != 0
     if nz.any():
@@ -233,10 +458,33 @@ def regression_metrics(y, prediction, sample_weight=None) -> dict:
 
 # -- clustering ------------------------------------------------------------------
 def clustering_metrics(X, labels, y_true=None, max_events: int = 5000, seed: int = 0) -> dict:
-    """Number of clusters, noise fraction (label −1, DBSCAN), silhouette on at
-    most ``max_events`` events, and — when true classes are known — the adjusted
-    Rand index and the purity against signal/background."""
+    """Unweighted figures of a clustering.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_events, n_features) or None
+        The clustered features (no silhouette without them).
+    labels : array-like of shape (n_events,)
+        Cluster index per event; −1 = noise (DBSCAN).
+    y_true : array-like of shape (n_events,), optional
+        True classes (e.g. signal/background).
+    max_events : int, default 5000
+        The silhouette is computed on at most this many events, drawn
+        without replacement with ``seed`` (it costs O(n²)).
+
+    Returns
+    -------
+    dict
+        ``n_clusters`` (noise not counted), ``noise_fraction``,
+        ``silhouette`` (:func:`sklearn.metrics.silhouette_score`; ``nan``
+        unless there are 2..n−1 distinct labels), and with ``y_true``
+        ``adjusted_rand`` (:func:`sklearn.metrics.adjusted_rand_score`) and
+        ``purity``: the fraction of events in their cluster's majority class
+        (noise counted as one cluster), from
+        :func:`sklearn.metrics.cluster.contingency_matrix`.
+    """
     from sklearn.metrics import adjusted_rand_score, silhouette_score
+    from sklearn.metrics.cluster import contingency_matrix
 
     labels = np.asarray(labels).ravel().astype(np.int64)
     clusters = np.unique(labels[labels >= 0])
@@ -252,32 +500,13 @@ def clustering_metrics(X, labels, y_true=None, max_events: int = 5000, seed: int
     if y_true is not None:
         y_true = np.asarray(y_true).ravel()
         out["adjusted_rand"] = float(adjusted_rand_score(y_true, labels))
-        purity = 0.0
-        for c in np.unique(labels):
-            _, counts = np.unique(y_true[labels == c], return_counts=True)
-            purity += counts.max()
-        out["purity"] = purity / len(labels) if len(labels) else math.nan
+        out["purity"] = (float(contingency_matrix(y_true, labels).max(axis=0).sum()) / len(labels)
+                         if len(labels) else math.nan)
     return out
 
 
 # -- multiclass -------------------------------------------------------------------
-def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict:
-    """Weighted figures of a K-class classifier (``y`` in 0..K-1, ``proba`` events x K).
-
-    Events of a class the model never saw (``y`` = −1) cannot be scored
-    against any of its K outputs: every figure below is computed without
-    them, and their share of the total weight is ``unseen_class_fraction``.
-
-    accuracy and error rate of the most probable class; per class ``c``
-    precision, sensitivity (recall), F1 and the one-vs-rest ROC AUC of
-    ``proba[:, c]``; the ``*_macro`` unweighted means of precision,
-    sensitivity and F1 over the classes that occur (true or predicted), with
-    scikit-learn's conventions (a class never predicted has precision 0;
-    F1 = 2 TP / (2 TP + FP + FN)); ``roc_auc`` is the macro one-vs-rest AUC
-    over the classes that have events and rivals; cross-entropy (mean −log p
-    of the true class); and the weighted confusion matrix
-    ``confusion[true][predicted]``.
-    """
+def _multiclass_arrays(y, proba, sample_weight):
     P = np.asarray(proba, dtype=np.float64)
     if P.ndim != 2:
         raise DataError(f"metrics: multiclass probabilities must be events x classes, got shape {P.shape}")
@@ -285,40 +514,95 @@ def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict
     w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
     if not len(y) == len(P) == len(w):
         raise DataError(f"metrics: {len(y)} labels, {len(P)} probability rows, {len(w)} weights")
-    k = P.shape[1]
-    if len(y) and y.max() >= k:
-        raise DataError(f"metrics: class index {int(y.max())} but only {k} probability columns")
-    known = y >= 0
-    total_all = float(w.sum())
-    out: dict = {"n_classes": k,
-                 "unseen_class_fraction": _div(float(w[~known].sum()), total_all) if len(y) else math.nan}
+    if len(y) and y.max() >= P.shape[1]:
+        raise DataError(f"metrics: class index {int(y.max())} but only {P.shape[1]} probability columns")
+    return y, P, w
+
+
+def _per_class(y, pred, w, k):
+    """Weighted confusion matrix and per-class precision, recall, F1 with
+    sklearn's zero_division=0; a class neither true nor predicted gets ``nan``."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if not np.any(w):  # no events, or all of weight 0: sklearn refuses
+        return np.zeros((k, k)), *(np.full(k, math.nan) for _ in range(3))
+    labels = np.arange(k)
+    conf = confusion_matrix(y, pred, labels=labels, sample_weight=w).astype(np.float64)
+    prf = precision_recall_fscore_support(y, pred, labels=labels, sample_weight=w, zero_division=0)[:3]
+    occurs = (conf.sum(axis=0) != 0) | (conf.sum(axis=1) != 0)
+    return conf, *(np.where(occurs, a, math.nan) for a in prf)
+
+
+def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict:
+    """Weighted figures of a K-class classifier.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_events,)
+        True class index 0..K−1; −1 for a class the model never saw.
+    proba : array-like of shape (n_events, K)
+        Class probabilities (rows summing to 1).
+    sample_weight : array-like of shape (n_events,), optional
+        Event weights; by default every event counts once.
+    eps : float, default 1e-15
+        The true class's probability is clipped to [eps, 1] in the
+        cross-entropy.
+
+    Returns
+    -------
+    dict
+        Events of a class the model never saw (``y`` = −1) cannot be scored
+        against any of its K outputs: every figure below is computed without
+        them, and their share of the total weight is ``unseen_class_fraction``.
+
+        ``n_classes``; ``accuracy`` and ``error_rate`` of the most probable
+        class; per class ``c`` ``precision_class{c}``,
+        ``sensitivity_class{c}`` (recall), ``f1_class{c}``
+        (:func:`sklearn.metrics.precision_recall_fscore_support` with
+        ``zero_division=0``: a class never predicted has precision 0; F1 =
+        2TP/(2TP + FP + FN); ``nan`` for a class neither true nor predicted)
+        and ``roc_auc_class{c}``, the one-vs-rest AUC of ``proba[:, c]``
+        (:func:`roc_auc`; ``nan`` unless the class and its rivals have
+        positive weight); ``*_macro``, the unweighted means of precision,
+        sensitivity and F1 over the classes that occur (true or predicted);
+        ``roc_auc``, the mean of the defined one-vs-rest AUCs;
+        ``cross_entropy``, the mean −ln p of the true class
+        (:func:`sklearn.metrics.log_loss`); ``confusion``, the weighted
+        confusion matrix ``confusion[true][predicted]``
+        (:func:`sklearn.metrics.confusion_matrix`).
+
+    Raises
+    ------
+    DataError
+        If ``proba`` is not 2-D, the lengths differ, or a class index is ≥ K.
+    """
+    from sklearn.metrics import accuracy_score, log_loss
+
+    y, P, w = _multiclass_arrays(y, proba, sample_weight)
+    k, known, total_all = P.shape[1], y >= 0, float(w.sum())
+    out: dict = {"n_classes": k, "unseen_class_fraction": float(w[~known].sum()) / total_all if total_all else math.nan}
     y, P, w = y[known], P[known], w[known]
-    pred = P.argmax(axis=1) if len(P) else np.empty(0, dtype=np.int64)
-    total = float(w.sum())
-    conf = np.zeros((k, k))
-    np.add.at(conf, (y, pred), w)
-    out["accuracy"] = _div(float(np.trace(conf)), total)
-    out["error_rate"] = 1.0 - out["accuracy"] if total else math.nan
-    occurring, aucs = [], []
+    pred, total = P.argmax(axis=1), float(w.sum())
+    conf, prec, rec, f1 = _per_class(y, pred, w, k)
+    out["accuracy"] = float(accuracy_score(y, pred, sample_weight=w)) if total else math.nan
+    out["error_rate"] = 1.0 - out["accuracy"]
+    aucs = []
     for c in range(k):
-        tp, n_pred, n_true = conf[c, c], conf[:, c].sum(), conf[c, :].sum()
-        prec = _div(tp, n_pred) if n_pred else (0.0 if n_true else math.nan)
-        rec = _div(tp, n_true) if n_true else (0.0 if n_pred else math.nan)
-        fp, fn = n_pred - tp, n_true - tp
-        f1 = _div(2 * tp, 2 * tp + fp + fn) if (n_pred or n_true) else math.nan
         auc = math.nan
         if w[y == c].sum() > 0 and w[y != c].sum() > 0:
             auc = roc_auc((y == c).astype(np.float64), P[:, c], w)
-        out[f"precision_class{c}"], out[f"sensitivity_class{c}"] = prec, rec
-        out[f"f1_class{c}"], out[f"roc_auc_class{c}"] = f1, auc
-        if n_pred or n_true:
-            occurring.append((prec, rec, f1))
+        out[f"precision_class{c}"], out[f"sensitivity_class{c}"] = float(prec[c]), float(rec[c])
+        out[f"f1_class{c}"], out[f"roc_auc_class{c}"] = float(f1[c]), auc
         aucs.append(auc)
-    for i, name in enumerate(("precision_macro", "sensitivity_macro", "f1_macro")):
-        out[name] = float(np.mean([row[i] for row in occurring])) if occurring else math.nan
+    occurs = ~np.isnan(f1)  # true or predicted
+    for name, a in (("precision_macro", prec), ("sensitivity_macro", rec), ("f1_macro", f1)):
+        out[name] = float(np.mean(a[occurs])) if occurs.any() else math.nan
     valid = [a for a in aucs if not math.isnan(a)]
     out["roc_auc"] = float(np.mean(valid)) if valid else math.nan
-    p_true = P[np.arange(len(y)), y] if len(y) else np.empty(0)
-    out["cross_entropy"] = _wmean(-np.log(np.clip(p_true, eps, 1.0)), w) if total else math.nan
+    # log_loss of the true class's probability alone: over all K columns it would
+    # warn whenever a row misses 1 by > 1.5e-8, as float32 model outputs do.
+    p_true = np.clip(P[np.arange(len(y)), y], eps, 1.0)
+    out["cross_entropy"] = (float(log_loss(np.ones(len(y), bool), p_true, labels=[False, True], sample_weight=w))
+                            if total and _finite(p_true) else math.nan)
     out["confusion"] = conf.tolist()
     return out

@@ -1,5 +1,6 @@
 """Figures of merit against hand-computed weighted confusion matrices and scikit-learn."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -109,6 +110,12 @@ def test_one_class_is_a_clear_error():
         M.roc_auc([1, 1, 1], [0.1, 0.2, 0.3])
 
 
+def test_non_finite_scores_are_a_clear_error_for_the_roc():
+    # sklearn's roc_curve refuses them; the old hand-written sort gave an order-dependent curve for NaN
+    with pytest.raises(DataError, match="1 scores are NaN or infinite"):
+        M.roc_auc([1, 0, 1, 0], [0.2, np.nan, 0.7, 0.1])
+
+
 def test_ks_same_distribution_passes_shifted_fails():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=3000), rng.normal(size=3000)
@@ -152,3 +159,86 @@ def test_clustering_metrics():
     noisy = M.clustering_metrics(X, np.r_[np.full(10, -1), rng.integers(0, 2, 590)], y_true=truth)
     assert noisy["noise_fraction"] == pytest.approx(10 / 600) and noisy["silhouette"] < 0.1
     assert abs(noisy["adjusted_rand"]) < 0.1
+
+
+# -- corner cases kept when the commodity figures moved to sklearn.metrics ---------
+def test_f1_is_nan_when_no_signal_event_is_selected():
+    # tp = 0 with fp, fn > 0: precision = sensitivity = 0, F1 = 2PR/(P+R) = 0/0
+    m = M.threshold_metrics([1, 0, 1, 0], [0.1, 0.9, 0.2, 0.3])
+    assert (m["precision"], m["sensitivity"]) == (0.0, 0.0) and math.isnan(m["f1"])
+
+
+def test_all_weights_zero_gives_nan_ratios_not_an_error():
+    m = M.threshold_metrics(Y, S, 0.5, np.zeros(len(Y)))
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (0.0, 0.0, 0.0, 0.0)
+    assert all(math.isnan(m[k]) for k in ("accuracy", "precision", "sensitivity", "specificity", "f1"))
+    with pytest.raises(DataError, match="total event weight is zero"):
+        M.mse(Y, S, np.zeros(len(Y)))
+
+
+def test_hinge_loss_keeps_the_signal_label_with_one_class_only():
+    # margins 2*0.6-1 = 0.2 and 2*0.2-1 = -0.6 for two signal events
+    assert M.hinge_loss([1, 1], [0.6, 0.2]) == pytest.approx((0.8 + 1.6) / 2)
+    assert M.hinge_loss([0, 0], [0.6, 0.2]) == pytest.approx((1.2 + 0.4) / 2)
+
+
+def test_cross_entropy_clips_at_eps_not_machine_epsilon():
+    # a confident wrong score costs -ln(1e-15), not -ln(2.2e-16)
+    assert M.cross_entropy([1, 0], [0.0, 0.0]) == pytest.approx(-math.log(1e-15) / 2)
+    assert M.cross_entropy([1], [1.5]) == pytest.approx(-math.log1p(-1e-15))  # a discriminant above 1 is clipped
+
+
+def test_zero_weight_events_do_not_change_the_curve(sample):
+    y, s, w = sample
+    w0 = np.where(np.arange(len(y)) % 4 == 0, 0.0, w)
+    keep = w0 > 0
+    assert M.roc_auc(y, s, w0) == pytest.approx(M.roc_auc(y[keep], s[keep], w0[keep]), abs=1e-12)
+    eff = M.signal_efficiency_at(y[keep], s[keep], 0.1, w0[keep])
+    assert M.signal_efficiency_at(y, s, 0.1, w0) == pytest.approx(eff)
+
+
+def test_negative_weights_give_an_auc(sample):
+    # signed (NLO) weights can make the weighted ROC curve go backwards; sklearn's
+    # roc_auc_score refuses such a curve, the trapezoidal area does not
+    y, s, w = sample
+    wn = np.where(np.arange(len(y)) % 5 == 0, -0.3 * w, w)
+    fpr, _, _ = M.roc_curve(y, s, wn)
+    assert np.any(np.diff(fpr) < 0)
+    assert 0.5 < M.roc_auc(y, s, wn) < 1.0
+
+
+def test_regression_r2_is_nan_when_undefined():
+    m = M.regression_metrics([3.0, 3.0, 3.0], [1.0, 2.0, 3.0])  # constant target
+    assert math.isnan(m["r2"]) and m["mse"] == pytest.approx(5 / 3)
+    assert math.isnan(M.regression_metrics([2.0], [2.5])["r2"])  # one event
+
+
+def test_non_finite_predictions_give_undefined_losses_not_errors():
+    # a diverged model: its figures are written as null, the step goes on
+    assert math.isnan(M.mse([1, 0], [np.nan, 0.2])) and math.isnan(M.hinge_loss([1, 0], [np.nan, 0.2]))
+    assert math.isnan(M.cross_entropy([1, 0], [np.nan, 0.2]))
+    m = M.regression_metrics([1.0, 2.0, 3.0], [1.0, np.nan, 3.0])
+    assert not any(math.isfinite(m[k]) for k in ("mse", "rmse", "mae", "r2"))
+
+
+def test_clustering_purity_by_hand():
+    # clusters 0: {a, a, b}, 1: {b, b}, noise: {a}: majorities 2 + 2 + 1 of 6
+    m = M.clustering_metrics(None, [0, 0, 0, 1, 1, -1], y_true=["a", "a", "b", "b", "b", "a"])
+    assert m["purity"] == pytest.approx(5 / 6) and m["n_clusters"] == 2 and m["noise_fraction"] == pytest.approx(1 / 6)
+
+
+def test_multiclass_with_no_scored_events_is_nan_not_an_error():
+    m = M.multiclass_metrics([-1, -1], np.eye(3)[:2])
+    assert m["unseen_class_fraction"] == 1.0 and np.sum(m["confusion"]) == 0
+    assert all(math.isnan(m[k]) for k in ("accuracy", "f1_macro", "roc_auc", "cross_entropy", "precision_class0"))
+
+
+def test_multiclass_cross_entropy_of_float32_probabilities_is_quiet():
+    # float32 rows miss 1 by ~1e-7: sklearn's log_loss over all columns would warn
+    rng = np.random.default_rng(8)
+    P = rng.dirichlet(np.ones(4), 200).astype(np.float32).astype(np.float64)
+    y = rng.integers(0, 4, 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ce = M.multiclass_metrics(y, P)["cross_entropy"]
+    assert ce == pytest.approx(np.mean(-np.log(P[np.arange(200), y])))
