@@ -1,6 +1,7 @@
 """A training job killed from outside (as a scheduler does) fails the run; the
 rerun redoes only that model, never the models that had finished."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,11 +23,39 @@ def snakemake_cmd(workdir, cfg, *extra):
             str(workdir), "--configfile", str(TINY), str(cfg), "--cores", "2", *extra]
 
 
-def _train_pid(model: str):
-    # the Python process itself (not the shell Snakemake wraps it in)
-    out = subprocess.run(["pgrep", "-f", f"^\\S*python[0-9.]* -m hepml_steps.train .*--model {model} "],
-                         capture_output=True, text=True)
-    pids = [int(p) for p in out.stdout.split()]
+def _group(pgid: int) -> dict[int, str]:
+    """Live (not zombie) processes of process group ``pgid``: pid -> command line."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                found[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            pass  # exited meanwhile
+    return found
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while _group(pgid) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def _train_pid(pgid: int, model: str):
+    """The training process of ``model`` itself (not the shell Snakemake wraps it in),
+    looked for only among the processes of the test's own process group."""
+    pattern = re.compile(f"^\\S*python[0-9.]* -m hepml_steps.train .*--model {model} ")
+    pids = [pid for pid, cmd in _group(pgid).items() if pattern.match(cmd)]
     return pids[0] if pids else None
 
 
@@ -35,25 +64,25 @@ def test_killed_job_fails_and_rerun_resumes(tmp_path):
     cfg.write_text(CONFIG)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    # its own session: the test kills only what it started
     proc = subprocess.Popen(snakemake_cmd(tmp_path, cfg, "--keep-going"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     logreg_model = tmp_path / "results" / "models" / "logreg"
     pid = None
     deadline = time.time() + 300
-    while time.time() < deadline:
-        pid = _train_pid("slow")
-        if pid and (tmp_path / "results" / "metrics" / "logreg.json").exists():
-            break
-        time.sleep(0.5)
-    assert pid, "the slow training job never started"
-    time.sleep(1.0)
     try:
+        while time.time() < deadline:
+            pid = _train_pid(proc.pid, "slow")
+            if pid and (tmp_path / "results" / "metrics" / "logreg.json").exists():
+                break
+            time.sleep(0.5)
+        assert pid, "the slow training job never started"
+        time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)  # what a scheduler does at the time limit
         out, _ = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        subprocess.run(["pkill", "-9", "-f", "hepml_steps.train .*--model slow "])
+        if _group(proc.pid):  # Snakemake, if stuck, and any job it left
+            _killpg(proc.pid)
     assert proc.returncode != 0, out[-3000:]
     assert "train" in out and "slow" in out and "Error" in out
     assert not (tmp_path / "results" / "models" / "slow").exists()  # nothing half-written in place
@@ -71,3 +100,4 @@ def test_killed_job_fails_and_rerun_resumes(tmp_path):
                       if "wildcards: model=" in line}
     assert planned_models == {"slow"}, plan[-3000:]
     assert logreg_model.stat().st_mtime_ns == finished
+
