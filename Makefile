@@ -1,5 +1,6 @@
 # Two commands on a fresh machine with only Python 3.11:
 #   make demo   - create .venv if missing, run the whole workflow on the embedded toy data
+#                 (run again after a crash, it resumes: see README, "Resuming after a crash")
 #   make test   - create .venv if missing, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PATH=$(BIN):$$PATH snakemake --cores $(CORES) --show-failed-logs --keep-going
+	PATH=$(BIN):$$PATH snakemake --cores $(CORES) --show-failed-logs --keep-going --rerun-incomplete
 
 test: $(STAMP)
 	PATH=$(BIN):$$PATH python -m pytest -q

@@ -61,3 +61,19 @@ def test_profile_is_valid_yaml_and_dry_runs(profile, tmp_path):
 def test_local_profile_limits_gpu_jobs(tmp_path):
     conf = yaml.safe_load((ROOT / "profiles" / "local" / "config.yaml").read_text())
     assert "gpu" in conf["resources"]
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm", "htcondor"])
+def test_profiles_resume_incomplete_jobs(profile):
+    # the README's resume is "the same command": it must redo jobs a crash left incomplete
+    conf = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
+    assert conf.get("rerun-incomplete") is True
+    assert conf.get("keep-going") is True
+
+
+def test_make_demo_resumes_incomplete_jobs():
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.M)
+    assert recipe, "no demo target in the Makefile"
+    cmd = [line for line in recipe.group(1).splitlines() if "snakemake" in line]
+    assert len(cmd) == 1 and "--rerun-incomplete" in cmd[0].split() and "--keep-going" in cmd[0].split()
