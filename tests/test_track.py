@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from hepml_steps import track as tk
+from hepml_steps.errors import HepmlError
 
 
 def make_inputs(d, model, auc=0.9):
@@ -105,7 +106,7 @@ def test_run_that_died_half_way_is_marked_failed_and_not_reused(tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(MlflowClient, "log_artifacts", dies)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(HepmlError, match="disk full"):
         tk.track(**job)
     monkeypatch.setattr(MlflowClient, "log_artifacts", real)
     uri = tk.resolve_uri(None, str(tmp_path))
