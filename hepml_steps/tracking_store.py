@@ -83,23 +83,28 @@ def store_lock(uri: str):
 def check_reachable(uri: str, name: str = "tracking store", timeout: float = REACH_TIMEOUT_S) -> None:
     """Fail fast when an ``http(s)://`` tracking server does not answer.
 
-    Any HTTP answer counts (a 401 means the server is there), except the
-    gateway errors (502-504) a proxy gives for a server that is down.
+    Any HTTP answer counts (a 401 means the server is there), except a 404
+    (every MLflow server answers ``/health``) and the gateway errors (502-504)
+    a proxy gives for a server that is down.
 
     Raises
     ------
     HepmlError
-        No answer within ``timeout`` seconds, or a gateway error.
+        No answer within ``timeout`` seconds, a 404 or a gateway error.
     """
     if not uri.startswith(("http://", "https://")):
         return
+    url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+        with urllib.request.urlopen(url, timeout=timeout):
             return
     except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise HepmlError(f"{name} {uri}: no MLflow tracking server there "
+                             f"(GET {url}: HTTP 404 {exc.reason})") from None
         if exc.code not in (502, 503, 504):
             return
-        reason = f"HTTP {exc.code} {exc.reason}"
+        reason = f"GET {url}: HTTP {exc.code} {exc.reason}"
     except urllib.error.URLError as exc:
         reason = str(exc.reason)
     except OSError as exc:  # timeouts, resets
