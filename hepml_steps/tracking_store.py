@@ -133,6 +133,8 @@ def _create_sqlite(db: Path, uri: str, name: str) -> None:
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    for dead in db.parent.glob(f".{db.name}.hepml-new-*"):  # a killed creation's (we hold the lock)
+        dead.unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.hepml-new-{uuid.uuid4().hex[:8]}")
     tmp_uri = f"sqlite:///{tmp.resolve()}"
     log.info("creating the MLflow schema of %s (in %s, then renamed)", db, tmp.name)

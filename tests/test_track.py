@@ -258,8 +258,10 @@ def test_disk_full_during_first_use_leaves_no_store(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists()
     assert not [p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name and "lock" not in p.name]
     monkeypatch.setattr(db_utils, "_upgrade_db", real)
+    (tmp_path / ".mlflow.db.hepml-new-0dead0").write_bytes(b"left by a creation killed with -9")
     assert not tk.track(**job)["reused"]  # once there is space, it publishes (no retraining)
     assert [r.info.status for r in runs(tk.resolve_uri(None, str(tmp_path)))] == ["FINISHED"]
+    assert not list(tmp_path.glob(".mlflow.db.hepml-new-*"))
 
 
 def _killed_mid_publish(job):
