@@ -15,10 +15,11 @@ tracking server. :func:`session` gives a client on which publishing is safe:
   first use left half-built (tables but no schema version) is refused with
   what to do, instead of letting MLflow migrate it in place.
 * **A server that does not answer fails in seconds**: one ``GET /health``
-  with a 5 s timeout first, and MLflow's own HTTP retries are kept short
+  with a 10 s timeout first, and MLflow's own HTTP retries are kept short
   (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 2, ``..._TIMEOUT`` 30 s, unless set).
 * **Errors are one line**: MLflow, SQLAlchemy, HTTP and OS errors become a
-  :class:`HepmlError` naming the store; the traceback goes to the log only.
+  :class:`HepmlError` naming the store, chained to the library's exception
+  (whose traceback the CLI writes to the log).
 """
 from __future__ import annotations
 
@@ -34,11 +35,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .errors import HepmlError
+from .errors import HepmlError, StorageError, describe
 
 log = logging.getLogger("hepml.track")
 
-REACH_TIMEOUT_S = 5
+REACH_TIMEOUT_S = 10  # a loaded server can take ~4 s for its first answer
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) retry for ~4 min
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -152,9 +153,8 @@ def _create_sqlite(db: Path, uri: str, name: str) -> None:
         for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
             leftover.unlink(missing_ok=True)
         if isinstance(exc, Exception):
-            log.error("creating %s failed", db, exc_info=True)
-            raise HepmlError(f"{name} {uri}: could not create the schema ({_one_line(exc)}); "
-                             f"nothing was left at {db}") from exc
+            raise _store_error(exc, name, uri, "could not create the schema (",
+                               f"); nothing was left at {db}") from exc
         raise
 
 
@@ -178,7 +178,9 @@ def ensure_schema(uri: str, name: str = "tracking store") -> None:
     if db.exists():
         try:
             tables, rev, n_runs = _inspect(db)
-        except sqlite3.Error as exc:
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable: not about its contents
+                raise
             raise HepmlError(f"{name} {uri}: {db} cannot be read as an SQLite database ({exc}); "
                              "move it away or point tracking.uri elsewhere") from exc
         if tables and (rev is None or not INITIAL_TABLES <= tables):
@@ -192,12 +194,14 @@ def ensure_schema(uri: str, name: str = "tracking store") -> None:
     _create_sqlite(db, uri, name)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The gist of an MLflow/SQLAlchemy/requests error, on one line."""
-    inner = getattr(exc, "orig", None)  # SQLAlchemy wraps the DB-API error
-    text = getattr(exc, "message", None) or str(inner or exc) or type(exc).__name__
-    text = " ".join(str(text).split("\n", 1)[0].split())
-    return text if len(text) <= 300 else text[:297] + "..."
+def _store_error(exc: Exception, name: str, uri: str, before: str = "", after: str = "") -> HepmlError:
+    """``<name> <uri>: <what>`` for library error ``exc`` (raise it ``from exc``);
+    a :class:`StorageError` for an OSError with an errno (disk full, permissions)."""
+    inner = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the DB-API error
+    if isinstance(inner, OSError) and inner.errno is not None:
+        what = f"{f'{inner.filename}: ' if inner.filename else ''}{inner.strerror or describe(inner)}"
+        return StorageError(f"{name} {uri}: {before}{what}{after}")
+    return HepmlError(f"{name} {uri}: {before}{describe(inner)}{after}")
 
 
 @contextlib.contextmanager
@@ -219,7 +223,7 @@ def errors(uri: str, name: str = "tracking store"):
     Raises
     ------
     HepmlError
-        ``<name> <uri>: <what went wrong>``; the traceback is logged.
+        ``<name> <uri>: <what went wrong>``, chained to the library's exception.
     """
     from mlflow.exceptions import MlflowException
     from requests import RequestException
@@ -230,8 +234,7 @@ def errors(uri: str, name: str = "tracking store"):
     except HepmlError:
         raise
     except (MlflowException, SQLAlchemyError, RequestException, sqlite3.Error, OSError) as exc:
-        log.error("talking to the tracking store %s failed", uri, exc_info=True)
-        raise HepmlError(f"{name} {uri}: {_one_line(exc)}") from exc
+        raise _store_error(exc, name, uri) from exc
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pandas as pd
 import pytest
@@ -155,8 +156,8 @@ def mlflow_server(tmp_path):
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+            try:  # up once it answers, not when its port opens (the app loads after that)
+                with urllib.request.urlopen(f"{uri}/health", timeout=5):
                     break
             except OSError:
                 assert proc.poll() is None, (tmp_path / "server.log").read_text()
