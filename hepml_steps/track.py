@@ -2,12 +2,17 @@
 
 Steps never talk to MLflow themselves: they write files, and this step (a
 local rule, so it runs on the submit host even on a cluster) publishes them.
-Parallel jobs are safe: writes are serialised with a file lock (a single
-sqlite file does not survive concurrent writers), and every run is tagged
-with a fingerprint of what it publishes (model files, metrics), so
-re-publishing unchanged results reuses the existing run instead of creating a
-duplicate. Each model is published as soon as it is evaluated; once all are,
-``track summary`` attaches the leaderboard and the comparison plots to every run.
+Parallel jobs, and several pipelines sharing one store, are safe: publishing
+is serialised per store (see :mod:`hepml_steps.tracking_store`, which also
+builds a new sqlite store atomically, fails fast on an unreachable server and
+turns store errors into one line). Every run is tagged with a fingerprint of
+what it publishes (model files, metrics), so re-publishing unchanged results
+reuses the existing run instead of creating a duplicate, and with its origin
+(host and results folder), so a run left RUNNING by a killed job is marked
+FAILED on the next publish of that model. Models and metrics stay on disk
+whatever happens here: a later run publishes them without retraining. Each
+model is published as soon as it is evaluated; once all are, ``track
+summary`` attaches the leaderboard and the comparison plots to every run.
 
 Tracking URI: ``tracking.uri`` from config if set, else ``MLFLOW_TRACKING_URI``,
 else ``sqlite:///<results>/mlflow.db`` (MLflow 3 refuses the ``./mlruns`` file
@@ -16,42 +21,41 @@ store). An ``http://`` URI sends everything to that server.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 from . import cli
+from . import tracking_store as store
 from .errors import ConfigError, DataError
 from .io import read_json, write_json
 
 log = logging.getLogger("hepml.track")
 
 FINGERPRINT_TAG = "hepml.fingerprint"
+ORIGIN_TAG = "hepml.origin"
 
 
 def resolve_uri(uri: str | None, results_dir: str) -> str:
+    return uri_and_source(uri, results_dir)[0]
+
+
+def uri_and_source(uri: str | None, results_dir: str) -> tuple[str, str]:
+    """The tracking URI and where it came from (for error messages)."""
     if uri:
-        return str(uri)
+        return str(uri), "tracking.uri"
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
-    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+        return env, "MLFLOW_TRACKING_URI"
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}", "tracking store"
 
 
-@contextlib.contextmanager
-def tracking_lock(results_dir: str):
-    """An exclusive lock held while talking to the tracking store."""
-    path = Path(results_dir) / ".mlflow.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def origin(results_dir: str) -> str:
+    """``host:/abs/results``: which pipeline a run comes from."""
+    return f"{socket.gethostname()}:{Path(results_dir).resolve()}"
 
 
 def fingerprint(model: str, files: list[Path]) -> str:
@@ -84,7 +88,7 @@ def _experiment_id(client, name: str, artifact_root: str | None) -> str:
         return exp.experiment_id
 
 
-def _log_trials(client, exp_id: str, parent: str, model: str, trials: str) -> None:
+def _log_trials(client, exp_id: str, parent: str, model: str, trials: str, tags: dict) -> None:
     """One nested run per tuning trial under the model's run."""
     import pandas as pd
     from mlflow.entities import Metric, Param
@@ -92,7 +96,7 @@ def _log_trials(client, exp_id: str, parent: str, model: str, trials: str) -> No
     table = pd.read_csv(trials)
     for row in table.to_dict("records"):
         child = client.create_run(exp_id, run_name=f"{model}-trial-{row['number']}", tags={
-            "mlflow.parentRunId": parent, "hepml.model": model, "hepml.trial": str(row["number"]),
+            **tags, "mlflow.parentRunId": parent, "hepml.trial": str(row["number"]),
             "hepml.trial_state": str(row["state"])})
         params = [Param(k.removeprefix("param."), str(v)) for k, v in row.items()
                   if k.startswith("param.") and v == v]
@@ -104,9 +108,10 @@ def _log_trials(client, exp_id: str, parent: str, model: str, trials: str) -> No
 
 
 def _log_contents(client, exp_id: str, run, model: str, rec: dict, met: dict, files: dict,
-                  artifacts, plots_dir: str | None, trials: str | None) -> None:
+                  artifacts, plots_dir: str | None, trials: str | None, tags: dict) -> None:
     """Params, metrics, curves, tags and artifacts of a new run (``files``: the
-    metrics, record and predictions files and the model directory)."""
+    metrics, record and predictions files and the model directory; ``tags``:
+    model and origin, given to the trial runs too)."""
     from mlflow.entities import Metric, Param, RunTag
 
     run_id = run.info.run_id
@@ -144,7 +149,7 @@ def _log_contents(client, exp_id: str, run, model: str, rec: dict, met: dict, fi
         client.log_artifacts(run_id, plots_dir, artifact_path="plots")
     if trials:
         client.log_artifact(run_id, trials)
-        _log_trials(client, exp_id, run_id, model, trials)
+        _log_trials(client, exp_id, run_id, model, trials, tags)
 
 
 def track(model: str, record: str, metrics: str, predictions: str, model_dir: str, out: str,
@@ -155,23 +160,34 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
 
     ``artifacts``: extra files to attach (leaderboard, importance, ...);
     ``plots_dir``: figures, attached under ``plots/``; ``trials``: the tuning
-    trials table, logged as nested child runs (one per trial).
+    trials table, logged as nested child runs (one per trial). A run of this
+    model from this results folder left RUNNING by a killed job is marked FAILED.
+
+    Raises
+    ------
+    ConfigError
+        Empty experiment name.
+    HepmlError
+        The store is unreachable, half-built or fails (one line naming the URI);
+        ``out`` is not written, the model and its metrics stay for a rerun.
     """
     if not experiment:
         raise ConfigError("tracking.experiment must be a non-empty name")
-    uri = resolve_uri(uri, results_dir)
+    uri, source = uri_and_source(uri, results_dir)
     rec, met = read_json(record), read_json(metrics)
     model_files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
     fp = fingerprint(model, model_files + [Path(metrics)] + ([Path(trials)] if trials else []))
-
-    from mlflow.tracking import MlflowClient
+    tags = {"hepml.model": model, ORIGIN_TAG: origin(results_dir)}
 
     artifact_root = None
     if uri.startswith("sqlite:"):
         artifact_root = (Path(results_dir).resolve() / "mlartifacts").as_uri()
-    with tracking_lock(results_dir):
-        client = MlflowClient(tracking_uri=uri)
+    log.info("%s: publishing to %s", model, uri)
+    with store.session(uri, source) as client:
         exp_id = _experiment_id(client, experiment, artifact_root)
+        # the store lock is held: no live publisher of this model from this origin exists
+        store.close_stale_runs(client, exp_id, tags, "left RUNNING by a track job that died; "
+                               "closed by the next publish of this model")
         # only a FINISHED run counts: one whose publishing died half-way is not reused
         found = client.search_runs([exp_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' "
                                    "and attributes.status = 'FINISHED'", max_results=1)
@@ -180,14 +196,16 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
             log.info("%s: unchanged since MLflow run %s; not logging a duplicate", model, run_id)
         else:
             run = client.create_run(exp_id, run_name=model, tags={
-                FINGERPRINT_TAG: fp, "hepml.model": model, "hepml.family": rec.get("family", ""),
+                **tags, FINGERPRINT_TAG: fp, "hepml.family": rec.get("family", ""),
                 "hepml.task": rec.get("task", ""), "mlflow.runName": model})
             run_id, reused = run.info.run_id, False
             try:
                 _log_contents(client, exp_id, run, model, rec, met, {"metrics": metrics, "record": record,
-                              "predictions": predictions, "model_dir": model_dir}, artifacts, plots_dir, trials)
+                              "predictions": predictions, "model_dir": model_dir}, artifacts, plots_dir,
+                              trials, tags)
             except BaseException:
-                client.set_terminated(run_id, "FAILED")
+                with contextlib.suppress(Exception):  # if this fails too, the next publish closes it
+                    client.set_terminated(run_id, "FAILED")
                 raise
             client.set_terminated(run_id, "FINISHED")
             log.info("%s: logged MLflow run %s in experiment '%s' at %s", model, run_id, experiment, uri)
@@ -205,22 +223,27 @@ def attach_summary(runs: list[str], out: str, results_dir: str = "results",
     ``runs``: the per-model tracking records :func:`track` wrote (they name the
     run and the tracking URI). Keeping this apart from :func:`track` lets each
     model be published as soon as it is evaluated, while other models still train.
+    ``results_dir`` is unused (the records name their stores); kept for the CLI.
+
+    Raises
+    ------
+    DataError
+        An artifact does not exist.
+    HepmlError
+        A store is unreachable or fails (one line naming the URI).
     """
     recs = [read_json(r) for r in runs]
-    from mlflow.tracking import MlflowClient
-
     files = [Path(a) for a in artifacts]
     for f in files:
         if not f.is_file():
             raise DataError(f"summary artifact {f} does not exist")
-    with tracking_lock(results_dir):
-        clients: dict[str, MlflowClient] = {}
-        for rec in recs:
-            client = clients.setdefault(rec["tracking_uri"], MlflowClient(tracking_uri=rec["tracking_uri"]))
-            for f in files:
-                client.log_artifact(rec["run_id"], str(f))
-            if plots_dir:
-                client.log_artifacts(rec["run_id"], plots_dir, artifact_path="plots/summary")
+    for uri in dict.fromkeys(r["tracking_uri"] for r in recs):
+        with store.session(uri) as client:
+            for rec in (r for r in recs if r["tracking_uri"] == uri):
+                for f in files:
+                    client.log_artifact(rec["run_id"], str(f))
+                if plots_dir:
+                    client.log_artifacts(rec["run_id"], plots_dir, artifact_path="plots/summary")
     log.info("attached %d file(s)%s to %d run(s)", len(files), " and the summary plots" if plots_dir else "",
              len(recs))
     result = {"runs": {r["model"]: r["run_id"] for r in recs}, "artifacts": [f.name for f in files],

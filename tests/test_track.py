@@ -7,11 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pandas as pd
 import pytest
 
 from hepml_steps import track as tk
+from hepml_steps.errors import HepmlError
 
 
 def make_inputs(d, model, auc=0.9):
@@ -105,7 +107,7 @@ def test_run_that_died_half_way_is_marked_failed_and_not_reused(tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(MlflowClient, "log_artifacts", dies)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(HepmlError, match="disk full"):
         tk.track(**job)
     monkeypatch.setattr(MlflowClient, "log_artifacts", real)
     uri = tk.resolve_uri(None, str(tmp_path))
@@ -154,8 +156,8 @@ def mlflow_server(tmp_path):
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+            try:  # up once it answers, not when its port opens (the app loads after that)
+                with urllib.request.urlopen(f"{uri}/health", timeout=5):
                     break
             except OSError:
                 assert proc.poll() is None, (tmp_path / "server.log").read_text()
@@ -180,3 +182,130 @@ def test_http_tracking_server(tmp_path, mlflow_server, monkeypatch):
     found = runs(mlflow_server, "server-exp")
     assert [r.info.run_id for r in found] == [res["run_id"]]
     assert tk.track(**job, uri=mlflow_server, experiment="server-exp")["reused"]
+
+
+# --- one store shared by several pipelines, and a store that cannot be broken ---
+
+def _publish_after_barrier(job, barrier, q):
+    barrier.wait()  # start together: the race is on first use of a fresh store
+    try:
+        q.put(("ok", tk.track(**job)["run_id"]))
+    except BaseException as exc:  # noqa: BLE001  (reported to the parent)
+        q.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_three_pipelines_share_one_fresh_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    jobs = [dict(make_inputs(tmp_path / f"results{i}", "bdt", 0.8 + i / 100), uri=uri) for i in range(3)]
+    ctx = mp.get_context("spawn")
+    barrier, q = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_publish_after_barrier, args=(j, barrier, q)) for j in jobs]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(status == "ok" for status, _ in got), got
+    found = runs(uri)
+    assert sorted(r.info.run_id for r in found) == sorted(rid for _, rid in got)
+    assert {r.info.status for r in found} == {"FINISHED"}
+    assert {r.data.tags[tk.ORIGIN_TAG].split(":", 1)[1] for r in found} == {
+        str((tmp_path / f"results{i}").resolve()) for i in range(3)}
+
+
+def test_half_built_store_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    db = tmp_path / "mlflow.db"  # what an interrupted first use leaves: some tables, no version
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT)")
+    con.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT)")
+    con.commit()
+    with pytest.raises(HepmlError) as err:
+        tk.track(**job)
+    msg = str(err.value)
+    assert "\n" not in msg and f"sqlite:///{db}" in msg
+    assert "incomplete schema" in msg and f"delete {db} and rerun" in msg
+    con.execute("INSERT INTO runs VALUES ('abc', 'old')")  # holding runs: never say delete
+    con.commit()
+    con.close()
+    with pytest.raises(HepmlError, match=r"holds 1 run\(s\): back it up, then run `mlflow db upgrade "):
+        tk.track(**job)
+    assert not (tmp_path / "tracking" / "m.json").exists()
+    db.write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(HepmlError, match="cannot be read as an SQLite database"):
+        tk.track(**job)
+    db.write_bytes(b"")  # an empty file (``touch mlflow.db``) is a new store
+    assert not tk.track(**job)["reused"] and [r.info.status for r in runs(f"sqlite:///{db}")] == ["FINISHED"]
+
+
+def test_disk_full_during_first_use_leaves_no_store(tmp_path, monkeypatch):
+    import mlflow.store.db.utils as db_utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    real = db_utils._upgrade_db
+
+    def full(engine):  # the initial tables exist by now; the migrations never run
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(db_utils, "_upgrade_db", full)
+    with pytest.raises(HepmlError, match="No space left on device") as err:
+        tk.track(**job)
+    assert "\n" not in str(err.value) and "nothing was left at" in str(err.value)
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not [p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name and "lock" not in p.name]
+    monkeypatch.setattr(db_utils, "_upgrade_db", real)
+    (tmp_path / ".mlflow.db.hepml-new-0dead0").write_bytes(b"left by a creation killed with -9")
+    assert not tk.track(**job)["reused"]  # once there is space, it publishes (no retraining)
+    assert [r.info.status for r in runs(tk.resolve_uri(None, str(tmp_path)))] == ["FINISHED"]
+    assert not list(tmp_path.glob(".mlflow.db.hepml-new-*"))
+
+
+def _killed_mid_publish(job):
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient.log_artifacts = lambda *a, **k: os._exit(9)  # like kill -9: nothing cleans up
+    tk.track(**job)
+
+
+def test_run_left_running_by_a_killed_job_is_closed_on_next_publish(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    p = mp.get_context("spawn").Process(target=_killed_mid_publish, args=(job,))
+    p.start()
+    p.join(timeout=120)
+    assert p.exitcode == 9
+    uri = tk.resolve_uri(None, str(tmp_path))
+    (dead,) = runs(uri)
+    assert dead.info.status == "RUNNING"
+    c = MlflowClient(tracking_uri=uri)  # another pipeline's publish of "m", live right now
+    live = c.create_run(dead.info.experiment_id, tags={"hepml.model": "m", tk.ORIGIN_TAG: "otherhost:/x"})
+    res = tk.track(**job)
+    by_id = {r.info.run_id: r for r in runs(uri)}
+    assert by_id[dead.info.run_id].info.status == "FAILED"
+    assert "died" in by_id[dead.info.run_id].data.tags["hepml.failure"]
+    assert by_id[live.info.run_id].info.status == "RUNNING"
+    assert [i for i, r in by_id.items() if r.info.status == "FINISHED"] == [res["run_id"]]
+
+
+def test_unreachable_server_fails_in_seconds_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    args = [sys.executable, "-m", "hepml_steps.track", "model", "--uri", uri,
+            *[f"--{k.replace('_', '-')}={v}" for k, v in job.items()]]
+    t0 = time.time()
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    took = time.time() - t0
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert took < 15, took
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"hepml: error: tracking.uri {uri}: server not reachable (")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "tracking" / "m.json").exists()
