@@ -127,8 +127,4 @@ def load_model(directory):
     meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("family"), str):
         raise FamilyError(f"{path}: not a hepml model metadata file (no 'family')")
-    cls = get(meta["family"])
-    model = cls.load(directory, meta)
-    if meta.get("classes"):
-        model.n_classes = len(meta["classes"])
-    return model, meta
+    return get(meta["family"]).restore(directory, meta), meta

@@ -51,7 +51,7 @@ not available, a warning is logged. The device used and the reason go into
 Files: ``model.pt`` is the network's ``state_dict`` (tensors only; loaded
 with ``torch.load(weights_only=True)``, so nothing is unpickled) and
 ``model_config.json`` describes the architecture and the input/target scaling
-needed to rebuild it. ``export_onnx`` writes an ONNX model whose input
+needed to rebuild it. ``to_onnx`` writes an ONNX model whose input
 ``features`` is ``[N, n_features]`` float32 and whose output ``score`` is
 ``[N]`` (``[N, K]`` for multiclass) and equal to ``predict_score``.
 """
@@ -257,13 +257,9 @@ class TorchFamily(Family):
 
     gpu_capable = True
     file_format = "torch-state-dict"
-    iterative = True
+    iterative = True  # every epoch reports train_loss, validation_loss (and validation_auc)
+    exports_onnx = True
     losses: ClassVar[dict[str, tuple[str, ...]]] = {}
-
-    #: optional ``f(epoch, metrics)`` called after every epoch (0-based epoch;
-    #: metrics: train_loss, validation_loss, validation_auc when available).
-    #: An exception it raises propagates out of ``fit`` (the tuner prunes so).
-    epoch_callback = None
 
     def __init__(self, task: str = "classification", params: dict | None = None,
                  seed: int = 0, n_threads: int = 1, device: str = "cpu"):
@@ -521,8 +517,7 @@ class TorchFamily(Family):
                             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                     else:
                         stale += 1
-                if self.epoch_callback is not None:
-                    self.epoch_callback(epoch, metrics)
+                self.report_epoch(epoch, metrics)  # a pruning callback raises out of fit
                 if patience and stale >= patience:
                     break
             self.info["epochs_run"] = epoch + 1
@@ -610,6 +605,10 @@ class TorchFamily(Family):
         return self
 
     def export_onnx(self, path, n_features: int | None = None) -> None:
+        """Former name of :meth:`to_onnx`, kept while train.py still calls it."""
+        self.to_onnx(path, n_features)
+
+    def to_onnx(self, path, n_features: int | None = None) -> None:
         """Write the model as ONNX: input ``features`` [N, n_features] -> output ``score`` [N] (= predict_score).
 
         Uses the dynamo exporter when onnxscript is installed, else the legacy
