@@ -179,7 +179,7 @@ def _same(a, b, what: str, exact: bool = True) -> None:
 
 
 # -- class-level checks -----------------------------------------------------------
-def check_declarations(cls) -> None:
+def _check_declarations(cls) -> None:
     """Names, tasks, parameters, search space and flags are declared and consistent."""
     import inspect
 
@@ -229,7 +229,7 @@ def _check_search_space(cls) -> None:
                               f"{type(exc).__name__}: {exc}") from exc
 
 
-def check_unknown_parameter(cls) -> None:
+def _check_unknown_parameter(cls) -> None:
     """An unknown hyper-parameter raises a FamilyError naming the family and the parameter."""
     try:
         cls(task=cls.tasks[0], params={UNKNOWN_PARAM: 1})
@@ -243,7 +243,7 @@ def check_unknown_parameter(cls) -> None:
 
 
 # -- per-task checks ------------------------------------------------------------------
-def check_scores(case: _Case) -> None:
+def _check_scores(case: _Case) -> None:
     """Shape, range and meaning of ``predict_score`` for the task; records serialisable."""
     fam, s, n = case.fitted, case.scores, N_TEST
     _require(case.returned_self, "fit must return the instance itself")
@@ -298,14 +298,14 @@ _SCORE_MEANING: dict[str, Callable] = {
 }
 
 
-def check_batches(case: _Case) -> None:
+def _check_batches(case: _Case) -> None:
     """Scoring in two batches gives the scores of one call (predict works in batches)."""
     k = N_TEST // 3
     parts = [np.asarray(case.fitted.predict_score(case.Xt[:k])), np.asarray(case.fitted.predict_score(case.Xt[k:]))]
     _same(np.concatenate(parts), case.scores, "two batches vs one", exact=False)
 
 
-def check_determinism(case: _Case) -> None:
+def _check_determinism(case: _Case) -> None:
     """Two fits with the same seed give identical predictions."""
     _same(case.fit().predict_score(case.Xt), case.scores, f"a second fit with seed {SEED}")
 
@@ -315,7 +315,7 @@ def _weights(case: _Case, factor: float) -> np.ndarray:
     return w * len(w) / w.sum()  # mean 1, as the train step passes them
 
 
-def check_sample_weight(case: _Case) -> None:
+def _check_sample_weight(case: _Case) -> None:
     """Re-weighting a region of the training events moves the result the way it must.
 
     Classification, multiclass, regression: up-weighting (20x) signal, class 0,
@@ -361,7 +361,7 @@ def _check_changed(task: str, s_u, s_w) -> None:
                               "sample_weight ignored?")
 
 
-def check_save_load(case: _Case) -> None:
+def _check_save_load(case: _Case) -> None:
     """save/restore gives identical predictions, also with other threads and devices."""
     loaded = case.restore()
     _same(loaded.predict_score(case.Xt), case.scores, "the loaded model")
@@ -374,7 +374,7 @@ def check_save_load(case: _Case) -> None:
               exact=False)
 
 
-def check_no_pickle(case: _Case) -> None:
+def _check_no_pickle(case: _Case) -> None:
     """No saved file is (or holds) a pickle that loading would execute."""
     for path in sorted(p for p in case.saved.rglob("*") if p.is_file()):
         _check_safe_file(path)
@@ -416,7 +416,7 @@ def _check_safe_zip(path: Path) -> None:
         _require(not bad, f"{path.name} holds pickle file(s) {bad}")
 
 
-def check_native_importance(case: _Case) -> None:
+def _check_native_importance(case: _Case) -> None:
     """``native_importance`` of a loaded model is None or feature index -> finite value >= 0."""
     raw = case.restore().native_importance()  # as the importance step calls it
     if raw is None:
@@ -432,7 +432,7 @@ class _Prune(Exception):
     """What the check's callback raises to stand for a pruned trial."""
 
 
-def check_epoch_callback(case: _Case) -> None:
+def _check_epoch_callback(case: _Case) -> None:
     """An iterative family reports a finite validation loss every iteration and stops when told."""
     seen: list[tuple[int, dict]] = []
     fam = case.fit(callback=lambda epoch, metrics: seen.append((epoch, dict(metrics))))
@@ -456,7 +456,7 @@ def check_epoch_callback(case: _Case) -> None:
     raise _Failed("an exception raised by the epoch callback did not end fit (tuning prunes so)")
 
 
-def check_missing_class(case: _Case) -> None:
+def _check_missing_class(case: _Case) -> None:
     """K columns of probabilities even when a class has no training event."""
     y = np.where(case.y == 2, 1, case.y)  # no event of class 2
     s = np.asarray(case.fit(y=y).predict_score(case.Xt))
@@ -465,7 +465,7 @@ def check_missing_class(case: _Case) -> None:
     _require(np.allclose(s.sum(axis=1), 1.0, atol=1e-5), "rows do not sum to 1 when a class is absent")
 
 
-def check_onnx(case: _Case) -> None:
+def _check_onnx(case: _Case) -> None:
     """``to_onnx`` reproduces ``predict_score`` (``exports_onnx``) or refuses naming the family."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -489,18 +489,18 @@ def check_onnx(case: _Case) -> None:
 
 # -- running them -----------------------------------------------------------------------
 #: (name, function, applies to (cls, task)); class-level checks come first
-_CLASS_CHECKS = (("declarations", check_declarations), ("unknown_parameter", check_unknown_parameter))
+_CLASS_CHECKS = (("declarations", _check_declarations), ("unknown_parameter", _check_unknown_parameter))
 _TASK_CHECKS: tuple[tuple[str, Callable, Callable], ...] = (
-    ("scores", check_scores, lambda cls, task: True),
-    ("batches", check_batches, lambda cls, task: True),
-    ("determinism", check_determinism, lambda cls, task: True),
-    ("sample_weight", check_sample_weight, lambda cls, task: True),
-    ("save_load", check_save_load, lambda cls, task: True),
-    ("no_pickle", check_no_pickle, lambda cls, task: True),
-    ("native_importance", check_native_importance, lambda cls, task: True),
-    ("epoch_callback", check_epoch_callback, lambda cls, task: cls.iterative),
-    ("missing_class", check_missing_class, lambda cls, task: task == "multiclass"),
-    ("onnx", check_onnx, lambda cls, task: True),
+    ("scores", _check_scores, lambda cls, task: True),
+    ("batches", _check_batches, lambda cls, task: True),
+    ("determinism", _check_determinism, lambda cls, task: True),
+    ("sample_weight", _check_sample_weight, lambda cls, task: True),
+    ("save_load", _check_save_load, lambda cls, task: True),
+    ("no_pickle", _check_no_pickle, lambda cls, task: True),
+    ("native_importance", _check_native_importance, lambda cls, task: True),
+    ("epoch_callback", _check_epoch_callback, lambda cls, task: cls.iterative),
+    ("missing_class", _check_missing_class, lambda cls, task: task == "multiclass"),
+    ("onnx", _check_onnx, lambda cls, task: True),
 )
 
 
@@ -539,7 +539,7 @@ def family_checks(cls, params: dict | None = None, tasks=None) -> list[tuple[str
         raises :class:`FamilyCheckError` when the check fails.
     """
     checks = [(None, name, _named(cls, None, name, fn, cls)) for name, fn in _CLASS_CHECKS]
-    for task in (cls.tasks if tasks is None else tasks):
+    for task in (getattr(cls, "tasks", ()) if tasks is None else tasks):
         case = _LazyCase(cls, task, params)
         checks += [(task, name, _named(cls, task, name, lambda c, f=fn: f(c.get()), case))
                    for name, fn, applies in _TASK_CHECKS if applies(cls, task)]

@@ -28,6 +28,14 @@ TRUSTED_TYPES = frozenset({
 
 
 def skops_dump(estimator, path) -> None:
+    """Write a fitted scikit-learn estimator as a skops file (no pickle).
+
+    Parameters
+    ----------
+    estimator : sklearn estimator
+    path : path-like
+        The ``.skops`` file to write.
+    """
     import skops.io as sio
 
     sio.dump(estimator, str(path))
