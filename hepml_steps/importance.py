@@ -17,16 +17,11 @@ log = logging.getLogger("hepml.importance")
 
 
 def native_importance(model, features: list[str]) -> dict[str, float]:
-    if hasattr(model, "feature_importance"):  # XGBoost: total gain keyed f0, f1, ...
-        raw = model.feature_importance()
-        return {name: float(raw.get(f"f{i}", 0.0)) for i, name in enumerate(features)}
-    est = getattr(model, "estimator", None)
-    if est is not None and hasattr(est, "feature_importances_"):
-        return dict(zip(features, map(float, est.feature_importances_)))
-    if est is not None and hasattr(est, "coef_"):
-        # mean |coefficient| over the rows (one row for two classes, one per class for multiclass)
-        return dict(zip(features, map(float, np.abs(np.atleast_2d(est.coef_)).mean(axis=0))))
-    return {}
+    """The family's own importance (``Family.native_importance``) keyed by feature name; {} when none."""
+    raw = model.native_importance()  # feature column index -> importance, or None
+    if raw is None:
+        return {}
+    return {name: float(raw.get(i, 0.0)) for i, name in enumerate(features)}
 
 
 def importance(model_dir: str, test: str, out: str, raw_test: str | None = None, n_repeats: int = 3,

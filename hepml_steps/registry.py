@@ -60,7 +60,14 @@ def _plugin_entry_points() -> dict:
 
 
 def available() -> dict[str, str]:
-    """Family name -> where it comes from (``module:Class``), plugins included."""
+    """Every registered family, imported or not.
+
+    Returns
+    -------
+    dict of str to str
+        Family name -> where it comes from (``module:Class``), built-ins first,
+        then plugins (a plugin cannot replace a built-in name).
+    """
     found = dict(BUILTIN)
     for name, ep in _plugin_entry_points().items():
         if name in found:
@@ -70,7 +77,25 @@ def available() -> dict[str, str]:
 
 
 def get(name: str):
-    """Return the family class registered as ``name`` (importing it now)."""
+    """The family class registered as ``name``, imported now.
+
+    Parameters
+    ----------
+    name : str
+        A built-in family or a plugin's entry-point name.
+
+    Returns
+    -------
+    type
+        A :class:`~hepml_steps.families.base.Family` subclass.
+
+    Raises
+    ------
+    FamilyError
+        When no family has that name, its library is not installed, or a
+        plugin fails to import or is not a Family subclass (naming the plugin,
+        its entry point and the import error).
+    """
     if name in BUILTIN:
         module, _, attr = BUILTIN[name].partition(":")
         try:
@@ -101,9 +126,19 @@ META_FILE = "hepml_model.json"
 
 
 def requested_device(spec: dict) -> str:
-    """The device a model's config asks for: ``device`` as given, except that
-    ``auto`` with ``gpus`` > 0 is a request for CUDA (so falling back to the CPU
-    is warned about, not silent)."""
+    """The device a model's config asks for.
+
+    Parameters
+    ----------
+    spec : dict
+        The model's config entry (``device``, default ``"auto"``; ``gpus``).
+
+    Returns
+    -------
+    str
+        ``device`` as given, except that ``auto`` with ``gpus`` > 0 is a request
+        for ``"cuda"`` (so falling back to the CPU is warned about, not silent).
+    """
     device = str(spec.get("device", "auto"))
     return "cuda" if device == "auto" and int(spec.get("gpus") or 0) > 0 else device
 
@@ -127,8 +162,4 @@ def load_model(directory):
     meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("family"), str):
         raise FamilyError(f"{path}: not a hepml model metadata file (no 'family')")
-    cls = get(meta["family"])
-    model = cls.load(directory, meta)
-    if meta.get("classes"):
-        model.n_classes = len(meta["classes"])
-    return model, meta
+    return get(meta["family"]).restore(directory, meta), meta

@@ -222,7 +222,7 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
                 trial.report(-sign * values["validation_loss"], step)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
-            fam.epoch_callback = report
+            fam.set_epoch_callback(report)
         fam.fit(Xt, yt, sample_weight=fit_weights(wt, yt, weighting, task), X_val=Xe, y_val=ye,
                 w_val=fit_weights(we, ye, weighting, task))
         # the objective uses the event weights as they are (physics weights)

@@ -141,3 +141,43 @@ def test_xgboost_job_never_imports_torch():
             "print('torch' in sys.modules, 'mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("name, expected", [("xgboost", "dict"), ("random_forest", "dict"),
+                                            ("logistic_regression", "dict"), ("svm", None), ("knn", None),
+                                            ("mlp", None)])
+def test_native_importance_is_a_declared_hook(name, expected):
+    """The importance step asks every family through ``native_importance`` (default None)."""
+    from hepml_steps.importance import native_importance
+
+    X, y = data(400)
+    m = registry.get(name)(params=FAST.get(name, {})).fit(X, y)
+    raw = m.native_importance()
+    assert (raw is None) if expected is None else (isinstance(raw, dict) and set(raw) <= {0, 1, 2, 3})
+    named = native_importance(m, ["a", "b", "c", "d"])
+    assert named == ({} if raw is None else {n: raw.get(i, 0.0) for i, n in enumerate("abcd")})
+    if raw:  # feature 0 carries most of the signal
+        assert max(named, key=named.get) == "a"
+
+
+def test_only_onnx_families_export_and_the_others_say_so(tmp_path):
+    for name in registry.BUILTIN:
+        cls = registry.get(name)
+        assert cls.exports_onnx == (name in ("xgboost", "mlp", "autoencoder")), name
+    m = registry.get("naive_bayes")().fit(*data(100))
+    with pytest.raises(FamilyError, match="family 'naive_bayes' cannot export ONNX"):
+        m.to_onnx(tmp_path / "model.onnx", 4)
+
+
+def test_tuning_sets_the_epoch_callback_through_the_declared_hook():
+    """tune.py uses set_epoch_callback, never the attribute; iterative families report through it."""
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "hepml_steps" / "tune.py").read_text()
+    assert "set_epoch_callback(" in source and ".epoch_callback =" not in source
+    seen = []
+    m = registry.get("xgboost")(params={"n_estimators": 3})
+    m.set_epoch_callback(lambda epoch, metrics: seen.append(epoch))
+    X, y = data(300)
+    m.fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    assert seen == [0, 1, 2]

@@ -30,13 +30,15 @@ def env_with(site):
 def test_registry_sees_plugin_and_names_broken_one(plugin_site):
     code = ("from hepml_steps import registry\n"
             "from hepml_steps.errors import FamilyError\n"
+            "from hepml_steps.families import check_family\n"
             "assert 'nearest_centroid' in registry.available()\n"
             "print(registry.get('nearest_centroid').__module__)\n"
+            "check_family(registry.get('nearest_centroid'))\n"
             "try:\n    registry.get('broken_family')\n"
             "except FamilyError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env_with(plugin_site), capture_output=True,
                          text=True, check=True).stdout
-    assert out.splitlines()[0] == "hepml_plugin_demo"
+    assert out.splitlines()[0] == "hepml_plugin_demo"  # found through its entry point, and it passes the kit
     assert "plugin family 'broken_family'" in out and "does_not_exist" in out and "ModuleNotFoundError" in out
 
 

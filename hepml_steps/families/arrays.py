@@ -154,6 +154,17 @@ class PCAFamily(ArrayFamily):
         return self
 
     def transform(self, X):
+        """All kept components.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_events, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_events, n_components)
+            ``(X - mean) @ components.T`` (weighted mean and components).
+        """
         return (np.asarray(X, dtype=np.float64) - self.mean) @ self.components.T
 
     def predict_score(self, X):

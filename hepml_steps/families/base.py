@@ -1,61 +1,98 @@
 """The contract every model family implements (built-in or third-party).
 
-A family is a class deriving from :class:`Family`. It *declares*
+A family is a class deriving from :class:`Family`. Everything the pipeline
+(train, tune, predict, importance) reads from a family class or calls on a
+family instance is declared here, with its default; nothing is looked up with
+``hasattr`` or reached through a family's private attributes. A family
 
-- ``name``: the key used in ``config.yaml`` (``models.<model>.family``);
-- ``tasks``: the tasks it supports, a subset of :data:`TASKS`;
-- ``default_params``: every hyper-parameter it accepts, with its default;
-  unknown keys in the config are rejected with the list of known ones;
-- ``search_space``: default Optuna search space, ``{param: spec}`` with spec
-  ``{"type": "int"|"float", "low": .., "high": .., "log": bool}`` or
-  ``{"type": "categorical", "choices": [...]}``;
-- ``gpu_capable``: whether it can run on a CUDA device;
-- ``file_format``: a short name of its safe on-disk format
-  (e.g. ``"xgboost-ubj"``, ``"torch-state-dict"``, ``"skops"``);
-- ``iterative``: whether it trains in iterations that can report a
-  validation metric (used for pruning and learning curves);
-- ``max_train_events``: optional default cap on training events for
-  families that scale badly (``None`` = no cap);
-
-and *implements*
-
-- ``fit(X, y, sample_weight=None, X_val=None, y_val=None, w_val=None)``;
-- ``predict_score(X)``: one float per event: signal probability
-  (classification), prediction (regression), anomaly score (higher = more
-  anomalous), cluster index (clustering), or the first component
-  (dimensionality reduction); for ``multiclass`` an events x classes array
-  of class probabilities (rows sum to 1);
-- ``save(directory)``: write the model files, return their names;
-- ``load(directory, meta)`` (classmethod): rebuild a fitted instance from the
-  files written by ``save`` without unpickling anything a user could swap.
+- *declares* class attributes: ``name``, ``tasks``, ``default_params``,
+  ``search_space``, ``gpu_capable``, ``file_format``, ``iterative``,
+  ``max_train_events``, ``exports_onnx``;
+- *implements* ``fit``, ``predict_score``, ``save`` and ``load``;
+- *may override* the optional hooks, whose defaults are safe:
+  ``use_device`` (stay on the CPU), ``native_importance`` (none),
+  ``to_onnx`` (refuse, naming the family), ``set_epoch_callback`` (store the
+  callback; only an ``iterative`` family's ``fit`` calls it, through
+  :meth:`Family.report_epoch`);
+- *gets* from the base class: the constructor, ``resolve_params`` (unknown
+  hyper-parameters are a :class:`~hepml_steps.errors.FamilyError` naming the
+  family and the parameter), ``classes_count``, ``restore`` and ``describe``.
 
 ``X`` is a float32 numpy array (events x features), ``y`` a numpy array
-(0/1 labels, class indices 0..K-1 for ``multiclass``, or regression targets),
-weights float64. For ``multiclass`` the pipeline sets ``self.n_classes = K``
-before ``fit``; ``predict_score`` must return K columns even when a class has
-no training events (as can happen in a cross-validation fold). After ``fit`` a family
-may fill ``self.history`` (per-iteration train/validation metrics) and
-``self.info`` (anything worth recording, e.g. the device used).
+(0/1 labels, class indices 0..K-1 for ``multiclass``, regression targets, or
+``None`` for anomaly, clustering and dimensionality reduction), weights
+float64. docs/plugins.md lists every hook with what the pipeline does with it;
+:func:`hepml_steps.families.check_family` checks a family against this
+contract on small synthetic data.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from ..errors import FamilyError
 
 TASKS = ("classification", "multiclass", "regression", "anomaly", "clustering", "dimreduction")
 
+#: ``f(epoch, metrics)``: called by an iterative family after every iteration.
+EpochCallback = Callable[[int, dict], None]
+
 
 class Family(ABC):
+    """Base class of every model family; see the module docstring and docs/plugins.md.
+
+    Parameters
+    ----------
+    task : str, default "classification"
+        One of the family's ``tasks``; another task raises FamilyError.
+    params : dict, optional
+        Hyper-parameters overriding ``default_params`` (unknown keys raise FamilyError).
+    seed : int, default 0
+        Seed of every random number the fit uses: the same seed, data and
+        ``n_threads`` must give identical predictions.
+    n_threads : int, default 1
+        CPU threads for ``fit`` and ``predict_score``. The pipeline may change
+        the attribute on a loaded model before predicting, so read it at call time.
+    device : str, default "cpu"
+        ``"cpu"``, ``"cuda"`` (``"cuda:<i>"``) or ``"auto"``; only ``gpu_capable``
+        families use anything but the CPU.
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        Filled by ``fit``: per-iteration metrics (``train_loss``,
+        ``validation_loss``, ...) for the learning curves. Empty by default.
+    info : dict
+        Filled by ``fit`` and ``use_device``: anything worth recording, at
+        least ``info["device"]`` (where the model runs). JSON-serialisable.
+    n_classes : int or None
+        ``multiclass``: the number of classes K, set by the pipeline before
+        ``fit`` and after ``load``; ``predict_score`` returns K columns even
+        when a class has no training events (a cross-validation fold).
+    epoch_callback : callable or None
+        Set through :meth:`set_epoch_callback`; ``None`` by default.
+    """
+
+    #: the key used in ``config.yaml`` (``models.<model>.family``)
     name: ClassVar[str] = ""
+    #: the tasks the family supports, a subset of :data:`TASKS`
     tasks: ClassVar[tuple[str, ...]] = ()
+    #: every hyper-parameter it accepts, with its default (JSON-serialisable values)
     default_params: ClassVar[dict[str, Any]] = {}
+    #: default Optuna space: ``{param: {"type": "int"|"float", "low", "high", "log"}}``
+    #: or ``{param: {"type": "categorical", "choices": [...]}}``
     search_space: ClassVar[dict[str, dict]] = {}
+    #: whether it can run on a CUDA device (else the config refuses ``gpus`` > 0)
     gpu_capable: ClassVar[bool] = False
+    #: short name of its safe on-disk format (``"xgboost-ubj"``, ``"skops"``, ...)
     file_format: ClassVar[str] = ""
+    #: whether ``fit`` reports a validation loss every iteration through
+    #: :meth:`report_epoch` (tuning prunes it; the learning curves read ``history``)
     iterative: ClassVar[bool] = False
+    #: default cap on training events for families that scale badly (``None``: no cap)
     max_train_events: ClassVar[int | None] = None
+    #: whether :meth:`to_onnx` writes an ONNX copy of a fitted model
+    exports_onnx: ClassVar[bool] = False
 
     def __init__(self, task: str = "classification", params: dict | None = None,
                  seed: int = 0, n_threads: int = 1, device: str = "cpu"):
@@ -70,13 +107,29 @@ class Family(ABC):
         self.device = device
         self.history: dict[str, list[float]] = {}
         self.info: dict[str, Any] = {}
-        #: multiclass: the number of classes K, set by the pipeline before ``fit``
-        #: (a cross-validation fold may lack a class; the outputs still have K columns)
         self.n_classes: int | None = None
+        self.epoch_callback: EpochCallback | None = None
 
     @classmethod
     def resolve_params(cls, params: dict) -> dict:
-        """Defaults overlaid with ``params``; unknown keys raise naming the family."""
+        """The family's hyper-parameters: ``default_params`` overlaid with ``params``.
+
+        Parameters
+        ----------
+        params : dict
+            Hyper-parameters from the config or a tuning trial.
+
+        Returns
+        -------
+        dict
+            Every key of ``default_params``.
+
+        Raises
+        ------
+        FamilyError
+            When ``params`` holds a key ``default_params`` lacks, naming the
+            family, the unknown key(s) and the known ones.
+        """
         unknown = sorted(set(params) - set(cls.default_params))
         if unknown:
             raise FamilyError(
@@ -87,39 +140,188 @@ class Family(ABC):
     # -- to implement -------------------------------------------------------
     @abstractmethod
     def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None) -> "Family":
-        """Train on ``X``/``y`` honouring ``sample_weight``; validation set optional."""
+        """Train on ``X``/``y`` honouring ``sample_weight``; return ``self``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_events, n_features), float32
+        y : ndarray of shape (n_events,) or None
+            0/1 labels, class indices 0..K-1 (``multiclass``), regression
+            targets, or ``None`` (anomaly: background events only; clustering;
+            dimensionality reduction).
+        sample_weight : ndarray of shape (n_events,), float64, optional
+            Event weights as set by ``training.weighting``; they must change
+            the fit (an up-weighted event counts more).
+        X_val, y_val, w_val : optional
+            The validation split (same conventions), for learning curves,
+            early stopping and :meth:`report_epoch`.
+        """
 
     @abstractmethod
     def predict_score(self, X):
-        """One float per event (see the module docstring for its meaning per task)."""
+        """Score every event; row ``i`` depends on ``X[i]`` only (predict runs in batches).
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_events, n_features), float32
+
+        Returns
+        -------
+        ndarray of shape (n_events,), or (n_events, K) for ``multiclass``
+            classification: signal probability in [0, 1]; multiclass: class
+            probabilities, rows summing to 1; regression: the prediction in
+            target units; anomaly: higher = more anomalous; clustering: the
+            cluster index (-1 for noise); dimreduction: the first component.
+        """
 
     @abstractmethod
     def save(self, directory) -> list[str]:
-        """Write the model files into ``directory``; return their file names."""
+        """Write the fitted model into ``directory`` (no pickle); return the file names.
+
+        Parameters
+        ----------
+        directory : path-like
+            An existing, empty directory.
+
+        Returns
+        -------
+        list of str
+            The names of the files written (recorded in the model metadata).
+        """
 
     @classmethod
     @abstractmethod
     def load(cls, directory, meta: dict) -> "Family":
-        """Rebuild a fitted instance from ``save``'s files (no pickle)."""
+        """Rebuild the fitted instance from ``save``'s files without unpickling.
 
+        Parameters
+        ----------
+        directory : path-like
+            The directory ``save`` wrote.
+        meta : dict
+            The model metadata (``task``, ``params``, ``seed``, ``features``,
+            ``classes`` for multiclass, ...) as read back from JSON.
+
+        Returns
+        -------
+        Family
+            An instance whose ``predict_score`` equals the saved model's.
+
+        Raises
+        ------
+        FamilyError
+            When a file is not what the family wrote, naming the file.
+        """
+
+    # -- optional hooks, with their defaults ------------------------------------
+    def use_device(self, device: str) -> None:
+        """Run inference of a loaded model on ``device`` (called by predict).
+
+        Default: stay on the CPU and record ``info["device"] = "cpu"``.
+        GPU-capable families move the model when the device is usable, else
+        stay on the CPU and warn.
+
+        Parameters
+        ----------
+        device : str
+            ``"cpu"``, ``"auto"``, ``"cuda"`` or ``"cuda:<i>"``.
+        """
+        self.device = device
+        self.info["device"] = "cpu"
+
+    def set_epoch_callback(self, callback: EpochCallback | None) -> None:
+        """Ask ``fit`` to call ``callback(epoch, metrics)`` after every iteration.
+
+        Tuning sets it to report the validation loss to Optuna and prune
+        (by raising out of the callback). Default: store it in
+        ``epoch_callback``; only a family declaring ``iterative = True`` calls
+        it, from its training loop, through :meth:`report_epoch`.
+
+        Parameters
+        ----------
+        callback : callable or None
+            ``f(epoch, metrics)``, ``epoch`` 0-based, ``metrics`` holding at
+            least ``"validation_loss"`` (lower is better) when ``fit`` has a
+            validation set. ``None`` removes it.
+        """
+        self.epoch_callback = callback
+
+    def report_epoch(self, epoch: int, metrics: dict) -> None:
+        """Pass one iteration's metrics to the epoch callback, if any (for ``fit`` to call).
+
+        An exception raised by the callback propagates out of ``fit``: that
+        is how tuning prunes a trial, so do not catch it.
+
+        Parameters
+        ----------
+        epoch : int
+            0-based iteration number.
+        metrics : dict of str to float
+            ``validation_loss`` (required when there is a validation set),
+            ``train_loss`` and others optional.
+        """
+        if self.epoch_callback is not None:
+            self.epoch_callback(epoch, metrics)
+
+    def native_importance(self) -> dict[int, float] | None:
+        """The model's own importance of each feature (e.g. tree gain, |coefficients|).
+
+        Default: ``None`` (the importance step then records only the
+        permutation importance).
+
+        Returns
+        -------
+        dict of int to float, or None
+            Feature column index (0-based) -> non-negative importance; an
+            index left out counts as 0.
+        """
+        return None
+
+    def to_onnx(self, path, n_features: int) -> None:
+        """Write the fitted model as ONNX (train does when ``exports_onnx`` is True).
+
+        The graph takes a float32 input ``features`` of shape
+        ``[N, n_features]`` and gives an output ``score`` equal to
+        :meth:`predict_score` (``[N]``, or ``[N, K]`` for multiclass).
+
+        Parameters
+        ----------
+        path : path-like
+            The file to write (atomically).
+        n_features : int
+            The number of input features.
+
+        Raises
+        ------
+        FamilyError
+            Default: always, naming the family (set ``exports_onnx`` and
+            override this to support ONNX).
+        """
+        raise FamilyError(f"family '{self.name}' cannot export ONNX (exports_onnx is False)")
+
+    # -- given by the base class ------------------------------------------------
     def classes_count(self, y) -> int:
         """K for a multiclass fit: ``n_classes`` when the pipeline set it, else max(y) + 1."""
         import numpy as np
 
         return int(self.n_classes) if self.n_classes else int(np.max(y)) + 1
 
-    def use_device(self, device: str) -> None:
-        """Run inference of a loaded model on ``device`` (GPU-capable families
-        move the model there when it is usable, else stay on the CPU and warn)."""
-        self.device = device
-        self.info["device"] = "cpu"
+    @classmethod
+    def restore(cls, directory, meta: dict) -> "Family":
+        """What the pipeline calls to load a model: :meth:`load`, then the
+        pipeline's own state (``n_classes`` from ``meta["classes"]``). Not to override.
+        """
+        model = cls.load(directory, meta)
+        if meta.get("classes"):
+            model.n_classes = len(meta["classes"])
+        return model
 
-    # -- helpers -------------------------------------------------------------
     @classmethod
     def describe(cls) -> dict:
+        """The class's declarations as a JSON-serialisable dict."""
         return {
             "name": cls.name, "tasks": list(cls.tasks), "default_params": dict(cls.default_params),
             "search_space": dict(cls.search_space), "gpu_capable": cls.gpu_capable,
             "file_format": cls.file_format, "iterative": cls.iterative,
-            "max_train_events": cls.max_train_events,
+            "max_train_events": cls.max_train_events, "exports_onnx": cls.exports_onnx,
         }

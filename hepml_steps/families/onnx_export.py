@@ -48,6 +48,24 @@ def _with_score_output(model, source: str, column: int | None, n_classes: int | 
 
 
 def export_xgboost(booster, task: str, n_features: int, path) -> None:
+    """Write an XGBoost booster as ONNX whose ``score`` equals its predictions.
+
+    Parameters
+    ----------
+    booster : xgboost.Booster
+    task : str
+        ``classification`` (score = P(signal)), ``multiclass`` (K columns) or ``regression``.
+    n_features : int
+        Width of the ``features`` input.
+    path : path-like
+        The file to write (atomically).
+
+    Raises
+    ------
+    FamilyError
+        When the converted model does not reproduce the booster's scores on
+        probe events (nothing is written).
+    """
     import numpy as np
     import xgboost as xgb
     from onnxmltools import convert_xgboost

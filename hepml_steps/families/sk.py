@@ -28,6 +28,14 @@ TRUSTED_TYPES = frozenset({
 
 
 def skops_dump(estimator, path) -> None:
+    """Write a fitted scikit-learn estimator as a skops file (no pickle).
+
+    Parameters
+    ----------
+    estimator : sklearn estimator
+    path : path-like
+        The ``.skops`` file to write.
+    """
     import skops.io as sio
 
     sio.dump(estimator, str(path))
@@ -116,6 +124,20 @@ class SklearnFamily(Family):
         if self.task == "multiclass":
             return _by_class(est.predict_proba(X), est.classes_, self.n_classes)
         return np.asarray(est.predict(X), dtype=np.float64)
+
+    def native_importance(self) -> dict[int, float] | None:
+        """The estimator's impurity-based ``feature_importances_`` (trees, forests,
+        AdaBoost) or its mean |coefficient| over classes (linear models, linear
+        SVM); ``None`` when it has neither (HistGradientBoosting, naive Bayes,
+        kernel SVM, k-means)."""
+        est = self.estimator
+        if hasattr(est, "feature_importances_"):
+            values = np.asarray(est.feature_importances_, dtype=np.float64)
+        elif hasattr(est, "coef_"):  # one row for two classes, one per class for multiclass
+            values = np.abs(np.atleast_2d(est.coef_)).mean(axis=0)
+        else:
+            return None
+        return {i: float(v) for i, v in enumerate(values)}
 
     def save(self, directory) -> list[str]:
         skops_dump(self.estimator, Path(directory) / "model.skops")

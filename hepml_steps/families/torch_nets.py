@@ -51,7 +51,7 @@ not available, a warning is logged. The device used and the reason go into
 Files: ``model.pt`` is the network's ``state_dict`` (tensors only; loaded
 with ``torch.load(weights_only=True)``, so nothing is unpickled) and
 ``model_config.json`` describes the architecture and the input/target scaling
-needed to rebuild it. ``export_onnx`` writes an ONNX model whose input
+needed to rebuild it. ``to_onnx`` writes an ONNX model whose input
 ``features`` is ``[N, n_features]`` float32 and whose output ``score`` is
 ``[N]`` (``[N, K]`` for multiclass) and equal to ``predict_score``.
 """
@@ -133,6 +133,14 @@ def _tensor(array):
 
 
 def make_activation(name: str, slope: float = 5.0) -> nn.Module:
+    """The activation module called ``name`` (one of :data:`ACTIVATIONS`).
+
+    Parameters
+    ----------
+    name : str
+    slope : float, default 5.0
+        The surrogate-gradient slope of ``step``.
+    """
     return {
         "linear": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus, "logistic": nn.Sigmoid,
         "tanh": nn.Tanh, "step": lambda: Step(slope),
@@ -257,13 +265,9 @@ class TorchFamily(Family):
 
     gpu_capable = True
     file_format = "torch-state-dict"
-    iterative = True
+    iterative = True  # every epoch reports train_loss, validation_loss (and validation_auc)
+    exports_onnx = True
     losses: ClassVar[dict[str, tuple[str, ...]]] = {}
-
-    #: optional ``f(epoch, metrics)`` called after every epoch (0-based epoch;
-    #: metrics: train_loss, validation_loss, validation_auc when available).
-    #: An exception it raises propagates out of ``fit`` (the tuner prunes so).
-    epoch_callback = None
 
     def __init__(self, task: str = "classification", params: dict | None = None,
                  seed: int = 0, n_threads: int = 1, device: str = "cpu"):
@@ -448,97 +452,111 @@ class TorchFamily(Family):
 
     # -- training ----------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None, X_val=None, y_val=None, w_val=None):
-        p = self.params
+        """Train by weighted mini-batch gradient descent (see the module docstring); return ``self``.
+
+        Every epoch's losses go to ``history`` and to :meth:`report_epoch`;
+        with a validation set and ``early_stopping_patience`` > 0 training stops
+        when the validation loss has not improved for that many epochs and the
+        best epoch's weights are restored.
+
+        Raises
+        ------
+        DataError
+            When the events, targets or weights are unusable (naming which).
+        FamilyError
+            When training diverges (a non-finite training loss).
+        """
+        X, w, X_val, w_val = self._checked_inputs(X, sample_weight, X_val, w_val)
+        device = self._resolve_device()
+        self.history = {"train_loss": [], "validation_loss": []}
+        if X_val is not None and self.task == "classification":
+            self.history["validation_auc"] = []
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with _threads(self.n_threads), torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(self.seed)
+            self.scaling = self._fit_scaling(X, y, w)
+            scorer = self._build(self.n_features, self.scaling).to(device)
+            train = self._as_tensors(X, y, w, device)
+            val = None if X_val is None else self._as_tensors(X_val, y_val, w_val, device)
+            self._train(scorer.net, train, val, y_val, w_val)
+        self.scorer = scorer
+        self.info["n_parameters"] = int(sum(t.numel() for t in scorer.net.parameters()))
+        return self
+
+    def _checked_inputs(self, X, w, X_val, w_val):
+        """(X, w, X_val, w_val) as float32 arrays; ``X_val`` None when there is no validation event."""
         self.n_features = None
         X = self._as_X(X, "X")
         if len(X) == 0:
             raise DataError(f"family '{self.name}': no training events")
         self.n_features = X.shape[1]
-        w = self._as_w(sample_weight, len(X), "sample_weight")
-        has_val = X_val is not None and len(X_val) > 0
-        if has_val:
-            X_val = self._as_X(X_val, "X_val")
-            w_val = self._as_w(w_val, len(X_val), "w_val")
-        device = self._resolve_device()
-        self.history = {"train_loss": [], "validation_loss": []}
-        if has_val and self.task == "classification":
-            self.history["validation_auc"] = []
-        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        w = self._as_w(w, len(X), "sample_weight")
+        if X_val is None or len(X_val) == 0:
+            return X, w, None, None
+        X_val = self._as_X(X_val, "X_val")
+        return X, w, X_val, self._as_w(w_val, len(X_val), "w_val")
+
+    def _as_tensors(self, X, y, w, device) -> tuple:
+        """(network input, target, weights) as tensors on ``device``."""
+        inp, tgt = self._training_tensors(X, y)
+        return _tensor(inp).to(device), _tensor(tgt).to(device), _tensor(w).to(device)
+
+    def _train(self, net, train, val, y_val, w_val) -> None:
+        """The epoch loop: train, validate, report, stop early; records in ``history`` and ``info``."""
+        p = self.params
+        optimizer = self._make_optimizer(net.parameters())
+        self.info["initial_train_loss"], _ = self._evaluate(net, *train)
+        if val is not None:
+            self.info["initial_validation_loss"], _ = self._evaluate(net, *val)
+        stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
         rng = np.random.default_rng(self.seed)
+        epoch = -1
+        for epoch in range(p["epochs"]):
+            metrics = {"train_loss": self._train_epoch(net, optimizer, train, rng, epoch)}
+            if val is not None:
+                val_loss, out = self._evaluate(net, *val)
+                metrics = {**metrics, "validation_loss": val_loss, **self._validation_extras(out, y_val, w_val)}
+                stop.update(val_loss, epoch, net)
+            for k, v in metrics.items():
+                self.history[k].append(v)
+            self.report_epoch(epoch, metrics)  # a pruning callback raises out of fit
+            if stop.triggered:
+                break
+        self.info["epochs_run"] = epoch + 1
+        self.info["early_stopped"] = bool(stop.triggered and epoch + 1 < p["epochs"])
+        if stop.best_state is not None:
+            net.load_state_dict(stop.best_state)
+            self.info["best_epoch"] = stop.best_epoch
+            self.info["best_validation_loss"] = stop.best_loss
+        else:  # no early stopping: the last epoch's weights are kept
+            self.info["best_epoch"] = epoch if epoch >= 0 else None
+            if val is not None and stop.best_epoch is not None:
+                self.info["lowest_validation_loss_epoch"] = stop.best_epoch
+        net.eval()
 
-        with _threads(self.n_threads), torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(self.seed)
-            self.scaling = self._fit_scaling(X, y, w)
-            scorer = self._build(self.n_features, self.scaling).to(device)
-            net = scorer.net
-            inp, tgt = self._training_tensors(X, y)
-            Xt, Tt = _tensor(inp).to(device), _tensor(tgt).to(device)
-            Wt = _tensor(w).to(device)
-            if has_val:
-                vin, vtgt = self._training_tensors(X_val, y_val)
-                Xv, Tv = _tensor(vin).to(device), _tensor(vtgt).to(device)
-                Wv = _tensor(w_val).to(device)
-            optimizer = self._make_optimizer(net.parameters())
-
-            self.info["initial_train_loss"], _ = self._evaluate(net, Xt, Tt, Wt)
-            if has_val:
-                self.info["initial_validation_loss"], _ = self._evaluate(net, Xv, Tv, Wv)
-            patience = p["early_stopping_patience"] if has_val else 0
-            best_loss, best_epoch, best_state, stale = math.inf, None, None, 0
-            n, bs = len(X), p["batch_size"]
-            epoch = -1
-            for epoch in range(p["epochs"]):
-                net.train()
-                order = _tensor(rng.permutation(n)).to(device)
-                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-                w_sum = torch.zeros((), device=device, dtype=torch.float64)
-                for start in range(0, n, bs):
-                    idx = order[start:start + bs]
-                    per = self._per_event_loss(net(Xt[idx]), Tt[idx])
-                    loss, total = self._weighted_mean(per, Wt[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += loss.detach().double() * total.detach().double()
-                    w_sum += total.detach().double()
-                train_loss = float(loss_sum / w_sum)
-                if not math.isfinite(train_loss):
-                    raise FamilyError(
-                        f"family '{self.name}': training diverged (training loss {train_loss}) in epoch {epoch}; "
-                        f"try a lower learning_rate (now {p['learning_rate']:g}) or another optimizer")
-                self.history["train_loss"].append(train_loss)
-                metrics = {"train_loss": train_loss}
-                if has_val:
-                    val_loss, out = self._evaluate(net, Xv, Tv, Wv)
-                    self.history["validation_loss"].append(val_loss)
-                    metrics["validation_loss"] = val_loss
-                    for k, v in self._validation_extras(out, y_val, w_val).items():
-                        self.history[k].append(v)
-                        metrics[k] = v
-                    if val_loss < best_loss:
-                        best_loss, best_epoch, stale = val_loss, epoch, 0
-                        if patience:
-                            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                    else:
-                        stale += 1
-                if self.epoch_callback is not None:
-                    self.epoch_callback(epoch, metrics)
-                if patience and stale >= patience:
-                    break
-            self.info["epochs_run"] = epoch + 1
-            self.info["early_stopped"] = bool(patience and stale >= patience and epoch + 1 < p["epochs"])
-            if best_state is not None:
-                net.load_state_dict(best_state)
-                self.info["best_epoch"] = best_epoch
-                self.info["best_validation_loss"] = best_loss
-            else:  # no early stopping: the last epoch's weights are kept
-                self.info["best_epoch"] = epoch if epoch >= 0 else None
-                if has_val and best_epoch is not None:
-                    self.info["lowest_validation_loss_epoch"] = best_epoch
-            net.eval()
-        self.scorer = scorer
-        self.info["n_parameters"] = int(sum(t.numel() for t in net.parameters()))
-        return self
+    def _train_epoch(self, net, optimizer, train, rng, epoch: int) -> float:
+        """One pass over the shuffled training events; the weighted mean training loss."""
+        Xt, Tt, Wt = train
+        net.train()
+        order = _tensor(rng.permutation(len(Xt))).to(Xt.device)
+        loss_sum = torch.zeros((), device=Xt.device, dtype=torch.float64)
+        w_sum = torch.zeros((), device=Xt.device, dtype=torch.float64)
+        bs = self.params["batch_size"]
+        for start in range(0, len(Xt), bs):
+            idx = order[start:start + bs]
+            per = self._per_event_loss(net(Xt[idx]), Tt[idx])
+            loss, total = self._weighted_mean(per, Wt[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double() * total.detach().double()
+            w_sum += total.detach().double()
+        train_loss = float(loss_sum / w_sum)
+        if not math.isfinite(train_loss):
+            raise FamilyError(
+                f"family '{self.name}': training diverged (training loss {train_loss}) in epoch {epoch}; "
+                f"try a lower learning_rate (now {self.params['learning_rate']:g}) or another optimizer")
+        return train_loss
 
     # -- inference ---------------------------------------------------------------
     def predict_score(self, X):
@@ -610,6 +628,10 @@ class TorchFamily(Family):
         return self
 
     def export_onnx(self, path, n_features: int | None = None) -> None:
+        """Former name of :meth:`to_onnx`, kept while train.py still calls it."""
+        self.to_onnx(path, n_features)
+
+    def to_onnx(self, path, n_features: int | None = None) -> None:
         """Write the model as ONNX: input ``features`` [N, n_features] -> output ``score`` [N] (= predict_score).
 
         Uses the dynamo exporter when onnxscript is installed, else the legacy
@@ -647,6 +669,26 @@ class TorchFamily(Family):
             raise FamilyError(f"family '{self.name}': ONNX export gave inputs/outputs {names}")
         with atomic_path(Path(path)) as tmp:
             tmp.write_bytes(proto.SerializeToString())
+
+
+class _EarlyStopping:
+    """The best validation loss so far, its epoch, and (with patience > 0) its weights."""
+
+    def __init__(self, patience: int):
+        self.patience = int(patience)
+        self.best_loss, self.best_epoch, self.best_state, self.stale = math.inf, None, None, 0
+
+    def update(self, loss: float, epoch: int, net) -> None:
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.stale = loss, epoch, 0
+            if self.patience:
+                self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            self.stale += 1
+
+    @property
+    def triggered(self) -> bool:
+        return bool(self.patience and self.stale >= self.patience)
 
 
 _COMMON = {

@@ -63,8 +63,7 @@ class XGBoostFamily(Family):
     gpu_capable = True
     file_format = "xgboost-ubj"
     iterative = True
-
-    epoch_callback = None  # set by the tuner: called as f(iteration, {"validation_loss": ...})
+    exports_onnx = True
 
     def _booster_params(self) -> dict:
         p = self.params
@@ -116,7 +115,7 @@ class XGBoostFamily(Family):
         record: dict = {}
         callbacks = []
         if self.epoch_callback is not None and X_val is not None:
-            callbacks.append(_IterationHook(self.epoch_callback, self._loss_metric))
+            callbacks.append(_IterationHook(self.report_epoch, self._loss_metric))
         esr = int(self.params["early_stopping_rounds"]) or None
         self.booster = xgb.train(
             self._booster_params(), dtrain, num_boost_round=int(self.params["n_estimators"]),
@@ -146,9 +145,10 @@ class XGBoostFamily(Family):
         out = self.booster.predict(dm, iteration_range=self._iteration_range()).astype(np.float64)
         return out.reshape(len(X), -1) if self.task == "multiclass" else out
 
-    def feature_importance(self) -> dict[str, float]:
-        """Total gain per feature index ("f0", "f1", ...)."""
-        return {k: float(v) for k, v in self.booster.get_score(importance_type="total_gain").items()}
+    def native_importance(self) -> dict[int, float]:
+        """Total gain per feature column index (a feature no tree splits on is left out)."""
+        gains = self.booster.get_score(importance_type="total_gain")  # keyed "f0", "f1", ...
+        return {int(k[1:]): float(v) for k, v in gains.items()}
 
     def save(self, directory) -> list[str]:
         from pathlib import Path
@@ -175,11 +175,15 @@ class XGBoostFamily(Family):
             self.booster.load_model(str(path))
         return self
 
-    def export_onnx(self, path, n_features: int) -> None:
+    def to_onnx(self, path, n_features: int) -> None:
         """Write the BDT as ONNX (onnxmltools); output "score" = predict_score."""
         from .onnx_export import export_xgboost
 
         export_xgboost(self.booster, self.task, n_features, path)
+
+    def export_onnx(self, path, n_features: int) -> None:
+        """Former name of :meth:`to_onnx`, kept while train.py still calls it."""
+        self.to_onnx(path, n_features)
 
 
 class _IterationHook:
