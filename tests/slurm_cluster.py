@@ -302,6 +302,7 @@ def serve(private: Path, gpu_model: str, caller_ns: str) -> int:
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, on_term)
+    parent = os.getppid()
     layout = Layout(Path(private))
     plan = mount_plan(layout)
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
@@ -365,6 +366,8 @@ def serve(private: Path, gpu_model: str, caller_ns: str) -> int:
             _stop(p.pid)
             with contextlib.suppress(Exception):
                 p.wait(timeout=5)
+        if os.getppid() != parent:  # the test died: nobody else will remove the private dir
+            shutil.rmtree(layout.private, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the test's side
