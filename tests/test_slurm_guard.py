@@ -118,9 +118,14 @@ def test_private_files_and_config_paths_stay_under_the_private_dir(tmp_path):
     assert f"PartitionName={sc.PARTITION} " in layout.slurm_conf.read_text()
 
 
-def test_holder_refuses_to_mount_outside_a_private_namespace(tmp_path, capsys):
-    # called in the test's own namespace, as if unshare had not run: it must stop first
+def test_holder_refuses_to_mount_outside_a_private_namespace(tmp_path, capsys, monkeypatch):
+    # called in the test's own namespace, as if unshare had not run: it must stop
+    # before running anything (and were it broken, `mount` is not really called here)
+    calls = []
+    monkeypatch.setattr(sc.subprocess, "run", lambda argv, *a, **k: calls.append(argv) or 1 / 0)
+    monkeypatch.setattr(sc.subprocess, "Popen", lambda argv, *a, **k: calls.append(argv) or 1 / 0)
     assert sc.serve(tmp_path / "private", "a100", sc._mount_ns()) == 2
+    assert calls == []
     assert "refusing to mount" in capsys.readouterr().out
     assert not (tmp_path / "private").exists()
 
