@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.slurm_cluster import LIVE_SKIP_REASON, live_slurm_requested
+
 ROOT = Path(__file__).resolve().parents[1]
 # Subprocesses (snakemake, CLIs) must find this venv's python first.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -34,3 +36,14 @@ def events(tmp_path) -> Path:
     path = tmp_path / "events.parquet"
     make_events().to_parquet(path, index=False)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``slurm_live`` unless HEPML_LIVE_SLURM=1: they run as root,
+    start SLURM daemons and may apt-install packages, so they run only when asked."""
+    if live_slurm_requested():
+        return
+    skip = pytest.mark.skip(reason=LIVE_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("slurm_live"):
+            item.add_marker(skip)
