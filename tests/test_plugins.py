@@ -42,6 +42,7 @@ def test_registry_sees_plugin_and_names_broken_one(plugin_site):
     assert "plugin family 'broken_family'" in out and "does_not_exist" in out and "ModuleNotFoundError" in out
 
 
+@pytest.mark.workflow
 def test_plugin_runs_through_workflow_and_broken_plugin_spares_others(plugin_site, tmp_path):
     cfg = tmp_path / "plugin.yaml"
     cfg.write_text(
