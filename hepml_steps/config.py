@@ -12,8 +12,9 @@ What is refused beyond the schema:
   silently mean "every default model"; use ``select_models`` for a subset.
 - ``select_models: []``: it selects nothing (``null`` means every model).
 - a selected model that is disabled (``enabled: false``).
-- a model whose family does not support its task, or whose task needs a
-  ``target`` it lacks (:mod:`hepml_steps.tasks`), GPUs for a family that cannot use them,
+- a model with an unknown task (:mod:`hepml_steps.tasks`), whose family does
+  not support its task, or whose task needs a ``target`` it lacks; GPUs for
+  a family that cannot use them;
   split fractions that do not sum to 1.
 """
 from __future__ import annotations
@@ -115,6 +116,8 @@ def _check_model(name: str, spec: dict, known) -> None:
         raise ConfigError(f"models.{name}.family: unknown model family '{spec['family']}'; "
                           f"known families: {', '.join(sorted(known))}")
     task = spec.get("task", tasks.DEFAULT)
+    if task not in tasks.TASKS:
+        raise ConfigError(f"models.{name}.task: unknown task '{task}'; known tasks: {', '.join(tasks.TASKS)}")
     supported = registry.BUILTIN_TASKS.get(spec["family"])  # plugins are checked when their job starts
     if supported is not None and task not in supported:
         raise ConfigError(f"models.{name}.task: family '{spec['family']}' does not support task "
