@@ -5,8 +5,10 @@ unique), ``label`` (int8: 1 signal, 0 background), ``weight`` (float64 event
 weight), optionally ``truth_llr`` (exact log-likelihood ratio, toy data only;
 never a training feature), ``target`` (regression target) and ``process``
 (the input's process index, a multiclass target; never a feature), plus feature
-columns. Split tables add nothing; prediction tables add ``split`` and
-``score`` (and ``prob_<i>`` per class for multiclass models).
+columns. Split tables add nothing. Prepared (feature) tables add
+``target:<name>``, the unstandardised copy of a model's target column
+``<name>`` (see :mod:`hepml_steps.features`); prediction tables add ``split``
+and ``score`` (and ``prob_<i>`` per class for multiclass models).
 """
 EVENT_ID = "event_id"
 LABEL = "label"
@@ -21,7 +23,20 @@ PROCESS = "process"
 #: prefix of the per-class probability columns of multiclass predictions (prob_0, prob_1, ...)
 PROB = "prob_"
 
+#: prefix of the features step's unstandardised copy of a model's target (``target:m_jj``)
+TARGET_COPY = "target:"
+
 #: Columns that are never used as training features.
 RESERVED = (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, SPLIT, SCORE, PROCESS)
 
 SPLITS = ("train", "validation", "test")
+
+
+def target_copy(name: str) -> str:
+    """The prepared table's column holding target ``name`` in physical units."""
+    return TARGET_COPY + name
+
+
+def is_feature(column: str) -> bool:
+    """Whether ``column`` may be a training feature: not reserved, not a target copy."""
+    return column not in RESERVED and not column.startswith(TARGET_COPY)

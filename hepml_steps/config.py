@@ -12,8 +12,9 @@ What is refused beyond the schema:
   silently mean "every default model"; use ``select_models`` for a subset.
 - ``select_models: []``: it selects nothing (``null`` means every model).
 - a selected model that is disabled (``enabled: false``).
-- a model whose family does not support its task, a regression/multiclass
-  model without ``target``, GPUs for a family that cannot use them,
+- a model with an unknown task (:mod:`hepml_steps.tasks`), whose family does
+  not support its task, or whose task needs a ``target`` it lacks; GPUs for
+  a family that cannot use them;
   split fractions that do not sum to 1.
 """
 from __future__ import annotations
@@ -109,19 +110,21 @@ def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA
 
 
 def _check_model(name: str, spec: dict, known) -> None:
-    from . import registry
+    from . import registry, tasks
 
     if spec["family"] not in known:
         raise ConfigError(f"models.{name}.family: unknown model family '{spec['family']}'; "
                           f"known families: {', '.join(sorted(known))}")
-    task = spec.get("task", "classification")
+    task = spec.get("task", tasks.DEFAULT)
+    if task not in tasks.TASKS:
+        raise ConfigError(f"models.{name}.task: unknown task '{task}'; known tasks: {', '.join(tasks.TASKS)}")
     supported = registry.BUILTIN_TASKS.get(spec["family"])  # plugins are checked when their job starts
     if supported is not None and task not in supported:
         raise ConfigError(f"models.{name}.task: family '{spec['family']}' does not support task "
                           f"'{task}' (it supports: {', '.join(supported)})")
-    if task in ("regression", "multiclass") and not spec.get("target"):
-        what = "regression target" if task == "regression" else "class column"
-        raise ConfigError(f"models.{name}.target: task '{task}' needs 'target' (the {what}'s name)")
+    kind = tasks.get(task)
+    if kind.needs_target and not spec.get("target"):
+        raise ConfigError(f"models.{name}.target: task '{task}' needs 'target' (the {kind.target_kind}'s name)")
 
 
 def _selection(config: dict) -> list[str] | None:
@@ -144,17 +147,17 @@ def _selection(config: dict) -> list[str] | None:
 
 
 def _resolve(name: str, spec: dict, config: dict) -> dict:
-    from . import registry
-    from .tune import DEFAULT_OBJECTIVE
+    from . import registry, tasks
 
     full = {k: config["training"][k] for k in MODEL_DEFAULTS}
     full.update({k: v for k, v in spec.items() if k not in ("enabled", "tune")})
     full["tune"] = {**config["tuning"], **spec.get("tune", {})}
-    task = full.setdefault("task", "classification")
-    if full["tune"]["enabled"] and task not in DEFAULT_OBJECTIVE:
+    task = full.setdefault("task", tasks.DEFAULT)
+    if full["tune"]["enabled"] and not tasks.get(task).tunable:
         if spec.get("tune", {}).get("enabled"):
+            tunable = [t.name for t in tasks.TASKS.values() if t.tunable]
             raise ConfigError(f"models.{name}.tune.enabled: task '{task}' has no validation objective "
-                              f"to tune; tunable tasks: {', '.join(DEFAULT_OBJECTIVE)}")
+                              f"to tune; tunable tasks: {', '.join(tunable)}")
         full["tune"]["enabled"] = False  # tuning.enabled covers the models that can be tuned
     if full["gpus"]:
         cls = registry.get(spec["family"])  # imported only when a GPU is asked for

@@ -2,6 +2,11 @@
 split (how much the test figure of merit drops when one feature's values are
 shuffled), plus the family's native importance where it has one (XGBoost
 gain, tree impurity decrease, |coefficients| of linear models).
+
+The figure of merit is the task's (:attr:`hepml_steps.tasks.Task.importance_metric`):
+test AUC for classification and anomaly detection, the macro one-vs-rest AUC
+for multiclass, MSE for regression; tasks without one (clustering,
+dimensionality reduction) get the native importance only.
 """
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ import logging
 
 import numpy as np
 
-from . import cli, registry
-from .columns import LABEL, WEIGHT
-from .io import read_parquet, write_json
+from . import cli, dataset, registry, tasks
+from .io import write_json
 
 log = logging.getLogger("hepml.importance")
 
@@ -24,70 +28,107 @@ def native_importance(model, features: list[str]) -> dict[str, float]:
     return {name: float(raw.get(i, 0.0)) for i, name in enumerate(features)}
 
 
-def importance(model_dir: str, test: str, out: str, raw_test: str | None = None, n_repeats: int = 3,
-               max_events: int = 20000, seed: int = 0) -> dict:
-    from .train import targets
+def _sample(data, max_events: int, seed: int):
+    """At most ``max_events`` events of ``data``, drawn as ``DataFrame.sample(random_state=seed)`` would."""
+    if len(data) <= max_events:
+        return data
+    import pandas as pd
 
-    model, meta = registry.load_model(model_dir)
-    task, features = meta["task"], meta["features"]
-    result = {"model": meta["model"], "task": task, "metric": None, "permutation": {},
-              "native": native_importance(model, features)}
-    if task not in ("classification", "multiclass", "anomaly", "regression"):
-        write_json(out, result)
-        return result
-    from . import metrics as M
+    return data.take(pd.RangeIndex(len(data)).to_series().sample(n=max_events, random_state=seed).to_numpy())
 
-    df = read_parquet(test)
-    if registry.get(meta["family"]).max_train_events:  # slow-inference families (kNN, SVM, ...)
-        max_events = min(max_events, 2000)
-    if len(df) > max_events:
-        df = df.sample(n=max_events, random_state=seed)
-    X = df[features].to_numpy(dtype=np.float32)
-    w = df[WEIGHT].to_numpy()
-    if task == "regression":
-        y = targets(df, "regression", meta["target"], raw_test, meta["model"])
-        metric, better = "mse", -1.0
 
-        def score(Xp):
-            return M.mse(y, model.predict_score(Xp), sample_weight=w)
-    elif task == "multiclass":
-        y = targets(df, "multiclass", meta["target"], raw_test, meta["model"], meta.get("classes"))
-        metric, better = "roc_auc", 1.0  # macro one-vs-rest
+def permutation(model, data, features: list[str], task, n_repeats: int, seed: int) -> dict:
+    """Mean and spread of the figure-of-merit drop when each feature is shuffled.
 
-        def score(Xp):
-            return M.multiclass_metrics(y, model.predict_score(Xp), sample_weight=w)["roc_auc"]
-    else:
-        y = df[LABEL].to_numpy()
-        metric, better = "roc_auc", 1.0
+    Parameters
+    ----------
+    model : Family
+        A fitted model.
+    data : Dataset
+        The events to score (``X`` of shape (n_events, n_features)).
+    features : list of str
+        The names of the columns of ``data.X``.
+    task : hepml_steps.tasks.Task
+        The model's task: its ``importance_metric`` and ``importance_value``.
+    n_repeats : int
+        Shuffles per feature.
+    seed : int
+        Seed of the shuffles.
 
-        def score(Xp):
-            return M.roc_auc(y, model.predict_score(Xp), sample_weight=w)
-    base = score(X)
+    Returns
+    -------
+    dict
+        ``feature -> {"mean", "std"}`` of the drop, and ``baseline`` (the unshuffled value).
+    """
+    better = task.importance_metric[1]
+
+    def score(X):
+        return task.importance_value(data, model.predict_score(X))
+
+    base = score(data.X)
     rng = np.random.default_rng(seed)
+    out = {}
     for j, name in enumerate(features):
         drops = []
         for _ in range(n_repeats):
-            Xp = X.copy()
+            Xp = data.X.copy()
             Xp[:, j] = Xp[rng.permutation(len(Xp)), j]
             drops.append(better * (base - score(Xp)))
-        result["permutation"][name] = {"mean": float(np.mean(drops)), "std": float(np.std(drops))}
-    result.update(metric=metric, baseline=float(base), n_events=int(len(X)), n_repeats=n_repeats)
+        out[name] = {"mean": float(np.mean(drops)), "std": float(np.std(drops))}
+    return {"permutation": out, "baseline": float(base)}
+
+
+def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_events: int = 20000,
+               seed: int = 0) -> dict:
+    """Native and permutation importance of a trained model on the test split; write ``out``.
+
+    Parameters
+    ----------
+    model_dir : str
+        The trained model's directory.
+    test : str
+        The prepared test split.
+    out : str
+        The importance record (JSON).
+    n_repeats : int
+        Shuffles per feature.
+    max_events : int
+        Events scored at most (2000 for slow-inference families such as kNN and SVM).
+    seed : int
+        Seed of the event sample and of the shuffles.
+
+    Raises
+    ------
+    DataError
+        A feature column of the model is missing, or its target is unusable.
+    """
+    model, meta = registry.load_model(model_dir)
+    task, features = tasks.get(meta["task"]), meta["features"]
+    result = {"model": meta["model"], "task": task.name, "metric": None, "permutation": {},
+              "native": native_importance(model, features)}
+    if task.importance_metric is None:
+        write_json(out, result)
+        return result
+    if registry.get(meta["family"]).max_train_events:  # slow-inference families (kNN, SVM, ...)
+        max_events = min(max_events, 2000)
+    data = _sample(dataset.read_scoring(test, meta, meta["model"]), max_events, seed)
+    result.update(permutation(model, data, features, task, n_repeats, seed), metric=task.importance_metric[0],
+                  n_events=len(data), n_repeats=n_repeats)
     write_json(out, result)
     return result
 
 
 def main(argv=None) -> int:
     def build(p):
-        p.add_argument("--model-dir", required=True)
-        p.add_argument("--test", required=True)
-        p.add_argument("--raw-test")
-        p.add_argument("--out", required=True)
-        p.add_argument("--n-repeats", type=int, default=3)
-        p.add_argument("--max-events", type=int, default=20000)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--model-dir", required=True, help="the trained model's directory")
+        p.add_argument("--test", required=True, help="prepared test split (features)")
+        p.add_argument("--out", required=True, help="importance record (JSON)")
+        p.add_argument("--n-repeats", type=int, default=3, help="shuffles per feature")
+        p.add_argument("--max-events", type=int, default=20000, help="events scored at most")
+        p.add_argument("--seed", type=int, default=0, help="seed of the event sample and the shuffles")
 
-    return cli.run(build, lambda a: importance(a.model_dir, a.test, a.out, a.raw_test, a.n_repeats,
-                                               a.max_events, a.seed), argv, __doc__)
+    return cli.run(build, lambda a: importance(a.model_dir, a.test, a.out, a.n_repeats, a.max_events, a.seed),
+                   argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """All models side by side: a CSV with every figure of merit, and a Markdown
 table per task for people (ranked as TMVA does, by ROC integral for
-classifiers; by MSE for regression; by silhouette for clustering).
+classifiers; by MSE for regression; by silhouette for clustering). Each
+task's section (title, columns, ranking metric) is the task's own
+(:mod:`hepml_steps.tasks`); sections follow the order of
+:data:`hepml_steps.tasks.TASKS`.
 
 Beside the metrics, each row carries the cost of the model: training time,
 the tuning budget used (trials, wall time) and, when measured, the energy
@@ -10,55 +13,15 @@ from __future__ import annotations
 
 import math
 
-from . import cli
+from . import cli, tasks
 from .errors import DataError
 from .io import atomic_path, read_json
 
-#: Markdown columns per task: (column, header, format).
-_MD = {
-    "classification": [
-        ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
-        ("roc_auc_train", "train AUC", ".4f"), ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"),
-        ("sig_eff_at_bkg_0.01", "ε_S @ ε_B=0.01", ".3f"), ("accuracy", "accuracy", ".3f"),
-        ("roc_combined", "\"ROC\"", ".3f"), ("f1", "F1", ".3f"),
-        ("ks_pvalue_signal", "KS p (S)", ".3g"), ("ks_pvalue_background", "KS p (B)", ".3g"),
-        ("overtrained", "overtrained?", ""),
-    ],
-    "multiclass": [
-        ("n_classes", "classes", ""), ("roc_auc", "test AUC (macro, one-vs-rest)", ".4f"),
-        ("accuracy", "accuracy", ".4f"), ("accuracy_train", "train accuracy", ".4f"),
-        ("f1_macro", "F1 (macro)", ".3f"), ("cross_entropy", "cross-entropy", ".4g"),
-        ("overtrained", "overtrained?", ""),
-    ],
-    "anomaly": [
-        ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
-        ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"), ("ks_pvalue_background", "KS p (B)", ".3g"),
-    ],
-    "regression": [
-        ("mse", "MSE", ".4g"), ("mae", "MAE", ".4g"), ("r2", "R²", ".4f"), ("bias", "bias", ".3g"),
-        ("resolution_68", "resolution (68 %)", ".4g"), ("relative_resolution_68", "rel. resolution", ".4f"),
-        ("r2_train", "train R²", ".4f"),
-    ],
-    "clustering": [
-        ("n_clusters", "clusters", ""), ("silhouette", "silhouette", ".3f"),
-        ("adjusted_rand", "adjusted Rand", ".3f"), ("purity", "purity", ".3f"),
-        ("noise_fraction", "noise", ".3f"),
-    ],
-    "dimreduction": [
-        ("explained_variance_ratio_total", "explained variance", ".3f"),
-        ("pc1_separation_auc", "PC1 S/B AUC", ".3f"),
-    ],
-}
+#: Cost columns of every section: (column, header, format).
 _COST = [("fit_seconds", "train s", ".1f"), ("tuning_trials", "tuning trials", ""),
          ("tuning_seconds", "tuning s", ".1f"), ("train_j_per_event", "train J/event", ".3g"),
          ("inference_j_per_event", "inference J/event", ".3g"),
          ("inference_events_per_s", "inference events/s", ".3g")]
-_RANK = {"classification": ("roc_auc", True), "multiclass": ("roc_auc", True), "anomaly": ("roc_auc", True), "regression": ("mse", False),
-         "clustering": ("silhouette", True), "dimreduction": ("explained_variance_ratio_total", True)}
-_TASK_TITLES = {"classification": "Classification (signal vs background)",
-                "multiclass": "Multiclass classification", "anomaly": "Anomaly detection",
-                "regression": "Regression", "clustering": "Clustering",
-                "dimreduction": "Dimensionality reduction"}
 
 
 def row(met: dict) -> dict:
@@ -94,8 +57,8 @@ def _fmt(v, fmt: str) -> str:
     return str(v)
 
 
-def _ranked(rows: list[dict], task: str) -> list[dict]:
-    key, desc = _RANK[task]
+def _ranked(rows: list[dict], task: tasks.Task) -> list[dict]:
+    key, desc = task.rank_by
     def sort_key(r):
         v = r.get(key)
         return (v is None, -(v or 0) if desc else (v or 0))
@@ -103,17 +66,19 @@ def _ranked(rows: list[dict], task: str) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The leaderboard for people: one ranked table per task, with the Bayes-optimal
+    AUC when known and the energy methods used; columns no row fills are left out."""
     lines = ["# Leaderboard", ""]
     bayes = [r["bayes_auc"] for r in rows if r.get("bayes_auc") is not None]
     if bayes:
         lines += [f"Bayes-optimal AUC on the test split (exact likelihood ratio of the toy): **{bayes[0]:.4f}**. "
                   "No classifier can beat it on average; the gap is what a model leaves on the table.", ""]
-    for task in _MD:
-        rs = [r for r in rows if r["task"] == task]
+    for task in tasks.TASKS.values():
+        rs = [r for r in rows if r["task"] == task.name]
         if not rs:
             continue
-        cols = [c for c in _MD[task] + _COST if any(r.get(c[0]) is not None for r in rs)]
-        lines += [f"## {_TASK_TITLES[task]}", "",
+        cols = [c for c in list(task.leaderboard_columns) + _COST if any(r.get(c[0]) is not None for r in rs)]
+        lines += [f"## {task.title}", "",
                   "| rank | model | family | " + " | ".join(h for _, h, _ in cols) + " |",
                   "|---:|---|---|" + "---:|" * len(cols)]
         for i, r in enumerate(_ranked(rs, task), 1):
@@ -127,6 +92,26 @@ def markdown(rows: list[dict]) -> str:
 
 
 def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dict]:
+    """Write the CSV (every column) and Markdown leaderboards of the metrics files.
+
+    Parameters
+    ----------
+    metrics_files : list of str
+        metrics.json documents of the evaluate step.
+    out_csv, out_md : str
+        The CSV and Markdown leaderboards to write.
+
+    Returns
+    -------
+    list of dict
+        The rows, grouped by task (in :data:`hepml_steps.tasks.TASKS` order, unknown
+        tasks last) and ranked within each task.
+
+    Raises
+    ------
+    DataError
+        No files, or a file that is not a metrics document.
+    """
     import pandas as pd
 
     if not metrics_files:
@@ -138,9 +123,9 @@ def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dic
             raise DataError(f"leaderboard: {path} is not a metrics file (no 'model'/'task')")
         rows.append(row(met))
     ordered = []
-    for task in _MD:
-        ordered += _ranked([r for r in rows if r["task"] == task], task)
-    ordered += [r for r in rows if r["task"] not in _MD]
+    for task in tasks.TASKS.values():
+        ordered += _ranked([r for r in rows if r["task"] == task.name], task)
+    ordered += [r for r in rows if r["task"] not in tasks.TASKS]
     df = pd.DataFrame(ordered)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tasks as hepml_tasks
 from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
 
 log = logging.getLogger("hepml.plots")
@@ -328,61 +329,73 @@ def _no_minor_labels(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _auc_vs_energy(scored: list[tuple], path) -> str:
+    """Test AUC against training and inference J/event, with each Pareto front."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, step, idx in ((axes[0], "training", 2), (axes[1], "inference", 3)):
+        pts = [(r[idx].get("j_per_event"), r[1], r[0]) for r in scored if r[idx].get("j_per_event")]
+        if not pts:
+            continue
+        xs, ys, names = zip(*pts)
+        ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
+        _label_points(ax, pts)
+        front = pareto_front(list(zip(xs, ys)))
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
+                label="Pareto front", zorder=2)
+        ax.set_xscale("log")
+        _no_minor_labels(ax.xaxis)
+        ax.set_xlabel(f"{step} energy per event [J/event]")
+        ax.set_ylabel("test ROC AUC")
+        ax.legend(loc="best", fontsize=9)
+        ax.grid(alpha=0.3)
+    methods = sorted({str(r[i].get("method")) for r in scored for i in (2, 3) if r[i].get("method")})
+    fig.suptitle(f"Separation power vs energy cost ({', '.join(methods)})", fontsize=11)
+    return _save(fig, path)
+
+
+def _energy_vs_throughput(pts: list[tuple], path) -> str:
+    """J/event against events/s, training and inference, for every model measured."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5.2))
+    for step, idx, marker in (("training", 1, "o"), ("inference", 2, "s")):
+        xy = [(p[idx]["events_per_s"], p[idx]["j_per_event"], p[0]) for p in pts
+              if p[idx].get("events_per_s") and p[idx].get("j_per_event")]
+        if not xy:
+            continue
+        ax.scatter([a for a, _, _ in xy], [b for _, b, _ in xy], marker=marker, s=40, label=step)
+        _label_points(ax, xy)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _no_minor_labels(ax.xaxis)
+    _no_minor_labels(ax.yaxis)
+    ax.set_xlabel("throughput [events/s]")
+    ax.set_ylabel("energy per event [J/event]")
+    ax.set_title("Energy vs throughput across models")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
 def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
     """Test AUC against J/event of training and of inference, with the Pareto
-    front across models; and energy per event against throughput."""
+    front across models; and energy per event against throughput.
+
+    The AUC views take the models whose score separates signal from background
+    (binary classifiers, anomaly detectors). Returns the paths written."""
     rows = []
     for m in metrics:
         e = (m.get("extra") or {}).get("energy") or {}
-        # the AUC axis is signal vs background: binary classifiers and anomaly detectors only
-        auc = (m.get("metrics") or {}).get("roc_auc") if m.get("task") in ("classification", "anomaly") else None
-        rows.append((m["model"], auc, e.get("train") or {},
-                     e.get("inference") or {}))
+        task = hepml_tasks.TASKS.get(m.get("task"))
+        auc = (m.get("metrics") or {}).get("roc_auc") if task is not None and task.separates_signal else None
+        rows.append((m["model"], auc, e.get("train") or {}, e.get("inference") or {}))
     made = []
     scored = [r for r in rows if r[1] is not None]
     if scored:
-        plt = _plt()
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-        for ax, step, idx in ((axes[0], "training", 2), (axes[1], "inference", 3)):
-            pts = [(r[idx].get("j_per_event"), r[1], r[0]) for r in scored if r[idx].get("j_per_event")]
-            if not pts:
-                continue
-            xs, ys, names = zip(*pts)
-            ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
-            _label_points(ax, pts)
-            front = pareto_front(list(zip(xs, ys)))
-            ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
-                    label="Pareto front", zorder=2)
-            ax.set_xscale("log")
-            _no_minor_labels(ax.xaxis)
-            ax.set_xlabel(f"{step} energy per event [J/event]")
-            ax.set_ylabel("test ROC AUC")
-            ax.legend(loc="best", fontsize=9)
-            ax.grid(alpha=0.3)
-        methods = sorted({str(r[i].get("method")) for r in scored for i in (2, 3) if r[i].get("method")})
-        fig.suptitle(f"Separation power vs energy cost ({', '.join(methods)})", fontsize=11)
-        made.append(_save(fig, out_dir / "energy_auc_vs_j_per_event.png"))
+        made.append(_auc_vs_energy(scored, out_dir / "energy_auc_vs_j_per_event.png"))
     pts = [(r[0], r[2], r[3]) for r in rows if r[2].get("events_per_s") or r[3].get("events_per_s")]
     if pts:
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(7, 5.2))
-        for step, idx, marker in (("training", 1, "o"), ("inference", 2, "s")):
-            xy = [(p[idx]["events_per_s"], p[idx]["j_per_event"], p[0]) for p in pts
-                  if p[idx].get("events_per_s") and p[idx].get("j_per_event")]
-            if not xy:
-                continue
-            ax.scatter([a for a, _, _ in xy], [b for _, b, _ in xy], marker=marker, s=40, label=step)
-            _label_points(ax, xy)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _no_minor_labels(ax.xaxis)
-        _no_minor_labels(ax.yaxis)
-        ax.set_xlabel("throughput [events/s]")
-        ax.set_ylabel("energy per event [J/event]")
-        ax.set_title("Energy vs throughput across models")
-        ax.legend(fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        made.append(_save(fig, out_dir / "energy_vs_throughput.png"))
+        made.append(_energy_vs_throughput(pts, out_dir / "energy_vs_throughput.png"))
     return made
 
 
@@ -390,42 +403,26 @@ def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
 def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir: str,
                trials: str | None = None, importance: str | None = None,
                features_test: str | None = None) -> list[str]:
-    """All per-model figures that apply to the model's task, into ``out_dir``."""
+    """All per-model figures that apply to the model's task, into ``out_dir``.
+
+    The task draws its own figures (:meth:`hepml_steps.tasks.Task.model_plots`);
+    every model gets its learning curve, validation curve and feature
+    importance where those exist. Returns the paths written.
+    """
     import pandas as pd
 
+    from .dataset import fitted_events
     from .io import read_json, read_parquet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred, met, rec = read_parquet(predictions), read_json(metrics), read_json(record)
-    task, family = rec["task"], rec["family"]
     if (rec.get("train_cap") or {}).get("applied"):
-        from .evaluate import fitted_events
-
         # the train histograms show the events the model was fitted on, as its KS test does
         train = pred[pred[SPLIT] == "train"]
-        pred = pd.concat([fitted_events(train, rec, task), pred[pred[SPLIT] != "train"]], ignore_index=True)
-    m = met.get("metrics", {})
-    title = f"{model} ({family})"
-    made = []
-    if task == "classification":
-        made.append(score_distributions(pred, out / "score_distributions.png", title, m))
-        if all(k in m and m[k] is not None for k in ("tp", "fp", "tn", "fn")):
-            made.append(confusion_matrix(m, out / "confusion_matrix.png",
-                                         f"{title}, test, threshold {met.get('threshold', 0.5)}"))
-    elif task == "multiclass":
-        if met.get("confusion"):
-            made.append(multiclass_confusion(met["confusion"], out / "confusion_matrix.png",
-                                             f"{title}, test, most probable class", rec.get("target")))
-    elif task == "regression":
-        made.append(residuals(pred, out / "residuals.png", title, rec.get("target")))
-    elif task == "anomaly":
-        made.append(anomaly_scores(pred, out / "anomaly_scores.png", title))
-    elif task == "clustering" and features_test:
-        ft = read_parquet(features_test)
-        test = pred[pred[SPLIT] == "test"].set_index("event_id")
-        labels = test.loc[ft["event_id"].to_numpy(), SCORE].to_numpy()
-        made.append(cluster_scatter(ft[rec["features"]].to_numpy(), labels, out / "clusters_pc12.png", title))
+        pred = pd.concat([fitted_events(train, rec), pred[pred[SPLIT] != "train"]], ignore_index=True)
+    title = f"{model} ({rec['family']})"
+    made = hepml_tasks.get(rec["task"]).model_plots(hepml_tasks.Drawn(pred, met, rec, out, title, features_test))
     made.append(learning_curve(rec.get("history") or {}, out / "learning_curve.png", title))
     if trials:
         objective = (rec.get("tuning") or {}).get("objective", "objective")
@@ -437,20 +434,20 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
 
 def plot_summary(predictions: list[str], models: list[str], tasks: list[str], train_features: str,
                  out_dir: str, metrics: list[str] | None = None) -> list[str]:
-    """ROC curves of all classifiers/anomaly detectors, input correlations per
-    class, and (given the metrics files) the energy views across models."""
-    from .columns import RESERVED
+    """ROC curves of all models whose score separates signal from background
+    (classifiers, anomaly detectors), input correlations per class, and
+    (given the metrics files) the energy views across models."""
+    from .columns import is_feature
     from .io import read_parquet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks)
-             if t in ("classification", "anomaly")}
+    preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
     if preds:
         made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png")
     df = read_parquet(train_features)
-    cols = [c for c in df.columns if c not in RESERVED]
+    cols = [c for c in df.columns if is_feature(c)]
     for cls, name in ((1, "signal"), (0, "background")):
         part = df[df[LABEL] == cls]
         if len(part) > 1:

@@ -1,11 +1,14 @@
 """Score every event of the three prepared splits with a trained model.
 
 Writes one Parquet table per model with ``event_id, split, label, weight,
-score`` (plus ``truth_llr`` and ``target`` when known) — the input of
-evaluation. A multiclass model's ``score`` is the index of its most probable
-class, ``prob_<i>`` the probability of class ``i`` and ``target`` the index of
-the true class (−1 for a class the model never saw); the index → value map is
-the model's ``classes``. Inference runs in batches of ``batch_size`` events; the test
+score`` (plus ``truth_llr`` when known, and ``target`` for a task with a
+target) — the input of evaluation. How scores are laid out is the task's
+(:meth:`hepml_steps.tasks.Task.prediction_columns`): a regression model's
+``target`` is the true value in its physical units; a multiclass model's
+``score`` is the index of its most probable class, ``prob_<i>`` the
+probability of class ``i`` and ``target`` the index of the true class (−1 for
+a class the model never saw); the index → value map is the model's
+``classes``. Inference runs in batches of ``batch_size`` events; the test
 split's inference is metered (time, CPU time, energy, events/s, J/event) and
 written to the step's record (``--record``).
 """
@@ -16,59 +19,84 @@ import time
 
 import numpy as np
 
-from . import cli, registry
-from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, SPLITS, TRUTH_LLR, WEIGHT
-from .errors import ConfigError, DataError
-from .io import read_parquet, write_json, write_parquet
+from . import cli, dataset, registry, tasks
+from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
+from .errors import ConfigError
+from .io import write_json, write_parquet
 
 log = logging.getLogger("hepml.predict")
 
 
-def predict(model_dir: str, inputs: dict[str, str], out: str, raw: dict | None = None,
-            batch_size: int = 100_000, threads: int = 1, record_out: str | None = None,
-            energy: dict | None = None) -> dict:
-    """Score the three splits; return (and write to ``record_out``) the step's record."""
+def _scores(model, X, batch_size: int, task, classes) -> np.ndarray:
+    """``model.predict_score`` of ``X`` (n_events × n_features), in batches of ``batch_size`` events."""
+    if not len(X):
+        return task.empty_scores(classes)
+    return np.concatenate([model.predict_score(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
+
+
+def _table(data, split: str, score, task):
+    """The prediction rows of one split (see the module docstring)."""
+    import pandas as pd
+
+    part = pd.DataFrame({EVENT_ID: data.event_ids, SPLIT: split, LABEL: data.labels, WEIGHT: data.weights,
+                         **task.prediction_columns(score)})
+    if data.truth_llr is not None:
+        part[TRUTH_LLR] = data.truth_llr
+    if task.needs_target:
+        part[TARGET] = data.y
+    return part
+
+
+def predict(model_dir: str, inputs: dict[str, str], out: str, batch_size: int = 100_000, threads: int = 1,
+            record_out: str | None = None, energy: dict | None = None) -> dict:
+    """Score the three splits; return (and write to ``record_out``) the step's record.
+
+    Parameters
+    ----------
+    model_dir : str
+        The trained model's directory.
+    inputs : dict of str to str
+        Split name -> prepared split (``train``, ``validation``, ``test``).
+    out : str
+        The prediction table (Parquet).
+    batch_size : int
+        Events per ``predict_score`` call.
+    threads : int
+        CPU threads of inference.
+    record_out : str, optional
+        Where to write the step's record (timing and test-split inference energy).
+    energy : dict, optional
+        The config's energy settings.
+
+    Raises
+    ------
+    ConfigError
+        ``batch_size`` below 1.
+    DataError
+        A feature column of the model is missing from a split, or its target is unusable.
+    """
     import pandas as pd
 
     from .energy import step_meter
-    from .train import targets
 
     if batch_size < 1:
         raise ConfigError(f"evaluation.inference_batch_size must be >= 1 (got {batch_size})")
     model, meta = registry.load_model(model_dir)
     model.n_threads = threads
-    cls = registry.get(meta["family"])
+    cls, task = registry.get(meta["family"]), tasks.get(meta["task"])
     model.use_device(meta.get("device", "cpu"))
     parts, timing, inference = [], {}, None
     for s in SPLITS:
-        df = read_parquet(inputs[s])
-        missing = [c for c in meta["features"] if c not in df.columns]
-        if missing:
-            raise DataError(f"model '{meta['model']}': feature column(s) {missing} missing from {inputs[s]}")
-        X = df[meta["features"]].to_numpy(dtype=np.float32)
+        data = dataset.read_scoring(inputs[s], meta)
         meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
         t0 = time.perf_counter()
-        multiclass = meta["task"] == "multiclass"
         with meter:
-            score = np.concatenate([model.predict_score(X[i:i + batch_size])
-                                    for i in range(0, len(X), batch_size)]) if len(X) else (
-                np.empty((0, len(meta.get("classes") or ()))) if multiclass else np.empty(0))
-        timing[s] = {"n_events": int(len(X)), "seconds": time.perf_counter() - t0}
+            score = _scores(model, data.X, batch_size, task, meta.get("classes"))
+        timing[s] = {"n_events": len(data), "seconds": time.perf_counter() - t0}
         if s == "test":
-            meter.set_events(len(X))
+            meter.set_events(len(data))
             inference = {**meter.record, "batch_size": batch_size, "split": "test"}
-        probs = {}
-        if multiclass:
-            probs = {f"{PROB}{i}": score[:, i] for i in range(score.shape[1])}
-            score = score.argmax(axis=1).astype(np.float64) if len(score) else np.empty(0)
-        part = pd.DataFrame({EVENT_ID: df[EVENT_ID].to_numpy(), SPLIT: s, LABEL: df[LABEL].to_numpy(),
-                             WEIGHT: df[WEIGHT].to_numpy(), SCORE: score, **probs})
-        if TRUTH_LLR in df.columns:
-            part[TRUTH_LLR] = df[TRUTH_LLR].to_numpy()
-        if meta["task"] in ("regression", "multiclass"):
-            part["target"] = targets(df, meta["task"], meta["target"], (raw or {}).get(s), meta["model"],
-                                     meta.get("classes"))
-        parts.append(part)
+        parts.append(_table(data, s, score, task))
     write_parquet(out, pd.concat(parts, ignore_index=True))
     record = {"model": meta["model"], "family": meta["family"], "batch_size": batch_size, "threads": threads,
               "device": model.info.get("device", "cpu"), "device_note": model.info.get("device_note"),
@@ -82,19 +110,17 @@ def predict(model_dir: str, inputs: dict[str, str], out: str, raw: dict | None =
 
 def main(argv=None) -> int:
     def build(p):
-        p.add_argument("--model-dir", required=True)
+        p.add_argument("--model-dir", required=True, help="the trained model's directory")
         for s in SPLITS:
-            p.add_argument(f"--{s}", required=True)
-            p.add_argument(f"--raw-{s}")
-        p.add_argument("--out", required=True)
-        p.add_argument("--batch-size", type=int, default=100_000)
-        p.add_argument("--threads", type=int, default=1)
+            p.add_argument(f"--{s}", required=True, help=f"prepared {s} split (features)")
+        p.add_argument("--out", required=True, help="prediction table (Parquet)")
+        p.add_argument("--batch-size", type=int, default=100_000, help="events per inference batch")
+        p.add_argument("--threads", type=int, default=1, help="CPU threads of inference")
         p.add_argument("--record", help="step record JSON (timing and inference energy)")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
     return cli.run(build, lambda a: predict(
-        a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out,
-        {s: getattr(a, f"raw_{s}") for s in SPLITS}, a.batch_size, a.threads, a.record, a.energy),
+        a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy),
         argv, __doc__)
 
 

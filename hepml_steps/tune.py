@@ -29,81 +29,26 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cli, registry
-from .columns import EVENT_ID
+from . import cli, dataset, registry, tasks
 from .errors import ConfigError, FamilyError, HepmlError
 from .io import atomic_path, write_json
-from .train import fit_weights, load_split, training_classes
 
 log = logging.getLogger("hepml.tune")
 
-MAXIMIZE = {"roc_auc", "accuracy", "precision", "sensitivity", "specificity", "roc_combined", "f1",
-            "geometric_mean", "r2", "silhouette", "adjusted_rand", "f1_macro"}
-MINIMIZE = {"error_rate", "zero_one_loss", "mse", "mae", "rmse", "absolute_loss", "hinge_loss",
-            "cross_entropy", "resolution"}
-TASK_OBJECTIVES = {
-    "classification": {"roc_auc", "accuracy", "precision", "sensitivity", "specificity", "roc_combined",
-                       "f1", "geometric_mean", "error_rate", "zero_one_loss", "mse", "absolute_loss",
-                       "hinge_loss", "cross_entropy"},
-    "multiclass": {"roc_auc", "accuracy", "error_rate", "f1_macro", "cross_entropy"},
-    "anomaly": {"roc_auc"},
-    "regression": {"mse", "mae", "rmse", "r2", "resolution"},
-    "clustering": {"silhouette", "adjusted_rand"},
-}
-DEFAULT_OBJECTIVE = {"classification": "roc_auc", "multiclass": "roc_auc", "anomaly": "roc_auc",
-                     "regression": "mse",
-                     "clustering": "silhouette"}
-
-
-def direction(objective: str) -> str:
-    if objective in MAXIMIZE or objective.startswith("sig_eff_at_bkg_"):
-        return "maximize"
-    return "minimize"
-
 
 def check_objective(objective: str, task: str, what: str) -> str:
-    allowed = TASK_OBJECTIVES.get(task)
-    if allowed is None:
-        raise ConfigError(f"{what}: tuning is not available for task '{task}'")
-    if objective in allowed:
-        return objective
-    if task == "classification" and objective.startswith("sig_eff_at_bkg_"):
-        try:
-            eff = float(objective.rsplit("_", 1)[1])
-        except ValueError:
-            eff = -1.0
-        if 0 < eff < 1:
-            return objective
-    raise ConfigError(f"{what}: unknown tuning objective '{objective}' for task '{task}'; "
-                      f"choose one of {sorted(allowed) + (['sig_eff_at_bkg_<eff>'] if task == 'classification' else [])}")
+    """``objective`` if task ``task`` accepts it (:meth:`hepml_steps.tasks.Task.check_objective`).
 
-
-def objective_value(objective: str, task: str, y, score, w, X=None) -> float:
-    """The objective metric for one set of validation predictions."""
-    from . import metrics as M
-
-    if task in ("classification", "anomaly"):
-        if objective == "roc_auc":
-            return float(M.roc_auc(y, score, sample_weight=w))
-        if objective.startswith("sig_eff_at_bkg_"):
-            eff = float(objective.rsplit("_", 1)[1])
-            return float(np.atleast_1d(M.signal_efficiency_at(y, score, eff, sample_weight=w))[0])
-        losses = {"zero_one_loss": M.zero_one_loss, "mse": M.mse, "absolute_loss": M.absolute_loss,
-                  "hinge_loss": M.hinge_loss, "cross_entropy": M.cross_entropy}
-        if objective in losses:
-            return float(losses[objective](y, score, sample_weight=w))
-        return float(M.threshold_metrics(y, score, 0.5, sample_weight=w)[objective])
-    if task == "multiclass":  # roc_auc: the macro one-vs-rest AUC
-        return float(M.multiclass_metrics(y, score, sample_weight=w)[objective])
-    if task == "regression":
-        return float(M.regression_metrics(y, score, sample_weight=w)[objective])
-    if task == "clustering":
-        return float(M.clustering_metrics(X, score, y_true=y)[objective])
-    raise ConfigError(f"tuning is not available for task '{task}'")
+    Raises
+    ------
+    ConfigError
+        The task cannot be tuned or does not know ``objective``.
+    """
+    return tasks.get(task).check_objective(objective, what)
 
 
 def resolve_space(cls, overrides: dict | None, what: str) -> dict:
@@ -171,128 +116,164 @@ def _folds(event_id: np.ndarray, k: int) -> np.ndarray:
     return np.minimum((uniform_from_id(event_id, salt=0xF01D) * k).astype(int), k - 1)
 
 
-def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str, trials_out: str,
-         seed: int = 42, threads: int = 1, raw: dict | None = None, energy: dict | None = None) -> dict:
-    """Run the study for ``model`` and write the best params (``out``) and the trials table.
+@dataclass
+class _Study:
+    """What every trial of one model's study needs."""
 
-    The whole study is metered (``energy`` settings as in :func:`.train.train`);
-    the record's ``energy`` counts the training events of every trial run."""
+    cls: type
+    task: tasks.Task
+    objective: str
+    space: dict
+    base_params: dict
+    cfg: dict
+    what: str
+    seed: int
+    threads: int
+    device: str
+    weighting: str
+    classes: list | None
+    energy: dict | None
+    cv: int = 0
+    errors: list = field(default_factory=list)
+
+    @property
+    def direction(self) -> str:
+        return self.task.direction(self.objective)
+
+    @property
+    def multi(self) -> bool:  # second objective: training energy per event (minimised)
+        return bool(self.cfg.get("energy_objective"))
+
+
+def _cv_splits(train, val, cv: int, what: str):
+    """Train+validation pooled, and the (fit, evaluate) masks of each of ``cv`` folds."""
+    if cv < 2:
+        raise ConfigError(f"{what}: tune.cv_folds must be >= 2 (got {cv})")
+    Xa, wa = np.concatenate([train.X, val.X]), np.concatenate([train.weights, val.weights])
+    ya = None if train.y is None else np.concatenate([train.y, val.y])
+    fold = _folds(np.concatenate([train.event_ids, val.event_ids]), cv)
+    return Xa, ya, wa, [(fold != i, fold == i) for i in range(cv)]
+
+
+def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None) -> float:
+    """Fit on (Xt, yt, wt), return the objective on (Xe, ye, we)."""
+    import optuna
+
+    fam = st.cls(task=st.task.name, params=params, seed=st.seed, n_threads=st.threads, device=st.device)
+    if st.classes is not None:
+        fam.n_classes = len(st.classes)  # a CV fold may lack a class; the outputs keep K columns
+    sign = 1.0 if st.direction == "maximize" else -1.0
+    if trial is not None and st.cls.iterative and not st.cv:
+        def report(step, values):
+            trial.report(-sign * values["validation_loss"], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        fam.set_epoch_callback(report)
+    fam.fit(Xt, yt, sample_weight=dataset.fit_weights(wt, yt, st.weighting, st.task.name), X_val=Xe, y_val=ye,
+            w_val=dataset.fit_weights(we, ye, st.weighting, st.task.name))
+    # the objective uses the event weights as they are (physics weights)
+    return st.task.objective_value(st.objective, ye, fam.predict_score(Xe), we, Xe)
+
+
+def _trial_value(st: _Study, trial, params, train, val, pooled):
+    """The objective of one trial's params: on validation, or the mean over the CV folds."""
+    if not st.cv:
+        return _fit_eval(st, params, train.X, train.y, train.weights, val.X, val.y, val.weights,
+                         None if st.multi else trial)
+    Xa, ya, wa, splits = pooled
+    vals = [_fit_eval(st, params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te],
+                      None if ya is None else ya[te], wa[te]) for tr, te in splits]
+    trial.set_user_attr("fold_values", vals)
+    return float(np.mean(vals))
+
+
+def _objective(st: _Study, train, val, pooled, n_fit: int):
+    """The Optuna objective: a trial's value (and J/event with ``energy_objective``)."""
     import optuna
 
     from .energy import step_meter
 
-    raw = raw or {}
-    what = f"model '{model}'"
-    task = spec.get("task", "classification")
-    cfg = dict(spec.get("tune") or {})
-    cls = registry.get(spec["family"])
-    objective_name = check_objective(cfg.get("objective") or DEFAULT_OBJECTIVE.get(task, ""), task, what)
-    space = resolve_space(cls, cfg.get("search_space"), what)
-    base_params = cls.resolve_params(spec.get("params") or {})
-    n_trials, timeout = cfg.get("n_trials", 20), cfg.get("timeout")
-    cv = int(cfg.get("cv_folds") or 0)
-    weighting = spec.get("weighting", "balanced")
-    cap = spec.get("max_train_events", cls.max_train_events)
-    device = registry.requested_device(spec)
-
-    classes = training_classes(train_path, spec, what, raw.get("train")) if task == "multiclass" else None
-    X, y, w, df, cols, _ = load_split(train_path, spec, what, raw.get("train"), cap, classes)
-    Xv, yv, wv, dfv, _, _ = load_split(validation_path, spec, what + " (validation)", raw.get("validation"),
-                                       classes=classes)
-    if cv:
-        if cv < 2:
-            raise ConfigError(f"{what}: tune.cv_folds must be >= 2 (got {cv})")
-        Xa, wa = np.concatenate([X, Xv]), np.concatenate([w, wv])
-        ya = None if y is None else np.concatenate([y, yv])
-        fold = _folds(np.concatenate([df[EVENT_ID].to_numpy(), dfv[EVENT_ID].to_numpy()]), cv)
-        splits = [(fold != i, fold == i) for i in range(cv)]
-    direction_ = direction(objective_name)
-    sign = 1.0 if direction_ == "maximize" else -1.0
-    # optional second objective: training energy per event (minimised); the
-    # study then returns the Pareto set of (objective, J/event)
-    multi = bool(cfg.get("energy_objective"))
-    errors: list[str] = []
-
-    def fit_eval(params, Xt, yt, wt, Xe, ye, we, trial=None):
-        fam = cls(task=task, params=params, seed=seed, n_threads=threads, device=device)
-        if classes is not None:
-            fam.n_classes = len(classes)  # a CV fold may lack a class; the outputs keep K columns
-        if trial is not None and cls.iterative and not cv:
-            def report(step, values):
-                trial.report(-sign * values["validation_loss"], step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-            fam.set_epoch_callback(report)
-        fam.fit(Xt, yt, sample_weight=fit_weights(wt, yt, weighting, task), X_val=Xe, y_val=ye,
-                w_val=fit_weights(we, ye, weighting, task))
-        # the objective uses the event weights as they are (physics weights)
-        return objective_value(objective_name, task, ye, fam.predict_score(Xe), we, Xe)
-
     def objective(trial):
-        params = {**base_params, **suggest(trial, space)}
+        params = {**st.base_params, **suggest(trial, st.space)}
         t0 = time.perf_counter()
-        trial_meter = step_meter(energy, device, cls.gpu_capable)
+        trial_meter = step_meter(st.energy, st.device, st.cls.gpu_capable)
         try:
             with trial_meter:
-                if cv:
-                    vals = [fit_eval(params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te],
-                                     None if ya is None else ya[te], wa[te]) for tr, te in splits]
-                    value = float(np.mean(vals))
-                    trial.set_user_attr("fold_values", vals)
-                else:
-                    value = fit_eval(params, X, y, w, Xv, yv, wv, None if multi else trial)
+                value = _trial_value(st, trial, params, train, val, pooled)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # recorded as a failed trial; the study goes on
             msg = f"{type(exc).__name__}: {exc}"
-            errors.append(msg)
+            st.errors.append(msg)
             trial.set_user_attr("error", msg[:2000])
-            log.warning("%s: trial %d failed: %s", what, trial.number, msg)
+            log.warning("%s: trial %d failed: %s", st.what, trial.number, msg)
             raise
         finally:
             trial.set_user_attr("seconds", time.perf_counter() - t0)
         if not math.isfinite(value):
-            raise HepmlError(f"objective {objective_name} is not finite ({value})")
-        n_fit = sum(int(tr.sum()) for tr, _ in splits) if cv else len(X)
+            raise HepmlError(f"objective {st.objective} is not finite ({value})")
         trial_meter.set_events(n_fit)
         jpe = trial_meter.record["j_per_event"]
         trial.set_user_attr("train_j_per_event", jpe)
         trial.set_user_attr("energy_method", trial_meter.record["method"])
-        log.info("%s: trial %d/%d %s=%.6g in %.1f s, params %s", what, trial.number + 1, n_trials, objective_name,
-                 value, time.perf_counter() - t0, params)
-        return (value, jpe) if multi else value
+        log.info("%s: trial %d/%d %s=%.6g in %.1f s, params %s", st.what, trial.number + 1,
+                 st.cfg.get("n_trials", 20), st.objective, value, time.perf_counter() - t0, params)
+        return (value, jpe) if st.multi else value
+
+    return objective
+
+
+def _run(st: _Study, model: str, objective):
+    """Create, seed and run the study under an energy meter; return (study, wall seconds, meter)."""
+    import optuna
+
+    from .energy import step_meter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3) \
-        if cfg.get("pruning", True) and cls.iterative and not cv and not multi else optuna.pruners.NopPruner()
-    study = optuna.create_study(directions=[direction_, "minimize"] if multi else [direction_],
-                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, study_name=model)
+    prune = st.cfg.get("pruning", True) and st.cls.iterative and not st.cv and not st.multi
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3) if prune \
+        else optuna.pruners.NopPruner()
+    study = optuna.create_study(directions=[st.direction, "minimize"] if st.multi else [st.direction],
+                                sampler=optuna.samplers.TPESampler(seed=st.seed), pruner=pruner, study_name=model)
     # trial 0 = the config's params (those of them that lie inside the search space)
-    study.enqueue_trial({k: (json.dumps(base_params[k]) if space[k]["type"] == "categorical" else base_params[k])
-                         for k in space if _in_space(base_params[k], space[k])}, skip_if_exists=True)
-    meter = step_meter(energy, device, cls.gpu_capable)
+    base, space = st.base_params, st.space
+    study.enqueue_trial({k: (json.dumps(base[k]) if space[k]["type"] == "categorical" else base[k])
+                         for k in space if _in_space(base[k], space[k])}, skip_if_exists=True)
+    meter = step_meter(st.energy, st.device, st.cls.gpu_capable)
     t0 = time.perf_counter()
     with meter:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,))
-    wall = time.perf_counter() - t0
-    fits_per_trial = cv if cv else 1
-    meter.set_events(len(study.trials) * fits_per_trial * (len(Xa) * (cv - 1) // cv if cv else len(X)))
-    states = optuna.trial.TrialState
-    complete = [t for t in study.trials if t.state == states.COMPLETE]
+        study.optimize(objective, n_trials=st.cfg.get("n_trials", 20), timeout=st.cfg.get("timeout"),
+                       catch=(Exception,))
+    return study, time.perf_counter() - t0, meter
+
+
+def _best(st: _Study, study):
+    """The best finished trial and, with ``energy_objective``, the Pareto set of (objective, J/event).
+
+    Raises
+    ------
+    FamilyError
+        Every trial failed (naming the first error).
+    """
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise FamilyError(f"{what}: every tuning trial of family '{cls.name}' failed; first error: "
-                          f"{errors[0] if errors else 'none recorded'}")
-    pareto = None
-    if multi:  # the Pareto set of (objective, J/event); the final model takes its best objective
-        front = study.best_trials
-        best = (max if direction_ == "maximize" else min)(front, key=lambda t: t.values[0])
-        pareto = [{"number": t.number, "value": t.values[0], "train_j_per_event": t.values[1],
-                   "params": t.params} for t in sorted(front, key=lambda t: t.values[1])]
-    else:
-        best = study.best_trial
-    best_params = {**base_params, **{k: (json.loads(v) if space[k]["type"] == "categorical" else v)
-                                     for k, v in best.params.items()}}
-    first = study.trials[0]
+        raise FamilyError(f"{st.what}: every tuning trial of family '{st.cls.name}' failed; first error: "
+                          f"{st.errors[0] if st.errors else 'none recorded'}")
+    if not st.multi:
+        return study.best_trial, None
+    front = study.best_trials  # the final model takes the front's best objective
+    best = (max if st.direction == "maximize" else min)(front, key=lambda t: t.values[0])
+    pareto = [{"number": t.number, "value": t.values[0], "train_j_per_event": t.values[1],
+               "params": t.params} for t in sorted(front, key=lambda t: t.values[1])]
+    return best, pareto
+
+
+def _write_trials(study, pareto, path: str) -> None:
+    """One row per trial: state, value, seconds, J/event, Pareto membership, error, params."""
+    import pandas as pd
+
     rows = []
     for t in study.trials:
         row = {"number": t.number, "state": t.state.name, "value": t.values[0] if t.values else None,
@@ -301,48 +282,124 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
                "error": t.user_attrs.get("error", "")}
         row.update({f"param.{k}": v for k, v in t.params.items()})
         rows.append(row)
-    import pandas as pd
-
-    with atomic_path(trials_out) as tmp:
+    with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    inputs = [p for p in (train_path, validation_path, raw.get("train"), raw.get("validation")) if p]
-    record = {
-        "model": model, "family": cls.name, "task": task, "objective": objective_name,
-        "direction": direction_, "split": f"{cv}-fold CV on train+validation" if cv else "validation",
+
+
+def _record(st: _Study, model: str, study, best, pareto, wall: float, meter, inputs: list[str]) -> dict:
+    """The tuning record (see the module docstring)."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    space, first = st.space, study.trials[0]
+    best_params = {**st.base_params, **{k: (json.loads(v) if space[k]["type"] == "categorical" else v)
+                                        for k, v in best.params.items()}}
+    return {
+        "model": model, "family": st.cls.name, "task": st.task.name, "objective": st.objective,
+        "direction": st.direction, "split": f"{st.cv}-fold CV on train+validation" if st.cv else "validation",
         "best_params": best_params, "best_value": best.values[0], "best_trial": best.number,
         "baseline_value": first.values[0] if first.state == states.COMPLETE else None,
-        "energy_objective": multi, "pareto": pareto,
-        "n_trials": len(study.trials), "n_complete": len(complete),
+        "energy_objective": st.multi, "pareto": pareto,
+        "n_trials": len(study.trials), "n_complete": sum(t.state == states.COMPLETE for t in study.trials),
         "n_pruned": sum(t.state == states.PRUNED for t in study.trials),
         "n_failed": sum(t.state == states.FAIL for t in study.trials),
-        "budget": {"n_trials": n_trials, "timeout": timeout}, "wall_seconds": wall,
-        "search_space": space, "seed": seed,
+        "budget": {"n_trials": st.cfg.get("n_trials", 20), "timeout": st.cfg.get("timeout")},
+        "wall_seconds": wall, "search_space": space, "seed": st.seed,
         "inputs": {p: _sha256(p) for p in inputs},
         "energy": meter.record,
     }
+
+
+def _study(model: str, spec: dict, seed: int, threads: int, energy: dict | None) -> _Study:
+    """Check the model's tuning settings and gather what the trials need.
+
+    Raises
+    ------
+    ConfigError
+        Unknown objective or search-space mistakes (naming the culprit).
+    FamilyError
+        A hyper-parameter the family does not have.
+    """
+    what = f"model '{model}'"
+    task = tasks.of(spec)
+    cfg = dict(spec.get("tune") or {})
+    cls = registry.get(spec["family"])
+    return _Study(cls=cls, task=task, objective=check_objective(cfg.get("objective") or task.default_objective
+                                                                or "", task.name, what),
+                  space=resolve_space(cls, cfg.get("search_space"), what),
+                  base_params=cls.resolve_params(spec.get("params") or {}), cfg=cfg, what=what, seed=seed,
+                  threads=threads, device=registry.requested_device(spec),
+                  weighting=spec.get("weighting", "balanced"), classes=None, energy=energy,
+                  cv=int(cfg.get("cv_folds") or 0))
+
+
+def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str, trials_out: str,
+         seed: int = 42, threads: int = 1, energy: dict | None = None) -> dict:
+    """Run the study for ``model`` and write the best params (``out``) and the trials table.
+
+    Parameters
+    ----------
+    train_path, validation_path : str
+        The prepared training and validation splits (the test split is no input).
+    model : str
+        The model's name.
+    spec : dict
+        The model's resolved config entry, with its ``tune`` settings.
+    out : str
+        The tuning record (JSON).
+    trials_out : str
+        The trials table (CSV).
+    seed, threads : int
+        Seed of the sampler and of every fit; CPU threads of a fit.
+    energy : dict, optional
+        Energy settings as in :func:`.train.train`: the whole study is metered,
+        and the record's ``energy`` counts the training events of every trial run.
+
+    Returns
+    -------
+    dict
+        The tuning record.
+
+    Raises
+    ------
+    ConfigError
+        A bad objective, search space or ``cv_folds``.
+    FamilyError
+        Every trial failed.
+    """
+    st = _study(model, spec, seed, threads, energy)
+    cap = spec.get("max_train_events", st.cls.max_train_events)
+    train = dataset.read_fit(train_path, spec, st.what, cap=cap)
+    val = dataset.read_fit(validation_path, spec, st.what + " (validation)", classes=train.classes)
+    st.classes = train.classes
+    pooled = _cv_splits(train, val, st.cv, st.what) if st.cv else None
+    n_fit = sum(int(tr.sum()) for tr, _ in pooled[3]) if st.cv else len(train)
+    study, wall, meter = _run(st, model, _objective(st, train, val, pooled, n_fit))
+    fit_events = len(pooled[0]) * (st.cv - 1) // st.cv if st.cv else len(train)
+    meter.set_events(len(study.trials) * (st.cv or 1) * fit_events)
+    best, pareto = _best(st, study)
+    _write_trials(study, pareto, trials_out)
+    record = _record(st, model, study, best, pareto, wall, meter, [train_path, validation_path])
     write_json(out, record)
-    log.info("%s: %s %s -> %s after %d trials (%.1f s)", what, objective_name, record["baseline_value"],
+    log.info("%s: %s %s -> %s after %d trials (%.1f s)", st.what, st.objective, record["baseline_value"],
              best.values[0], len(study.trials), wall)
     return record
 
 
 def main(argv=None) -> int:
     def build(p):
-        p.add_argument("--train", required=True)
-        p.add_argument("--validation", required=True)
-        p.add_argument("--raw-train")
-        p.add_argument("--raw-validation")
-        p.add_argument("--model", required=True)
-        p.add_argument("--spec", type=cli.json_arg, required=True)
-        p.add_argument("--out", required=True)
+        p.add_argument("--train", required=True, help="prepared training split (features)")
+        p.add_argument("--validation", required=True, help="prepared validation split (features)")
+        p.add_argument("--model", required=True, help="the model's name")
+        p.add_argument("--spec", type=cli.json_arg, required=True, help="the model's config entry as JSON")
+        p.add_argument("--out", required=True, help="tuning record (JSON)")
         p.add_argument("--trials", required=True, help="trials table (CSV)")
-        p.add_argument("--seed", type=int, default=42)
-        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--seed", type=int, default=42, help="seed of the sampler and of every fit")
+        p.add_argument("--threads", type=int, default=1, help="CPU threads of a fit")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
     return cli.run(build, lambda a: tune(a.train, a.validation, a.model, a.spec, a.out, a.trials, a.seed,
-                                         a.threads, {"train": a.raw_train, "validation": a.raw_validation}, a.energy),
-                   argv, __doc__)
+                                         a.threads, a.energy), argv, __doc__)
 
 
 if __name__ == "__main__":

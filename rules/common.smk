@@ -11,6 +11,8 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from hepml_steps import tasks as hepml_tasks
+
 RES = config["results"]
 SPLITS = ["train", "validation", "test"]
 CONDA_ENV = "../envs/hepml.yaml"
@@ -64,6 +66,18 @@ def gpu_resources():
 
 def tuned(model):
     return MODELS[model]["tune"]["enabled"]
+
+
+def task_of(model):
+    """The task object (hepml_steps.tasks) of a model."""
+    return hepml_tasks.get(MODELS[model]["task"])
+
+
+def model_targets():
+    """The target column of every configured model (selected or not, so that a
+    different selection does not re-prepare the features), sorted: the features
+    step keeps them unstandardised."""
+    return sorted({s["target"] for s in config["models"].values() if s.get("target")})
 
 
 def all_outputs():

@@ -5,7 +5,7 @@ rule evaluate:
         predictions=f"{RES}/predictions/{{model}}.parquet",
         record=f"{RES}/records/{{model}}.train.json",
         inference=f"{RES}/records/{{model}}.predict.json",
-        features=lambda wc: f"{RES}/features/test.parquet" if MODELS[wc.model]["task"] == "clustering" else [],
+        features=lambda wc: f"{RES}/features/test.parquet" if task_of(wc.model).needs_test_features else [],
     output:
         f"{RES}/metrics/{{model}}.json",
     params:

@@ -1,4 +1,5 @@
-# Feature selection, derived columns, standardisation and PCA, fitted on train only.
+# Feature selection, derived columns, standardisation and PCA, fitted on train only;
+# every model's target is kept unstandardised beside the features (target:<name>).
 rule features:
     input:
         **{s: f"{RES}/split/{s}.parquet" for s in SPLITS},
@@ -8,6 +9,7 @@ rule features:
     params:
         step=step("features"),
         cfg=lambda wc: jq(config["features"]),
+        targets=jq(model_targets()),
     log:
         f"{RES}/logs/features.log",
     conda:
@@ -15,4 +17,4 @@ rule features:
     shell:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
         " --out-train {output.train:q} --out-validation {output.validation:q} --out-test {output.test:q}"
-        " --transform {output.transform:q} --params {params.cfg:q} > {log:q} 2>&1"
+        " --transform {output.transform:q} --params {params.cfg:q} --targets {params.targets:q} > {log:q} 2>&1"

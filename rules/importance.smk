@@ -3,7 +3,6 @@ rule importance:
     input:
         model=f"{RES}/models/{{model}}",
         test=f"{RES}/features/test.parquet",
-        raw_test=f"{RES}/split/test.parquet",
     output:
         f"{RES}/importance/{{model}}.json",
     params:
@@ -14,5 +13,5 @@ rule importance:
     conda:
         CONDA_ENV
     shell:
-        "{params.step:q} --model-dir {input.model:q} --test {input.test:q} --raw-test {input.raw_test:q}"
+        "{params.step:q} --model-dir {input.model:q} --test {input.test:q}"
         " --out {output:q} --seed {params.seed:q} > {log:q} 2>&1"

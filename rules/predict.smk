@@ -4,7 +4,6 @@ rule predict:
     input:
         model=f"{RES}/models/{{model}}",
         **{s: f"{RES}/features/{s}.parquet" for s in SPLITS},
-        **{f"raw_{s}": f"{RES}/split/{s}.parquet" for s in SPLITS},
     output:
         predictions=f"{RES}/predictions/{{model}}.parquet",
         record=f"{RES}/records/{{model}}.predict.json",
@@ -21,6 +20,5 @@ rule predict:
         CONDA_ENV
     shell:
         "{params.step:q} --model-dir {input.model:q} --train {input.train:q} --validation {input.validation:q}"
-        " --test {input.test:q} --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
-        " --raw-test {input.raw_test:q} --out {output.predictions:q} --record {output.record:q}"
+        " --test {input.test:q} --out {output.predictions:q} --record {output.record:q}"
         " --batch-size {params.batch:q} --threads {threads} --energy {params.energy:q} > {log:q} 2>&1"

@@ -3,8 +3,6 @@ rule train:
     input:
         train=f"{RES}/features/train.parquet",
         validation=f"{RES}/features/validation.parquet",
-        raw_train=f"{RES}/split/train.parquet",
-        raw_validation=f"{RES}/split/validation.parquet",
         tuned=lambda wc: f"{RES}/tuning/{wc.model}.json" if tuned(wc.model) else [],
     output:
         model=directory(f"{RES}/models/{{model}}"),
@@ -24,7 +22,6 @@ rule train:
         CONDA_ENV
     shell:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
-        " --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.model:q}"
         " --record {output.record:q} --seed {params.seed:q} --threads {threads} {params.tuned:q}"
         " --energy {params.energy:q} > {log:q} 2>&1"

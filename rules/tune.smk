@@ -4,8 +4,6 @@ rule tune:
     input:
         train=f"{RES}/features/train.parquet",
         validation=f"{RES}/features/validation.parquet",
-        raw_train=f"{RES}/split/train.parquet",
-        raw_validation=f"{RES}/split/validation.parquet",
     output:
         record=f"{RES}/tuning/{{model}}.json",
         trials=f"{RES}/tuning/{{model}}.trials.csv",
@@ -23,7 +21,6 @@ rule tune:
         CONDA_ENV
     shell:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
-        " --raw-train {input.raw_train:q} --raw-validation {input.raw_validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.record:q}"
         " --trials {output.trials:q} --seed {params.seed:q} --threads {threads}"
         " --energy {params.energy:q} > {log:q} 2>&1"

@@ -92,6 +92,9 @@ def test_model_errors_name_the_model_and_key():
     assert error({"models": {"x": {"family": "nope"}}}).startswith("models.x.family: unknown model family 'nope'")
     assert error({"models": {"r": {"family": "xgboost", "task": "regression"}}}).startswith("models.r.target:")
     assert error({"models": {"k": {"family": "knn", "gpus": 1}}}).startswith("models.k.gpus:")
+    assert error({"models": {"t": {"family": "xgboost", "task": "ranking"}}}) == (
+        "models.t.task: unknown task 'ranking'; known tasks: classification, multiclass, anomaly, regression, "
+        "clustering, dimreduction")
 
 
 def test_exit_on_error_prints_one_line_and_exits_1(capsys):

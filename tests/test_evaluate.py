@@ -157,7 +157,7 @@ def test_leaderboard_ranks_and_shows_bayes(tmp_path):
 def test_ks_of_a_capped_model_uses_the_events_it_was_fitted_on(tmp_path):
     """kNN/SVM-style cap: the model saw 400 of 10,000 training events. Its KS test
     must compare those 400 with test, not the whole (mostly unseen) training split."""
-    from hepml_steps.train import cap_index
+    from hepml_steps.dataset import cap_index
 
     n_train, n_test, cap = 10_000, 10_000, 400
     df = generate_chunk(n_train + n_test, (n_train + n_test) // 2, seed=5, chunk_index=0, event_id_start=0)

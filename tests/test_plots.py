@@ -87,7 +87,7 @@ def test_energy_view_leaves_out_models_without_a_signal_vs_background_auc(tmp_pa
 def test_score_histograms_of_a_capped_model_use_its_fitted_events(tmp_path, monkeypatch):
     import json
 
-    from hepml_steps.train import cap_index
+    from hepml_steps.dataset import cap_index
 
     pred = _predictions(1, n=3000)
     pred["split"] = np.where(np.arange(3000) < 2000, "train", "test")

@@ -321,13 +321,13 @@ def test_onnx_export_matches_predict_score(case, tmp_path):
     else:
         m = AutoencoderFamily(task="anomaly", params={"epochs": 3}).fit(X)
     path = tmp_path / "model.onnx"
-    m.export_onnx(path, n_features=4)
+    m.to_onnx(path, n_features=4)
     for n in (1, 333):  # dynamic batch axis
         got = _onnx_scores(path, X[:n])
         assert got.shape == (n,)
         np.testing.assert_allclose(got, m.predict_score(X[:n]), rtol=1e-5, atol=1e-5)
     with pytest.raises(FamilyError, match="features"):
-        m.export_onnx(path, n_features=5)
+        m.to_onnx(path, n_features=5)
 
 
 @pytest.mark.parametrize("params, pattern", [

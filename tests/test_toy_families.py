@@ -7,7 +7,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 
 from hepml_steps import generate as g
 from hepml_steps import registry
-from hepml_steps.train import fit_weights
+from hepml_steps.dataset import fit_weights
 
 N_TRAIN, N_TEST = 20_000, 60_000
 #: settings small enough for CI; the floors leave room below the default demo's AUCs

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from hepml_steps import predict as pr
 from hepml_steps import registry
+from hepml_steps import dataset as ds
 from hepml_steps import train as tr
 from hepml_steps.errors import ConfigError, DataError, FamilyError
 from tests.conftest import make_events
@@ -61,11 +62,11 @@ def test_xgboost_records_learning_curve(prepared, tmp_path):
 def test_balanced_weighting_equalises_classes():
     y = np.array([1, 1, 0, 0, 0, 0])
     w = np.array([1.0, 3.0, 1.0, 1.0, 1.0, 5.0])
-    b = tr.fit_weights(w, y, "balanced", "classification")
+    b = ds.fit_weights(w, y, "balanced", "classification")
     assert np.isclose(b[y == 1].sum(), b[y == 0].sum()) and np.isclose(b.sum(), len(w))
     assert np.isclose(b[1] / b[0], 3.0)  # relative weights within a class are kept
-    assert np.allclose(tr.fit_weights(w, y, "none", "classification"), 1)
-    assert np.isclose(tr.fit_weights(w, y, "physical", "classification").mean(), 1)
+    assert np.allclose(ds.fit_weights(w, y, "none", "classification"), 1)
+    assert np.isclose(ds.fit_weights(w, y, "physical", "classification").mean(), 1)
 
 
 def test_weights_change_the_fit(prepared, tmp_path):

@@ -627,10 +627,6 @@ class TorchFamily(Family):
         self.info["device"], self.info["device_note"] = "cpu", "loaded on cpu"
         return self
 
-    def export_onnx(self, path, n_features: int | None = None) -> None:
-        """Former name of :meth:`to_onnx`, kept while train.py still calls it."""
-        self.to_onnx(path, n_features)
-
     def to_onnx(self, path, n_features: int | None = None) -> None:
         """Write the model as ONNX: input ``features`` [N, n_features] -> output ``score`` [N] (= predict_score).
 

@@ -181,10 +181,6 @@ class XGBoostFamily(Family):
 
         export_xgboost(self.booster, self.task, n_features, path)
 
-    def export_onnx(self, path, n_features: int) -> None:
-        """Former name of :meth:`to_onnx`, kept while train.py still calls it."""
-        self.to_onnx(path, n_features)
-
 
 class _IterationHook:
     """XGBoost callback forwarding the validation loss after every iteration."""

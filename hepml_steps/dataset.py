@@ -1,0 +1,313 @@
+"""The data boundary: a prepared split file becomes a small typed object.
+
+Steps that fit or score a model (train, tune, predict, importance) read a
+prepared split only through this module and get a :class:`Dataset`: the
+features ``X`` (float32), the task's targets ``y``, event weights and the
+weights of the fit, event ids and labels, and the record of a training cap.
+No step parses a split itself or imports another step's internals.
+
+Reading for a fit (:func:`read_fit`):
+
+- the task's own rules first (:mod:`hepml_steps.tasks`): anomaly detection
+  keeps background events only; a multiclass model's classes are the
+  distinct target values of its (whole) training split;
+- a training cap (``max_train_events``, or the family's) keeps the ``cap``
+  events with the smallest hash of ``event_id``: deterministic, independent
+  of the order of the events and of which other events are present; a
+  warning is logged and the cap recorded;
+- the features are the model's ``features`` (default: every feature column of
+  the table), never its target;
+- events of a class absent from the training classes are left out (warning);
+- the weights of the fit follow ``weighting`` (:func:`fit_weights`).
+
+Reading for scoring (:func:`read_scoring`) keeps every event and uses the
+trained model's features, classes and target. Targets are read in physical
+units: the features step keeps an unstandardised copy of every model's target
+(``target:<name>``), so nothing joins a target back from the raw split.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import tasks
+from .columns import EVENT_ID, LABEL, TRUTH_LLR, WEIGHT, is_feature
+from .errors import ConfigError, DataError
+from .io import read_parquet
+
+log = logging.getLogger("hepml.dataset")
+
+WEIGHTINGS = ("balanced", "physical", "none")
+CAP_SALT = 0x5EED
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One prepared split as a model sees it.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_events, n_features), float32
+        The features, in the order of ``columns``.
+    y : ndarray of shape (n_events,) or None
+        The task's targets (:meth:`hepml_steps.tasks.Task.targets`): 0/1
+        labels, the regression target in its physical units (float64), the
+        class index (int64; −1 for a class not among ``classes``), or None.
+    weights : ndarray of shape (n_events,), float64
+        The event weights as stored.
+    fit_weights : ndarray of shape (n_events,), float64, or None
+        The weights of the fit (``weighting``); None when read for scoring.
+    event_ids : ndarray of shape (n_events,), int64
+    labels : ndarray of shape (n_events,)
+        1 signal, 0 background.
+    columns : list of str
+        The feature names.
+    classes : list or None
+        A multiclass model's classes: class index i is the target value ``classes[i]``.
+    cap : dict
+        The training cap: ``cap``, ``applied``, ``n_before``, ``n_after``.
+    truth_llr : ndarray of shape (n_events,) or None
+        The exact log-likelihood ratio (toy data only).
+    """
+
+    X: np.ndarray
+    y: np.ndarray | None
+    weights: np.ndarray
+    fit_weights: np.ndarray | None
+    event_ids: np.ndarray
+    labels: np.ndarray
+    columns: list
+    classes: list | None = None
+    cap: dict | None = None
+    truth_llr: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def take(self, index) -> Dataset:
+        """The events at positions ``index`` (an integer array), in that order."""
+        def pick(a):
+            return None if a is None else a[index]
+
+        return replace(self, X=self.X[index], y=pick(self.y), weights=self.weights[index],
+                       fit_weights=pick(self.fit_weights), event_ids=self.event_ids[index],
+                       labels=self.labels[index], truth_llr=pick(self.truth_llr))
+
+
+def fit_weights(w, y, weighting: str, task: str) -> np.ndarray:
+    """Event weights as the fit uses them.
+
+    - ``balanced``: for tasks with classes (classification, multiclass) each
+      class's weights are scaled so every class carries the same total,
+      keeping relative weights within a class (TMVA's NormMode=EqualNumEvents,
+      but weighted); for other tasks as ``physical``;
+    - ``physical``: the event weights, rescaled to mean 1;
+    - ``none``: every event counts once.
+
+    Parameters
+    ----------
+    w : ndarray of shape (n_events,)
+        Event weights.
+    y : ndarray of shape (n_events,) or None
+        The task's targets.
+    weighting : str
+        One of :data:`WEIGHTINGS`.
+    task : str
+        The model's task.
+
+    Returns
+    -------
+    ndarray of shape (n_events,), float64
+
+    Raises
+    ------
+    DataError
+        A class (or all events) with non-positive total weight.
+    ConfigError
+        An unknown ``weighting``.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if weighting == "none":
+        return np.ones_like(w)
+    labels = tasks.get(task).balance_classes(y) if weighting == "balanced" else None
+    if labels is not None:
+        out = np.empty_like(w)
+        for cls in labels:
+            m = y == cls
+            total = w[m].sum()
+            if total <= 0:
+                raise DataError(f"class {cls} has non-positive total weight {total:g}; cannot balance")
+            out[m] = w[m] * (len(w) / len(labels)) / total
+        return out
+    if weighting in ("balanced", "physical"):
+        total = w.sum()
+        if total <= 0:
+            raise DataError(f"events have non-positive total weight {total:g}")
+        return w * len(w) / total
+    raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
+
+
+def select_features(df, wanted, target=None) -> list[str]:
+    """The feature columns of a model: ``wanted``, or every feature column of ``df``; never ``target``.
+
+    Raises
+    ------
+    ConfigError
+        A wanted column is not a feature column of ``df``.
+    """
+    available = [c for c in df.columns if is_feature(c)]
+    if wanted:
+        missing = [c for c in wanted if c not in available]
+        if missing:
+            raise ConfigError(f"model features {missing} are not prepared feature columns (available: {available})")
+        cols = list(wanted)
+    else:
+        cols = available
+    if target is not None and target in cols:
+        cols.remove(target)  # never learn a target from itself
+    return cols
+
+
+def cap_index(event_ids, cap: int) -> np.ndarray:
+    """Positions (sorted, int) of the events a training cap keeps: the ``cap``
+    smallest hashes of ``event_id`` (independent of order and of the other events' presence)."""
+    from .split import uniform_from_id
+
+    u = uniform_from_id(np.asarray(event_ids), CAP_SALT)
+    if cap >= len(u):
+        return np.arange(len(u))
+    return np.sort(np.argpartition(u, cap - 1)[:cap])
+
+
+def cap_events(df, cap: int | None, what: str):
+    """Deterministic subsample of at most ``cap`` events of ``df``; returns (df, cap record)."""
+    n = len(df)
+    if not cap or n <= cap:
+        return df, {"cap": cap, "applied": False, "n_before": n, "n_after": n}
+    keep = cap_index(df[EVENT_ID].to_numpy(), cap)
+    log.warning("%s: training sample capped at %d of %d events (max_train_events); "
+                "raise the cap in config to use more", what, cap, n)
+    return df.iloc[keep].reset_index(drop=True), {"cap": cap, "applied": True, "n_before": n, "n_after": cap}
+
+
+def fitted_events(train, record: dict):
+    """The rows of ``train`` (training-split predictions) the model was fitted on.
+
+    With a training cap (``train_cap`` in the training ``record``) that is the
+    same deterministic subsample the training step took."""
+    cap = record.get("train_cap") or {}
+    if not cap.get("applied"):
+        return train
+    pool = _task_events(train, tasks.of(record))
+    return pool.iloc[cap_index(pool[EVENT_ID].to_numpy(), int(cap["cap"]))]
+
+
+def _task_events(df, task):
+    return df[df[LABEL] == 0] if task.background_only else df
+
+
+def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: list | None = None) -> Dataset:
+    """Read a training or validation split for fitting the model ``spec``.
+
+    Parameters
+    ----------
+    path : str
+        A prepared split (Parquet).
+    spec : dict
+        The model's config entry (``task``, ``target``, ``features``, ``weighting``).
+    what : str
+        How messages name the model (and split).
+    cap : int, optional
+        The training cap (training split only).
+    classes : list, optional
+        The training classes (multiclass; learned from ``path`` when None).
+
+    Returns
+    -------
+    Dataset
+        With ``fit_weights`` and ``cap`` set.
+
+    Raises
+    ------
+    DataError
+        No (background) events, unusable targets, a class lost to the cap.
+    ConfigError
+        Missing ``target`` or features, unknown ``weighting``.
+    """
+    task = tasks.of(spec)
+    target = spec.get("target")
+    df = read_parquet(path)
+    if classes is None:
+        classes = task.learn_classes(df, target, what)
+    df = _task_events(df, task).reset_index(drop=True)
+    if task.background_only and df.empty:
+        raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
+    df, cap_rec = cap_events(df, cap, what)
+    if df.empty:
+        raise DataError(f"{what}: {path} has no events")
+    cols = select_features(df, spec.get("features"), target)
+    y = task.targets(df, target, what, classes)
+    task.check_fit_targets(y, what)
+    if classes is not None:
+        df, y = _known_classes(df, y, classes, cap_rec, target, what)
+    w = df[WEIGHT].to_numpy(dtype=np.float64)
+    return Dataset(X=df[cols].to_numpy(dtype=np.float32), y=y, weights=w,
+                   fit_weights=fit_weights(w, y, spec.get("weighting", "balanced"), task.name),
+                   event_ids=df[EVENT_ID].to_numpy(), labels=df[LABEL].to_numpy(), columns=cols,
+                   classes=classes, cap=cap_rec, truth_llr=_optional(df, TRUTH_LLR))
+
+
+def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str):
+    """Leave out events of a class the model does not know (index −1); refuse a
+    training cap that lost a whole class."""
+    if (y < 0).any():
+        log.warning("%s: %d events of a class absent from training are left out", what, int((y < 0).sum()))
+        df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
+    if cap_rec["applied"] and len(df) and len(np.unique(y)) < len(classes):
+        absent = [c for i, c in enumerate(classes) if i not in set(y.tolist())]
+        raise DataError(f"{what}: class(es) {absent} of '{target}' have no events left after "
+                        f"the training cap of {cap_rec['cap']} events; raise max_train_events")
+    return df, y
+
+
+def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
+    """Read every event of a prepared split for scoring with a trained model.
+
+    Parameters
+    ----------
+    path : str
+        A prepared split (Parquet).
+    meta : dict
+        The model's metadata (``hepml_model.json``): ``model``, ``task``,
+        ``features``, ``target``, ``classes``.
+    what : str, optional
+        How messages name the model (default ``model '<name>'``).
+
+    Returns
+    -------
+    Dataset
+        Every event; ``fit_weights`` is None.
+
+    Raises
+    ------
+    DataError
+        A feature column of the model is missing, or the target is unusable.
+    """
+    what = what or f"model '{meta['model']}'"
+    task = tasks.get(meta["task"])
+    df = read_parquet(path)
+    missing = [c for c in meta["features"] if c not in df.columns]
+    if missing:
+        raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
+    classes = meta.get("classes")
+    return Dataset(X=df[meta["features"]].to_numpy(dtype=np.float32),
+                   y=task.targets(df, meta.get("target"), what, classes),
+                   weights=df[WEIGHT].to_numpy(), fit_weights=None, event_ids=df[EVENT_ID].to_numpy(),
+                   labels=df[LABEL].to_numpy(), columns=list(meta["features"]), classes=classes,
+                   truth_llr=_optional(df, TRUTH_LLR))
+
+
+def _optional(df, column: str):
+    return df[column].to_numpy() if column in df.columns else None
