@@ -32,7 +32,6 @@ from typing import Any, Callable, ClassVar
 
 from ..errors import FamilyError
 
-TASKS = ("classification", "multiclass", "regression", "anomaly", "clustering", "dimreduction")
 
 #: ``f(epoch, metrics)``: called by an iterative family after every iteration.
 EpochCallback = Callable[[int, dict], None]
@@ -75,7 +74,7 @@ class Family(ABC):
 
     #: the key used in ``config.yaml`` (``models.<model>.family``)
     name: ClassVar[str] = ""
-    #: the tasks the family supports, a subset of :data:`TASKS`
+    #: the tasks the family supports, a subset of ``hepml_steps.tasks.names()``
     tasks: ClassVar[tuple[str, ...]] = ()
     #: every hyper-parameter it accepts, with its default (JSON-serialisable values)
     default_params: ClassVar[dict[str, Any]] = {}

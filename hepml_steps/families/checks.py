@@ -48,7 +48,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import FamilyError
-from .base import TASKS, Family
+from ..tasks import names as _task_names
+from .base import Family
 
 SEED = 7
 N_TRAIN, N_VAL, N_TEST, N_FEATURES = 300, 100, 200, 4
@@ -186,7 +187,8 @@ def _check_declarations(cls) -> None:
     _require(isinstance(cls, type) and issubclass(cls, Family), f"{cls!r} is not a Family subclass")
     _require(not inspect.isabstract(cls), f"abstract methods left: {sorted(cls.__abstractmethods__)}")
     _require(isinstance(cls.name, str) and cls.name, "name must be a non-empty string")
-    _require(cls.tasks and set(cls.tasks) <= set(TASKS), f"tasks {cls.tasks!r} must be a non-empty subset of {TASKS}")
+    known = _task_names()
+    _require(cls.tasks and set(cls.tasks) <= set(known), f"tasks {cls.tasks!r} must be a non-empty subset of {known}")
     _require(isinstance(cls.file_format, str) and cls.file_format, "file_format must be a non-empty string")
     for flag in ("gpu_capable", "iterative", "exports_onnx"):
         _require(isinstance(getattr(cls, flag), bool), f"{flag} must be True or False")
@@ -198,7 +200,7 @@ def _check_declarations(cls) -> None:
     except TypeError as exc:
         raise _Failed(f"default_params are not JSON-serialisable ({exc})") from exc
     _check_search_space(cls)
-    other = next((t for t in TASKS if t not in cls.tasks), "no_such_task")
+    other = next((t for t in _task_names() if t not in cls.tasks), "no_such_task")
     try:
         cls(task=other)
     except FamilyError as exc:
