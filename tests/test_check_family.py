@@ -1,9 +1,9 @@
 """The conformance kit: every built-in family and the example plugin pass
 ``check_family``; deliberately broken families fail it, naming the check."""
+import importlib.util
 import inspect
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,19 @@ from hepml_steps.families.base import Family
 from tests.test_families import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "plugin_pkg"))  # the example plugin, without installing it
-from hepml_plugin_demo import NearestCentroidFamily  # noqa: E402
+
+
+def _example_plugin():
+    """The example plugin's family, loaded from its file: neither installed nor put on
+    sys.path (which would expose its entry points to the registry of every later test)."""
+    path = ROOT / "tests" / "plugin_pkg" / "hepml_plugin_demo" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("hepml_plugin_demo_checked", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.NearestCentroidFamily
+
+
+NearestCentroidFamily = _example_plugin()
 
 
 def _all_checks():

@@ -1,6 +1,7 @@
 """A third-party family, installed as a package, runs through the real workflow."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def plugin_site(tmp_path_factory):
     """pip-install tests/plugin_pkg into a private directory (PYTHONPATH, not the venv)."""
     site = tmp_path_factory.mktemp("site")
+    src = tmp_path_factory.mktemp("src") / "plugin_pkg"  # built from a copy: no build/ or egg-info in the repo
+    shutil.copytree(ROOT / "tests" / "plugin_pkg", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(site), str(ROOT / "tests" / "plugin_pkg")],
+                    "--disable-pip-version-check", "--target", str(site), str(src)],
                    check=True, capture_output=True)
     return site
 
