@@ -181,3 +181,56 @@ def test_tuning_sets_the_epoch_callback_through_the_declared_hook():
     X, y = data(300)
     m.fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
     assert seen == [0, 1, 2]
+
+
+def _xgb_progress(caplog):
+    """(iteration, total, {metric: text}) of every xgboost progress line logged."""
+    import re
+
+    line = re.compile(r"^xgboost: iteration (\d+)/(\d+)((?: \w+ \S+)*) \(\d+\.\d s\)$")
+    out = []
+    for r in caplog.records:
+        m = line.match(r.getMessage())
+        if r.name == "hepml.xgboost" and m:
+            pairs = m.group(3).split()
+            out.append((int(m.group(1)), int(m.group(2)), dict(zip(pairs[::2], pairs[1::2]))))
+    return out
+
+
+@pytest.mark.parametrize("n_rounds, logged", [(50, [*range(3, 49, 3), 50]), (7, list(range(1, 8))),
+                                              (40, list(range(2, 41, 2)))])
+def test_xgboost_logs_progress_every_few_iterations(caplog, n_rounds, logged):
+    """At most 20 lines a fit (every ceil(n/20) iterations) plus the last, from the evaluation
+    XGBoost does anyway: the numbers are those of the learning curve."""
+    import logging
+
+    X, y = data(300)
+    with caplog.at_level(logging.INFO, logger="hepml.xgboost"):
+        m = registry.get("xgboost")(params={"n_estimators": n_rounds}).fit(
+            X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    lines = _xgb_progress(caplog)
+    assert [(i, n) for i, n, _ in lines] == [(i, n_rounds) for i in logged]
+    for i, _, metrics in lines:
+        assert metrics == {"train_loss": f"{m.history['train_loss'][i - 1]:.4g}",
+                           "val_loss": f"{m.history['validation_loss'][i - 1]:.4g}"}
+
+
+def test_xgboost_progress_without_validation_and_after_early_stopping(caplog):
+    import logging
+
+    X, y = data(600)
+    with caplog.at_level(logging.INFO, logger="hepml.xgboost"):
+        registry.get("xgboost")(task="regression", params={"n_estimators": 5}).fit(X, X[:, 0])
+    assert [(i, set(mt)) for i, _, mt in _xgb_progress(caplog)] == [(i, {"train_loss"}) for i in range(1, 6)]
+    caplog.clear()
+    # validation labels flipped: the validation loss rises from the first trees on
+    with caplog.at_level(logging.INFO, logger="hepml.xgboost"):
+        m = registry.get("xgboost")(params={"n_estimators": 200, "early_stopping_rounds": 3}).fit(
+            X[:400], y[:400], X_val=X[400:], y_val=1 - y[400:])
+    n = m.info["n_trees"]
+    assert n < 200
+    lines = _xgb_progress(caplog)
+    assert [i for i, _, _ in lines] == [*range(10, n + 1, 10), *([n] if n % 10 else [])]
+    assert lines[-1][2]["val_loss"] == f"{m.history['validation_loss'][-1]:.4g}"
+    assert (f"xgboost: stopped early after iteration {n}/200; best iteration {m.info['best_iteration'] + 1}"
+            == caplog.records[-1].getMessage())

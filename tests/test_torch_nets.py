@@ -1,6 +1,7 @@
 """PyTorch families: MLP (classification/regression) and autoencoder (anomaly)."""
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -378,3 +379,50 @@ def test_cuda_request_falls_back_to_cpu(caplog):
     assert MLPFamily(params={"epochs": 1}, device="cpu").fit(X, y).info["device_note"] == "cpu requested"
     with pytest.raises(FamilyError, match="device 'tpu'"):
         MLPFamily(device="tpu")
+
+
+PROGRESS = re.compile(r"^(mlp|autoencoder): epoch (\d+)/(\d+)((?: \w+ \S+)*) \((\d+\.\d) s\)$")
+
+
+def _progress(caplog, logger="hepml.torch"):
+    """(family, epoch, total, {metric: text}, seconds) of every progress line logged."""
+    out = []
+    for r in caplog.records:
+        m = PROGRESS.match(r.getMessage())
+        if r.name == logger and r.levelno == logging.INFO and m:
+            pairs = m.group(4).split()
+            out.append((m.group(1), int(m.group(2)), int(m.group(3)), dict(zip(pairs[::2], pairs[1::2])),
+                        float(m.group(5))))
+    return out
+
+
+def test_every_epoch_logs_a_progress_line(caplog):
+    X, y = easy(600)
+    with caplog.at_level(logging.INFO, logger="hepml.torch"):
+        m = mlp(epochs=4, early_stopping_patience=0).fit(X[:400], y[:400], X_val=X[400:], y_val=y[400:])
+    lines = _progress(caplog)
+    assert [(f, e, n) for f, e, n, _, _ in lines] == [("mlp", e, 4) for e in (1, 2, 3, 4)]
+    for i, (_, _, _, metrics, _) in enumerate(lines):
+        assert metrics == {"train_loss": f"{m.history['train_loss'][i]:.4g}",
+                           "val_loss": f"{m.history['validation_loss'][i]:.4g}",
+                           "val_auc": f"{m.history['validation_auc'][i]:.4g}"}
+    seconds = [s for *_, s in lines]
+    assert seconds == sorted(seconds)  # elapsed since training started
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hepml.torch"):
+        AutoencoderFamily(task="anomaly", params={"epochs": 3, "hidden_layers": [4, 2]}).fit(X)
+    lines = _progress(caplog)
+    assert [(f, e, n, set(mt)) for f, e, n, mt, _ in lines] == [("autoencoder", e, 3, {"train_loss"})
+                                                               for e in (1, 2, 3)]
+
+
+def test_early_stopping_logs_where_it_stopped(caplog):
+    X, y = easy(600)
+    # validation labels flipped: the better the net learns, the worse its validation loss
+    with caplog.at_level(logging.INFO, logger="hepml.torch"):
+        m = mlp(epochs=50, early_stopping_patience=2).fit(X[:400], y[:400], X_val=X[400:], y_val=1 - y[400:])
+    n = m.info["epochs_run"]
+    assert m.info["early_stopped"] and n < 50
+    assert [e for _, e, *_ in _progress(caplog)] == list(range(1, n + 1))
+    assert (f"mlp: stopped early after epoch {n}/50; best epoch {m.info['best_epoch'] + 1}"
+            in caplog.records[-1].getMessage())

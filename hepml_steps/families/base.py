@@ -21,12 +21,15 @@ family instance is declared here, with its default; nothing is looked up with
 ``X`` is a float32 numpy array (events x features), ``y`` a numpy array
 (0/1 labels, class indices 0..K-1 for ``multiclass``, regression targets, or
 ``None`` for anomaly, clustering and dimensionality reduction), weights
-float64. docs/plugins.md lists every hook with what the pipeline does with it;
+float64. An iterative family logs its progress with :func:`log_progress`
+(one INFO line per epoch or every few iterations). docs/plugins.md lists
+every hook with what the pipeline does with it;
 :func:`hepml_steps.families.check_family` checks a family against this
 contract on small synthetic data.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
@@ -35,6 +38,33 @@ from ..errors import FamilyError
 
 #: ``f(epoch, metrics)``: called by an iterative family after every iteration.
 EpochCallback = Callable[[int, dict], None]
+
+
+def log_progress(logger: logging.Logger, family: str, unit: str, step: int, total: int,
+                 metrics: dict, elapsed_s: float) -> None:
+    """Log one INFO progress line of a training loop, e.g.
+    ``mlp: epoch 3/20 train_loss 0.4123 val_loss 0.4301 (12.3 s)``.
+
+    Parameters
+    ----------
+    logger : logging.Logger
+        The family module's logger (``hepml.<module>``).
+    family : str
+        The family's ``name``, which starts the line.
+    unit : str
+        ``"epoch"`` or ``"iteration"``.
+    step, total : int
+        1-based number of the step just finished, and the number planned.
+    metrics : dict of str to float
+        Printed in order with 4 significant digits; a ``validation_`` prefix
+        is shortened to ``val_``.
+    elapsed_s : float
+        Seconds since training started (wall clock).
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    values = " ".join(f"{k.replace('validation_', 'val_', 1)} {float(v):.4g}" for k, v in metrics.items())
+    logger.info("%s: %s %d/%d %s(%.1f s)", family, unit, step, total, f"{values} " if values else "", elapsed_s)
 
 
 class Family(ABC):

@@ -35,7 +35,10 @@ Training honours event weights: each mini-batch loss is the weighted mean of
 the per-event losses (normalised by the batch's weight sum); the validation
 loss uses the validation weights. Losses in ``history`` are those of the
 training objective (for regression with ``standardize_target``: in
-standardised target units).
+standardised target units). Every epoch logs them as one INFO line on
+``hepml.torch``, e.g. ``mlp: epoch 3/20 train_loss 0.4123 val_loss 0.4301
+(12.3 s)`` (seconds since training started), and early stopping says where
+it stopped.
 
 Reproducibility: all random numbers (initial weights, dropout, the shuffling
 of events) come from ``seed`` through a forked torch RNG and a NumPy
@@ -64,6 +67,7 @@ import io
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,7 +78,7 @@ from torch.nn import functional as F
 
 from ..errors import DataError, FamilyError, culprit, describe
 from ..io import atomic_path, write_json
-from .base import Family
+from .base import Family, log_progress
 
 log = logging.getLogger("hepml.torch")
 
@@ -510,7 +514,7 @@ class TorchFamily(Family):
             self.info["initial_validation_loss"], _ = self._evaluate(net, *val)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
         rng = np.random.default_rng(self.seed)
-        epoch = -1
+        epoch, started = -1, time.perf_counter()
         for epoch in range(p["epochs"]):
             metrics = {"train_loss": self._train_epoch(net, optimizer, train, rng, epoch)}
             if val is not None:
@@ -519,11 +523,15 @@ class TorchFamily(Family):
                 stop.update(val_loss, epoch, net)
             for k, v in metrics.items():
                 self.history[k].append(v)
+            log_progress(log, self.name, "epoch", epoch + 1, p["epochs"], metrics, time.perf_counter() - started)
             self.report_epoch(epoch, metrics)  # a pruning callback raises out of fit
             if stop.triggered:
                 break
         self.info["epochs_run"] = epoch + 1
         self.info["early_stopped"] = bool(stop.triggered and epoch + 1 < p["epochs"])
+        if self.info["early_stopped"]:
+            log.info("%s: stopped early after epoch %d/%d; best epoch %d (val_loss %.4g)", self.name, epoch + 1,
+                     p["epochs"], stop.best_epoch + 1, stop.best_loss)
         if stop.best_state is not None:
             net.load_state_dict(stop.best_state)
             self.info["best_epoch"] = stop.best_epoch

@@ -5,16 +5,22 @@ the native API so event weights, a validation set (learning curve, optional
 early stopping) and a per-iteration callback (used for pruning while tuning)
 are all first-class. Early stopping (``early_stopping_rounds`` > 0) watches
 the validation log-loss, the metric of the learning curves and of pruning.
+Progress: an INFO line on ``hepml.xgboost`` every ceil(n_estimators/20)
+iterations and after the last, with the training and validation losses
+XGBoost evaluates anyway, e.g.
+``xgboost: iteration 20/200 train_loss 0.4123 val_loss 0.4301 (1.2 s)``.
 ``device="cuda"`` uses the GPU when this XGBoost build has CUDA and a device
 is visible; otherwise it falls back to CPU and says so.
 """
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 import numpy as np
 
-from .base import Family
+from .base import Family, log_progress
 
 log = logging.getLogger("hepml.xgboost")
 
@@ -113,12 +119,11 @@ class XGBoostFamily(Family):
         if X_val is not None:
             evals.append((xgb.DMatrix(X_val, label=y_val, weight=w_val, nthread=self.n_threads), "validation"))
         record: dict = {}
-        callbacks = []
-        if self.epoch_callback is not None and X_val is not None:
-            callbacks.append(_IterationHook(self.report_epoch, self._loss_metric))
+        n_rounds = int(self.params["n_estimators"])
+        callbacks = [_IterationHook(self, n_rounds)]
         esr = int(self.params["early_stopping_rounds"]) or None
         self.booster = xgb.train(
-            self._booster_params(), dtrain, num_boost_round=int(self.params["n_estimators"]),
+            self._booster_params(), dtrain, num_boost_round=n_rounds,
             evals=evals, evals_result=record, verbose_eval=False,
             early_stopping_rounds=esr if X_val is not None else None, callbacks=callbacks)
         for split, metrics in record.items():
@@ -128,6 +133,9 @@ class XGBoostFamily(Family):
         if esr and X_val is not None:
             self.info["best_iteration"] = int(self.booster.best_iteration)
         self.info["n_trees"] = int(self.booster.num_boosted_rounds())
+        if self.info["n_trees"] < n_rounds and self.info.get("best_iteration") is not None:
+            log.info("%s: stopped early after iteration %d/%d; best iteration %d", self.name,
+                     self.info["n_trees"], n_rounds, self.info["best_iteration"] + 1)
         return self
 
     @property
@@ -182,17 +190,49 @@ class XGBoostFamily(Family):
         export_xgboost(self.booster, self.task, n_features, path)
 
 
-class _IterationHook:
-    """XGBoost callback forwarding the validation loss after every iteration."""
+#: at most this many progress lines per fit (plus the last iteration's)
+PROGRESS_LINES = 20
 
-    def __new__(cls, fn, metric):
+
+class _IterationHook:
+    """XGBoost callback run after every boosting iteration, reading only the
+    evaluation XGBoost has already done for ``evals`` (nothing is computed):
+
+    - forwards the validation loss to :meth:`Family.report_epoch` (tuning's
+      pruning), when there is a validation set;
+    - logs a progress line (:func:`~hepml_steps.families.base.log_progress`)
+      every ``ceil(n_rounds / PROGRESS_LINES)`` iterations and after the last
+      one (also when early stopping ends the fit).
+    """
+
+    def __new__(cls, family, n_rounds: int):
         import xgboost as xgb
 
+        metric = family._loss_metric
+        every = max(1, math.ceil(n_rounds / PROGRESS_LINES))
+        started = time.perf_counter()
+
         class Hook(xgb.callback.TrainingCallback):
+            last = None  # (iteration, metrics) of the latest iteration not yet logged
+
             def after_iteration(self, model, epoch, evals_log):
-                values = evals_log.get("validation", {}).get(metric)
-                if values:
-                    fn(epoch, {"validation_loss": float(values[-1])})
+                losses = {f"{split}_loss": float(values[metric][-1])
+                          for split, values in evals_log.items() if values.get(metric)}
+                self.last = (epoch + 1, losses)
+                if (epoch + 1) % every == 0 or epoch + 1 == n_rounds:
+                    self.log()
+                if "validation_loss" in losses:
+                    family.report_epoch(epoch, {"validation_loss": losses["validation_loss"]})
                 return False
+
+            def after_training(self, model):
+                self.log()  # the last iteration, when early stopping ended the fit off the grid
+                return model
+
+            def log(self):
+                if self.last is not None:
+                    log_progress(log, family.name, "iteration", self.last[0], n_rounds, self.last[1],
+                                 time.perf_counter() - started)
+                    self.last = None
 
         return Hook()

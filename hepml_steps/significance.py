@@ -1,0 +1,311 @@
+"""Expected discovery significance of a cut on a classifier score, and the best cut.
+
+A physicist picks a classifier and its working point by the significance the
+selection is expected to reach. Here the per-event weights are *expected
+yields*: a signal event of weight w stands for w expected signal events in
+the data set analysed (cross-section x luminosity / generated events, times
+1/f when the sample is a fraction f of the simulation, e.g. a test split).
+A cut ``c`` selects the events with ``score >= c``, the convention of
+:func:`hepml_steps.metrics.threshold_metrics` and of the ROC curve in
+:mod:`hepml_steps.metrics`. Then
+
+- S(c) = Σ w over selected signal, B(c) = Σ w over selected background
+  (expected events), ε_S(c) = S(c)/S_tot, ε_B(c) = B(c)/B_tot;
+- the figures of merit (:data:`FIGURES`), with an optional relative
+  background uncertainty δ, σ_b = δ·B:
+
+  ``s_over_sqrt_b``
+      S/√(B + σ_b²): S/√B for δ = 0; the small-S limit of the Asimov
+      significance below.
+  ``s_over_sqrt_s_plus_b``
+      S/√(S + B + σ_b²).
+  ``asimov``
+      the median significance of a Poisson counting experiment from the
+      Asimov data set (G. Cowan, K. Cranmer, E. Gross, O. Vitells,
+      "Asymptotic formulae for likelihood-based tests of new physics",
+      Eur. Phys. J. C 71 (2011) 1554, eq. 97),
+
+          Z_A = sqrt(2[(S + B) ln(1 + S/B) − S]),
+
+      and with the background uncertainty σ_b (G. Cowan, "Discovery
+      sensitivity for a counting experiment with background uncertainty",
+      2012, https://www.pp.rhul.ac.uk/~cowan/stat/medsig/medsigNote.pdf,
+      eq. 20; the same expression as ``ExpectedSignificance`` in K. Cranmer
+      and G. Cowan's "Fast Asimov Utils"),
+
+          Z_A = sqrt(2[(S + B) ln((S + B)(B + σ_b²) / (B² + (S + B)σ_b²))
+                       − (B²/σ_b²) ln(1 + σ_b² S / (B(B + σ_b²)))]),
+
+      which tends to the first as σ_b → 0, and to S/√(B + σ_b²) for S ≪ B.
+
+Conventions for what the formulas do not cover (signed generator weights can
+make any sum zero or negative):
+
+- B ≤ 0: every figure is ``nan`` (no background estimate to test against;
+  written ``null`` in JSON);
+- S ≤ 0 with B > 0: ``asimov`` is 0 (the discovery test statistic q0 is
+  defined as 0 for a signal-strength estimate below 0, CCGV eq. 12), the
+  ratios keep their sign; S + B + σ_b² ≤ 0 makes ``s_over_sqrt_s_plus_b``
+  ``nan``.
+
+S/√B grows without bound as B → 0 at the tightest cuts, where a handful of
+simulated background events (or none) are left and the estimate of B means
+nothing. :func:`optimal_cut` therefore only considers cuts keeping at least
+``min_background`` expected background events *and* ``min_background_events``
+simulated ones (defaults 1 and 10).
+
+Numerics: the Asimov formulas are evaluated in a rearranged form, with
+g(x) = ln(1 + x) − x summed as a series for small x, which avoids the
+cancellation of the two O(S) terms when S ≪ B (the textbook form loses
+about log10(B/S) digits).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import DataError
+from .metrics import _arrays
+
+#: the figures of merit :func:`optimal_cut` can maximise
+FIGURES = ("s_over_sqrt_b", "s_over_sqrt_s_plus_b", "asimov")
+
+_SERIES_BELOW = 0.05  # |x| under which g(x) is summed as a series
+_SERIES_TERMS = 16    # error < 0.05**17/17 relative to x**2/2: below 1e-20
+
+
+def _log1p_minus_x(x):
+    """g(x) = ln(1 + x) − x without cancellation for small |x| (x > −1)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        direct = np.log1p(x) - x
+    small = np.abs(x) < _SERIES_BELOW
+    if not small.any():
+        return direct
+    xs = np.where(small, x, 0.0)
+    # −x²/2 + x³/3 − x⁴/4 + ... by Horner, from the highest term down
+    acc = np.zeros_like(xs)
+    for k in range(_SERIES_TERMS, 1, -1):
+        acc = xs * acc + (-1.0) ** (k + 1) / k
+    return np.where(small, acc * xs * xs, direct)
+
+
+def _as_float(out):
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def _sigma2(b, rel_bkg_uncertainty):
+    if not (rel_bkg_uncertainty >= 0 and math.isfinite(rel_bkg_uncertainty)):
+        raise DataError(f"significance: rel_bkg_uncertainty must be a finite number >= 0, "
+                        f"got {rel_bkg_uncertainty!r}")
+    return (rel_bkg_uncertainty * b) ** 2
+
+
+def s_over_sqrt_b(s, b, rel_bkg_uncertainty: float = 0.0):
+    """S/√(B + σ_b²), σ_b = δ·B: S/√B for δ = 0.
+
+    Parameters
+    ----------
+    s, b : float or array-like of shape (n_cuts,)
+        Expected signal and background yields (events).
+    rel_bkg_uncertainty : float, default 0
+        δ, the relative uncertainty of B (0.1 = 10 %).
+
+    Returns
+    -------
+    float or ndarray of shape (n_cuts,)
+        In standard deviations; ``nan`` where B ≤ 0.
+    """
+    s, b = np.asarray(s, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    var = b + _sigma2(b, rel_bkg_uncertainty)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _as_float(np.where(b > 0, s / np.sqrt(np.where(b > 0, var, 1.0)), np.nan))
+
+
+def s_over_sqrt_s_plus_b(s, b, rel_bkg_uncertainty: float = 0.0):
+    """S/√(S + B + σ_b²), σ_b = δ·B: S/√(S + B) for δ = 0.
+
+    Parameters are those of :func:`s_over_sqrt_b`. Returns ``nan`` where
+    B ≤ 0 or S + B + σ_b² ≤ 0.
+    """
+    s, b = np.asarray(s, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    var = s + b + _sigma2(b, rel_bkg_uncertainty)
+    ok = (b > 0) & (var > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _as_float(np.where(ok, s / np.sqrt(np.where(ok, var, 1.0)), np.nan))
+
+
+def asimov_significance(s, b, rel_bkg_uncertainty: float = 0.0):
+    """Median expected discovery significance Z_A of a counting experiment.
+
+    Parameters
+    ----------
+    s, b : float or array-like of shape (n_cuts,)
+        Expected signal and background yields (events).
+    rel_bkg_uncertainty : float, default 0
+        δ, the relative uncertainty of B; σ_b = δ·B.
+
+    Returns
+    -------
+    float or ndarray of shape (n_cuts,)
+        Z_A in standard deviations: sqrt(2[(S + B) ln(1 + S/B) − S]) for
+        δ = 0 (Cowan, Cranmer, Gross, Vitells, Eur. Phys. J. C 71 (2011)
+        1554, eq. 97), else Cowan's formula with background uncertainty
+        (medsigNote 2012, eq. 20; see the module docstring). ``nan`` where
+        B ≤ 0; 0 where S ≤ 0.
+
+    Raises
+    ------
+    DataError
+        If ``rel_bkg_uncertainty`` is negative or not finite.
+
+    Notes
+    -----
+    With r = S/B, v = σ_b², u = r·v/(B + v) and g(x) = ln(1 + x) − x, the
+    bracket of the formula with uncertainty equals
+    S²/(B + v) + (S + B)·g(r) − (S + B + B²/v)·g(u), and for v = 0 it is
+    S²/B + (S + B)·g(r) (the last term tends to 0). Computed so, no two
+    terms of order S cancel.
+    """
+    s, b = np.broadcast_arrays(np.asarray(s, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    v = _sigma2(b, rel_bkg_uncertainty)
+    ok = (b > 0) & (s > 0)
+    sb, bb, vv = np.where(ok, s, 1.0), np.where(ok, b, 1.0), np.where(ok, v, 0.0)
+    r = sb / bb
+    half_q = sb * sb / (bb + vv) + (sb + bb) * _log1p_minus_x(r)
+    if rel_bkg_uncertainty > 0:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            u = r * vv / (bb + vv)
+            extra = np.where(vv > 0, (sb + bb + bb * bb / np.where(vv > 0, vv, 1.0)) * _log1p_minus_x(u), 0.0)
+        half_q = half_q - extra
+    z = np.sqrt(np.maximum(2.0 * half_q, 0.0))
+    return _as_float(np.where(ok, z, np.where(b > 0, 0.0, np.nan)))
+
+
+_FIGURE_FUNCTIONS = {"s_over_sqrt_b": s_over_sqrt_b, "s_over_sqrt_s_plus_b": s_over_sqrt_s_plus_b,
+                     "asimov": asimov_significance}
+
+
+def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertainty: float = 0.0) -> dict:
+    """Yields, efficiencies and every figure of merit over a grid of score cuts.
+
+    Vectorised: the events are sorted by score once and the yields are
+    cumulative sums, so the cost is O(n log n) for any number of cuts.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_events,)
+        1 for signal, anything else for background.
+    score : array-like of shape (n_events,)
+        Finite discriminant, higher = more signal-like.
+    sample_weight : array-like of shape (n_events,), optional
+        Expected yield of each event (events; may be negative). By default
+        every event counts once.
+    cuts : array-like of shape (n_cuts,), optional
+        The cuts, in units of ``score``; a cut ``c`` selects
+        ``score >= c``. By default every distinct score, from the highest
+        (tightest) to the lowest (everything selected): every distinct
+        selection the score allows.
+    rel_bkg_uncertainty : float, default 0
+        δ, the relative background uncertainty σ_b/B of the figures.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_cuts,)
+        ``cut``; ``s`` and ``b``, the selected signal and background yields
+        (events); ``eps_s`` and ``eps_b``, the weighted efficiencies
+        S/S_tot and B/B_tot (``nan`` when the class's total weight is not
+        positive); ``n_s`` and ``n_b``, the numbers of selected simulated
+        signal and background events of non-zero weight; and one array per
+        name in :data:`FIGURES` (standard deviations), with the conventions
+        of the module docstring.
+
+    Raises
+    ------
+    DataError
+        If the lengths of the arrays differ, a score or a cut is NaN or
+        infinite (``cuts`` may hold ±inf), or ``rel_bkg_uncertainty`` is
+        negative.
+    """
+    y, s, w = _arrays(y, score, sample_weight)
+    if not np.all(np.isfinite(s)):
+        raise DataError(f"significance: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite")
+    sig = y == 1
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted = s[order]
+    w_sig = np.where(sig, w, 0.0)[order]
+    w_bkg = np.where(sig, 0.0, w)[order]
+    cs = np.concatenate(([0.0], np.cumsum(w_sig)))
+    cb = np.concatenate(([0.0], np.cumsum(w_bkg)))
+    ns = np.concatenate(([0], np.cumsum((w_sig != 0) & sig[order])))
+    nb = np.concatenate(([0], np.cumsum((w_bkg != 0) & ~sig[order])))
+    if cuts is None:
+        cut = np.unique(s)[::-1]
+    else:
+        cut = np.asarray(cuts, dtype=np.float64).ravel()
+        if np.any(np.isnan(cut)):
+            raise DataError("significance: a cut is NaN")
+    # number of events with score >= cut, in the descending order
+    n_sel = len(s) - np.searchsorted(s_sorted[::-1], cut, side="left")
+    out = {"cut": cut, "s": cs[n_sel], "b": cb[n_sel], "n_s": ns[n_sel], "n_b": nb[n_sel]}
+    s_tot, b_tot = cs[-1], cb[-1]
+    out["eps_s"] = out["s"] / s_tot if s_tot > 0 else np.full(len(cut), np.nan)
+    out["eps_b"] = out["b"] / b_tot if b_tot > 0 else np.full(len(cut), np.nan)
+    for name, fn in _FIGURE_FUNCTIONS.items():
+        out[name] = np.atleast_1d(fn(out["s"], out["b"], rel_bkg_uncertainty))
+    return out
+
+
+def optimal_cut(y, score, sample_weight=None, figure: str = "asimov", rel_bkg_uncertainty: float = 0.0,
+                min_background: float = 1.0, min_background_events: int = 10) -> dict:
+    """The score cut maximising a figure of merit, among cuts with enough background.
+
+    Parameters
+    ----------
+    y, score, sample_weight
+        As for :func:`significance_scan` (weights = expected yields).
+    figure : {"asimov", "s_over_sqrt_b", "s_over_sqrt_s_plus_b"}, default "asimov"
+        The figure to maximise (see :data:`FIGURES` and the module docstring).
+    rel_bkg_uncertainty : float, default 0
+        δ = σ_b/B, the relative background uncertainty.
+    min_background : float, default 1.0
+        Only cuts keeping B ≥ this many expected background events count.
+    min_background_events : int, default 10
+        ... and at least this many simulated background events of non-zero
+        weight: together they stop the maximisation from running to the
+        tightest cuts, where S/√B → ∞ as B → 0 on a background estimate of
+        a few simulated events. Set both to 0 to switch the guard off.
+
+    Returns
+    -------
+    dict
+        ``figure``; ``cut`` (select ``score >= cut``), ``z_max`` (the
+        figure there, standard deviations), ``s`` and ``b`` (expected
+        yields, events), ``eps_s``, ``eps_b``, ``n_b`` (simulated background
+        events selected), ``rel_bkg_uncertainty``. Every candidate is a
+        distinct score value (see :func:`significance_scan`); on a tie the
+        tightest cut wins. When no cut passes the guard or no figure is
+        defined, every number is ``nan`` (``n_b`` 0).
+
+    Raises
+    ------
+    DataError
+        If ``figure`` is unknown, a minimum is negative, or as for
+        :func:`significance_scan`.
+    """
+    if figure not in FIGURES:
+        raise DataError(f"significance: unknown figure {figure!r}; known: {', '.join(FIGURES)}")
+    if not (min_background >= 0 and min_background_events >= 0):
+        raise DataError(f"significance: min_background ({min_background!r}) and min_background_events "
+                        f"({min_background_events!r}) must be >= 0")
+    scan = significance_scan(y, score, sample_weight, rel_bkg_uncertainty=rel_bkg_uncertainty)
+    allowed = (scan["b"] >= min_background) & (scan["n_b"] >= min_background_events)
+    z = np.where(allowed, scan[figure], np.nan)
+    out = {"figure": figure, "rel_bkg_uncertainty": float(rel_bkg_uncertainty)}
+    if not np.any(np.isfinite(z)):
+        return {**out, **dict.fromkeys(("cut", "z_max", "s", "b", "eps_s", "eps_b"), math.nan), "n_b": 0}
+    i = int(np.nanargmax(z))
+    return {**out, "cut": float(scan["cut"][i]), "z_max": float(z[i]), "s": float(scan["s"][i]),
+            "b": float(scan["b"][i]), "eps_s": float(scan["eps_s"][i]), "eps_b": float(scan["eps_b"][i]),
+            "n_b": int(scan["n_b"][i])}
