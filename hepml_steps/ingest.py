@@ -465,6 +465,12 @@ class _Plan:
     excluded: dict[str, str]
     collections: list[str]
 
+    @property
+    def input_desc(self) -> str:
+        """The input in messages: its file for a one-file input, else its index and name."""
+        files = self.spec["files"]
+        return self.desc if len(files) == 1 else f"data.files.inputs[{self.index}] ({self.name}, {len(files)} files)"
+
 
 def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
     """Check the settings against one file's branches and decide what to read.
@@ -767,13 +773,13 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
                     n_kept += table.num_rows
             state_n = state.n_after_cut
             if n_bad and s.nonfinite == "fail":
-                raise DataError(f"{state.plan.desc}: {n_bad} of {state_n} events have NaN/inf values, per column "
+                raise DataError(f"{state.plan.input_desc}: {n_bad} of {state_n} events have NaN/inf values, per column "
                                 f"{_per_column(state, check)} (data.nonfinite: fail; use 'drop' to drop them)")
             if n_bad:
-                log.warning("%s: dropping %d of %d events with NaN/inf values, per column %s", state.plan.desc,
+                log.warning("%s: dropping %d of %d events with NaN/inf values, per column %s", state.plan.input_desc,
                             n_bad, state_n, _per_column(state, check))
             if n_kept == 0:
-                raise DataError(f"no events left to ingest from {state.plan.desc} (read {state.n_read}, "
+                raise DataError(f"no events left to ingest from {state.plan.input_desc} (read {state.n_read}, "
                                 f"{state.n_after_cut} after the cut, all {n_bad} dropped with NaN/inf in "
                                 f"{_per_column(state, check)})")
             kept[state.plan.index] = (n_kept, n_bad)
@@ -868,7 +874,7 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
     labels = Labels(s)
     plans = [_first_plan(i, spec, s, labels) for i, spec in enumerate(inputs)]
     for plan in plans[1:]:
-        _same_columns(plans[0], plan, plans[0].desc, plan.desc)
+        _same_columns(plans[0], plan, plans[0].input_desc, plan.input_desc)
 
     out = Path(out)
     states = [_Input(plan) for plan in plans]
@@ -891,7 +897,7 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
         del ids
         if totals["n_sig"] == 0 or totals["n_bkg"] == 0:  # every task is judged on signal vs background
             src = f"label column '{label_column}'" if label_column else "the per-file labels"
-            raise DataError(f"{src} of {listing(st.plan.desc for st in states)} give(s) one class only: "
+            raise DataError(f"{src} of {listing(st.plan.input_desc for st in states)} give(s) one class only: "
                             f"{'no background' if totals['n_bkg'] == 0 else 'no signal'} events "
                             f"({totals['n_sig']} signal, {totals['n_bkg']} background)")
     summary = _record(out, s, states, kept, totals, order, excluded, checked, event_id_column)
@@ -927,7 +933,7 @@ def _all_nonfinite(states: list[_Input]) -> dict[str, str]:
             if state.n_after_cut and state.nonfinite.get(c, 0) == state.n_after_cut and c not in excluded:
                 excluded[c] = f"NaN/inf in every event of {state.plan.name}; list it in data.files.columns to keep it"
                 log.warning("%s: column '%s' is NaN/inf in every event; left out (not a feature)",
-                            state.plan.desc, c)
+                            state.plan.input_desc, c)
     return excluded
 
 

@@ -56,7 +56,8 @@ def expand_files(path, pattern: str | None = None) -> tuple[list[str], list[str]
     Returns
     -------
     files : list of str
-        Every matching file (directories are not files), each once, sorted.
+        Every matching file (directories are not files; ``./`` and ``a/../``
+        normalised away), each once, sorted.
     unmatched : list of str
         The entries of ``path`` (or the directory's pattern) that matched nothing.
         An existing file is taken as it is, even when its name holds ``[`` or ``*``.
@@ -73,7 +74,7 @@ def expand_files(path, pattern: str | None = None) -> tuple[list[str], list[str]
             found = [f for f in glob.glob(entry, recursive=True) if os.path.isfile(f)]
         else:
             found = []
-        files.update(found)
+        files.update(os.path.normpath(f) for f in found)
         if not found:
             unmatched.append(entry)
     return sorted(files), unmatched
