@@ -76,7 +76,7 @@ from . import cli
 from .columns import EVENT_ID, LABEL, PROCESS, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, DataError
 from .io import atomic_path, write_json
-from .jagged import BOOLEAN, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
+from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
 from .readers import FORMATS, SUFFIXES, expand_files, file_format, listing, open_source  # noqa: F401 (SUFFIXES)
 
 log = logging.getLogger("hepml.ingest")
@@ -505,7 +505,7 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
         missing.append(s.event_id_column)
 
     columns: dict[str, _Expr] = {}
-    auto, skipped, excluded, collections = [], {}, {}, []
+    auto, skipped, excluded = [], {}, {}
     source_names = {c: f"{key.replace('_', ' ')} column" for key, c in
                     (("label", s.label_column), ("weight", s.weight_column), ("event_id", s.event_id_column)) if c}
     process = spec.get("process") is not None
@@ -557,7 +557,7 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
             elif b.shape is None or b.kind == STRING:
                 skipped[name] = f"not numeric ({b.type})"
             elif not b.flat:
-                collections.append(name)
+                pass  # a collection: listed below when no expression uses it
             elif name in BOOKKEEPING:
                 excluded[name] = "bookkeeping (run, lumi block, event number); list it in data.files.columns " \
                                  "to keep it"
@@ -598,6 +598,8 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
             (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut"))) if text]
     for cut in cuts:
         read += typer.cut(cut.where, cut.text, cut.body)
+    used = set(read)
+    collections = [n for n, b in branches.items() if b.shape == COLLECTION and n not in used]
     return _Plan(index, spec, input_name(spec), desc, columns, auto, list(dict.fromkeys(read)), cuts, sources,
                  skipped, excluded, collections)
 
