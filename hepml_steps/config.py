@@ -18,7 +18,7 @@ What is refused beyond the schema:
 - with ``data.source: files``: an input ``path`` (file, glob, list, directory
   with ``pattern``) that matches no file — otherwise each input gets its
   sorted ``files``, the ingest rule's inputs — and columns, aliases, cuts or
-  label values that :func:`hepml_steps.ingest.check_config` refuses.
+  label values that :func:`hepml_steps.inputs.check_config` refuses.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA
     if config["data"]["source"] == "files":
         if not config["data"]["files"]["inputs"]:
             raise ConfigError("data.files.inputs: empty, but data.source is 'files'; list your input files")
-        from .ingest import check_config
+        from .inputs import check_config
 
         check_config(config["data"]["files"], config["features"])
     return resolve_models(config)
