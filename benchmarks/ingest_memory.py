@@ -1,7 +1,7 @@
 """Peak memory of the ingest step against the size of what it reads and writes.
 
     python benchmarks/ingest_memory.py [--events 2000000] [--format root|parquet|csv|all]
-                                       [--chunk-size 500000] [--keep DIR]
+                                       [--chunk-size 200000] [--keep DIR]
 
 Generates a NanoAOD-like file (16 float32 features, run/luminosityBlock/event,
 a signed genWeight, jets ``Jet_pt``/``Jet_eta`` with 4 per event on average)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=2_000_000, help="events of the larger file")
     p.add_argument("--format", default="root", choices=["root", "parquet", "csv", "all"])
-    p.add_argument("--chunk-size", type=int, default=500_000, help="events per chunk (data.files.chunk_size)")
+    p.add_argument("--chunk-size", type=int, default=200_000, help="events per chunk (data.files.chunk_size)")
     p.add_argument("--keep", help="folder for the generated files (default: a temporary one, removed)")
     a = p.parse_args(argv)
     formats = ["root", "parquet", "csv"] if a.format == "all" else [a.format]

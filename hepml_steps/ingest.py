@@ -229,50 +229,83 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
         Naming the file: a missing branch, a collection asked for as a column,
         an expression of the wrong type (:class:`~hepml_steps.jagged.Typer`).
     """
-    branches, desc = src.branches, src.desc
-    typer = Typer(desc, branches, s.alias_bodies)
-    sources: dict[str, _Expr] = {}
-    missing = []
+    typer = Typer(src.desc, src.branches, s.alias_bodies)
+    picker = _Columns(src, s, spec.get("process") is not None)
+    sources = picker.sources(spec, labels)
+    if s.columns is not None:
+        picker.listed()
+    else:
+        picker.default(typer)
+    if picker.missing:
+        raise DataError(f"{src.desc}: no column(s)/branch(es) {list(dict.fromkeys(picker.missing))} "
+                        f"(has: {listing(src.branches)})")
+    read = _check_sources(src, s, typer, sources)
+    for expr in picker.columns.values():
+        read += typer.column(expr.where, expr.text, expr.body)[1]
+    cuts = [_Expr(w, text, parse(w, text)) for w, text in
+            (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut"))) if text]
+    for cut in cuts:
+        read += typer.cut(cut.where, cut.text, cut.body)
+    used = set(read)
+    collections = [n for n, b in src.branches.items() if b.shape == COLLECTION and n not in used]
+    return _Plan(index, spec, input_name(spec), src.desc, picker.columns, picker.auto, list(dict.fromkeys(read)),
+                 cuts, sources, picker.skipped, picker.excluded, collections)
 
-    def name_expr(where, name):
-        if name not in branches and name not in s.alias_bodies:
-            missing.append(name)
+
+class _Columns:
+    """Chooses an input's columns: those listed in ``columns``, or the default set."""
+
+    def __init__(self, src, s: Settings, process: bool):
+        self.src, self.s, self.process = src, s, process
+        self.columns: dict[str, _Expr] = {}
+        self.auto: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self.excluded: dict[str, str] = {}
+        self.missing: list[str] = []
+        self.source_names = {c: f"the {key} column" for key, c in (
+            ("label", s.label_column), ("weight", s.weight_column), ("event id", s.event_id_column)) if c}
+
+    def name(self, where: str, name: str) -> _Expr:
+        """A branch or alias by its name (any text: never parsed)."""
+        if name not in self.src.branches and name not in self.s.alias_bodies:
+            self.missing.append(name)
         return _Expr(where, name, ast.Name(id=name, ctx=ast.Load()))
 
-    if labels.needs_column(spec):
-        if not s.label_column:
-            raise DataError(f"{desc}: no label: give the input 'label: 1' (signal) or 'label: 0' (background), "
-                            "or set data.files.label_column")
-        sources["label"] = _Expr("data.files.label_column", s.label_column, None)
-        if s.label_column not in branches:
-            missing.append(s.label_column)
-    for key, col in (("weight", s.weight_column), ("event_id", s.event_id_column), ("target", s.target_column)):
-        if col:
-            sources[key] = name_expr(f"data.files.{key}_column", col)
-    if "event_id" in sources and s.event_id_column not in branches:
-        missing.append(s.event_id_column)
+    def sources(self, spec: dict, labels: Labels) -> dict[str, _Expr]:
+        """The label / weight / event id / target columns (the label's values are read, not computed)."""
+        s, sources = self.s, {}
+        if labels.needs_column(spec):
+            if not s.label_column:
+                raise DataError(f"{self.src.desc}: no label: give the input 'label: 1' (signal) or 'label: 0' "
+                                "(background), or set data.files.label_column")
+            sources["label"] = _Expr("data.files.label_column", s.label_column, None)
+            if s.label_column not in self.src.branches:
+                self.missing.append(s.label_column)
+        for key, col in (("weight", s.weight_column), ("event_id", s.event_id_column),
+                         ("target", s.target_column)):
+            if col:
+                sources[key] = self.name(f"data.files.{key}_column", col)
+        if s.event_id_column and s.event_id_column not in self.src.branches:
+            self.missing.append(s.event_id_column)  # a branch, not an alias
+        return sources
 
-    columns: dict[str, _Expr] = {}
-    auto, skipped, excluded = [], {}, {}
-    source_names = {c: f"{key.replace('_', ' ')} column" for key, c in
-                    (("label", s.label_column), ("weight", s.weight_column), ("event_id", s.event_id_column)) if c}
-    process = spec.get("process") is not None
-
-    def add(out: str, expr: _Expr, entry: str):
-        if out in source_names:
+    def add(self, out: str, expr: _Expr, entry: str) -> None:
+        if out in self.source_names:
             return
-        if out in CANONICAL or (out == PROCESS and process):
+        if out in CANONICAL or (out == PROCESS and self.process):
             log.warning("%s: column '%s' is a canonical column name; ignored (the canonical '%s' is %s)",
-                        desc, out, out, "computed by ingest" if out in (EVENT_ID, LABEL, WEIGHT, PROCESS)
-                        else "added later")
-            excluded[out] = "a canonical column name (computed by ingest or added later)"
+                        self.src.desc, out, out,
+                        "computed by ingest" if out in (EVENT_ID, LABEL, WEIGHT, PROCESS) else "added later")
+            self.excluded[out] = "a canonical column name (computed by ingest or added later)"
             return
-        if out in columns:
-            raise DataError(f"{desc}: data.files.columns: '{entry}' and '{columns[out].text}' both give the "
-                            f"column '{out}'; name one with data.files.aliases")
-        columns[out] = expr
+        if out in self.columns:
+            raise DataError(f"{self.src.desc}: data.files.columns: '{entry}' and '{self.columns[out].text}' both "
+                            f"give the column '{out}'; name one with data.files.aliases")
+        self.columns[out] = expr
 
-    if s.columns is not None:
+    def listed(self) -> None:
+        """``columns``: branches, aliases and expressions with an automatic name."""
+        branches, s = self.src.branches, self.s
         for entry in s.columns:
             if entry in branches:
                 b = branches[entry]
@@ -280,76 +313,68 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
                     what = (f"it is a collection ({b.type}); ask for {entry}[0], len({entry}), max({entry}), "
                             "...: see data.files.columns" if b.shape is not None and b.kind != STRING
                             else f"it holds {b.type}")
-                    raise DataError(f"{desc}: column '{entry}' is not a flat numeric branch/column: {what}")
-                add(entry, name_expr("data.files.columns", entry), entry)
+                    raise DataError(f"{self.src.desc}: column '{entry}' is not a flat numeric branch/column: "
+                                    f"{what}")
+                self.add(entry, self.name("data.files.columns", entry), entry)
             elif entry in s.alias_bodies:
-                add(entry, _Expr(f"data.files.aliases.{entry}", s.aliases[entry],
-                                 ast.Name(id=entry, ctx=ast.Load())), entry)
+                self.add(entry, _Expr(f"data.files.aliases.{entry}", s.aliases[entry],
+                                      ast.Name(id=entry, ctx=ast.Load())), entry)
             else:
                 try:
                     body = ast.parse(entry, mode="eval").body
                 except (SyntaxError, ValueError, RecursionError, MemoryError):
                     body = None
                 if body is None or isinstance(body, ast.Name):
-                    missing.append(entry)
+                    self.missing.append(entry)  # a branch name that is not in the file
                     continue
+                check_column_syntax(entry, s.alias_bodies)
                 body = parse("data.files.columns", entry)
-                out = column_name(body)
-                if out is None:
-                    check_column_syntax(entry, s.alias_bodies)
-                add(out, _Expr("data.files.columns", entry, body), entry)
-    else:
-        for name, b in branches.items():
-            if name in source_names:
-                excluded[name] = f"the {source_names[name]}"
-            elif b.shape is None or b.kind == STRING:
-                skipped[name] = f"not numeric ({b.type})"
-            elif not b.flat:
-                pass  # a collection: listed below when no expression uses it
-            elif name in BOOKKEEPING:
-                excluded[name] = "bookkeeping (run, lumi block, event number); list it in data.files.columns " \
-                                 "to keep it"
-            elif name in s.exclude:
-                excluded[name] = "features.exclude"
-            else:
-                add(name, name_expr("data.files.columns", name), name)
-                if name in columns:
-                    auto.append(name)
-        for name, body in s.alias_bodies.items():
-            if typer.alias(name)[0].shape == EVENT and name not in s.exclude:
-                add(name, _Expr(f"data.files.aliases.{name}", s.aliases[name], ast.Name(id=name, ctx=ast.Load())),
-                    name)
-        if skipped:
-            log.warning("%s: skipping non-numeric column(s) %s", desc, listing(skipped))
-    if missing:
-        raise DataError(f"{desc}: no column(s)/branch(es) {list(dict.fromkeys(missing))} "
-                        f"(has: {listing(branches)})")
+                self.add(column_name(body), _Expr("data.files.columns", entry, body), entry)
 
-    read: list[str] = []
-    for out, expr in columns.items():
-        _, used = typer.column(expr.where, expr.text, expr.body)
-        read += used
-    label_branch = branches.get(s.label_column) if "label" in sources else None
-    if label_branch is not None:
-        if label_branch.shape != EVENT:
-            raise DataError(f"{desc}: label column '{s.label_column}' must hold one value per event, "
-                            f"not {label_branch.type}")
+    def default(self, typer: Typer) -> None:
+        """No ``columns``: every flat branch but the excluded ones, and every per-event alias."""
+        s = self.s
+        for name, b in self.src.branches.items():
+            if name in self.source_names:
+                self.excluded[name] = self.source_names[name]
+            elif b.shape is None or b.kind == STRING:
+                self.skipped[name] = f"not numeric ({b.type})"
+            elif not b.flat:
+                continue  # a collection: listed in the record when no expression uses it
+            elif name in BOOKKEEPING:
+                self.excluded[name] = ("bookkeeping (run, lumi block, event number); list it in "
+                                       "data.files.columns to keep it")
+            elif name in s.exclude:
+                self.excluded[name] = "features.exclude"
+            else:
+                self.add(name, self.name("data.files.columns", name), name)
+                if name in self.columns:
+                    self.auto.append(name)
+        for name in s.alias_bodies:
+            if typer.alias(name)[0].shape == EVENT and name not in s.exclude:
+                self.add(name, _Expr(f"data.files.aliases.{name}", s.aliases[name],
+                                     ast.Name(id=name, ctx=ast.Load())), name)
+        if self.skipped:
+            log.warning("%s: skipping non-numeric column(s) %s", self.src.desc, listing(self.skipped))
+
+
+def _check_sources(src, s: Settings, typer: Typer, sources: dict[str, _Expr]) -> list[str]:
+    """Check the label / weight / event id / target columns; return the branches they read."""
+    read = []
+    if "label" in sources:
+        b = src.branches[s.label_column]
+        if b.shape != EVENT:
+            raise DataError(f"{src.desc}: label column '{s.label_column}' must hold one value per event, "
+                            f"not {b.type}")
         read.append(s.label_column)
     for key in ("weight", "event_id", "target"):
         if key in sources:
             kind, used = typer.column(sources[key].where, sources[key].text, sources[key].body)
             if kind.kind != NUMBER and not (key == "target" and kind.kind == BOOLEAN):
-                raise DataError(f"{desc}: {key.replace('_', ' ')} column '{sources[key].text}' is not numeric "
-                                f"({_type_of(branches, sources[key].text)})")
+                raise DataError(f"{src.desc}: {key.replace('_', ' ')} column '{sources[key].text}' is not numeric "
+                                f"({_type_of(src.branches, sources[key].text)})")
             read += used
-    cuts = [_Expr(w, text, parse(w, text)) for w, text in
-            (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut"))) if text]
-    for cut in cuts:
-        read += typer.cut(cut.where, cut.text, cut.body)
-    used = set(read)
-    collections = [n for n, b in branches.items() if b.shape == COLLECTION and n not in used]
-    return _Plan(index, spec, input_name(spec), desc, columns, auto, list(dict.fromkeys(read)), cuts, sources,
-                 skipped, excluded, collections)
+    return read
 
 
 def _type_of(branches, name) -> str:

@@ -33,7 +33,7 @@ RESOLVED_KEYS = ("files",)
 ENTRY_BITS = 40
 NAME_BITS = 63 - ENTRY_BITS
 #: events read per chunk (``data.files.chunk_size``)
-CHUNK_SIZE = 500_000
+CHUNK_SIZE = 200_000
 #: canonical names a branch may not take (the canonical column is computed or added later)
 CANONICAL = (EVENT_ID, LABEL, WEIGHT, SPLIT, SCORE)
 
