@@ -248,6 +248,11 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
         read += typer.cut(cut.where, cut.text, cut.body)
     used = set(read)
     collections = [n for n, b in src.branches.items() if b.shape == COLLECTION and n not in used]
+    if s.columns is None and not picker.columns:
+        x = collections[0] if collections else "X"
+        raise DataError(f"{src.desc}: no branch holds one number per event to use as a feature"
+                        + (f"; its collections ({listing(collections)}) need an expression in data.files.columns, "
+                           f"e.g. {x}[0], len({x}), max({x})" if collections else ""))
     return _Plan(index, spec, input_name(spec), src.desc, picker.columns, picker.auto, list(dict.fromkeys(read)),
                  cuts, sources, picker.skipped, picker.excluded, collections)
 

@@ -69,15 +69,18 @@ def nanoaod_arrays(n: int, seed: int, signal: bool, first_event: int = 0) -> dic
 
 
 def write(path: Path, arrays: dict, kind: str, tree: str = "Events") -> Path:
-    """Write ``arrays`` as a TTree (``kind="ttree"``, counters shared per
-    collection) or an RNTuple (``kind="rntuple"``); ``tree`` may be ``dir/Events``."""
+    """Write ``arrays`` as a TTree (``kind="ttree"``, one counter ``n<Prefix>``
+    per collection ``<Prefix>_x``, made when not given) or an RNTuple
+    (``kind="rntuple"``); ``tree`` may be ``dir/Events``."""
+    import awkward as ak
     import uproot
 
     with uproot.recreate(path) as f:
         if kind == "rntuple":
             f[tree] = arrays  # uproot 5.7 writes a dict as an RNTuple
         else:
-            types = {k: COLLECTIONS.get(k) or v.dtype for k, v in arrays.items()}
+            types = {k: f"var * {ak.type(v).content.content}" if isinstance(v, ak.Array) else v.dtype
+                     for k, v in arrays.items()}
             f.mktree(tree, types, counter_name=lambda branch: "n" + branch.split("_")[0])
             f[tree].extend(arrays)
     return Path(path)

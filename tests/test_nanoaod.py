@@ -364,6 +364,29 @@ def test_bookkeeping_and_features_exclude_are_not_features_unless_listed(files, 
     assert df["event"].dtype == np.uint64
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_a_jagged_discriminant_is_an_error_by_default_and_learnt_when_asked_for(kind, tmp_path):
+    """The issue's synthetic case: it trained on nothing (AUC 0.499, exit 0)."""
+    import awkward as ak
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for label in (1, 0):
+        n_obj = rng.poisson(3, 500)
+        pt = ak.unflatten(rng.exponential(40.0 if label else 20.0, n_obj.sum()), n_obj)
+        paths.append(write(tmp_path / f"{label}.root", {"Obj_pt": pt}, kind))
+    inputs = [{"path": str(p), "label": label} for p, label in zip(paths, (1, 0))]
+    if kind == "ttree":  # uproot's TTree writer adds the counter nObj: the one flat branch
+        assert _run(tmp_path, inputs)[0]["features"] == ["nObj"]
+    else:
+        with pytest.raises(DataError, match=r"1\.root \(tree Events\): no branch holds one number per event.*"
+                                            r"collections \(Obj_pt\).*Obj_pt\[0\], len\(Obj_pt\)"):
+            _run(tmp_path, inputs)
+    s, df = _run(tmp_path, inputs, columns=["max(Obj_pt)", "len(Obj_pt)"], cut="len(Obj_pt) > 0")
+    assert s["features"] == ["max_Obj_pt", "len_Obj_pt"]
+    assert df.groupby("label")["max_Obj_pt"].mean()[1] > 1.5 * df.groupby("label")["max_Obj_pt"].mean()[0]
+
+
 def test_signed_weights_are_kept(files, tmp_path):
     s, df = _run(tmp_path, _inputs(files, "ttree"), columns=["MET_pt"], weight_column="genWeight")
     negative = (df["weight"] < 0).mean()
