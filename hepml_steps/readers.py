@@ -146,7 +146,13 @@ def _collection(values):
         values = ak.fill_none(values, [], axis=0)
     if isinstance(_unwrap(ak.type(values).content), ak.types.RegularType):
         values = ak.from_regular(values, axis=1)
-    if isinstance(ak.type(values).content.content, ak.types.OptionType):
+    inner = ak.type(values).content.content
+    if isinstance(inner, ak.types.OptionType):
+        primitive = getattr(inner.content, "primitive", "float64")
+        if not ak.any(ak.is_none(values, axis=1)):  # nullable, none missing: the type without the option
+            return ak.fill_none(values, np.dtype(primitive).type(0), axis=-1)
+        if primitive in ("float32", "float64"):
+            return ak.fill_none(values, np.dtype(primitive).type(np.nan), axis=-1)
         values = ak.fill_none(ak.values_astype(values, np.float64), np.nan, axis=-1)
     return values
 

@@ -346,6 +346,21 @@ def test_parquet_list_columns_are_collections_read_by_row_group(files, tmp_path)
     pd.testing.assert_frame_equal(from_root, from_pq)
 
 
+def test_nullable_parquet_lists_keep_their_type_and_a_missing_element_is_nan(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({  # pyarrow's lists: nullable lists of nullable items
+        "x": pa.array([[1.0, 2.0], [], [3.0], [4.0], [5.0], [6.0]], type=pa.list_(pa.float32())),
+        "k": pa.array([[1, None], [2], [], None, [3, 4], [7]]), "f": [1.0, 2.0, 3.0, None, 5.0, 6.0],
+        "y": [1, 0, 1, 0, 0, 1]}), tmp_path / "n.parquet")
+    s, df = _run(tmp_path, [{"path": str(tmp_path / "n.parquet")}], label_column="y",
+                 columns=["x[0]", "max(k)", "len(k)", "f"])
+    assert df["x_0"].dtype == np.float32 and df["x_0"].tolist() == [5.0, 6.0] and df["len_k"].tolist() == [2, 1]
+    # a missing element is NaN (max of [1, None]), a missing list is empty (max of it: NaN, not an error)
+    assert s["files"][0]["nonfinite_by_column"] == {"x_0": 1, "max_k": 3, "f": 1}
+
+
 def test_csv_column_whose_type_changes_between_chunks_gets_one_type(tmp_path):
     rows = ["n,x,label"] + [f"{i % 5},{i},{i % 2}" for i in range(30)] + ["2.5,31,1", "3,32,0"]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
