@@ -356,9 +356,11 @@ def test_nullable_parquet_lists_keep_their_type_and_a_missing_element_is_nan(tmp
         "y": [1, 0, 1, 0, 0, 1]}), tmp_path / "n.parquet")
     s, df = _run(tmp_path, [{"path": str(tmp_path / "n.parquet")}], label_column="y",
                  columns=["x[0]", "max(k)", "len(k)", "f"])
-    assert df["x_0"].dtype == np.float32 and df["x_0"].tolist() == [5.0, 6.0] and df["len_k"].tolist() == [2, 1]
-    # a missing element is NaN (max of [1, None]), a missing list is empty (max of it: NaN, not an error)
-    assert s["files"][0]["nonfinite_by_column"] == {"x_0": 1, "max_k": 3, "f": 1}
+    assert df["x_0"].dtype == np.float32 and df["x_0"].tolist() == [1.0, 5.0, 6.0]
+    # a missing element is NaN, which max/min pass over (awkward's reducers): max([1, None]) is 1
+    assert df["max_k"].tolist() == [1.0, 4.0, 7.0] and df["len_k"].tolist() == [2, 2, 1]
+    # a missing list is empty: its max is NaN (counted), not an error
+    assert s["files"][0]["nonfinite_by_column"] == {"x_0": 1, "max_k": 2, "f": 1}
 
 
 def test_csv_column_whose_type_changes_between_chunks_gets_one_type(tmp_path):
