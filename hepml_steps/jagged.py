@@ -14,6 +14,7 @@ expression            value per event                              column name
                       event has fewer objects (TMVA's ``x[0]``)
 ``len(Jet_pt)``       number of objects                            ``len_Jet_pt``
 ``max(Jet_btag)``     largest value; NaN when there is none        ``max_Jet_btag``
+                      (NaN elements are passed over; only NaN: -inf)
 ``min(x)``            smallest value; NaN when there is none       ``min_x``
 ``sum(x)``            sum; 0 when empty; of a condition: a count   ``sum_x``
 ``mean(x)``           mean; NaN when empty                         ``mean_x``
@@ -348,7 +349,7 @@ class _Typing:
     def kind(self, node: ast.AST) -> Kind:
         return getattr(self, f"_{type(node).__name__}")(node)
 
-    def _what(self, node: ast.AST, kind: Kind) -> str:
+    def _what(self, node: ast.AST) -> str:
         if isinstance(node, ast.Name) and node.id in self.typer.branches:
             return f"'{node.id}' is one value per event ({self.typer.branches[node.id].type})"
         return f"'{snippet(node)}' is one value per event"
@@ -374,7 +375,7 @@ class _Typing:
     def _Subscript(self, node):
         value = self.kind(node.value)
         if value.shape != COLLECTION:
-            self.fail(f"{self._what(node.value, value)}, not a collection: {snippet(node)!r} needs a "
+            self.fail(f"{self._what(node.value)}, not a collection: {snippet(node)!r} needs a "
                       "collection such as Jet_pt")
         if _index(node.slice) is not None:
             return Kind(EVENT, NUMBER)
@@ -391,7 +392,7 @@ class _Typing:
         if fn in REDUCTIONS:
             arg = kinds[0]
             if arg.shape != COLLECTION:
-                self.fail(f"{fn}() takes a collection (e.g. {fn}(Jet_pt)); {self._what(node.args[0], arg)}")
+                self.fail(f"{fn}() takes a collection (e.g. {fn}(Jet_pt)); {self._what(node.args[0])}")
             if fn in ("any", "all"):
                 if arg.kind != BOOLEAN:
                     self.fail(f"{fn}() takes a per-object condition, e.g. {fn}(Jet_pt > 30)")
