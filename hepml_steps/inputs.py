@@ -69,14 +69,14 @@ class Settings:
         """
         if self.nonfinite not in NONFINITE:
             raise ConfigError(f"data.nonfinite: '{self.nonfinite}' unknown; use one of {list(NONFINITE)}")
+        if not isinstance(self.aliases, dict):
+            raise ConfigError(f"data.files.aliases: give a mapping of name: expression, got {self.aliases!r}")
         if self.columns is not None:
             if isinstance(self.columns, str) or not all(isinstance(c, str) and c for c in self.columns):
                 raise ConfigError(f"data.files.columns: give a list of column names, got {self.columns!r}")
             self.columns = list(dict.fromkeys(self.columns))
             for entry in self.columns:
                 check_column_syntax(entry, self.aliases)
-        if not isinstance(self.aliases, dict):
-            raise ConfigError(f"data.files.aliases: give a mapping of name: expression, got {self.aliases!r}")
         for name, expr in self.aliases.items():
             if not (isinstance(name, str) and name.isidentifier()):
                 raise ConfigError(f"data.files.aliases: {name!r}: an alias's name must be an identifier")

@@ -247,7 +247,8 @@ class _ParquetSource(Source):
         import pyarrow.parquet as pq
 
         self.path, self.format, self.desc = path, "parquet", str(path)
-        self._file = pq.ParquetFile(path)
+        # pre_buffer=False: pyarrow's pre-buffering keeps what it read until the file is closed
+        self._file = pq.ParquetFile(path, pre_buffer=False)
         schema = self._file.schema_arrow
         names = [n for n in schema.names if not n.startswith("__index_level_")]
         empty = ak.from_arrow(schema.empty_table().select(names))
