@@ -16,6 +16,10 @@ What is refused beyond the schema:
   not support its task, or whose task needs a ``target`` it lacks; GPUs for
   a family that cannot use them;
   split fractions that do not sum to 1.
+- with ``data.source: files``: an input ``path`` (file, glob, list, directory
+  with ``pattern``) that matches no file — otherwise each input gets its
+  sorted ``files``, the ingest rule's inputs — and columns, aliases, cuts or
+  label values that :func:`hepml_steps.inputs.check_config` refuses.
 """
 from __future__ import annotations
 
@@ -104,8 +108,12 @@ def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA
     from .split import check_fractions
 
     check_fractions(config["split"]["fractions"])
-    if config["data"]["source"] == "files" and not config["data"]["files"]["inputs"]:
-        raise ConfigError("data.files.inputs: empty, but data.source is 'files'; list your input files")
+    if config["data"]["source"] == "files":
+        if not config["data"]["files"]["inputs"]:
+            raise ConfigError("data.files.inputs: empty, but data.source is 'files'; list your input files")
+        from .inputs import check_config
+
+        check_config(config["data"]["files"], config["features"])
     return resolve_models(config)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import ast
 import difflib
 import operator
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from .errors import ConfigError
 
@@ -94,21 +94,42 @@ def check_expression(name: str, expr: str, columns) -> list[str]:
 
 
 def _parse(checker: _Checker, expr) -> ast.Expression:
+    return parse_expression(expr, checker.fail)
+
+
+def parse_expression(expr, fail: Callable[[str], NoReturn]) -> ast.Expression:
+    """Parse ``expr`` (never evaluate it) within the size bounds of this module.
+
+    Parameters
+    ----------
+    expr : str
+        The expression text.
+    fail : callable
+        Called with the reason (``cannot parse 'x +': ...``, ``expression too
+        long ...``) when ``expr`` is not a string, does not parse, or exceeds
+        :data:`MAX_LENGTH` characters, :data:`MAX_NODES` nodes or depth
+        :data:`MAX_DEPTH`; it must raise. Shared with :mod:`hepml_steps.jagged`.
+
+    Returns
+    -------
+    ast.Expression
+        The syntax tree, unchecked beyond its size.
+    """
     if not isinstance(expr, str):
-        checker.fail(f"give the expression as a string, not {type(expr).__name__}")
+        fail(f"give the expression as a string, not {type(expr).__name__}")
     if len(expr) > MAX_LENGTH:
-        checker.fail(f"expression too long ({len(expr)} characters; at most {MAX_LENGTH})")
+        fail(f"expression too long ({len(expr)} characters; at most {MAX_LENGTH})")
     try:
         tree = ast.parse(expr, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        checker.fail(f"cannot parse {expr!r}: {getattr(exc, 'msg', None) or exc}")
+        fail(f"cannot parse {expr!r}: {getattr(exc, 'msg', None) or exc}")
     nodes, depth, stack = 0, 0, [(tree, 1)]
     while stack:  # no recursion: the tree may be deep
         node, d = stack.pop()
         nodes, depth = nodes + 1, max(depth, d)
         stack.extend((child, d + 1) for child in ast.iter_child_nodes(node))
     if nodes > MAX_NODES or depth > MAX_DEPTH:
-        checker.fail(f"expression too large ({nodes} nodes, depth {depth}; at most {MAX_NODES} and {MAX_DEPTH})")
+        fail(f"expression too large ({nodes} nodes, depth {depth}; at most {MAX_NODES} and {MAX_DEPTH})")
     return tree
 
 
@@ -124,7 +145,7 @@ class _Checker:
     def kind(self, node: ast.AST) -> str:
         check = getattr(self, f"_{type(node).__name__}", None)
         if check is None:
-            self.fail(f"{_source(node)!r} is not allowed: use columns, numbers, + - * / % **, comparisons, "
+            self.fail(f"{snippet(node)!r} is not allowed: use columns, numbers, + - * / % **, comparisons, "
                       "& | ~ on comparisons, and numexpr's functions")
         return check(node)
 
@@ -135,7 +156,7 @@ class _Checker:
 
     def _Name(self, node):
         if node.id not in self.columns:
-            self.fail(f"unknown column '{node.id}'{_hint(node.id, self.columns)}")
+            self.fail(f"unknown column '{node.id}'{hint(node.id, self.columns)}")
         if node.id in FUNCTIONS or node.id in REFUSED or node.id == "where" or "__" in node.id:
             self.fail(f"numexpr cannot read a column named '{node.id}' (a function name or one with '__')")
         self.used.append(node.id)
@@ -189,11 +210,11 @@ class _Checker:
     def _Call(self, node):
         fn = node.func.id if isinstance(node.func, ast.Name) else None
         if fn is None:
-            self.fail(f"only numexpr's functions may be called, not {_source(node.func)!r}")
+            self.fail(f"only numexpr's functions may be called, not {snippet(node.func)!r}")
         if fn in REFUSED:
             self.fail(f"'{fn}' {REFUSED[fn]}")
         if fn != "where" and fn not in FUNCTIONS:
-            self.fail(f"unknown function '{fn}'{_hint(fn, [*FUNCTIONS, 'where'])}")
+            self.fail(f"unknown function '{fn}'{hint(fn, [*FUNCTIONS, 'where'])}")
         n_args, result = FUNCTIONS.get(fn, (3, None))
         if node.keywords or len(node.args) != n_args:
             self.fail(f"'{fn}' takes {n_args} positional argument(s), got {len(node.args) + len(node.keywords)}")
@@ -209,14 +230,14 @@ class _Checker:
     def _power(self, node: ast.BinOp) -> None:
         """Refuse powers whose constant parts numexpr would compute for long."""
         if _has_power(node.right):
-            self.fail(f"exponent too large: the exponent {_source(node.right)!r} holds a power")
+            self.fail(f"exponent too large: the exponent {snippet(node.right)!r} holds a power")
         if not _is_constant(node.right):
             return
         value = self._constant(node.right)
         if abs(value) > MAX_EXPONENT:
-            self.fail(f"exponent too large: {_source(node.right)} (at most {MAX_EXPONENT} in magnitude)")
+            self.fail(f"exponent too large: {snippet(node.right)} (at most {MAX_EXPONENT} in magnitude)")
         if _is_constant(node.left) and _has_power(node.left):
-            self.fail(f"exponent too large: a constant power of a constant power, {_source(node)!r}; "
+            self.fail(f"exponent too large: a constant power of a constant power, {snippet(node)!r}; "
                       "write the number out")
 
     def _constant(self, node: ast.AST) -> float:
@@ -230,8 +251,8 @@ class _Checker:
             try:
                 return _CONSTANT_OPS[type(node.op)](self._constant(node.left), self._constant(node.right))
             except (ZeroDivisionError, OverflowError) as exc:
-                self.fail(f"constant exponent {_source(node)!r}: {exc}")
-        self.fail(f"a constant exponent must be arithmetic of numbers, not {_source(node)!r}")
+                self.fail(f"constant exponent {snippet(node)!r}: {exc}")
+        self.fail(f"a constant exponent must be arithmetic of numbers, not {snippet(node)!r}")
 
 
 def _is_constant(node: ast.AST) -> bool:
@@ -242,11 +263,13 @@ def _has_power(node: ast.AST) -> bool:
     return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node))
 
 
-def _source(node: ast.AST) -> str:
+def snippet(node: ast.AST) -> str:
+    """The source of ``node``, cut to 60 characters (for messages)."""
     text = ast.unparse(node)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _hint(name: str, choices) -> str:
+def hint(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``name``, or ``""``."""
     close = difflib.get_close_matches(name, sorted(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,262 +1,181 @@
 """Read the toy sample or the user's ROOT / Parquet / CSV files into one
-canonical Parquet table (see :mod:`hepml_steps.columns`).
+canonical Parquet table (see :mod:`hepml_steps.columns`), chunk by chunk.
 
-Each input is ``{path, tree, label, weight, name, format, process}``:
+**Inputs.** Each input (``data.files.inputs``) is ``{path, pattern, tree,
+label, weight, name, format, process, cut}``:
 
-- ``path``: ``.root`` (a TTree or RNTuple read with uproot; ``tree`` may be
-  left out when the file holds exactly one), ``.parquet``/``.pq`` or ``.csv``;
-  ``format`` (root/parquet/csv) overrides the suffix;
-- ``label``: 1 or 0 for every event of the file — TMVA's
-  AddSignalTree/AddBackgroundTree. Without it the ``label_column`` must hold
-  1 (signal) / 0 (background);
-- ``weight``: a global weight multiplying the file's event weights (TMVA's
-  per-tree weight); event weights come from ``weight_column`` (default 1);
-- ``name``: the name hashed into the event ids (default: the file's name);
-- ``process``: an integer written to the ``process`` column for every event of
-  the file — TMVA's multiclass ``AddTree(tree, className)``; train a
-  ``multiclass`` model with ``target: process``. Give it for every input or
-  for none; ``process`` is never a training feature.
+- ``path``: a file, a glob (``data/sig_*.root``, TMVA's TChain), a list of
+  them, or a directory with a ``pattern`` (``*.root``); expanded and sorted
+  when the configuration is read (:func:`hepml_steps.inputs.check_config`), every file an input
+  of the Snakemake rule. ROOT files hold a TTree or an RNTuple (``tree`` may
+  be left out when a file holds exactly one; ``dir/Events`` names one in a
+  TDirectory); Parquet (``.parquet``/``.pq``) and CSV by suffix, or
+  ``format`` (root/parquet/csv);
+- ``label``: 1 or 0 for every event of the input — TMVA's
+  AddSignalTree/AddBackgroundTree. Without it the ``label_column`` gives the
+  labels: 1/0 (or true/false), or the values listed in ``signal_values``
+  (everything else is background) and/or ``background_values`` (with both,
+  any other value is an error listing the values found) — HiggsML's
+  ``s``/``b``, a telescope's ``g``/``h``, ±1;
+- ``weight``: a global weight multiplying the input's event weights (TMVA's
+  per-tree weight); event weights come from ``weight_column`` (a branch or an
+  alias, default 1);
+- ``name``: the name hashed into the event ids (default: the file's name;
+  for a glob the pattern's last part, for a list the names joined by ``+``);
+- ``process``: an integer written to the ``process`` column for every event —
+  TMVA's multiclass ``AddTree(tree, className)``; give it for every input or
+  for none; never a feature;
+- ``cut``: a selection for this input, combined (and) with
+  ``data.files.cut`` for all inputs — TMVA's ``PrepareTrainingAndTestTree(cut)``.
 
-``event_id`` comes from ``event_id_column`` (integers, unique over all
-inputs) or is deterministic: a 23-bit hash of the input's name in the high
-bits and the entry number in the low 40, so it does not depend on the order
-of the inputs. ``columns`` selects branches/columns (default: every flat
-numeric one; others are skipped with a warning); only those are read.
-``target_column`` is copied to ``target``. Events with NaN/inf in a feature
-are dropped with a logged and recorded count (``nonfinite: drop``) or stop
-the step (``fail``).
+**Columns.** ``columns`` lists branches or expressions over them
+(:mod:`hepml_steps.jagged`: ``Jet_pt[0]`` -> column ``Jet_pt_0``,
+``len(Jet_pt)`` -> ``len_Jet_pt``, ``max(Jet_btag)`` -> ``max_Jet_btag``;
+``aliases`` name any other expression). Without it every branch with one
+number or condition per event becomes a column (conditions as int8), plus
+every per-event alias, except the bookkeeping branches
+(:data:`BOOKKEEPING`), the label/weight/event-id sources, ``features.exclude``
+and — only then — any branch that is NaN/inf in every event of some input
+(a truth branch of another process). Collections are never columns by
+themselves: those not used are listed once in the record
+(``unused_collections``). Everything left out is in ``excluded`` with why.
+``target_column`` (a branch or alias) is copied to ``target``.
+
+**Event ids** come from ``event_id_column`` (integers, unique over all
+inputs) or are deterministic: a 23-bit hash of the input's name in the high
+bits and the entry number in the low 40, entries of an input's files numbered
+one after the other in sorted order (TMVA's TChain), so a one-file input's ids
+are its entry numbers and nothing depends on the order of the inputs.
+
+**Memory.** ROOT is read with uproot's ``iterate``, Parquet by batches and CSV
+by chunks, ``chunk_size`` events at a time, reading only the branches used.
+Each chunk is cut, turned into columns and spilled to a temporary Arrow file
+beside the output; a second pass drops the events with NaN/inf in a column
+(``nonfinite: drop``, counted per column; ``fail`` stops), gives every column
+one type over all inputs, and writes the table with a ParquetWriter, row group
+by row group, to a temporary file moved into place at the end. Peak memory is
+one chunk plus the event ids (8 bytes per event), whatever the input's size.
+
+**Record** (``--summary``, ``ingest.json``): per input what was read, the
+cut-flow (``cutflow: [{input, read, after_cut, after_nonfinite}]``), the
+columns, what was excluded and why, the unused collections.
 """
 from __future__ import annotations
 
-import hashlib
+import ast
 import logging
-import math
-import numbers
-import re
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import cli
-from .columns import EVENT_ID, LABEL, PROCESS, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
-from .errors import ConfigError, DataError, culprit, describe
-from .io import write_json, write_parquet
+from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT
+from .errors import ConfigError, DataError
+from .io import atomic_path, write_json
+from .inputs import (CANONICAL, CHUNK_SIZE, ENTRY_BITS, NAME_BITS, Settings, check_column_syntax,
+                     check_inputs, check_names, entry_ids, input_name, same_value)
+from .inputs import check_config, hashed_ids, name_prefix  # noqa: F401 (the step's API: config.load, tests)
+from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
+from .readers import file_format, listing, open_source
 
 log = logging.getLogger("hepml.ingest")
 
-SUFFIXES = {".root": "root", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-FORMATS = ("root", "parquet", "csv")
-NONFINITE = ("drop", "fail")
-INPUT_KEYS = ("path", "tree", "label", "weight", "name", "format", "process")
-#: uproot class names of the tables a ROOT input may name.
-TREE_CLASSES = ("TTree", "TNtuple", "TNtupleD", "ROOT::RNTuple")
-ENTRY_BITS = 40
-NAME_BITS = 63 - ENTRY_BITS
-#: ROOT type names that cannot be a flat numeric column (arrays, containers, strings).
-_NOT_FLAT = re.compile(r"[\[\]<>*]|string|TString|char\*", re.IGNORECASE)
+#: run / lumi-block / event numbers: never features unless listed in ``columns``
+BOOKKEEPING = ("run", "luminosityBlock", "event", "eventNumber", "runNumber")
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- labels, weights, ids
 
-def _listing(names, limit: int = 20) -> str:
-    names = list(names)
-    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
-    return ", ".join(map(str, names[:limit])) + more or "none"
+class Labels:
+    """How events get their label: the one place to change for unlabelled inputs.
 
+    An input's ``label`` (1/0) wins; otherwise the ``label_column``'s values
+    are mapped: by default 1 is signal and 0 background (anything else is an
+    error); ``signal_values`` lists the signal values (everything else is
+    background), ``background_values`` the background ones (everything else
+    is signal); with both lists, a value in neither is an error.
+    """
 
-def numeric_array(col) -> np.ndarray | None:
-    """A 1-d numeric numpy array for ``col`` (pandas Series or numpy array), or
-    None when it is not numeric. Booleans become int8; nullable columns with
-    missing values become float64 with NaN."""
-    import pandas as pd
+    def __init__(self, s: Settings):
+        self.column = s.label_column
+        self.default = s.signal_values is None and s.background_values is None
+        self.signal = [1] if self.default else s.signal_values
+        self.background = [0] if self.default else s.background_values
 
-    if isinstance(col, pd.Series):
-        dt = col.dtype
-        if isinstance(dt, np.dtype):
-            col = col.to_numpy()
-        elif pd.api.types.is_bool_dtype(dt) or (pd.api.types.is_numeric_dtype(dt)
-                                                 and hasattr(dt, "numpy_dtype")):
-            if col.isna().any():
-                return col.to_numpy(dtype=np.float64, na_value=np.nan)
-            col = col.to_numpy(dtype=dt.numpy_dtype)
-        else:
-            return None
-    arr = np.asarray(col)
-    if arr.ndim != 1:
-        return None
-    if arr.dtype == np.bool_:
-        return arr.astype(np.int8)
-    if arr.dtype.kind in "iuf":
-        return arr
-    return None
+    def needs_column(self, spec: dict) -> bool:
+        return spec.get("label") is None
 
+    def source(self, spec: dict) -> str:
+        return f"file label {int(spec['label'])}" if spec.get("label") is not None else f"column {self.column}"
 
-def hashed_ids(name: str, n: int) -> np.ndarray:
-    """Deterministic non-negative int64 ids for entries ``0..n-1`` of the input
-    called ``name``: :func:`name_prefix` in the top 23 bits, the entry number in
-    the low 40 (inputs up to ~10^12 entries)."""
-    if n >= 1 << ENTRY_BITS:
-        raise DataError(f"{name}: {n} entries exceed the 2^{ENTRY_BITS} the hashed event ids allow; "
-                        "give an event_id_column")
-    return (np.int64(name_prefix(name)) << np.int64(ENTRY_BITS)) | np.arange(n, dtype=np.int64)
+    def of(self, spec: dict, values, n: int, desc: str) -> np.ndarray:
+        """int8 labels (1 signal, 0 background) of ``n`` events.
 
-
-def name_prefix(name: str) -> int:
-    """The 23-bit hash (blake2b) of an input's name used in :func:`hashed_ids`."""
-    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & ((1 << NAME_BITS) - 1)
-
-
-def _check_inputs(inputs) -> list[dict]:
-    if not isinstance(inputs, (list, tuple)) or not inputs:
-        raise ConfigError("data.files.inputs: give a non-empty list of {path, tree, label, weight}")
-    for i, spec in enumerate(inputs):
-        where = f"data.files.inputs[{i}]"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: must be a mapping with at least 'path', got {spec!r}")
-        if not spec.get("path"):
-            raise ConfigError(f"{where}: 'path' is required")
-        unknown = sorted(set(spec) - set(INPUT_KEYS))
-        if unknown:
-            raise ConfigError(f"{where} ({spec['path']}): unknown key(s) {unknown}; allowed: {list(INPUT_KEYS)}")
-        label = spec.get("label")
-        if label is not None and (isinstance(label, bool) or label not in (0, 1)):
-            raise ConfigError(f"{where} ({spec['path']}): label must be 1 (signal) or 0 (background), got {label!r}")
-        weight = spec.get("weight")
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
-                                   or not math.isfinite(weight)):
-            raise ConfigError(f"{where} ({spec['path']}): weight must be a finite number, got {weight!r}")
-        process = spec.get("process")
-        if process is not None and (isinstance(process, bool) or not isinstance(process, numbers.Integral)):
-            raise ConfigError(f"{where} ({spec['path']}): process must be an integer (the class index), "
-                              f"got {process!r}")
-        if spec.get("format") is not None and spec["format"] not in FORMATS:
-            raise ConfigError(f"{where} ({spec['path']}): format {spec['format']!r} unknown; use one of {FORMATS}")
-    with_process = [s["path"] for s in inputs if s.get("process") is not None]
-    if with_process and len(with_process) != len(inputs):
-        without = [s["path"] for s in inputs if s.get("process") is None]
-        raise ConfigError(f"data.files.inputs: 'process' is given for {_listing(with_process)} but not for "
-                          f"{_listing(without)}; give every input its process or none")
-    return list(inputs)
+        Raises
+        ------
+        DataError
+            A value that the rules do not map, listing the values found.
+        """
+        if spec.get("label") is not None:
+            return np.full(n, int(spec["label"]), dtype=np.int8)
+        uniques = _uniques(values)
+        sig = [u for u in uniques if self.signal is not None and any(same_value(u, v) for v in self.signal)]
+        bkg = [u for u in uniques if self.background is not None and any(same_value(u, v) for v in self.background)]
+        is_sig = _isin(values, sig)
+        if self.signal is not None and self.background is not None:
+            unknown = [u for u in uniques if u not in sig and u not in bkg]
+            if unknown:
+                n_bad = int(n - is_sig.sum() - _isin(values, bkg).sum())
+                shown = sorted(unknown, key=str)[:5]
+                if self.default:
+                    raise DataError(f"{desc}: label column '{self.column}' must hold 0 (background) or 1 "
+                                    f"(signal); found {shown} in {n_bad} events (values found: "
+                                    f"{_values_text(uniques)}); map them with data.files.signal_values")
+                raise DataError(f"{desc}: label column '{self.column}' has {shown} in {n_bad} events, in neither "
+                                f"signal_values {self.signal} nor background_values {self.background} "
+                                f"(values found: {_values_text(uniques)})")
+        if self.signal is None:
+            return (~_isin(values, bkg)).astype(np.int8)
+        return is_sig.astype(np.int8)
 
 
-def _format(path: Path, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {sorted(SUFFIXES)} "
-                        "(or set the input's 'format')")
-    return fmt
+def _uniques(values) -> list:
+    if isinstance(values, np.ndarray):
+        return np.unique(values).tolist()
+    import pyarrow.compute as pc
+
+    return pc.unique(values).to_pylist()
 
 
-# --------------------------------------------------------------------------- readers
+def _isin(values, chosen: list) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return np.isin(values, np.asarray(chosen, dtype=values.dtype)) if chosen else np.zeros(len(values), bool)
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-def _select(path_desc: str, available: list[str], columns: list[str] | None, needed: list[str],
-            flat_numeric) -> tuple[list[str], list[str]]:
-    """Names to read and names skipped (non-numeric, only when ``columns`` is None)."""
-    explicit = list(dict.fromkeys([*(columns or []), *needed]))
-    missing = [c for c in explicit if c not in available]
-    if missing:
-        raise DataError(f"{path_desc}: no column(s)/branch(es) {missing} (has: {_listing(available)})")
-    if columns is not None:
-        return explicit, []
-    read = [c for c in available if c in needed or flat_numeric(c)]
-    return read, [c for c in available if c not in read]
+    return pc.is_in(values, value_set=pa.array(chosen, type=values.type)).to_numpy(zero_copy_only=False)
 
 
-def _read_root(path: Path, tree: str | None, columns, needed):
-    import uproot
-
-    with culprit(path, context="cannot read as a ROOT file"), uproot.open(path) as f:
-        trees = sorted({k.rsplit(";", 1)[0] for k, cls in f.classnames().items()
-                        if cls in TREE_CLASSES or cls.startswith("TTree")})
-        if tree is None:
-            if len(trees) != 1:
-                raise DataError(f"{path}: holds {len(trees)} trees ({_listing(trees)}); name one with 'tree'")
-            tree = trees[0]
-        elif tree not in trees:
-            raise DataError(f"{path}: no tree '{tree}' (trees: {_listing(trees)})")
-        t = f[tree]
-        desc = f"{path} (tree {tree})"
-        types = dict(t.typenames())
-        read, skipped = _select(desc, list(t.keys()), columns, needed,
-                                lambda c: not _NOT_FLAT.search(types.get(c, "")))
-        data = {}
-        for c in read:
-            try:
-                data[c] = t[c].array(library="np")
-            except Exception as exc:
-                raise DataError(f"{desc}: cannot read branch '{c}' ({types.get(c)}): {describe(exc)}") from exc
-        return data, int(t.num_entries), skipped, tree, desc
+def _values_text(uniques: list, limit: int = 10) -> str:
+    shown = sorted(uniques, key=str)
+    return f"{shown[:limit]}{f' and {len(shown) - limit} more' if len(shown) > limit else ''}"
 
 
-def _read_table(path: Path, fmt: str, columns, needed):
-    import pandas as pd
-
-    with culprit(path, context=f"cannot read as {fmt}"):
-        if fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            schema = pq.read_schema(path)
-            available = [n for n in schema.names if not n.startswith("__index_level_")]
-
-            def flat(c):
-                t = schema.field(c).type
-                return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-
-            read, skipped = _select(str(path), available, columns, needed, flat)
-            df = pd.read_parquet(path, columns=read)
-            n = pq.read_metadata(path).num_rows
-        else:
-            available = list(pd.read_csv(path, nrows=0).columns)
-            read, skipped = _select(str(path), available, columns, needed, lambda c: True)
-            df = pd.read_csv(path, usecols=read)
-            n = len(df)
-    return {c: df[c] for c in read}, n, skipped, None, str(path)
-
-
-# --------------------------------------------------------------------------- one input
-
-def _labels(data, n, spec, label_column, desc):
-    if spec.get("label") is not None:
-        return np.full(n, int(spec["label"]), dtype=np.int8), f"file label {int(spec['label'])}"
-    raw = data[label_column]
-    arr = numeric_array(raw)
-    if arr is None:
-        raise DataError(f"{desc}: label column '{label_column}' must hold 0 (background) or 1 (signal); "
-                        f"it is not numeric (dtype {raw.dtype}; values such as "
-                        f"{sorted({str(v) for v in np.asarray(raw, dtype=object)[:1000]})[:5]})")
-    ok = (arr == 0) | (arr == 1)
-    if not ok.all():
-        raise DataError(f"{desc}: label column '{label_column}' must hold 0 (background) or 1 (signal); "
-                        f"found {np.unique(arr[~ok])[:5].tolist()} in {int((~ok).sum())} events")
-    return arr.astype(np.int8), f"column {label_column}"
-
-
-def _weights(data, n, spec, weight_column, desc):
+def _weights(spec: dict, values, n: int, weight_column: str | None, desc: str) -> np.ndarray:
     file_w = 1.0 if spec.get("weight") is None else float(spec["weight"])
     if not weight_column:
-        return np.full(n, file_w), file_w
-    raw = data[weight_column]
-    import pandas as pd
-
-    arr = numeric_array(raw)
-    if arr is None or pd.api.types.is_bool_dtype(raw.dtype):
-        raise DataError(f"{desc}: weight column '{weight_column}' is not numeric (dtype {raw.dtype})")
-    w = arr.astype(np.float64) * file_w
+        return np.full(n, file_w)
+    w = values.astype(np.float64) * file_w
     bad = ~np.isfinite(w)
     if bad.any():
         raise DataError(f"{desc}: weight column '{weight_column}' has {int(bad.sum())} NaN/inf values")
-    return w, file_w
+    return w
 
 
-def _column_ids(data, event_id_column, desc):
-    raw = data[event_id_column]
-    arr = numeric_array(raw)
-    if arr is None:
-        raise DataError(f"{desc}: event id column '{event_id_column}' must hold integers (dtype {raw.dtype})")
+def _column_ids(values: np.ndarray, event_id_column: str, desc: str) -> np.ndarray:
+    arr = values
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise DataError(f"{desc}: event id column '{event_id_column}' has values above 2^63-1")
     if arr.dtype.kind == "f":
@@ -268,197 +187,576 @@ def _column_ids(data, event_id_column, desc):
     return arr.astype(np.int64)
 
 
-def _ingest_one(spec, columns, label_column, weight_column, event_id_column, target_column, nonfinite):
-    path = Path(spec["path"])
-    fmt = _format(path, spec.get("format"))
-    if not path.is_file():
-        raise DataError(f"missing input file: {path}")
-    use_label_column = spec.get("label") is None
-    if use_label_column and not label_column:
-        raise DataError(f"{path}: no label: give the input 'label: 1' (signal) or 'label: 0' (background), "
-                        "or set data.files.label_column")
-    needed = [c for c in (label_column if use_label_column else None, weight_column, event_id_column,
-                          target_column) if c]
-    needed = list(dict.fromkeys(needed))
-    if fmt == "root":
-        data, n, skipped, tree, desc = _read_root(path, spec.get("tree"), columns, needed)
+# --------------------------------------------------------------------------- plan
+
+@dataclass
+class _Expr:
+    where: str
+    text: str
+    body: ast.expr
+
+
+@dataclass
+class _Plan:
+    """What to read from the files of one input and what to make of it."""
+
+    index: int
+    spec: dict
+    name: str
+    desc: str
+    columns: dict[str, _Expr]            # feature column -> expression (a plain branch is a Name)
+    auto: list[str]                      # columns chosen by default (dropped when NaN in every event)
+    read: list[str]                      # branches to read
+    cuts: list[_Expr]
+    sources: dict[str, _Expr]            # label / weight / event id / target -> expression
+    skipped: dict[str, str]
+    excluded: dict[str, str]
+    collections: list[str]
+
+    @property
+    def input_desc(self) -> str:
+        """The input in messages: its file for a one-file input, else its index and name."""
+        files = self.spec["files"]
+        return self.desc if len(files) == 1 else f"data.files.inputs[{self.index}] ({self.name}, {len(files)} files)"
+
+
+def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
+    """Check the settings against one file's branches and decide what to read.
+
+    Raises
+    ------
+    DataError
+        Naming the file: a missing branch, a collection asked for as a column,
+        an expression of the wrong type (:class:`~hepml_steps.jagged.Typer`).
+    """
+    typer = Typer(src.desc, src.branches, s.alias_bodies)
+    picker = _Columns(src, s, spec.get("process") is not None)
+    sources = picker.sources(spec, labels)
+    if s.columns is not None:
+        picker.listed()
     else:
-        data, n, skipped, tree, desc = _read_table(path, fmt, columns, needed)
-    if n == 0:
-        raise DataError(f"{desc}: no events")
+        picker.default(typer)
+    if picker.missing:
+        raise DataError(f"{src.desc}: no column(s)/branch(es) {list(dict.fromkeys(picker.missing))} "
+                        f"(has: {listing(src.branches)})")
+    read = _check_sources(src, s, typer, sources)
+    for expr in picker.columns.values():
+        read += typer.column(expr.where, expr.text, expr.body)[1]
+    cuts = [_Expr(w, text, parse(w, text)) for w, text in
+            (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut"))) if text]
+    for cut in cuts:
+        read += typer.cut(cut.where, cut.text, cut.body)
+    used = set(read)
+    collections = [n for n, b in src.branches.items() if b.shape == COLLECTION and n not in used]
+    if s.columns is None and not picker.columns:
+        x = collections[0] if collections else "X"
+        raise DataError(f"{src.desc}: no branch holds one number per event to use as a feature"
+                        + (f"; its collections ({listing(collections)}) need an expression in data.files.columns, "
+                           f"e.g. {x}[0], len({x}), max({x})" if collections else ""))
+    return _Plan(index, spec, input_name(spec), src.desc, picker.columns, picker.auto, list(dict.fromkeys(read)),
+                 cuts, sources, picker.skipped, picker.excluded, collections)
 
-    label, label_source = _labels(data, n, spec, label_column, desc)
-    weight, file_w = _weights(data, n, spec, weight_column, desc)
-    ids = _column_ids(data, event_id_column, desc) if event_id_column else None
 
-    # features: everything read except the sources of label / weight / event id
-    sources = {c for c in (label_column, weight_column, event_id_column) if c}
-    features: dict[str, np.ndarray] = {}
-    for c, raw in data.items():
-        if c in sources:
-            continue
-        if c == PROCESS and spec.get("process") is not None:
-            log.warning("%s: column '%s' is replaced by the input's process %d", desc, c, spec["process"])
-            continue
-        if c in (EVENT_ID, LABEL, WEIGHT, SPLIT, SCORE):
+class _Columns:
+    """Chooses an input's columns: those listed in ``columns``, or the default set."""
+
+    def __init__(self, src, s: Settings, process: bool):
+        self.src, self.s, self.process = src, s, process
+        self.columns: dict[str, _Expr] = {}
+        self.auto: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self.excluded: dict[str, str] = {}
+        self.missing: list[str] = []
+        self.source_names = {c: f"the {key} column" for key, c in (
+            ("label", s.label_column), ("weight", s.weight_column), ("event id", s.event_id_column)) if c}
+
+    def name(self, where: str, name: str) -> _Expr:
+        """A branch or alias by its name (any text: never parsed)."""
+        if name not in self.src.branches and name not in self.s.alias_bodies:
+            self.missing.append(name)
+        return _Expr(where, name, ast.Name(id=name, ctx=ast.Load()))
+
+    def sources(self, spec: dict, labels: Labels) -> dict[str, _Expr]:
+        """The label / weight / event id / target columns (the label's values are read, not computed)."""
+        s, sources = self.s, {}
+        if labels.needs_column(spec):
+            if not s.label_column:
+                raise DataError(f"{self.src.desc}: no label: give the input 'label: 1' (signal) or 'label: 0' "
+                                "(background), or set data.files.label_column")
+            sources["label"] = _Expr("data.files.label_column", s.label_column, None)
+            if s.label_column not in self.src.branches:
+                self.missing.append(s.label_column)
+        for key, col in (("weight", s.weight_column), ("event_id", s.event_id_column),
+                         ("target", s.target_column)):
+            if col:
+                sources[key] = self.name(f"data.files.{key}_column", col)
+        if s.event_id_column and s.event_id_column not in self.src.branches:
+            self.missing.append(s.event_id_column)  # a branch, not an alias
+        return sources
+
+    def add(self, out: str, expr: _Expr, entry: str) -> None:
+        if out in self.source_names:
+            return
+        if out in CANONICAL or (out == PROCESS and self.process):
             log.warning("%s: column '%s' is a canonical column name; ignored (the canonical '%s' is %s)",
-                        desc, c, c, "computed by ingest" if c in (EVENT_ID, LABEL, WEIGHT) else "added later")
-            continue
-        arr = numeric_array(raw)
-        if arr is None:
-            dtype = getattr(raw, "dtype", type(raw))
-            if columns is not None or c == target_column:
-                raise DataError(f"{desc}: column '{c}' is not a flat numeric column (dtype {dtype})")
-            skipped.append(c)
-            continue
-        features[c] = arr
-    if skipped:
-        log.warning("%s: skipping non-numeric column(s) %s", desc, _listing(skipped))
-    if target_column:
-        arr = numeric_array(data[target_column])
-        if arr is None:
-            raise DataError(f"{desc}: target column '{target_column}' is not numeric")
-        if TARGET in features and target_column != TARGET:
-            log.warning("%s: column '%s' is replaced by a copy of target_column '%s'", desc, TARGET, target_column)
-        if columns is not None and target_column not in columns:
-            features.pop(target_column, None)
-        features[TARGET] = arr.copy()
+                        self.src.desc, out, out,
+                        "computed by ingest" if out in (EVENT_ID, LABEL, WEIGHT, PROCESS) else "added later")
+            self.excluded[out] = "a canonical column name (computed by ingest or added later)"
+            return
+        if out in self.columns:
+            raise DataError(f"{self.src.desc}: data.files.columns: '{entry}' and '{self.columns[out].text}' both "
+                            f"give the column '{out}'; name one with data.files.aliases")
+        self.columns[out] = expr
 
-    # non-finite values in features (truth_llr is not a feature)
-    bad = np.zeros(n, dtype=bool)
-    per_col = {}
-    for c, arr in features.items():
-        if c == TRUTH_LLR or arr.dtype.kind != "f":
-            continue
-        nf = ~np.isfinite(arr)
-        if nf.any():
-            per_col[c] = int(nf.sum())
-            bad |= nf
-    n_bad = int(bad.sum())
-    if n_bad:
-        if nonfinite == "fail":
-            raise DataError(f"{desc}: {n_bad} of {n} events have NaN/inf values, per column {per_col} "
-                            "(data.nonfinite: fail; use 'drop' to drop them)")
-        log.warning("%s: dropping %d of %d events with NaN/inf values, per column %s", desc, n_bad, n, per_col)
-    keep = ~bad if n_bad else slice(None)
-    table = {LABEL: label[keep], WEIGHT: weight[keep]}
-    if ids is not None:
-        table[EVENT_ID] = ids[keep]
-    table.update((c, a[keep]) for c, a in features.items())
+    def listed(self) -> None:
+        """``columns``: branches, aliases and expressions with an automatic name."""
+        branches, s = self.src.branches, self.s
+        for entry in s.columns:
+            if entry in branches:
+                b = branches[entry]
+                if not b.flat:
+                    what = (f"it is a collection ({b.type}); ask for {entry}[0], len({entry}), max({entry}), "
+                            "...: see data.files.columns" if b.shape is not None and b.kind != STRING
+                            else f"it holds {b.type}")
+                    raise DataError(f"{self.src.desc}: column '{entry}' is not a flat numeric branch/column: "
+                                    f"{what}")
+                self.add(entry, self.name("data.files.columns", entry), entry)
+            elif entry in s.alias_bodies:
+                self.add(entry, _Expr(f"data.files.aliases.{entry}", s.aliases[entry],
+                                      ast.Name(id=entry, ctx=ast.Load())), entry)
+            else:
+                try:
+                    body = ast.parse(entry, mode="eval").body
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    body = None
+                if body is None or isinstance(body, ast.Name):
+                    self.missing.append(entry)  # a branch name that is not in the file
+                    continue
+                check_column_syntax(entry, s.alias_bodies)
+                body = parse("data.files.columns", entry)
+                self.add(column_name(body), _Expr("data.files.columns", entry, body), entry)
+
+    def default(self, typer: Typer) -> None:
+        """No ``columns``: every flat branch but the excluded ones, and every per-event alias."""
+        s = self.s
+        for name, b in self.src.branches.items():
+            if name in self.source_names:
+                self.excluded[name] = self.source_names[name]
+            elif b.shape is None or b.kind == STRING:
+                self.skipped[name] = f"not numeric ({b.type})"
+            elif not b.flat:
+                continue  # a collection: listed in the record when no expression uses it
+            elif name in BOOKKEEPING:
+                self.excluded[name] = ("bookkeeping (run, lumi block, event number); list it in "
+                                       "data.files.columns to keep it")
+            elif name in s.exclude:
+                self.excluded[name] = "features.exclude"
+            else:
+                self.add(name, self.name("data.files.columns", name), name)
+                if name in self.columns:
+                    self.auto.append(name)
+        for name in s.alias_bodies:
+            if typer.alias(name)[0].shape == EVENT and name not in s.exclude:
+                self.add(name, _Expr(f"data.files.aliases.{name}", s.aliases[name],
+                                     ast.Name(id=name, ctx=ast.Load())), name)
+        if self.skipped:
+            log.warning("%s: skipping non-numeric column(s) %s", self.src.desc, listing(self.skipped))
+
+
+def _check_sources(src, s: Settings, typer: Typer, sources: dict[str, _Expr]) -> list[str]:
+    """Check the label / weight / event id / target columns; return the branches they read."""
+    read = []
+    if "label" in sources:
+        b = src.branches[s.label_column]
+        if b.shape != EVENT:
+            raise DataError(f"{src.desc}: label column '{s.label_column}' must hold one value per event, "
+                            f"not {b.type}")
+        read.append(s.label_column)
+    for key in ("weight", "event_id", "target"):
+        if key in sources:
+            kind, used = typer.column(sources[key].where, sources[key].text, sources[key].body)
+            if kind.kind != NUMBER and not (key == "target" and kind.kind == BOOLEAN):
+                raise DataError(f"{src.desc}: {key.replace('_', ' ')} column '{sources[key].text}' is not numeric "
+                                f"({_type_of(src.branches, sources[key].text)})")
+            read += used
+    return read
+
+
+def _type_of(branches, name) -> str:
+    return branches[name].type if name in branches else "an alias"
+
+
+def _same_columns(a: _Plan, b: _Plan, a_desc: str, b_desc: str) -> None:
+    if list(a.columns) != list(b.columns) and set(a.columns) != set(b.columns):
+        only_a = [c for c in a.columns if c not in b.columns]
+        only_b = [c for c in b.columns if c not in a.columns]
+        raise DataError(f"{a_desc} and {b_desc} differ in columns: only in {a_desc}: {only_a}; "
+                        f"only in {b_desc}: {only_b}; select common columns with data.files.columns")
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass
+class _Input:
+    """Counts and spilled chunks of one input."""
+
+    plan: _Plan
+    files: list[dict] = field(default_factory=list)
+    n_read: int = 0
+    n_after_cut: int = 0
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    chunks: list[tuple[Path, int, str]] = field(default_factory=list)   # (spill file, rows, source file)
+    formats: list[str] = field(default_factory=list)
+    trees: list[str | None] = field(default_factory=list)
+
+
+def _take(values, keep: np.ndarray):
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    import awkward as ak
+
+    if isinstance(values, ak.Array):
+        return values[keep]
+    import pyarrow as pa
+
+    return values.filter(pa.array(keep))
+
+
+def _read_input(state: _Input, s: Settings, labels: Labels, spill: Path, counter: list[int]) -> None:
+    """Read every file of one input chunk by chunk; spill each chunk's columns to ``spill``."""
+    import pyarrow as pa
+
+    plan, spec = state.plan, state.plan.spec
+    offset = 0
+    for path in spec["files"]:
+        path = Path(path)
+        fmt = file_format(path, spec.get("format"))
+        if not path.is_file():
+            raise DataError(f"missing input file: {path}")
+        with open_source(path, fmt, spec.get("tree")) as src:
+            if src.num_entries == 0:
+                state.files.append({"path": str(path), "tree": src.tree, "n_read": 0, "n_after_cut": 0,
+                                    "first_entry": offset})
+                continue
+            if src.desc == plan.desc:
+                file_plan = plan
+            else:  # every file is checked against the settings; all must give the same columns
+                file_plan = _plan(plan.index, spec, src, s, labels)
+                _same_columns(plan, file_plan, plan.desc, src.desc)
+            n_file = n_cut = 0
+            for start, n, arrays in src.chunks(file_plan.read, s.chunk_size):
+                table, kept = _chunk(file_plan, src.desc, arrays, n, offset + start, s, labels)
+                n_file += n
+                n_cut += kept
+                if kept:
+                    for c in file_plan.columns:
+                        col = table.column(c)
+                        if pa.types.is_floating(col.type):
+                            bad = int(np.count_nonzero(~np.isfinite(col.to_numpy())))
+                            state.nonfinite[c] = state.nonfinite.get(c, 0) + bad
+                    if TARGET in table.column_names and pa.types.is_floating(table.column(TARGET).type):
+                        bad = int(np.count_nonzero(~np.isfinite(table.column(TARGET).to_numpy())))
+                        state.nonfinite[TARGET] = state.nonfinite.get(TARGET, 0) + bad
+                    chunk_path = spill / f"{counter[0]:08d}.arrow"
+                    counter[0] += 1
+                    with pa.OSFile(str(chunk_path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                        w.write_table(table)
+                    state.chunks.append((chunk_path, kept, src.desc))
+            offset += n_file
+            state.n_read += n_file
+            state.n_after_cut += n_cut
+            state.formats.append(fmt)
+            state.trees.append(src.tree)
+            state.files.append({"path": str(path), "tree": src.tree, "n_read": n_file, "n_after_cut": n_cut,
+                                "first_entry": offset - n_file})
+            log.info("%s: read %d events, %d pass the cut", src.desc, n_file, n_cut)
+
+
+def _chunk(plan: _Plan, desc: str, arrays: dict, n: int, first_entry: int, s: Settings, labels: Labels):
+    """The columns of one chunk's events that pass the cuts, as an Arrow table, and their number."""
+    import pyarrow as pa
+
+    spec = plan.spec
+    entries = np.arange(first_entry, first_entry + n, dtype=np.int64)
+    if plan.cuts:
+        ev = Evaluator(desc, arrays, s.alias_bodies, n)
+        keep = np.ones(n, dtype=bool)
+        for cut in plan.cuts:
+            keep &= ev.value(cut.where, cut.text, cut.body).astype(bool)
+        if not keep.all():
+            arrays = {k: _take(v, keep) for k, v in arrays.items()}
+            entries = entries[keep]
+    m = len(entries)
+    ev = Evaluator(desc, arrays, s.alias_bodies, m)
+    src = plan.sources
+    values = {key: ev.value(e.where, e.text, e.body) for key, e in src.items() if key != "label"}
+    label = labels.of(spec, arrays.get(s.label_column) if "label" in src else None, m, desc)
+    weight = _weights(spec, values.get("weight"), m, s.weight_column, desc)
+    if "event_id" in values:
+        ids = _column_ids(values["event_id"], s.event_id_column, desc)
+    else:
+        ids = entry_ids(plan.name, entries)
+    cols = {EVENT_ID: ids, LABEL: label, WEIGHT: weight}
+    for out, e in plan.columns.items():
+        v = ev.value(e.where, e.text, e.body)
+        cols[out] = v.astype(np.int8) if v.dtype == np.bool_ else v
+    if "target" in values:
+        t = values["target"]
+        cols[TARGET] = t.astype(np.int8) if t.dtype == np.bool_ else np.array(t, copy=True)
     if spec.get("process") is not None:
-        table[PROCESS] = np.full(n, int(spec["process"]), dtype=np.int64)[keep]
-    record = {"path": str(path), "format": fmt, "tree": tree, "name": spec.get("name") or path.name,
-              "n_read": n, "n_dropped_nonfinite": n_bad, "nonfinite_by_column": per_col,
-              "n_kept": n - n_bad, "label": label_source, "file_weight": file_w,
-              "skipped_columns": skipped, "process": spec.get("process")}
-    log.info("%s: read %d events, kept %d (%s, file weight %g)", desc, n, n - n_bad, label_source, file_w)
-    return table, keep, record
+        cols[PROCESS] = np.full(m, int(spec["process"]), dtype=np.int64)
+    return pa.table(cols), m
+
+
+# --------------------------------------------------------------------------- writing
+
+def _schema(order: list[str], inputs: list[_Input]):
+    """One Arrow type per column: numpy's promotion over every chunk's type."""
+    import pyarrow as pa
+
+    dtypes: dict[str, list] = {c: [] for c in order}
+    for state in inputs:
+        for path, _, _ in state.chunks:
+            schema = pa.ipc.open_file(pa.memory_map(str(path))).schema
+            for c in order:
+                dtypes[c].append(schema.field(c).type.to_pandas_dtype())
+    fixed = {EVENT_ID: np.int64, LABEL: np.int8, WEIGHT: np.float64}
+    return pa.schema([(c, pa.from_numpy_dtype(np.dtype(fixed.get(c) or np.result_type(*dtypes[c]))))
+                      for c in order])
+
+
+def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, checked: dict[int, list[str]]):
+    """Second pass: drop non-finite events, cast, write; returns counts per input and the ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema(order, inputs)
+    ids, bounds, kept, totals = [], [], {}, {"n_sig": 0, "n_bkg": 0, "w_sig": 0.0, "w_bkg": 0.0}
+    with pq.ParquetWriter(str(out), schema, compression="zstd") as writer:
+        for state in inputs:
+            check = checked[state.plan.index]
+            n_bad, n_kept = 0, 0
+            for path, _, desc in state.chunks:
+                table = pa.ipc.open_file(pa.memory_map(str(path))).read_all().select(order)
+                bad = np.zeros(table.num_rows, dtype=bool)
+                for c in check:
+                    col = table.column(c)
+                    if pa.types.is_floating(col.type):
+                        bad |= ~np.isfinite(col.to_numpy())
+                if bad.any():
+                    n_bad += int(bad.sum())
+                    if s.nonfinite == "fail":
+                        continue  # counted for the message; the step stops after this input
+                    table = table.filter(pa.array(~bad))
+                if table.num_rows:
+                    _write_table(writer, table.cast(schema, safe=False), ids, bounds, totals, desc)
+                    n_kept += table.num_rows
+            state_n = state.n_after_cut
+            if n_bad and s.nonfinite == "fail":
+                raise DataError(f"{state.plan.input_desc}: {n_bad} of {state_n} events have NaN/inf values, per column "
+                                f"{_per_column(state, check)} (data.nonfinite: fail; use 'drop' to drop them)")
+            if n_bad:
+                log.warning("%s: dropping %d of %d events with NaN/inf values, per column %s", state.plan.input_desc,
+                            n_bad, state_n, _per_column(state, check))
+            if n_kept == 0:
+                raise DataError(f"no events left to ingest from {state.plan.input_desc} (read {state.n_read}, "
+                                f"{state.n_after_cut} after the cut, all {n_bad} dropped with NaN/inf in "
+                                f"{_per_column(state, check)})")
+            kept[state.plan.index] = (n_kept, n_bad)
+    return kept, ids, bounds, totals
+
+
+def _write_table(writer, table, ids, bounds, totals, desc):
+    writer.write_table(table)
+    ids.append(np.array(table.column(EVENT_ID).to_numpy(), copy=True))  # not a view that keeps the spill mapped
+    bounds.append((table.num_rows, desc))
+    y = table.column(LABEL).to_numpy()
+    w = table.column(WEIGHT).to_numpy()
+    totals["n_sig"] += int((y == 1).sum())
+    totals["n_bkg"] += int((y == 0).sum())
+    totals["w_sig"] += float(w[y == 1].sum())
+    totals["w_bkg"] += float(w[y == 0].sum())
+
+
+def _per_column(state: _Input, check: list[str]) -> dict[str, int]:
+    return {c: state.nonfinite[c] for c in check if state.nonfinite.get(c)}
+
+
+def _check_unique(ids: list[np.ndarray], bounds: list[tuple[int, str]], event_id_column: str | None) -> None:
+    if not ids:
+        return
+    all_ids = np.concatenate(ids)
+    ordered = np.sort(all_ids)
+    dup = ordered[1:] == ordered[:-1]
+    if not dup.any():
+        return
+    value = int(ordered[1:][dup][0])
+    where = np.flatnonzero(all_ids == value)
+    ends = np.cumsum([n for n, _ in bounds])
+    files = sorted({bounds[int(np.searchsorted(ends, i, side="right"))][1] for i in where})
+    n_dup = int(dup.sum())
+    source = f"column '{event_id_column}'" if event_id_column else "hashed ids"
+    raise DataError(f"event_id {value} ({source}) occurs {len(where)} times, in {', '.join(files)}; "
+                    f"{n_dup} duplicate id(s) in all: event ids must be unique across all inputs")
 
 
 # --------------------------------------------------------------------------- step
 
 def ingest(inputs: list[dict], out, label_column: str | None = None, weight_column: str | None = None,
            event_id_column: str | None = None, columns: list[str] | None = None,
-           target_column: str | None = None, nonfinite: str = "drop", summary_out=None) -> dict:
-    """Read every input, check it, and write one canonical table to ``out``.
+           target_column: str | None = None, nonfinite: str = "drop", summary_out=None, *,
+           cut: str | None = None, aliases: dict | None = None, signal_values: list | None = None,
+           background_values: list | None = None, chunk_size: int = CHUNK_SIZE, exclude=()) -> dict:
+    """Read every input chunk by chunk, check it, and write one canonical table to ``out``.
 
-    Returns the summary (also written to ``summary_out`` when given). Nothing
-    is written when an input is unusable.
+    Parameters
+    ----------
+    inputs : list of dict
+        ``data.files.inputs`` (see the module docstring); ``path`` globs are
+        expanded here when the configuration has not done it.
+    out : str or Path
+        The canonical events table (Parquet).
+    label_column, weight_column, event_id_column, target_column : str, optional
+    columns : list of str, optional
+        Branches and expressions; None: every flat numeric branch (see module docstring).
+    nonfinite : {"drop", "fail"}
+    summary_out : str or Path, optional
+        Where to write the record (JSON).
+    cut : str, optional
+        Selection applied to every input (and with each input's ``cut``).
+    aliases : dict, optional
+        Name -> expression.
+    signal_values, background_values : list, optional
+        Values of ``label_column`` meaning signal / background.
+    chunk_size : int
+        Events read at a time.
+    exclude : list of str
+        Branches never taken as columns by default (``features.exclude``).
+
+    Returns
+    -------
+    dict
+        The record (also written to ``summary_out``).
+
+    Raises
+    ------
+    ConfigError, DataError
+        One line naming the input, key or expression. Nothing is written then.
     """
-    import pandas as pd
-
-    if nonfinite not in NONFINITE:
-        raise ConfigError(f"data.nonfinite: '{nonfinite}' unknown; use one of {list(NONFINITE)}")
-    inputs = _check_inputs(inputs)
-    if columns is not None:
-        if isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns):
-            raise ConfigError(f"data.files.columns: give a list of column names, got {columns!r}")
-        columns = list(dict.fromkeys(columns))
-
-    # hashed event ids: the names must be distinct, and so must their hash prefixes
+    s = Settings(label_column=label_column, weight_column=weight_column, event_id_column=event_id_column,
+                 target_column=target_column, columns=columns, aliases=dict(aliases or {}), cut=cut,
+                 signal_values=signal_values, background_values=background_values, nonfinite=nonfinite,
+                 chunk_size=chunk_size, exclude=list(exclude or [])).check()
+    inputs = check_inputs([dict(spec) for spec in inputs] if isinstance(inputs, (list, tuple)) else inputs,
+                          error=DataError)
     if not event_id_column:
-        prefixes: dict[int, str] = {}
-        for spec in inputs:
-            name = spec.get("name") or Path(spec["path"]).name
-            other = prefixes.setdefault(name_prefix(name), name)
-            if other == name and sum((s.get("name") or Path(s["path"]).name) == name for s in inputs) > 1:
-                raise ConfigError(f"data.files.inputs: two inputs are named '{name}'; give them distinct 'name's "
-                                  "(event ids are hashed from the name) or set event_id_column")
-            if other != name:
-                raise ConfigError(f"data.files.inputs: the names '{other}' and '{name}' hash to the same event-id "
-                                  "prefix; give one of them another 'name' or set event_id_column")
+        check_names(inputs)
+    labels = Labels(s)
+    plans = [_first_plan(i, spec, s, labels) for i, spec in enumerate(inputs)]
+    for plan in plans[1:]:
+        _same_columns(plans[0], plan, plans[0].input_desc, plan.input_desc)
 
-    tables, records = [], []
-    for spec in inputs:
-        table, keep, record = _ingest_one(spec, columns, label_column, weight_column, event_id_column,
-                                          target_column, nonfinite)
-        if not event_id_column:
-            table[EVENT_ID] = hashed_ids(record["name"], record["n_read"])[keep]
-        tables.append(table)
-        records.append(record)
-
-    # the same columns in every input
-    first = tables[0]
-    for table, record in zip(tables[1:], records[1:]):
-        if set(table) != set(first):
-            only_first = [c for c in first if c not in table]
-            only_this = [c for c in table if c not in first]
-            raise DataError(f"{records[0]['path']} and {record['path']} differ in columns: "
-                            f"only in {records[0]['path']}: {only_first}; only in {record['path']}: {only_this}; "
-                            "select common columns with data.files.columns")
-
-    order = [EVENT_ID, LABEL, WEIGHT] + [c for c in first if c not in (EVENT_ID, LABEL, WEIGHT)]
-    n_total = sum(len(t[LABEL]) for t in tables)
-    if n_total == 0:
-        raise DataError(f"no events left to ingest from {_listing(r['path'] for r in records)} "
-                        f"(read {sum(r['n_read'] for r in records)}, "
-                        f"dropped {sum(r['n_dropped_nonfinite'] for r in records)} with NaN/inf)")
-    merged = {}
-    for c in order:
-        parts = [t.pop(c) for t in tables]
-        merged[c] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    del tables
-    merged[LABEL] = merged[LABEL].astype(np.int8, copy=False)
-    merged[WEIGHT] = merged[WEIGHT].astype(np.float64, copy=False)
-
-    ids = pd.Series(merged[EVENT_ID])
-    dup = ids.duplicated(keep=False).to_numpy()
-    if dup.any():
-        value = int(merged[EVENT_ID][dup][0])
-        sizes = np.cumsum([0] + [r["n_kept"] for r in records])
-        where = np.flatnonzero(merged[EVENT_ID] == value)
-        files = sorted({records[int(np.searchsorted(sizes, i, side="right")) - 1]["path"] for i in where})
-        source = f"column '{event_id_column}'" if event_id_column else "hashed ids"
-        raise DataError(f"event_id {value} ({source}) occurs {len(where)} times, in {', '.join(files)}; "
-                        f"{int(ids.duplicated().sum())} duplicate id(s) in all: event ids must be unique "
-                        "across all inputs")
-
-    events = pd.DataFrame(merged, copy=False)
-    del merged
-    y, w = events[LABEL].to_numpy(), events[WEIGHT].to_numpy()
-    n_sig, n_bkg = int((y == 1).sum()), int((y == 0).sum())
-    if n_sig == 0 or n_bkg == 0:  # every task is judged on how it separates signal from background
-        src = f"label column '{label_column}'" if label_column else "the per-file labels"
-        raise DataError(f"{src} of {_listing(r['path'] for r in records)} give(s) one class only: "
-                        f"{'no background' if n_bkg == 0 else 'no signal'} events "
-                        f"({n_sig} signal, {n_bkg} background)")
-    write_parquet(out, events)
-    summary = {
-        "output": str(out), "n_events": int(len(events)), "n_signal": n_sig, "n_background": n_bkg,
-        "sum_weights_signal": float(w[y == 1].sum()), "sum_weights_background": float(w[y == 0].sum()),
-        "n_dropped_nonfinite": sum(r["n_dropped_nonfinite"] for r in records),
-        "files": records, "columns": list(events.columns),
-        "features": [c for c in events.columns if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS)],
-        "label_column": label_column, "weight_column": weight_column, "target_column": target_column,
-        "event_id": f"column {event_id_column}" if event_id_column else
-                    f"hash: blake2b(name) top {NAME_BITS} bits << {ENTRY_BITS} | entry",
-        "nonfinite": nonfinite,
-    }
+    out = Path(out)
+    states = [_Input(plan) for plan in plans]
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".ingest-") as spill:
+        counter = [0]
+        for state in states:
+            _read_input(state, s, labels, Path(spill), counter)
+            if state.n_after_cut == 0:
+                cuts = " and ".join(f"{c.where} {c.text!r}" for c in state.plan.cuts)
+                raise DataError(f"data.files.inputs[{state.plan.index}] ({state.plan.name}): {cuts} keeps no "
+                                f"events of the {state.n_read} read")
+        excluded = _all_nonfinite(states)
+        order = [EVENT_ID, LABEL, WEIGHT] + [c for c in plans[0].columns if c not in excluded]
+        order += [TARGET] if s.target_column else []
+        order += [PROCESS] if plans[0].spec.get("process") is not None else []
+        checked = {st.plan.index: [c for c in order if c in st.plan.columns and c != TRUTH_LLR]
+                   + ([TARGET] if TARGET in order else []) for st in states}
+        kept, ids, bounds, totals = _write(tmp, order, states, s, checked)
+        _check_unique(ids, bounds, event_id_column)
+        del ids
+        if totals["n_sig"] == 0 or totals["n_bkg"] == 0:  # every task is judged on signal vs background
+            src = f"label column '{label_column}'" if label_column else "the per-file labels"
+            raise DataError(f"{src} of {listing(st.plan.input_desc for st in states)} give(s) one class only: "
+                            f"{'no background' if totals['n_bkg'] == 0 else 'no signal'} events "
+                            f"({totals['n_sig']} signal, {totals['n_bkg']} background)")
+    summary = _record(out, s, states, kept, totals, order, excluded, checked, event_id_column)
     log.info("ingested %d events (%d signal, %d background) from %d input(s) into %s",
-             summary["n_events"], n_sig, n_bkg, len(records), out)
+             summary["n_events"], totals["n_sig"], totals["n_bkg"], len(states), out)
     if summary_out:
         write_json(summary_out, summary)
     return summary
+
+
+def _first_plan(index: int, spec: dict, s: Settings, labels: Labels) -> _Plan:
+    """The plan of an input from its first file that has events."""
+    for path in spec["files"]:
+        path = Path(path)
+        fmt = file_format(path, spec.get("format"))
+        if not path.is_file():
+            raise DataError(f"missing input file: {path}")
+        with open_source(path, fmt, spec.get("tree")) as src:
+            if src.num_entries == 0:
+                if len(spec["files"]) == 1:
+                    raise DataError(f"{src.desc}: no events")
+                continue
+            return _plan(index, spec, src, s, labels)
+    raise DataError(f"data.files.inputs[{index}] ({input_name(spec)}): no events in its "
+                    f"{len(spec['files'])} files")
+
+
+def _all_nonfinite(states: list[_Input]) -> dict[str, str]:
+    """Columns chosen by default that are NaN/inf in every event of some input: left out."""
+    excluded = {}
+    for state in states:
+        for c in state.plan.auto:
+            if state.n_after_cut and state.nonfinite.get(c, 0) == state.n_after_cut and c not in excluded:
+                excluded[c] = f"NaN/inf in every event of {state.plan.name}; list it in data.files.columns to keep it"
+                log.warning("%s: column '%s' is NaN/inf in every event; left out (not a feature)",
+                            state.plan.input_desc, c)
+    return excluded
+
+
+def _record(out, s: Settings, states: list[_Input], kept, totals, order, excluded, checked,
+            event_id_column) -> dict:
+    records, cutflow = [], []
+    all_excluded, unused, skipped = dict(excluded), [], {}
+    for st in states:
+        p = st.plan
+        n_kept, n_bad = kept[p.index]
+        one = len(p.spec["files"]) == 1
+        records.append({
+            "input": p.name, "name": p.name, "path": p.spec["files"][0] if one else p.spec["path"],
+            "pattern": p.spec.get("pattern"), "format": st.formats[0] if st.formats else None,
+            "tree": st.trees[0] if st.trees else None, "sources": st.files,
+            "n_read": st.n_read, "n_after_cut": st.n_after_cut, "n_dropped_nonfinite": n_bad,
+            "nonfinite_by_column": _per_column(st, checked[p.index]),
+            "n_kept": n_kept, "label": Labels(s).source(p.spec), "file_weight": float(p.spec.get("weight") or 1.0),
+            "cut": [{"where": c.where, "cut": c.text} for c in p.cuts], "skipped_columns": p.skipped,
+            "process": p.spec.get("process")})
+        cutflow.append({"input": p.name, "read": st.n_read, "after_cut": st.n_after_cut, "after_nonfinite": n_kept})
+        for c, why in p.excluded.items():
+            all_excluded.setdefault(c, why)
+        unused += [c for c in p.collections if c not in unused]
+        skipped.update(p.skipped)
+    if unused:
+        log.warning("collections not used (ask for e.g. X[0], len(X), max(X) in data.files.columns): %s",
+                    listing(unused))
+    n_events = totals["n_sig"] + totals["n_bkg"]
+    return {
+        "output": str(out), "n_events": n_events, "n_signal": totals["n_sig"], "n_background": totals["n_bkg"],
+        "sum_weights_signal": totals["w_sig"], "sum_weights_background": totals["w_bkg"],
+        "n_dropped_nonfinite": sum(r["n_dropped_nonfinite"] for r in records),
+        "files": records, "cutflow": cutflow, "columns": order,
+        "features": [c for c in order if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS)],
+        "excluded": all_excluded, "skipped": skipped, "unused_collections": unused,
+        "label_column": s.label_column, "signal_values": s.signal_values, "background_values": s.background_values,
+        "weight_column": s.weight_column, "target_column": s.target_column, "cut": s.cut, "aliases": s.aliases,
+        "event_id": f"column {event_id_column}" if event_id_column else
+                    f"hash: blake2b(name) top {NAME_BITS} bits << {ENTRY_BITS} | entry (an input's files "
+                    "numbered one after the other in sorted order)",
+        "nonfinite": s.nonfinite, "chunk_size": s.chunk_size,
+    }
 
 
 def _columns_arg(text: str) -> list[str] | None:
@@ -466,24 +764,36 @@ def _columns_arg(text: str) -> list[str] | None:
     return cols or None
 
 
+SETTINGS_KEYS = ("columns", "aliases", "cut", "signal_values", "background_values", "chunk_size", "exclude")
+
+
 def main(argv=None) -> int:
     def build(p):
         p.add_argument("--inputs-json", type=cli.json_arg, required=True,
-                       help="JSON list of {path, tree, label, weight, name, format}")
+                       help="JSON list of {path, files, pattern, tree, label, weight, name, format, process, cut}")
         p.add_argument("--out", required=True, help="canonical events table (.parquet)")
-        p.add_argument("--summary", help="summary JSON")
-        p.add_argument("--label-column")
-        p.add_argument("--weight-column")
-        p.add_argument("--event-id-column")
+        p.add_argument("--summary", help="record (JSON): counts, cut-flow, columns, exclusions")
+        p.add_argument("--label-column", help="column holding the labels (1/0, or see signal_values)")
+        p.add_argument("--weight-column", help="per-event weight branch or alias")
+        p.add_argument("--event-id-column", help="unique integer event id column (default: hashed)")
         p.add_argument("--columns", type=_columns_arg, default=None,
                        help="comma-separated columns/branches; empty = every numeric one")
-        p.add_argument("--target-column")
+        p.add_argument("--target-column", help="branch or alias copied to 'target'")
         p.add_argument("--nonfinite", default="drop", help="drop | fail")
+        p.add_argument("--settings-json", type=cli.json_arg, default={},
+                       help=f"JSON object with any of {list(SETTINGS_KEYS)} (columns here win over --columns)")
 
-    return cli.run(build, lambda a: ingest(
-        a.inputs_json, a.out, label_column=a.label_column, weight_column=a.weight_column,
-        event_id_column=a.event_id_column, columns=a.columns, target_column=a.target_column,
-        nonfinite=a.nonfinite, summary_out=a.summary), argv, __doc__)
+    def call(a):
+        extra = a.settings_json or {}
+        if not isinstance(extra, dict) or set(extra) - set(SETTINGS_KEYS):
+            raise ConfigError(f"--settings-json: give an object with keys among {list(SETTINGS_KEYS)}")
+        columns = extra["columns"] if "columns" in extra else a.columns
+        return ingest(a.inputs_json, a.out, label_column=a.label_column, weight_column=a.weight_column,
+                      event_id_column=a.event_id_column, columns=columns, target_column=a.target_column,
+                      nonfinite=a.nonfinite, summary_out=a.summary,
+                      **{k: v for k, v in extra.items() if k != "columns" and v is not None})
+
+    return cli.run(build, call, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,19 @@ def ingest_settings():
     return config["data"]["files"]
 
 
+def ingest_files():
+    """Every file of every input (globs were expanded when the config was read)."""
+    return [f for i in ingest_settings()["inputs"] for f in i.get("files") or [i["path"]]]
+
+
 def ingest_options():
     s = ingest_settings()
     return [a for k in ("label_column", "weight_column", "event_id_column")
             for a in opt(f"--{k.replace('_', '-')}", s.get(k))]
+
+
+def ingest_extra():
+    """JSON of the ingest step's --settings-json: columns, aliases, cut, label values, chunks, exclusions."""
+    s = ingest_settings()
+    keys = ("columns", "aliases", "cut", "signal_values", "background_values", "chunk_size")
+    return jq({**{k: s.get(k) for k in keys}, "exclude": config["features"]["exclude"]})

@@ -1,7 +1,8 @@
-# Read the toy sample or the user's ROOT/Parquet/CSV files into one canonical table.
+# Read the toy sample or the user's ROOT/Parquet/CSV files (every file of every
+# input: globs are expanded when the config is read) into one canonical table.
 rule ingest:
     input:
-        [i["path"] for i in ingest_settings()["inputs"]],
+        ingest_files(),
     output:
         events=f"{RES}/data/events.parquet",
         summary=f"{RES}/data/ingest.json",
@@ -9,7 +10,7 @@ rule ingest:
         step=step("ingest"),
         inputs=lambda wc: jq(ingest_settings()["inputs"]),
         opts=lambda wc: ingest_options(),
-        columns=lambda wc: ",".join(ingest_settings()["columns"] or []),
+        settings=lambda wc: ingest_extra(),
         nonfinite=config["data"]["nonfinite"],
     log:
         f"{RES}/logs/ingest.log",
@@ -17,4 +18,4 @@ rule ingest:
         CONDA_ENV
     shell:
         "{params.step:q} --inputs-json {params.inputs:q} --out {output.events:q} --summary {output.summary:q}"
-        " {params.opts:q} --columns={params.columns:q} --nonfinite {params.nonfinite:q} > {log:q} 2>&1"
+        " {params.opts:q} --settings-json {params.settings:q} --nonfinite {params.nonfinite:q} > {log:q} 2>&1"

@@ -113,12 +113,15 @@ def test_disk_full_names_output_and_leaves_no_partial_file(tmp_path, capsys, mon
     out.parent.mkdir()
     out.write_bytes(b"the previous good output")
 
-    def full_disk(self, path, **kw):
-        with open(path, "wb") as f:
-            f.write(b"PAR1 half a table")
+    import pyarrow.parquet as pq
+
+    write_table = pq.ParquetWriter.write_table
+
+    def full_disk(self, table, *args, **kw):  # ingest writes its table row group by row group
+        write_table(self, table.slice(0, 10), *args, **kw)
         raise OSError(28, "No space left on device")  # ENOSPC names no path
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
     argv = ["--inputs-json", json.dumps([{"path": str(src)}]), "--out", out, "--label-column", "label"]
     rc, err = call_main(ingest.main, argv, capsys)
     assert last_line(rc, err) == f"hepml: error: {out}: No space left on device"

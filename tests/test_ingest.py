@@ -133,9 +133,9 @@ def test_jagged_branch_skipped_by_default_but_error_when_selected(tmp_path, capl
     with caplog.at_level("WARNING", logger="hepml.ingest"):
         s = ing.ingest([{"path": str(path), "label": 1, "name": "s"}, {"path": str(path), "label": 0, "name": "b"}],
                        tmp_path / "o.parquet")
-    assert "jets" in s["files"][0]["skipped_columns"] and "jets" in caplog.text
+    assert s["unused_collections"] == ["jets"] and "jets" in caplog.text  # listed once, not per input
     assert "jets" not in pd.read_parquet(tmp_path / "o.parquet").columns
-    with pytest.raises(DataError, match=r"j\.root.*'jets'.*not a flat numeric"):
+    with pytest.raises(DataError, match=r"j\.root.*'jets'.*not a flat numeric.*collection.*jets\[0\]"):
         ing.ingest([{"path": str(path), "label": 1}], tmp_path / "o.parquet", columns=["x", "jets"])
 
 
@@ -272,8 +272,22 @@ def test_all_events_dropped_is_an_error(tmp_path):
     df = make_events(10).drop(columns=["event_id"])
     df["f0"] = np.nan
     df.to_csv(tmp_path / "x.csv", index=False)
-    with pytest.raises(DataError, match=r"no events.*x\.csv"):
-        ing.ingest([{"path": str(tmp_path / "x.csv")}], tmp_path / "o.parquet", label_column="label")
+    with pytest.raises(DataError, match=r"no events.*x\.csv.*'f0': 10"):
+        ing.ingest([{"path": str(tmp_path / "x.csv")}], tmp_path / "o.parquet", label_column="label",
+                   columns=["f0", "f1"])
+
+
+def test_column_nan_in_every_event_is_left_out_by_default_not_the_events(tmp_path):
+    """A truth branch NaN in every event (NanoAOD's HTXS_* in a non-Higgs
+    sample) would drop every event: chosen by default, it is left out instead."""
+    df = make_events(40).drop(columns=["event_id"])
+    df["truth"] = np.nan
+    df.loc[:4, "f1"] = np.nan  # an ordinary NaN still drops its events
+    df.to_parquet(tmp_path / "x.parquet", index=False)
+    s = ing.ingest([{"path": str(tmp_path / "x.parquet")}], tmp_path / "o.parquet", label_column="label")
+    assert s["n_events"] == 35 and "truth" not in s["columns"] and "f1" in s["features"]
+    assert "NaN/inf in every event of x.parquet" in s["excluded"]["truth"]
+    assert s["files"][0]["nonfinite_by_column"] == {"f1": 5}
 
 
 def test_weight_column_must_be_finite(tmp_path):
