@@ -9,8 +9,9 @@ the first two principal components, and feature importance.
 Across models (``summary_plots`` rule): ROC curves overlaid (background
 rejection vs signal efficiency and TPR vs FPR, with the Bayes-optimal curve
 when the truth LLR is known) and the input correlation matrices for signal
-and for background; test AUC against training and inference J/event with
-the Pareto front, and energy per event against throughput.
+and for background (one of all events when the inputs are unlabelled); test
+AUC against training and inference J/event with the Pareto front, and energy
+per event against throughput.
 
 mplhep's CMS-like style is used when mplhep is installed (optional).
 """
