@@ -1,7 +1,8 @@
 """Names of the canonical columns every step agrees on.
 
 The canonical event table (output of ``ingest``) holds ``event_id`` (int64,
-unique), ``label`` (int8: 1 signal, 0 background), ``weight`` (float64 event
+unique), ``label`` (int8: 1 signal, 0 background; absent when the inputs
+are unlabelled, see :class:`hepml_steps.ingest.Labels`), ``weight`` (float64 event
 weight), optionally ``truth_llr`` (exact log-likelihood ratio, toy data only;
 never a training feature), ``target`` (regression target) and ``process``
 (the input's process index, a multiclass target; never a feature), plus feature

@@ -19,7 +19,11 @@ What is refused beyond the schema:
 - with ``data.source: files``: an input ``path`` (file, glob, list, directory
   with ``pattern``) that matches no file — otherwise each input gets its
   sorted ``files``, the ingest rule's inputs — and columns, aliases, cuts or
-  label values that :func:`hepml_steps.inputs.check_config` refuses.
+  label values that :func:`hepml_steps.inputs.check_config` refuses; inputs
+  of which some are labelled and others not (every input has a ``label``,
+  or ``label_column`` is set, or no input is labelled); and, with unlabelled
+  inputs, a model that runs whose task needs labels (classification,
+  anomaly detection, a ``target: label``), naming the model and the input.
 """
 from __future__ import annotations
 
@@ -114,7 +118,41 @@ def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA
         from .inputs import check_config
 
         check_config(config["data"]["files"], config["features"])
-    return resolve_models(config)
+    specs = resolve_models(config)
+    if config["data"]["source"] == "files":
+        check_labels(specs, config["data"]["files"])
+    return specs
+
+
+def check_labels(specs: dict[str, dict], files: dict) -> None:
+    """Refuse unlabelled inputs when a model that runs needs labels.
+
+    Parameters
+    ----------
+    specs : dict of str to dict
+        The models that run (:func:`resolve_models`).
+    files : dict
+        ``data.files``.
+
+    Raises
+    ------
+    ConfigError
+        ``models.<name>: task '<task>' needs labelled events; data.files.inputs[0] (<path>) has no label``.
+    """
+    from . import tasks
+    from .inputs import labelled
+
+    if labelled(files["inputs"], files.get("label_column")):
+        return
+    for name, spec in specs.items():
+        task = tasks.of(spec)
+        if task.needs_labels(spec.get("target")):
+            first = files["inputs"][0]
+            needs = f"task '{task}'" + (f" with target '{spec['target']}'" if not task.uses_labels else "")
+            raise ConfigError(f"models.{name}: {needs} needs labelled events; data.files.inputs[0] "
+                              f"({first['path']}) has no label (give every input 'label: 1' or 'label: 0', "
+                              "or set data.files.label_column; or run only models that need no labels, "
+                              "with select_models)")
 
 
 def _check_model(name: str, spec: dict, known) -> None:

@@ -60,8 +60,9 @@ class Dataset:
     fit_weights : ndarray of shape (n_events,), float64, or None
         The weights of the fit (``weighting``); None when read for scoring.
     event_ids : ndarray of shape (n_events,), int64
-    labels : ndarray of shape (n_events,)
-        1 signal, 0 background.
+    labels : ndarray of shape (n_events,) or None
+        1 signal, 0 background; None when the inputs are unlabelled (the
+        table has no ``label`` column: :class:`hepml_steps.ingest.Labels`).
     columns : list of str
         The feature names.
     classes : list or None
@@ -77,7 +78,7 @@ class Dataset:
     weights: np.ndarray
     fit_weights: np.ndarray | None
     event_ids: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     columns: list
     classes: list | None = None
     cap: dict | None = None
@@ -93,7 +94,7 @@ class Dataset:
 
         return replace(self, X=self.X[index], y=pick(self.y), weights=self.weights[index],
                        fit_weights=pick(self.fit_weights), event_ids=self.event_ids[index],
-                       labels=self.labels[index], truth_llr=pick(self.truth_llr))
+                       labels=pick(self.labels), truth_llr=pick(self.truth_llr))
 
 
 def fit_weights(w, y, weighting: str, task: str) -> np.ndarray:
@@ -204,8 +205,19 @@ def fitted_events(train, record: dict):
     return pool.iloc[cap_index(pool[EVENT_ID].to_numpy(), int(cap["cap"]))]
 
 
-def _task_events(df, task):
-    return df[df[LABEL] == 0] if task.background_only else df
+def _task_events(df, task, what: str = "model"):
+    """The events a model of ``task`` is fitted on: background only for anomaly detection.
+
+    Raises
+    ------
+    DataError
+        A background-only task on unlabelled events.
+    """
+    if not task.background_only:
+        return df
+    if LABEL not in df.columns:
+        raise DataError(f"{what}: task '{task}' trains on background events, but the events are unlabelled")
+    return df[df[LABEL] == 0]
 
 
 def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: list | None = None) -> Dataset:
@@ -241,7 +253,7 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     df = read_parquet(path)
     if classes is None:
         classes = task.learn_classes(df, target, what)
-    df = _task_events(df, task).reset_index(drop=True)
+    df = _task_events(df, task, what).reset_index(drop=True)
     if task.background_only and df.empty:
         raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
     df, cap_rec = cap_events(df, cap, what)
@@ -255,7 +267,7 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     w = df[WEIGHT].to_numpy(dtype=np.float64)
     return Dataset(X=df[cols].to_numpy(dtype=np.float32), y=y, weights=w,
                    fit_weights=fit_weights(w, y, spec.get("weighting", "balanced"), task.name),
-                   event_ids=df[EVENT_ID].to_numpy(), labels=df[LABEL].to_numpy(), columns=cols,
+                   event_ids=df[EVENT_ID].to_numpy(), labels=_optional(df, LABEL), columns=cols,
                    classes=classes, cap=cap_rec, truth_llr=_optional(df, TRUTH_LLR))
 
 
@@ -305,7 +317,7 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
     return Dataset(X=df[meta["features"]].to_numpy(dtype=np.float32),
                    y=task.targets(df, meta.get("target"), what, classes),
                    weights=df[WEIGHT].to_numpy(), fit_weights=None, event_ids=df[EVENT_ID].to_numpy(),
-                   labels=df[LABEL].to_numpy(), columns=list(meta["features"]), classes=classes,
+                   labels=_optional(df, LABEL), columns=list(meta["features"]), classes=classes,
                    truth_llr=_optional(df, TRUTH_LLR))
 
 

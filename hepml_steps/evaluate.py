@@ -29,6 +29,10 @@ task (all weighted with the event weights):
 - dimreduction: explained variance ratio and how well the first component
   alone separates signal from background.
 
+With unlabelled inputs (no ``label`` column; only tasks that need no labels
+run) the figures against the labels (clustering's adjusted Rand index and
+purity, the first component's separation) are left out.
+
 Train-split figures and the overtraining test use only the training events the
 model was fitted on: with a training cap (``train_cap`` in the record) that is
 the same deterministic subsample the training step took.
@@ -41,7 +45,7 @@ import math
 import numpy as np
 
 from . import cli, tasks
-from .columns import EVENT_ID, LABEL, SCORE, SPLIT, WEIGHT
+from .columns import EVENT_ID, SCORE, SPLIT, WEIGHT
 from .dataset import fitted_events
 from .errors import DataError
 from .io import read_json, read_parquet, write_json
@@ -84,7 +88,7 @@ def _by_split(predictions: str, what: str) -> dict:
         A canonical column is missing, or there are no test events.
     """
     df = read_parquet(predictions)
-    missing = [c for c in (EVENT_ID, SPLIT, LABEL, WEIGHT, SCORE) if c not in df.columns]
+    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in df.columns]  # label: when labelled
     if missing:
         raise DataError(f"{what}: missing column(s) {missing}")
     by_split = {s: g for s, g in df.groupby(SPLIT, observed=True)}

@@ -16,7 +16,9 @@ label, weight, name, format, process, cut}``:
   labels: 1/0 (or true/false), or the values listed in ``signal_values``
   (everything else is background) and/or ``background_values`` (with both,
   any other value is an error listing the values found) — HiggsML's
-  ``s``/``b``, a telescope's ``g``/``h``, ±1;
+  ``s``/``b``, a telescope's ``g``/``h``, ±1. Every input is labelled or
+  none is (:class:`Labels`); unlabelled inputs give a table without a
+  ``label`` column, for models that need no labels;
 - ``weight``: a global weight multiplying the input's event weights (TMVA's
   per-tree weight); event weights come from ``weight_column`` (a branch or an
   alias, default 1);
@@ -58,7 +60,8 @@ one chunk plus the event ids (8 bytes per event), whatever the input's size.
 
 **Record** (``--summary``, ``ingest.json``): per input what was read, the
 cut-flow (``cutflow: [{input, read, after_cut, after_nonfinite}]``), the
-columns, what was excluded and why, the unused collections.
+columns, what was excluded and why, the unused collections; ``labelled`` and
+the signal/background counts and weights (null for unlabelled inputs).
 """
 from __future__ import annotations
 
@@ -75,7 +78,7 @@ from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, DataError
 from .io import atomic_path, write_json
 from .inputs import (CANONICAL, CHUNK_SIZE, ENTRY_BITS, NAME_BITS, Settings, check_column_syntax,
-                     check_inputs, check_names, entry_ids, input_name, same_value)
+                     check_inputs, check_names, entry_ids, input_name, labelled, same_value)
 from .inputs import check_config, hashed_ids, name_prefix  # noqa: F401 (the step's API: config.load, tests)
 from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
 from .readers import file_format, listing, open_source
@@ -89,35 +92,57 @@ BOOKKEEPING = ("run", "luminosityBlock", "event", "eventNumber", "runNumber")
 # --------------------------------------------------------------------------- labels, weights, ids
 
 class Labels:
-    """How events get their label: the one place to change for unlabelled inputs.
+    """How events get their label: the one home of label handling.
 
-    An input's ``label`` (1/0) wins; otherwise the ``label_column``'s values
-    are mapped: by default 1 is signal and 0 background (anything else is an
-    error); ``signal_values`` lists the signal values (everything else is
-    background), ``background_values`` the background ones (everything else
-    is signal); with both lists, a value in neither is an error.
+    **Labelled inputs** (:attr:`present`): every input has a ``label``, or
+    ``label_column`` is set. An input's ``label`` (1/0) wins; otherwise the
+    ``label_column``'s values are mapped: by default 1 is signal and 0
+    background (anything else is an error); ``signal_values`` lists the
+    signal values (everything else is background), ``background_values`` the
+    background ones (everything else is signal); with both lists, a value in
+    neither is an error. The table's ``label`` column is int8, and both
+    classes must be present.
+
+    **Unlabelled inputs**: no input has a ``label`` and there is no
+    ``label_column``. The table then has *no* ``label`` column (not a
+    sentinel value that a sum or ``label == 0`` could mistake for a class):
+    the split, the features step and the data boundary pass its absence on,
+    and a figure that needs labels is not made. Only models whose task needs
+    no labels can run (regression, clustering, dimensionality reduction:
+    :meth:`hepml_steps.tasks.Task.needs_labels`), checked when the
+    configuration is read.
+
+    Some inputs labelled and others not is an error
+    (:func:`hepml_steps.inputs.labelled`).
     """
 
-    def __init__(self, s: Settings):
+    def __init__(self, s: Settings, inputs: list[dict]):
         self.column = s.label_column
         self.default = s.signal_values is None and s.background_values is None
         self.signal = [1] if self.default else s.signal_values
         self.background = [0] if self.default else s.background_values
+        self.present = labelled(inputs, s.label_column)
 
     def needs_column(self, spec: dict) -> bool:
-        return spec.get("label") is None
+        """Whether the input's labels are read from ``label_column``."""
+        return self.present and spec.get("label") is None
 
-    def source(self, spec: dict) -> str:
+    def source(self, spec: dict) -> str | None:
+        """Where the input's labels come from, for the record (None: unlabelled)."""
+        if not self.present:
+            return None
         return f"file label {int(spec['label'])}" if spec.get("label") is not None else f"column {self.column}"
 
-    def of(self, spec: dict, values, n: int, desc: str) -> np.ndarray:
-        """int8 labels (1 signal, 0 background) of ``n`` events.
+    def of(self, spec: dict, values, n: int, desc: str) -> np.ndarray | None:
+        """int8 labels (1 signal, 0 background) of ``n`` events; None for unlabelled inputs.
 
         Raises
         ------
         DataError
             A value that the rules do not map, listing the values found.
         """
+        if not self.present:
+            return None
         if spec.get("label") is not None:
             return np.full(n, int(spec["label"]), dtype=np.int8)
         uniques = _uniques(values)
@@ -280,9 +305,6 @@ class _Columns:
         """The label / weight / event id / target columns (the label's values are read, not computed)."""
         s, sources = self.s, {}
         if labels.needs_column(spec):
-            if not s.label_column:
-                raise DataError(f"{self.src.desc}: no label: give the input 'label: 1' (signal) or 'label: 0' "
-                                "(background), or set data.files.label_column")
             sources["label"] = _Expr("data.files.label_column", s.label_column, None)
             if s.label_column not in self.src.branches:
                 self.missing.append(s.label_column)
@@ -496,7 +518,7 @@ def _chunk(plan: _Plan, desc: str, arrays: dict, n: int, first_entry: int, s: Se
         ids = _column_ids(values["event_id"], s.event_id_column, desc)
     else:
         ids = entry_ids(plan.name, entries)
-    cols = {EVENT_ID: ids, LABEL: label, WEIGHT: weight}
+    cols = {EVENT_ID: ids, **({} if label is None else {LABEL: label}), WEIGHT: weight}
     for out, e in plan.columns.items():
         v = ev.value(e.where, e.text, e.body)
         cols[out] = v.astype(np.int8) if v.dtype == np.bool_ else v
@@ -531,7 +553,8 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
     import pyarrow.parquet as pq
 
     schema = _schema(order, inputs)
-    ids, bounds, kept, totals = [], [], {}, {"n_sig": 0, "n_bkg": 0, "w_sig": 0.0, "w_bkg": 0.0}
+    ids, bounds, kept = [], [], {}
+    totals = {"n": 0, "w": 0.0, "n_sig": 0, "n_bkg": 0, "w_sig": 0.0, "w_bkg": 0.0}
     with pq.ParquetWriter(str(out), schema, compression="zstd") as writer:
         for state in inputs:
             check = checked[state.plan.index]
@@ -570,8 +593,12 @@ def _write_table(writer, table, ids, bounds, totals, desc):
     writer.write_table(table)
     ids.append(np.array(table.column(EVENT_ID).to_numpy(), copy=True))  # not a view that keeps the spill mapped
     bounds.append((table.num_rows, desc))
-    y = table.column(LABEL).to_numpy()
     w = table.column(WEIGHT).to_numpy()
+    totals["n"] += table.num_rows
+    totals["w"] += float(w.sum())
+    if LABEL not in table.column_names:
+        return  # unlabelled inputs
+    y = table.column(LABEL).to_numpy()
     totals["n_sig"] += int((y == 1).sum())
     totals["n_bkg"] += int((y == 0).sum())
     totals["w_sig"] += float(w[y == 1].sum())
@@ -651,7 +678,7 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
                           error=DataError)
     if not event_id_column:
         check_names(inputs)
-    labels = Labels(s)
+    labels = Labels(s, inputs)
     plans = [_first_plan(i, spec, s, labels) for i, spec in enumerate(inputs)]
     for plan in plans[1:]:
         _same_columns(plans[0], plan, plans[0].input_desc, plan.input_desc)
@@ -667,7 +694,8 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
                 raise DataError(f"data.files.inputs[{state.plan.index}] ({state.plan.name}): {cuts} keeps no "
                                 f"events of the {state.n_read} read")
         excluded = _all_nonfinite(states)
-        order = [EVENT_ID, LABEL, WEIGHT] + [c for c in plans[0].columns if c not in excluded]
+        order = [EVENT_ID] + ([LABEL] if labels.present else []) + [WEIGHT]
+        order += [c for c in plans[0].columns if c not in excluded]
         order += [TARGET] if s.target_column else []
         order += [PROCESS] if plans[0].spec.get("process") is not None else []
         checked = {st.plan.index: [c for c in order if c in st.plan.columns and c != TRUTH_LLR]
@@ -675,14 +703,15 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
         kept, ids, bounds, totals = _write(tmp, order, states, s, checked)
         _check_unique(ids, bounds, event_id_column)
         del ids
-        if totals["n_sig"] == 0 or totals["n_bkg"] == 0:  # every task is judged on signal vs background
+        if labels.present and (totals["n_sig"] == 0 or totals["n_bkg"] == 0):  # a labelled table has both
             src = f"label column '{label_column}'" if label_column else "the per-file labels"
             raise DataError(f"{src} of {listing(st.plan.input_desc for st in states)} give(s) one class only: "
                             f"{'no background' if totals['n_bkg'] == 0 else 'no signal'} events "
                             f"({totals['n_sig']} signal, {totals['n_bkg']} background)")
-    summary = _record(out, s, states, kept, totals, order, excluded, checked, event_id_column)
-    log.info("ingested %d events (%d signal, %d background) from %d input(s) into %s",
-             summary["n_events"], totals["n_sig"], totals["n_bkg"], len(states), out)
+    summary = _record(out, s, labels, states, kept, totals, order, excluded, checked, event_id_column)
+    log.info("ingested %d events (%s) from %d input(s) into %s", summary["n_events"],
+             f"{totals['n_sig']} signal, {totals['n_bkg']} background" if labels.present else "unlabelled",
+             len(states), out)
     if summary_out:
         write_json(summary_out, summary)
     return summary
@@ -717,7 +746,7 @@ def _all_nonfinite(states: list[_Input]) -> dict[str, str]:
     return excluded
 
 
-def _record(out, s: Settings, states: list[_Input], kept, totals, order, excluded, checked,
+def _record(out, s: Settings, labels: Labels, states: list[_Input], kept, totals, order, excluded, checked,
             event_id_column) -> dict:
     records, cutflow = [], []
     all_excluded, unused, skipped = dict(excluded), [], {}
@@ -731,7 +760,7 @@ def _record(out, s: Settings, states: list[_Input], kept, totals, order, exclude
             "tree": st.trees[0] if st.trees else None, "sources": st.files,
             "n_read": st.n_read, "n_after_cut": st.n_after_cut, "n_dropped_nonfinite": n_bad,
             "nonfinite_by_column": _per_column(st, checked[p.index]),
-            "n_kept": n_kept, "label": Labels(s).source(p.spec), "file_weight": float(p.spec.get("weight") or 1.0),
+            "n_kept": n_kept, "label": labels.source(p.spec), "file_weight": float(p.spec.get("weight") or 1.0),
             "cut": [{"where": c.where, "cut": c.text} for c in p.cuts], "skipped_columns": p.skipped,
             "process": p.spec.get("process")})
         cutflow.append({"input": p.name, "read": st.n_read, "after_cut": st.n_after_cut, "after_nonfinite": n_kept})
@@ -742,10 +771,11 @@ def _record(out, s: Settings, states: list[_Input], kept, totals, order, exclude
     if unused:
         log.warning("collections not used (ask for e.g. X[0], len(X), max(X) in data.files.columns): %s",
                     listing(unused))
-    n_events = totals["n_sig"] + totals["n_bkg"]
+    per_class = {"n_signal": totals["n_sig"], "n_background": totals["n_bkg"],
+                 "sum_weights_signal": totals["w_sig"], "sum_weights_background": totals["w_bkg"]}
     return {
-        "output": str(out), "n_events": n_events, "n_signal": totals["n_sig"], "n_background": totals["n_bkg"],
-        "sum_weights_signal": totals["w_sig"], "sum_weights_background": totals["w_bkg"],
+        "output": str(out), "n_events": totals["n"], "sum_weights": totals["w"], "labelled": labels.present,
+        **{k: v if labels.present else None for k, v in per_class.items()},
         "n_dropped_nonfinite": sum(r["n_dropped_nonfinite"] for r in records),
         "files": records, "cutflow": cutflow, "columns": order,
         "features": [c for c in order if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS)],

@@ -188,6 +188,33 @@ def check_inputs(inputs, expand: bool = True, error: type = ConfigError) -> list
     return list(inputs)
 
 
+def labelled(inputs: list[dict], label_column: str | None) -> bool:
+    """Whether the inputs carry signal/background labels: all of them, or none.
+
+    Labelled: ``label_column`` is set (an input's own ``label`` wins over it),
+    or every input has a ``label``. Unlabelled: no input has a ``label`` and
+    there is no ``label_column``; only models whose task needs no labels can
+    run then (regression, clustering, dimensionality reduction; see
+    :meth:`hepml_steps.tasks.Task.needs_labels`), and the canonical table has
+    no ``label`` column.
+
+    Raises
+    ------
+    ConfigError
+        Some inputs have a ``label`` and others none, without ``label_column``.
+    """
+    if label_column:
+        return True
+    named = [(f"data.files.inputs[{i}] ({s['path']})", s.get("label") is not None) for i, s in enumerate(inputs)]
+    with_label = [n for n, has in named if has]
+    if with_label and len(with_label) != len(inputs):
+        without = [n for n, has in named if not has]
+        raise ConfigError(f"data.files.inputs: 'label' is given for {listing(with_label)} but not for "
+                          f"{listing(without)}; label every input (or set data.files.label_column), or none "
+                          "(unlabelled inputs: regression, clustering and dimreduction models only)")
+    return bool(with_label)
+
+
 def _expand(spec: dict, where: str, error: type) -> list[str]:
     path, pattern = spec["path"], spec.get("pattern")
     if pattern is None and isinstance(path, str) and Path(path).is_dir():
@@ -204,7 +231,8 @@ def _expand(spec: dict, where: str, error: type) -> list[str]:
 def check_config(files: dict, features: dict | None = None) -> None:
     """The parse-time checks of ``data.files`` (``source: files``), called by
     :func:`hepml_steps.config.load`: expand every input's files, check the
-    syntax of columns, aliases and cuts and the label values.
+    syntax of columns, aliases and cuts, the label values, and that every
+    input is labelled or none is (:func:`labelled`).
 
     Raises
     ------
@@ -213,6 +241,7 @@ def check_config(files: dict, features: dict | None = None) -> None:
     """
     check_inputs(files["inputs"])
     _settings(files, (features or {}).get("exclude"))
+    labelled(files["inputs"], files.get("label_column"))
 
 
 def _settings(files: dict, exclude=None) -> Settings:

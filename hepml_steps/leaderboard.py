@@ -8,6 +8,11 @@ task's section (title, columns, ranking metric) is the task's own
 Beside the metrics, each row carries the cost of the model: training time,
 the tuning budget used (trials, wall time) and, when measured, the energy
 of training and inference (J, J/event, events/s, with the method).
+
+Given the ingest record (``ingest.json``), the Markdown header shows the
+events the models were judged on: the cut-flow per input (events read, after
+the cut, after dropping NaN/inf) and whether the events are labelled. The
+CSV holds models only: one row each, nothing of the inputs.
 """
 from __future__ import annotations
 
@@ -65,10 +70,37 @@ def _ranked(rows: list[dict], task: tasks.Task) -> list[dict]:
     return sorted(rows, key=sort_key)
 
 
-def markdown(rows: list[dict]) -> str:
-    """The leaderboard for people: one ranked table per task, with the Bayes-optimal
-    AUC when known and the energy methods used; columns no row fills are left out."""
-    lines = ["# Leaderboard", ""]
+def _pct(n: int, of: int) -> str:
+    return f"{n} ({100.0 * n / of:.1f} %)" if of else str(n)
+
+
+def cutflow_table(record: dict) -> list[str]:
+    """The header's cut-flow: one row per input of the ingest ``record``
+    (``cutflow: [{input, read, after_cut, after_nonfinite}]``), counts with
+    their fraction of the events read, and a total row for several inputs."""
+    flow = record.get("cutflow") or []
+    if not flow:
+        return []
+    lines = ["Events per input (cut-flow of `data/ingest.json`; the last column goes on to the split):", "",
+             "| input | read | after cut | after NaN/inf drop |", "|---|---:|---:|---:|"]
+    for f in flow:
+        lines.append(f"| {f['input']} | {f['read']} | {_pct(f['after_cut'], f['read'])} | "
+                     f"{_pct(f['after_nonfinite'], f['read'])} |")
+    if len(flow) > 1:
+        tot = {k: sum(f[k] for f in flow) for k in ("read", "after_cut", "after_nonfinite")}
+        lines.append(f"| **all** | {tot['read']} | {_pct(tot['after_cut'], tot['read'])} | "
+                     f"{_pct(tot['after_nonfinite'], tot['read'])} |")
+    lines.append("")
+    if record.get("labelled") is False:
+        lines += ["The events are unlabelled: figures against signal/background labels are left out.", ""]
+    return lines
+
+
+def markdown(rows: list[dict], ingest: dict | None = None) -> str:
+    """The leaderboard for people: the cut-flow of the inputs (given the ingest
+    record), one ranked table per task, with the Bayes-optimal AUC when known
+    and the energy methods used; columns no row fills are left out."""
+    lines = ["# Leaderboard", ""] + cutflow_table(ingest or {})
     bayes = [r["bayes_auc"] for r in rows if r.get("bayes_auc") is not None]
     if bayes:
         lines += [f"Bayes-optimal AUC on the test split (exact likelihood ratio of the toy): **{bayes[0]:.4f}**. "
@@ -91,7 +123,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dict]:
+def leaderboard(metrics_files: list[str], out_csv: str, out_md: str, ingest: str | None = None) -> list[dict]:
     """Write the CSV (every column) and Markdown leaderboards of the metrics files.
 
     Parameters
@@ -100,6 +132,8 @@ def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dic
         metrics.json documents of the evaluate step.
     out_csv, out_md : str
         The CSV and Markdown leaderboards to write.
+    ingest : str, optional
+        The ingest record (``ingest.json``): its cut-flow heads the Markdown.
 
     Returns
     -------
@@ -130,7 +164,7 @@ def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dic
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
-        tmp.write_text(markdown(ordered))
+        tmp.write_text(markdown(ordered, read_json(ingest) if ingest else None))
     return ordered
 
 
@@ -139,8 +173,9 @@ def main(argv=None) -> int:
         p.add_argument("--metrics", nargs="+", required=True)
         p.add_argument("--csv", required=True)
         p.add_argument("--md", required=True)
+        p.add_argument("--ingest", help="the ingest record (ingest.json): its cut-flow heads the Markdown")
 
-    return cli.run(build, lambda a: leaderboard(a.metrics, a.csv, a.md), argv, __doc__)
+    return cli.run(build, lambda a: leaderboard(a.metrics, a.csv, a.md, a.ingest), argv, __doc__)
 
 
 if __name__ == "__main__":

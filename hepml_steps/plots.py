@@ -9,8 +9,9 @@ the first two principal components, and feature importance.
 Across models (``summary_plots`` rule): ROC curves overlaid (background
 rejection vs signal efficiency and TPR vs FPR, with the Bayes-optimal curve
 when the truth LLR is known) and the input correlation matrices for signal
-and for background; test AUC against training and inference J/event with
-the Pareto front, and energy per event against throughput.
+and for background (one of all events when the inputs are unlabelled); test
+AUC against training and inference J/event with the Pareto front, and energy
+per event against throughput.
 
 mplhep's CMS-like style is used when mplhep is installed (optional).
 """
@@ -435,8 +436,9 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
 def plot_summary(predictions: list[str], models: list[str], tasks: list[str], train_features: str,
                  out_dir: str, metrics: list[str] | None = None) -> list[str]:
     """ROC curves of all models whose score separates signal from background
-    (classifiers, anomaly detectors), input correlations per class, and
-    (given the metrics files) the energy views across models."""
+    (classifiers, anomaly detectors), input correlations per class (of all
+    events when the inputs are unlabelled), and (given the metrics files) the
+    energy views across models."""
     from .columns import is_feature
     from .io import read_parquet
 
@@ -448,11 +450,14 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
         made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png")
     df = read_parquet(train_features)
     cols = [c for c in df.columns if is_feature(c)]
-    for cls, name in ((1, "signal"), (0, "background")):
-        part = df[df[LABEL] == cls]
+    if not hepml_tasks.labelled(df):  # unlabelled inputs: one matrix of all events
+        classes = [(df, "all", "all events")]
+    else:
+        classes = [(df[df[LABEL] == cls], name, name) for cls, name in ((1, "signal"), (0, "background"))]
+    for part, name, text in classes:
         if len(part) > 1:
             made.append(correlation_matrix(part, cols, out / f"correlation_{name}.png",
-                                           f"input correlations, {name} (train)"))
+                                           f"input correlations, {text} (train)"))
     if metrics:
         from .io import read_json
 

@@ -1,8 +1,8 @@
 """Score every event of the three prepared splits with a trained model.
 
 Writes one Parquet table per model with ``event_id, split, label, weight,
-score`` (plus ``truth_llr`` when known, and ``target`` for a task with a
-target) — the input of evaluation. How scores are laid out is the task's
+score`` (``label`` only for labelled inputs; plus ``truth_llr`` when known,
+and ``target`` for a task with a target) — the input of evaluation. How scores are laid out is the task's
 (:meth:`hepml_steps.tasks.Task.prediction_columns`): a regression model's
 ``target`` is the true value in its physical units; a multiclass model's
 ``score`` is the index of its most probable class, ``prob_<i>`` the
@@ -38,7 +38,8 @@ def _table(data, split: str, score, task):
     """The prediction rows of one split (see the module docstring)."""
     import pandas as pd
 
-    part = pd.DataFrame({EVENT_ID: data.event_ids, SPLIT: split, LABEL: data.labels, WEIGHT: data.weights,
+    labels = {} if data.labels is None else {LABEL: data.labels}  # unlabelled inputs: no label column
+    part = pd.DataFrame({EVENT_ID: data.event_ids, SPLIT: split, **labels, WEIGHT: data.weights,
                          **task.prediction_columns(score)})
     if data.truth_llr is not None:
         part[TRUTH_LLR] = data.truth_llr

@@ -9,13 +9,15 @@ the object. Per task the object says
   column in physical units (regression), the index of the ``target`` value
   among the training classes (multiclass), nothing (anomaly, clustering,
   dimensionality reduction); whether the model needs ``target``
-  (:attr:`Task.target_kind`), trains on background only (anomaly), and
+  (:attr:`Task.target_kind`), needs the inputs' signal/background labels
+  (:meth:`Task.needs_labels`), trains on background only (anomaly), and
   which classes ``balanced`` weighting equalises;
 - **tuning**: the objectives it accepts with their direction, its default
   objective and the objective's value on a set of predictions;
 - **predictions**: how scores are laid out (one ``score`` column, or for
   multiclass the most probable class in ``score`` and ``prob_<i>`` per class);
-- **figures of merit** (:meth:`Task.figures`, the evaluate step's logic),
+- **figures of merit** (:meth:`Task.figures`, the evaluate step's logic;
+  those against the labels only when the events have them, :func:`labelled`),
   the score to permute for feature importance, the per-model **plots** and
   whether the score separates signal from background (ROC curves, energy views);
 - its **leaderboard section**: title, columns (metric, header, format) and
@@ -131,6 +133,9 @@ class Task:
     target_kind : str or None
         What ``target`` names (``"regression target"``, ``"class column"``);
         None when the task takes no ``target``.
+    uses_labels : bool
+        Every model of the task needs the signal/background labels
+        (classification, anomaly detection); see :meth:`needs_labels`.
     background_only : bool
         The model is fitted on background events only (label 0).
     min_fit_events : int
@@ -153,6 +158,7 @@ class Task:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     target_kind: ClassVar[str | None] = None
+    uses_labels: ClassVar[bool] = False
     background_only: ClassVar[bool] = False
     min_fit_events: ClassVar[int] = 1
     separates_signal: ClassVar[bool] = False
@@ -169,6 +175,17 @@ class Task:
     def needs_target(self) -> bool:
         """Whether a model of this task must name its ``target`` column."""
         return self.target_kind is not None
+
+    def needs_labels(self, target: str | None = None) -> bool:
+        """Whether a model of this task with this ``target`` needs labelled events.
+
+        True for a task that :attr:`uses_labels`, and for any model whose
+        ``target`` is the ``label`` column itself (a multiclass or regression
+        model of the labels). A model that needs none runs on unlabelled
+        inputs (:func:`hepml_steps.inputs.labelled`); its figures against the
+        labels are then left out.
+        """
+        return self.uses_labels or target == LABEL
 
     @property
     def tunable(self) -> bool:
@@ -285,6 +302,12 @@ class Task:
 
 
 # -- shared figures --------------------------------------------------------------
+def labelled(df) -> bool:
+    """Whether a table's events carry signal/background labels (unlabelled
+    inputs give tables without a ``label`` column: :mod:`hepml_steps.ingest`)."""
+    return LABEL in df.columns
+
+
 def _eff_key(eff: float) -> str:
     return f"sig_eff_at_bkg_{eff:g}"
 
@@ -428,6 +451,7 @@ class Classification(Task):
 
     name = "classification"
     title = "Classification (signal vs background)"
+    uses_labels = True
     separates_signal = True
     objectives = {**{k: "maximize" for k in ("roc_auc", "accuracy", "precision", "sensitivity", "specificity",
                                              "roc_combined", "f1", "geometric_mean")},
@@ -593,6 +617,7 @@ class Anomaly(Task):
 
     name = "anomaly"
     title = "Anomaly detection"
+    uses_labels = True
     background_only = True
     separates_signal = True
     objectives = {"roc_auc": "maximize"}
@@ -678,7 +703,9 @@ class Regression(Task):
 
 
 class Clustering(Task):
-    """Unsupervised clusters; the score is the cluster index (−1 = noise)."""
+    """Unsupervised clusters; the score is the cluster index (−1 = noise).
+    Adjusted Rand index and purity compare the clusters with the labels, when
+    the events have them."""
 
     name = "clustering"
     title = "Clustering"
@@ -710,7 +737,8 @@ class Clustering(Task):
         labels = test[SCORE].to_numpy()
         if len(labels) < 2:
             raise DataError(f"{judged.what}: {len(labels)} test events are too few to evaluate clustering")
-        return Figures(dict(M.clustering_metrics(X, labels, y_true=test[LABEL].to_numpy())))
+        y_true = test[LABEL].to_numpy() if labelled(test) else None
+        return Figures(dict(M.clustering_metrics(X, labels, y_true=y_true)))
 
     def model_plots(self, drawn):
         from . import plots
@@ -726,7 +754,8 @@ class Clustering(Task):
 
 
 class DimReduction(Task):
-    """Principal components; the score is the first component."""
+    """Principal components; the score is the first component (its
+    signal/background separation is reported when the events are labelled)."""
 
     name = "dimreduction"
     title = "Dimensionality reduction"
@@ -744,7 +773,7 @@ class DimReduction(Task):
             for i, v in enumerate(evr, 1):
                 m[f"explained_variance_ratio_pc{i}"] = float(v)
             m["explained_variance_ratio_total"] = float(sum(evr))
-        if test[LABEL].nunique() == 2:
+        if labelled(test) and test[LABEL].nunique() == 2:
             auc = M.roc_auc(test[LABEL], test[SCORE], test[WEIGHT])
             m["pc1_separation_auc"] = max(auc, 1.0 - auc)
         return Figures(m)

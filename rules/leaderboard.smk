@@ -1,7 +1,9 @@
-# All models side by side (CSV for machines, Markdown for people).
+# All models side by side (CSV for machines, Markdown for people, headed by
+# the inputs' cut-flow from the ingest record).
 rule leaderboard:
     input:
-        expand(f"{RES}/metrics/{{model}}.json", model=MODELS),
+        metrics=expand(f"{RES}/metrics/{{model}}.json", model=MODELS),
+        ingest=f"{RES}/data/ingest.json",
     output:
         csv=report(f"{RES}/leaderboard.csv", caption="report/leaderboard.rst", category="Leaderboard"),
         md=f"{RES}/leaderboard.md",
@@ -12,4 +14,5 @@ rule leaderboard:
     conda:
         CONDA_ENV
     shell:
-        "{params.step:q} --metrics {input:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"
+        "{params.step:q} --metrics {input.metrics:q} --ingest {input.ingest:q} --csv {output.csv:q}"
+        " --md {output.md:q} > {log:q} 2>&1"

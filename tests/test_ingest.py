@@ -181,7 +181,8 @@ def test_bad_label_values_name_file_column_and_values(tmp_path):
 
 def test_label_missing_or_mixed_is_an_error(tmp_path):
     df, pa, pb = _split_frame(tmp_path)
-    with pytest.raises(DataError, match=r"b\.csv.*no label"):
+    with pytest.raises(ConfigError, match=r"'label' is given for data\.files\.inputs\[0\] \(.*a\.parquet\) but "
+                       r"not for data\.files\.inputs\[1\] \(.*b\.csv\); label every input"):
         ing.ingest([{"path": str(pa), "label": 1}, {"path": str(pb)}], tmp_path / "o.parquet")
     # a per-file label wins over the label column
     s = ing.ingest([{"path": str(pa), "label": 1}, {"path": str(pb)}], tmp_path / "o.parquet",
