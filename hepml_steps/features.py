@@ -142,11 +142,10 @@ def _numeric(df, c) -> np.ndarray:
 
 def _category_values(series) -> list:
     """The values of a categorical column as Python objects, missing ones None."""
-    values = series.astype(object).to_numpy()
     import pandas as pd
 
+    values = series.astype(object).to_numpy()
     missing = pd.isna(values)
-    values[missing] = None
     return [None if m else str(v) for v, m in zip(values, missing)]
 
 
