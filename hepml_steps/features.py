@@ -272,7 +272,7 @@ def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None,
     identifiers = {c: why for c in numeric if (why := _identifier(c, raw[c]))}
     kept = sorted({t for t in targets or () if t in df.columns and t not in RESERVED})
     transform = {"columns": numeric + list(categories), "derived": derived, "standardize": bool(standardize),
-                 "targets": kept, "n_fit_events": int(len(df)), "categories": categories,
+                 "targets": kept, "n_fit_events": len(df), "categories": categories,
                  "missing_indicators": indicators, "left_out": left_out, "identifier_like": identifiers,
                  "missing": {"train": {c: n for c, n in n_missing.items() if n and c in numeric}}}
     X = np.column_stack([raw[c] for c in numeric]) if numeric else np.empty((len(df), 0))

@@ -244,7 +244,7 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
         raise DataError(f"{src.desc}: no column(s)/branch(es) {list(dict.fromkeys(picker.missing))} "
                         f"(has: {listing(src.branches)})")
     read = _check_sources(src, s, typer, sources)
-    for out, expr in picker.columns.items():
+    for expr in picker.columns.values():
         if _is_string(src, expr):
             read.append(expr.text)  # a string branch: read as it is (a category for the features step)
         else:

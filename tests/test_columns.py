@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hepml_steps import dataset, evaluate, features as ft, ingest as ing, leaderboard, predict, train
+from hepml_steps import dataset, evaluate, leaderboard, predict, train
+from hepml_steps import features as ft
+from hepml_steps import ingest as ing
 from hepml_steps.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -187,7 +189,7 @@ def _dilepton_events(n, seed, smear=5.0):
 def test_derived_dilepton_mass_target_reported_in_gev(tmp_path):
     paths = _write_splits(tmp_path, _dilepton_events)
     derived = {"m_ll": "sqrt(2 * l1_pt * l2_pt * (cosh(l1_eta - l2_eta) - cos(l1_phi - l2_phi)))"}
-    t, outs = _prepare(tmp_path, paths, derived=derived, targets=["m_ll"])
+    _, outs = _prepare(tmp_path, paths, derived=derived, targets=["m_ll"])
     test = pd.read_parquet(outs["test"])
     assert test["target:m_ll"].mean() > 50  # GeV, not standardised
     spec = {"family": "linear_regression", "task": "regression", "target": "m_ll", "features": ["m_meas"]}
