@@ -36,7 +36,7 @@ from .errors import ConfigError, HepmlError
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 # Per-model settings that fall back to the `training` section.
-MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus")
+MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus", "leakage", "leakage_auc")
 
 
 def _key(path) -> str:

@@ -24,6 +24,13 @@ Reading for scoring (:func:`read_scoring`) keeps every event and uses the
 trained model's features, classes and target. Targets are read in physical
 units: the features step keeps an unstandardised copy of every model's target
 (``target:<name>``), so nothing joins a target back from the raw split.
+
+Missing values: the features step keeps NaN in the prepared split and puts
+its fill values (train medians, in prepared units) in the split's Parquet
+metadata (:mod:`hepml_steps.features`). Both readers fill NaN with them for a
+family that does not declare ``handles_missing``
+(:class:`hepml_steps.families.base.Family`); XGBoost and hist_gbm get the NaN.
+The rest of that metadata (identifier-like columns) is ``Dataset.prepared``.
 """
 from __future__ import annotations
 
@@ -71,6 +78,9 @@ class Dataset:
         The training cap: ``cap``, ``applied``, ``n_before``, ``n_after``.
     truth_llr : ndarray of shape (n_events,) or None
         The exact log-likelihood ratio (toy data only).
+    prepared : dict or None
+        What the features step says about the split's columns (``fill``,
+        ``identifier_like``); None for a table it did not write.
     """
 
     X: np.ndarray
@@ -83,6 +93,7 @@ class Dataset:
     classes: list | None = None
     cap: dict | None = None
     truth_llr: np.ndarray | None = None
+    prepared: dict | None = None
 
     def __len__(self) -> int:
         return len(self.X)
@@ -265,10 +276,10 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     if classes is not None:
         df, y = _known_classes(df, y, classes, cap_rec, target, what)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
-    return Dataset(X=df[cols].to_numpy(dtype=np.float32), y=y, weights=w,
+    return Dataset(X=_features(df, cols, spec.get("family"), what), y=y, weights=w,
                    fit_weights=fit_weights(w, y, spec.get("weighting", "balanced"), task.name),
                    event_ids=df[EVENT_ID].to_numpy(), labels=_optional(df, LABEL), columns=cols,
-                   classes=classes, cap=cap_rec, truth_llr=_optional(df, TRUTH_LLR))
+                   classes=classes, cap=cap_rec, truth_llr=_optional(df, TRUTH_LLR), prepared=_prepared(df))
 
 
 def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str):
@@ -314,11 +325,46 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
     if missing:
         raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
     classes = meta.get("classes")
-    return Dataset(X=df[meta["features"]].to_numpy(dtype=np.float32),
+    return Dataset(X=_features(df, meta["features"], meta.get("family"), what),
                    y=task.targets(df, meta.get("target"), what, classes),
                    weights=df[WEIGHT].to_numpy(), fit_weights=None, event_ids=df[EVENT_ID].to_numpy(),
                    labels=_optional(df, LABEL), columns=list(meta["features"]), classes=classes,
-                   truth_llr=_optional(df, TRUTH_LLR))
+                   truth_llr=_optional(df, TRUTH_LLR), prepared=_prepared(df))
+
+
+def _prepared(df) -> dict | None:
+    from .features import ATTRS_KEY
+
+    return df.attrs.get(ATTRS_KEY)
+
+
+def handles_missing(family: str | None) -> bool:
+    """Whether the family ``family`` (a registry name) takes NaN as a missing value."""
+    if not family:
+        return False
+    from . import registry
+
+    return bool(getattr(registry.get(family), "handles_missing", False))
+
+
+def _features(df, cols: list, family: str | None, what: str) -> np.ndarray:
+    """The feature matrix (float32); NaN filled with the split's fill values
+    unless ``family`` handles missing values (module docstring)."""
+    X = df[cols].to_numpy(dtype=np.float32)
+    fill = (_prepared(df) or {}).get("fill") or {}
+    if not fill or handles_missing(family) or not np.isnan(X).any():
+        return X
+    X, n = X.copy(), 0
+    for j, c in enumerate(cols):
+        if c in fill:
+            bad = np.isnan(X[:, j])
+            if bad.any():
+                X[bad, j] = fill[c]
+                n += int(bad.sum())
+    if n:
+        log.info("%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)",
+                 what, n, family)
+    return X
 
 
 def _optional(df, column: str):

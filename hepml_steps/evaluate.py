@@ -54,7 +54,7 @@ log = logging.getLogger("hepml.evaluate")
 
 #: Record fields copied to metrics.json "extra" (and so to the leaderboard).
 EXTRA_KEYS = ("family", "classes", "target", "n_train", "n_validation", "fit_seconds", "fit_cpu_seconds", "device", "threads",
-              "train_cap", "tuning", "weighting", "energy", "params")
+              "train_cap", "tuning", "weighting", "energy", "params", "leakage")
 
 
 def _clean(obj):

@@ -31,6 +31,44 @@ steps that fit or judge a model read it from the prepared split
 by ``event_id``. Copies are never features (:func:`~hepml_steps.columns.is_feature`).
 A target that is not a column of the table is not copied; the training step
 names it and its model.
+
+**Missing values** (``data.nonfinite: keep``; ingest turns ±inf into NaN).
+The prepared table keeps NaN where a value is missing: XGBoost and
+scikit-learn's HistGradientBoosting learn a direction for missing values
+(``handles_missing`` on their family), and the one prepared table serves
+every model. The transform holds, per output column, the value that stands
+for a missing one (``fill``, in prepared units: the train median, or
+``features.fill_value`` in physical units, scaled as the column is), fitted
+on train only; :mod:`hepml_steps.dataset` fills NaN with it when it reads a
+split for a family that does not handle missing values, so those families
+see imputed values and the others see NaN. The fill values also travel in
+the prepared split's Parquet metadata (``attrs["hepml"]``), so the data
+boundary needs no second file. With ``features.missing_indicators`` each
+column missing in some training event gets a 0/1 column ``<name>_missing``
+(also for the families that handle NaN). PCA cannot carry NaN: with
+``pca`` the features step fills the missing values itself, before the
+projection. A column missing in every training event is left out with a
+warning; missing counts per column and split are in ``missing``.
+
+**Constant columns**: a numeric column whose train standard deviation is at
+most ``CONSTANT_RTOL`` (1e-9) times its largest absolute value is constant:
+float noise (14.63 ± 1e-15) counts as constant, so it is never divided by a
+standard deviation of ~1e-15 (14.63 would become ~1e12). Such columns are left
+out of the features with a warning listing them (``left_out`` in the transform).
+
+**Categorical columns** (strings, pandas categoricals; ingest keeps flat
+string branches): one-hot encoded, the categories fitted on train (sorted,
+missing values a category of their own), one 0/1 column ``<name>_cat<i>`` per
+category ``categories[<name>][i]``; a value not seen in train sets none of
+them (counted per split in ``unseen``). A column with more than
+``features.max_categories`` categories on train is an identifier or free
+text rather than a category: left out with a warning when chosen by default,
+an error when listed in ``features.columns``.
+
+**Identifier-like columns**: integer-valued columns named like a run or
+event number (:data:`ID_NAMES`), or unique in every training event, or
+monotone in event order, are listed in ``identifier_like`` (with why); the
+training step's leakage check (:mod:`hepml_steps.leakage`) flags them.
 """
 from __future__ import annotations
 
@@ -46,8 +84,24 @@ from .io import read_json, read_parquet, write_json, write_parquet
 
 log = logging.getLogger("hepml.features")
 
+#: a column is constant when its train std <= CONSTANT_RTOL * max |value|
+CONSTANT_RTOL = 1e-9
+#: default of ``features.max_categories``
+MAX_CATEGORIES = 20
+#: names (lower case) of run / lumi-block / event-number columns: identifiers, never physics
+ID_NAMES = ("run", "runnumber", "lumi", "lumiblock", "luminosityblock", "event", "eventnumber", "evt",
+            "evtnum", "event_number", "run_number", "id", "entry")
+#: events needed before "all unique" or "monotone" marks an integer column as an identifier
+ID_MIN_EVENTS = 100
+#: key of the prepared table's Parquet metadata (``DataFrame.attrs``) read by :mod:`hepml_steps.dataset`
+ATTRS_KEY = "hepml"
+#: suffixes of the missing-indicator and one-hot columns
+MISSING_SUFFIX, CATEGORY_SUFFIX = "_missing", "_cat"
+
 
 def _add_derived(df, derived: dict):
+    """Add the derived columns; NaN in an input gives NaN (a missing value), but
+    a non-finite value from finite inputs (``log(0)``) is an error."""
     import numexpr
 
     for name, expr in derived.items():
@@ -61,15 +115,87 @@ def _add_derived(df, derived: dict):
             values = np.asarray(numexpr.evaluate(expr, local_dict=local, global_dict={}), dtype=np.float64)
         if values.ndim == 0:
             values = np.full(len(df), float(values))
-        bad = int((~np.isfinite(values)).sum())
+        inputs_ok = np.ones(len(df), dtype=bool)
+        for v in local.values():
+            inputs_ok &= np.isfinite(v)
+        bad = int((~np.isfinite(values) & inputs_ok).sum())
         if bad:
             raise DataError(f"features.derived.{name} = {expr!r} gives {bad} non-finite values; "
                             "guard it (e.g. log(x + 1), where(x > 0, ..., 0))")
+        values[~np.isfinite(values)] = np.nan  # missing inputs: missing value
         df[name] = values
     return df
 
 
-def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None, targets=None) -> dict:
+def _is_categorical(dtype) -> bool:
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    return not is_numeric_dtype(dtype) and not is_bool_dtype(dtype)
+
+
+def _numeric(df, c) -> np.ndarray:
+    """A numeric column as float64, ±inf as NaN (missing)."""
+    x = np.array(df[c].to_numpy(dtype=np.float64, na_value=np.nan), copy=True)
+    x[np.isinf(x)] = np.nan
+    return x
+
+
+def _category_values(series) -> list:
+    """The values of a categorical column as Python objects, missing ones None."""
+    import pandas as pd
+
+    values = series.astype(object).to_numpy()
+    missing = pd.isna(values)
+    return [None if m else str(v) for v, m in zip(values, missing)]
+
+
+def _identifier(name: str, x: np.ndarray) -> str | None:
+    """Why a raw numeric column looks like an identifier, or None."""
+    finite = x[np.isfinite(x)]
+    if finite.size == 0 or not np.all(np.floor(finite) == finite):
+        return None
+    if name.lower() in ID_NAMES:
+        return f"integer column named like an identifier ({name})"
+    if finite.size >= ID_MIN_EVENTS:
+        if np.unique(finite).size == finite.size:
+            return "integer column unique in every training event"
+        d = np.diff(finite)
+        if np.unique(finite).size > 1 and (np.all(d >= 0) or np.all(d <= 0)):
+            return "integer column monotone in event order"
+    return None
+
+
+def _choose(df, columns, available, train_path, max_categories):
+    """The numeric and categorical columns to use, and those left out (with why)."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    listed = columns is not None
+    if listed:
+        missing = [c for c in columns if c not in available]
+        if missing:
+            raise DataError(f"features.columns: {missing} not in {train_path} (available: {available})")
+        columns = list(columns)
+    else:
+        columns = [c for c in available if not is_bool_dtype(df[c].dtype)]
+    numeric, categorical, left_out = [], {}, {}
+    for c in columns:
+        if is_numeric_dtype(df[c].dtype) or is_bool_dtype(df[c].dtype):
+            numeric.append(c)
+            continue
+        cats = sorted(set(_category_values(df[c])), key=lambda v: (v is None, str(v)))
+        if len(cats) > max_categories:
+            why = (f"{len(cats)} distinct values on train, more than features.max_categories = {max_categories} "
+                   "(an identifier or free text, not a category)")
+            if listed:
+                raise DataError(f"features.columns: '{c}' has {why}; raise features.max_categories or leave it out")
+            left_out[c] = why
+        else:
+            categorical[c] = cats
+    return numeric, categorical, left_out
+
+
+def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None, targets=None, *,
+        fill_value=None, missing_indicators=False, max_categories=MAX_CATEGORIES) -> dict:
     """Fit the transform on the training split; return it as a JSON-able dict.
 
     Parameters
@@ -77,28 +203,37 @@ def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None,
     train_path : str
         The training split (Parquet).
     columns : list of str, optional
-        The feature columns (default: every numeric, non-reserved column).
+        The feature columns (default: every non-reserved, non-boolean column,
+        numeric or categorical).
     derived : dict of str to str, optional
         Derived column name -> numexpr expression.
     standardize : bool
-        Scale each feature to mean 0, standard deviation 1 on train.
+        Scale each numeric feature to mean 0, standard deviation 1 on train.
     pca : int, optional
         Keep this many principal components instead of the features.
     targets : list of str, optional
         The models' target columns, copied unstandardised (module docstring).
+    fill_value : float, optional
+        The value (physical units) standing for a missing one; default the train median.
+    missing_indicators : bool
+        Add a 0/1 column ``<name>_missing`` per column missing in some training event.
+    max_categories : int
+        Most categories a categorical column may have.
 
     Returns
     -------
     dict
-        ``columns``, ``derived``, ``standardize``, ``targets`` (the copied
-        ones), ``outputs``, ``n_fit_events`` and the fitted ``mean``/``std``/PCA.
+        ``columns`` (numeric, then categorical), ``derived``, ``standardize``,
+        ``targets`` (the copied ones), ``outputs``, ``n_fit_events``, the fitted
+        ``mean``/``std``/PCA, ``fill``, ``categories``, ``left_out``,
+        ``identifier_like`` and ``missing`` (see the module docstring).
 
     Raises
     ------
     ConfigError
         A derived column's name is taken, a bad expression or PCA size.
     DataError
-        A selected column is missing; no feature column is left.
+        A selected column is missing or has too many categories; no feature column is left.
     """
     derived = dict(derived or {})
     df = read_parquet(train_path)
@@ -107,33 +242,83 @@ def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None,
             raise ConfigError(f"features.derived.{name}: a column of that name already exists")
     df = _add_derived(df, derived)
     available = [c for c in df.columns if is_feature(c)]
-    if columns is None:
-        from pandas.api.types import is_bool_dtype, is_numeric_dtype
-
-        columns = [c for c in available if is_numeric_dtype(df[c].dtype) and not is_bool_dtype(df[c].dtype)]
-    else:
-        missing = [c for c in columns if c not in available]
-        if missing:
-            raise DataError(f"features.columns: {missing} not in {train_path} "
-                            f"(available: {available})")
-        columns = list(columns)
-    if not columns:
-        raise DataError(f"no feature columns left in {train_path}")
-    X = df[columns].to_numpy(dtype=np.float64)
+    numeric, categories, left_out = _choose(df, columns, available, train_path, int(max_categories))
+    raw = {c: _numeric(df, c) for c in numeric}
+    n_missing = {c: int(np.isnan(x).sum()) for c, x in raw.items()}
+    for c in numeric:
+        x = raw[c]
+        if n_missing[c] == len(x):
+            left_out[c] = "missing (NaN/inf) in every training event"
+        elif len(x):
+            finite = x[~np.isnan(x)]
+            if finite.std() <= CONSTANT_RTOL * np.abs(finite).max():
+                left_out[c] = f"constant on train ({finite.mean():.6g})"
+    gone = [c for c in numeric if c in left_out]
+    if gone:
+        log.warning("feature column(s) left out: %s", {c: left_out[c] for c in gone})
+    for c, why in left_out.items():
+        if c not in gone:
+            log.warning("categorical column '%s' left out: %s", c, why)
+    numeric = [c for c in numeric if c not in left_out]
+    if not numeric and not categories:
+        raise DataError(f"no feature columns left in {train_path}" + (f" (left out: {left_out})" if left_out else ""))
+    indicators = [c for c in numeric if missing_indicators and n_missing[c]]
+    outputs = numeric + [c + MISSING_SUFFIX for c in indicators] + \
+        [f"{c}{CATEGORY_SUFFIX}{i}" for c, cats in categories.items() for i in range(len(cats))]
+    clash = [o for o in outputs[len(numeric):] if o in df.columns]
+    if clash:
+        raise DataError(f"feature column name(s) {clash} taken: the missing-indicator / one-hot columns of "
+                        "other columns need them; rename the columns")
+    identifiers = {c: why for c in numeric if (why := _identifier(c, raw[c]))}
     kept = sorted({t for t in targets or () if t in df.columns and t not in RESERVED})
-    transform = {"columns": columns, "derived": derived, "standardize": bool(standardize),
-                 "targets": kept, "n_fit_events": int(len(df))}
-    if standardize:
-        mean, std = X.mean(axis=0), X.std(axis=0)
-        constant = [c for c, s in zip(columns, std) if s == 0]
-        if constant:
-            log.warning("constant feature(s) on train, left unscaled: %s", constant)
-        std[std == 0] = 1.0
+    transform = {"columns": numeric + list(categories), "derived": derived, "standardize": bool(standardize),
+                 "targets": kept, "n_fit_events": len(df), "categories": categories,
+                 "missing_indicators": indicators, "left_out": left_out, "identifier_like": identifiers,
+                 "missing": {"train": {c: n for c, n in n_missing.items() if n and c in numeric}}}
+    X = np.column_stack([raw[c] for c in numeric]) if numeric else np.empty((len(df), 0))
+    if standardize and numeric:
+        mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
         transform.update(mean=mean.tolist(), std=std.tolist())
         X = (X - mean) / std
-    transform.update(_fit_pca(X, int(pca)) if pca else {})
-    transform["outputs"] = [f"pc{i}" for i in range(int(pca))] if pca else list(columns)
+    fill = np.nanmedian(X, axis=0) if numeric else np.empty(0)
+    if fill_value is not None:
+        fill = np.full(len(numeric), float(fill_value))
+        if standardize:
+            fill = (fill - np.asarray(transform["mean"])) / np.asarray(transform["std"])
+    transform["fill"] = dict(zip(numeric, fill.tolist()))
+    transform["fill_value"] = fill_value
+    transform["outputs"] = outputs
+    if pca:
+        transform.update(_fit_pca(_assemble(df, X, transform, fill_missing=True)[0], int(pca)))
+        transform["outputs"] = [f"pc{i}" for i in range(int(pca))]
     return transform
+
+
+def _assemble(df, X, transform: dict, fill_missing: bool = False):
+    """The feature matrix (numeric as scaled, indicators, one-hots) and the unseen-category counts."""
+    numeric = _numeric_columns(transform)
+    missing = np.isnan(X)
+    parts = [X.copy()]
+    if fill_missing and missing.any():
+        parts[0][missing] = np.take(np.asarray([transform["fill"][c] for c in numeric]), np.nonzero(missing)[1])
+    ind = [numeric.index(c) for c in transform.get("missing_indicators", [])]
+    parts += [missing[:, ind].astype(np.float64)] if ind else []
+    unseen = {}
+    for c, cats in transform.get("categories", {}).items():
+        index = {v: i for i, v in enumerate(cats)}
+        codes = np.array([index.get(v, -1) for v in _category_values(df[c])], dtype=np.int64)
+        onehot = np.zeros((len(df), len(cats)))
+        ok = codes >= 0
+        onehot[np.nonzero(ok)[0], codes[ok]] = 1.0
+        parts.append(onehot)
+        if (~ok).any():
+            unseen[c] = int((~ok).sum())
+    return np.column_stack(parts) if parts else X, unseen
+
+
+def _numeric_columns(transform: dict) -> list[str]:
+    """The numeric columns of ``transform`` (all of ``columns`` but the categorical ones)."""
+    return [c for c in transform["columns"] if c not in transform.get("categories", {})]
 
 
 def _fit_pca(X, n: int) -> dict:
@@ -147,9 +332,13 @@ def _fit_pca(X, n: int) -> dict:
             "pca_explained_variance_ratio": (var[:n] / var.sum()).tolist()}
 
 
-def apply(df, transform: dict, where: str = "table"):
+def apply(df, transform: dict, where: str = "table", counts: dict | None = None):
     """The prepared table of ``df``: its reserved columns, the target copies and
     the transformed features (see the module docstring).
+
+    ``counts``, when given, receives ``missing`` and ``unseen`` counts per column.
+    The table's ``attrs["hepml"]`` holds the fill values and identifier-like
+    columns (written into the Parquet metadata).
 
     Raises
     ------
@@ -162,31 +351,50 @@ def apply(df, transform: dict, where: str = "table"):
     missing = [c for c in transform["columns"] + transform.get("targets", []) if c not in df.columns]
     if missing:
         raise DataError(f"{where}: column(s) {missing} used by the fitted transform are missing")
-    X = df[transform["columns"]].to_numpy(dtype=np.float64)
-    if transform.get("standardize"):
+    numeric = _numeric_columns(transform)
+    X = np.column_stack([_numeric(df, c) for c in numeric]) if numeric else np.empty((len(df), 0))
+    if transform.get("standardize") and numeric:
         X = (X - np.asarray(transform["mean"])) / np.asarray(transform["std"])
+    n_missing = {c: int(n) for c, n in zip(numeric, np.isnan(X).sum(axis=0)) if n}
+    X, unseen = _assemble(df, X, transform, fill_missing="pca_components" in transform)
+    if unseen:
+        log.warning("%s: values of categorical column(s) not seen in train (no category set): %s", where, unseen)
+    if counts is not None:
+        counts.update(missing=n_missing, unseen=unseen)
     if "pca_components" in transform:
         X = (X - np.asarray(transform["pca_mean"])) @ np.asarray(transform["pca_components"]).T
     out = df[[c for c in df.columns if c in RESERVED]].reset_index(drop=True)
     copies = pd.DataFrame({target_copy(t): df[t].to_numpy() for t in transform.get("targets", [])})
     feats = pd.DataFrame(X.astype(np.float32), columns=transform["outputs"])
-    return pd.concat([out, copies, feats], axis=1)
+    table = pd.concat([out, copies, feats], axis=1)
+    table.attrs[ATTRS_KEY] = {"fill": {} if "pca_components" in transform else transform.get("fill", {}),
+                              "identifier_like": transform.get("identifier_like", {})}
+    return table
 
 
 def features(inputs: dict[str, str], outs: dict[str, str], transform_out: str, columns=None,
-             derived=None, standardize=True, pca=None, targets=None) -> dict:
+             derived=None, standardize=True, pca=None, targets=None, **options) -> dict:
     """Fit on ``inputs['train']``, write the transform and the three prepared splits.
 
-    ``targets``: the models' target columns, kept unstandardised (see :func:`fit`)."""
-    transform = fit(inputs["train"], columns, derived, standardize, pca, targets)
+    ``targets``: the models' target columns, kept unstandardised (see :func:`fit`);
+    ``options``: ``fill_value``, ``missing_indicators``, ``max_categories`` of :func:`fit`.
+    The transform records the missing values and unseen categories per split and column."""
+    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, **options)
+    transform["missing"], transform["unseen"] = {}, {}
     for s in SPLITS:
-        write_parquet(outs[s], apply(read_parquet(inputs[s]), transform, inputs[s]))
+        counts = {}
+        write_parquet(outs[s], apply(read_parquet(inputs[s]), transform, inputs[s], counts))
+        transform["missing"][s], transform["unseen"][s] = counts["missing"], counts["unseen"]
     write_json(transform_out, transform)
     return transform
 
 
 def load_transform(path: str) -> dict:
     return read_json(path)
+
+
+#: keys of ``features`` (config) the step reads
+PARAMS = ("columns", "derived", "standardize", "pca", "fill_value", "missing_indicators", "max_categories")
 
 
 def main(argv=None) -> int:
@@ -196,15 +404,17 @@ def main(argv=None) -> int:
             p.add_argument(f"--out-{s}", required=True)
         p.add_argument("--transform", required=True, help="where to write transform.json")
         p.add_argument("--params", type=cli.json_arg, default={},
-                       help='JSON: {"columns": [...]|null, "derived": {...}, "standardize": bool, "pca": n|null}')
+                       help='JSON: {"columns": [...]|null, "derived": {...}, "standardize": bool, "pca": n|null, '
+                            '"fill_value": x|null, "missing_indicators": bool, "max_categories": n}')
         p.add_argument("--targets", type=cli.json_arg, default=[],
                        help="JSON list: the models' target columns, kept unstandardised as target:<name>")
 
     def call(a):
         prm = a.params
+        opts = {k: prm[k] for k in ("fill_value", "missing_indicators", "max_categories") if prm.get(k) is not None}
         features({s: getattr(a, s) for s in SPLITS}, {s: getattr(a, f"out_{s}") for s in SPLITS},
                  a.transform, prm.get("columns"), prm.get("derived"), prm.get("standardize", True), prm.get("pca"),
-                 a.targets)
+                 a.targets, **opts)
 
     return cli.run(build, call, argv, __doc__)
 

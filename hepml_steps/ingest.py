@@ -34,11 +34,13 @@ label, weight, name, format, process, cut}``:
 (:mod:`hepml_steps.jagged`: ``Jet_pt[0]`` -> column ``Jet_pt_0``,
 ``len(Jet_pt)`` -> ``len_Jet_pt``, ``max(Jet_btag)`` -> ``max_Jet_btag``;
 ``aliases`` name any other expression). Without it every branch with one
-number or condition per event becomes a column (conditions as int8), plus
-every per-event alias, except the bookkeeping branches
+number, condition or string per event becomes a column (conditions as
+int8; strings stay strings, and the features step encodes them as
+categories), plus every per-event alias, except the bookkeeping branches
 (:data:`BOOKKEEPING`), the label/weight/event-id sources, ``features.exclude``
-and — only then — any branch that is NaN/inf in every event of some input
-(a truth branch of another process). Collections are never columns by
+and any column — chosen by default or listed — that is NaN/inf in every
+event of some input (a truth branch of another process): left out with a
+warning, never every event dropped for it. Collections are never columns by
 themselves: those not used are listed once in the record
 (``unused_collections``). Everything left out is in ``excluded`` with why.
 ``target_column`` (a branch or alias) is copied to ``target``.
@@ -53,7 +55,9 @@ are its entry numbers and nothing depends on the order of the inputs.
 by chunks, ``chunk_size`` events at a time, reading only the branches used.
 Each chunk is cut, turned into columns and spilled to a temporary Arrow file
 beside the output; a second pass drops the events with NaN/inf in a column
-(``nonfinite: drop``, counted per column; ``fail`` stops), gives every column
+(``nonfinite: drop``, counted per column; ``fail`` stops; ``keep`` keeps
+them, ±inf written as NaN — a missing value, see :mod:`hepml_steps.features` —
+and drops only the events whose ``target`` is NaN/inf), gives every column
 one type over all inputs, and writes the table with a ParquetWriter, row group
 by row group, to a temporary file moved into place at the end. Peak memory is
 one chunk plus the event ids (8 bytes per event), whatever the input's size.
@@ -266,7 +270,10 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
                         f"(has: {listing(src.branches)})")
     read = _check_sources(src, s, typer, sources)
     for expr in picker.columns.values():
-        read += typer.column(expr.where, expr.text, expr.body)[1]
+        if _is_string(src, expr):
+            read.append(expr.text)  # a string branch: read as it is (a category for the features step)
+        else:
+            read += typer.column(expr.where, expr.text, expr.body)[1]
     cuts = [_Expr(w, text, parse(w, text)) for w, text in
             (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut"))) if text]
     for cut in cuts:
@@ -336,7 +343,7 @@ class _Columns:
         for entry in s.columns:
             if entry in branches:
                 b = branches[entry]
-                if not b.flat:
+                if not b.flat and not (b.kind == STRING and b.shape == EVENT):
                     what = (f"it is a collection ({b.type}); ask for {entry}[0], len({entry}), max({entry}), "
                             "...: see data.files.columns" if b.shape is not None and b.kind != STRING
                             else f"it holds {b.type}")
@@ -364,9 +371,9 @@ class _Columns:
         for name, b in self.src.branches.items():
             if name in self.source_names:
                 self.excluded[name] = self.source_names[name]
-            elif b.shape is None or b.kind == STRING:
+            elif b.shape is None:
                 self.skipped[name] = f"not numeric ({b.type})"
-            elif not b.flat:
+            elif not b.flat and b.kind != STRING:
                 continue  # a collection: listed in the record when no expression uses it
             elif name in BOOKKEEPING:
                 self.excluded[name] = ("bookkeeping (run, lumi block, event number); list it in "
@@ -520,6 +527,9 @@ def _chunk(plan: _Plan, desc: str, arrays: dict, n: int, first_entry: int, s: Se
         ids = entry_ids(plan.name, entries)
     cols = {EVENT_ID: ids, **({} if label is None else {LABEL: label}), WEIGHT: weight}
     for out, e in plan.columns.items():
+        if e.text in arrays and not isinstance(arrays[e.text], (np.ndarray,)) and _is_text(arrays[e.text]):
+            cols[out] = _as_strings(arrays[e.text])
+            continue
         v = ev.value(e.where, e.text, e.body)
         cols[out] = v.astype(np.int8) if v.dtype == np.bool_ else v
     if "target" in values:
@@ -532,19 +542,51 @@ def _chunk(plan: _Plan, desc: str, arrays: dict, n: int, first_entry: int, s: Se
 
 # --------------------------------------------------------------------------- writing
 
+def _is_string(src, expr: _Expr) -> bool:
+    b = src.branches.get(expr.text)
+    return isinstance(expr.body, ast.Name) and b is not None and b.kind == STRING and b.shape == EVENT
+
+
+def _is_text(values) -> bool:
+    import pyarrow as pa
+
+    t = getattr(values, "type", None)
+    if isinstance(t, pa.DictionaryType):
+        t = t.value_type
+    return t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                              or pa.types.is_large_binary(t) or pa.types.is_null(t))
+
+
+def _as_strings(values):
+    """A string column as an Arrow ``string`` array (categoricals decoded, missing values null)."""
+    import pyarrow as pa
+
+    if isinstance(values.type, pa.DictionaryType):
+        values = values.dictionary_decode()
+    return values.cast(pa.string())
+
+
 def _schema(order: list[str], inputs: list[_Input]):
-    """One Arrow type per column: numpy's promotion over every chunk's type."""
+    """One Arrow type per column: numpy's promotion over every chunk's type (strings stay strings)."""
     import pyarrow as pa
 
     dtypes: dict[str, list] = {c: [] for c in order}
+    strings = set()
     for state in inputs:
         for path, _, _ in state.chunks:
             schema = pa.ipc.open_file(pa.memory_map(str(path))).schema
             for c in order:
-                dtypes[c].append(schema.field(c).type.to_pandas_dtype())
+                t = schema.field(c).type
+                if pa.types.is_string(t):
+                    strings.add(c)
+                else:
+                    dtypes[c].append(t.to_pandas_dtype())
+    mixed = [c for c in strings if dtypes[c]]
+    if mixed:
+        raise DataError(f"column(s) {mixed} hold strings in some inputs and numbers in others")
     fixed = {EVENT_ID: np.int64, LABEL: np.int8, WEIGHT: np.float64}
-    return pa.schema([(c, pa.from_numpy_dtype(np.dtype(fixed.get(c) or np.result_type(*dtypes[c]))))
-                      for c in order])
+    return pa.schema([(c, pa.string() if c in strings else
+                       pa.from_numpy_dtype(np.dtype(fixed.get(c) or np.result_type(*dtypes[c])))) for c in order])
 
 
 def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, checked: dict[int, list[str]]):
@@ -565,7 +607,11 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
                 for c in check:
                     col = table.column(c)
                     if pa.types.is_floating(col.type):
-                        bad |= ~np.isfinite(col.to_numpy())
+                        values = col.to_numpy()
+                        if s.nonfinite == "keep" and c != TARGET:
+                            table = _inf_as_nan(table, c, values)
+                        else:
+                            bad |= ~np.isfinite(values)
                 if bad.any():
                     n_bad += int(bad.sum())
                     if s.nonfinite == "fail":
@@ -580,13 +626,27 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
                                 f"{_per_column(state, check)} (data.nonfinite: fail; use 'drop' to drop them)")
             if n_bad:
                 log.warning("%s: dropping %d of %d events with NaN/inf values, per column %s", state.plan.input_desc,
-                            n_bad, state_n, _per_column(state, check))
+                            n_bad, state_n, _per_column(state, [TARGET] if s.nonfinite == "keep" else check))
+            elif s.nonfinite == "keep" and _per_column(state, check):
+                log.info("%s: missing (NaN/inf) values kept (data.nonfinite: keep), per column %s",
+                         state.plan.input_desc, _per_column(state, check))
             if n_kept == 0:
                 raise DataError(f"no events left to ingest from {state.plan.input_desc} (read {state.n_read}, "
                                 f"{state.n_after_cut} after the cut, all {n_bad} dropped with NaN/inf in "
                                 f"{_per_column(state, check)})")
             kept[state.plan.index] = (n_kept, n_bad)
     return kept, ids, bounds, totals
+
+
+def _inf_as_nan(table, c: str, values: np.ndarray):
+    """``table`` with ±inf in column ``c`` written as NaN (a missing value)."""
+    import pyarrow as pa
+
+    inf = np.isinf(values)
+    if not inf.any():
+        return table
+    values = np.where(inf, np.nan, values)
+    return table.set_column(table.schema.get_field_index(c), c, pa.array(values, type=table.column(c).type))
 
 
 def _write_table(writer, table, ids, bounds, totals, desc):
@@ -646,7 +706,7 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
     label_column, weight_column, event_id_column, target_column : str, optional
     columns : list of str, optional
         Branches and expressions; None: every flat numeric branch (see module docstring).
-    nonfinite : {"drop", "fail"}
+    nonfinite : {"drop", "fail", "keep"}
     summary_out : str or Path, optional
         Where to write the record (JSON).
     cut : str, optional
@@ -735,14 +795,15 @@ def _first_plan(index: int, spec: dict, s: Settings, labels: Labels) -> _Plan:
 
 
 def _all_nonfinite(states: list[_Input]) -> dict[str, str]:
-    """Columns chosen by default that are NaN/inf in every event of some input: left out."""
+    """Columns that are NaN/inf in every event of some input: left out (never every event dropped)."""
     excluded = {}
     for state in states:
-        for c in state.plan.auto:
+        for c in state.plan.columns:
             if state.n_after_cut and state.nonfinite.get(c, 0) == state.n_after_cut and c not in excluded:
-                excluded[c] = f"NaN/inf in every event of {state.plan.name}; list it in data.files.columns to keep it"
-                log.warning("%s: column '%s' is NaN/inf in every event; left out (not a feature)",
-                            state.plan.input_desc, c)
+                excluded[c] = f"NaN/inf in every event of {state.plan.name}"
+                log.warning("%s: column '%s' is NaN/inf in every event; left out (not a feature)%s",
+                            state.plan.input_desc, c, " although data.files.columns lists it"
+                            if c not in state.plan.auto else "")
     return excluded
 
 
@@ -809,7 +870,7 @@ def main(argv=None) -> int:
         p.add_argument("--columns", type=_columns_arg, default=None,
                        help="comma-separated columns/branches; empty = every numeric one")
         p.add_argument("--target-column", help="branch or alias copied to 'target'")
-        p.add_argument("--nonfinite", default="drop", help="drop | fail")
+        p.add_argument("--nonfinite", default="drop", help="drop | fail | keep (NaN kept as missing, ±inf as NaN)")
         p.add_argument("--settings-json", type=cli.json_arg, default={},
                        help=f"JSON object with any of {list(SETTINGS_KEYS)} (columns here win over --columns)")
 

@@ -26,7 +26,7 @@ from .errors import ConfigError, DataError
 from .jagged import column_name, parse
 from .readers import FORMATS, expand_files, listing
 
-NONFINITE = ("drop", "fail")
+NONFINITE = ("drop", "fail", "keep")
 INPUT_KEYS = ("path", "pattern", "tree", "label", "weight", "name", "format", "process", "cut")
 #: keys the configuration adds to an input when it expands ``path``
 RESOLVED_KEYS = ("files",)

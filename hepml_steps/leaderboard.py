@@ -13,6 +13,9 @@ Given the ingest record (``ingest.json``), the Markdown header shows the
 events the models were judged on: the cut-flow per input (events read, after
 the cut, after dropping NaN/inf) and whether the events are labelled. The
 CSV holds models only: one row each, nothing of the inputs.
+
+The features the training step's leakage check flagged are the ``leakage``
+column and a line under the tables.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def row(met: dict) -> dict:
     if ot.get("flagged") is not None:
         r["overtrained"] = "yes" if ot["flagged"] else "no"
     r["n_train"] = extra.get("n_train")
+    flagged = (extra.get("leakage") or {}).get("flagged") or []
+    r["leakage"] = "; ".join(f"{f['column']} ({f['reason']})" for f in flagged) or None
     r["fit_seconds"] = extra.get("fit_seconds")
     tuning = extra.get("tuning") or {}
     if tuning:
@@ -117,6 +122,10 @@ def markdown(rows: list[dict], ingest: dict | None = None) -> str:
             lines.append(f"| {i} | {r['model']} | {r['family']} | "
                          + " | ".join(_fmt(r.get(c), f) for c, _, f in cols) + " |")
         lines.append("")
+    leaks = [f"{r['model']}: {r['leakage']}" for r in rows if r.get("leakage")]
+    if leaks:
+        lines += ["**Possible leakage** (a feature alone separates the classes or looks like an identifier; "
+                  "see training.leakage): " + "; ".join(leaks), ""]
     methods = sorted({str(v) for r in rows for k, v in r.items() if k.endswith("_method")})
     if methods:
         lines += [f"Energy method(s): {', '.join(methods)} (see each model's energy record).", ""]

@@ -16,7 +16,9 @@ according to ``weighting`` (:func:`hepml_steps.dataset.fit_weights`):
 
 Families that scale badly declare (or the config sets) ``max_train_events``;
 above it a deterministic subsample (smallest hash of ``event_id``) is used, a
-warning is logged and the cap is recorded. The model directory (model files
+warning is logged and the cap is recorded. Before the fit the leakage check
+(:mod:`hepml_steps.leakage`, ``training.leakage``) flags features that
+alone separate the classes or look like identifiers. The model directory (model files
 + ``hepml_model.json``) is replaced atomically.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cli, dataset, registry, tasks
+from . import cli, dataset, leakage, registry, tasks
 from .errors import ConfigError, DataError
 from .io import read_json, write_json
 
@@ -134,6 +136,8 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
         raise DataError(f"{what}: {len(data)} training events are too few for {task}")
     if data.classes is not None:
         family.n_classes = len(data.classes)
+    leaks = leakage.check(data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT),
+                          task.separates_signal)
     fitted = _fit(family, data, val, step_meter(energy, device, cls.gpu_capable))
     meta = {"model": model, "family": cls.name, "task": task.name, "params": family.params, "seed": seed,
             "features": data.columns, "target": spec.get("target"), "file_format": cls.file_format,
@@ -146,7 +150,7 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
         "sum_weights_train": float(data.weights.sum()), "train_cap": data.cap,
         "fit_seconds": fitted["fit_seconds"], "fit_cpu_seconds": fitted["fit_cpu_seconds"],
         "threads": threads, "device": family.info.get("device", "cpu"), "info": family.info,
-        "history": family.history,
+        "history": family.history, "leakage": leaks,
         "energy": {"train": fitted["energy"], **({"tuning": tuning["energy"]} if tuning and tuning.get("energy") else {})},
         "tuning": None if tuning is None else {k: tuning.get(k) for k in TUNING_KEYS},
     }

@@ -154,19 +154,18 @@ def test_parquet_and_csv_with_label_column(tmp_path):
     assert out["event_id"].is_unique and (out["event_id"] >= 0).all()
 
 
-def test_non_numeric_column_dropped_with_warning_or_error_when_selected(tmp_path, caplog):
+def test_string_columns_kept_by_default_and_when_selected(tmp_path):
     df = make_events(100).drop(columns=["event_id"])
-    df["run_tag"] = "A"
+    df["run_tag"] = np.where(df["f0"] > 0, "A", "B")
     df["flag"] = df["f0"] > 0
     path = tmp_path / "x.parquet"
     df.to_parquet(path, index=False)
-    with caplog.at_level("WARNING", logger="hepml.ingest"):
-        ing.ingest([{"path": str(path)}], tmp_path / "o.parquet", label_column="label")
+    ing.ingest([{"path": str(path)}], tmp_path / "o.parquet", label_column="label")
     out = pd.read_parquet(tmp_path / "o.parquet")
-    assert "run_tag" not in out.columns and "run_tag" in caplog.text
+    assert list(out["run_tag"]) == list(df["run_tag"])  # a category for the features step, never dropped
     assert out["flag"].dtype == np.int8 and out["flag"].sum() == (df["f0"] > 0).sum()
-    with pytest.raises(DataError, match=r"x\.parquet.*'run_tag'.*not a flat numeric"):
-        ing.ingest([{"path": str(path)}], tmp_path / "o.parquet", label_column="label", columns=["f0", "run_tag"])
+    ing.ingest([{"path": str(path)}], tmp_path / "o.parquet", label_column="label", columns=["f0", "run_tag"])
+    assert list(pd.read_parquet(tmp_path / "o.parquet").columns)[3:] == ["f0", "run_tag"]
 
 
 def test_bad_label_values_name_file_column_and_values(tmp_path):
@@ -265,15 +264,21 @@ def test_nonfinite_drop_counts_and_fail_message(tmp_path):
         ing.ingest([{"path": str(path)}], tmp_path / "o2.parquet", label_column="label", nonfinite="fail")
     assert not (tmp_path / "o2.parquet").exists()
     with pytest.raises(ConfigError, match="nonfinite"):
-        ing.ingest([{"path": str(path)}], tmp_path / "o2.parquet", label_column="label", nonfinite="keep")
+        ing.ingest([{"path": str(path)}], tmp_path / "o2.parquet", label_column="label", nonfinite="zero")
     assert s["n_dropped_nonfinite"] == 3
+    k = ing.ingest([{"path": str(path)}], tmp_path / "o3.parquet", label_column="label", nonfinite="keep")
+    kept = pd.read_parquet(tmp_path / "o3.parquet")  # keep: every event, ±inf as NaN (missing)
+    assert len(kept) == 200 and k["n_dropped_nonfinite"] == 0 and not np.isinf(kept[["f1", "f2", "f3"]]).any().any()
+    assert kept["f1"].isna().sum() == 2 and np.isnan(kept.loc[9, "f2"]) and np.isnan(kept.loc[20, "f3"])
+    assert k["files"][0]["nonfinite_by_column"] == {"f1": 2, "f2": 1, "f3": 1}
 
 
 def test_all_events_dropped_is_an_error(tmp_path):
     df = make_events(10).drop(columns=["event_id"])
-    df["f0"] = np.nan
+    df.loc[::2, "f0"] = np.nan
+    df.loc[1::2, "f1"] = np.nan
     df.to_csv(tmp_path / "x.csv", index=False)
-    with pytest.raises(DataError, match=r"no events.*x\.csv.*'f0': 10"):
+    with pytest.raises(DataError, match=r"no events.*x\.csv.*'f0': 5"):
         ing.ingest([{"path": str(tmp_path / "x.csv")}], tmp_path / "o.parquet", label_column="label",
                    columns=["f0", "f1"])
 
@@ -362,7 +367,7 @@ def test_cli_success_and_error(tmp_path, capsys):
     assert not any(line.startswith("Traceback") for line in err)
     assert not (tmp_path / "o2.parquet").exists()
     rc = ing.main(["--inputs-json", inputs, "--out", str(tmp_path / "o2.parquet"), "--label-column", "label",
-                   "--nonfinite", "keep"])
+                   "--nonfinite", "zero"])
     assert rc == 1 and "nonfinite" in capsys.readouterr().err
 
 

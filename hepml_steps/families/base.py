@@ -122,6 +122,10 @@ class Family(ABC):
     max_train_events: ClassVar[int | None] = None
     #: whether :meth:`to_onnx` writes an ONNX copy of a fitted model
     exports_onnx: ClassVar[bool] = False
+    #: whether ``fit`` and the predictions take NaN in ``X`` as a missing value
+    #: (XGBoost, HistGradientBoosting); otherwise :mod:`hepml_steps.dataset`
+    #: fills NaN with the train medians of the features step before ``fit``
+    handles_missing: ClassVar[bool] = False
 
     def __init__(self, task: str = "classification", params: dict | None = None,
                  seed: int = 0, n_threads: int = 1, device: str = "cpu"):

@@ -215,6 +215,7 @@ class HistGradientBoostingFamily(SklearnFamily):
     """scikit-learn's histogram gradient boosting (LightGBM-like)."""
 
     name = "hist_gbm"
+    handles_missing = True  # learns a direction for NaN at every split
     tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.ensemble:HistGradientBoostingClassifier",
                   "regression": "sklearn.ensemble:HistGradientBoostingRegressor"}

@@ -43,6 +43,7 @@ def _cuda_usable(xgb) -> tuple[bool, str]:
 
 class XGBoostFamily(Family):
     name = "xgboost"
+    handles_missing = True  # NaN is XGBoost's missing value: a default direction per split
     tasks = ("classification", "multiclass", "regression")
     default_params = {
         "n_estimators": 200,
