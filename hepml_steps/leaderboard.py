@@ -65,10 +65,21 @@ def _ranked(rows: list[dict], task: tasks.Task) -> list[dict]:
     return sorted(rows, key=sort_key)
 
 
-def markdown(rows: list[dict]) -> str:
+def negative_weights_line(ingest: dict | None) -> list[str]:
+    """The header line on negative event weights of the ingest record (none when there are none)."""
+    neg = (ingest or {}).get("negative_weights") or {}
+    if not any(v.get("n") for v in neg.values()):
+        return []
+    parts = [f"{c} {v['n']} events (Σw = {v['sum_weights']:.4g})" for c, v in neg.items()]
+    return [f"Negative event weights: {', '.join(parts)}. Metrics use the signed weights; fits follow "
+            "`negative_weights` (default `ignore`: weight 0).", ""]
+
+
+def markdown(rows: list[dict], ingest: dict | None = None) -> str:
     """The leaderboard for people: one ranked table per task, with the Bayes-optimal
-    AUC when known and the energy methods used; columns no row fills are left out."""
-    lines = ["# Leaderboard", ""]
+    AUC when known, the negative event weights of the ``ingest`` record and the
+    energy methods used; columns no row fills are left out."""
+    lines = ["# Leaderboard", ""] + negative_weights_line(ingest)
     bayes = [r["bayes_auc"] for r in rows if r.get("bayes_auc") is not None]
     if bayes:
         lines += [f"Bayes-optimal AUC on the test split (exact likelihood ratio of the toy): **{bayes[0]:.4f}**. "
@@ -91,7 +102,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dict]:
+def leaderboard(metrics_files: list[str], out_csv: str, out_md: str, ingest: str | None = None) -> list[dict]:
     """Write the CSV (every column) and Markdown leaderboards of the metrics files.
 
     Parameters
@@ -100,6 +111,8 @@ def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dic
         metrics.json documents of the evaluate step.
     out_csv, out_md : str
         The CSV and Markdown leaderboards to write.
+    ingest : str, optional
+        The ingest record (``data.source: files``), for the negative-weight line.
 
     Returns
     -------
@@ -130,7 +143,7 @@ def leaderboard(metrics_files: list[str], out_csv: str, out_md: str) -> list[dic
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
-        tmp.write_text(markdown(ordered))
+        tmp.write_text(markdown(ordered, read_json(ingest) if ingest else None))
     return ordered
 
 
@@ -139,8 +152,9 @@ def main(argv=None) -> int:
         p.add_argument("--metrics", nargs="+", required=True)
         p.add_argument("--csv", required=True)
         p.add_argument("--md", required=True)
+        p.add_argument("--ingest", help="ingest record (JSON): negative event weights for the header")
 
-    return cli.run(build, lambda a: leaderboard(a.metrics, a.csv, a.md), argv, __doc__)
+    return cli.run(build, lambda a: leaderboard(a.metrics, a.csv, a.md, a.ingest), argv, __doc__)
 
 
 if __name__ == "__main__":
