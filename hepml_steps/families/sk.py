@@ -217,6 +217,14 @@ class AdaBoostFamily(SklearnFamily):
         p["estimator"] = tree(max_depth=p.pop("max_depth"), random_state=self.seed)
         return p
 
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None):
+        """Fit on the events of positive weight: SAMME takes log(weight), so an
+        event left at 0 (``negative_weights: ignore``) adds nothing but a warning."""
+        if sample_weight is not None and np.any(np.asarray(sample_weight) == 0):
+            keep = np.asarray(sample_weight) > 0
+            X, y, sample_weight = X[keep], (None if y is None else np.asarray(y)[keep]), sample_weight[keep]
+        return super().fit(X, y, sample_weight)
+
 
 class HistGradientBoostingFamily(SklearnFamily):
     """scikit-learn's histogram gradient boosting (LightGBM-like)."""
