@@ -12,9 +12,8 @@ import yaml
 from snakemake.utils import update_config
 
 from hepml_steps import config as hconfig
-from hepml_steps import dataset, registry, train
+from hepml_steps import dataset, leaderboard, registry, train
 from hepml_steps import ingest as ing
-from hepml_steps import leaderboard
 from hepml_steps import metrics as M
 from hepml_steps.errors import ConfigError, DataError
 from hepml_steps.families.xgb import curvature_scale
