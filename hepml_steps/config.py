@@ -36,7 +36,7 @@ from .errors import ConfigError, HepmlError
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 # Per-model settings that fall back to the `training` section.
-MODEL_DEFAULTS = ("threads", "weighting", "device", "gpus", "leakage", "leakage_auc")
+MODEL_DEFAULTS = ("threads", "weighting", "negative_weights", "device", "gpus", "leakage", "leakage_auc")
 
 
 def _key(path) -> str:
@@ -205,6 +205,8 @@ def _resolve(name: str, spec: dict, config: dict) -> dict:
             raise ConfigError(f"models.{name}.tune.enabled: task '{task}' has no validation objective "
                               f"to tune; tunable tasks: {', '.join(tunable)}")
         full["tune"]["enabled"] = False  # tuning.enabled covers the models that can be tuned
+    if full["negative_weights"] == "keep":
+        _check_keep(name, spec, registry.get(spec["family"]))  # imported only when keep is asked for
     if full["gpus"]:
         cls = registry.get(spec["family"])  # imported only when a GPU is asked for
         if not cls.gpu_capable:
@@ -212,6 +214,16 @@ def _resolve(name: str, spec: dict, config: dict) -> dict:
         if full["device"] == "cpu":
             raise ConfigError(f"models.{name}.gpus: gpus: {full['gpus']} contradicts device: cpu")
     return full
+
+
+def _check_keep(name: str, spec: dict, cls) -> None:
+    """Refuse ``negative_weights: keep`` for a family that cannot train on negative weights."""
+    if not cls.accepts_negative_weights:
+        key = f"models.{name}.negative_weights" if "negative_weights" in spec else \
+            f"training.negative_weights (models.{name})"
+        raise ConfigError(f"{key}: 'keep' but family '{cls.name}' cannot train on negative event weights "
+                          "(accepts_negative_weights is False); use 'ignore' (weight 0 in the fit, TMVA's "
+                          "IgnoreNegWeightsInTraining) or 'abs' (|w|)")
 
 
 def resolve_models(config: dict) -> dict[str, dict]:

@@ -18,7 +18,9 @@ Reading for a fit (:func:`read_fit`):
 - the features are the model's ``features`` (default: every feature column of
   the table), never its target;
 - events of a class absent from the training classes are left out (warning);
-- the weights of the fit follow ``weighting`` (:func:`fit_weights`).
+- the weights of the fit follow ``negative_weights`` and ``weighting``
+  (:func:`fit_weights`); ``weights`` keep the signed event weights, which
+  every figure of merit uses.
 
 Reading for scoring (:func:`read_scoring`) keeps every event and uses the
 trained model's features, classes and target. Targets are read in physical
@@ -47,6 +49,10 @@ from .io import read_parquet
 log = logging.getLogger("hepml.dataset")
 
 WEIGHTINGS = ("balanced", "physical", "none")
+#: How the fit treats negative event weights: ``ignore`` (weight 0, TMVA's
+#: IgnoreNegWeightsInTraining, the default), ``keep`` (families declaring
+#: ``accepts_negative_weights`` only), ``abs`` (|w|).
+NEGATIVE_WEIGHTS = ("ignore", "keep", "abs")
 CAP_SALT = 0x5EED
 
 
@@ -108,26 +114,57 @@ class Dataset:
                        labels=pick(self.labels), truth_llr=pick(self.truth_llr))
 
 
-def fit_weights(w, y, weighting: str, task: str) -> np.ndarray:
+def signed_policy(w, negative: str) -> np.ndarray:
+    """The event weights a fit may see under the ``negative_weights`` policy.
+
+    ``ignore``: negative weights become 0 (TMVA's IgnoreNegWeightsInTraining);
+    ``abs``: |w|; ``keep``: as they are.
+
+    Raises
+    ------
+    ConfigError
+        An unknown policy.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if negative == "ignore":
+        return np.where(w < 0, 0.0, w)
+    if negative == "abs":
+        return np.abs(w)
+    if negative == "keep":
+        return w
+    raise ConfigError(f"training negative_weights '{negative}' unknown; use one of {NEGATIVE_WEIGHTS}")
+
+
+def fit_weights(w, y, weighting: str, task: str, negative: str = "ignore") -> np.ndarray:
     """Event weights as the fit uses them.
+
+    First the ``negative`` policy (:func:`signed_policy`), then ``weighting``:
 
     - ``balanced``: for tasks with classes (classification, multiclass) each
       class's weights are scaled so every class carries the same total,
       keeping relative weights within a class (TMVA's NormMode=EqualNumEvents,
       but weighted); for other tasks as ``physical``;
-    - ``physical``: the event weights, rescaled to mean 1;
-    - ``none``: every event counts once.
+    - ``physical``: the event weights, rescaled to mean 1 (class ratios kept);
+    - ``none``: every event counts once (0 for an ignored negative weight).
+
+    In every case the weights have mean 1 over the events (unless an ignored
+    event is left at 0), the scale that weight-unit hyper-parameters
+    (``min_child_weight``, ``C``) are written for. A family whose parameters
+    bound a *curvature* rather than a weight (XGBoost's ``min_child_weight``
+    bounds the hessian, ~w·p(1−p)) rescales further in its ``fit``.
 
     Parameters
     ----------
     w : ndarray of shape (n_events,)
-        Event weights.
+        Event weights (signed).
     y : ndarray of shape (n_events,) or None
         The task's targets.
     weighting : str
         One of :data:`WEIGHTINGS`.
     task : str
         The model's task.
+    negative : str, default "ignore"
+        One of :data:`NEGATIVE_WEIGHTS`.
 
     Returns
     -------
@@ -138,11 +175,11 @@ def fit_weights(w, y, weighting: str, task: str) -> np.ndarray:
     DataError
         A class (or all events) with non-positive total weight.
     ConfigError
-        An unknown ``weighting``.
+        An unknown ``weighting`` or ``negative``.
     """
-    w = np.asarray(w, dtype=np.float64)
+    w = signed_policy(w, negative)
     if weighting == "none":
-        return np.ones_like(w)
+        return np.where(w == 0, 0.0, 1.0) if negative == "ignore" else np.ones_like(w)
     labels = tasks.get(task).balance_classes(y) if weighting == "balanced" else None
     if labels is not None:
         out = np.empty_like(w)
@@ -150,13 +187,14 @@ def fit_weights(w, y, weighting: str, task: str) -> np.ndarray:
             m = y == cls
             total = w[m].sum()
             if total <= 0:
-                raise DataError(f"class {cls} has non-positive total weight {total:g}; cannot balance")
+                raise DataError(f"class {cls} has non-positive total weight {total:g} "
+                                f"(negative_weights: {negative}); cannot balance")
             out[m] = w[m] * (len(w) / len(labels)) / total
         return out
     if weighting in ("balanced", "physical"):
         total = w.sum()
         if total <= 0:
-            raise DataError(f"events have non-positive total weight {total:g}")
+            raise DataError(f"events have non-positive total weight {total:g} (negative_weights: {negative})")
         return w * len(w) / total
     raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
 
@@ -239,7 +277,8 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     path : str
         A prepared split (Parquet).
     spec : dict
-        The model's config entry (``task``, ``target``, ``features``, ``weighting``).
+        The model's config entry (``task``, ``target``, ``features``, ``weighting``,
+        ``negative_weights``).
     what : str
         How messages name the model (and split).
     cap : int, optional
@@ -277,7 +316,8 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
         df, y = _known_classes(df, y, classes, cap_rec, target, what)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
     return Dataset(X=_features(df, cols, spec.get("family"), what), y=y, weights=w,
-                   fit_weights=fit_weights(w, y, spec.get("weighting", "balanced"), task.name),
+                   fit_weights=fit_weights(w, y, spec.get("weighting", "balanced"), task.name,
+                                           spec.get("negative_weights", "ignore")),
                    event_ids=df[EVENT_ID].to_numpy(), labels=_optional(df, LABEL), columns=cols,
                    classes=classes, cap=cap_rec, truth_llr=_optional(df, TRUTH_LLR), prepared=_prepared(df))
 

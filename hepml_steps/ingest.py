@@ -663,6 +663,16 @@ def _write_table(writer, table, ids, bounds, totals, desc):
     totals["n_bkg"] += int((y == 0).sum())
     totals["w_sig"] += float(w[y == 1].sum())
     totals["w_bkg"] += float(w[y == 0].sum())
+    _count_negative(totals, y, w)
+
+
+def _count_negative(totals: dict, y, w) -> None:
+    """Add the count and sum of the negative weights of each class to ``totals["negative"]``."""
+    neg = totals.setdefault("negative", {c: {"n": 0, "sum_weights": 0.0} for c in ("signal", "background")})
+    for c, name in ((1, "signal"), (0, "background")):
+        m = (y == c) & (w < 0)
+        neg[name]["n"] += int(m.sum())
+        neg[name]["sum_weights"] += float(w[m].sum())
 
 
 def _per_column(state: _Input, check: list[str]) -> dict[str, int]:
@@ -837,6 +847,8 @@ def _record(out, s: Settings, labels: Labels, states: list[_Input], kept, totals
     return {
         "output": str(out), "n_events": totals["n"], "sum_weights": totals["w"], "labelled": labels.present,
         **{k: v if labels.present else None for k, v in per_class.items()},
+        "negative_weights": totals.get("negative") or {c: {"n": 0, "sum_weights": 0.0}
+                                                       for c in ("signal", "background")},
         "n_dropped_nonfinite": sum(r["n_dropped_nonfinite"] for r in records),
         "files": records, "cutflow": cutflow, "columns": order,
         "features": [c for c in order if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS)],

@@ -75,6 +75,16 @@ def _ranked(rows: list[dict], task: tasks.Task) -> list[dict]:
     return sorted(rows, key=sort_key)
 
 
+def negative_weights_line(ingest: dict | None) -> list[str]:
+    """The header line on negative event weights of the ingest record (none when there are none)."""
+    neg = (ingest or {}).get("negative_weights") or {}
+    if not any(v.get("n") for v in neg.values()):
+        return []
+    parts = [f"{c} {v['n']} events (Σw = {v['sum_weights']:.4g})" for c, v in neg.items()]
+    return [f"Negative event weights: {', '.join(parts)}. Metrics use the signed weights; fits follow "
+            "`negative_weights` (default `ignore`: weight 0).", ""]
+
+
 def _pct(n: int, of: int) -> str:
     return f"{n} ({100.0 * n / of:.1f} %)" if of else str(n)
 
@@ -103,9 +113,9 @@ def cutflow_table(record: dict) -> list[str]:
 
 def markdown(rows: list[dict], ingest: dict | None = None) -> str:
     """The leaderboard for people: the cut-flow of the inputs (given the ingest
-    record), one ranked table per task, with the Bayes-optimal AUC when known
+    record) and its negative event weights, one ranked table per task, with the Bayes-optimal AUC when known
     and the energy methods used; columns no row fills are left out."""
-    lines = ["# Leaderboard", ""] + cutflow_table(ingest or {})
+    lines = ["# Leaderboard", ""] + cutflow_table(ingest or {}) + negative_weights_line(ingest)
     bayes = [r["bayes_auc"] for r in rows if r.get("bayes_auc") is not None]
     if bayes:
         lines += [f"Bayes-optimal AUC on the test split (exact likelihood ratio of the toy): **{bayes[0]:.4f}**. "
@@ -142,7 +152,7 @@ def leaderboard(metrics_files: list[str], out_csv: str, out_md: str, ingest: str
     out_csv, out_md : str
         The CSV and Markdown leaderboards to write.
     ingest : str, optional
-        The ingest record (``ingest.json``): its cut-flow heads the Markdown.
+        The ingest record (``ingest.json``): its cut-flow and negative event weights head the Markdown.
 
     Returns
     -------
@@ -182,7 +192,7 @@ def main(argv=None) -> int:
         p.add_argument("--metrics", nargs="+", required=True)
         p.add_argument("--csv", required=True)
         p.add_argument("--md", required=True)
-        p.add_argument("--ingest", help="the ingest record (ingest.json): its cut-flow heads the Markdown")
+        p.add_argument("--ingest", help="the ingest record (ingest.json): cut-flow and negative weights for the header")
 
     return cli.run(build, lambda a: leaderboard(a.metrics, a.csv, a.md, a.ingest), argv, __doc__)
 

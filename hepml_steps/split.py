@@ -6,6 +6,14 @@ splitmix64(salt)) / 2**64``; an event goes to *train* if ``u < f_train``, to
 on nothing but the event's id and the salt, so an event's split never depends
 on file order or on which other events are present. Streams the input by
 record batches, so memory stays at one batch.
+
+Sanity (:func:`check_classes`): every split must hold at least
+``min_events_per_class`` signal and background events with a positive total
+(signed) weight, or the step stops with one error naming the split, the
+class and the counts, before any model trains (a rare signal can leave the
+test split without signal, which otherwise surfaces only at evaluation).
+Only classes present in the input are checked, and events without a label
+(no ``label`` column, or label −1) are left out of the check.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cli
-from .columns import EVENT_ID, LABEL, SPLITS
+from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError
 from .io import atomic_path, write_json
 
@@ -69,9 +77,49 @@ def assign(event_id: np.ndarray, fractions: dict, salt: int = 0) -> np.ndarray:
     return np.searchsorted(edges, u, side="right").astype(np.int8)
 
 
+CLASSES = {1: "signal", 0: "background"}
+
+
+def check_classes(counts: dict, weights: dict, minimum: int = 1) -> None:
+    """Refuse a split that lacks events (or positive weight) of a class present in the input.
+
+    Parameters
+    ----------
+    counts, weights : dict of str to dict of int to number
+        Per split, per class label (1 signal, 0 background): the number of
+        events and their total (signed) weight.
+    minimum : int, default 1
+        Fewest events of each class a split must hold (``split.min_events_per_class``).
+
+    Raises
+    ------
+    DataError
+        Naming the first split and class short of events or of weight, with
+        the counts of every split.
+    """
+    present = [c for c in CLASSES if sum(counts[s].get(c, 0) for s in SPLITS) > 0]
+    for c in present:
+        n = {s: counts[s].get(c, 0) for s in SPLITS}
+        w = {s: weights[s].get(c, 0.0) for s in SPLITS}
+        for s in SPLITS:
+            if n[s] < minimum or w[s] <= 0:
+                short = (f"{n[s]} {CLASSES[c]} events (fewer than split.min_events_per_class = {minimum})"
+                         if n[s] < minimum else f"{CLASSES[c]} events of total weight {w[s]:g} (not positive)")
+                per_split = ", ".join(f"{k} {n[k]} (weight {w[k]:.4g})" for k in SPLITS)
+                raise DataError(f"split: the {s} split has {short}; {CLASSES[c]} events per split: {per_split}. "
+                                f"Every split needs {CLASSES[c]} events to train and evaluate: use more "
+                                f"{CLASSES[c]} events, larger split.fractions.{s}, or another split.salt")
+
+
 def split(events: str, outs: dict[str, str], fractions: dict, salt: int = 0,
-          summary_out: str | None = None, batch_size: int = 1_000_000) -> dict:
-    """Split the canonical event table ``events`` into the files ``outs[split]``."""
+          summary_out: str | None = None, batch_size: int = 1_000_000, min_events_per_class: int = 1) -> dict:
+    """Split the canonical event table ``events`` into the files ``outs[split]``.
+
+    Raises
+    ------
+    DataError
+        A split would be empty, or lacks a class (:func:`check_classes`).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -84,8 +132,10 @@ def split(events: str, outs: dict[str, str], fractions: dict, salt: int = 0,
     if EVENT_ID not in pf.schema_arrow.names:
         raise DataError(f"{events}: no '{EVENT_ID}' column")
     counts = {s: 0 for s in SPLITS}
-    signal = {s: 0 for s in SPLITS}
-    has_label = LABEL in pf.schema_arrow.names
+    per_class = {s: {} for s in SPLITS}
+    weight_class = {s: {} for s in SPLITS}
+    names = pf.schema_arrow.names
+    has_label = LABEL in names
     with contextlib.ExitStack() as stack:
         tmps = {s: stack.enter_context(atomic_path(outs[s])) for s in SPLITS}
         writers = {s: stack.enter_context(pq.ParquetWriter(tmps[s], pf.schema_arrow, compression="zstd"))
@@ -100,21 +150,35 @@ def split(events: str, outs: dict[str, str], fractions: dict, salt: int = 0,
                     writers[s].write_batch(part)
                     counts[s] += n
                     if has_label:
-                        signal[s] += int(np.asarray(part.column(LABEL)).sum())
+                        _count_classes(part, per_class[s], weight_class[s], WEIGHT in names)
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
             raise DataError(
                 f"split {empty} of {events} would be empty ({sum(counts.values())} events in all, "
                 f"fractions {fractions}); use more events or larger fractions")
+        if has_label:
+            check_classes(per_class, weight_class, min_events_per_class)
     summary = {
         "input": str(events), "fractions": fractions, "salt": int(salt), "recipe": RECIPE,
-        "n_events": counts, "n_signal": signal if has_label else None,
+        "n_events": counts, "n_signal": {s: per_class[s].get(1, 0) for s in SPLITS} if has_label else None,
+        "n_background": {s: per_class[s].get(0, 0) for s in SPLITS} if has_label else None,
+        "min_events_per_class": int(min_events_per_class),
     }
     for s in SPLITS:
         log.info("%s: %d events", s, counts[s])
     if summary_out:
         write_json(summary_out, summary)
     return summary
+
+
+def _count_classes(part, n: dict, w: dict, has_weight: bool) -> None:
+    """Add the events and weights per class label (0, 1) of a record batch to ``n`` and ``w``."""
+    y = np.asarray(part.column(LABEL))
+    wt = np.asarray(part.column(WEIGHT), dtype=np.float64) if has_weight else np.ones(len(y))
+    for c in CLASSES:
+        m = y == c
+        n[c] = n.get(c, 0) + int(m.sum())
+        w[c] = w.get(c, 0.0) + float(wt[m].sum())
 
 
 def main(argv=None) -> int:
@@ -125,9 +189,12 @@ def main(argv=None) -> int:
         p.add_argument("--fractions", type=cli.json_arg, required=True)
         p.add_argument("--salt", type=int, default=0)
         p.add_argument("--summary")
+        p.add_argument("--min-events-per-class", type=int, default=1,
+                       help="fewest signal and background events every split must hold")
 
     return cli.run(build, lambda a: split(a.events, {s: getattr(a, s) for s in SPLITS}, a.fractions,
-                                          a.salt, a.summary), argv, __doc__)
+                                          a.salt, a.summary, min_events_per_class=a.min_events_per_class),
+                   argv, __doc__)
 
 
 if __name__ == "__main__":

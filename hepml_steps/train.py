@@ -14,6 +14,13 @@ according to ``weighting`` (:func:`hepml_steps.dataset.fit_weights`):
 - ``physical``: the event weights as they are, rescaled to mean 1;
 - ``none``: every event counts once.
 
+Negative event weights enter the fit according to ``negative_weights``
+(``ignore``: weight 0, the default; ``abs``; ``keep`` for families that
+accept them). A supervised fit whose scores are constant on the validation
+and training events learned nothing: that is an error naming the model and
+the likely cause (:func:`check_learned`), raised before any file (ONNX
+export included) is written.
+
 Families that scale badly declare (or the config sets) ``max_train_events``;
 above it a deterministic subsample (smallest hash of ``event_id``) is used, a
 warning is logged and the cap is recorded. Before the fit the leakage check
@@ -81,6 +88,51 @@ def _fit(family, train, val, meter) -> dict:
             "energy": {**meter.record, "device": family.info.get("device", meter.device)}}
 
 
+#: At most this many training events are scored by :func:`check_learned`.
+LEARNED_SAMPLE = 2000
+
+
+def check_learned(family, train, val, model: str, spec: dict) -> None:
+    """Refuse a supervised fit whose score is the same for every event.
+
+    The validation events are scored first; only when their scores are all
+    equal are (at most :data:`LEARNED_SAMPLE`) training events scored too.
+
+    Raises
+    ------
+    DataError
+        ``models.<model>: the fit learned nothing (constant score); likely cause: ...``
+    """
+    import numpy as np
+
+    if train.y is None:
+        return  # unsupervised tasks: a constant output is not a failed fit
+    for data in (val, train.take(np.arange(min(len(train), LEARNED_SAMPLE)))):
+        if len(data) == 0:
+            continue
+        score = np.asarray(family.predict_score(data.X), dtype=np.float64)
+        if not np.all(np.ptp(score.reshape(len(score), -1), axis=0) <= 1e-12):
+            return
+    raise DataError(f"models.{model}: the fit learned nothing (constant score on the validation and "
+                    f"training events); likely cause: {_likely_cause(family, train, spec)}")
+
+
+def _likely_cause(family, train, spec: dict) -> str:
+    import numpy as np
+
+    w, y = train.fit_weights, train.y
+    if w is not None and family.task in ("classification", "multiclass"):
+        totals = [float(w[y == c].sum()) for c in np.unique(y)]
+        if len(totals) > 1 and min(totals) < 0.05 * max(totals):
+            return (f"weighting: {spec.get('weighting', 'balanced')} gives a class {min(totals) / max(totals):.2g} "
+                    f"of the weight of another over {len(train)} training events, too little for the family's "
+                    "minimum-weight parameters (min_child_weight, min_samples_leaf, ...); use weighting: "
+                    "balanced, more events, or smaller such parameters")
+    return (f"{len(train)} training events too few for the family's parameters (min_child_weight, "
+            "min_samples_leaf, regularisation), or features that carry no information on the target; "
+            "check the features and loosen those parameters")
+
+
 def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir: str,
           record_out: str, seed: int = 42, threads: int = 1, tuned: str | None = None,
           energy: dict | None = None) -> dict:
@@ -139,6 +191,7 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     leaks = leakage.check(data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT),
                           task.separates_signal)
     fitted = _fit(family, data, val, step_meter(energy, device, cls.gpu_capable))
+    check_learned(family, data, val, model, spec)
     meta = {"model": model, "family": cls.name, "task": task.name, "params": family.params, "seed": seed,
             "features": data.columns, "target": spec.get("target"), "file_format": cls.file_format,
             "device": device}  # the request: inference resolves it again where it runs

@@ -131,6 +131,7 @@ class _Study:
     threads: int
     device: str
     weighting: str
+    negative_weights: str
     classes: list | None
     energy: dict | None
     cv: int = 0
@@ -169,8 +170,8 @@ def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None) -> float:
             if trial.should_prune():
                 raise optuna.TrialPruned()
         fam.set_epoch_callback(report)
-    fam.fit(Xt, yt, sample_weight=dataset.fit_weights(wt, yt, st.weighting, st.task.name), X_val=Xe, y_val=ye,
-            w_val=dataset.fit_weights(we, ye, st.weighting, st.task.name))
+    fam.fit(Xt, yt, sample_weight=dataset.fit_weights(wt, yt, st.weighting, st.task.name, st.negative_weights),
+            X_val=Xe, y_val=ye, w_val=dataset.fit_weights(we, ye, st.weighting, st.task.name, st.negative_weights))
     # the objective uses the event weights as they are (physics weights)
     return st.task.objective_value(st.objective, ye, fam.predict_score(Xe), we, Xe)
 
@@ -329,7 +330,8 @@ def _study(model: str, spec: dict, seed: int, threads: int, energy: dict | None)
                   space=resolve_space(cls, cfg.get("search_space"), what),
                   base_params=cls.resolve_params(spec.get("params") or {}), cfg=cfg, what=what, seed=seed,
                   threads=threads, device=registry.requested_device(spec),
-                  weighting=spec.get("weighting", "balanced"), classes=None, energy=energy,
+                  weighting=spec.get("weighting", "balanced"),
+                  negative_weights=spec.get("negative_weights", "ignore"), classes=None, energy=energy,
                   cv=int(cfg.get("cv_folds") or 0))
 
 

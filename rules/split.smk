@@ -9,6 +9,7 @@ rule split:
         step=step("split"),
         fractions=lambda wc: jq(config["split"]["fractions"]),
         salt=config["split"]["salt"],
+        min_events=config["split"]["min_events_per_class"],
     log:
         f"{RES}/logs/split.log",
     conda:
@@ -16,4 +17,4 @@ rule split:
     shell:
         "{params.step:q} --events {input:q} --train {output.train:q} --validation {output.validation:q}"
         " --test {output.test:q} --fractions {params.fractions:q} --salt {params.salt:q}"
-        " --summary {output.summary:q} > {log:q} 2>&1"
+        " --summary {output.summary:q} --min-events-per-class {params.min_events:q} > {log:q} 2>&1"

@@ -83,3 +83,51 @@ def test_cli(events, tmp_path, capsys):
     rc = sp.main(["--events", str(events), "--train", o["train"], "--validation", o["validation"],
                   "--test", o["test"], "--fractions", json.dumps({**FR, "test": 0.5})])
     assert rc == 1 and "sum to 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- class sanity
+
+def _rare_signal(tmp_path, n_signal=12, label=True):
+    """2000 background events and ``n_signal`` signal events none of which hashes into test."""
+    ids = np.arange(20000, dtype=np.int64)
+    not_test = ids[sp.assign(ids, FR) != 2]
+    df = pd.DataFrame({"event_id": np.r_[np.arange(100000, 102000), not_test[:n_signal]],
+                       "label": np.r_[np.zeros(2000), np.ones(n_signal)].astype(np.int8),
+                       "weight": np.ones(2000 + n_signal), "f0": np.zeros(2000 + n_signal)})
+    if label is None:
+        df = df.drop(columns=["label"])
+    elif label == -1:
+        df["label"] = np.int8(-1)
+    path = tmp_path / "rare.parquet"
+    df.to_parquet(path, index=False)
+    return path
+
+
+def test_a_split_without_signal_is_one_error_naming_the_class_and_counts(tmp_path):
+    with pytest.raises(DataError) as exc:
+        sp.split(str(_rare_signal(tmp_path)), outs(tmp_path), FR)
+    msg = str(exc.value)
+    assert msg.startswith("split: the test split has 0 signal events") and "signal events per split:" in msg
+    assert "test 0" in msg and "train " in msg and "validation " in msg
+    assert not any((tmp_path / f"{s}.parquet").exists() for s in FR)  # nothing written
+
+
+def test_min_events_per_class_is_configurable(events, tmp_path):
+    sp.split(str(events), outs(tmp_path), FR, min_events_per_class=100)
+    with pytest.raises(DataError, match=r"fewer than split.min_events_per_class = 10000"):
+        sp.split(str(events), outs(tmp_path), FR, min_events_per_class=10_000)
+
+
+def test_a_class_without_positive_weight_in_a_split_is_refused(events, tmp_path):
+    df = pd.read_parquet(events)
+    test_sig = (sp.assign(df.event_id.to_numpy(), FR) == 2) & (df.label == 1)
+    df.loc[test_sig, "weight"] = -1.0
+    df.to_parquet(events, index=False)
+    with pytest.raises(DataError, match=r"the test split has signal events of total weight -\d+ \(not positive\)"):
+        sp.split(str(events), outs(tmp_path), FR)
+
+
+@pytest.mark.parametrize("label", [None, -1])
+def test_unlabelled_tables_skip_the_class_check(label, tmp_path):
+    summary = sp.split(str(_rare_signal(tmp_path, label=label)), outs(tmp_path), FR)
+    assert sum(summary["n_events"].values()) == 2012

@@ -7,7 +7,7 @@ family instance is declared here, with its default; nothing is looked up with
 
 - *declares* class attributes: ``name``, ``tasks``, ``default_params``,
   ``search_space``, ``gpu_capable``, ``file_format``, ``iterative``,
-  ``max_train_events``, ``exports_onnx``;
+  ``max_train_events``, ``exports_onnx``, ``accepts_negative_weights``;
 - *implements* ``fit``, ``predict_score``, ``save`` and ``load``;
 - *may override* the optional hooks, whose defaults are safe:
   ``use_device`` (stay on the CPU), ``native_importance`` (none),
@@ -126,6 +126,11 @@ class Family(ABC):
     #: (XGBoost, HistGradientBoosting); otherwise :mod:`hepml_steps.dataset`
     #: fills NaN with the train medians of the features step before ``fit``
     handles_missing: ClassVar[bool] = False
+    #: whether ``fit`` trains correctly on negative event weights (signed NLO
+    #: generator weights): the config accepts ``negative_weights: keep`` only
+    #: for such families; under ``ignore`` (default) and ``abs`` the fit never
+    #: sees a negative weight
+    accepts_negative_weights: ClassVar[bool] = False
 
     def __init__(self, task: str = "classification", params: dict | None = None,
                  seed: int = 0, n_threads: int = 1, device: str = "cpu"):
@@ -184,7 +189,9 @@ class Family(ABC):
             dimensionality reduction).
         sample_weight : ndarray of shape (n_events,), float64, optional
             Event weights as set by ``training.weighting``; they must change
-            the fit (an up-weighted event counts more).
+            the fit (an up-weighted event counts more). Never negative unless
+            the family declares ``accepts_negative_weights`` (and the config
+            asks for ``negative_weights: keep``).
         X_val, y_val, w_val : optional
             The validation split (same conventions), for learning curves,
             early stopping and :meth:`report_epoch`.
@@ -357,4 +364,5 @@ class Family(ABC):
             "search_space": dict(cls.search_space), "gpu_capable": cls.gpu_capable,
             "file_format": cls.file_format, "iterative": cls.iterative,
             "max_train_events": cls.max_train_events, "exports_onnx": cls.exports_onnx,
+            "accepts_negative_weights": cls.accepts_negative_weights,
         }

@@ -190,7 +190,7 @@ def _check_declarations(cls) -> None:
     known = _task_names()
     _require(cls.tasks and set(cls.tasks) <= set(known), f"tasks {cls.tasks!r} must be a non-empty subset of {known}")
     _require(isinstance(cls.file_format, str) and cls.file_format, "file_format must be a non-empty string")
-    for flag in ("gpu_capable", "iterative", "exports_onnx"):
+    for flag in ("gpu_capable", "iterative", "exports_onnx", "accepts_negative_weights"):
         _require(isinstance(getattr(cls, flag), bool), f"{flag} must be True or False")
     cap = cls.max_train_events
     _require(cap is None or (isinstance(cap, int) and cap > 0), f"max_train_events {cap!r}: None or an integer > 0")
@@ -350,6 +350,22 @@ def _check_sample_weight(case: _Case) -> None:
         _check_changed(case.task, s_u, s_w)
 
 
+def _check_negative_weights(case: _Case) -> None:
+    """A family declaring ``accepts_negative_weights`` fits on signed weights
+    (every 5th event negative, mean 1) and its scores keep the task's shape,
+    range and meaning (as in ``scores``)."""
+    w = np.where(np.arange(N_TRAIN) % 5 == 0, -1.0, 1.0)
+    try:
+        s = np.asarray(case.fit(w * len(w) / w.sum()).predict_score(case.Xt))
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        raise _Failed(f"accepts_negative_weights is True but fit on signed weights failed: "
+                      f"{type(exc).__name__}: {exc}") from exc
+    shape = (N_TEST, case.n_classes) if case.task == "multiclass" else (N_TEST,)
+    _require(s.shape == shape and np.all(np.isfinite(s)),
+             f"after a fit on signed weights the scores have shape {s.shape} (expected {shape}) or are not finite")
+    _SCORE_MEANING[case.task](case, s)
+
+
 def _check_changed(task: str, s_u, s_w) -> None:
     if task == "clustering":
         from sklearn.metrics import adjusted_rand_score
@@ -497,6 +513,7 @@ _TASK_CHECKS: tuple[tuple[str, Callable, Callable], ...] = (
     ("batches", _check_batches, lambda cls, task: True),
     ("determinism", _check_determinism, lambda cls, task: True),
     ("sample_weight", _check_sample_weight, lambda cls, task: True),
+    ("negative_weights", _check_negative_weights, lambda cls, task: cls.accepts_negative_weights),
     ("save_load", _check_save_load, lambda cls, task: True),
     ("no_pickle", _check_no_pickle, lambda cls, task: True),
     ("native_importance", _check_native_importance, lambda cls, task: True),

@@ -85,6 +85,13 @@ class SklearnFamily(Family):
     ``default_params``; ``fixed_params`` are passed but not configurable.
     A family listing ``multiclass`` in ``tasks`` uses its classification
     estimator (scikit-learn classifiers handle K classes natively).
+
+    Negative weights (``accepts_negative_weights``): refused by AdaBoost; the
+    trees and forests let them make leaf "probabilities" negative (a forest
+    then fails in ``predict_proba``), histogram gradient boosting takes Newton
+    steps on negative hessians, libsvm drops the events, logistic regression's
+    loss becomes unbounded below: all declare False. Gaussian naive Bayes
+    (weighted moments) declares True.
     """
 
     estimators: ClassVar[dict[str, str]] = {}
@@ -210,6 +217,14 @@ class AdaBoostFamily(SklearnFamily):
         p["estimator"] = tree(max_depth=p.pop("max_depth"), random_state=self.seed)
         return p
 
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None):
+        """Fit on the events of positive weight: SAMME takes log(weight), so an
+        event left at 0 (``negative_weights: ignore``) adds nothing but a warning."""
+        if sample_weight is not None and np.any(np.asarray(sample_weight) == 0):
+            keep = np.asarray(sample_weight) > 0
+            X, y, sample_weight = X[keep], (None if y is None else np.asarray(y)[keep]), sample_weight[keep]
+        return super().fit(X, y, sample_weight)
+
 
 class HistGradientBoostingFamily(SklearnFamily):
     """scikit-learn's histogram gradient boosting (LightGBM-like)."""
@@ -259,7 +274,13 @@ class SVMFamily(SklearnFamily):
 
 
 class GaussianNBFamily(SklearnFamily):
+    """Gaussian naive Bayes. Accepts negative weights: the class priors, means
+    and variances are weighted sums, so signed weights give the signed-weighted
+    (physical) estimates, as TMVA's likelihood method does (a class's total
+    weight must stay positive)."""
+
     name = "naive_bayes"
+    accepts_negative_weights = True
     tasks = ("classification", "multiclass")
     estimators = {"classification": "sklearn.naive_bayes:GaussianNB"}
     default_params = {"var_smoothing": 1e-9}

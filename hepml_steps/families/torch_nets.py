@@ -268,6 +268,9 @@ class TorchFamily(Family):
     """
 
     gpu_capable = True
+    # the loss is a weighted mean, a correct (signed) estimate of the expected
+    # loss; a batch whose weights sum to <= 0 is normalised by its |weights|
+    accepts_negative_weights = True
     file_format = "torch-state-dict"
     iterative = True  # every epoch reports train_loss, validation_loss (and validation_auc)
     exports_onnx = True

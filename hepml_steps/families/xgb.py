@@ -11,6 +11,18 @@ XGBoost evaluates anyway, e.g.
 ``xgboost: iteration 20/200 train_loss 0.4123 val_loss 0.4301 (1.2 s)``.
 ``device="cuda"`` uses the GPU when this XGBoost build has CUDA and a device
 is visible; otherwise it falls back to CPU and says so.
+
+Weight units (:func:`curvature_scale`): ``min_child_weight`` (and
+``reg_lambda``) bound a leaf's *hessian* sum, which for the logistic loss is
+Σ w·p(1−p), not Σ w. With ``weighting: physical`` and a signal yield 1 % of
+the background, p ≈ 0.01 at the start and the hessian per unit weight is ~25
+times smaller than for a balanced sample: on a small training set no child
+reaches ``min_child_weight = 1`` and the BDT learns no split at all. So for
+classification and multiclass ``fit`` multiplies the weights by the factor
+that gives the start of the fit the total hessian of a balanced sample of as
+many unit-weight events; ``min_child_weight`` then means the same under every
+``weighting`` (the factor is 1 for ``balanced``). XGBoost refuses negative
+weights (``accepts_negative_weights`` is False).
 """
 from __future__ import annotations
 
@@ -39,6 +51,41 @@ def _cuda_usable(xgb) -> tuple[bool, str]:
     except OSError:
         return False, "no CUDA driver (libcuda.so.1) on this node"
     return True, "CUDA available"
+
+
+def curvature_scale(y, w, task: str) -> float:
+    """The factor XGBoost's fit multiplies the weights ``w`` by (see the module docstring).
+
+    For K classes with weight fractions p_c = W_c / W, the hessian of class
+    column c at the start of the fit is W·p_c(1−p_c) (binary: one column);
+    the factor brings the smallest of them to n·(1/K)(1−1/K), its value for
+    a balanced sample of n unit-weight events. 1 for regression, or when a
+    class has no positive weight.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_events,)
+        0/1 labels or class indices.
+    w : ndarray of shape (n_events,) or None
+        The fit weights (non-negative).
+    task : str
+
+    Returns
+    -------
+    float
+    """
+    if w is None or task not in ("classification", "multiclass") or len(w) == 0:
+        return 1.0
+    w = np.asarray(w, dtype=np.float64)
+    y = np.asarray(y)
+    classes = np.unique(y)
+    k = max(len(classes), 2)
+    total = float(w.sum())
+    per_class = [float(w[y == c].sum()) for c in classes]
+    if total <= 0 or len(classes) < 2 or min(per_class) <= 0:
+        return 1.0
+    curvature = min(wc * (total - wc) / total for wc in per_class)
+    return float(len(w) * (1 / k) * (1 - 1 / k) / curvature)
 
 
 class XGBoostFamily(Family):
@@ -115,6 +162,9 @@ class XGBoostFamily(Family):
         self._select_device(xgb, "training")
         if self.task == "multiclass":
             self.n_classes = self.classes_count(y)
+        if sample_weight is not None:
+            self.info["weight_scale"] = curvature_scale(y, sample_weight, self.task)
+            sample_weight = np.asarray(sample_weight, dtype=np.float64) * self.info["weight_scale"]
         dtrain = xgb.DMatrix(X, label=y, weight=sample_weight, nthread=self.n_threads)
         evals = [(dtrain, "train")]
         if X_val is not None:
