@@ -156,8 +156,9 @@ def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int
                     counters = {}
                     for b in keep:
                         leaf = getattr(t[b], "count_leaf", None) if hasattr(t, "branches") else None
-                        if leaf is not None and leaf.name in keep:
-                            counters[b] = leaf.name
+                        leaf = leaf.member("fName") if leaf is not None else None
+                        if leaf in keep:
+                            counters[b] = leaf
                     types = {b: arrays[b].type.content for b in keep}
                     types.update({c: np.float32 for c in sc})
                     f.mktree(name.rsplit("/", 1)[-1], types,

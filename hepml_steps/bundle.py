@@ -284,7 +284,10 @@ def from_file(bundles, path, fmt: str | None = None, tree: str | None = None, ch
                 if br is not None and br.kind == STRING:
                     read.append(text)
                 else:
-                    read += typer.column(where, text, body)[1]
+                    try:
+                        read += typer.column(where, text, body)[1]
+                    except DataError as exc:
+                        raise DataError(f"{exc}: {b.what} needs column '{c}'") from exc
             plans.append((plan, aliases))
         read = list(dict.fromkeys(read))
         yield from _chunks(src, plans, read, chunk_size, pd)
