@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from . import bundle, cli, dataset, leakage, registry, tasks
-from .errors import ConfigError, DataError, FamilyError
+from .errors import ConfigError, DataError, describe
 from .io import read_json, write_json
 
 log = logging.getLogger("hepml.train")
@@ -88,9 +88,9 @@ def _onnx_raw(path: Path, family, meta: dict, pre: dict) -> None:
         meta["onnx_input_names"] = onnx_export.with_preprocessing(
             path, bundle.Bundle(path.parent, family, meta, pre), props)
         meta["onnx_input"] = onnx_export.RAW_INPUT
-    except FamilyError as exc:
+    except Exception as exc:  # noqa: BLE001 - the model is fine; only its raw-input ONNX copy is refused
         log.warning("%s: model.onnx takes the prepared features, not the raw ones: %s", meta["model"], exc)
-        meta["onnx_input"], meta["onnx_raw_refused"] = "features", str(exc)
+        meta["onnx_input"], meta["onnx_raw_refused"] = "features", describe(exc)
 
 
 def _fit(family, train, val, meter) -> dict:
