@@ -85,7 +85,7 @@ def raw_columns(transform: dict) -> list[str]:
     derived = transform.get("derived") or {}
     need = [c for c in transform["columns"] if c not in derived]
     known = set(need)
-    for name, expr in derived.items():
+    for expr in derived.values():
         for c in _names(expr):
             if c not in derived and c not in known:
                 need.append(c)
