@@ -36,6 +36,7 @@ include: "rules/importance.smk"
 include: "rules/plots.smk"
 include: "rules/leaderboard.smk"
 include: "rules/track.smk"
+include: "rules/apply.smk"
 
 
 rule all:

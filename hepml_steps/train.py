@@ -30,6 +30,7 @@ alone separate the classes or look like identifiers. The model directory (model 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -37,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cli, dataset, leakage, registry, tasks
-from .errors import ConfigError, DataError
+from . import bundle, cli, dataset, leakage, registry, tasks
+from .errors import ConfigError, DataError, describe
 from .io import read_json, write_json
 
 log = logging.getLogger("hepml.train")
@@ -58,22 +59,45 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _save(family, meta: dict, out_dir: str) -> None:
-    """Write the model files, its ONNX copy and ``hepml_model.json`` into ``out_dir``, atomically."""
+def _save(family, meta: dict, out_dir: str, pre: dict | None = None) -> None:
+    """Write the model files, its ONNX copy, the bundle's ``preprocessing.json``
+    (:mod:`hepml_steps.bundle`, when ``pre`` is given) and ``hepml_model.json``
+    into ``out_dir``, atomically."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         meta["files"] = family.save(tmp)
+        if pre is not None:
+            meta["hepml_version"], meta["preprocessing_sha256"] = pre["hepml_version"], bundle.fingerprint(pre)
+            write_json(tmp / bundle.FILE, pre)
         if family.exports_onnx:  # a portable copy for C++/ONNX Runtime inference
             family.to_onnx(tmp / "model.onnx", n_features=len(meta["features"]))
             meta["onnx"] = "model.onnx"
+            if pre is not None:
+                _onnx_raw(tmp / "model.onnx", family, meta, pre)
         write_json(tmp / registry.META_FILE, meta)
         tmp.chmod(0o755)  # mkdtemp made it 0700; the model is shared like every other output
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _onnx_raw(path: Path, family, meta: dict, pre: dict) -> None:
+    """Put the preprocessing into the ONNX model (input ``raw``), or record why not."""
+    from .families import onnx_export
+
+    props = {"hepml_version": pre["hepml_version"], "hepml_model": meta["model"], "hepml_task": meta["task"],
+             "hepml_features": json.dumps(meta["features"]), "hepml_classes": json.dumps(meta.get("classes")),
+             "hepml_preprocessing_sha256": meta["preprocessing_sha256"]}
+    try:
+        meta["onnx_input_names"] = onnx_export.with_preprocessing(
+            path, bundle.Bundle(path.parent, family, meta, pre), props)
+        meta["onnx_input"] = onnx_export.RAW_INPUT
+    except Exception as exc:  # noqa: BLE001 - the model is fine; only its raw-input ONNX copy is refused
+        log.warning("%s: model.onnx takes the prepared features, not the raw ones: %s", meta["model"], exc)
+        meta["onnx_input"], meta["onnx_raw_refused"] = "features", describe(exc)
 
 
 def _fit(family, train, val, meter) -> dict:
@@ -135,7 +159,7 @@ def _likely_cause(family, train, spec: dict) -> str:
 
 def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir: str,
           record_out: str, seed: int = 42, threads: int = 1, tuned: str | None = None,
-          energy: dict | None = None) -> dict:
+          energy: dict | None = None, transform: str | None = None, ingest: dict | None = None) -> dict:
     """Fit ``spec`` (family, task, params, ...) and write the model and its record.
 
     Parameters
@@ -157,6 +181,12 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
     energy : dict, optional
         The config's energy settings; the fit is metered (see :mod:`.energy`) and
         the record gets ``energy.train`` (and ``energy.tuning`` from the tuning record).
+    transform : str, optional
+        The features step's ``transform.json``: with it the model directory is a
+        bundle (``preprocessing.json``, :mod:`hepml_steps.bundle`) and its ONNX
+        copy takes raw variables.
+    ingest : dict, optional
+        The ingest settings (``data.files``: ``columns``, ``aliases``, ``cut``) kept in the bundle.
 
     Returns
     -------
@@ -197,7 +227,7 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
             "device": device}  # the request: inference resolves it again where it runs
     if data.classes is not None:
         meta["classes"] = data.classes  # class index i of the scores is the target value classes[i]
-    _save(family, meta, out_dir)
+    _save(family, meta, out_dir, bundle.make(read_json(transform), ingest) if transform else None)
     record = {
         **meta, "weighting": spec.get("weighting", "balanced"), "n_train": len(data), "n_validation": len(val),
         "sum_weights_train": float(data.weights.sum()), "train_cap": data.cap,
@@ -224,9 +254,12 @@ def main(argv=None) -> int:
         p.add_argument("--threads", type=int, default=1, help="CPU threads of the fit")
         p.add_argument("--tuned", help="tuning record whose best params to use")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
+        p.add_argument("--transform", help="the features step's transform.json (makes the model dir a bundle)")
+        p.add_argument("--ingest", type=cli.json_arg, default={},
+                       help="ingest settings as JSON ({columns, aliases, cut}), kept in the bundle")
 
     return cli.run(build, lambda a: train(a.train, a.validation, a.model, a.spec, a.out, a.record, a.seed,
-                                          a.threads, a.tuned, a.energy), argv, __doc__)
+                                          a.threads, a.tuned, a.energy, a.transform, a.ingest), argv, __doc__)
 
 
 if __name__ == "__main__":

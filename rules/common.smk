@@ -80,11 +80,47 @@ def model_targets():
     return sorted({s["target"] for s in config["models"].values() if s.get("target")})
 
 
+def _apply_jobs():
+    """Output name (``<file stem>.root`` / ``.parquet``) -> {path, tree, format} of every
+    file of ``apply.inputs`` (globs expanded now; one apply job per file)."""
+    from hepml_steps.errors import ConfigError
+    from hepml_steps.readers import expand_files
+
+    unknown = [m for m in config["apply"]["models"] or [] if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"apply.models: {unknown} are not selected models ({sorted(MODELS)})")
+    jobs = {}
+    for i, spec in enumerate(config["apply"]["inputs"]):
+        files, unmatched = expand_files(spec["path"], spec.get("pattern"))
+        if unmatched:
+            raise ConfigError(f"apply.inputs[{i}].path: no file matches {unmatched}")
+        for f in files:
+            fmt = spec.get("format") or ("root" if f.endswith(".root") else None)
+            key = Path(f).stem + (".root" if fmt == "root" else ".parquet")
+            if key in jobs:
+                key = f"{i}_{key}"
+            jobs[key] = {"path": f, "tree": spec.get("tree"), "format": spec.get("format")}
+    return jobs
+
+
+APPLY = hepml_config.exit_on_error(_apply_jobs)
+
+
+wildcard_constraints:
+    applied="|".join(re.escape(k) for k in sorted(APPLY)) or "(?!)",
+
+
+def apply_models():
+    """The models whose scores `apply` adds (default: every selected model)."""
+    return config["apply"]["models"] or sorted(MODELS)
+
+
 def all_outputs():
     out = [f"{RES}/leaderboard.csv", f"{RES}/leaderboard.md", f"{RES}/plots/summary"]
     out += expand(f"{RES}/plots/{{model}}", model=MODELS)
     if config["tracking"]["enabled"]:
         out += expand(f"{RES}/tracking/{{model}}.json", model=MODELS) + [f"{RES}/tracking/summary.json"]
+    out += [f"{RES}/apply/{k}" for k in APPLY]
     return out
 
 

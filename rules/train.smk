@@ -4,6 +4,7 @@ rule train:
         train=f"{RES}/features/train.parquet",
         validation=f"{RES}/features/validation.parquet",
         tuned=lambda wc: f"{RES}/tuning/{wc.model}.json" if tuned(wc.model) else [],
+        transform=f"{RES}/features/transform.json",
     output:
         model=directory(f"{RES}/models/{{model}}"),
         record=f"{RES}/records/{{model}}.train.json",
@@ -13,6 +14,7 @@ rule train:
         seed=config["seed"],
         tuned=lambda wc, input: opt("--tuned", input.tuned),
         energy=jq(config["energy"]),
+        ingest=jq({k: ingest_settings().get(k) for k in ("columns", "aliases", "cut")}),
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
@@ -24,4 +26,4 @@ rule train:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.model:q}"
         " --record {output.record:q} --seed {params.seed:q} --threads {threads} {params.tuned:q}"
-        " --energy {params.energy:q} > {log:q} 2>&1"
+        " --energy {params.energy:q} --transform {input.transform:q} --ingest {params.ingest:q} > {log:q} 2>&1"

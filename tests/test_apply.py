@@ -1,0 +1,76 @@
+"""The apply step: score unlabelled ROOT (TTree, RNTuple) and Parquet files with bundles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hepml_steps import apply, bundle, ingest
+from hepml_steps.errors import DataError
+from tests.nanoaod_files import nanoaod_arrays, write
+from tests.test_bundle import ALIASES, COLUMNS, trained  # noqa: F401 (the fixture)
+
+N = 700
+
+
+def _expected(trained, path, tmp_path):  # noqa: F811
+    """Scores of the file's events through ingest (no cut, NaN kept) and the bundles."""
+    table = tmp_path / "ingested.parquet"
+    ingest.ingest([{"path": str(path)}], table, columns=COLUMNS, aliases=ALIASES, nonfinite="keep")
+    import pandas as pd
+
+    raw = pd.read_parquet(table)
+    return {m: bundle.load(d).score(raw) for m, d in trained["models"].items()}
+
+
+@pytest.mark.parametrize("kind", ["ttree", "rntuple"])
+def test_apply_root(trained, tmp_path, kind):  # noqa: F811
+    import uproot
+
+    arrays = nanoaod_arrays(N, seed=7, signal=True)
+    path = write(tmp_path / f"data_{kind}.root", arrays, kind)
+    out = tmp_path / "scored.root"
+    rec = apply.apply([str(d) for d in trained["models"].values()], str(path), str(out), chunk_size=300)
+    assert rec["n_events"] == N
+    t = uproot.open(out)["Events"]
+    assert t.num_entries == N
+    keys = set(t.keys())
+    assert {"MET_pt", "nJet", "Jet_pt", "bdt_score", "mlp_score"} <= keys
+    got = t.arrays(["MET_pt", "Jet_pt", "bdt_score", "mlp_score"], library="ak")
+    np.testing.assert_array_equal(got["MET_pt"].to_numpy(), arrays["MET_pt"])  # entry order kept
+    assert got["Jet_pt"].tolist() == arrays["Jet_pt"].tolist()
+    want = _expected(trained, path, tmp_path)
+    for m in trained["models"]:
+        np.testing.assert_allclose(got[f"{m}_score"].to_numpy(), want[m], atol=1e-6)
+
+
+def test_apply_parquet(trained, tmp_path):  # noqa: F811
+    import awkward as ak
+    import pandas as pd
+
+    arrays = nanoaod_arrays(N, seed=8, signal=False)
+    path = tmp_path / "data.parquet"
+    ak.to_parquet(ak.Array(arrays), path)
+    out = tmp_path / "scored.parquet"
+    apply.apply([str(trained["models"]["bdt"])], str(path), str(out))
+    df = pd.read_parquet(out)
+    assert len(df) == N and "bdt_score" in df and "Jet_pt" in df
+    want = _expected({"models": {"bdt": trained["models"]["bdt"]}}, path, tmp_path)
+    np.testing.assert_allclose(df["bdt_score"].to_numpy(), want["bdt"], atol=1e-6)
+
+
+def test_apply_missing_branch(trained, tmp_path):  # noqa: F811
+    arrays = nanoaod_arrays(50, seed=9, signal=True)
+    del arrays["Jet_btagDeepB"]
+    path = write(tmp_path / "nobtag.root", arrays, "ttree")
+    with pytest.raises(DataError, match=r"model 'bdt'.*Jet_btagDeepB|max_Jet_btagDeepB.*model 'bdt'"):
+        apply.apply([str(trained["models"]["bdt"])], str(path), str(tmp_path / "o.root"))
+    assert not (tmp_path / "o.root").exists()
+
+
+def test_cli_errors_are_one_line(trained, tmp_path, capsys):  # noqa: F811
+    bad = tmp_path / "bad.root"
+    bad.write_text("not root")
+    rc = apply.main(["--model-dir", str(trained["models"]["bdt"]), "--input", str(bad), "--out",
+                     str(tmp_path / "o.root")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("hepml: error:") and "bad.root" in err[-1]
