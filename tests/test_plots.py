@@ -108,3 +108,29 @@ def test_score_histograms_of_a_capped_model_use_its_fitted_events(tmp_path, monk
     fitted = pred.iloc[cap_index(pred["event_id"].to_numpy()[:2000], 300)]
     assert sorted(train["event_id"]) == sorted(fitted["event_id"])
     assert (seen["pred"]["split"] == "test").sum() == 1000
+
+
+def test_significance_figures_mark_the_optimum_of_metrics_json(tmp_path, captured):
+    """Per model: ε_S, ε_B and Z against the cut with the evaluate step's optimum;
+    summary: Z against ε_S for every model, each optimum marked."""
+    from hepml_steps.evaluate import evaluate
+
+    preds, docs = {}, {}
+    for i, name in enumerate(("bdt", "mlp")):
+        pred = _predictions(i, n=4000)
+        pred["score"] = 1 / (1 + np.exp(-pred["score"]))
+        pred.to_parquet(tmp_path / f"{name}.parquet")
+        docs[name] = evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name,
+                              "classification", test_fraction=0.5)
+        preds[name] = pred
+        path = plots.significance_scan(pred, docs[name], tmp_path / f"{name}_scan.png", name)
+        assert path and (tmp_path / f"{name}_scan.png").stat().st_size > 0
+        stars = [ln for ax in captured[f"{name}_scan.png"].axes for ln in ax.get_lines() if ln.get_marker() == "*"]
+        assert len(stars) == 1
+        m = docs[name]["metrics"]
+        assert stars[0].get_xdata()[0] == pytest.approx(m["optimal_cut"])
+        assert stars[0].get_ydata()[0] == pytest.approx(m["z_max"])
+    assert plots.significance_vs_efficiency(preds, docs, tmp_path / "z.png")
+    lines = captured["z.png"].axes[0].get_lines()
+    assert sum(ln.get_marker() == "*" for ln in lines) == 2
+    assert any(ln.get_label().startswith("bdt (Z_max") for ln in lines)
