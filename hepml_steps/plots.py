@@ -141,6 +141,7 @@ def validation_curve(trials, path, title: str, objective: str) -> str | None:
     """Objective vs the tuned hyper-parameter, when tuning had one dimension."""
     params = [c for c in trials.columns if c.startswith("param.")]
     done = trials[trials["state"] == "COMPLETE"]
+    column = objective if objective in trials.columns else "value"  # older tables: "value"
     if len(params) != 1 or done.empty:
         return None
     plt = _plt()
@@ -150,9 +151,9 @@ def validation_curve(trials, path, title: str, objective: str) -> str | None:
     x = done[params[0]]
     if is_numeric_dtype(x.dtype):
         order = np.argsort(x.to_numpy())
-        ax.plot(x.to_numpy()[order], done["value"].to_numpy()[order], "o-")
+        ax.plot(x.to_numpy()[order], done[column].to_numpy()[order], "o-")
     else:
-        ax.plot(x.astype(str).to_numpy(), done["value"].to_numpy(), "o")
+        ax.plot(x.astype(str).to_numpy(), done[column].to_numpy(), "o")
     ax.set_xlabel(params[0].removeprefix("param."))
     ax.set_ylabel(f"{objective} (validation)")
     ax.set_title(title, fontsize=10)

@@ -42,7 +42,7 @@ def test_roc_overlay_gives_every_model_its_own_line_style(tmp_path, captured):
 
 def test_validation_curve_of_a_categorical_parameter(tmp_path):
     csv = tmp_path / "trials.csv"
-    pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "value": [0.8, 0.9, 0.85],
+    pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "roc_auc": [0.8, 0.9, 0.85],
                   "param.kernel": ["rbf", "linear", "poly"]}).to_csv(csv, index=False)
     out = plots.validation_curve(pd.read_csv(csv), tmp_path / "vc.png", "svm", "roc_auc")
     assert out and (tmp_path / "vc.png").stat().st_size > 0
