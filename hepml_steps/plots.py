@@ -374,8 +374,14 @@ def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
     return _save(fig, path)
 
 
-def correlation_matrix(df, columns, path, title: str) -> str:
-    """Weighted linear correlation coefficients (in %) of the input features."""
+def correlation_matrix(df, columns, path, title: str, max_features: int = 40) -> str:
+    """Weighted linear correlation coefficients (in %) of the input features.
+
+    With more than ``max_features`` features only the ``max_features`` most
+    correlated ones (largest Σ_j |ρ_ij| over the others) are drawn, so the
+    figure's size and drawing time stay bounded (800 features: one 800×800
+    matrix computed, 40×40 drawn); the title says so.
+    """
     plt = _plt()
     X = df[columns].to_numpy(dtype=np.float64)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
@@ -383,9 +389,16 @@ def correlation_matrix(df, columns, path, title: str) -> str:
     mu = np.average(X, axis=0, weights=w)
     Xc = X - mu
     cov = (Xc * w[:, None]).T @ Xc / w.sum()
+    del Xc
     sd = np.sqrt(np.diag(cov))
     sd[sd == 0] = 1
     corr = cov / np.outer(sd, sd)
+    columns = list(columns)
+    if len(columns) > max_features:
+        strength = np.abs(corr).sum(axis=1) - np.abs(np.diag(corr))
+        keep = np.sort(np.argsort(-strength, kind="stable")[:max_features])
+        title = f"{title}; the {max_features} most correlated of {len(columns)} features"
+        corr, columns = corr[np.ix_(keep, keep)], [columns[i] for i in keep]
     n = len(columns)
     fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.5))
     im = ax.imshow(corr * 100, cmap="RdBu_r", vmin=-100, vmax=100)

@@ -134,3 +134,42 @@ def test_significance_figures_mark_the_optimum_of_metrics_json(tmp_path, capture
     lines = captured["z.png"].axes[0].get_lines()
     assert sum(ln.get_marker() == "*" for ln in lines) == 2
     assert any(ln.get_label().startswith("bdt (Z_max") for ln in lines)
+
+
+WIDE = """
+import resource, sys, time
+import numpy as np, pandas as pd
+from hepml_steps import plots
+
+rng = np.random.default_rng(0)
+n, k = 4000, 800
+X = rng.normal(size=(n, k))
+X[:, 1] += X[:, 0]  # one correlated pair
+df = pd.DataFrame(X, columns=[f"f{i}" for i in range(k)])
+df["weight"], df["label"] = 1.0, rng.integers(0, 2, n)
+t0 = time.perf_counter()
+plots.correlation_matrix(df, [f"f{i}" for i in range(k)], sys.argv[1], "wide")
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_correlation_figure_of_800_features_is_bounded(tmp_path, captured):
+    """800 features: under 2 GB and a few seconds; at most 40 drawn, the most correlated kept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", WIDE, str(tmp_path / "c.png")], capture_output=True, text=True,
+                       cwd=str(Path(__file__).resolve().parents[1]), timeout=120)
+    assert r.returncode == 0, r.stderr
+    seconds, rss_kib = r.stdout.split()
+    assert float(seconds) < 10 and int(rss_kib) < 2 * 1024 * 1024
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(rng.normal(size=(500, 100)), columns=[f"f{i}" for i in range(100)])
+    df["f7"] = df["f3"] + 0.1 * df["f7"]
+    df["weight"] = 1.0
+    plots.correlation_matrix(df, [f"f{i}" for i in range(100)], tmp_path / "d.png", "t")
+    ax = captured["d.png"].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 40 and {"f3", "f7"} <= set(labels)
+    assert "40 most correlated of 100" in ax.get_title()
