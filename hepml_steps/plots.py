@@ -251,13 +251,17 @@ def feature_importance(importance: dict, path, title: str) -> str | None:
     return _save(fig, path)
 
 
-def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split") -> list[str]:
-    """All classification/anomaly models overlaid, plus the Bayes-optimal curve when known."""
+def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split",
+               path_inverse=None) -> list[str]:
+    """All classification/anomaly models overlaid, plus the Bayes-optimal curve
+    when known; with ``path_inverse`` also the rejection 1/ε_B against ε_S on a
+    log axis (TMVA's view of the tight working points)."""
     from .metrics import roc_auc, roc_curve
 
     plt = _plt()
     f1, a1 = plt.subplots(figsize=(7, 6))
     f2, a2 = plt.subplots(figsize=(7, 6))
+    f3, a3 = plt.subplots(figsize=(7, 6))
     bayes_done = False
     colours = plt.get_cmap("tab10").colors
     for i, (name, pred) in enumerate(sorted(preds.items())):
@@ -274,15 +278,25 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
             auc = roc_auc(y, score, sample_weight=w)
             a1.plot(tpr, 1 - fpr, label=f"{label} (AUC {auc:.4f})", **kw)
             a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
+            ok = fpr > 0
+            a3.plot(tpr[ok], 1 / fpr[ok], label=label, **kw)
     a1.set_xlabel("signal efficiency")
     a1.set_ylabel("background rejection (1 − background efficiency)")
     a2.plot([0, 1], [0, 1], ":", color="grey")
     a2.set_xlabel("background efficiency (false positive rate)")
     a2.set_ylabel("signal efficiency (true positive rate)")
-    for ax in (a1, a2):
+    a3.set_yscale("log")
+    a3.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    a3.set_ylabel(r"background rejection $1/\varepsilon_B$")
+    for ax in (a1, a2, a3):
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="lower left" if ax is a1 else "lower right")
-    return [_save(f1, path_rejection), _save(f2, path_tpr_fpr)]
+        ax.legend(fontsize=8, loc="lower right" if ax is a2 else "lower left" if ax is a1 else "upper right")
+    made = [_save(f1, path_rejection), _save(f2, path_tpr_fpr)]
+    if path_inverse:
+        made.append(_save(f3, path_inverse))
+    else:
+        plt.close(f3)
+    return made
 
 
 _Z_LABELS = {"asimov": "Asimov significance $Z_A$", "s_over_sqrt_b": r"$S/\sqrt{B}$",
@@ -553,7 +567,8 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
     made = []
     preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
     if preds:
-        made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png")
+        made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png",
+                           path_inverse=out / "roc_inverse_bkg_eff_log.png")
         if metrics:
             from .io import read_json
 

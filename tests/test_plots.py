@@ -173,3 +173,12 @@ def test_correlation_figure_of_800_features_is_bounded(tmp_path, captured):
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert len(labels) == 40 and {"f3", "f7"} <= set(labels)
     assert "40 most correlated of 100" in ax.get_title()
+
+
+def test_inverse_background_efficiency_on_a_log_axis(tmp_path, captured):
+    preds = {"a": _predictions(0), "b": _predictions(1)}
+    made = plots.roc_curves(preds, tmp_path / "r.png", tmp_path / "t.png", path_inverse=tmp_path / "inv.png")
+    assert len(made) == 3 and (tmp_path / "inv.png").stat().st_size > 0
+    ax = captured["inv.png"].axes[0]
+    assert ax.get_yscale() == "log" and len(ax.get_lines()) == 3  # two models + Bayes
+    assert all(np.all(ln.get_ydata() >= 1) for ln in ax.get_lines())
