@@ -13,7 +13,9 @@ task (all weighted with the event weights):
   mean, weighted tp/fp/tn/fn), the losses, ROC AUC on test (and on train and
   validation, for comparison), signal efficiency at each background
   efficiency, the Bayes-optimal AUC from ``truth_llr`` when known, and the
-  train-vs-test KS overtraining test per class;
+  train-vs-test KS overtraining test per class; and the significance-optimal
+  cut (below), with the confusion-matrix figures again at that cut
+  (``precision_at_cut``, ``f1_at_cut``, ...);
 - multiclass: accuracy and error rate of the most probable class, per-class
   and macro precision, sensitivity, F1 and one-vs-rest ROC AUC
   (``roc_auc`` = the macro mean), cross-entropy, the weighted confusion
@@ -21,7 +23,8 @@ task (all weighted with the event weights):
   AUC for comparison, and per class the KS test of that class's probability,
   train vs test, on its own events;
 - anomaly: the anomaly score as a signal discriminant (AUC, efficiencies),
-  plus the KS test on background (the class it was trained on);
+  plus the KS test on background (the class it was trained on) and the
+  significance-optimal cut on the anomaly score;
 - regression: MSE, MAE, RMSE, R², bias and resolutions on test (MSE and R²
   on train for overfitting);
 - clustering: number of clusters, noise fraction, silhouette (needs the
@@ -32,6 +35,23 @@ task (all weighted with the event weights):
 With unlabelled inputs (no ``label`` column; only tasks that need no labels
 run) the figures against the labels (clustering's adjusted Rand index and
 purity, the first component's separation) are left out.
+
+Significance and the optimal cut (classification, anomaly): the event
+weights are taken as *expected yields* (events in the data set analysed): the
+toy's weights are normalised to ``data.toy.yields``; for files, a user makes
+them so with each input's ``weight`` (cross-section × luminosity / number of
+generated events) times the per-event ``weight_column`` (e.g. ``genWeight``
+normalised to 1 on average). The test split holds a fraction
+``test_fraction`` of the events, so its weights are scaled by
+1/test_fraction: S and B are the full sample's expected yields. The cut
+maximising the figure ``significance`` (``asimov``, ``s_over_sqrt_b``,
+``s_over_sqrt_s_plus_b``, with relative background uncertainty
+``bkg_uncertainty``; :func:`hepml_steps.significance.optimal_cut`, which only
+considers cuts keeping at least 1 expected and 10 simulated background events)
+gives the metrics ``z_max`` (standard deviations), ``optimal_cut`` (select
+``score >= optimal_cut``), ``s_at_cut`` and ``b_at_cut`` (events),
+``sig_eff_at_cut`` and ``bkg_eff_at_cut``; metrics.json's ``significance``
+entry records the figure, the uncertainty and the weight scale.
 
 Train-split figures and the overtraining test use only the training events the
 model was fitted on: with a training cap (``train_cap`` in the record) that is
@@ -100,7 +120,8 @@ def _by_split(predictions: str, what: str) -> dict:
 def evaluate(predictions: str, out: str, model: str, task: str, threshold: float = 0.5,
              bkg_efficiencies=(0.01, 0.1, 0.3), extra: str | dict | None = None,
              features: str | None = None, ks_pvalue_min: float = 0.01,
-             inference: str | dict | None = None) -> dict:
+             inference: str | dict | None = None, significance: str = "asimov",
+             bkg_uncertainty: float = 0.0, test_fraction: float = 1.0) -> dict:
     """Compute the task's figures of merit on the test split; write ``out``.
 
     Parameters
@@ -123,6 +144,13 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
         Flag overtraining when a train-vs-test KS p-value is below this.
     inference : str or dict, optional
         The predict step's record (inference energy and throughput).
+    significance : {"asimov", "s_over_sqrt_b", "s_over_sqrt_s_plus_b"}
+        The figure of merit the optimal cut maximises.
+    bkg_uncertainty : float
+        Relative background uncertainty σ_b/B of that figure.
+    test_fraction : float
+        Fraction of the events in the test split (test weights are scaled by
+        its inverse to full-sample expected yields).
 
     Returns
     -------
@@ -146,7 +174,7 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
         # fitted on: a capped model (kNN, SVM, ...) never saw most of the training split
         by_split["train"] = fitted_events(by_split["train"], {**rec, "task": kind.name})
     judged = tasks.Judged(by_split, rec, what, threshold, [float(e) for e in bkg_efficiencies], ks_pvalue_min,
-                          features)
+                          features, significance, bkg_uncertainty, test_fraction)
     fig = kind.figures(judged)
     m, overtraining = fig.metrics, fig.overtraining
     for k, v in (overtraining or {}).items():
@@ -162,7 +190,7 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
     if overtraining and overtraining.get("flagged"):
         log.warning("%s: possible overtraining: KS p-value below %g (train vs test scores)", model, ks_pvalue_min)
     log.info("%s: %s", model, {k: v for k, v in result["metrics"].items() if k in ("roc_auc", "bayes_auc", "r2",
-                                                                                   "silhouette", "resolution_68")})
+                                                                                   "silhouette", "resolution_68", "z_max")})
     return result
 
 
@@ -179,11 +207,18 @@ def main(argv=None) -> int:
         p.add_argument("--inference", help="the predict step's record (JSON)")
         p.add_argument("--ks-pvalue-min", type=float, default=0.01,
                        help="flag overtraining when a train-vs-test KS p-value is below this")
+        p.add_argument("--significance", default="asimov",
+                       choices=("asimov", "s_over_sqrt_b", "s_over_sqrt_s_plus_b"),
+                       help="the figure of merit the optimal cut maximises")
+        p.add_argument("--bkg-uncertainty", type=float, default=0.0,
+                       help="relative background uncertainty of the significance")
+        p.add_argument("--test-fraction", type=float, default=1.0,
+                       help="fraction of the events in the test split (weights scaled by its inverse)")
 
     return cli.run(build, lambda a: evaluate(
         a.predictions, a.out, a.model, a.task, a.threshold,
         [float(x) for x in a.bkg_efficiencies.split(",") if x.strip()], a.extra, a.features,
-        a.ks_pvalue_min, a.inference), argv, __doc__)
+        a.ks_pvalue_min, a.inference, a.significance, a.bkg_uncertainty, a.test_fraction), argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@ Per model (``plots`` rule, one directory per model): score distributions of
 signal and background on train vs test (the TMVA overtraining plot, with the
 KS p-values), the weighted confusion matrix, the learning curve of iterative
 families, the validation curve of a one-dimensional tuning, residuals vs
-target (regression), anomaly-score distributions, the clustering scatter on
+target (regression), anomaly-score distributions, the significance scan
+(efficiencies and significance against the cut, optimum marked), the clustering scatter on
 the first two principal components, and feature importance.
 Across models (``summary_plots`` rule): ROC curves overlaid (background
 rejection vs signal efficiency and TPR vs FPR, with the Bayes-optimal curve
 when the truth LLR is known) and the input correlation matrices for signal
-and for background (one of all events when the inputs are unlabelled); test
+and for background (one of all events when the inputs are unlabelled); the
+significance against signal efficiency of every classifier and anomaly
+detector (expected yields, optimum marked); test
 AUC against training and inference J/event with the Pareto front, and energy
 per event against throughput.
 
@@ -138,6 +141,7 @@ def validation_curve(trials, path, title: str, objective: str) -> str | None:
     """Objective vs the tuned hyper-parameter, when tuning had one dimension."""
     params = [c for c in trials.columns if c.startswith("param.")]
     done = trials[trials["state"] == "COMPLETE"]
+    column = objective if objective in trials.columns else "value"  # older tables: "value"
     if len(params) != 1 or done.empty:
         return None
     plt = _plt()
@@ -147,9 +151,9 @@ def validation_curve(trials, path, title: str, objective: str) -> str | None:
     x = done[params[0]]
     if is_numeric_dtype(x.dtype):
         order = np.argsort(x.to_numpy())
-        ax.plot(x.to_numpy()[order], done["value"].to_numpy()[order], "o-")
+        ax.plot(x.to_numpy()[order], done[column].to_numpy()[order], "o-")
     else:
-        ax.plot(x.astype(str).to_numpy(), done["value"].to_numpy(), "o")
+        ax.plot(x.astype(str).to_numpy(), done[column].to_numpy(), "o")
     ax.set_xlabel(params[0].removeprefix("param."))
     ax.set_ylabel(f"{objective} (validation)")
     ax.set_title(title, fontsize=10)
@@ -247,13 +251,17 @@ def feature_importance(importance: dict, path, title: str) -> str | None:
     return _save(fig, path)
 
 
-def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split") -> list[str]:
-    """All classification/anomaly models overlaid, plus the Bayes-optimal curve when known."""
+def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split",
+               path_inverse=None) -> list[str]:
+    """All classification/anomaly models overlaid, plus the Bayes-optimal curve
+    when known; with ``path_inverse`` also the rejection 1/ε_B against ε_S on a
+    log axis (TMVA's view of the tight working points)."""
     from .metrics import roc_auc, roc_curve
 
     plt = _plt()
     f1, a1 = plt.subplots(figsize=(7, 6))
     f2, a2 = plt.subplots(figsize=(7, 6))
+    f3, a3 = plt.subplots(figsize=(7, 6))
     bayes_done = False
     colours = plt.get_cmap("tab10").colors
     for i, (name, pred) in enumerate(sorted(preds.items())):
@@ -270,19 +278,124 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
             auc = roc_auc(y, score, sample_weight=w)
             a1.plot(tpr, 1 - fpr, label=f"{label} (AUC {auc:.4f})", **kw)
             a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
+            ok = fpr > 0
+            a3.plot(tpr[ok], 1 / fpr[ok], label=label, **kw)
     a1.set_xlabel("signal efficiency")
     a1.set_ylabel("background rejection (1 − background efficiency)")
     a2.plot([0, 1], [0, 1], ":", color="grey")
     a2.set_xlabel("background efficiency (false positive rate)")
     a2.set_ylabel("signal efficiency (true positive rate)")
-    for ax in (a1, a2):
+    a3.set_yscale("log")
+    a3.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    a3.set_ylabel(r"background rejection $1/\varepsilon_B$")
+    for ax in (a1, a2, a3):
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="lower left" if ax is a1 else "lower right")
-    return [_save(f1, path_rejection), _save(f2, path_tpr_fpr)]
+        ax.legend(fontsize=8, loc="lower right" if ax is a2 else "lower left" if ax is a1 else "upper right")
+    made = [_save(f1, path_rejection), _save(f2, path_tpr_fpr)]
+    if path_inverse:
+        made.append(_save(f3, path_inverse))
+    else:
+        plt.close(f3)
+    return made
 
 
-def correlation_matrix(df, columns, path, title: str) -> str:
-    """Weighted linear correlation coefficients (in %) of the input features."""
+_Z_LABELS = {"asimov": "Asimov significance $Z_A$", "s_over_sqrt_b": r"$S/\sqrt{B}$",
+             "s_over_sqrt_s_plus_b": r"$S/\sqrt{S+B}$"}
+
+
+def _scan(test, settings: dict, n_cuts: int = 500) -> dict:
+    """The significance scan of a model's test predictions on at most ``n_cuts``
+    cuts (score quantiles), weights scaled to expected yields as the evaluate
+    step did; the figure is NaN where :func:`~hepml_steps.significance.optimal_cut`
+    would not look (under 1 expected or 10 simulated background events)."""
+    from .significance import significance_scan
+
+    score = test[SCORE].to_numpy(dtype=np.float64)
+    cuts = np.unique(np.quantile(score, np.linspace(0, 1, n_cuts + 1)))[::-1]
+    w = test[WEIGHT].to_numpy(dtype=np.float64) * float(settings.get("weight_scale", 1.0))
+    scan = significance_scan(test[LABEL].to_numpy(), score, w, cuts=cuts,
+                             rel_bkg_uncertainty=float(settings.get("rel_bkg_uncertainty", 0.0)))
+    fig = settings.get("figure", "asimov")
+    scan["z"] = np.where((scan["b"] >= 1.0) & (scan["n_b"] >= 10), scan[fig], np.nan)
+    return scan
+
+
+def significance_scan(pred, metrics: dict, path, title: str) -> str | None:
+    """Signal and background efficiencies and the significance against the score
+    cut (test split, expected yields), the optimal cut marked (TMVA's cut
+    efficiencies figure)."""
+    settings, m = metrics.get("significance"), metrics.get("metrics", {})
+    test = pred[pred[SPLIT] == "test"]
+    if not settings or LABEL not in test.columns or test.empty:
+        return None
+    scan = _scan(test, settings)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot(scan["cut"], scan["eps_s"], color="tab:blue", label=r"signal efficiency $\varepsilon_S$")
+    ax.plot(scan["cut"], scan["eps_b"], color="tab:red", label=r"background efficiency $\varepsilon_B$")
+    ax.set_xlabel("cut on the score (select score ≥ cut)")
+    ax.set_ylabel("efficiency")
+    ax.set_ylim(0, 1.05)
+    az = ax.twinx()
+    figure = settings.get("figure", "asimov")
+    az.plot(scan["cut"], scan["z"], color="black", label=_Z_LABELS.get(figure, figure))
+    az.set_ylabel(_Z_LABELS.get(figure, figure) + " [σ]")
+    if m.get("optimal_cut") is not None and m.get("z_max") is not None:
+        az.plot([m["optimal_cut"]], [m["z_max"]], "*", color="gold", ms=16, mec="black", zorder=5,
+                label=f"optimum: cut {m['optimal_cut']:.3g}, Z = {m['z_max']:.3g}, "
+                      f"S = {m['s_at_cut']:.3g}, B = {m['b_at_cut']:.3g}")
+        ax.axvline(m["optimal_cut"], color="grey", ls=":")
+    lines = ax.get_legend_handles_labels()
+    more = az.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center left")
+    unc = settings.get("rel_bkg_uncertainty", 0.0)
+    ax.set_title(f"{title}, test (yields ×{settings.get('weight_scale', 1.0):.3g})"
+                 + (f", σ_B/B = {unc:g}" if unc else ""), fontsize=10)
+    return _save(fig, path)
+
+
+def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
+    """The significance against the signal efficiency of every model's cut
+    (test split, expected yields), each model's optimum marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    colours = plt.get_cmap("tab10").colors
+    figures = set()
+    drawn = 0
+    for i, (name, pred) in enumerate(sorted(preds.items())):
+        met = metrics.get(name) or {}
+        settings, m = met.get("significance"), met.get("metrics", {})
+        test = pred[pred[SPLIT] == "test"]
+        if not settings or LABEL not in test.columns or test.empty:
+            continue
+        figures.add(settings.get("figure", "asimov"))
+        scan = _scan(test, settings)
+        style = {"color": colours[i % 10], "ls": ("-", "-.", ":")[(i // 10) % 3]}
+        z = m.get("z_max")
+        ax.plot(scan["eps_s"], scan["z"], label=f"{name} (Z_max {z:.3g})" if z is not None else name, **style)
+        if z is not None and m.get("sig_eff_at_cut") is not None:
+            ax.plot([m["sig_eff_at_cut"]], [z], "*", ms=12, mec="black", color=style["color"])
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    figure = figures.pop() if len(figures) == 1 else "significance"
+    ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    ax.set_ylabel(_Z_LABELS.get(figure, figure) + " [σ]")
+    ax.set_xlim(0, 1)
+    ax.set_title("significance vs signal efficiency (test, expected yields; stars: optima)", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def correlation_matrix(df, columns, path, title: str, max_features: int = 40) -> str:
+    """Weighted linear correlation coefficients (in %) of the input features.
+
+    With more than ``max_features`` features only the ``max_features`` most
+    correlated ones (largest Σ_j |ρ_ij| over the others) are drawn, so the
+    figure's size and drawing time stay bounded (800 features: one 800×800
+    matrix computed, 40×40 drawn); the title says so.
+    """
     plt = _plt()
     X = df[columns].to_numpy(dtype=np.float64)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
@@ -290,9 +403,16 @@ def correlation_matrix(df, columns, path, title: str) -> str:
     mu = np.average(X, axis=0, weights=w)
     Xc = X - mu
     cov = (Xc * w[:, None]).T @ Xc / w.sum()
+    del Xc
     sd = np.sqrt(np.diag(cov))
     sd[sd == 0] = 1
     corr = cov / np.outer(sd, sd)
+    columns = list(columns)
+    if len(columns) > max_features:
+        strength = np.abs(corr).sum(axis=1) - np.abs(np.diag(corr))
+        keep = np.sort(np.argsort(-strength, kind="stable")[:max_features])
+        title = f"{title}; the {max_features} most correlated of {len(columns)} features"
+        corr, columns = corr[np.ix_(keep, keep)], [columns[i] for i in keep]
     n = len(columns)
     fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.5))
     im = ax.imshow(corr * 100, cmap="RdBu_r", vmin=-100, vmax=100)
@@ -447,7 +567,13 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
     made = []
     preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
     if preds:
-        made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png")
+        made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png",
+                           path_inverse=out / "roc_inverse_bkg_eff_log.png")
+        if metrics:
+            from .io import read_json
+
+            docs = {d.get("model"): d for d in (read_json(p) for p in metrics)}
+            made.append(significance_vs_efficiency(preds, docs, out / "significance_vs_efficiency.png"))
     df = read_parquet(train_features)
     cols = [c for c in df.columns if is_feature(c)]
     if not hepml_tasks.labelled(df):  # unlabelled inputs: one matrix of all events
@@ -462,7 +588,7 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
         from .io import read_json
 
         made += energy_plots([read_json(p) for p in metrics], out)
-    return made
+    return [p for p in made if p]
 
 
 def main(argv=None) -> int:

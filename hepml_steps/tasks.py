@@ -67,6 +67,14 @@ class Judged:
         Overtraining is flagged when a train-vs-test KS p-value is below this.
     features : str or None
         The prepared test features (clustering's silhouette needs them).
+    significance : str
+        The figure of merit the optimal cut maximises (one of
+        :data:`hepml_steps.significance.FIGURES`).
+    bkg_uncertainty : float
+        Relative background uncertainty σ_b/B of that figure.
+    test_fraction : float
+        The fraction of the sample in the test split: test weights are scaled
+        by 1/test_fraction so that S and B are the full sample's expected yields.
     """
 
     by_split: dict
@@ -76,6 +84,9 @@ class Judged:
     bkg_efficiencies: list = field(default_factory=lambda: [0.01, 0.1, 0.3])
     ks_pvalue_min: float = 0.01
     features: str | None = None
+    significance: str = "asimov"
+    bkg_uncertainty: float = 0.0
+    test_fraction: float = 1.0
 
     @property
     def test(self):
@@ -330,6 +341,35 @@ def _discriminant(m: dict, part, effs) -> None:
         m[_eff_key(e)] = float(v)
 
 
+#: The optimal-cut figures written to metrics.json (metric name -> key of
+#: :func:`hepml_steps.significance.optimal_cut`).
+CUT_METRICS = {"z_max": "z_max", "optimal_cut": "cut", "s_at_cut": "s", "b_at_cut": "b",
+               "sig_eff_at_cut": "eps_s", "bkg_eff_at_cut": "eps_b"}
+
+
+def significance_settings(judged: Judged) -> dict:
+    """The metrics.json ``significance`` entry: what the optimal cut maximised
+    and how test weights were scaled to expected yields (the plots step reuses it)."""
+    if not 0 < judged.test_fraction <= 1:
+        raise ConfigError(f"{judged.what}: test_fraction = {judged.test_fraction!r} must lie in (0, 1]")
+    return {"figure": judged.significance, "rel_bkg_uncertainty": float(judged.bkg_uncertainty),
+            "test_fraction": float(judged.test_fraction), "weight_scale": 1.0 / judged.test_fraction}
+
+
+def _optimal_cut(m: dict, test, judged: Judged) -> dict:
+    """The cut on the test scores maximising the chosen significance; its
+    figures go into ``m`` (:data:`CUT_METRICS`). Returns the document entry."""
+    from .significance import optimal_cut
+
+    doc = significance_settings(judged)
+    w = test[WEIGHT].to_numpy(dtype=np.float64) * doc["weight_scale"]
+    best = optimal_cut(test[LABEL].to_numpy(), test[SCORE].to_numpy(dtype=np.float64), w,
+                       figure=judged.significance, rel_bkg_uncertainty=judged.bkg_uncertainty)
+    for name, key in CUT_METRICS.items():
+        m[name] = best[key]
+    return doc
+
+
 def _bayes(m: dict, test) -> None:
     if TRUTH_LLR in test.columns and test[TRUTH_LLR].notna().all():
         y, w = test[LABEL].to_numpy(), test[WEIGHT].to_numpy(dtype=np.float64)
@@ -462,7 +502,10 @@ class Classification(Task):
     leaderboard_columns = (
         ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
         ("roc_auc_train", "train AUC", ".4f"), ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"),
-        ("sig_eff_at_bkg_0.01", "ε_S @ ε_B=0.01", ".3f"), ("accuracy", "accuracy", ".3f"),
+        ("sig_eff_at_bkg_0.01", "ε_S @ ε_B=0.01", ".3f"),
+        ("z_max", "Z_max", ".3g"), ("optimal_cut", "best cut", ".3g"), ("s_at_cut", "S @ cut", ".4g"),
+        ("b_at_cut", "B @ cut", ".4g"), ("sig_eff_at_cut", "ε_S @ cut", ".3f"),
+        ("f1_at_cut", "F1 @ cut", ".3f"), ("accuracy", "accuracy", ".3f"),
         ("roc_combined", "\"ROC\"", ".3f"), ("f1", "F1", ".3f"),
         ("ks_pvalue_signal", "KS p (S)", ".3g"), ("ks_pvalue_background", "KS p (B)", ".3g"),
         ("overtrained", "overtrained?", ""),
@@ -511,9 +554,13 @@ class Classification(Task):
             if part is not None and part[LABEL].nunique() == 2:
                 m[f"roc_auc_{sp}"] = M.roc_auc(part[LABEL], part[SCORE], part[WEIGHT])
         _bayes(m, test)
+        doc = _optimal_cut(m, test, judged)
+        if math.isfinite(m["optimal_cut"]):
+            for k, v in M.threshold_metrics(y, s, m["optimal_cut"], w).items():
+                m[f"{k}_at_cut"] = v
         ks = ks_overtraining(judged.by_split, (("signal", LABEL, 1, SCORE), ("background", LABEL, 0, SCORE)),
                              judged.ks_pvalue_min)
-        return Figures(m, ks)
+        return Figures(m, ks, {"significance": doc})
 
     def importance_value(self, data, score):
         return M.roc_auc(data.labels, score, sample_weight=data.weights)
@@ -527,6 +574,8 @@ class Classification(Task):
             made.append(plots.confusion_matrix(
                 m, drawn.out / "confusion_matrix.png",
                 f"{drawn.title}, test, threshold {drawn.metrics.get('threshold', 0.5)}"))
+        made.append(plots.significance_scan(drawn.pred, drawn.metrics, drawn.out / "significance_scan.png",
+                                            drawn.title))
         return made
 
 
@@ -625,7 +674,8 @@ class Anomaly(Task):
     importance_metric = ("roc_auc", 1.0)
     leaderboard_columns = (
         ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
-        ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"), ("ks_pvalue_background", "KS p (B)", ".3g"),
+        ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"), ("z_max", "Z_max", ".3g"),
+        ("optimal_cut", "best cut", ".3g"), ("ks_pvalue_background", "KS p (B)", ".3g"),
     )
     rank_by = ("roc_auc", True)
 
@@ -637,8 +687,9 @@ class Anomaly(Task):
         _two_classes(judged.test, judged.what)
         _discriminant(m, judged.test, judged.bkg_efficiencies)
         _bayes(m, judged.test)
+        doc = _optimal_cut(m, judged.test, judged)
         ks = ks_overtraining(judged.by_split, (("background", LABEL, 0, SCORE),), judged.ks_pvalue_min)
-        return Figures(m, ks)
+        return Figures(m, ks, {"significance": doc})
 
     def importance_value(self, data, score):
         return M.roc_auc(data.labels, score, sample_weight=data.weights)
@@ -646,7 +697,9 @@ class Anomaly(Task):
     def model_plots(self, drawn):
         from . import plots
 
-        return [plots.anomaly_scores(drawn.pred, drawn.out / "anomaly_scores.png", drawn.title)]
+        return [plots.anomaly_scores(drawn.pred, drawn.out / "anomaly_scores.png", drawn.title),
+                plots.significance_scan(drawn.pred, drawn.metrics, drawn.out / "significance_scan.png",
+                                        drawn.title)]
 
 
 class Regression(Task):

@@ -21,6 +21,24 @@ SHA-256, so anyone can check what tuning read.
   fails naming the family and the first error.
 - Budget: ``n_trials`` and/or ``timeout`` seconds (with a timeout the number
   of trials, and so the result, can vary between runs).
+- Resumable: the study is stored as it runs, in an Optuna journal file
+  (:class:`optuna.storages.JournalStorage` over a
+  :class:`~optuna.storages.journal.JournalFileBackend`,
+  ``results/tuning/<model>.journal`` beside the record). A tune job that is
+  killed (out of time on a cluster, a crash) and rerun continues the same
+  study: the trials already finished (complete, pruned or failed) count
+  toward ``n_trials``, and only the rest are run; a trial that was running
+  when the job died is marked failed ("interrupted") and not counted. The
+  study's name holds a hash of everything that defines it (objective, search
+  space, the config's params, seed, CV folds, pruning, the SHA-256 of both
+  inputs), so a changed config or changed data starts a new study in the
+  same journal instead of mixing trials. ``timeout`` bounds each run of the
+  job, not the study's total time. A resumed study draws its later trials
+  from the sampler re-seeded on the finished trials, so it need not repeat
+  the trials an uninterrupted run would have drawn. Delete the journal to
+  start afresh.
+- The trials table names the objective's column after it (e.g. ``roc_auc``),
+  and a pruned trial's ``state`` is ``PRUNED`` (a crashed one ``FAIL``).
 """
 from __future__ import annotations
 
@@ -30,6 +48,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -224,8 +243,62 @@ def _objective(st: _Study, train, val, pooled, n_fit: int):
     return objective
 
 
-def _run(st: _Study, model: str, objective):
-    """Create, seed and run the study under an energy meter; return (study, wall seconds, meter)."""
+#: The user attribute of a trial that was running when its tune job died.
+INTERRUPTED = "interrupted"
+
+
+def storage_path(out: str, model: str) -> str:
+    """The study's journal file: ``<model>.journal`` beside the tuning record ``out``."""
+    return str(Path(out).with_name(f"{model}.journal"))
+
+
+def _storage(path: str):
+    """An Optuna journal storage in the file ``path`` (created with its folder)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _study_name(st: _Study, model: str, prune: bool, inputs: dict) -> str:
+    """``<model>-<hash>``: the hash of everything that defines the study, so a
+    changed config or changed inputs never resume an old study."""
+    key = json.dumps({"family": st.cls.name, "task": st.task.name, "objective": st.objective,
+                      "multi": st.multi, "space": st.space, "base": st.base_params, "seed": st.seed,
+                      "cv": st.cv, "prune": prune, "weighting": st.weighting, "inputs": inputs},
+                     sort_keys=True, default=str)
+    return f"{model}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _finished(study) -> list:
+    """The trials that count toward ``n_trials``: complete, pruned, or failed
+    other than by the job's death."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    return [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)
+            or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED))]
+
+
+def _close_interrupted(study, storage, what: str) -> None:
+    """Mark the trials left RUNNING (or WAITING) by a killed job as failed."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    for t in study.trials:
+        if t.state == states.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+            storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the tune job stopped during this trial")
+            storage.set_trial_state_values(t._trial_id, states.FAIL)
+            log.warning("%s: trial %d was interrupted by the previous run; marked failed", what, t.number)
+
+
+def _run(st: _Study, model: str, objective, storage_file: str | None = None, inputs: dict | None = None):
+    """Create (or resume), seed and run the study under an energy meter.
+
+    Returns (study, wall seconds, meter, number of trials run now).
+    """
     import optuna
 
     from .energy import step_meter
@@ -234,18 +307,29 @@ def _run(st: _Study, model: str, objective):
     prune = st.cfg.get("pruning", True) and st.cls.iterative and not st.cv and not st.multi
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3) if prune \
         else optuna.pruners.NopPruner()
+    storage = _storage(storage_file) if storage_file else None
     study = optuna.create_study(directions=[st.direction, "minimize"] if st.multi else [st.direction],
-                                sampler=optuna.samplers.TPESampler(seed=st.seed), pruner=pruner, study_name=model)
+                                sampler=optuna.samplers.TPESampler(seed=st.seed), pruner=pruner,
+                                study_name=_study_name(st, model, prune, inputs or {}) if storage else model,
+                                storage=storage, load_if_exists=True)
+    if storage is not None:
+        _close_interrupted(study, storage, st.what)
+    done = len(_finished(study))
+    if done:
+        log.info("%s: resuming the stored study (%s) after %d finished trials", st.what, storage_file, done)
     # trial 0 = the config's params (those of them that lie inside the search space)
     base, space = st.base_params, st.space
     study.enqueue_trial({k: (json.dumps(base[k]) if space[k]["type"] == "categorical" else base[k])
                          for k in space if _in_space(base[k], space[k])}, skip_if_exists=True)
     meter = step_meter(st.energy, st.device, st.cls.gpu_capable)
+    n_trials = st.cfg.get("n_trials", 20)
+    remaining = None if n_trials is None else max(0, int(n_trials) - done)
+    before = len(study.trials)
     t0 = time.perf_counter()
     with meter:
-        study.optimize(objective, n_trials=st.cfg.get("n_trials", 20), timeout=st.cfg.get("timeout"),
-                       catch=(Exception,))
-    return study, time.perf_counter() - t0, meter
+        if remaining != 0:
+            study.optimize(objective, n_trials=remaining, timeout=st.cfg.get("timeout"), catch=(Exception,))
+    return study, time.perf_counter() - t0, meter, len(study.trials) - before
 
 
 def _best(st: _Study, study):
@@ -271,13 +355,15 @@ def _best(st: _Study, study):
     return best, pareto
 
 
-def _write_trials(study, pareto, path: str) -> None:
-    """One row per trial: state, value, seconds, J/event, Pareto membership, error, params."""
+def _write_trials(study, pareto, path: str, objective: str = "value") -> None:
+    """One row per trial: state (``COMPLETE``, ``PRUNED``, ``FAIL``), the
+    objective (a column named after it), seconds, J/event, Pareto membership,
+    error, params."""
     import pandas as pd
 
     rows = []
     for t in study.trials:
-        row = {"number": t.number, "state": t.state.name, "value": t.values[0] if t.values else None,
+        row = {"number": t.number, "state": t.state.name, objective: t.values[0] if t.values else None,
                "seconds": t.user_attrs.get("seconds"), "train_j_per_event": t.user_attrs.get("train_j_per_event"),
                "pareto": bool(pareto) and any(p["number"] == t.number for p in pareto),
                "error": t.user_attrs.get("error", "")}
@@ -287,7 +373,7 @@ def _write_trials(study, pareto, path: str) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
-def _record(st: _Study, model: str, study, best, pareto, wall: float, meter, inputs: list[str]) -> dict:
+def _record(st: _Study, model: str, study, best, pareto, wall: float, meter, inputs: dict) -> dict:
     """The tuning record (see the module docstring)."""
     import optuna
 
@@ -306,7 +392,7 @@ def _record(st: _Study, model: str, study, best, pareto, wall: float, meter, inp
         "n_failed": sum(t.state == states.FAIL for t in study.trials),
         "budget": {"n_trials": st.cfg.get("n_trials", 20), "timeout": st.cfg.get("timeout")},
         "wall_seconds": wall, "search_space": space, "seed": st.seed,
-        "inputs": {p: _sha256(p) for p in inputs},
+        "inputs": dict(inputs),
         "energy": meter.record,
     }
 
@@ -336,7 +422,7 @@ def _study(model: str, spec: dict, seed: int, threads: int, energy: dict | None)
 
 
 def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str, trials_out: str,
-         seed: int = 42, threads: int = 1, energy: dict | None = None) -> dict:
+         seed: int = 42, threads: int = 1, energy: dict | None = None, storage: str | None = None) -> dict:
     """Run the study for ``model`` and write the best params (``out``) and the trials table.
 
     Parameters
@@ -356,6 +442,10 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     energy : dict, optional
         Energy settings as in :func:`.train.train`: the whole study is metered,
         and the record's ``energy`` counts the training events of every trial run.
+    storage : str, optional
+        The study's journal file (default :func:`storage_path`: beside ``out``);
+        an existing study there with the same definition is resumed. ``""``:
+        keep the study in memory only.
 
     Returns
     -------
@@ -376,12 +466,15 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     st.classes = train.classes
     pooled = _cv_splits(train, val, st.cv, st.what) if st.cv else None
     n_fit = sum(int(tr.sum()) for tr, _ in pooled[3]) if st.cv else len(train)
-    study, wall, meter = _run(st, model, _objective(st, train, val, pooled, n_fit))
+    inputs = {p: _sha256(p) for p in (train_path, validation_path)}
+    storage = storage_path(out, model) if storage is None else (storage or None)
+    study, wall, meter, n_run = _run(st, model, _objective(st, train, val, pooled, n_fit), storage, inputs)
     fit_events = len(pooled[0]) * (st.cv - 1) // st.cv if st.cv else len(train)
-    meter.set_events(len(study.trials) * (st.cv or 1) * fit_events)
+    meter.set_events(max(n_run, 1) * (st.cv or 1) * fit_events)  # the trials this run fitted
     best, pareto = _best(st, study)
-    _write_trials(study, pareto, trials_out)
-    record = _record(st, model, study, best, pareto, wall, meter, [train_path, validation_path])
+    _write_trials(study, pareto, trials_out, st.objective)
+    record = _record(st, model, study, best, pareto, wall, meter, inputs)
+    record["storage"], record["n_trials_resumed"] = storage, len(study.trials) - n_run
     write_json(out, record)
     log.info("%s: %s %s -> %s after %d trials (%.1f s)", st.what, st.objective, record["baseline_value"],
              best.values[0], len(study.trials), wall)
@@ -399,9 +492,11 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=42, help="seed of the sampler and of every fit")
         p.add_argument("--threads", type=int, default=1, help="CPU threads of a fit")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
+        p.add_argument("--storage", help="the study's journal file (default: <model>.journal beside --out); "
+                                         "a killed job rerun resumes the study stored there")
 
     return cli.run(build, lambda a: tune(a.train, a.validation, a.model, a.spec, a.out, a.trials, a.seed,
-                                         a.threads, a.energy), argv, __doc__)
+                                         a.threads, a.energy, a.storage), argv, __doc__)
 
 
 if __name__ == "__main__":

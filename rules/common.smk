@@ -116,7 +116,7 @@ def apply_models():
 
 
 def all_outputs():
-    out = [f"{RES}/leaderboard.csv", f"{RES}/leaderboard.md", f"{RES}/plots/summary"]
+    out = [f"{RES}/leaderboard.csv", f"{RES}/leaderboard.md", f"{RES}/plots/summary", f"{RES}/report/front.rst"]
     out += expand(f"{RES}/plots/{{model}}", model=MODELS)
     if config["tracking"]["enabled"]:
         out += expand(f"{RES}/tracking/{{model}}.json", model=MODELS) + [f"{RES}/tracking/summary.json"]

@@ -14,6 +14,9 @@ rule evaluate:
         threshold=config["evaluation"]["threshold"],
         effs=",".join(str(e) for e in config["evaluation"]["bkg_efficiencies"]),
         ks=config["evaluation"]["ks_pvalue_min"],
+        significance=config["evaluation"]["significance"],
+        bkg_uncertainty=config["evaluation"]["bkg_uncertainty"],
+        test_fraction=config["split"]["fractions"]["test"],
         features=lambda wc, input: opt("--features", input.features),
     log:
         f"{RES}/logs/evaluate/{{model}}.log",
@@ -23,4 +26,6 @@ rule evaluate:
         "{params.step:q} --predictions {input.predictions:q} --out {output:q} --model {wildcards.model:q}"
         " --task {params.task:q} --threshold {params.threshold:q} --bkg-efficiencies {params.effs:q}"
         " --ks-pvalue-min {params.ks:q} --extra {input.record:q}"
+        " --significance {params.significance:q} --bkg-uncertainty {params.bkg_uncertainty:q}"
+        " --test-fraction {params.test_fraction:q}"
         " --inference {input.inference:q} {params.features:q} > {log:q} 2>&1"

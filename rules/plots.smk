@@ -55,3 +55,22 @@ rule summary_plots:
         "{params.step:q} --predictions {input.predictions:q} --models {params.models:q}"
         " --tasks {params.tasks:q} --train-features {input.train:q} --metrics {input.metrics:q}"
         " --out-dir {output:q} > {log:q} 2>&1"
+
+
+# The report's first page (rules/report/workflow.rst includes it): the
+# leaderboard tables and the key comparison figures.
+rule report_front:
+    input:
+        leaderboard=f"{RES}/leaderboard.csv",
+        summary=f"{RES}/plots/summary",
+    output:
+        f"{RES}/report/front.rst",
+    params:
+        step=step("report"),
+    log:
+        f"{RES}/logs/report_front.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.step:q} --leaderboard {input.leaderboard:q} --summary-dir {input.summary:q}"
+        " --out {output:q} > {log:q} 2>&1"

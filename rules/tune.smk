@@ -12,6 +12,9 @@ rule tune:
         spec=lambda wc: jq(MODELS[wc.model]),
         seed=config["seed"],
         energy=jq(config["energy"]),
+        # the Optuna study, stored as it runs: not an output, so Snakemake keeps it
+        # when the job fails, and a rerun resumes the trials already finished
+        storage=lambda wc: f"{RES}/tuning/{wc.model}.journal",
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
@@ -23,4 +26,4 @@ rule tune:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.record:q}"
         " --trials {output.trials:q} --seed {params.seed:q} --threads {threads}"
-        " --energy {params.energy:q} > {log:q} 2>&1"
+        " --energy {params.energy:q} --storage {params.storage:q} > {log:q} 2>&1"

@@ -181,3 +181,37 @@ def test_ks_of_a_capped_model_uses_the_events_it_was_fitted_on(tmp_path):
     assert diluted["metrics"]["roc_auc_train"] < 0.9
     assert min(diluted["metrics"]["ks_pvalue_signal"], diluted["metrics"]["ks_pvalue_background"]) > \
         min(res["metrics"]["ks_pvalue_signal"], res["metrics"]["ks_pvalue_background"])
+
+
+@pytest.mark.parametrize("figure,unc", [("asimov", 0.0), ("s_over_sqrt_b", 0.1), ("s_over_sqrt_s_plus_b", 0.0)])
+def test_optimal_cut_in_metrics_json_equals_significance_on_test(tmp_path, figure, unc):
+    """z_max, the cut, S, B and ε_S in metrics.json are significance.optimal_cut on the
+    test predictions with weights scaled by 1/test_fraction; the confusion figures are
+    repeated at that cut."""
+    from hepml_steps.significance import optimal_cut
+
+    pred = predictions_table(n=4000, seed=3, shift=1.5)
+    pred.to_parquet(tmp_path / "p.parquet")
+    out = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification",
+                   significance=figure, bkg_uncertainty=unc, test_fraction=0.25)
+    test = pred[pred.split == "test"]
+    best = optimal_cut(test.label, test.score, test.weight * 4.0, figure=figure, rel_bkg_uncertainty=unc)
+    m = out["metrics"]
+    for name, key in (("z_max", "z_max"), ("optimal_cut", "cut"), ("s_at_cut", "s"), ("b_at_cut", "b"),
+                      ("sig_eff_at_cut", "eps_s"), ("bkg_eff_at_cut", "eps_b")):
+        assert m[name] == pytest.approx(best[key]), name
+    assert m["z_max"] > 0
+    at = M.threshold_metrics(test.label, test.score, best["cut"], test.weight)
+    for k in ("precision", "f1", "accuracy", "sensitivity", "tp"):
+        assert m[f"{k}_at_cut"] == pytest.approx(at[k]), k
+    assert out["significance"] == {"figure": figure, "rel_bkg_uncertainty": unc, "test_fraction": 0.25,
+                                   "weight_scale": 4.0}
+    # the yields are the full sample's: S at a cut selecting everything is the total signal weight / 0.25
+    assert m["s_at_cut"] <= test.weight[test.label == 1].sum() * 4.0 + 1e-9
+
+
+def test_optimal_cut_of_anomaly_scores(tmp_path):
+    pred = predictions_table(n=2000, seed=4)
+    pred.to_parquet(tmp_path / "p.parquet")
+    out = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "iso", "anomaly")
+    assert out["metrics"]["z_max"] > 0 and out["metrics"]["optimal_cut"] is not None

@@ -42,7 +42,7 @@ def test_roc_overlay_gives_every_model_its_own_line_style(tmp_path, captured):
 
 def test_validation_curve_of_a_categorical_parameter(tmp_path):
     csv = tmp_path / "trials.csv"
-    pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "value": [0.8, 0.9, 0.85],
+    pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "roc_auc": [0.8, 0.9, 0.85],
                   "param.kernel": ["rbf", "linear", "poly"]}).to_csv(csv, index=False)
     out = plots.validation_curve(pd.read_csv(csv), tmp_path / "vc.png", "svm", "roc_auc")
     assert out and (tmp_path / "vc.png").stat().st_size > 0
@@ -108,3 +108,77 @@ def test_score_histograms_of_a_capped_model_use_its_fitted_events(tmp_path, monk
     fitted = pred.iloc[cap_index(pred["event_id"].to_numpy()[:2000], 300)]
     assert sorted(train["event_id"]) == sorted(fitted["event_id"])
     assert (seen["pred"]["split"] == "test").sum() == 1000
+
+
+def test_significance_figures_mark_the_optimum_of_metrics_json(tmp_path, captured):
+    """Per model: ε_S, ε_B and Z against the cut with the evaluate step's optimum;
+    summary: Z against ε_S for every model, each optimum marked."""
+    from hepml_steps.evaluate import evaluate
+
+    preds, docs = {}, {}
+    for i, name in enumerate(("bdt", "mlp")):
+        pred = _predictions(i, n=4000)
+        pred["score"] = 1 / (1 + np.exp(-pred["score"]))
+        pred.to_parquet(tmp_path / f"{name}.parquet")
+        docs[name] = evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name,
+                              "classification", test_fraction=0.5)
+        preds[name] = pred
+        path = plots.significance_scan(pred, docs[name], tmp_path / f"{name}_scan.png", name)
+        assert path and (tmp_path / f"{name}_scan.png").stat().st_size > 0
+        stars = [ln for ax in captured[f"{name}_scan.png"].axes for ln in ax.get_lines() if ln.get_marker() == "*"]
+        assert len(stars) == 1
+        m = docs[name]["metrics"]
+        assert stars[0].get_xdata()[0] == pytest.approx(m["optimal_cut"])
+        assert stars[0].get_ydata()[0] == pytest.approx(m["z_max"])
+    assert plots.significance_vs_efficiency(preds, docs, tmp_path / "z.png")
+    lines = captured["z.png"].axes[0].get_lines()
+    assert sum(ln.get_marker() == "*" for ln in lines) == 2
+    assert any(ln.get_label().startswith("bdt (Z_max") for ln in lines)
+
+
+WIDE = """
+import resource, sys, time
+import numpy as np, pandas as pd
+from hepml_steps import plots
+
+rng = np.random.default_rng(0)
+n, k = 4000, 800
+X = rng.normal(size=(n, k))
+X[:, 1] += X[:, 0]  # one correlated pair
+df = pd.DataFrame(X, columns=[f"f{i}" for i in range(k)])
+df["weight"], df["label"] = 1.0, rng.integers(0, 2, n)
+t0 = time.perf_counter()
+plots.correlation_matrix(df, [f"f{i}" for i in range(k)], sys.argv[1], "wide")
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_correlation_figure_of_800_features_is_bounded(tmp_path, captured):
+    """800 features: under 2 GB and a few seconds; at most 40 drawn, the most correlated kept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", WIDE, str(tmp_path / "c.png")], capture_output=True, text=True,
+                       cwd=str(Path(__file__).resolve().parents[1]), timeout=120)
+    assert r.returncode == 0, r.stderr
+    seconds, rss_kib = r.stdout.split()
+    assert float(seconds) < 10 and int(rss_kib) < 2 * 1024 * 1024
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(rng.normal(size=(500, 100)), columns=[f"f{i}" for i in range(100)])
+    df["f7"] = df["f3"] + 0.1 * df["f7"]
+    df["weight"] = 1.0
+    plots.correlation_matrix(df, [f"f{i}" for i in range(100)], tmp_path / "d.png", "t")
+    ax = captured["d.png"].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 40 and {"f3", "f7"} <= set(labels)
+    assert "40 most correlated of 100" in ax.get_title()
+
+
+def test_inverse_background_efficiency_on_a_log_axis(tmp_path, captured):
+    preds = {"a": _predictions(0), "b": _predictions(1)}
+    made = plots.roc_curves(preds, tmp_path / "r.png", tmp_path / "t.png", path_inverse=tmp_path / "inv.png")
+    assert len(made) == 3 and (tmp_path / "inv.png").stat().st_size > 0
+    ax = captured["inv.png"].axes[0]
+    assert ax.get_yscale() == "log" and len(ax.get_lines()) == 3  # two models + Bayes
+    assert all(np.all(ln.get_ydata() >= 1) for ln in ax.get_lines())

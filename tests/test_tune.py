@@ -136,3 +136,89 @@ def test_energy_as_second_objective_returns_the_pareto_set(prepared, tmp_path):
     by_n = trials.groupby("param.n_estimators")["train_j_per_event"].mean()
     if len(by_n) == 2:
         assert by_n[150] > by_n[2]
+
+
+KILL_AFTER = """
+import os, sys
+import optuna
+from hepml_steps import tune as tn
+
+k = int(sys.argv[1])
+real = optuna.study.Study.optimize
+
+def optimize(self, func, *args, callbacks=None, **kw):
+    def die(study, trial):  # the job is killed right after its k-th trial
+        if len(study.trials) >= k:
+            os._exit(9)
+    return real(self, func, *args, callbacks=[*(callbacks or []), die], **kw)
+
+optuna.study.Study.optimize = optimize
+tn.main(sys.argv[2:])
+"""
+
+
+def test_killed_tune_job_resumes_at_the_next_trial(prepared, tmp_path):
+    """A tune job killed after k trials and rerun continues the stored study at
+    trial k: the finished trials count toward n_trials and are not rerun."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = {"family": "decision_tree", "tune": {"n_trials": 5, "objective": "roc_auc"}}
+    args = ["--train", prepared["train"], "--validation", prepared["validation"], "--model", "m",
+            "--spec", json.dumps(spec), "--out", str(tmp_path / "m.json"), "--trials", str(tmp_path / "m.csv"),
+            "--seed", "1"]
+    root = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", KILL_AFTER, "3", *args], capture_output=True, text=True, cwd=root)
+    assert r.returncode == 9, r.stderr
+    assert (tmp_path / "m.journal").exists() and not (tmp_path / "m.json").exists()
+    rec = tn.tune(prepared["train"], prepared["validation"], "m", spec, str(tmp_path / "m.json"),
+                  str(tmp_path / "m.csv"), seed=1)
+    trials = pd.read_csv(tmp_path / "m.csv")
+    assert list(trials["number"]) == [0, 1, 2, 3, 4] and rec["n_trials"] == 5
+    assert rec["n_trials_resumed"] == 3 and rec["storage"] == str(tmp_path / "m.journal")
+    assert "roc_auc" in trials.columns and "value" not in trials.columns
+    assert (trials["state"] == "COMPLETE").all()
+    # rerunning a finished study runs no further trial and gives the same answer
+    again = tn.tune(prepared["train"], prepared["validation"], "m", spec, str(tmp_path / "m.json"),
+                    str(tmp_path / "m2.csv"), seed=1)
+    assert again["n_trials"] == 5 and again["best_value"] == rec["best_value"]
+    # a bigger budget continues the study from trial 5
+    more = tn.tune(prepared["train"], prepared["validation"], "m", {**spec, "tune": {**spec["tune"], "n_trials": 7}},
+                   str(tmp_path / "m.json"), str(tmp_path / "m3.csv"), seed=1)
+    assert more["n_trials"] == 7 and more["n_trials_resumed"] == 5
+
+
+def test_interrupted_trial_is_failed_and_not_counted(prepared, tmp_path):
+    import optuna
+
+    spec = {"family": "decision_tree", "tune": {"n_trials": 3}}
+    st = tn._study("m", spec, 1, 1, None)
+    inputs = {p: tn._sha256(p) for p in (prepared["train"], prepared["validation"])}
+    storage = tn._storage(str(tmp_path / "m.journal"))
+    study = optuna.create_study(storage=storage, study_name=tn._study_name(st, "m", False, inputs),
+                                direction="maximize")
+    study.ask()  # a trial left RUNNING by a killed job
+    rec = tn.tune(prepared["train"], prepared["validation"], "m", spec, str(tmp_path / "m.json"),
+                  str(tmp_path / "m.csv"), seed=1)
+    trials = pd.read_csv(tmp_path / "m.csv")
+    assert trials.loc[0, "state"] == "FAIL" and "interrupted" in trials.loc[0, "error"]
+    assert (trials["state"] == "COMPLETE").sum() == 3 and rec["n_failed"] == 1
+
+
+def test_pruned_trials_say_pruned_in_the_trials_table(tmp_path):
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number % 2:
+            raise optuna.TrialPruned()
+        return x
+
+    study.optimize(objective, n_trials=4)
+    tn._write_trials(study, None, str(tmp_path / "t.csv"), "sig_eff_at_bkg_0.1")
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert list(t["state"]) == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
+    assert "sig_eff_at_bkg_0.1" in t.columns and t["sig_eff_at_bkg_0.1"].isna().tolist() == [False, True] * 2
