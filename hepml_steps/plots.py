@@ -216,6 +216,7 @@ def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: 
                           label=name)
                 if total > 0 and (under or over):
                     notes.append(f"{name[:3]}: underflow {under / total:.1%}, overflow {over / total:.1%}")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom for the notes and legend
             if any(notes):
                 ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=6)
             ax.axvline(bins[0], color="grey", ls=":", lw=0.8)
@@ -230,7 +231,7 @@ def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: 
         more = f", the {len(chosen)} of {len(columns)} with the largest {how}" if len(columns) > len(chosen) else ""
         fig.suptitle(f"input variables (train, normalised, under/overflow folded into the end bins){more}; page {page}"
                      f"/{len(pages)}", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.97 if nrow > 1 else 0.92))
         made.append(_save(fig, out / f"input_variables_{page}.png"))
     return made
 
