@@ -16,7 +16,14 @@ detector (expected yields, optimum marked); test
 AUC against training and inference J/event with the Pareto front, and energy
 per event against throughput.
 
-mplhep's CMS-like style is used when mplhep is installed (optional).
+Also: TMVAGui's input-variable distributions, signal vs background, in grids
+of 20 (summary, ``input_variables_<page>.png``, at most ``plots.max_input_features``),
+the inputs' principal components (summary ``pca_inputs.png``; per
+dimensionality-reduction model ``pca.png``). Axis labels carry units from
+``plots.units`` (:data:`UNITS`); ``plots.formats`` (:data:`FORMATS`) adds e.g.
+a PDF beside every PNG.
+
+mplhep's ROOT style is used when mplhep is installed (optional).
 """
 from __future__ import annotations
 
