@@ -16,7 +16,14 @@ detector (expected yields, optimum marked); test
 AUC against training and inference J/event with the Pareto front, and energy
 per event against throughput.
 
-mplhep's CMS-like style is used when mplhep is installed (optional).
+Also: TMVAGui's input-variable distributions, signal vs background, in grids
+of 20 (summary, ``input_variables_<page>.png``, at most ``plots.max_input_features``),
+the inputs' principal components (summary ``pca_inputs.png``; per
+dimensionality-reduction model ``pca.png``). Axis labels carry units from
+``plots.units`` (:data:`UNITS`); ``plots.formats`` (:data:`FORMATS`) adds e.g.
+a PDF beside every PNG.
+
+mplhep's ROOT style is used when mplhep is installed (optional).
 """
 from __future__ import annotations
 
@@ -46,11 +53,22 @@ def _plt():
     return plt
 
 
+#: Formats every figure is written in (``plots.formats``): the PNG the report
+#: embeds, plus e.g. a PDF beside it (same name) for papers.
+FORMATS: tuple[str, ...] = ("png",)
+
+#: Units of named quantities (``plots.units``), e.g. ``{"m_jj": "GeV"}``.
+UNITS: dict[str, str] = {}
+
+
 def _save(fig, path) -> str:
     from .io import atomic_path
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    path = Path(path)
+    for fmt in dict.fromkeys(("png", *FORMATS)):
+        target = path if fmt == "png" else path.with_suffix(f".{fmt}")
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=fmt)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -62,30 +80,217 @@ def _hist_weights(w):
     return w / s if s > 0 else w
 
 
-def score_distributions(pred, path, title: str, ks: dict | None = None) -> str:
-    """Signal and background score, train (points) vs test (filled), normalised."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 5))
-    lo, hi = np.nanpercentile(pred[SCORE], [0.5, 99.5]) if len(pred) else (0, 1)
-    if lo == hi:
+def quantity(name: str | None, default: str = "target") -> str:
+    """``name [unit]`` when :data:`UNITS` knows the unit, else the name."""
+    name = name or default
+    unit = UNITS.get(name)
+    return f"{name} [{unit}]" if unit else name
+
+
+def weighted_hist(x, bins, w=None, flow: bool = False):
+    """A weighted histogram and its statistical errors.
+
+    Returns ``(sumw, err, under, over)``: Σw per bin, √(Σw²) per bin, and the
+    weights below the first and above the last edge. With ``flow`` those are
+    folded into the first and last bins (so ``sumw.sum()`` is the total weight
+    of the finite values); NaN values are left out either way.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64)
+    ok = np.isfinite(x)
+    x, w = x[ok], w[ok]
+    bins = np.asarray(bins, dtype=np.float64)
+    lo, hi = bins[0], bins[-1]
+    under, over = float(w[x < lo].sum()), float(w[x > hi].sum())
+    if flow:
+        x = np.clip(x, lo, hi)
+    sumw, _ = np.histogram(x, bins=bins, weights=w)
+    sumw2, _ = np.histogram(x, bins=bins, weights=w * w)
+    return sumw, np.sqrt(sumw2), under, over
+
+
+def _range(x, w=None):
+    """The central 99 % of the finite values (a unit-wide range when they are all equal)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    lo, hi = np.percentile(x, [0.5, 99.5]) if len(x) else (0.0, 1.0)
+    if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
+    return float(lo), float(hi)
+
+
+def _normalised(sumw, err):
+    total = sumw.sum()
+    return (sumw / total, err / total) if total > 0 else (sumw, err)
+
+
+def score_distributions(pred, path, title: str, ks: dict | None = None) -> str:
+    """Signal and background score, train (points with √(Σw²) error bars) vs
+    test (filled with its error band), normalised; the left panel linear, the
+    right one the same on a log y axis (the tails). Scores outside the central
+    99 % are folded into the first/last bins."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    lo, hi = _range(pred[SCORE]) if len(pred) else (0.0, 1.0)
     bins = np.linspace(lo, hi, 41)
     centres = 0.5 * (bins[1:] + bins[:-1])
-    for cls, colour, name in ((1, "tab:blue", "signal"), (0, "tab:red", "background")):
-        test = pred[(pred[SPLIT] == "test") & (pred[LABEL] == cls)]
-        train = pred[(pred[SPLIT] == "train") & (pred[LABEL] == cls)]
-        ax.hist(test[SCORE], bins=bins, weights=_hist_weights(test[WEIGHT].to_numpy()), histtype="stepfilled",
-                alpha=0.35, color=colour, label=f"{name} (test)")
-        h, _ = np.histogram(train[SCORE], bins=bins, weights=_hist_weights(train[WEIGHT].to_numpy()))
-        ax.plot(centres, h, "o", ms=3.5, color=colour, label=f"{name} (train)")
-    ax.set_xlabel("classifier score")
-    ax.set_ylabel("fraction of events / bin")
+    for ax in axes:
+        for cls, colour, name in ((1, "tab:blue", "signal"), (0, "tab:red", "background")):
+            test = pred[(pred[SPLIT] == "test") & (pred[LABEL] == cls)]
+            train = pred[(pred[SPLIT] == "train") & (pred[LABEL] == cls)]
+            h, e = _normalised(*weighted_hist(test[SCORE], bins, test[WEIGHT], flow=True)[:2])
+            ax.stairs(h, bins, fill=True, alpha=0.35, color=colour, label=f"{name} (test)")
+            ax.stairs(h + e, bins, baseline=h - e, fill=True, alpha=0.25, color=colour, hatch="///", lw=0)
+            h, e = _normalised(*weighted_hist(train[SCORE], bins, train[WEIGHT], flow=True)[:2])
+            ax.errorbar(centres, h, yerr=e, fmt="o", ms=3.5, color=colour, label=f"{name} (train)")
+        ax.set_xlabel("classifier score")
+        ax.set_ylabel("fraction of events / bin")
+    axes[1].set_yscale("log")
     text = title
     if ks:
         text += (f"\nKS p-value train vs test: signal {ks.get('ks_pvalue_signal', float('nan')):.3g}, "
                  f"background {ks.get('ks_pvalue_background', float('nan')):.3g}")
-    ax.set_title(text, fontsize=10)
-    ax.legend(fontsize=9)
+    fig.suptitle(text, fontsize=10)
+    axes[0].legend(fontsize=9)
+    return _save(fig, path)
+
+
+def separation(sig, bkg) -> float:
+    """TMVA's separation <S²> = ½ Σ (s_i − b_i)² / (s_i + b_i) of two
+    normalised histograms (0: identical shapes, 1: disjoint)."""
+    s, b = np.asarray(sig, dtype=np.float64), np.asarray(bkg, dtype=np.float64)
+    s = s / s.sum() if s.sum() > 0 else s
+    b = b / b.sum() if b.sum() > 0 else b
+    tot = s + b
+    ok = tot > 0
+    return float(0.5 * np.sum((s[ok] - b[ok]) ** 2 / tot[ok]))
+
+
+def rank_inputs(df, columns, max_features: int = 40, importance: dict | None = None, n_bins: int = 40):
+    """The (at most) ``max_features`` input variables worth drawing, best first,
+    and how they were chosen: by the summed importance when given
+    (``{feature: value}``), else by the signal/background separation when the
+    events are labelled, else by the variance."""
+    columns = list(columns)
+    if importance:
+        score = {c: float(importance.get(c, 0.0)) for c in columns}
+        how = "importance"
+    elif LABEL in df.columns and df[LABEL].nunique() == 2:
+        how, score = "separation", {}
+        sig, w = (df[LABEL] == 1).to_numpy(), df[WEIGHT].to_numpy(dtype=np.float64)
+        for c in columns:
+            x = df[c].to_numpy(dtype=np.float64)
+            bins = np.linspace(*_range(x), n_bins + 1)
+            score[c] = separation(weighted_hist(x[sig], bins, w[sig], flow=True)[0],
+                                  weighted_hist(x[~sig], bins, w[~sig], flow=True)[0])
+    else:
+        how = "variance"
+        score = {c: float(np.nanvar(df[c].to_numpy(dtype=np.float64))) for c in columns}
+    best = sorted(columns, key=lambda c: (-np.nan_to_num(score[c], nan=-np.inf), columns.index(c)))
+    return best[:max_features], how, score
+
+
+def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: int = 20,
+                        importance: dict | None = None, n_bins: int = 40) -> list[str]:
+    """TMVAGui's first figure: each input variable's weighted distribution,
+    signal vs background (of all events when unlabelled), normalised, with
+    under- and overflow (outside the central 99 %) folded into the first and
+    last bins, their fractions written in the panel. At most ``max_features``
+    variables (see :func:`rank_inputs`), ``per_page`` per figure
+    ``input_variables_<page>.png``. Returns the paths written."""
+    plt = _plt()
+    out = Path(out_dir)
+    chosen, how, score = rank_inputs(df, columns, max_features, importance, n_bins)
+    labelled = LABEL in df.columns and df[LABEL].nunique() == 2
+    w = df[WEIGHT].to_numpy(dtype=np.float64)
+    groups = ([(df[LABEL] == 1).to_numpy(), "signal", "tab:blue"], [(df[LABEL] == 0).to_numpy(), "background", "tab:red"]) \
+        if labelled else ([np.ones(len(df), bool), "all events", "tab:gray"],)
+    made = []
+    pages = [chosen[i:i + per_page] for i in range(0, len(chosen), per_page)]
+    for page, names in enumerate(pages, 1):
+        ncol = min(5, len(names))
+        nrow = -(-len(names) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.8 * nrow), squeeze=False)
+        for ax, c in zip(axes.flat, names):
+            x = df[c].to_numpy(dtype=np.float64)
+            bins = np.linspace(*_range(x), n_bins + 1)
+            notes = []
+            for mask, name, colour in groups:
+                sumw, err, under, over = weighted_hist(x[mask], bins, w[mask], flow=True)
+                total = sumw.sum()
+                h, e = _normalised(sumw, err)
+                ax.stairs(h, bins, color=colour, fill=name == "background", alpha=0.35 if name == "background" else 1,
+                          label=name)
+                if total > 0 and (under or over):
+                    notes.append(f"{name[:3]}: underflow {under / total:.1%}, overflow {over / total:.1%}")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom for the notes and legend
+            if any(notes):
+                ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=6)
+            ax.axvline(bins[0], color="grey", ls=":", lw=0.8)
+            ax.axvline(bins[-1], color="grey", ls=":", lw=0.8)
+            ax.set_xlabel(quantity(c), fontsize=8)
+            ax.tick_params(labelsize=7)
+            if how != "variance" or labelled:
+                ax.set_title(f"{how} {score[c]:.3g}", fontsize=7)
+        for ax in list(axes.flat)[len(names):]:
+            ax.set_visible(False)
+        axes.flat[0].legend(fontsize=7, loc="upper right")
+        more = f", the {len(chosen)} of {len(columns)} with the largest {how}" if len(columns) > len(chosen) else ""
+        fig.suptitle(f"input variables (train, normalised, under/overflow folded into the end bins){more}; page {page}"
+                     f"/{len(pages)}", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.97 if nrow > 1 else 0.92))
+        made.append(_save(fig, out / f"input_variables_{page}.png"))
+    return made
+
+
+def pca_summary(X, max_events: int = 20000):
+    """Explained-variance ratios of the principal components of ``X`` (its
+    first ``max_events`` rows, centred) and every row projected on the first two."""
+    X = np.asarray(X, dtype=np.float64)
+    X = np.where(np.isfinite(X), X, np.nan)
+    X = np.where(np.isnan(X), np.nanmean(X[:max_events], axis=0), X)
+    mu = X[:max_events].mean(axis=0)
+    _, sv, vt = np.linalg.svd(X[:max_events] - mu, full_matrices=False)
+    var = sv ** 2
+    evr = var / var.sum() if var.sum() > 0 else var
+    pcs = (X - mu) @ vt[:2].T
+    if pcs.shape[1] < 2:
+        pcs = np.column_stack([pcs, np.zeros(len(pcs))])
+    return evr, pcs
+
+
+def pca_figure(X, labels, path, title: str, max_components: int = 30, weights=None) -> str:
+    """Explained variance per principal component and cumulated (left), and the
+    events on the first two components, per class when ``labels`` are given (right)."""
+    plt = _plt()
+    evr, pcs = pca_summary(X)
+    k = min(len(evr), max_components)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+    a1.bar(np.arange(1, k + 1), evr[:k], color="tab:blue", alpha=0.8, label="per component")
+    a1.step(np.arange(1, k + 1), np.cumsum(evr)[:k], where="mid", color="black", label="cumulative")
+    a1.set_xlabel("principal component")
+    a1.set_ylabel("explained variance ratio")
+    a1.set_ylim(0, 1.05)
+    a1.legend(fontsize=9)
+    if len(evr) > k:
+        a1.set_title(f"first {k} of {len(evr)} components", fontsize=9)
+    w = np.ones(len(pcs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    r = [_range(pcs[:, 0]), _range(pcs[:, 1])]
+    if labels is not None:
+        labels = np.asarray(labels)
+        for cls, name, cmap, colour in ((0, "background", "Reds", "tab:red"), (1, "signal", "Blues", "tab:blue")):
+            m = labels == cls
+            if m.sum() < 2:
+                continue
+            h, xe, ye = np.histogram2d(pcs[m, 0], pcs[m, 1], bins=40, range=r, weights=w[m])
+            a2.contour(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), h.T, levels=5, cmap=cmap)
+            a2.plot([], [], color=colour, label=name)
+        a2.legend(fontsize=9)
+    else:
+        a2.hist2d(pcs[:, 0], pcs[:, 1], bins=60, range=r, weights=w, cmap="viridis")
+    a2.set_xlabel(f"PC 1 ({evr[0]:.1%})")
+    a2.set_ylabel(f"PC 2 ({evr[1]:.1%})" if len(evr) > 1 else "PC 2")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -167,7 +372,7 @@ def residuals(pred, path, title: str, target: str | None = None) -> str:
     test = pred[pred[SPLIT] == "test"]
     t, p = test["target"].to_numpy(), test[SCORE].to_numpy()
     w = test[WEIGHT].to_numpy()
-    name = f"true {target}" if target else "true target"
+    name = f"true {quantity(target)}"
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
     r = p - t
     lo, hi = np.nanpercentile(r, [0.5, 99.5]) if len(r) else (-1.0, 1.0)
@@ -179,14 +384,14 @@ def residuals(pred, path, title: str, target: str | None = None) -> str:
     a1.hist2d(t, r, bins=60, cmap="viridis", weights=w, range=[[tlo, thi], [lo, hi]])
     a1.axhline(0, color="white", lw=1)
     a1.set_xlabel(name)
-    a1.set_ylabel(f"prediction − {name}")
+    a1.set_ylabel(quantity(target).replace(target or "target", f"{target or 'target'} residual (prediction − truth)", 1))
     ok = t != 0
     rel = r[ok] / t[ok]
     rlo, rhi = np.nanpercentile(rel, [0.5, 99.5]) if len(rel) else (-1.0, 1.0)
     if rhi <= rlo:
         rlo, rhi = rlo - 1, rhi + 1
     a2.hist(rel, bins=np.linspace(rlo, rhi, 81), weights=w[ok], histtype="step")
-    a2.set_xlabel(f"(prediction − truth) / truth  [{target or 'target'}]")
+    a2.set_xlabel(f"{target or 'target'}: (prediction − truth) / truth")
     a2.set_ylabel("weighted events / bin")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -210,6 +415,18 @@ def anomaly_scores(pred, path, title: str) -> str:
     return _save(fig, path)
 
 
+def cluster_colours(labels) -> dict:
+    """A distinct colour per cluster index (tab10, tab20 beyond ten clusters,
+    repeating past twenty); noise (−1) grey."""
+    import matplotlib
+
+    ids = [c for c in sorted(np.unique(np.asarray(labels)).tolist()) if c != -1]
+    cmap = matplotlib.colormaps["tab10" if len(ids) <= 10 else "tab20"]
+    colours = {-1: (0.6, 0.6, 0.6, 1.0)} if np.any(np.asarray(labels) == -1) else {}  # noise drawn first
+    colours.update({c: cmap.colors[i % len(cmap.colors)] for i, c in enumerate(ids)})
+    return colours
+
+
 def cluster_scatter(X, labels, path, title: str, max_points: int = 5000) -> str:
     """Events on their first two principal components, coloured by cluster."""
     plt = _plt()
@@ -220,16 +437,18 @@ def cluster_scatter(X, labels, path, title: str, max_points: int = 5000) -> str:
     _, _, vt = np.linalg.svd(Xc, full_matrices=False)
     pc = Xc @ vt[:2].T
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    sc = ax.scatter(pc[:, 0], pc[:, 1] if pc.shape[1] > 1 else np.zeros(len(pc)), c=labels, s=4,
-                    cmap="tab10")
-    fig.colorbar(sc, ax=ax, label="cluster (−1 = noise)")
+    y = pc[:, 1] if pc.shape[1] > 1 else np.zeros(len(pc))
+    for cluster, colour in cluster_colours(labels).items():
+        m = np.asarray(labels) == cluster
+        ax.scatter(pc[m, 0], y[m], s=4, color=colour, label="noise" if cluster == -1 else f"cluster {cluster}")
+    ax.legend(fontsize=8, markerscale=3, ncol=1 + len(np.unique(labels)) // 12, loc="best")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
-def feature_importance(importance: dict, path, title: str) -> str | None:
+def feature_importance(importance: dict, path, title: str, target: str | None = None) -> str | None:
     perm = importance.get("permutation") or {}
     if not perm:
         return None
@@ -245,7 +464,12 @@ def feature_importance(importance: dict, path, title: str) -> str | None:
         scale = max(perm[n]["mean"] for n in names) or 1.0
         ax.plot([native.get(n, 0) / total * scale for n in names], names, "k|", ms=12,
                 label="native (scaled)")
-    ax.set_xlabel("importance")
+    metric = importance.get("metric")
+    if target and metric in ("mse", "mean_squared_error"):
+        unit = UNITS.get(target)
+        ax.set_xlabel(f"importance: increase of the MSE of {target}" + (f" [{unit}²]" if unit else ""))
+    else:
+        ax.set_xlabel("importance" if not metric else f"importance ({metric})")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -549,12 +773,13 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
         objective = (rec.get("tuning") or {}).get("objective", "objective")
         made.append(validation_curve(pd.read_csv(trials), out / "validation_curve.png", title, objective))
     if importance:
-        made.append(feature_importance(read_json(importance), out / "feature_importance.png", title))
+        made.append(feature_importance(read_json(importance), out / "feature_importance.png", title,
+                                       rec.get("target") if rec.get("task") == "regression" else None))
     return [p for p in made if p]
 
 
 def plot_summary(predictions: list[str], models: list[str], tasks: list[str], train_features: str,
-                 out_dir: str, metrics: list[str] | None = None) -> list[str]:
+                 out_dir: str, metrics: list[str] | None = None, max_input_features: int = 40) -> list[str]:
     """ROC curves of all models whose score separates signal from background
     (classifiers, anomaly detectors), input correlations per class (of all
     events when the inputs are unlabelled), and (given the metrics files) the
@@ -584,6 +809,12 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
         if len(part) > 1:
             made.append(correlation_matrix(part, cols, out / f"correlation_{name}.png",
                                            f"input correlations, {text} (train)"))
+    if cols and len(df):
+        made += input_distributions(df, cols, out, max_features=max_input_features)
+    if len(cols) > 1 and len(df) > 1:
+        made.append(pca_figure(df[cols].to_numpy(), df[LABEL].to_numpy() if hepml_tasks.labelled(df) else None,
+                               out / "pca_inputs.png", "principal components of the inputs (train)",
+                               weights=np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None)))
     if metrics:
         from .io import read_json
 
@@ -608,13 +839,22 @@ def main(argv=None) -> int:
         ps.add_argument("--train-features", required=True)
         ps.add_argument("--out-dir", required=True)
         ps.add_argument("--metrics", nargs="*", help="metrics.json files (energy views)")
+        ps.add_argument("--max-input-features", type=int, default=40)
+        for q in (pm, ps):
+            q.add_argument("--formats", nargs="+", default=["png"], help="png, plus e.g. pdf")
+            q.add_argument("--units", default="{}", help="JSON {quantity: unit}")
 
     def call(a):
+        import json
+
+        global FORMATS, UNITS
+        FORMATS, UNITS = tuple(a.formats), dict(json.loads(a.units) or {})
         if a.what == "model":
             plot_model(a.model, a.predictions, a.metrics, a.record, a.out_dir, a.trials, a.importance,
                        a.features_test)
         else:
-            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir, a.metrics)
+            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir, a.metrics,
+                         a.max_input_features)
 
     return cli.run(build, call, argv, __doc__)
 

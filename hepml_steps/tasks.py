@@ -831,6 +831,18 @@ class DimReduction(Task):
             m["pc1_separation_auc"] = max(auc, 1.0 - auc)
         return Figures(m)
 
+    def model_plots(self, drawn):
+        from . import plots
+        from .io import read_parquet
+
+        if not drawn.features_test or len(drawn.record.get("features") or []) < 2:
+            return []
+        ft = read_parquet(drawn.features_test)
+        y = ft[LABEL].to_numpy() if labelled(ft) else None
+        return [plots.pca_figure(ft[drawn.record["features"]].to_numpy(), y, drawn.out / "pca.png",
+                                 f"{drawn.title}: principal components of its inputs (test)",
+                                 weights=np.clip(ft[WEIGHT].to_numpy(dtype=np.float64), 0, None))]
+
 
 #: The task of a model whose config entry names none.
 DEFAULT = "classification"

@@ -20,6 +20,8 @@ rule plots:
     params:
         step=step("plots", "model"),
         trials=lambda wc, input: opt("--trials", input.trials),
+        formats=config["plots"]["formats"],
+        units=jq(config["plots"]["units"]),
     log:
         f"{RES}/logs/plots/{{model}}.log",
     conda:
@@ -27,7 +29,8 @@ rule plots:
     shell:
         "{params.step:q} --model {wildcards.model:q} --predictions {input.predictions:q}"
         " --metrics {input.metrics:q} --record {input.record:q} --importance {input.importance:q}"
-        " --features-test {input.features_test:q} {params.trials:q} --out-dir {output:q} > {log:q} 2>&1"
+        " --features-test {input.features_test:q} {params.trials:q} --formats {params.formats:q}"
+        " --units {params.units:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule summary_plots:
@@ -47,6 +50,9 @@ rule summary_plots:
         step=step("plots", "summary"),
         models=list(MODELS),
         tasks=[MODELS[m]["task"] for m in MODELS],
+        formats=config["plots"]["formats"],
+        units=jq(config["plots"]["units"]),
+        max_inputs=config["plots"]["max_input_features"],
     log:
         f"{RES}/logs/plots/summary.log",
     conda:
@@ -54,6 +60,7 @@ rule summary_plots:
     shell:
         "{params.step:q} --predictions {input.predictions:q} --models {params.models:q}"
         " --tasks {params.tasks:q} --train-features {input.train:q} --metrics {input.metrics:q}"
+        " --formats {params.formats:q} --units {params.units:q} --max-input-features {params.max_inputs:q}"
         " --out-dir {output:q} > {log:q} 2>&1"
 
 

@@ -182,3 +182,125 @@ def test_inverse_background_efficiency_on_a_log_axis(tmp_path, captured):
     ax = captured["inv.png"].axes[0]
     assert ax.get_yscale() == "log" and len(ax.get_lines()) == 3  # two models + Bayes
     assert all(np.all(ln.get_ydata() >= 1) for ln in ax.get_lines())
+
+
+def test_weighted_hist_folds_flow_and_gives_sqrt_sum_w2_errors():
+    x = np.array([-5.0, 0.1, 0.2, 0.7, 3.0, np.nan])
+    w = np.array([2.0, 1.0, 3.0, 0.5, 4.0, 9.0])
+    sumw, err, under, over = plots.weighted_hist(x, [0.0, 0.5, 1.0], w, flow=True)
+    assert sumw.tolist() == [6.0, 4.5] and sumw.sum() == w[:5].sum()  # NaN left out, flow folded in
+    assert under == 2.0 and over == 4.0
+    assert err == pytest.approx([np.sqrt(4 + 1 + 9), np.sqrt(0.25 + 16)])
+    sumw, _, _, _ = plots.weighted_hist(x, [0.0, 0.5, 1.0], w)
+    assert sumw.tolist() == [4.0, 0.5]
+
+
+def _train(n=3000, k=6, seed=0, labelled=True):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    df = pd.DataFrame(rng.normal(size=(n, k)), columns=[f"f{i}" for i in range(k)])
+    df["f2"] += 2 * y  # the separating variable
+    df["f0"] *= 5  # the widest one
+    df.loc[:9, "f0"] = 1e4  # overflow
+    df["weight"] = rng.uniform(0.5, 1.5, n)
+    if labelled:
+        df["label"] = y
+    return df
+
+
+def test_input_distributions_signal_vs_background_with_flow_counted(tmp_path, captured):
+    df = _train()
+    cols = [f"f{i}" for i in range(6)]
+    made = plots.input_distributions(df, cols, tmp_path, max_features=6, per_page=3)
+    assert [p.rsplit("/", 1)[-1] for p in made] == ["input_variables_1.png", "input_variables_2.png"]
+    ax = captured["input_variables_1.png"].axes[0]
+    assert ax.get_xlabel() == "f2"  # ranked by separation
+    chosen, how, _ = plots.rank_inputs(df, cols, 4)
+    assert how == "separation" and len(chosen) == 4
+    assert plots.rank_inputs(df.drop(columns="label"), cols, 1)[:2] == (["f0"], "variance")
+    assert plots.rank_inputs(df, cols, 1, importance={"f5": 1.0})[0] == ["f5"]
+    # the histogram of all the weight: flow folded in, nothing lost
+    x = df["f0"].to_numpy()
+    sumw, _, _, over = plots.weighted_hist(x, np.linspace(*plots._range(x), 41), df["weight"], flow=True)
+    assert sumw.sum() == pytest.approx(df["weight"].sum()) and over > 0
+    page = [a for a in captured["input_variables_1.png"].axes + captured["input_variables_2.png"].axes
+            if a.get_xlabel() == "f0"]
+    assert page and any("overflow" in t.get_text() for t in page[0].texts)  # the overflow is marked
+
+
+def test_input_distributions_of_800_features_stay_capped(tmp_path, captured):
+    import time
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(2000, 800)), columns=[f"f{i}" for i in range(800)])
+    df["weight"], df["label"] = 1.0, rng.integers(0, 2, 2000)
+    t0 = time.perf_counter()
+    made = plots.input_distributions(df, [f"f{i}" for i in range(800)], tmp_path, max_features=40)
+    assert len(made) == 2 and time.perf_counter() - t0 < 60
+    assert sum(a.get_visible() for f in captured.values() for a in f.axes) == 40
+
+
+def test_score_distributions_have_error_bars_and_a_log_panel(tmp_path, captured):
+    pred = _predictions(0, n=2000)
+    pred["split"] = np.where(np.arange(2000) < 1000, "train", "test")
+    plots.score_distributions(pred, tmp_path / "s.png", "m", {})
+    lin, logp = captured["s.png"].axes
+    assert logp.get_yscale() == "log" and lin.get_yscale() == "linear"
+    assert len(lin.containers) >= 2  # the train points carry error bars
+    # error bars: sqrt(sum w^2) of a constructed case, normalised with the histogram
+    h, e = plots._normalised(*plots.weighted_hist([0.1, 0.2, 0.7], [0, 0.5, 1], [1.0, 2.0, 3.0])[:2])
+    assert h == pytest.approx([0.5, 0.5]) and e == pytest.approx([np.sqrt(5) / 6, 3 / 6])
+
+
+def test_units_name_regression_residuals_and_importance(tmp_path, captured, monkeypatch):
+    monkeypatch.setattr(plots, "UNITS", {"m_jj": "GeV"})
+    rng = np.random.default_rng(0)
+    t = rng.uniform(50, 200, 500)
+    pred = pd.DataFrame({"split": "test", "target": t, "score": t + rng.normal(0, 2, 500), "weight": 1.0})
+    plots.residuals(pred, tmp_path / "res.png", "m", "m_jj")
+    a1 = captured["res.png"].axes[0]
+    assert a1.get_xlabel() == "true m_jj [GeV]"
+    assert a1.get_ylabel() == "m_jj residual (prediction − truth) [GeV]"
+    imp = {"metric": "mse", "permutation": {"a": {"mean": 3.0, "std": 0.1}, "b": {"mean": 1.0, "std": 0.1}}}
+    plots.feature_importance(imp, tmp_path / "imp.png", "m", "m_jj")
+    assert captured["imp.png"].axes[0].get_xlabel() == "importance: increase of the MSE of m_jj [GeV²]"
+    monkeypatch.setattr(plots, "UNITS", {})
+    plots.residuals(pred, tmp_path / "r2.png", "m", "m_jj")
+    assert captured["r2.png"].axes[0].get_ylabel() == "m_jj residual (prediction − truth)"
+
+
+def test_clusters_get_discrete_colours_and_a_legend(tmp_path, captured):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    labels = np.repeat([-1, 0, 1, 2, 3, 4], 50)
+    plots.cluster_scatter(X, labels, tmp_path / "c.png", "dbscan")
+    fig = captured["c.png"]
+    assert len(fig.axes) == 1  # no colour bar
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert names == ["noise"] + [f"cluster {i}" for i in range(5)]
+    colours = {tuple(np.round(c.get_facecolor()[0], 3)) for c in ax.collections}
+    assert len(colours) == 6
+
+
+def test_pca_figure_explained_variance_and_classes(tmp_path, captured):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(1000, 1))
+    X = np.hstack([3 * z, 3 * z + 0.1 * rng.normal(size=(1000, 1)), rng.normal(size=(1000, 3))])
+    evr, pcs = plots.pca_summary(X)
+    assert evr.sum() == pytest.approx(1) and evr[0] > 0.8 and pcs.shape == (1000, 2)
+    plots.pca_figure(X, rng.integers(0, 2, 1000), tmp_path / "pca.png", "inputs")
+    a1, a2 = captured["pca.png"].axes[:2]
+    cum = [ln for ln in a1.get_lines() if ln.get_label() == "cumulative"][0]
+    assert cum.get_ydata()[-1] == pytest.approx(1)
+    assert {t.get_text() for t in a2.get_legend().get_texts()} == {"signal", "background"}
+
+
+def test_pdf_beside_png_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "FORMATS", ("png", "pdf"))
+    plots.anomaly_scores(_predictions(0), tmp_path / "a.png", "ae")
+    assert (tmp_path / "a.png").stat().st_size > 0
+    assert (tmp_path / "a.pdf").read_bytes()[:4] == b"%PDF"
+    monkeypatch.setattr(plots, "FORMATS", ("png",))
+    plots.anomaly_scores(_predictions(0), tmp_path / "b.png", "ae")
+    assert not (tmp_path / "b.pdf").exists()
