@@ -17,6 +17,7 @@ tracking server. :func:`session` gives a client on which publishing is safe:
 * **A server that does not answer fails in seconds**: one ``GET /health``
   with a 10 s timeout first, and MLflow's own HTTP retries are kept short
   (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 2, ``..._TIMEOUT`` 30 s, unless set).
+* **Quiet logs**: MLflow's artifact progress bars are off (unless set).
 * **Errors are one line**: MLflow, SQLAlchemy, HTTP and OS errors become a
   :class:`HepmlError` naming the store, chained to the library's exception
   (whose traceback the CLI writes to the log).
@@ -41,8 +42,10 @@ log = logging.getLogger("hepml.track")
 
 REACH_TIMEOUT_S = 10  # a loaded server can take ~4 s for its first answer
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) retry for ~4 min
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            # no tqdm bars in the step's log (logging a model downloads and uploads its files)
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # tables MLflow's first migration expects (its ``initial_models``)
 INITIAL_TABLES = {"experiments", "runs", "tags", "metrics", "params"}
 
@@ -205,10 +208,10 @@ def _store_error(exc: Exception, name: str, uri: str, before: str = "", after: s
 
 
 @contextlib.contextmanager
-def _short_http_retries():
-    """Set MLflow's HTTP retry settings to :data:`HTTP_ENV` where the user set none."""
-    added = [k for k in HTTP_ENV if k not in os.environ]
-    os.environ.update({k: HTTP_ENV[k] for k in added})
+def _env_defaults():
+    """Set MLflow's HTTP retries and progress bars to :data:`ENV_DEFAULTS` where the user set none."""
+    added = [k for k in ENV_DEFAULTS if k not in os.environ]
+    os.environ.update({k: ENV_DEFAULTS[k] for k in added})
     try:
         yield
     finally:
@@ -251,7 +254,7 @@ def session(uri: str, name: str = "tracking store"):
     check_reachable(uri, name)
     from mlflow.tracking import MlflowClient
 
-    with _short_http_retries(), errors(uri, name), store_lock(uri):
+    with _env_defaults(), errors(uri, name), store_lock(uri):
         ensure_schema(uri, name)
         yield MlflowClient(tracking_uri=uri)
 

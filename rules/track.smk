@@ -1,7 +1,8 @@
-# Publish each model to MLflow as soon as it is evaluated; once every model is,
-# attach the leaderboard and comparison plots to each run. Local rules (they run
-# on the submit host, which can reach the tracking server); writes are
-# serialised by a lock inside the step.
+# Publish each model to MLflow as soon as it is evaluated (an MLflow model,
+# artifacts by kind, dataset lineage, the resolved config and git commit, the
+# real training times); once every model is, attach the leaderboard and
+# comparison plots to each run. Local rules (they run on the submit host, which
+# can reach the tracking server); writes are serialised by a lock inside the step.
 localrules:
     track,
     track_summary,
@@ -17,24 +18,33 @@ rule track:
         plots=f"{RES}/plots/{{model}}",
         importance=f"{RES}/importance/{{model}}.json",
         trials=lambda wc: f"{RES}/tuning/{wc.model}.trials.csv" if tuned(wc.model) else [],
+        **{s: f"{RES}/features/{s}.parquet" for s in SPLITS},
     output:
         f"{RES}/tracking/{{model}}.json",
     params:
         step=step("track", "model"),
         uri=lambda wc: config["tracking"]["uri"] or "",
         experiment=config["tracking"]["experiment"],
+        register=["--register"] if config["tracking"]["register"] else [],
         trials=lambda wc, input: opt("--trials", input.trials),
+        datasets=lambda wc, input: [f"--dataset={s}={input[s]}" for s in SPLITS],
+        config=jq(config),
+        spec=lambda wc: jq(MODELS[wc.model]),
+        workflow=workflow.basedir,
         results=results_of,
     log:
         f"{RES}/logs/track/{{model}}.log",
     conda:
         CONDA_ENV
     shell:
-        "{params.step:q} --model {wildcards.model:q} --record {input.record:q} --metrics {input.metrics:q}"
-        " --predictions {input.predictions:q} --model-dir {input.model:q} --out {output:q}"
+        "{params.step:q} --model {wildcards.model:q} --record {input.record:q}"
+        " --inference-record {input.inference:q} --metrics {input.metrics:q}"
+        " --importance {input.importance:q} --predictions {input.predictions:q}"
+        " --model-dir {input.model:q} --plots-dir {input.plots:q} {params.trials:q}"
+        " {params.datasets:q} --config {params.config:q} --spec {params.spec:q}"
+        " --workflow-dir {params.workflow:q} {params.register:q} --out {output:q}"
         " --results-dir {params.results:q} --uri={params.uri:q} --experiment {params.experiment:q}"
-        " --plots-dir {input.plots:q} --artifact {input.importance:q} --artifact {input.inference:q}"
-        " {params.trials:q} > {log:q} 2>&1"
+        " > {log:q} 2>&1"
 
 
 rule track_summary:
@@ -54,4 +64,4 @@ rule track_summary:
         CONDA_ENV
     shell:
         "{params.step:q} --runs {input.runs:q} --out {output:q} --results-dir {params.results:q}"
-        " --artifact {input.md:q} --artifact {input.csv:q} --plots-dir {input.plots:q} > {log:q} 2>&1"
+        " --leaderboard {input.md:q} --leaderboard {input.csv:q} --plots-dir {input.plots:q} > {log:q} 2>&1"

@@ -1,36 +1,111 @@
-"""MLflow publishing: parallel-safe on sqlite, no duplicates, and an http server."""
+"""MLflow publishing: parallel-safe on sqlite, no duplicates, an http server, and
+runs as the ecosystem expects them (an MLflow model, artifacts by kind, lineage,
+provenance, the real training times, the Model Registry)."""
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from hepml_steps import registry
 from hepml_steps import track as tk
 from hepml_steps.errors import HepmlError
+from hepml_steps.io import write_json
+
+FEATURES = ["f0", "f1", "f2"]
+SPLITS = ("train", "validation", "test")
 
 
-def make_inputs(d, model, auc=0.9):
-    (d / "models" / model).mkdir(parents=True)
-    (d / "models" / model / "model.ubj").write_bytes(b"fake-model-" + model.encode())
-    (d / "models" / model / "hepml_model.json").write_text(json.dumps({"family": "xgboost"}))
-    rec = d / f"{model}.train.json"
-    rec.write_text(json.dumps({"family": "xgboost", "task": "classification", "params": {"max_depth": 3},
-                               "features": ["a", "b"], "fit_seconds": 1.5,
+def make_events(n, seed):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"event_id": np.arange(n, dtype=np.int64), "label": (rng.random(n) < 0.5).astype(np.int8),
+                       "weight": np.ones(n)})
+    for i, f in enumerate(FEATURES):
+        df[f] = (rng.normal(size=n) + (1.0 if i == 0 else 0.0) * df["label"]).astype(np.float32)
+    return df
+
+
+def make_model(directory, model, task="classification", seed=0):
+    """A real (tiny) logistic regression saved the way the train step saves it."""
+    df = make_events(300, seed)
+    X = df[FEATURES].to_numpy(np.float32)
+    y = df["label"].to_numpy() if task == "classification" else np.digitize(X[:, 0], [-0.3, 0.6])
+    fam = registry.get("logistic_regression")(task=task, seed=seed)
+    if task == "multiclass":
+        fam.n_classes = 3
+    fam.fit(X, y, sample_weight=np.ones(len(y)))
+    directory.mkdir(parents=True)
+    meta = {"model": model, "family": fam.name, "task": task, "params": fam.params, "seed": seed,
+            "features": FEATURES, "target": None, "file_format": fam.file_format, "device": "cpu",
+            "files": fam.save(directory), **({"classes": [0, 1, 2]} if task == "multiclass" else {})}
+    write_json(directory / registry.META_FILE, meta)
+    (directory / ".snakemake_timestamp").write_bytes(b"")  # what Snakemake leaves in directory outputs
+    return meta
+
+
+def make_inputs(d, model, auc=0.9, task="classification", fit_seconds=1.5):
+    """A results folder as the pipeline leaves it for one model (with its bookkeeping files)."""
+    meta = make_model(d / "models" / model, model, task)
+    for sub in ("records", "metrics", "importance", "predictions", "features", "plots"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    rec = d / "records" / f"{model}.train.json"
+    rec.write_text(json.dumps({**meta, "params": {"max_depth": 3}, "fit_seconds": fit_seconds,
                                "history": {"validation_loss": [0.6, 0.5, 0.45]}}))
-    met = d / f"{model}.metrics.json"
+    inf = d / "records" / f"{model}.predict.json"
+    inf.write_text(json.dumps({"model": model, "timing": {"test": {"seconds": 0.01}}}))
+    met = d / "metrics" / f"{model}.json"
     met.write_text(json.dumps({"model": model, "metrics": {"roc_auc": auc, "f1": 0.8, "bayes_auc": None}}))
-    pred = d / f"{model}.pred.parquet"
+    imp = d / "importance" / f"{model}.json"
+    imp.write_text(json.dumps({"model": model, "importance": {"f0": 0.9, "f1": 0.1}}))
+    pred = d / "predictions" / f"{model}.parquet"
     pd.DataFrame({"event_id": [1, 2], "score": [0.1, 0.9]}).to_parquet(pred)
+    plots = d / "plots" / model
+    plots.mkdir()
+    (plots / "roc.png").write_bytes(b"png")
+    (plots / ".snakemake_timestamp").write_bytes(b"")
+    (plots / ".roc.x1y2.tmp.png").write_bytes(b"half-written")
+    for i, s in enumerate(SPLITS):
+        if not (d / "features" / f"{s}.parquet").exists():
+            make_events(200, 10 + i).to_parquet(d / "features" / f"{s}.parquet", index=False)
     return dict(model=model, record=str(rec), metrics=str(met), predictions=str(pred),
                 model_dir=str(d / "models" / model), out=str(d / "tracking" / f"{model}.json"),
-                results_dir=str(d))
+                results_dir=str(d), inference=str(inf), importance=str(imp), plots_dir=str(plots),
+                datasets={s: str(d / "features" / f"{s}.parquet") for s in SPLITS})
+
+
+def cli_args(job):
+    """``track model`` options for the keyword arguments of :func:`tk.track`."""
+    names = {"inference": "inference-record"}
+    args = []
+    for k, v in job.items():
+        if k == "datasets":
+            args += [f"--dataset={split}={path}" for split, path in v.items()]
+        elif k in ("config", "spec"):
+            args.append(f"--{k}={json.dumps(v)}")
+        elif k == "register":
+            args += ["--register"] if v else []
+        else:
+            args.append(f"--{names.get(k, k.replace('_', '-'))}={v}")
+    return args
+
+
+def all_artifacts(client, run_id, path=None):
+    found = []
+    for a in client.list_artifacts(run_id, path):
+        found += all_artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return found
 
 
 def _track(kwargs):
@@ -57,7 +132,7 @@ def test_parallel_writers_on_sqlite_lose_nothing_and_rerun_adds_nothing(tmp_path
     assert sorted(r.info.run_id for r in found) == sorted(ids) and len(set(ids)) == 4
     r = next(r for r in found if r.info.run_name == "m2")
     assert r.data.metrics["roc_auc"] == pytest.approx(0.82) and r.data.params["params.max_depth"] == "3"
-    assert r.data.tags["hepml.family"] == "xgboost"
+    assert r.data.tags["hepml.family"] == "logistic_regression"
     # re-publishing unchanged results reuses the run
     again = tk.track(**jobs[2])
     assert again["reused"] and again["run_id"] == r.info.run_id and len(runs(uri)) == 4
@@ -67,8 +142,204 @@ def test_parallel_writers_on_sqlite_lose_nothing_and_rerun_adds_nothing(tmp_path
     c = MlflowClient(tracking_uri=uri)
     hist = c.get_metric_history(r.info.run_id, "curve.validation_loss")
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == [0.6, 0.5, 0.45]
-    names = {a.path for a in c.list_artifacts(r.info.run_id)}
-    assert {"m2.metrics.json", "m2.train.json", "m2.pred.parquet", "model"} <= names
+    assert {"metrics/m2.json", "importance/m2.json", "records/m2.train.json", "records/m2.predict.json",
+            "predictions/m2.parquet", "plots/roc.png"} <= set(all_artifacts(c, r.info.run_id))
+    assert r.outputs.model_outputs, "the model is logged as an MLflow model"
+
+
+def _client(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tk.resolve_uri(None, str(tmp_path)))
+
+
+def test_artifacts_by_kind_never_collide_and_bookkeeping_files_stay_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "bdt")
+    (tmp_path / "models" / "bdt" / ".snakemake_timestamp_x").write_bytes(b"")
+    (tmp_path / "models" / "bdt" / "notes.tmp").write_bytes(b"")
+    run_id = tk.track(**job)["run_id"]
+    c = _client(tmp_path)
+    names = all_artifacts(c, run_id)
+    # metrics and importance are both <model>.json on disk: each keeps its own folder
+    for kind, path in (("metrics", job["metrics"]), ("importance", job["importance"])):
+        got = c.download_artifacts(run_id, f"{kind}/bdt.json", str(tmp_path / f"dl-{kind}"))
+        assert Path(got).read_bytes() == Path(path).read_bytes(), kind
+    assert sorted(names) == ["importance/bdt.json", "metrics/bdt.json", "plots/roc.png",
+                             "predictions/bdt.parquet", "records/bdt.predict.json", "records/bdt.train.json"]
+    import mlflow.artifacts
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tk.resolve_uri(None, str(tmp_path)))  # runs:/ resolves with it
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "dl-model"))
+    model_files = [p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()]
+    assert "MLmodel" in model_files and "artifacts/bdt/model.skops" in model_files
+    for name in names + model_files:
+        assert not any(part.startswith(".") for part in name.split("/")), name
+        assert not name.endswith(".tmp"), name
+
+
+def test_run_spans_the_training_not_the_publishing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m", fit_seconds=120.0)
+    fit_end = time.time() - 3600  # trained an hour ago: the fit ended when its first file was written
+    for f in (tmp_path / "models" / "m").iterdir():
+        os.utime(f, (fit_end + 0.3, fit_end + 0.3))
+    os.utime(next((tmp_path / "models" / "m").glob("*.skops")), (fit_end, fit_end))
+    os.utime(job["record"], (fit_end + 0.5, fit_end + 0.5))
+    os.utime(job["inference"], (fit_end + 2.0, fit_end + 2.0))
+    os.utime(job["metrics"], (fit_end + 2.5, fit_end + 2.5))
+    run = _client(tmp_path).get_run(tk.track(**job)["run_id"])
+    assert run.info.start_time == pytest.approx((fit_end - 120.0) * 1000, abs=2)
+    assert run.info.end_time == pytest.approx((fit_end + 2.5) * 1000, abs=2)
+    assert (run.info.end_time - run.info.start_time) / 1000 == pytest.approx(122.5, abs=0.01)
+    # a record that says when training started is believed
+    rec = json.loads(Path(job["record"]).read_text())
+    rec["started_at"] = "2026-01-02T03:04:05+00:00"
+    start, _ = tk.run_times(rec, job["record"], [], [job["metrics"]])
+    assert start == 1767323045000
+
+
+def _git(cwd, *args):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_run_records_resolved_config_git_commit_and_version(tmp_path, monkeypatch):
+    import hepml_steps
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    wf = tmp_path / "workflow"
+    wf.mkdir()
+    (wf / "Snakefile").write_text("rule all:\n")
+    _git(wf, "init", "-q")
+    _git(wf, "add", "Snakefile")
+    _git(wf, "commit", "-q", "-m", "x")
+    sha = _git(wf, "rev-parse", "HEAD")
+    assert tk.git_commit(wf) == sha
+    (wf / "untracked.txt").write_text("not part of the workflow")
+    assert tk.git_commit(wf) == sha
+    (wf / "Snakefile").write_text("rule all:\n    input: []\n")
+    assert tk.git_commit(wf) == f"{sha}-dirty"
+    assert tk.git_commit(tmp_path / "results") == "unknown" == tk.git_commit(None)
+
+    config = {"results": "results", "tracking": {"experiment": "hepml", "register": False},
+              "models": {"m": {"family": "logistic_regression", "params": {"C": 0.5}}}}
+    job = {**make_inputs(tmp_path / "results", "m"), "config": config, "spec": config["models"]["m"],
+           "workflow_dir": str(wf)}
+    assert tk.main(["model", *cli_args(job)]) == 0
+    run_id = json.loads(Path(job["out"]).read_text())["run_id"]
+    c = _client(tmp_path / "results")
+    tags = c.get_run(run_id).data.tags
+    assert tags["hepml.git_commit"] == f"{sha}-dirty" and tags["mlflow.source.git.commit"] == sha
+    assert tags["hepml.version"] == hepml_steps.__version__
+    resolved = c.download_artifacts(run_id, "config/resolved.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(resolved).read_text()) == config
+    spec = c.download_artifacts(run_id, "config/model.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(spec).read_text()) == config["models"]["m"]
+
+
+def test_run_names_the_split_files_it_used(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    run = _client(tmp_path).get_run(tk.track(**job)["run_id"])
+    got = {}
+    for d in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in d.tags}
+        got[tags["mlflow.data.context"]] = (d.dataset.name, d.dataset.digest, tags["hepml.sha256"],
+                                            json.loads(d.dataset.source)["uri"], d.dataset.schema)
+    assert set(got) == {"training", "validation", "test"}
+    for context, split in (("training", "train"), ("validation", "validation"), ("test", "test")):
+        path = tmp_path / "features" / f"{split}.parquet"
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        name, digest, full, source, schema = got[context]
+        assert (name, digest, full, source) == (f"features/{split}.parquet", sha[:32], sha, str(path.resolve()))
+        assert "f0" in schema and "event_id" in schema
+
+
+@pytest.mark.parametrize("task", ["classification", "multiclass"])
+def test_logged_model_loads_with_pyfunc_and_scores_like_the_model(tmp_path, monkeypatch, task):
+    import mlflow
+
+    job = make_inputs(tmp_path, "m", task=task)
+    uri = tk.resolve_uri(None, str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for runs:/ URIs
+    run_id = tk.track(**job)["run_id"]
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    sig = loaded.metadata.get_input_schema()
+    assert sig.input_names() == FEATURES and {t.name for t in sig.input_types()} == {"double"}
+    outputs = loaded.metadata.get_output_schema().input_names()
+    assert outputs == (["prob_0", "prob_1", "prob_2"] if task == "multiclass" else ["score"])
+    frame = pd.read_parquet(job["datasets"]["test"])
+    model, _ = registry.load_model(job["model_dir"])
+    own = np.asarray(model.predict_score(frame[FEATURES].to_numpy(np.float32))).reshape(len(frame), -1)
+    for df in (frame, frame.astype({f: np.float64 for f in FEATURES})):  # float32 and float64 inputs
+        got = loaded.predict(df)
+        assert list(got.columns) == outputs
+        assert np.max(np.abs(got.to_numpy() - own)) < 1e-6
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert info.saved_input_example_info is not None
+    from mlflow.models import Model
+
+    example = Model.load(f"runs:/{run_id}/model").load_input_example()
+    assert list(example.columns) == FEATURES and 0 < len(example) <= 5
+    reqs = mlflow.pyfunc.get_model_dependencies(f"runs:/{run_id}/model")
+    pins = Path(reqs).read_text()
+    assert "scikit-learn==" in pins and "skops==" in pins and "torch" not in pins
+
+
+# runs in a fresh interpreter that cannot import the hepml checkout or installed package
+_LOAD_WITHOUT_HEPML = """
+import importlib.util, json, os, sys
+from pathlib import Path
+sys.path = [p for p in sys.path if p and not (Path(p) / "hepml_steps").exists()]
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in str(getattr(f, "__module__", ""))]
+assert importlib.util.find_spec("hepml_steps") is None, "hepml is still importable"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+scores = model.predict(pd.read_parquet(sys.argv[2]))
+print(json.dumps({"score": scores["score"].tolist(), "hepml": sys.modules["hepml_steps"].__file__}))
+"""
+
+
+def test_logged_model_carries_its_code_and_loads_without_hepml(tmp_path, monkeypatch):
+    job = make_inputs(tmp_path, "m")
+    uri = tk.resolve_uri(None, str(tmp_path))
+    run_id = tk.track(**job)["run_id"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_HEPML, f"runs:/{run_id}/model",
+                           job["datasets"]["test"]], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "/code/hepml_steps/" in got["hepml"]  # the copy inside the MLflow model
+    model, _ = registry.load_model(job["model_dir"])
+    frame = pd.read_parquet(job["datasets"]["test"])
+    assert np.max(np.abs(np.asarray(got["score"]) - model.predict_score(frame[FEATURES].to_numpy(np.float32)))) < 1e-6
+
+
+def test_register_puts_each_model_in_the_registry_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    jobs = [make_inputs(tmp_path, m) for m in ("bdt", "mlp")]
+    first = tk.track(**jobs[0], experiment="my exp/1", register=True)
+    assert first["registered_model"] == "hepml-my_exp_1-bdt" and first["registered_version"] == "1"
+    c = _client(tmp_path)
+    (v,) = c.search_model_versions("name = 'hepml-my_exp_1-bdt'")
+    assert v.run_id == first["run_id"]
+    again = tk.track(**jobs[0], experiment="my exp/1", register=True)  # unchanged: no new version
+    assert again["reused"] and again["registered_version"] == "1"
+    assert len(c.search_model_versions("name = 'hepml-my_exp_1-bdt'")) == 1
+    plain = tk.track(**jobs[1], experiment="my exp/1")
+    assert plain["registered_model"] is None and not c.search_registered_models("name = 'hepml-my_exp_1-mlp'")
+    later = tk.track(**jobs[1], experiment="my exp/1", register=True)  # turned on later: registers the run
+    assert later["reused"] and later["run_id"] == plain["run_id"] and later["registered_version"] == "1"
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tk.resolve_uri(None, str(tmp_path)))
+    scores = mlflow.pyfunc.load_model("models:/hepml-my_exp_1-mlp/1").predict(
+        pd.read_parquet(jobs[1]["datasets"]["test"]))
+    assert list(scores.columns) == ["score"]
 
 
 def test_summary_attaches_leaderboard_and_plots_to_every_run(tmp_path, monkeypatch):
@@ -87,12 +358,12 @@ def test_summary_attaches_leaderboard_and_plots_to_every_run(tmp_path, monkeypat
                           [str(board), str(tmp_path / "nope.csv")])
     assert not (tmp_path / "s.json").exists()
     res = tk.main(["summary", "--runs", *[j["out"] for j in jobs], "--out", str(tmp_path / "s.json"),
-                   "--results-dir", str(tmp_path), "--artifact", str(board), "--plots-dir", str(plots)])
+                   "--results-dir", str(tmp_path), "--leaderboard", str(board), "--plots-dir", str(plots)])
     assert res == 0
     assert json.loads((tmp_path / "s.json").read_text())["runs"] == {"m0": ids[0], "m1": ids[1]}
     c = MlflowClient(tracking_uri=tk.resolve_uri(None, str(tmp_path)))
     for run_id in ids:
-        assert "leaderboard.md" in {a.path for a in c.list_artifacts(run_id)}
+        assert "leaderboard/leaderboard.md" in all_artifacts(c, run_id)
         assert [a.path for a in c.list_artifacts(run_id, "plots/summary")] == ["plots/summary/roc.png"]
 
 
@@ -101,23 +372,22 @@ def test_run_that_died_half_way_is_marked_failed_and_not_reused(tmp_path, monkey
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = make_inputs(tmp_path, "m")
-    real = MlflowClient.log_artifacts
+    real = MlflowClient.log_artifact
 
     def dies(self, *a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(MlflowClient, "log_artifacts", dies)
+    monkeypatch.setattr(MlflowClient, "log_artifact", dies)
     with pytest.raises(HepmlError, match="disk full"):
         tk.track(**job)
-    monkeypatch.setattr(MlflowClient, "log_artifacts", real)
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
     uri = tk.resolve_uri(None, str(tmp_path))
     (broken,) = runs(uri)
     assert broken.info.status == "FAILED"
     again = tk.track(**job)
     assert not again["reused"] and again["run_id"] != broken.info.run_id
     done = MlflowClient(tracking_uri=uri).get_run(again["run_id"])
-    assert done.info.status == "FINISHED" and "model" in {a.path for a in MlflowClient(tracking_uri=uri)
-                                                           .list_artifacts(again["run_id"])}
+    assert done.info.status == "FINISHED" and done.outputs.model_outputs
     assert tk.track(**job)["run_id"] == again["run_id"]  # and the finished one is reused
 
 
@@ -125,7 +395,8 @@ def test_changed_results_make_a_new_run(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = make_inputs(tmp_path, "m")
     first = tk.track(**job)
-    (tmp_path / "models" / "m" / "model.ubj").write_bytes(b"retrained")
+    shutil.rmtree(tmp_path / "models" / "m")
+    make_model(tmp_path / "models" / "m", "m", seed=1)  # retrained
     second = tk.track(**job)
     assert not second["reused"] and second["run_id"] != first["run_id"]
 
@@ -268,7 +539,7 @@ def test_disk_full_during_first_use_leaves_no_store(tmp_path, monkeypatch):
 def _killed_mid_publish(job):
     from mlflow.tracking import MlflowClient
 
-    MlflowClient.log_artifacts = lambda *a, **k: os._exit(9)  # like kill -9: nothing cleans up
+    MlflowClient.log_artifact = lambda *a, **k: os._exit(9)  # like kill -9: nothing cleans up
     tk.track(**job)
 
 
@@ -298,8 +569,7 @@ def test_unreachable_server_fails_in_seconds_with_one_line(tmp_path, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = make_inputs(tmp_path, "m")
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    args = [sys.executable, "-m", "hepml_steps.track", "model", "--uri", uri,
-            *[f"--{k.replace('_', '-')}={v}" for k, v in job.items()]]
+    args = [sys.executable, "-m", "hepml_steps.track", "model", "--uri", uri, *cli_args(job)]
     t0 = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

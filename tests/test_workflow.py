@@ -113,9 +113,16 @@ def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
     assert sorted(r.info.run_name for r in trials) == [f"logreg-trial-{i}" for i in range(3)]
     assert all("C" in r.data.params and "value" in r.data.metrics for r in trials)
     for r in first:  # per-model plots, and the cross-model leaderboard and comparison plots
-        assert {"leaderboard.md", "leaderboard.csv", "plots", "model"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.csv"} <= {
+            a.path for a in client.list_artifacts(r.info.run_id, "leaderboard")}
+        assert {"metrics", "importance", "records", "predictions", "plots", "config"} <= {
+            a.path for a in client.list_artifacts(r.info.run_id)}
         summary = {a.path for a in client.list_artifacts(r.info.run_id, "plots/summary")}
         assert "plots/summary/roc_tpr_vs_fpr.png" in summary
+        assert r.outputs.model_outputs and len(r.inputs.dataset_inputs) == 3  # an MLflow model; its splits
+        # the run spans the model's training (and evaluation), not the publishing
+        fit = json.loads((wd / "results" / "records" / f"{r.info.run_name}.train.json").read_text())["fit_seconds"]
+        assert (r.info.end_time - r.info.start_time) / 1000 >= fit
     again = snakemake(wd, *TUNED)
     assert "Nothing to be done" in again.stdout + again.stderr
     # forcing the tracking rule to re-publish unchanged results must not duplicate runs
