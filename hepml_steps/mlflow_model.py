@@ -13,13 +13,14 @@ into the model and runs it on load; nothing is pickled. The MLflow model holds
   without installing hepml; plugin families need their own package installed;
 * ``MLmodel`` with the signature, and a few rows as the input example.
 
-Feature space: today the model scores **prepared** features (the features
-step's output: standardised columns, ``results/features/<split>.parquet``), so
-the signature's inputs are those columns, one ``double`` per feature (float32
-and float64 frames are both accepted; the model computes in float32). When the
-model bundle (preparation + model, fed raw columns) exists, :func:`load_scorer`
-returns ``bundle.load(directory)`` instead and :func:`signature` names the raw
-columns; :class:`HepmlModel` does not change.
+Feature space: the model takes **raw** columns, as ingest writes them
+(``results/split/<split>.parquet``: e.g. ``j1_pt``, ``Jet_pt_0``), and applies
+its own fitted preparation (derived columns, imputation, encoding,
+standardisation, PCA) through the model bundle (:mod:`hepml_steps.bundle`),
+so ``predict(df)`` equals ``bundle.load(dir).score(df)``. The signature lists
+those raw columns. A model directory without a bundle (``preprocessing.json``,
+e.g. one trained by calling the train function without a transform) is
+scored on **prepared** features instead, one ``double`` per feature.
 
 Output: a DataFrame with one ``score`` column (what the family's
 ``predict_score`` gives: signal probability, regression value, anomaly score,
@@ -96,12 +97,53 @@ class PreparedScorer:
         return pd.DataFrame(s.reshape(len(X), -1), columns=self.outputs, index=frame.index)
 
 
+class BundleScorer:
+    """Scores a DataFrame of raw columns with a model bundle (:func:`hepml_steps.bundle.load`).
+
+    Raises
+    ------
+    DataError
+        The bundle is refused (fingerprint, version) or a raw column is missing.
+    """
+
+    def __init__(self, directory):
+        from . import bundle
+
+        self.bundle = bundle.load(directory)
+        self.meta, self.features = self.bundle.meta, list(self.bundle.raw_columns)
+        self.outputs = output_columns(self.meta)
+
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row of :attr:`outputs` per row of ``frame`` (same index)."""
+        s = np.asarray(self.bundle.score(frame), dtype=np.float64)
+        return pd.DataFrame(s.reshape(len(frame), -1), columns=self.outputs, index=frame.index)
+
+
+def has_bundle(directory) -> bool:
+    """Whether the model directory holds a bundle (``preprocessing.json``)."""
+    from . import bundle
+
+    return (Path(directory) / bundle.FILE).is_file()
+
+
 def load_scorer(directory):
     """The object :class:`HepmlModel` scores with: anything with ``score(frame) -> DataFrame``.
 
-    The one line to change when the model bundle arrives (``bundle.load(directory)``).
+    The bundle (raw columns in) when the directory has one, else the bare model
+    (prepared features in).
     """
-    return PreparedScorer(directory)
+    return BundleScorer(directory) if has_bundle(directory) else PreparedScorer(directory)
+
+
+def input_columns(directory, meta: dict) -> list[str]:
+    """The columns ``predict`` takes: the bundle's raw columns, else the prepared features."""
+    if has_bundle(directory):
+        from . import bundle
+
+        from .io import read_json
+
+        return bundle.raw_columns(read_json(Path(directory) / bundle.FILE)["transform"])
+    return list(meta["features"])
 
 
 class HepmlModel(mlflow.pyfunc.PythonModel):
@@ -121,12 +163,18 @@ def output_columns(meta: dict) -> list[str]:
     return [SCORE]
 
 
-def signature(meta: dict):
-    """Inputs: one ``double`` column per (prepared) feature; outputs: :func:`output_columns`."""
+def signature(meta: dict, columns: list[str] | None = None, example: pd.DataFrame | None = None):
+    """Inputs: ``columns`` (default: the prepared features), ``double`` unless the
+    example shows a string column; outputs: :func:`output_columns`."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec("double", f) for f in meta["features"]]),
+    def kind(c):
+        numeric = example is None or c not in example or pd.api.types.is_numeric_dtype(example[c])
+        return "double" if numeric else "string"
+
+    cols = list(meta["features"]) if columns is None else columns
+    return ModelSignature(inputs=Schema([ColSpec(kind(c), c) for c in cols]),
                           outputs=Schema([ColSpec("double", c) for c in output_columns(meta)]))
 
 
@@ -233,7 +281,8 @@ def log(model_dir: str, run_id: str, experiment_id: str, tracking_uri: str, meta
         warnings.filterwarnings("ignore", message="Operation with range is deprecated")
         Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
                   python_model=str(CODE_MODEL), artifacts={MODEL_ARTIFACT: str(model_dir)},
-                  code_paths=[str(Path(__file__).parent)], signature=signature(meta),
+                  code_paths=[str(Path(__file__).parent)],
+                  signature=signature(meta, input_columns(model_dir, meta), example),
                   input_example=example, pip_requirements=pip_requirements(meta["family"]))
     if client.get_logged_model(logged.model_id).status != LoggedModelStatus.READY:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)

@@ -196,6 +196,11 @@ def _experiment_id(client, name: str, artifact_root: str | None) -> str:
         return exp.experiment_id
 
 
+#: Optuna trial state -> MLflow run status (MLflow has no "pruned": a pruned
+#: trial was stopped on purpose, so KILLED, with the tag hepml.trial_state=PRUNED)
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
 def _log_trials(client, exp_id: str, parent: str, model: str, trials: str, tags: dict) -> None:
     """One nested run per tuning trial under the model's run.
 
@@ -215,11 +220,13 @@ def _log_trials(client, exp_id: str, parent: str, model: str, trials: str, tags:
         params = [Param(k.removeprefix("param."), str(v)) for k, v in row.items()
                   if k.startswith("param.") and v == v]
         ts = int(child.info.start_time)
-        mets = [Metric(k, float(row[k]), ts, 0) for k in ("value", "seconds")
-                if row.get(k) is not None and row[k] == row[k]]
+        # the objective under its own name (the table's column, e.g. roc_auc), seconds, J/event, ...
+        mets = [Metric(k, float(v), ts, 0) for k, v in row.items()
+                if k not in ("number", "state") and not k.startswith("param.")
+                and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
         client.log_batch(child.info.run_id, metrics=mets, params=params)
         t += took
-        client.set_terminated(child.info.run_id, "FINISHED" if row["state"] == "COMPLETE" else "FAILED",
+        client.set_terminated(child.info.run_id, TRIAL_STATUS.get(str(row["state"]), "FAILED"),
                               end_time=int(t * 1000))
 
 
@@ -440,9 +447,7 @@ def _new_run(client, exp_id: str, uri: str, model: str, rec: dict, met: dict, ta
         _log_config(client, run_id, files["config"], files["spec"])
         _log_datasets(client, run_id, files["datasets"])
         meta = read_json(Path(files["model_dir"]) / META_FILE)
-        example = None
-        if files["datasets"].get("test"):
-            example = mlflow_model.input_example(files["datasets"]["test"], meta["features"])
+        example = _input_example(files["model_dir"], files["datasets"].get("test"), meta)
         with _staged(files["model_dir"], files["model_files"], model) as staged:
             mlflow_model.log(str(staged), run_id, exp_id, uri, meta, example,
                              params={k: str(v)[:6000] for k, v in _params(rec).items()},
@@ -455,6 +460,21 @@ def _new_run(client, exp_id: str, uri: str, model: str, rec: dict, met: dict, ta
         raise
     client.set_terminated(run_id, "FINISHED", end_time=end)
     return run_id
+
+
+def _input_example(model_dir: str, features_test: str | None, meta: dict):
+    """A few test events as the model takes them: raw columns from the test split
+    (``<results>/split/test.parquet``, beside ``<results>/features/test.parquet``)
+    for a bundle, prepared features otherwise; None when that file is absent."""
+    from . import mlflow_model
+
+    if not features_test:
+        return None
+    cols = mlflow_model.input_columns(model_dir, meta)
+    path = Path(features_test)
+    if mlflow_model.has_bundle(model_dir):
+        path = path.parents[1] / "split" / path.name
+    return mlflow_model.input_example(str(path), cols) if path.is_file() else None
 
 
 def attach_summary(runs: list[str], out: str, results_dir: str = "results",

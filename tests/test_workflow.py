@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,7 +112,7 @@ def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
     logreg = next(r for r in first if r.info.run_name == "logreg")
     trials = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == logreg.info.run_id]
     assert sorted(r.info.run_name for r in trials) == [f"logreg-trial-{i}" for i in range(3)]
-    assert all("C" in r.data.params and "value" in r.data.metrics for r in trials)
+    assert all("C" in r.data.params and "roc_auc" in r.data.metrics for r in trials)  # the objective's name
     for r in first:  # per-model plots, and the cross-model leaderboard and comparison plots
         assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.csv"} <= {
             a.path for a in client.list_artifacts(r.info.run_id, "leaderboard")}
@@ -123,6 +124,23 @@ def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
         # the run spans the model's training (and evaluation), not the publishing
         fit = json.loads((wd / "results" / "records" / f"{r.info.run_name}.train.json").read_text())["fit_seconds"]
         assert (r.info.end_time - r.info.start_time) / 1000 >= fit
+    # the MLflow model takes raw columns and scores exactly like the bundle and predict
+    import mlflow
+
+    from hepml_steps import bundle
+
+    test = pd.read_parquet(wd / "results" / "split" / "test.parquet")
+    pred = pd.read_parquet(wd / "results" / "predictions" / "bdt.parquet")
+    bdt = next(r for r in first if r.info.run_name == "bdt")
+    mlflow.set_tracking_uri(uri)
+    try:
+        got = mlflow.pyfunc.load_model(f"runs:/{bdt.info.run_id}/model").predict(test)["score"].to_numpy()
+    finally:
+        mlflow.set_tracking_uri(None)
+    own = bundle.load(wd / "results" / "models" / "bdt").score(test)
+    assert np.max(np.abs(got - own)) < 1e-6
+    ref = pred[pred["split"] == "test"].set_index("event_id").loc[test["event_id"], "score"].to_numpy()
+    assert np.max(np.abs(got - ref)) < 1e-5
     again = snakemake(wd, *TUNED)
     assert "Nothing to be done" in again.stdout + again.stderr
     # forcing the tracking rule to re-publish unchanged results must not duplicate runs
