@@ -17,6 +17,7 @@ that it fell back to the CPU and says so in its last line):
 
 Nothing is written outside ``--out`` (a temporary folder by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,14 @@ import numpy as np
 from hepml_steps import features, generate, ingest, registry, split, train
 from hepml_steps.predict import predict
 
-SPEC = {"family": "mlp", "task": "classification", "gpus": 1, "device": "auto", "weighting": "balanced",
-        "params": {"hidden_layers": [256, 256, 256], "epochs": 3, "batch_size": 4096}}
+SPEC = {
+    "family": "mlp",
+    "task": "classification",
+    "gpus": 1,
+    "device": "auto",
+    "weighting": "balanced",
+    "params": {"hidden_layers": [256, 256, 256], "epochs": 3, "batch_size": 4096},
+}
 
 
 def prepare(out: Path, n_events: int, seed: int) -> dict[str, str]:
@@ -39,8 +46,13 @@ def prepare(out: Path, n_events: int, seed: int) -> dict[str, str]:
     toy = out / "toy.parquet"
     generate.generate(toy, n_events=n_events, seed=seed, chunk_size=min(n_events, 1_000_000))
     events = out / "events.parquet"
-    ingest.ingest([{"path": str(toy), "name": "toy"}], events, label_column="label",
-                  weight_column="weight", event_id_column="event_id")
+    ingest.ingest(
+        [{"path": str(toy), "name": "toy"}],
+        events,
+        label_column="label",
+        weight_column="weight",
+        event_id_column="event_id",
+    )
     raw = {s: str(out / f"split_{s}.parquet") for s in split.SPLITS}
     split.split(str(events), raw, {"train": 0.6, "validation": 0.2, "test": 0.2})
     prepared = {s: str(out / f"features_{s}.parquet") for s in split.SPLITS}
@@ -74,24 +86,55 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         prepared = prepare(out, args.events, args.seed)
         model_dir = out / "model"
-        rec = train.train(prepared["train"], prepared["validation"], "mlp_gpu", SPEC, str(model_dir),
-                          str(out / "train.json"), seed=args.seed, threads=4)
-        pred = predict(str(model_dir), prepared, str(out / "predictions.parquet"), batch_size=args.batch,
-                       threads=4, record_out=str(out / "predict.json"))
+        rec = train.train(
+            prepared["train"],
+            prepared["validation"],
+            "mlp_gpu",
+            SPEC,
+            str(model_dir),
+            str(out / "train.json"),
+            seed=args.seed,
+            threads=4,
+        )
+        pred = predict(
+            str(model_dir),
+            prepared,
+            str(out / "predictions.parquet"),
+            batch_size=args.batch,
+            threads=4,
+            record_out=str(out / "predict.json"),
+        )
         device, rate = bare_throughput(model_dir, len(rec["features"]), args.inference_events, args.batch)
         fit_e, inf_e = rec["energy"]["train"], pred["energy"]["inference"]
         summary = {
-            "train": {"device": rec.get("device"), "method": fit_e["method"], "energy_j": fit_e["energy_j"],
-                      "j_per_event": fit_e["j_per_event"], "events_per_s": fit_e["events_per_s"]},
-            "inference": {"device": pred["device"], "method": inf_e["method"], "energy_j": inf_e["energy_j"],
-                          "j_per_event": inf_e["j_per_event"], "events_per_s": inf_e["events_per_s"]},
-            "bare_inference": {"device": device, "events": args.inference_events, "batch": args.batch,
-                               "events_per_s": rate, "fraction_of_30_MHz": rate / 30e6},
+            "train": {
+                "device": rec.get("device"),
+                "method": fit_e["method"],
+                "energy_j": fit_e["energy_j"],
+                "j_per_event": fit_e["j_per_event"],
+                "events_per_s": fit_e["events_per_s"],
+            },
+            "inference": {
+                "device": pred["device"],
+                "method": inf_e["method"],
+                "energy_j": inf_e["energy_j"],
+                "j_per_event": inf_e["j_per_event"],
+                "events_per_s": inf_e["events_per_s"],
+            },
+            "bare_inference": {
+                "device": device,
+                "events": args.inference_events,
+                "batch": args.batch,
+                "events_per_s": rate,
+                "fraction_of_30_MHz": rate / 30e6,
+            },
         }
         print(json.dumps(summary, indent=2))
         on_gpu = str(device).startswith("cuda")
-        print(f"gpu_check: MLP inference {rate / 1e6:.2f} M events/s on {device}"
-              + ("" if on_gpu else " (no GPU visible: this was the CPU fallback)"))
+        print(
+            f"gpu_check: MLP inference {rate / 1e6:.2f} M events/s on {device}"
+            + ("" if on_gpu else " (no GPU visible: this was the CPU fallback)")
+        )
     return 0
 
 

@@ -20,6 +20,7 @@ Target: with chunks, the peak above the baseline stays flat when the file
 doubles and is at most about one output table; in one chunk it grows with the
 file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,12 +60,15 @@ def _chunk(n: int, start: int, rng: np.random.Generator) -> dict:
 
     n_jet = rng.poisson(4.0, n).astype(np.int32)
     total = int(n_jet.sum())
-    arrays = {"run": np.ones(n, np.uint32), "luminosityBlock": (np.arange(start, start + n) // 1000).astype(np.uint32),
-              "event": np.arange(start, start + n, dtype=np.uint64),
-              "genWeight": np.where(rng.random(n) < 0.15, -1.0, 1.0).astype(np.float32),
-              "nJet": n_jet,
-              "Jet_pt": ak.unflatten((rng.exponential(30.0, total) + 15).astype(np.float32), n_jet),
-              "Jet_eta": ak.unflatten(rng.normal(0, 2, total).astype(np.float32), n_jet)}
+    arrays = {
+        "run": np.ones(n, np.uint32),
+        "luminosityBlock": (np.arange(start, start + n) // 1000).astype(np.uint32),
+        "event": np.arange(start, start + n, dtype=np.uint64),
+        "genWeight": np.where(rng.random(n) < 0.15, -1.0, 1.0).astype(np.float32),
+        "nJet": n_jet,
+        "Jet_pt": ak.unflatten((rng.exponential(30.0, total) + 15).astype(np.float32), n_jet),
+        "Jet_eta": ak.unflatten(rng.normal(0, 2, total).astype(np.float32), n_jet),
+    }
     arrays.update({f"f{i}": rng.normal(size=n).astype(np.float32) for i in range(N_FEATURES)})
     return arrays
 
@@ -80,8 +84,11 @@ def generate(path: Path, n: int, fmt: str, seed: int) -> Path:
             for start in starts:
                 arrays = _chunk(min(WRITE_CHUNK, n - start), start, rng)
                 if start == 0:
-                    f.mktree("Events", {k: ("var * float32" if k.startswith("Jet_") else v.dtype)
-                                        for k, v in arrays.items()}, counter_name=lambda b: "nJet")
+                    f.mktree(
+                        "Events",
+                        {k: ("var * float32" if k.startswith("Jet_") else v.dtype) for k, v in arrays.items()},
+                        counter_name=lambda b: "nJet",
+                    )
                 f["Events"].extend(arrays)
         return path
     import awkward as ak
@@ -106,8 +113,12 @@ def generate(path: Path, n: int, fmt: str, seed: int) -> Path:
 
 def peak_rss(args: dict) -> int:
     """Peak RSS (bytes) of a fresh process running ingest with ``args`` (or only importing: baseline)."""
-    out = subprocess.run([sys.executable, "-c", _RUN.format(root=str(ROOT)), json.dumps(args)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN.format(root=str(ROOT)), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,16 +136,23 @@ def main(argv=None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         base = peak_rss({"baseline": True})
         print(f"baseline (imports only): {base / mib:.0f} MiB peak RSS")
-        print(f"{'format':8} {'events':>9} {'chunk':>9} {'input MiB':>10} {'output MiB':>11} {'peak MiB':>9} "
-              f"{'above base':>11} {'ratio':>6}")
+        print(
+            f"{'format':8} {'events':>9} {'chunk':>9} {'input MiB':>10} {'output MiB':>11} {'peak MiB':>9} "
+            f"{'above base':>11} {'ratio':>6}"
+        )
         for fmt in formats:
             for n in (a.events // 2, a.events):
                 path = generate(folder / f"nano_{n}.{fmt}", n, fmt, seed=n)
                 out = folder / f"events_{n}_{fmt}.parquet"
                 for chunk in (a.chunk_size, n):
-                    args = {"inputs": [{"path": str(path), "label": 1, "name": "s"},
-                                       {"path": str(path), "label": 0, "name": "b"}],
-                            "out": str(out), "chunk_size": chunk}
+                    args = {
+                        "inputs": [
+                            {"path": str(path), "label": 1, "name": "s"},
+                            {"path": str(path), "label": 0, "name": "b"},
+                        ],
+                        "out": str(out),
+                        "chunk_size": chunk,
+                    }
                     if fmt != "csv":
                         args["aliases"] = {"lead_pt": "Jet_pt[0]", "n_jet": "len(Jet_pt)"}
                     peak = peak_rss(args)
@@ -142,9 +160,12 @@ def main(argv=None) -> int:
 
                     table_bytes = pq.read_table(out).nbytes
                     above = peak - base
-                    print(f"{fmt:8} {n:>9} {chunk:>9} {path.stat().st_size / mib:>10.0f} "
-                          f"{table_bytes / mib:>11.0f} {peak / mib:>9.0f} {above / mib:>11.0f} "
-                          f"{above / table_bytes:>6.2f}", flush=True)
+                    print(
+                        f"{fmt:8} {n:>9} {chunk:>9} {path.stat().st_size / mib:>10.0f} "
+                        f"{table_bytes / mib:>11.0f} {peak / mib:>9.0f} {above / mib:>11.0f} "
+                        f"{above / table_bytes:>6.2f}",
+                        flush=True,
+                    )
     return 0
 
 

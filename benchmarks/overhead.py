@@ -20,6 +20,7 @@ family fit and inference within 1.10 of the bare library; the train step's
 extra time is fixed per model (files, meter, ONNX), not per event; chunked
 generation's peak memory within 1.2 of a single chunk's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,9 +60,18 @@ def bare_xgboost(params, threads):
 
     def fit(X, y, w):
         d = xgb.DMatrix(X, label=y, weight=w, nthread=threads)
-        return xgb.train({"objective": "binary:logistic", "tree_method": "hist", "max_depth": params["max_depth"],
-                          "eta": params["learning_rate"], "nthread": threads, "seed": 0}, d,
-                         num_boost_round=params["n_estimators"])
+        return xgb.train(
+            {
+                "objective": "binary:logistic",
+                "tree_method": "hist",
+                "max_depth": params["max_depth"],
+                "eta": params["learning_rate"],
+                "nthread": threads,
+                "seed": 0,
+            },
+            d,
+            num_boost_round=params["n_estimators"],
+        )
 
     def predict(model, X):
         return model.predict(xgb.DMatrix(X, nthread=threads))
@@ -103,9 +113,11 @@ def bare_torch(params, threads):
         for _ in range(params["epochs"]):
             order = torch.from_numpy(rng.permutation(len(X)))
             for i in range(0, len(X), params["batch_size"]):
-                idx = order[i:i + params["batch_size"]]
-                loss = (nn.functional.binary_cross_entropy_with_logits(net(Xt[idx])[:, 0], yt[idx], reduction="none")
-                        * wt[idx]).sum() / wt[idx].sum()
+                idx = order[i : i + params["batch_size"]]
+                loss = (
+                    nn.functional.binary_cross_entropy_with_logits(net(Xt[idx])[:, 0], yt[idx], reduction="none")
+                    * wt[idx]
+                ).sum() / wt[idx].sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -120,12 +132,24 @@ def bare_torch(params, threads):
 
 CASES = {
     "xgboost": ({"n_estimators": 200, "max_depth": 5, "learning_rate": 0.1}, bare_xgboost),
-    "logistic_regression": ({"C": 1.0, "max_iter": 1000},
-                            lambda p, t: bare_sklearn("sklearn.linear_model:LogisticRegression", p, t)),
-    "hist_gbm": ({"max_iter": 200, "early_stopping": False},
-                 lambda p, t: bare_sklearn("sklearn.ensemble:HistGradientBoostingClassifier", p, t)),
-    "mlp": ({"hidden_layers": [64, 64], "epochs": 5, "batch_size": 512, "learning_rate": 1e-3,
-             "early_stopping_patience": 0}, bare_torch),
+    "logistic_regression": (
+        {"C": 1.0, "max_iter": 1000},
+        lambda p, t: bare_sklearn("sklearn.linear_model:LogisticRegression", p, t),
+    ),
+    "hist_gbm": (
+        {"max_iter": 200, "early_stopping": False},
+        lambda p, t: bare_sklearn("sklearn.ensemble:HistGradientBoostingClassifier", p, t),
+    ),
+    "mlp": (
+        {
+            "hidden_layers": [64, 64],
+            "epochs": 5,
+            "batch_size": 512,
+            "learning_rate": 1e-3,
+            "early_stopping_patience": 0,
+        },
+        bare_torch,
+    ),
 }
 
 
@@ -140,8 +164,10 @@ def bench_models(n: int, threads: int) -> None:
     df, cols, X, y = toy(n)
     w = np.ones(len(y))
     print(f"# {n} toy events, {len(cols)} features, {threads} thread(s); fits best of 3, inference best of 5")
-    print(f"{'family':<20} {'bare fit s':>10} {'family fit':>11} {'ratio':>6} {'train step':>11} {'ratio':>6}"
-          f" {'(first)':>8} {'bare infer s':>12} {'family':>8} {'ratio':>6}")
+    print(
+        f"{'family':<20} {'bare fit s':>10} {'family fit':>11} {'ratio':>6} {'train step':>11} {'ratio':>6}"
+        f" {'(first)':>8} {'bare infer s':>12} {'family':>8} {'ratio':>6}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         prepared = df[["event_id", "label", "weight"]].copy()
@@ -171,8 +197,16 @@ def bench_models(n: int, threads: int) -> None:
             spec = {"family": name, "params": family_params(name, params), "weighting": "none"}
 
             def step():
-                tr.train(str(tmp / "train.parquet"), str(tmp / "validation.parquet"), name, spec,
-                         str(tmp / name), str(tmp / f"{name}.json"), seed=0, threads=threads)
+                tr.train(
+                    str(tmp / "train.parquet"),
+                    str(tmp / "validation.parquet"),
+                    name,
+                    spec,
+                    str(tmp / name),
+                    str(tmp / f"{name}.json"),
+                    seed=0,
+                    threads=threads,
+                )
 
             t_cold = timed(step, 1)  # first call in this process pays the step's imports, as a job does
             t_step = timed(step, 2)
@@ -180,16 +214,19 @@ def bench_models(n: int, threads: int) -> None:
             for _ in range(5):  # interleaved, best of 5: the two see the same machine state
                 ti_bare = min(ti_bare, timed(lambda: predict(model, X)))
                 ti_fam = min(ti_fam, timed(lambda: fam.predict_score(X)))
-            print(f"{name:<20} {t_bare:>10.2f} {t_fam:>11.2f} {t_fam / t_bare:>6.2f} {t_step:>11.2f}"
-                  f" {t_step / t_bare:>6.2f} {t_cold:>8.2f} {ti_bare:>12.3f} {ti_fam:>8.3f} {ti_fam / ti_bare:>6.2f}")
+            print(
+                f"{name:<20} {t_bare:>10.2f} {t_fam:>11.2f} {t_fam / t_bare:>6.2f} {t_step:>11.2f}"
+                f" {t_step / t_bare:>6.2f} {t_cold:>8.2f} {ti_bare:>12.3f} {ti_fam:>8.3f} {ti_fam / ti_bare:>6.2f}"
+            )
 
 
 def _generate_peak(n: int, chunk: int, out: Path) -> float:
     # VmHWM of the child itself: ru_maxrss would keep this (large) parent's value across exec
-    code = ("import sys; sys.path.insert(0, %r); from hepml_steps.generate import generate; "
-            "generate(%r, %d, chunk_size=%d); "
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
-            % (str(ROOT), str(out), n, chunk))
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from hepml_steps.generate import generate; "
+        f"generate({str(out)!r}, {n:d}, chunk_size={chunk:d}); "
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(res.stdout.strip().splitlines()[-1]) / 1024.0
 
@@ -198,8 +235,10 @@ def bench_memory(chunk: int, n_chunks: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = _generate_peak(chunk, chunk, Path(tmp) / "one.parquet")
         many = _generate_peak(chunk * n_chunks, chunk, Path(tmp) / "many.parquet")
-    print(f"# toy generation peak RSS: {chunk} events (1 chunk) {one:.0f} MiB; "
-          f"{chunk * n_chunks} events ({n_chunks} chunks) {many:.0f} MiB; ratio {many / one:.2f}")
+    print(
+        f"# toy generation peak RSS: {chunk} events (1 chunk) {one:.0f} MiB; "
+        f"{chunk * n_chunks} events ({n_chunks} chunks) {many:.0f} MiB; ratio {many / one:.2f}"
+    )
 
 
 def main(argv=None) -> int:

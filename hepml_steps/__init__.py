@@ -5,6 +5,7 @@ same name holding a plain function over files and a thin CLI. Importing this
 package is cheap: heavy libraries (xgboost, torch, mlflow) are imported only
 inside the functions that need them.
 """
+
 import os as _os
 
 # Number CUDA devices in PCI bus order, as NVML does, so the GPU a step trains

@@ -27,6 +27,7 @@ CLI::
     python -m hepml_steps.apply --model-dir results/models/bdt [--model-dir ...] \\
         --input data.root [--tree Events] --out data_scored.root
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,15 @@ log = logging.getLogger("hepml.apply")
 CHUNK_SIZE = 100_000
 
 
-def apply(model_dirs: list[str], path: str, out: str, fmt: str | None = None, tree: str | None = None,
-          chunk_size: int = CHUNK_SIZE, record_out: str | None = None) -> dict:
+def apply(
+    model_dirs: list[str],
+    path: str,
+    out: str,
+    fmt: str | None = None,
+    tree: str | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    record_out: str | None = None,
+) -> dict:
     """Score every event of ``path`` with every model; write the copy with scores to ``out``.
 
     Parameters
@@ -86,21 +94,35 @@ def apply(model_dirs: list[str], path: str, out: str, fmt: str | None = None, tr
         raise DataError(f"missing apply input file: {path}")
     fmt = file_format(path, fmt)
     t0 = time.perf_counter()
-    scores = (_scores(models, src, frame) for src, _n, frame in
-              bundles.from_file(models, path, fmt, tree, chunk_size))
+    scores = (_scores(models, src, frame) for src, _n, frame in bundles.from_file(models, path, fmt, tree, chunk_size))
     with atomic_path(Path(out)) as tmp:
         if fmt == "root":
             n, extra = _write_root(path, tree, tmp, scores, chunk_size)
         else:
             n, extra = _write_parquet(path, fmt, tmp, scores, chunk_size)
     seconds = time.perf_counter() - t0
-    record = {"input": str(path), "output": str(out), "format": fmt, "n_events": n, "seconds": seconds,
-              "events_per_s": n / seconds if seconds > 0 else None, "models": [b.name for b in models],
-              "score_columns": names, **extra}
+    record = {
+        "input": str(path),
+        "output": str(out),
+        "format": fmt,
+        "n_events": n,
+        "seconds": seconds,
+        "events_per_s": n / seconds if seconds > 0 else None,
+        "models": [b.name for b in models],
+        "score_columns": names,
+        **extra,
+    }
     if record_out:
         write_json(record_out, record)
-    log.info("%s: scored %d events with %s in %.2f s (%.0f events/s) -> %s", path, n,
-             [b.name for b in models], seconds, record["events_per_s"] or 0, out)
+    log.info(
+        "%s: scored %d events with %s in %.2f s (%.0f events/s) -> %s",
+        path,
+        n,
+        [b.name for b in models],
+        seconds,
+        record["events_per_s"] or 0,
+        out,
+    )
     return record
 
 
@@ -123,8 +145,12 @@ def _writable(name: str, values) -> bool:
         t = t.content
         if isinstance(t, (ak.types.ListType, ak.types.RegularType)):
             return False
-    return isinstance(t, ak.types.NumpyType) and t.primitive not in ("complex64", "complex128",
-                                                                     "datetime64", "timedelta64")
+    return isinstance(t, ak.types.NumpyType) and t.primitive not in (
+        "complex64",
+        "complex128",
+        "datetime64",
+        "timedelta64",
+    )
 
 
 def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int):
@@ -151,8 +177,9 @@ def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int
                         else:
                             not_copied[b] = str(ak.type(arrays[b]).content)
                     if not_copied:
-                        log.warning("%s: branch(es) not copied (uproot cannot write them back): %s",
-                                    src.desc, not_copied)
+                        log.warning(
+                            "%s: branch(es) not copied (uproot cannot write them back): %s", src.desc, not_copied
+                        )
                     counters = {}
                     for b in keep:
                         leaf = getattr(t[b], "count_leaf", None) if hasattr(t, "branches") else None
@@ -161,8 +188,11 @@ def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int
                             counters[b] = leaf
                     types = {b: arrays[b].type.content for b in keep}
                     types.update({c: np.float32 for c in sc})
-                    f.mktree(name.rsplit("/", 1)[-1], types,
-                             counter_name=lambda b, counters=counters: counters.get(b, "n" + b))
+                    f.mktree(
+                        name.rsplit("/", 1)[-1],
+                        types,
+                        counter_name=lambda b, counters=counters: counters.get(b, "n" + b),
+                    )
                     out = f[name.rsplit("/", 1)[-1]]
                 out.extend({**{b: arrays[b] for b in types if b not in sc}, **sc})
                 n += len(arrays)
@@ -183,8 +213,9 @@ def _write_parquet(path: Path, fmt: str, tmp: Path, scores, chunk_size: int):
     else:
         import pandas as pd
 
-        batches = (pa.RecordBatch.from_pandas(df, preserve_index=False)
-                   for df in pd.read_csv(path, chunksize=chunk_size))
+        batches = (
+            pa.RecordBatch.from_pandas(df, preserve_index=False) for df in pd.read_csv(path, chunksize=chunk_size)
+        )
     n, writer = 0, None
     try:
         with culprit(path, context=f"cannot read as {fmt}"):
@@ -206,8 +237,12 @@ def _write_parquet(path: Path, fmt: str, tmp: Path, scores, chunk_size: int):
 
 def main(argv=None) -> int:
     def build(p):
-        p.add_argument("--model-dir", action="append", required=True,
-                       help="a trained model's directory (results/models/<model>); repeat for several")
+        p.add_argument(
+            "--model-dir",
+            action="append",
+            required=True,
+            help="a trained model's directory (results/models/<model>); repeat for several",
+        )
         p.add_argument("--input", required=True, help="the file to score (ROOT, Parquet or CSV)")
         p.add_argument("--out", required=True, help="the output: ROOT (TTree) for ROOT input, else Parquet")
         p.add_argument("--tree", help="TTree/RNTuple of a ROOT input (default: the only one)")
@@ -215,8 +250,9 @@ def main(argv=None) -> int:
         p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="events read at a time")
         p.add_argument("--record", help="where to write the record (JSON)")
 
-    return cli.run(build, lambda a: apply(a.model_dir, a.input, a.out, a.format, a.tree, a.chunk_size,
-                                          a.record), argv, __doc__)
+    return cli.run(
+        build, lambda a: apply(a.model_dir, a.input, a.out, a.format, a.tree, a.chunk_size, a.record), argv, __doc__
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ train fill value (``transform.fill``) for the others, as
 ``Bundle.score(frame)`` is the one scoring API (the apply step, the MLflow
 pyfunc wrapper, a notebook).
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,8 +54,20 @@ FILE = "preprocessing.json"
 #: format of ``preprocessing.json``; a bundle of another format is refused
 FORMAT = 1
 #: keys of ``transform.json`` a bundle keeps (the fitted preprocessing)
-TRANSFORM_KEYS = ("columns", "derived", "standardize", "mean", "std", "fill", "fill_value", "categories",
-                  "missing_indicators", "outputs", "pca_mean", "pca_components")
+TRANSFORM_KEYS = (
+    "columns",
+    "derived",
+    "standardize",
+    "mean",
+    "std",
+    "fill",
+    "fill_value",
+    "categories",
+    "missing_indicators",
+    "outputs",
+    "pca_mean",
+    "pca_components",
+)
 #: keys of the ingest settings a bundle keeps (how raw columns are made from branches)
 INGEST_KEYS = ("columns", "aliases", "cut")
 
@@ -74,8 +87,12 @@ def fingerprint(pre: dict) -> str:
 def make(transform: dict, ingest: dict | None = None) -> dict:
     """The content of ``preprocessing.json`` from a fitted transform and the ingest settings."""
     t = {k: transform[k] for k in TRANSFORM_KEYS if k in transform}
-    pre = {"format": FORMAT, "hepml_version": hepml_version(), "transform": t,
-           "ingest": {k: (ingest or {}).get(k) for k in INGEST_KEYS}}
+    pre = {
+        "format": FORMAT,
+        "hepml_version": hepml_version(),
+        "transform": t,
+        "ingest": {k: (ingest or {}).get(k) for k in INGEST_KEYS},
+    }
     return json.loads(json.dumps(pre))  # as it will read back from the file (the fingerprint's input)
 
 
@@ -149,8 +166,9 @@ class Bundle:
         need = self.raw_columns if derived else list(self.transform["columns"])
         missing = [c for c in need if c not in frame.columns]
         if missing:
-            raise DataError(f"{self.what} needs column(s) {missing} missing from the input "
-                            f"(has: {list(frame.columns)[:20]})")
+            raise DataError(
+                f"{self.what} needs column(s) {missing} missing from the input (has: {list(frame.columns)[:20]})"
+            )
         table = features.apply(frame[need], transform, self.what)
         X = np.array(table[self.features].to_numpy(dtype=np.float32), copy=True)
         fill = self.transform.get("fill") or {}
@@ -179,8 +197,9 @@ class Bundle:
             from . import tasks
 
             return tasks.get(self.task).empty_scores(self.classes)
-        return np.concatenate([np.asarray(self.model.predict_score(X[i:i + batch_size]))
-                               for i in range(0, len(X), batch_size)])
+        return np.concatenate(
+            [np.asarray(self.model.predict_score(X[i : i + batch_size])) for i in range(0, len(X), batch_size)]
+        )
 
     def score_table(self, frame) -> dict[str, np.ndarray]:
         """Score column name -> values (see :meth:`score_columns`)."""
@@ -244,16 +263,22 @@ def load(directory) -> Bundle:
         raise DataError(f"{what}: no {FILE} (trained by a hepml without model bundles: retrain it)")
     pre = read_json(path)
     if not isinstance(pre, dict) or pre.get("format") != FORMAT:
-        raise DataError(f"{what}: {FILE} format {pre.get('format') if isinstance(pre, dict) else None!r} "
-                        f"is not this hepml's ({FORMAT})")
+        raise DataError(
+            f"{what}: {FILE} format {pre.get('format') if isinstance(pre, dict) else None!r} "
+            f"is not this hepml's ({FORMAT})"
+        )
     made = {pre.get("hepml_version"), meta.get("hepml_version", pre.get("hepml_version"))}
     if made != {hepml_version()}:
-        raise DataError(f"{what}: made by hepml {' / '.join(sorted(map(str, made)))}, this is hepml "
-                        f"{hepml_version()}; retrain the model with this version")
+        raise DataError(
+            f"{what}: made by hepml {' / '.join(sorted(map(str, made)))}, this is hepml "
+            f"{hepml_version()}; retrain the model with this version"
+        )
     want, got = meta.get("preprocessing_sha256"), fingerprint(pre)
     if want != got:
-        raise DataError(f"{what}: {FILE} does not match the preprocessing the model was trained with "
-                        f"(sha256 {got[:12]}..., recorded {str(want)[:12]}...); it was replaced or edited")
+        raise DataError(
+            f"{what}: {FILE} does not match the preprocessing the model was trained with "
+            f"(sha256 {got[:12]}..., recorded {str(want)[:12]}...); it was replaced or edited"
+        )
     model, meta = registry.load_model(directory)
     model.use_device("cpu")
     return Bundle(directory, model, meta, pre)

@@ -5,6 +5,7 @@ parses arguments and calls it; rules call ``python -m hepml_steps.<step>``.
 Structured settings travel as one JSON argument (``--params '{...}'``) that
 the rule builds from the validated config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import json
 import logging
 import sys
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import UNSAFE_ADVICE, HepmlError, describe
 
@@ -26,9 +27,12 @@ def json_arg(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
 
 
-def run(build: Callable[[argparse.ArgumentParser], None],
-        call: Callable[[argparse.Namespace], object],
-        argv: Sequence[str] | None = None, description: str | None = None) -> int:
+def run(
+    build: Callable[[argparse.ArgumentParser], None],
+    call: Callable[[argparse.Namespace], object],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+) -> int:
     """Parse ``argv`` with the arguments ``build`` adds, then ``call`` them.
 
     Returns

@@ -11,6 +11,7 @@ columns. Split tables add nothing. Prepared (feature) tables add
 ``<name>`` (see :mod:`hepml_steps.features`); prediction tables add ``split``
 and ``score`` (and ``prob_<i>`` per class for multiclass models).
 """
+
 EVENT_ID = "event_id"
 LABEL = "label"
 WEIGHT = "weight"

@@ -25,11 +25,12 @@ What is refused beyond the schema:
   inputs, a model that runs whose task needs labels (classification,
   anomaly detection, a ``target: label``), naming the model and the input.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import ConfigError, HepmlError
 
@@ -77,7 +78,8 @@ def check_overrides(overrides: dict) -> None:
     if "models" in overrides and not overrides["models"]:
         raise ConfigError(
             "models: the override is empty, which would keep every default model of "
-            "config/config.yaml; list the models you want, or name a subset with select_models")
+            "config/config.yaml; list the models you want, or name a subset with select_models"
+        )
 
 
 def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA) -> dict:
@@ -149,25 +151,30 @@ def check_labels(specs: dict[str, dict], files: dict) -> None:
         if task.needs_labels(spec.get("target")):
             first = files["inputs"][0]
             needs = f"task '{task}'" + (f" with target '{spec['target']}'" if not task.uses_labels else "")
-            raise ConfigError(f"models.{name}: {needs} needs labelled events; data.files.inputs[0] "
-                              f"({first['path']}) has no label (give every input 'label: 1' or 'label: 0', "
-                              "or set data.files.label_column; or run only models that need no labels, "
-                              "with select_models)")
+            raise ConfigError(
+                f"models.{name}: {needs} needs labelled events; data.files.inputs[0] "
+                f"({first['path']}) has no label (give every input 'label: 1' or 'label: 0', "
+                "or set data.files.label_column; or run only models that need no labels, "
+                "with select_models)"
+            )
 
 
 def _check_model(name: str, spec: dict, known) -> None:
     from . import registry, tasks
 
     if spec["family"] not in known:
-        raise ConfigError(f"models.{name}.family: unknown model family '{spec['family']}'; "
-                          f"known families: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"models.{name}.family: unknown model family '{spec['family']}'; known families: {', '.join(sorted(known))}"
+        )
     task = spec.get("task", tasks.DEFAULT)
     if task not in tasks.TASKS:
         raise ConfigError(f"models.{name}.task: unknown task '{task}'; known tasks: {', '.join(tasks.TASKS)}")
     supported = registry.BUILTIN_TASKS.get(spec["family"])  # plugins are checked when their job starts
     if supported is not None and task not in supported:
-        raise ConfigError(f"models.{name}.task: family '{spec['family']}' does not support task "
-                          f"'{task}' (it supports: {', '.join(supported)})")
+        raise ConfigError(
+            f"models.{name}.task: family '{spec['family']}' does not support task "
+            f"'{task}' (it supports: {', '.join(supported)})"
+        )
     kind = tasks.get(task)
     if kind.needs_target and not spec.get("target"):
         raise ConfigError(f"models.{name}.target: task '{task}' needs 'target' (the {kind.target_kind}'s name)")
@@ -178,17 +185,20 @@ def _selection(config: dict) -> list[str] | None:
     if chosen is None:
         return None
     if not chosen:
-        raise ConfigError("select_models: [] selects no model; list model names, "
-                          "or null (or leave the key out) for every enabled model")
+        raise ConfigError(
+            "select_models: [] selects no model; list model names, "
+            "or null (or leave the key out) for every enabled model"
+        )
     models = config["models"]
     unknown = sorted(set(chosen) - set(models))
     if unknown:
-        raise ConfigError(f"select_models: {unknown} not among the configured models "
-                          f"({', '.join(sorted(models))})")
+        raise ConfigError(f"select_models: {unknown} not among the configured models ({', '.join(sorted(models))})")
     disabled = [m for m in chosen if not models[m].get("enabled", True)]
     if disabled:
-        raise ConfigError(f"select_models: {disabled} selected but disabled (enabled: false); "
-                          "enable them or leave them out of select_models")
+        raise ConfigError(
+            f"select_models: {disabled} selected but disabled (enabled: false); "
+            "enable them or leave them out of select_models"
+        )
     return list(chosen)
 
 
@@ -202,8 +212,10 @@ def _resolve(name: str, spec: dict, config: dict) -> dict:
     if full["tune"]["enabled"] and not tasks.get(task).tunable:
         if spec.get("tune", {}).get("enabled"):
             tunable = [t.name for t in tasks.TASKS.values() if t.tunable]
-            raise ConfigError(f"models.{name}.tune.enabled: task '{task}' has no validation objective "
-                              f"to tune; tunable tasks: {', '.join(tunable)}")
+            raise ConfigError(
+                f"models.{name}.tune.enabled: task '{task}' has no validation objective "
+                f"to tune; tunable tasks: {', '.join(tunable)}"
+            )
         full["tune"]["enabled"] = False  # tuning.enabled covers the models that can be tuned
     if full["negative_weights"] == "keep":
         _check_keep(name, spec, registry.get(spec["family"]))  # imported only when keep is asked for
@@ -219,11 +231,16 @@ def _resolve(name: str, spec: dict, config: dict) -> dict:
 def _check_keep(name: str, spec: dict, cls) -> None:
     """Refuse ``negative_weights: keep`` for a family that cannot train on negative weights."""
     if not cls.accepts_negative_weights:
-        key = f"models.{name}.negative_weights" if "negative_weights" in spec else \
-            f"training.negative_weights (models.{name})"
-        raise ConfigError(f"{key}: 'keep' but family '{cls.name}' cannot train on negative event weights "
-                          "(accepts_negative_weights is False); use 'ignore' (weight 0 in the fit, TMVA's "
-                          "IgnoreNegWeightsInTraining) or 'abs' (|w|)")
+        key = (
+            f"models.{name}.negative_weights"
+            if "negative_weights" in spec
+            else f"training.negative_weights (models.{name})"
+        )
+        raise ConfigError(
+            f"{key}: 'keep' but family '{cls.name}' cannot train on negative event weights "
+            "(accepts_negative_weights is False); use 'ignore' (weight 0 in the fit, TMVA's "
+            "IgnoreNegWeightsInTraining) or 'abs' (|w|)"
+        )
 
 
 def resolve_models(config: dict) -> dict[str, dict]:

@@ -34,6 +34,7 @@ family that does not declare ``handles_missing``
 (:class:`hepml_steps.families.base.Family`); XGBoost and hist_gbm get the NaN.
 The rest of that metadata (identifier-like columns) is ``Dataset.prepared``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -106,12 +107,20 @@ class Dataset:
 
     def take(self, index) -> Dataset:
         """The events at positions ``index`` (an integer array), in that order."""
+
         def pick(a):
             return None if a is None else a[index]
 
-        return replace(self, X=self.X[index], y=pick(self.y), weights=self.weights[index],
-                       fit_weights=pick(self.fit_weights), event_ids=self.event_ids[index],
-                       labels=pick(self.labels), truth_llr=pick(self.truth_llr))
+        return replace(
+            self,
+            X=self.X[index],
+            y=pick(self.y),
+            weights=self.weights[index],
+            fit_weights=pick(self.fit_weights),
+            event_ids=self.event_ids[index],
+            labels=pick(self.labels),
+            truth_llr=pick(self.truth_llr),
+        )
 
 
 def signed_policy(w, negative: str) -> np.ndarray:
@@ -187,8 +196,10 @@ def fit_weights(w, y, weighting: str, task: str, negative: str = "ignore") -> np
             m = y == cls
             total = w[m].sum()
             if total <= 0:
-                raise DataError(f"class {cls} has non-positive total weight {total:g} "
-                                f"(negative_weights: {negative}); cannot balance")
+                raise DataError(
+                    f"class {cls} has non-positive total weight {total:g} "
+                    f"(negative_weights: {negative}); cannot balance"
+                )
             out[m] = w[m] * (len(w) / len(labels)) / total
         return out
     if weighting in ("balanced", "physical"):
@@ -237,8 +248,12 @@ def cap_events(df, cap: int | None, what: str):
     if not cap or n <= cap:
         return df, {"cap": cap, "applied": False, "n_before": n, "n_after": n}
     keep = cap_index(df[EVENT_ID].to_numpy(), cap)
-    log.warning("%s: training sample capped at %d of %d events (max_train_events); "
-                "raise the cap in config to use more", what, cap, n)
+    log.warning(
+        "%s: training sample capped at %d of %d events (max_train_events); raise the cap in config to use more",
+        what,
+        cap,
+        n,
+    )
     return df.iloc[keep].reset_index(drop=True), {"cap": cap, "applied": True, "n_before": n, "n_after": cap}
 
 
@@ -315,11 +330,21 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     if classes is not None:
         df, y = _known_classes(df, y, classes, cap_rec, target, what)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
-    return Dataset(X=_features(df, cols, spec.get("family"), what), y=y, weights=w,
-                   fit_weights=fit_weights(w, y, spec.get("weighting", "balanced"), task.name,
-                                           spec.get("negative_weights", "ignore")),
-                   event_ids=df[EVENT_ID].to_numpy(), labels=_optional(df, LABEL), columns=cols,
-                   classes=classes, cap=cap_rec, truth_llr=_optional(df, TRUTH_LLR), prepared=_prepared(df))
+    return Dataset(
+        X=_features(df, cols, spec.get("family"), what),
+        y=y,
+        weights=w,
+        fit_weights=fit_weights(
+            w, y, spec.get("weighting", "balanced"), task.name, spec.get("negative_weights", "ignore")
+        ),
+        event_ids=df[EVENT_ID].to_numpy(),
+        labels=_optional(df, LABEL),
+        columns=cols,
+        classes=classes,
+        cap=cap_rec,
+        truth_llr=_optional(df, TRUTH_LLR),
+        prepared=_prepared(df),
+    )
 
 
 def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str):
@@ -330,8 +355,10 @@ def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str):
         df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
     if cap_rec["applied"] and len(df) and len(np.unique(y)) < len(classes):
         absent = [c for i, c in enumerate(classes) if i not in set(y.tolist())]
-        raise DataError(f"{what}: class(es) {absent} of '{target}' have no events left after "
-                        f"the training cap of {cap_rec['cap']} events; raise max_train_events")
+        raise DataError(
+            f"{what}: class(es) {absent} of '{target}' have no events left after "
+            f"the training cap of {cap_rec['cap']} events; raise max_train_events"
+        )
     return df, y
 
 
@@ -365,11 +392,18 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
     if missing:
         raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
     classes = meta.get("classes")
-    return Dataset(X=_features(df, meta["features"], meta.get("family"), what),
-                   y=task.targets(df, meta.get("target"), what, classes),
-                   weights=df[WEIGHT].to_numpy(), fit_weights=None, event_ids=df[EVENT_ID].to_numpy(),
-                   labels=_optional(df, LABEL), columns=list(meta["features"]), classes=classes,
-                   truth_llr=_optional(df, TRUTH_LLR), prepared=_prepared(df))
+    return Dataset(
+        X=_features(df, meta["features"], meta.get("family"), what),
+        y=task.targets(df, meta.get("target"), what, classes),
+        weights=df[WEIGHT].to_numpy(),
+        fit_weights=None,
+        event_ids=df[EVENT_ID].to_numpy(),
+        labels=_optional(df, LABEL),
+        columns=list(meta["features"]),
+        classes=classes,
+        truth_llr=_optional(df, TRUTH_LLR),
+        prepared=_prepared(df),
+    )
 
 
 def _prepared(df) -> dict | None:
@@ -402,8 +436,9 @@ def _features(df, cols: list, family: str | None, what: str) -> np.ndarray:
                 X[bad, j] = fill[c]
                 n += int(bad.sum())
     if n:
-        log.info("%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)",
-                 what, n, family)
+        log.info(
+            "%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)", what, n, family
+        )
     return X
 
 

@@ -94,21 +94,45 @@ use (``read_rapl``, ``energy_delta``, ``RaplUnavailable``) are re-exported here.
 These modules import only the standard library at import time; ``pynvml`` is
 imported lazily, and only for CUDA devices.
 """
+
 from __future__ import annotations
 
 import os
 from typing import Any
 
 from .energy_powercap import DEFAULT_POWERCAP_ROOT, RaplUnavailable, energy_delta, read_rapl
-from .energy_sources import (DEFAULT_CPU_WATTS_PER_CORE, DEFAULT_RAM_WATTS_PER_GIB, CpuTimeEstimate,
-                             EnergySource, NvmlSession, NvmlSource, ProcessReading, RaplSource, Reading,
-                             process_cpu_time_availability)
+from .energy_sources import (
+    DEFAULT_CPU_WATTS_PER_CORE,
+    DEFAULT_RAM_WATTS_PER_GIB,
+    CpuTimeEstimate,
+    EnergySource,
+    NvmlSession,
+    NvmlSource,
+    ProcessReading,
+    RaplSource,
+    Reading,
+    process_cpu_time_availability,
+)
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_CPU_WATTS_PER_CORE", "DEFAULT_POWERCAP_ROOT", "DEFAULT_RAM_WATTS_PER_GIB",
-           "SETTINGS_KEYS", "CpuTimeEstimate", "EnergyMeter", "EnergySource", "NvmlSource",
-           "RaplSource", "RaplUnavailable", "Reading", "available_sources", "energy_delta",
-           "gpu_visible", "read_rapl", "step_meter"]
+__all__ = [
+    "DEFAULT_CPU_WATTS_PER_CORE",
+    "DEFAULT_POWERCAP_ROOT",
+    "DEFAULT_RAM_WATTS_PER_GIB",
+    "SETTINGS_KEYS",
+    "CpuTimeEstimate",
+    "EnergyMeter",
+    "EnergySource",
+    "NvmlSource",
+    "RaplSource",
+    "RaplUnavailable",
+    "Reading",
+    "available_sources",
+    "energy_delta",
+    "gpu_visible",
+    "read_rapl",
+    "step_meter",
+]
 
 
 def _check_nonneg(name: str, value, default):
@@ -143,11 +167,12 @@ def _cpu_and_ram(est: ProcessReading, rapl: Reading) -> Reading:
         return est
     if rapl.ram_j is not None:
         return Reading(cpu_j=rapl.cpu_j, ram_j=rapl.ram_j, methods=rapl.methods)
-    return Reading(cpu_j=rapl.cpu_j, ram_j=est.ram_j,
-                   methods={"cpu": rapl.methods["cpu"],
-                            "ram": f"{est.methods['ram']} (no RAPL dram domain)"},
-                   notes=["no RAPL dram domain: RAM energy is an estimate, not a "
-                          f"measurement: {est.ram_basis}"])
+    return Reading(
+        cpu_j=rapl.cpu_j,
+        ram_j=est.ram_j,
+        methods={"cpu": rapl.methods["cpu"], "ram": f"{est.methods['ram']} (no RAPL dram domain)"},
+        notes=[f"no RAPL dram domain: RAM energy is an estimate, not a measurement: {est.ram_basis}"],
+    )
 
 
 class EnergyMeter:
@@ -194,16 +219,21 @@ class EnergyMeter:
         On entering a meter that is already measuring.
     """
 
-    def __init__(self, *, cpu_watts_per_core: float | None = None,
-                 ram_watts_per_gib: float | None = None,
-                 grid_gco2_per_kwh: float | None = None,
-                 powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
-                 device: str = "cpu", gpu_index: int = 0, nvml=None,
-                 rapl_poll_s: float = 10.0, gpu_sample_s: float = 0.1):
-        self.cpu_watts_per_core = _check_nonneg("cpu_watts_per_core", cpu_watts_per_core,
-                                                DEFAULT_CPU_WATTS_PER_CORE)
-        self.ram_watts_per_gib = _check_nonneg("ram_watts_per_gib", ram_watts_per_gib,
-                                               DEFAULT_RAM_WATTS_PER_GIB)
+    def __init__(
+        self,
+        *,
+        cpu_watts_per_core: float | None = None,
+        ram_watts_per_gib: float | None = None,
+        grid_gco2_per_kwh: float | None = None,
+        powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
+        device: str = "cpu",
+        gpu_index: int = 0,
+        nvml=None,
+        rapl_poll_s: float = 10.0,
+        gpu_sample_s: float = 0.1,
+    ):
+        self.cpu_watts_per_core = _check_nonneg("cpu_watts_per_core", cpu_watts_per_core, DEFAULT_CPU_WATTS_PER_CORE)
+        self.ram_watts_per_gib = _check_nonneg("ram_watts_per_gib", ram_watts_per_gib, DEFAULT_RAM_WATTS_PER_GIB)
         self.grid_gco2_per_kwh = _check_nonneg("grid_gco2_per_kwh", grid_gco2_per_kwh, None)
         if not float(rapl_poll_s) > 0 or not float(gpu_sample_s) > 0:
             raise ConfigError("energy: 'rapl_poll_s' and 'gpu_sample_s' must be > 0")
@@ -238,7 +268,7 @@ class EnergyMeter:
         if self.record:
             self._fill_ratios(self.record)
 
-    def __enter__(self) -> "EnergyMeter":
+    def __enter__(self) -> EnergyMeter:
         if self._active:
             raise RuntimeError("EnergyMeter is not re-entrant")
         self._active = True
@@ -246,8 +276,7 @@ class EnergyMeter:
         self.rapl = RaplSource(self.powercap_root, self.rapl_poll_s)
         self.estimate = CpuTimeEstimate(self.cpu_watts_per_core, self.ram_watts_per_gib)
         index = _cuda_index(self.device, self.gpu_index)
-        self.gpu = None if index is None else NvmlSource(index, nvml=self._nvml,
-                                                        sample_s=self.gpu_sample_s)
+        self.gpu = None if index is None else NvmlSource(index, nvml=self._nvml, sample_s=self.gpu_sample_s)
         self._notes = self.rapl.start() + (self.gpu.start() if self.gpu else [])
         self.estimate.start()  # last, so the clock does not include the others' start
         return self
@@ -278,19 +307,23 @@ class EnergyMeter:
             "ram_energy_j": cpu.ram_j,
             "cpu_energy_estimate_j": est.cpu_j,
             "method": method,
-            "methods": {"cpu": cpu.methods["cpu"], "gpu": gpu.methods.get("gpu") if gpu else None,
-                        "ram": cpu.methods["ram"]},
+            "methods": {
+                "cpu": cpu.methods["cpu"],
+                "gpu": gpu.methods.get("gpu") if gpu else None,
+                "ram": cpu.methods["ram"],
+            },
             "notes": notes,
             "events": self.events,
             "events_per_s": None,
             "j_per_event": None,
             "peak_rss_mib": est.peak_rss_mib,
             "device": self.device,
-            "co2_g": None if self.grid_gco2_per_kwh is None
-            else energy / 3.6e6 * self.grid_gco2_per_kwh,
-            "parameters": {"cpu_watts_per_core": self.cpu_watts_per_core,
-                           "ram_watts_per_gib": self.ram_watts_per_gib,
-                           "grid_gco2_per_kwh": self.grid_gco2_per_kwh},
+            "co2_g": None if self.grid_gco2_per_kwh is None else energy / 3.6e6 * self.grid_gco2_per_kwh,
+            "parameters": {
+                "cpu_watts_per_core": self.cpu_watts_per_core,
+                "ram_watts_per_gib": self.ram_watts_per_gib,
+                "grid_gco2_per_kwh": self.grid_gco2_per_kwh,
+            },
         }
         self._fill_ratios(record)
         return record
@@ -305,8 +338,7 @@ class EnergyMeter:
         record["j_per_event"] = energy / events if ok and energy is not None and wall > 0 else None
 
 
-def available_sources(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT, *,
-                      nvml=None) -> dict[str, dict]:
+def available_sources(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT, *, nvml=None) -> dict[str, dict]:
     """Which energy sources work here, and why the others do not.
 
     Parameters
@@ -323,10 +355,12 @@ def available_sources(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT, 
         "estimate": {...}}``, each with ``available`` (bool) and ``reason``
         (str); RAPL adds its ``domains``, NVML its number of ``devices``.
     """
-    return {"rapl": RaplSource(powercap_root).availability(),
-            "nvml": NvmlSource(nvml=nvml).availability(),
-            "process_cpu_time": process_cpu_time_availability(),
-            "estimate": CpuTimeEstimate().availability()}
+    return {
+        "rapl": RaplSource(powercap_root).availability(),
+        "nvml": NvmlSource(nvml=nvml).availability(),
+        "process_cpu_time": process_cpu_time_availability(),
+        "estimate": CpuTimeEstimate().availability(),
+    }
 
 
 # -- use from the pipeline steps --------------------------------------------------
@@ -349,8 +383,7 @@ def gpu_visible(nvml=None) -> bool:
         return False
 
 
-def step_meter(settings: dict | None = None, requested_device: str = "cpu",
-               gpu_capable: bool = False) -> EnergyMeter:
+def step_meter(settings: dict | None = None, requested_device: str = "cpu", gpu_capable: bool = False) -> EnergyMeter:
     """An :class:`EnergyMeter` for a pipeline step, configured from the config's ``energy`` section.
 
     The GPU is metered when the family can use one, the model did not ask for
@@ -378,8 +411,11 @@ def step_meter(settings: dict | None = None, requested_device: str = "cpu",
     device = "cpu"
     if gpu_capable and str(requested_device).lower() != "cpu" and gpu_visible():
         device = requested_device if str(requested_device).startswith("cuda") else "cuda"
-    kw = {k: settings[k] for k in ("cpu_watts_per_core", "ram_watts_per_gib", "grid_gco2_per_kwh")
-          if settings.get(k) is not None}
+    kw = {
+        k: settings[k]
+        for k in ("cpu_watts_per_core", "ram_watts_per_gib", "grid_gco2_per_kwh")
+        if settings.get(k) is not None
+    }
     if settings.get("powercap_root"):
         kw["powercap_root"] = settings["powercap_root"]
     return EnergyMeter(device=device, **kw)

@@ -10,6 +10,7 @@ A reading is ``{domain path: {"name", "energy_uj", "max_energy_range_uj",
 "kind", "parent"}}`` (energy in µJ); ``kind`` is ``package``, ``subdomain``
 (core/uncore, inside their package), ``dram`` or ``psys``.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,6 +47,7 @@ class RaplUnavailable(RuntimeError):
 
 # -- reading one file ------------------------------------------------------------
 
+
 def _read_int(path: Path) -> int:
     with open(path) as fh:
         return int(fh.read().strip())
@@ -54,8 +56,7 @@ def _read_int(path: Path) -> int:
 def _why(path: Path, exc: BaseException) -> str:
     """One line saying why ``path`` could not be read."""
     if isinstance(exc, PermissionError):
-        return (f"permission denied on {path} (root-only since the "
-                f"CVE-2020-8694 fix, Linux 5.10 and backports)")
+        return f"permission denied on {path} (root-only since the CVE-2020-8694 fix, Linux 5.10 and backports)"
     if isinstance(exc, ValueError):
         return f"unparsable value in {path}"
     detail = getattr(exc, "strerror", None) or str(exc)
@@ -63,6 +64,7 @@ def _why(path: Path, exc: BaseException) -> str:
 
 
 # -- finding the domains ---------------------------------------------------------
+
 
 def _is_domain(path: Path) -> bool:
     return (path / "energy_uj").exists() and (path / "name").exists()
@@ -86,8 +88,7 @@ def _domain_dirs(directory: Path) -> list[Path]:
     return out
 
 
-def _visit(directory: Path, parent: Path | None, depth: int,
-           found: dict[str, tuple[Path, Path | None]]) -> None:
+def _visit(directory: Path, parent: Path | None, depth: int, found: dict[str, tuple[Path, Path | None]]) -> None:
     """Add the domains under ``directory`` to ``found`` (keyed by resolved path)."""
     for path in _domain_dirs(directory):
         key = os.path.realpath(path)
@@ -108,8 +109,7 @@ def _scan_domains(root: Path) -> list[tuple[Path, Path | None]]:
     _visit(root, None, 0, found)
     # top-level control types such as "intel-rapl" hold the packages as well
     try:
-        controls = [Path(e.path) for e in os.scandir(root)
-                    if ":" not in e.name and e.is_dir() and "rapl" in e.name]
+        controls = [Path(e.path) for e in os.scandir(root) if ":" not in e.name and e.is_dir() and "rapl" in e.name]
     except OSError:
         controls = []
     for ctl in sorted(controls):
@@ -154,6 +154,7 @@ def _kind(path: str, info: dict) -> str:
 
 # -- reading the domains ------------------------------------------------------------
 
+
 def _read_domain(path: Path, parent: Path | None) -> tuple[dict | None, tuple[str, str] | None]:
     """(domain info, None), or (None, (why unreadable, kind)) for one domain directory."""
     try:
@@ -171,19 +172,20 @@ def _read_domain(path: Path, parent: Path | None) -> tuple[dict | None, tuple[st
     return {"name": name, **values, "kind": kind, "parent": parent_s}, None
 
 
-def _read_domains_detailed(powercap_root: str | os.PathLike,
-                           ) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
+def _read_domains_detailed(
+    powercap_root: str | os.PathLike,
+) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
     """Readable domains and, for the others, why they could not be read (path -> (why, kind))."""
     root = Path(powercap_root)
     if not root.exists():
-        raise RaplUnavailable(f"{root} does not exist (no powercap interface: "
-                              f"a VM, a container without /sys, or not Linux)")
+        raise RaplUnavailable(
+            f"{root} does not exist (no powercap interface: a VM, a container without /sys, or not Linux)"
+        )
     if not root.is_dir():
         raise RaplUnavailable(f"{root} is not a directory")
     scanned = _scan_domains(root)
     if not scanned:
-        raise RaplUnavailable(f"{root} has no intel-rapl domains (no directory with "
-                              f"energy_uj and name)")
+        raise RaplUnavailable(f"{root} has no intel-rapl domains (no directory with energy_uj and name)")
     domains: dict[str, dict] = {}
     problems: dict[str, tuple[str, str]] = {}
     for path, parent in scanned:
@@ -195,8 +197,9 @@ def _read_domains_detailed(powercap_root: str | os.PathLike,
     return domains, problems
 
 
-def read_rapl_checked(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
-                      ) -> tuple[dict[str, dict], dict[str, str]]:
+def read_rapl_checked(
+    powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
+) -> tuple[dict[str, dict], dict[str, str]]:
     """:func:`read_rapl`, plus the non-package domains it left out.
 
     Returns
@@ -219,8 +222,9 @@ def read_rapl_checked(powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
     if not any(_kind(p, d) == "package" for p, d in domains.items()):
         if problems:
             raise RaplUnavailable("; ".join(problems.values()), unreadable=True)
-        raise RaplUnavailable(f"{powercap_root} has no RAPL package domain "
-                              f"(found: {sorted(d['name'] for d in domains.values())})")
+        raise RaplUnavailable(
+            f"{powercap_root} has no RAPL package domain (found: {sorted(d['name'] for d in domains.values())})"
+        )
     return domains, problems
 
 
@@ -269,13 +273,15 @@ def reread(reading: dict[str, dict]) -> dict[str, dict]:
 
 # -- from readings to joules ---------------------------------------------------------
 
+
 def _counter_delta_uj(start: int, end: int, max_range: int | None) -> int:
     """Counter increase, corrected for one wrap-around."""
     if end >= start:
         return end - start
     if not max_range:
-        raise RaplUnavailable(f"counter went backwards ({start} -> {end}) and "
-                              f"max_energy_range_uj is unknown", unreadable=True)
+        raise RaplUnavailable(
+            f"counter went backwards ({start} -> {end}) and max_energy_range_uj is unknown", unreadable=True
+        )
     return end + max_range - start
 
 
@@ -356,5 +362,4 @@ def energy_delta(start: dict[str, dict], end: dict[str, dict]) -> float:
     """
     mirrored = mirrored_packages(start)
     deltas = domain_deltas_j(start, end)
-    return float(sum(j for path, j in deltas.items()
-                     if _kind(path, start[path]) == "package" and path not in mirrored))
+    return float(sum(j for path, j in deltas.items() if _kind(path, start[path]) == "package" and path not in mirrored))

@@ -22,6 +22,7 @@ Why each source measures what it does, and its limits, is in the docstring of
 :mod:`hepml_steps.energy`. Only the standard library is imported here;
 ``pynvml`` is imported when an NVML session opens.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,11 +30,20 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from .energy_powercap import (DEFAULT_POWERCAP_ROOT, RaplUnavailable, domain_deltas_j, domains_by_kind,
-                              mirrored_packages, read_rapl, read_rapl_checked, reread)
+from .energy_powercap import (
+    DEFAULT_POWERCAP_ROOT,
+    RaplUnavailable,
+    domain_deltas_j,
+    domains_by_kind,
+    mirrored_packages,
+    read_rapl,
+    read_rapl_checked,
+    reread,
+)
 
 DEFAULT_CPU_WATTS_PER_CORE = 10.0
 DEFAULT_RAM_WATTS_PER_GIB = 0.375
@@ -144,7 +154,7 @@ class _Periodic:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> "_Periodic":
+    def start(self) -> _Periodic:
         self._thread.start()
         return self
 
@@ -161,6 +171,7 @@ class _Periodic:
 
 
 # -- the estimate from process CPU time ---------------------------------------------
+
 
 def _rusage() -> tuple[float, float]:
     """(CPU seconds of this process + exited children, peak RSS MiB)."""
@@ -209,18 +220,25 @@ class CpuTimeEstimate(EnergySource):
     name = "estimate"
     method = "estimate:cpu-time"
 
-    def __init__(self, cpu_watts_per_core: float = DEFAULT_CPU_WATTS_PER_CORE,
-                 ram_watts_per_gib: float = DEFAULT_RAM_WATTS_PER_GIB):
+    def __init__(
+        self,
+        cpu_watts_per_core: float = DEFAULT_CPU_WATTS_PER_CORE,
+        ram_watts_per_gib: float = DEFAULT_RAM_WATTS_PER_GIB,
+    ):
         self.cpu_watts_per_core = float(cpu_watts_per_core)
         self.ram_watts_per_gib = float(ram_watts_per_gib)
 
     def availability(self) -> dict[str, Any]:
         defaults = (self.cpu_watts_per_core, self.ram_watts_per_gib) == (
-            DEFAULT_CPU_WATTS_PER_CORE, DEFAULT_RAM_WATTS_PER_GIB)
-        return {"available": process_cpu_time_availability()["available"],
-                "reason": f"process CPU time x {self.cpu_watts_per_core:g} W/core + "
-                          f"{self.ram_watts_per_gib:g} W/GiB x peak RSS x wall "
-                          + ("(defaults, configurable)" if defaults else "(configured)")}
+            DEFAULT_CPU_WATTS_PER_CORE,
+            DEFAULT_RAM_WATTS_PER_GIB,
+        )
+        return {
+            "available": process_cpu_time_availability()["available"],
+            "reason": f"process CPU time x {self.cpu_watts_per_core:g} W/core + "
+            f"{self.ram_watts_per_gib:g} W/GiB x peak RSS x wall "
+            + ("(defaults, configurable)" if defaults else "(configured)"),
+        }
 
     def start(self) -> list[str]:
         self._cpu0, _ = _rusage()
@@ -249,19 +267,26 @@ class CpuTimeEstimate(EnergySource):
         ProcessReading
             ``cpu_j`` and ``ram_j`` in J, with a note saying it is an estimate.
         """
-        ram_basis = (f"RAM {self.ram_watts_per_gib:g} W/GiB x peak RSS "
-                     f"{peak_rss_mib:.1f} MiB x wall {wall_s:.3f} s")
-        note = (f"estimate, not a measurement: CPU {self.cpu_watts_per_core:g} W per busy "
-                f"core x process CPU time {cpu_s:.3f} s (user+sys, threads and exited "
-                f"children) + {ram_basis}; idle and non-CPU/RAM power not included")
+        ram_basis = f"RAM {self.ram_watts_per_gib:g} W/GiB x peak RSS {peak_rss_mib:.1f} MiB x wall {wall_s:.3f} s"
+        note = (
+            f"estimate, not a measurement: CPU {self.cpu_watts_per_core:g} W per busy "
+            f"core x process CPU time {cpu_s:.3f} s (user+sys, threads and exited "
+            f"children) + {ram_basis}; idle and non-CPU/RAM power not included"
+        )
         return ProcessReading(
             cpu_j=cpu_s * self.cpu_watts_per_core,
             ram_j=self.ram_watts_per_gib * (peak_rss_mib / 1024.0) * wall_s,
-            methods={"cpu": self.method, "ram": "estimate:rss-time"}, notes=[note],
-            wall_s=wall_s, cpu_s=cpu_s, peak_rss_mib=peak_rss_mib, ram_basis=ram_basis)
+            methods={"cpu": self.method, "ram": "estimate:rss-time"},
+            notes=[note],
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            peak_rss_mib=peak_rss_mib,
+            ram_basis=ram_basis,
+        )
 
 
 # -- RAPL ---------------------------------------------------------------------------
+
 
 def _rapl_why_not(exc: RaplUnavailable) -> str:
     prefix = "RAPL unreadable" if exc.unreadable else "RAPL not available"
@@ -291,8 +316,7 @@ class RaplSource(EnergySource):
     name = "rapl"
     method = "rapl"
 
-    def __init__(self, powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT,
-                 poll_s: float = 10.0):
+    def __init__(self, powercap_root: str | os.PathLike = DEFAULT_POWERCAP_ROOT, poll_s: float = 10.0):
         self.powercap_root = str(powercap_root)
         self.poll_s = float(poll_s)
         self._lock = threading.Lock()
@@ -304,8 +328,11 @@ class RaplSource(EnergySource):
             domains = read_rapl(self.powercap_root)
         except RaplUnavailable as exc:
             return {"available": False, "reason": _rapl_why_not(exc)}
-        return {"available": True, "reason": "RAPL counters readable",
-                "domains": {p: {"name": d["name"], "kind": d["kind"]} for p, d in domains.items()}}
+        return {
+            "available": True,
+            "reason": "RAPL counters readable",
+            "domains": {p: {"name": d["name"], "kind": d["kind"]} for p, d in domains.items()},
+        }
 
     def start(self) -> list[str]:
         self.why_not, self._last = None, None
@@ -349,32 +376,36 @@ class RaplSource(EnergySource):
         kinds = domains_by_kind(self._start)
         packages = [p for p in kinds["package"] if p not in self._mirrored]
         drams = kinds["dram"]
-        return Reading(cpu_j=sum(self._acc[p] for p in packages),
-                       ram_j=sum(self._acc[p] for p in drams) if drams else None,
-                       methods={"cpu": self.method, **({"ram": "rapl:dram"} if drams else {})},
-                       notes=self._notes(kinds, packages))
+        return Reading(
+            cpu_j=sum(self._acc[p] for p in packages),
+            ram_j=sum(self._acc[p] for p in drams) if drams else None,
+            methods={"cpu": self.method, **({"ram": "rapl:dram"} if drams else {})},
+            notes=self._notes(kinds, packages),
+        )
 
     def _notes(self, kinds: dict[str, list[str]], packages: list[str]) -> list[str]:
         """What the summed domains include and what was left out."""
         names = ", ".join(self._start[p]["name"] for p in packages)
-        notes = ["RAPL counts the whole CPU package, including other processes and idle "
-                 f"power (packages: {names})"]
-        notes += [f"RAPL domain {mirror} mirrors the counter of {ref}: counted once"
-                  for mirror, ref in sorted(self._mirrored.items())]
+        notes = [f"RAPL counts the whole CPU package, including other processes and idle power (packages: {names})"]
+        notes += [
+            f"RAPL domain {mirror} mirrors the counter of {ref}: counted once"
+            for mirror, ref in sorted(self._mirrored.items())
+        ]
         if kinds["subdomain"]:
-            notes.append("RAPL subdomains "
-                         f"{sorted(self._start[p]['name'] for p in kinds['subdomain'])} are part of "
-                         "their package and not added")
+            notes.append(
+                "RAPL subdomains "
+                f"{sorted(self._start[p]['name'] for p in kinds['subdomain'])} are part of "
+                "their package and not added"
+            )
         if kinds["psys"]:
-            notes.append("RAPL psys domain present (whole platform) and ignored to "
-                         "avoid double counting")
+            notes.append("RAPL psys domain present (whole platform) and ignored to avoid double counting")
         if kinds["dram"]:
-            notes.append("RAM energy from the RAPL dram domain (all DIMMs on the "
-                         "socket, not only this process)")
+            notes.append("RAM energy from the RAPL dram domain (all DIMMs on the socket, not only this process)")
         return notes
 
 
 # -- NVML ---------------------------------------------------------------------------
+
 
 class NvmlUnavailable(RuntimeError):
     """NVML cannot give the energy of the GPU; the message says why, in one line."""
@@ -412,11 +443,15 @@ def _locate(cuda_index: int) -> tuple[str, Any, list[str]]:
     kind, key = _nvml_locator(cuda_index)
     notes = []
     if (kind, key) != ("index", cuda_index):
-        notes.append(f"CUDA device {cuda_index} is NVML GPU {key} (CUDA_VISIBLE_DEVICES="
-                     f"{os.environ.get('CUDA_VISIBLE_DEVICES')})")
+        notes.append(
+            f"CUDA device {cuda_index} is NVML GPU {key} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')})"
+        )
     if kind == "index" and os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID") != "PCI_BUS_ID":
-        notes.append("CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's device numbers may not be "
-                     "NVML's, so the GPU read may not be the one used")
+        notes.append(
+            "CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's device numbers may not be "
+            "NVML's, so the GPU read may not be the one used"
+        )
     return kind, key, notes
 
 
@@ -443,7 +478,7 @@ class NvmlSession:
         self._nvml = nvml
         self.module = None
 
-    def open(self) -> "NvmlSession":
+    def open(self) -> NvmlSession:
         """Import and initialise NVML.
 
         Raises
@@ -455,8 +490,7 @@ class NvmlSession:
         try:
             module.nvmlInit()
         except Exception as exc:
-            raise NvmlUnavailable(f"NVML not available: nvmlInit failed ({exc}; no NVIDIA "
-                                  "driver?)") from None
+            raise NvmlUnavailable(f"NVML not available: nvmlInit failed ({exc}; no NVIDIA driver?)") from None
         self.module = module
         return self
 
@@ -470,7 +504,7 @@ class NvmlSession:
         except Exception:
             pass
 
-    def __enter__(self) -> "NvmlSession":
+    def __enter__(self) -> NvmlSession:
         return self.open()
 
     def __exit__(self, *exc_info) -> bool:
@@ -552,9 +586,11 @@ class _PowerSampler:
         self.sample()
         s = self.samples
         joules = sum((t1 - t0) * (w0 + w1) / 2.0 for (t0, w0), (t1, w1) in zip(s, s[1:]))
-        return joules, [f"GPU {self._gpu}: total-energy counter unsupported "
-                        f"({self._counter_error}); power sampled every "
-                        f"{self._interval:g} s ({len(s)} samples, {self.failed} failed) and integrated"]
+        return joules, [
+            f"GPU {self._gpu}: total-energy counter unsupported "
+            f"({self._counter_error}); power sampled every "
+            f"{self._interval:g} s ({len(s)} samples, {self.failed} failed) and integrated"
+        ]
 
 
 class NvmlSource(EnergySource):
@@ -595,8 +631,11 @@ class NvmlSource(EnergySource):
             return {"available": False, "reason": str(exc)}
         except Exception as exc:
             return {"available": False, "reason": f"NVML device count failed: {exc}"}
-        return {"available": count != 0, "devices": count,
-                "reason": "NVML initialised" if count != 0 else "NVML has no GPU"}
+        return {
+            "available": count != 0,
+            "devices": count,
+            "reason": "NVML initialised" if count != 0 else "NVML has no GPU",
+        }
 
     def start(self) -> list[str]:
         self.why_not, self._gauge = None, None
@@ -624,8 +663,10 @@ class NvmlSource(EnergySource):
         try:
             return _PowerSampler(nvml, handle, self._gpu, self.sample_s, counter_error)
         except Exception as exc:
-            raise NvmlUnavailable(f"NVML: GPU {self.cuda_index} supports neither total energy "
-                                  f"({counter_error}) nor power readings ({exc})") from None
+            raise NvmlUnavailable(
+                f"NVML: GPU {self.cuda_index} supports neither total energy "
+                f"({counter_error}) nor power readings ({exc})"
+            ) from None
 
     def stop(self) -> Reading:
         gauge, self._gauge = self._gauge, None

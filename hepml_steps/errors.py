@@ -6,11 +6,12 @@ single ``hepml: error: ...`` line and exit with status 1; the library's own
 exception, when there is one, stays chained (``__cause__``) and goes to the
 step's log with its traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class HepmlError(Exception):
@@ -37,8 +38,7 @@ class StorageError(HepmlError):
 #: Library messages that advise loading a file unsafely (PyTorch's
 #: ``weights_only=False`` or ``add_safe_globals``, NumPy's ``allow_pickle``):
 #: never passed on to a user, not even in the log.
-UNSAFE_ADVICE = re.compile(r"weights_only`?\s*(=|set to)\s*`?False|allow_pickle|safe_globals|unsafely",
-                           re.IGNORECASE)
+UNSAFE_ADVICE = re.compile(r"weights_only`?\s*(=|set to)\s*`?False|allow_pickle|safe_globals|unsafely", re.IGNORECASE)
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # the class a refused pickle asks for (PyTorch's message)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _DMLC_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")  # XGBoost's "[12:00:00] src/x.cc:12: "
@@ -70,7 +70,7 @@ def describe(exc: BaseException) -> str:
         return "refused to unpickle arbitrary objects" + (f" (it asks for {asks[1]})" if asks else "")
     if not text:
         return type(exc).__name__
-    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
 def library_error(name, exc: Exception, error: type[HepmlError] = DataError, context: str = "") -> HepmlError:

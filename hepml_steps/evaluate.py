@@ -57,6 +57,7 @@ Train-split figures and the overtraining test use only the training events the
 model was fitted on: with a training cap (``train_cap`` in the record) that is
 the same deterministic subsample the training step took.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,23 @@ from .io import read_json, read_parquet, write_json
 log = logging.getLogger("hepml.evaluate")
 
 #: Record fields copied to metrics.json "extra" (and so to the leaderboard).
-EXTRA_KEYS = ("family", "classes", "target", "n_train", "n_validation", "fit_seconds", "fit_cpu_seconds", "device", "threads",
-              "train_cap", "tuning", "weighting", "energy", "params", "leakage")
+EXTRA_KEYS = (
+    "family",
+    "classes",
+    "target",
+    "n_train",
+    "n_validation",
+    "fit_seconds",
+    "fit_cpu_seconds",
+    "device",
+    "threads",
+    "train_cap",
+    "tuning",
+    "weighting",
+    "energy",
+    "params",
+    "leakage",
+)
 
 
 def _clean(obj):
@@ -117,11 +133,21 @@ def _by_split(predictions: str, what: str) -> dict:
     return by_split
 
 
-def evaluate(predictions: str, out: str, model: str, task: str, threshold: float = 0.5,
-             bkg_efficiencies=(0.01, 0.1, 0.3), extra: str | dict | None = None,
-             features: str | None = None, ks_pvalue_min: float = 0.01,
-             inference: str | dict | None = None, significance: str = "asimov",
-             bkg_uncertainty: float = 0.0, test_fraction: float = 1.0) -> dict:
+def evaluate(
+    predictions: str,
+    out: str,
+    model: str,
+    task: str,
+    threshold: float = 0.5,
+    bkg_efficiencies=(0.01, 0.1, 0.3),
+    extra: str | dict | None = None,
+    features: str | None = None,
+    ks_pvalue_min: float = 0.01,
+    inference: str | dict | None = None,
+    significance: str = "asimov",
+    bkg_uncertainty: float = 0.0,
+    test_fraction: float = 1.0,
+) -> dict:
     """Compute the task's figures of merit on the test split; write ``out``.
 
     Parameters
@@ -173,24 +199,49 @@ def evaluate(predictions: str, out: str, model: str, task: str, threshold: float
         # train figures and the overtraining test use the events the model was
         # fitted on: a capped model (kNN, SVM, ...) never saw most of the training split
         by_split["train"] = fitted_events(by_split["train"], {**rec, "task": kind.name})
-    judged = tasks.Judged(by_split, rec, what, threshold, [float(e) for e in bkg_efficiencies], ks_pvalue_min,
-                          features, significance, bkg_uncertainty, test_fraction)
+    judged = tasks.Judged(
+        by_split,
+        rec,
+        what,
+        threshold,
+        [float(e) for e in bkg_efficiencies],
+        ks_pvalue_min,
+        features,
+        significance,
+        bkg_uncertainty,
+        test_fraction,
+    )
     fig = kind.figures(judged)
     m, overtraining = fig.metrics, fig.overtraining
     for k, v in (overtraining or {}).items():
         if k.startswith("ks_"):
             m[k] = v
-    result = _clean({
-        "model": model, "task": kind.name, "family": rec.get("family"), "threshold": threshold,
-        "n_events": n_events, "sum_weights_test": float(judged.test[WEIGHT].sum()),
-        "metrics": m, "overtraining": overtraining, **fig.document,
-        "extra": {k: rec[k] for k in EXTRA_KEYS if k in rec},
-    })
+    result = _clean(
+        {
+            "model": model,
+            "task": kind.name,
+            "family": rec.get("family"),
+            "threshold": threshold,
+            "n_events": n_events,
+            "sum_weights_test": float(judged.test[WEIGHT].sum()),
+            "metrics": m,
+            "overtraining": overtraining,
+            **fig.document,
+            "extra": {k: rec[k] for k in EXTRA_KEYS if k in rec},
+        }
+    )
     write_json(out, result)
     if overtraining and overtraining.get("flagged"):
         log.warning("%s: possible overtraining: KS p-value below %g (train vs test scores)", model, ks_pvalue_min)
-    log.info("%s: %s", model, {k: v for k, v in result["metrics"].items() if k in ("roc_auc", "bayes_auc", "r2",
-                                                                                   "silhouette", "resolution_68", "z_max")})
+    log.info(
+        "%s: %s",
+        model,
+        {
+            k: v
+            for k, v in result["metrics"].items()
+            if k in ("roc_auc", "bayes_auc", "r2", "silhouette", "resolution_68", "z_max")
+        },
+    )
     return result
 
 
@@ -205,20 +256,48 @@ def main(argv=None) -> int:
         p.add_argument("--extra", help="the model's training record (JSON)")
         p.add_argument("--features", help="prepared test features (clustering silhouette)")
         p.add_argument("--inference", help="the predict step's record (JSON)")
-        p.add_argument("--ks-pvalue-min", type=float, default=0.01,
-                       help="flag overtraining when a train-vs-test KS p-value is below this")
-        p.add_argument("--significance", default="asimov",
-                       choices=("asimov", "s_over_sqrt_b", "s_over_sqrt_s_plus_b"),
-                       help="the figure of merit the optimal cut maximises")
-        p.add_argument("--bkg-uncertainty", type=float, default=0.0,
-                       help="relative background uncertainty of the significance")
-        p.add_argument("--test-fraction", type=float, default=1.0,
-                       help="fraction of the events in the test split (weights scaled by its inverse)")
+        p.add_argument(
+            "--ks-pvalue-min",
+            type=float,
+            default=0.01,
+            help="flag overtraining when a train-vs-test KS p-value is below this",
+        )
+        p.add_argument(
+            "--significance",
+            default="asimov",
+            choices=("asimov", "s_over_sqrt_b", "s_over_sqrt_s_plus_b"),
+            help="the figure of merit the optimal cut maximises",
+        )
+        p.add_argument(
+            "--bkg-uncertainty", type=float, default=0.0, help="relative background uncertainty of the significance"
+        )
+        p.add_argument(
+            "--test-fraction",
+            type=float,
+            default=1.0,
+            help="fraction of the events in the test split (weights scaled by its inverse)",
+        )
 
-    return cli.run(build, lambda a: evaluate(
-        a.predictions, a.out, a.model, a.task, a.threshold,
-        [float(x) for x in a.bkg_efficiencies.split(",") if x.strip()], a.extra, a.features,
-        a.ks_pvalue_min, a.inference, a.significance, a.bkg_uncertainty, a.test_fraction), argv, __doc__)
+    return cli.run(
+        build,
+        lambda a: evaluate(
+            a.predictions,
+            a.out,
+            a.model,
+            a.task,
+            a.threshold,
+            [float(x) for x in a.bkg_efficiencies.split(",") if x.strip()],
+            a.extra,
+            a.features,
+            a.ks_pvalue_min,
+            a.inference,
+            a.significance,
+            a.bkg_uncertainty,
+            a.test_fraction,
+        ),
+        argv,
+        __doc__,
+    )
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ numexpr 2.14 really computes:
 Reductions (``sum``, ``prod``, ``min``, ``max``) are refused: they would mix
 events, differently in every split. So are complex numbers and strings.
 """
+
 from __future__ import annotations
 
 import ast
 import difflib
 import operator
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import ConfigError
 
@@ -44,24 +46,60 @@ NUMBER, BOOLEAN = "number", "boolean"
 #: numexpr's element-wise functions: name -> (number of arguments, kind of result).
 #: All take numbers; ``where`` is checked on its own.
 FUNCTIONS: dict[str, tuple[int, str]] = {
-    **{f: (1, NUMBER) for f in ("abs", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "ceil",
-                                "copy", "cos", "cosh", "exp", "expm1", "floor", "log", "log10", "log1p", "log2",
-                                "ones_like", "round", "sign", "sin", "sinh", "sqrt", "tan", "tanh", "trunc")},
+    **{
+        f: (1, NUMBER)
+        for f in (
+            "abs",
+            "arccos",
+            "arccosh",
+            "arcsin",
+            "arcsinh",
+            "arctan",
+            "arctanh",
+            "ceil",
+            "copy",
+            "cos",
+            "cosh",
+            "exp",
+            "expm1",
+            "floor",
+            "log",
+            "log10",
+            "log1p",
+            "log2",
+            "ones_like",
+            "round",
+            "sign",
+            "sin",
+            "sinh",
+            "sqrt",
+            "tan",
+            "tanh",
+            "trunc",
+        )
+    },
     **{f: (2, NUMBER) for f in ("arctan2", "copysign", "fmod", "hypot", "maximum", "minimum", "nextafter")},
     **{f: (1, BOOLEAN) for f in ("isfinite", "isinf", "isnan", "signbit")},
 }
 #: numexpr functions a derived column may not use, and why.
 REFUSED = {
-    **{f: "is a reduction over all events (a derived column is computed per event)"
-       for f in ("sum", "prod", "min", "max")},
+    **{
+        f: "is a reduction over all events (a derived column is computed per event)"
+        for f in ("sum", "prod", "min", "max")
+    },
     **{f: "works on complex numbers (derived columns are real)" for f in ("complex", "conj", "real", "imag")},
     "contains": "works on strings (derived columns are numbers)",
 }
 _ARITHMETIC = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Mod: "%", ast.Pow: "**"}
 _LOGICAL = {ast.BitAnd: "&", ast.BitOr: "|"}
 _COMPARISONS = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
-_CONSTANT_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-                 ast.Div: operator.truediv, ast.Mod: operator.mod}
+_CONSTANT_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+}
 
 
 def check_expression(name: str, expr: str, columns) -> list[str]:
@@ -145,8 +183,10 @@ class _Checker:
     def kind(self, node: ast.AST) -> str:
         check = getattr(self, f"_{type(node).__name__}", None)
         if check is None:
-            self.fail(f"{snippet(node)!r} is not allowed: use columns, numbers, + - * / % **, comparisons, "
-                      "& | ~ on comparisons, and numexpr's functions")
+            self.fail(
+                f"{snippet(node)!r} is not allowed: use columns, numbers, + - * / % **, comparisons, "
+                "& | ~ on comparisons, and numexpr's functions"
+            )
         return check(node)
 
     def _Constant(self, node):
@@ -166,8 +206,10 @@ class _Checker:
         self.fail(f"attribute access '.{node.attr}' is not allowed")
 
     def _BoolOp(self, node):
-        self.fail(f"'{'and' if isinstance(node.op, ast.And) else 'or'}' is not supported by numexpr: "
-                  "use '&' or '|' between comparisons in parentheses")
+        self.fail(
+            f"'{'and' if isinstance(node.op, ast.And) else 'or'}' is not supported by numexpr: "
+            "use '&' or '|' between comparisons in parentheses"
+        )
 
     def _UnaryOp(self, node):
         kind = self.kind(node.operand)
@@ -187,8 +229,9 @@ class _Checker:
         if op in _LOGICAL:
             if left != BOOLEAN or right != BOOLEAN:
                 sym = _LOGICAL[op]
-                self.fail(f"'{sym}' applies to booleans (comparisons such as (j1_pt > 30) {sym} (j2_pt > 30)), "
-                          "not to numbers")
+                self.fail(
+                    f"'{sym}' applies to booleans (comparisons such as (j1_pt > 30) {sym} (j2_pt > 30)), not to numbers"
+                )
             return BOOLEAN
         if op not in _ARITHMETIC:
             self.fail(f"operator {type(node.op).__name__} is not supported: use + - * / % **")
@@ -237,8 +280,9 @@ class _Checker:
         if abs(value) > MAX_EXPONENT:
             self.fail(f"exponent too large: {snippet(node.right)} (at most {MAX_EXPONENT} in magnitude)")
         if _is_constant(node.left) and _has_power(node.left):
-            self.fail(f"exponent too large: a constant power of a constant power, {snippet(node)!r}; "
-                      "write the number out")
+            self.fail(
+                f"exponent too large: a constant power of a constant power, {snippet(node)!r}; write the number out"
+            )
 
     def _constant(self, node: ast.AST) -> float:
         """The value of a constant exponent: numbers, + - * / % and unary signs."""

@@ -70,6 +70,7 @@ event number (:data:`ID_NAMES`), or unique in every training event, or
 monotone in event order, are listed in ``identifier_like`` (with why); the
 training step's leakage check (:mod:`hepml_steps.leakage`) flags them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,21 @@ CONSTANT_RTOL = 1e-9
 #: default of ``features.max_categories``
 MAX_CATEGORIES = 20
 #: names (lower case) of run / lumi-block / event-number columns: identifiers, never physics
-ID_NAMES = ("run", "runnumber", "lumi", "lumiblock", "luminosityblock", "event", "eventnumber", "evt",
-            "evtnum", "event_number", "run_number", "id", "entry")
+ID_NAMES = (
+    "run",
+    "runnumber",
+    "lumi",
+    "lumiblock",
+    "luminosityblock",
+    "event",
+    "eventnumber",
+    "evt",
+    "evtnum",
+    "event_number",
+    "run_number",
+    "id",
+    "entry",
+)
 #: events needed before "all unique" or "monotone" marks an integer column as an identifier
 ID_MIN_EVENTS = 100
 #: key of the prepared table's Parquet metadata (``DataFrame.attrs``) read by :mod:`hepml_steps.dataset`
@@ -120,8 +134,10 @@ def _add_derived(df, derived: dict):
             inputs_ok &= np.isfinite(v)
         bad = int((~np.isfinite(values) & inputs_ok).sum())
         if bad:
-            raise DataError(f"features.derived.{name} = {expr!r} gives {bad} non-finite values; "
-                            "guard it (e.g. log(x + 1), where(x > 0, ..., 0))")
+            raise DataError(
+                f"features.derived.{name} = {expr!r} gives {bad} non-finite values; "
+                "guard it (e.g. log(x + 1), where(x > 0, ..., 0))"
+            )
         values[~np.isfinite(values)] = np.nan  # missing inputs: missing value
         df[name] = values
     return df
@@ -184,8 +200,10 @@ def _choose(df, columns, available, train_path, max_categories):
             continue
         cats = sorted(set(_category_values(df[c])), key=lambda v: (v is None, str(v)))
         if len(cats) > max_categories:
-            why = (f"{len(cats)} distinct values on train, more than features.max_categories = {max_categories} "
-                   "(an identifier or free text, not a category)")
+            why = (
+                f"{len(cats)} distinct values on train, more than features.max_categories = {max_categories} "
+                "(an identifier or free text, not a category)"
+            )
             if listed:
                 raise DataError(f"features.columns: '{c}' has {why}; raise features.max_categories or leave it out")
             left_out[c] = why
@@ -194,8 +212,18 @@ def _choose(df, columns, available, train_path, max_categories):
     return numeric, categorical, left_out
 
 
-def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None, targets=None, *,
-        fill_value=None, missing_indicators=False, max_categories=MAX_CATEGORIES) -> dict:
+def fit(
+    train_path: str,
+    columns=None,
+    derived=None,
+    standardize=True,
+    pca=None,
+    targets=None,
+    *,
+    fill_value=None,
+    missing_indicators=False,
+    max_categories=MAX_CATEGORIES,
+) -> dict:
     """Fit the transform on the training split; return it as a JSON-able dict.
 
     Parameters
@@ -263,18 +291,31 @@ def fit(train_path: str, columns=None, derived=None, standardize=True, pca=None,
     if not numeric and not categories:
         raise DataError(f"no feature columns left in {train_path}" + (f" (left out: {left_out})" if left_out else ""))
     indicators = [c for c in numeric if missing_indicators and n_missing[c]]
-    outputs = numeric + [c + MISSING_SUFFIX for c in indicators] + \
-        [f"{c}{CATEGORY_SUFFIX}{i}" for c, cats in categories.items() for i in range(len(cats))]
-    clash = [o for o in outputs[len(numeric):] if o in df.columns]
+    outputs = (
+        numeric
+        + [c + MISSING_SUFFIX for c in indicators]
+        + [f"{c}{CATEGORY_SUFFIX}{i}" for c, cats in categories.items() for i in range(len(cats))]
+    )
+    clash = [o for o in outputs[len(numeric) :] if o in df.columns]
     if clash:
-        raise DataError(f"feature column name(s) {clash} taken: the missing-indicator / one-hot columns of "
-                        "other columns need them; rename the columns")
+        raise DataError(
+            f"feature column name(s) {clash} taken: the missing-indicator / one-hot columns of "
+            "other columns need them; rename the columns"
+        )
     identifiers = {c: why for c in numeric if (why := _identifier(c, raw[c]))}
     kept = sorted({t for t in targets or () if t in df.columns and t not in RESERVED})
-    transform = {"columns": numeric + list(categories), "derived": derived, "standardize": bool(standardize),
-                 "targets": kept, "n_fit_events": len(df), "categories": categories,
-                 "missing_indicators": indicators, "left_out": left_out, "identifier_like": identifiers,
-                 "missing": {"train": {c: n for c, n in n_missing.items() if n and c in numeric}}}
+    transform = {
+        "columns": numeric + list(categories),
+        "derived": derived,
+        "standardize": bool(standardize),
+        "targets": kept,
+        "n_fit_events": len(df),
+        "categories": categories,
+        "missing_indicators": indicators,
+        "left_out": left_out,
+        "identifier_like": identifiers,
+        "missing": {"train": {c: n for c, n in n_missing.items() if n and c in numeric}},
+    }
     X = np.column_stack([raw[c] for c in numeric]) if numeric else np.empty((len(df), 0))
     if standardize and numeric:
         mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
@@ -327,9 +368,12 @@ def _fit_pca(X, n: int) -> dict:
         raise ConfigError(f"features.pca = {n} must be between 1 and the number of features ({X.shape[1]})")
     centre = X.mean(axis=0)
     _, s, vt = np.linalg.svd(X - centre, full_matrices=False)
-    var = s ** 2 / max(len(X) - 1, 1)
-    return {"pca_mean": centre.tolist(), "pca_components": vt[:n].tolist(),
-            "pca_explained_variance_ratio": (var[:n] / var.sum()).tolist()}
+    var = s**2 / max(len(X) - 1, 1)
+    return {
+        "pca_mean": centre.tolist(),
+        "pca_components": vt[:n].tolist(),
+        "pca_explained_variance_ratio": (var[:n] / var.sum()).tolist(),
+    }
 
 
 def apply(df, transform: dict, where: str = "table", counts: dict | None = None):
@@ -367,13 +411,24 @@ def apply(df, transform: dict, where: str = "table", counts: dict | None = None)
     copies = pd.DataFrame({target_copy(t): df[t].to_numpy() for t in transform.get("targets", [])})
     feats = pd.DataFrame(X.astype(np.float32), columns=transform["outputs"])
     table = pd.concat([out, copies, feats], axis=1)
-    table.attrs[ATTRS_KEY] = {"fill": {} if "pca_components" in transform else transform.get("fill", {}),
-                              "identifier_like": transform.get("identifier_like", {})}
+    table.attrs[ATTRS_KEY] = {
+        "fill": {} if "pca_components" in transform else transform.get("fill", {}),
+        "identifier_like": transform.get("identifier_like", {}),
+    }
     return table
 
 
-def features(inputs: dict[str, str], outs: dict[str, str], transform_out: str, columns=None,
-             derived=None, standardize=True, pca=None, targets=None, **options) -> dict:
+def features(
+    inputs: dict[str, str],
+    outs: dict[str, str],
+    transform_out: str,
+    columns=None,
+    derived=None,
+    standardize=True,
+    pca=None,
+    targets=None,
+    **options,
+) -> dict:
     """Fit on ``inputs['train']``, write the transform and the three prepared splits.
 
     ``targets``: the models' target columns, kept unstandardised (see :func:`fit`);
@@ -403,18 +458,34 @@ def main(argv=None) -> int:
             p.add_argument(f"--{s}", required=True, help=f"{s} split table")
             p.add_argument(f"--out-{s}", required=True)
         p.add_argument("--transform", required=True, help="where to write transform.json")
-        p.add_argument("--params", type=cli.json_arg, default={},
-                       help='JSON: {"columns": [...]|null, "derived": {...}, "standardize": bool, "pca": n|null, '
-                            '"fill_value": x|null, "missing_indicators": bool, "max_categories": n}')
-        p.add_argument("--targets", type=cli.json_arg, default=[],
-                       help="JSON list: the models' target columns, kept unstandardised as target:<name>")
+        p.add_argument(
+            "--params",
+            type=cli.json_arg,
+            default={},
+            help='JSON: {"columns": [...]|null, "derived": {...}, "standardize": bool, "pca": n|null, '
+            '"fill_value": x|null, "missing_indicators": bool, "max_categories": n}',
+        )
+        p.add_argument(
+            "--targets",
+            type=cli.json_arg,
+            default=[],
+            help="JSON list: the models' target columns, kept unstandardised as target:<name>",
+        )
 
     def call(a):
         prm = a.params
         opts = {k: prm[k] for k in ("fill_value", "missing_indicators", "max_categories") if prm.get(k) is not None}
-        features({s: getattr(a, s) for s in SPLITS}, {s: getattr(a, f"out_{s}") for s in SPLITS},
-                 a.transform, prm.get("columns"), prm.get("derived"), prm.get("standardize", True), prm.get("pca"),
-                 a.targets, **opts)
+        features(
+            {s: getattr(a, s) for s in SPLITS},
+            {s: getattr(a, f"out_{s}") for s in SPLITS},
+            a.transform,
+            prm.get("columns"),
+            prm.get("derived"),
+            prm.get("standardize", True),
+            prm.get("pca"),
+            a.targets,
+            **opts,
+        )
 
     return cli.run(build, call, argv, __doc__)
 

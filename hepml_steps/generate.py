@@ -84,6 +84,7 @@ exact signal count per chunk, order shuffled), so memory stays at one chunk
 and 10 million events work; each chunk becomes one Parquet row group or one
 extension of the ROOT tree ``events``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -108,7 +109,7 @@ DEFAULTS: dict[str, float] = {
     "m_max": 300.0,
     "m_mean_signal": 125.0,
     "m_width_signal": 15.0,
-    "m_slope_background": 60.0,       # decay length of exp(-(m - m_min)/slope)
+    "m_slope_background": 60.0,  # decay length of exp(-(m - m_min)/slope)
     # pair pT: Gamma(pt_shape, scale)
     "pt_shape": 2.0,
     "pt_scale_signal": 30.0,
@@ -142,14 +143,25 @@ DEFAULT_YIELDS = {"signal": 1000.0, "background": 100000.0}
 FORMATS = {".parquet": "parquet", ".root": "root"}
 TREE = "events"
 
-_POSITIVE = ("m_width_signal", "m_slope_background", "pt_shape", "pt_scale_signal",
-             "pt_scale_background", "y_width_signal", "y_width_background", "met_mean_signal",
-             "met_mean_background", "n_extra_jets_mean_signal", "n_extra_jets_mean_background",
-             "n_pv_mean")
+_POSITIVE = (
+    "m_width_signal",
+    "m_slope_background",
+    "pt_shape",
+    "pt_scale_signal",
+    "pt_scale_background",
+    "y_width_signal",
+    "y_width_background",
+    "met_mean_signal",
+    "met_mean_background",
+    "n_extra_jets_mean_signal",
+    "n_extra_jets_mean_background",
+    "n_pv_mean",
+)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------- config
+
 
 def resolve_physics(physics: dict | None = None) -> dict[str, float]:
     """DEFAULTS updated with ``physics``; raises ConfigError naming a bad key."""
@@ -191,6 +203,7 @@ def _suffix(cls: int) -> str:
 
 # --------------------------------------------------------------------------- densities
 
+
 def _tn_bounds(p: dict) -> tuple[float, float, float, float, bool]:
     """Standardised truncation of the signal mass Gaussian, robust in the tails.
 
@@ -207,7 +220,8 @@ def _tn_bounds(p: dict) -> tuple[float, float, float, float, bool]:
     if not z > 0:
         raise ConfigError(
             f"physics.m_mean_signal = {mu} with m_width_signal = {sigma} puts no probability in "
-            f"[m_min, m_max] = [{p['m_min']}, {p['m_max']}]")
+            f"[m_min, m_max] = [{p['m_min']}, {p['m_max']}]"
+        )
     return a, b, math.log(z), fa, flip
 
 
@@ -219,7 +233,7 @@ def _cos_theta_sample(u: np.ndarray, a: float) -> np.ndarray:
     P = 3.0 / a
     Q = (P + 1.0) * (1.0 - 2.0 * u)
     h = -0.5 * Q
-    r = np.sqrt(h * h + P ** 3 / 27.0)
+    r = np.sqrt(h * h + P**3 / 27.0)
     # the two cube-root arguments multiply to -P³/27; take the one free of cancellation
     t = np.cbrt(np.where(h >= 0, h + r, h - r))
     c = t - P / (3.0 * t)
@@ -296,6 +310,7 @@ def log_density(z: dict, cls: int, physics: dict | None = None) -> np.ndarray:
 
 # --------------------------------------------------------------------------- sampling
 
+
 def sample_latent(rng: np.random.Generator, n: int, cls: int, physics: dict | None = None) -> dict[str, np.ndarray]:
     """Draw ``n`` latent vectors of class ``cls`` (1 signal, 0 background); float64 arrays."""
     p = resolve_physics(physics)
@@ -325,6 +340,7 @@ def sample_latent(rng: np.random.Generator, n: int, cls: int, physics: dict | No
 
 
 # --------------------------------------------------------------------------- detector map
+
 
 def _wrap_phi(phi: np.ndarray) -> np.ndarray:
     return (phi + np.pi) % (2.0 * np.pi) - np.pi
@@ -369,8 +385,12 @@ def to_detector(z: dict) -> dict[str, np.ndarray]:
     j2 = [np.where(first, b, a) for a, b in zip(d1, d2)]
 
     out = {
-        "j1_pt": j1[0], "j1_eta": j1[1], "j1_phi": j1[2],
-        "j2_pt": j2[0], "j2_eta": j2[1], "j2_phi": j2[2],
+        "j1_pt": j1[0],
+        "j1_eta": j1[1],
+        "j1_phi": j1[2],
+        "j2_pt": j2[0],
+        "j2_eta": j2[1],
+        "j2_phi": j2[2],
     }
     out.update(_high_level(*j1, *j2))
     for name in EXTRA:
@@ -404,8 +424,10 @@ def _high_level(pt1, eta1, phi1, pt2, eta2, phi2) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- generation
 
-def generate_chunk(n: int, n_signal: int, seed: int, chunk_index: int, event_id_start: int,
-                   physics: dict | None = None):
+
+def generate_chunk(
+    n: int, n_signal: int, seed: int, chunk_index: int, event_id_start: int, physics: dict | None = None
+):
     """One chunk of ``n`` events (exactly ``n_signal`` signal), without the weight column.
 
     Uses ``rng = np.random.default_rng([seed, chunk_index])``; the order is
@@ -428,8 +450,11 @@ def generate_chunk(n: int, n_signal: int, seed: int, chunk_index: int, event_id_
     del zs, zb
     llr = log_density(z, 1, p) - log_density(z, 0, p)
     det = to_detector(z)
-    cols = {EVENT_ID: np.arange(event_id_start, event_id_start + n, dtype=np.int64),
-            LABEL: label, TRUTH_LLR: llr.astype(np.float64)}
+    cols = {
+        EVENT_ID: np.arange(event_id_start, event_id_start + n, dtype=np.int64),
+        LABEL: label,
+        TRUTH_LLR: llr.astype(np.float64),
+    }
     cols.update((k, det[k]) for k in FEATURES)
     return pd.DataFrame(cols)
 
@@ -469,16 +494,23 @@ def _format(out: Path, fmt: str | None) -> str:
     if fmt is None:
         fmt = FORMATS.get(out.suffix.lower())
         if fmt is None:
-            raise ConfigError(f"out = {str(out)!r}: unsupported suffix {out.suffix!r}; "
-                              f"use one of {sorted(FORMATS)}")
+            raise ConfigError(f"out = {str(out)!r}: unsupported suffix {out.suffix!r}; use one of {sorted(FORMATS)}")
     if fmt not in FORMATS.values():
         raise ConfigError(f"fmt = {fmt!r} is not supported; use one of {sorted(FORMATS.values())}")
     return fmt
 
 
-def generate(out, n_events: int, signal_fraction: float = 0.5, seed: int = 42,
-             chunk_size: int = 1_000_000, yields: dict | None = None, physics: dict | None = None,
-             fmt: str | None = None, summary_out=None) -> dict:
+def generate(
+    out,
+    n_events: int,
+    signal_fraction: float = 0.5,
+    seed: int = 42,
+    chunk_size: int = 1_000_000,
+    yields: dict | None = None,
+    physics: dict | None = None,
+    fmt: str | None = None,
+    summary_out=None,
+) -> dict:
     """Write ``n_events`` toy events to ``out`` (Parquet or ROOT tree ``events``), chunk by chunk."""
     out = Path(out)
     for key, value in (("n_events", n_events), ("chunk_size", chunk_size), ("seed", seed)):
@@ -488,8 +520,11 @@ def generate(out, n_events: int, signal_fraction: float = 0.5, seed: int = 42,
         raise ConfigError(f"n_events = {n_events} must be >= 1")
     if chunk_size < 1:
         raise ConfigError(f"chunk_size = {chunk_size} must be >= 1")
-    if (isinstance(signal_fraction, bool) or not isinstance(signal_fraction, numbers.Real)
-            or not 0 < signal_fraction < 1):
+    if (
+        isinstance(signal_fraction, bool)
+        or not isinstance(signal_fraction, numbers.Real)
+        or not 0 < signal_fraction < 1
+    ):
         raise ConfigError(f"signal_fraction = {signal_fraction!r} must lie strictly between 0 and 1")
     p = resolve_physics(physics)
     yields = _check_yields(yields)
@@ -498,8 +533,10 @@ def generate(out, n_events: int, signal_fraction: float = 0.5, seed: int = 42,
     n_signal = int(math.floor(signal_fraction * n_events + 0.5))
     n_background = n_events - n_signal
     if n_signal == 0 or n_background == 0:
-        raise ConfigError(f"n_events = {n_events} with signal_fraction = {signal_fraction} gives "
-                          f"{n_signal} signal and {n_background} background events; both must be >= 1")
+        raise ConfigError(
+            f"n_events = {n_events} with signal_fraction = {signal_fraction} gives "
+            f"{n_signal} signal and {n_background} background events; both must be >= 1"
+        )
     w_sig = yields["signal"] / n_signal
     w_bkg = yields["background"] / n_background
     plan = signal_per_chunk(n_events, n_signal, chunk_size)
@@ -520,10 +557,20 @@ def generate(out, n_events: int, signal_fraction: float = 0.5, seed: int = 42,
             _write_root(tmp, chunks())
 
     summary = {
-        "path": str(out), "format": fmt, "n_events": n_events, "n_signal": n_signal,
-        "n_background": n_background, "signal_fraction": float(signal_fraction), "yields": yields,
-        "weight_signal": w_sig, "weight_background": w_bkg, "seed": seed, "chunk_size": chunk_size,
-        "n_chunks": len(plan), "physics": p, "features": list(FEATURES),
+        "path": str(out),
+        "format": fmt,
+        "n_events": n_events,
+        "n_signal": n_signal,
+        "n_background": n_background,
+        "signal_fraction": float(signal_fraction),
+        "yields": yields,
+        "weight_signal": w_sig,
+        "weight_background": w_bkg,
+        "seed": seed,
+        "chunk_size": chunk_size,
+        "n_chunks": len(plan),
+        "physics": p,
+        "features": list(FEATURES),
     }
     log.info("wrote %d events (%d signal, %d background) to %s", n_events, n_signal, n_background, out)
     if summary_out:
@@ -565,15 +612,32 @@ def main(argv=None) -> int:
         p.add_argument("--signal-fraction", type=float, default=0.5)
         p.add_argument("--seed", type=int, default=42)
         p.add_argument("--chunk-size", type=int, default=1_000_000)
-        p.add_argument("--yields-json", type=cli.json_arg, default=None,
-                       help='expected yields, e.g. \'{"signal": 1000, "background": 100000}\'')
-        p.add_argument("--physics-json", type=cli.json_arg, default=None,
-                       help="overrides of generate.DEFAULTS, as a JSON object")
+        p.add_argument(
+            "--yields-json",
+            type=cli.json_arg,
+            default=None,
+            help='expected yields, e.g. \'{"signal": 1000, "background": 100000}\'',
+        )
+        p.add_argument(
+            "--physics-json", type=cli.json_arg, default=None, help="overrides of generate.DEFAULTS, as a JSON object"
+        )
         p.add_argument("--summary", default=None, help="write the summary JSON here")
 
-    return cli.run(build, lambda a: generate(
-        a.out, a.n_events, a.signal_fraction, a.seed, a.chunk_size, a.yields_json,
-        a.physics_json, summary_out=a.summary), argv, "Generate the embedded toy dataset.")
+    return cli.run(
+        build,
+        lambda a: generate(
+            a.out,
+            a.n_events,
+            a.signal_fraction,
+            a.seed,
+            a.chunk_size,
+            a.yields_json,
+            a.physics_json,
+            summary_out=a.summary,
+        ),
+        argv,
+        "Generate the embedded toy dataset.",
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ test AUC for classification and anomaly detection, the macro one-vs-rest AUC
 for multiclass, MSE for regression; tasks without one (clustering,
 dimensionality reduction) get the native importance only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,7 @@ def permutation(model, data, features: list[str], task, n_repeats: int, seed: in
     return {"permutation": out, "baseline": float(base)}
 
 
-def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_events: int = 20000,
-               seed: int = 0) -> dict:
+def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_events: int = 20000, seed: int = 0) -> dict:
     """Native and permutation importance of a trained model on the test split; write ``out``.
 
     Parameters
@@ -104,16 +104,25 @@ def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_even
     """
     model, meta = registry.load_model(model_dir)
     task, features = tasks.get(meta["task"]), meta["features"]
-    result = {"model": meta["model"], "task": task.name, "metric": None, "permutation": {},
-              "native": native_importance(model, features)}
+    result = {
+        "model": meta["model"],
+        "task": task.name,
+        "metric": None,
+        "permutation": {},
+        "native": native_importance(model, features),
+    }
     if task.importance_metric is None:
         write_json(out, result)
         return result
     if registry.get(meta["family"]).max_train_events:  # slow-inference families (kNN, SVM, ...)
         max_events = min(max_events, 2000)
     data = _sample(dataset.read_scoring(test, meta, meta["model"]), max_events, seed)
-    result.update(permutation(model, data, features, task, n_repeats, seed), metric=task.importance_metric[0],
-                  n_events=len(data), n_repeats=n_repeats)
+    result.update(
+        permutation(model, data, features, task, n_repeats, seed),
+        metric=task.importance_metric[0],
+        n_events=len(data),
+        n_repeats=n_repeats,
+    )
     write_json(out, result)
     return result
 
@@ -127,8 +136,9 @@ def main(argv=None) -> int:
         p.add_argument("--max-events", type=int, default=20000, help="events scored at most")
         p.add_argument("--seed", type=int, default=0, help="seed of the event sample and the shuffles")
 
-    return cli.run(build, lambda a: importance(a.model_dir, a.test, a.out, a.n_repeats, a.max_events, a.seed),
-                   argv, __doc__)
+    return cli.run(
+        build, lambda a: importance(a.model_dir, a.test, a.out, a.n_repeats, a.max_events, a.seed), argv, __doc__
+    )
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ cut-flow (``cutflow: [{input, read, after_cut, after_nonfinite}]``), the
 columns, what was excluded and why, the unused collections; ``labelled`` and
 the signal/background counts and weights (null for unlabelled inputs).
 """
+
 from __future__ import annotations
 
 import ast
@@ -80,10 +81,24 @@ import numpy as np
 from . import cli
 from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, DataError
+from .inputs import (  # noqa: F401 (the step's API: config.load, tests)
+    CANONICAL,
+    CHUNK_SIZE,
+    ENTRY_BITS,
+    NAME_BITS,
+    Settings,
+    check_column_syntax,
+    check_config,
+    check_inputs,
+    check_names,
+    entry_ids,
+    hashed_ids,
+    input_name,
+    labelled,
+    name_prefix,
+    same_value,
+)
 from .io import atomic_path, write_json
-from .inputs import (CANONICAL, CHUNK_SIZE, ENTRY_BITS, NAME_BITS, Settings, check_column_syntax,
-                     check_inputs, check_names, entry_ids, input_name, labelled, same_value)
-from .inputs import check_config, hashed_ids, name_prefix  # noqa: F401 (the step's API: config.load, tests)
 from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
 from .readers import file_format, listing, open_source
 
@@ -94,6 +109,7 @@ BOOKKEEPING = ("run", "luminosityBlock", "event", "eventNumber", "runNumber")
 
 
 # --------------------------------------------------------------------------- labels, weights, ids
+
 
 class Labels:
     """How events get their label: the one home of label handling.
@@ -159,12 +175,16 @@ class Labels:
                 n_bad = int(n - is_sig.sum() - _isin(values, bkg).sum())
                 shown = sorted(unknown, key=str)[:5]
                 if self.default:
-                    raise DataError(f"{desc}: label column '{self.column}' must hold 0 (background) or 1 "
-                                    f"(signal); found {shown} in {n_bad} events (values found: "
-                                    f"{_values_text(uniques)}); map them with data.files.signal_values")
-                raise DataError(f"{desc}: label column '{self.column}' has {shown} in {n_bad} events, in neither "
-                                f"signal_values {self.signal} nor background_values {self.background} "
-                                f"(values found: {_values_text(uniques)})")
+                    raise DataError(
+                        f"{desc}: label column '{self.column}' must hold 0 (background) or 1 "
+                        f"(signal); found {shown} in {n_bad} events (values found: "
+                        f"{_values_text(uniques)}); map them with data.files.signal_values"
+                    )
+                raise DataError(
+                    f"{desc}: label column '{self.column}' has {shown} in {n_bad} events, in neither "
+                    f"signal_values {self.signal} nor background_values {self.background} "
+                    f"(values found: {_values_text(uniques)})"
+                )
         if self.signal is None:
             return (~_isin(values, bkg)).astype(np.int8)
         return is_sig.astype(np.int8)
@@ -209,14 +229,17 @@ def _column_ids(values: np.ndarray, event_id_column: str, desc: str) -> np.ndarr
         raise DataError(f"{desc}: event id column '{event_id_column}' has values above 2^63-1")
     if arr.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
-            ok = np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) < 2.0 ** 63)
+            ok = np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) < 2.0**63)
         if not ok.all():
-            raise DataError(f"{desc}: event id column '{event_id_column}' must hold integers; "
-                            f"found {arr[~ok][0].item()!r} ({int((~ok).sum())} non-integer values)")
+            raise DataError(
+                f"{desc}: event id column '{event_id_column}' must hold integers; "
+                f"found {arr[~ok][0].item()!r} ({int((~ok).sum())} non-integer values)"
+            )
     return arr.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- plan
+
 
 @dataclass
 class _Expr:
@@ -233,11 +256,11 @@ class _Plan:
     spec: dict
     name: str
     desc: str
-    columns: dict[str, _Expr]            # feature column -> expression (a plain branch is a Name)
-    auto: list[str]                      # columns chosen by default (dropped when NaN in every event)
-    read: list[str]                      # branches to read
+    columns: dict[str, _Expr]  # feature column -> expression (a plain branch is a Name)
+    auto: list[str]  # columns chosen by default (dropped when NaN in every event)
+    read: list[str]  # branches to read
     cuts: list[_Expr]
-    sources: dict[str, _Expr]            # label / weight / event id / target -> expression
+    sources: dict[str, _Expr]  # label / weight / event id / target -> expression
     skipped: dict[str, str]
     excluded: dict[str, str]
     collections: list[str]
@@ -266,27 +289,49 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
     else:
         picker.default(typer)
     if picker.missing:
-        raise DataError(f"{src.desc}: no column(s)/branch(es) {list(dict.fromkeys(picker.missing))} "
-                        f"(has: {listing(src.branches)})")
+        raise DataError(
+            f"{src.desc}: no column(s)/branch(es) {list(dict.fromkeys(picker.missing))} (has: {listing(src.branches)})"
+        )
     read = _check_sources(src, s, typer, sources)
     for expr in picker.columns.values():
         if _is_string(src, expr):
             read.append(expr.text)  # a string branch: read as it is (a category for the features step)
         else:
             read += typer.column(expr.where, expr.text, expr.body)[1]
-    cuts = [_Expr(w, text, parse(w, text)) for w, text in
-            (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut"))) if text]
+    cuts = [
+        _Expr(w, text, parse(w, text))
+        for w, text in (("data.files.cut", s.cut), (f"data.files.inputs[{index}].cut", spec.get("cut")))
+        if text
+    ]
     for cut in cuts:
         read += typer.cut(cut.where, cut.text, cut.body)
     used = set(read)
     collections = [n for n, b in src.branches.items() if b.shape == COLLECTION and n not in used]
     if s.columns is None and not picker.columns:
         x = collections[0] if collections else "X"
-        raise DataError(f"{src.desc}: no branch holds one number per event to use as a feature"
-                        + (f"; its collections ({listing(collections)}) need an expression in data.files.columns, "
-                           f"e.g. {x}[0], len({x}), max({x})" if collections else ""))
-    return _Plan(index, spec, input_name(spec), src.desc, picker.columns, picker.auto, list(dict.fromkeys(read)),
-                 cuts, sources, picker.skipped, picker.excluded, collections)
+        raise DataError(
+            f"{src.desc}: no branch holds one number per event to use as a feature"
+            + (
+                f"; its collections ({listing(collections)}) need an expression in data.files.columns, "
+                f"e.g. {x}[0], len({x}), max({x})"
+                if collections
+                else ""
+            )
+        )
+    return _Plan(
+        index,
+        spec,
+        input_name(spec),
+        src.desc,
+        picker.columns,
+        picker.auto,
+        list(dict.fromkeys(read)),
+        cuts,
+        sources,
+        picker.skipped,
+        picker.excluded,
+        collections,
+    )
 
 
 class _Columns:
@@ -299,8 +344,11 @@ class _Columns:
         self.skipped: dict[str, str] = {}
         self.excluded: dict[str, str] = {}
         self.missing: list[str] = []
-        self.source_names = {c: f"the {key} column" for key, c in (
-            ("label", s.label_column), ("weight", s.weight_column), ("event id", s.event_id_column)) if c}
+        self.source_names = {
+            c: f"the {key} column"
+            for key, c in (("label", s.label_column), ("weight", s.weight_column), ("event id", s.event_id_column))
+            if c
+        }
 
     def name(self, where: str, name: str) -> _Expr:
         """A branch or alias by its name (any text: never parsed)."""
@@ -315,8 +363,7 @@ class _Columns:
             sources["label"] = _Expr("data.files.label_column", s.label_column, None)
             if s.label_column not in self.src.branches:
                 self.missing.append(s.label_column)
-        for key, col in (("weight", s.weight_column), ("event_id", s.event_id_column),
-                         ("target", s.target_column)):
+        for key, col in (("weight", s.weight_column), ("event_id", s.event_id_column), ("target", s.target_column)):
             if col:
                 sources[key] = self.name(f"data.files.{key}_column", col)
         if s.event_id_column and s.event_id_column not in self.src.branches:
@@ -327,14 +374,20 @@ class _Columns:
         if out in self.source_names:
             return
         if out in CANONICAL or (out == PROCESS and self.process):
-            log.warning("%s: column '%s' is a canonical column name; ignored (the canonical '%s' is %s)",
-                        self.src.desc, out, out,
-                        "computed by ingest" if out in (EVENT_ID, LABEL, WEIGHT, PROCESS) else "added later")
+            log.warning(
+                "%s: column '%s' is a canonical column name; ignored (the canonical '%s' is %s)",
+                self.src.desc,
+                out,
+                out,
+                "computed by ingest" if out in (EVENT_ID, LABEL, WEIGHT, PROCESS) else "added later",
+            )
             self.excluded[out] = "a canonical column name (computed by ingest or added later)"
             return
         if out in self.columns:
-            raise DataError(f"{self.src.desc}: data.files.columns: '{entry}' and '{self.columns[out].text}' both "
-                            f"give the column '{out}'; name one with data.files.aliases")
+            raise DataError(
+                f"{self.src.desc}: data.files.columns: '{entry}' and '{self.columns[out].text}' both "
+                f"give the column '{out}'; name one with data.files.aliases"
+            )
         self.columns[out] = expr
 
     def listed(self) -> None:
@@ -344,15 +397,20 @@ class _Columns:
             if entry in branches:
                 b = branches[entry]
                 if not b.flat and not (b.kind == STRING and b.shape == EVENT):
-                    what = (f"it is a collection ({b.type}); ask for {entry}[0], len({entry}), max({entry}), "
-                            "...: see data.files.columns" if b.shape is not None and b.kind != STRING
-                            else f"it holds {b.type}")
-                    raise DataError(f"{self.src.desc}: column '{entry}' is not a flat numeric branch/column: "
-                                    f"{what}")
+                    what = (
+                        f"it is a collection ({b.type}); ask for {entry}[0], len({entry}), max({entry}), "
+                        "...: see data.files.columns"
+                        if b.shape is not None and b.kind != STRING
+                        else f"it holds {b.type}"
+                    )
+                    raise DataError(f"{self.src.desc}: column '{entry}' is not a flat numeric branch/column: {what}")
                 self.add(entry, self.name("data.files.columns", entry), entry)
             elif entry in s.alias_bodies:
-                self.add(entry, _Expr(f"data.files.aliases.{entry}", s.aliases[entry],
-                                      ast.Name(id=entry, ctx=ast.Load())), entry)
+                self.add(
+                    entry,
+                    _Expr(f"data.files.aliases.{entry}", s.aliases[entry], ast.Name(id=entry, ctx=ast.Load())),
+                    entry,
+                )
             else:
                 try:
                     body = ast.parse(entry, mode="eval").body
@@ -376,8 +434,9 @@ class _Columns:
             elif not b.flat and b.kind != STRING:
                 continue  # a collection: listed in the record when no expression uses it
             elif name in BOOKKEEPING:
-                self.excluded[name] = ("bookkeeping (run, lumi block, event number); list it in "
-                                       "data.files.columns to keep it")
+                self.excluded[name] = (
+                    "bookkeeping (run, lumi block, event number); list it in data.files.columns to keep it"
+                )
             elif name in s.exclude:
                 self.excluded[name] = "features.exclude"
             else:
@@ -386,8 +445,9 @@ class _Columns:
                     self.auto.append(name)
         for name in s.alias_bodies:
             if typer.alias(name)[0].shape == EVENT and name not in s.exclude:
-                self.add(name, _Expr(f"data.files.aliases.{name}", s.aliases[name],
-                                     ast.Name(id=name, ctx=ast.Load())), name)
+                self.add(
+                    name, _Expr(f"data.files.aliases.{name}", s.aliases[name], ast.Name(id=name, ctx=ast.Load())), name
+                )
         if self.skipped:
             log.warning("%s: skipping non-numeric column(s) %s", self.src.desc, listing(self.skipped))
 
@@ -398,15 +458,16 @@ def _check_sources(src, s: Settings, typer: Typer, sources: dict[str, _Expr]) ->
     if "label" in sources:
         b = src.branches[s.label_column]
         if b.shape != EVENT:
-            raise DataError(f"{src.desc}: label column '{s.label_column}' must hold one value per event, "
-                            f"not {b.type}")
+            raise DataError(f"{src.desc}: label column '{s.label_column}' must hold one value per event, not {b.type}")
         read.append(s.label_column)
     for key in ("weight", "event_id", "target"):
         if key in sources:
             kind, used = typer.column(sources[key].where, sources[key].text, sources[key].body)
             if kind.kind != NUMBER and not (key == "target" and kind.kind == BOOLEAN):
-                raise DataError(f"{src.desc}: {key.replace('_', ' ')} column '{sources[key].text}' is not numeric "
-                                f"({_type_of(src.branches, sources[key].text)})")
+                raise DataError(
+                    f"{src.desc}: {key.replace('_', ' ')} column '{sources[key].text}' is not numeric "
+                    f"({_type_of(src.branches, sources[key].text)})"
+                )
             read += used
     return read
 
@@ -419,11 +480,14 @@ def _same_columns(a: _Plan, b: _Plan, a_desc: str, b_desc: str) -> None:
     if list(a.columns) != list(b.columns) and set(a.columns) != set(b.columns):
         only_a = [c for c in a.columns if c not in b.columns]
         only_b = [c for c in b.columns if c not in a.columns]
-        raise DataError(f"{a_desc} and {b_desc} differ in columns: only in {a_desc}: {only_a}; "
-                        f"only in {b_desc}: {only_b}; select common columns with data.files.columns")
+        raise DataError(
+            f"{a_desc} and {b_desc} differ in columns: only in {a_desc}: {only_a}; "
+            f"only in {b_desc}: {only_b}; select common columns with data.files.columns"
+        )
 
 
 # --------------------------------------------------------------------------- reading
+
 
 @dataclass
 class _Input:
@@ -434,7 +498,7 @@ class _Input:
     n_read: int = 0
     n_after_cut: int = 0
     nonfinite: dict[str, int] = field(default_factory=dict)
-    chunks: list[tuple[Path, int, str]] = field(default_factory=list)   # (spill file, rows, source file)
+    chunks: list[tuple[Path, int, str]] = field(default_factory=list)  # (spill file, rows, source file)
     formats: list[str] = field(default_factory=list)
     trees: list[str | None] = field(default_factory=list)
 
@@ -464,8 +528,9 @@ def _read_input(state: _Input, s: Settings, labels: Labels, spill: Path, counter
             raise DataError(f"missing input file: {path}")
         with open_source(path, fmt, spec.get("tree")) as src:
             if src.num_entries == 0:
-                state.files.append({"path": str(path), "tree": src.tree, "n_read": 0, "n_after_cut": 0,
-                                    "first_entry": offset})
+                state.files.append(
+                    {"path": str(path), "tree": src.tree, "n_read": 0, "n_after_cut": 0, "first_entry": offset}
+                )
                 continue
             if src.desc == plan.desc:
                 file_plan = plan
@@ -496,8 +561,15 @@ def _read_input(state: _Input, s: Settings, labels: Labels, spill: Path, counter
             state.n_after_cut += n_cut
             state.formats.append(fmt)
             state.trees.append(src.tree)
-            state.files.append({"path": str(path), "tree": src.tree, "n_read": n_file, "n_after_cut": n_cut,
-                                "first_entry": offset - n_file})
+            state.files.append(
+                {
+                    "path": str(path),
+                    "tree": src.tree,
+                    "n_read": n_file,
+                    "n_after_cut": n_cut,
+                    "first_entry": offset - n_file,
+                }
+            )
             log.info("%s: read %d events, %d pass the cut", src.desc, n_file, n_cut)
 
 
@@ -542,6 +614,7 @@ def _chunk(plan: _Plan, desc: str, arrays: dict, n: int, first_entry: int, s: Se
 
 # --------------------------------------------------------------------------- writing
 
+
 def _is_string(src, expr: _Expr) -> bool:
     b = src.branches.get(expr.text)
     return isinstance(expr.body, ast.Name) and b is not None and b.kind == STRING and b.shape == EVENT
@@ -553,8 +626,13 @@ def _is_text(values) -> bool:
     t = getattr(values, "type", None)
     if isinstance(t, pa.DictionaryType):
         t = t.value_type
-    return t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-                              or pa.types.is_large_binary(t) or pa.types.is_null(t))
+    return t is not None and (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_null(t)
+    )
 
 
 def _as_strings(values):
@@ -585,8 +663,17 @@ def _schema(order: list[str], inputs: list[_Input]):
     if mixed:
         raise DataError(f"column(s) {mixed} hold strings in some inputs and numbers in others")
     fixed = {EVENT_ID: np.int64, LABEL: np.int8, WEIGHT: np.float64}
-    return pa.schema([(c, pa.string() if c in strings else
-                       pa.from_numpy_dtype(np.dtype(fixed.get(c) or np.result_type(*dtypes[c])))) for c in order])
+    return pa.schema(
+        [
+            (
+                c,
+                pa.string()
+                if c in strings
+                else pa.from_numpy_dtype(np.dtype(fixed.get(c) or np.result_type(*dtypes[c]))),
+            )
+            for c in order
+        ]
+    )
 
 
 def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, checked: dict[int, list[str]]):
@@ -622,18 +709,30 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
                     n_kept += table.num_rows
             state_n = state.n_after_cut
             if n_bad and s.nonfinite == "fail":
-                raise DataError(f"{state.plan.input_desc}: {n_bad} of {state_n} events have NaN/inf values, per column "
-                                f"{_per_column(state, check)} (data.nonfinite: fail; use 'drop' to drop them)")
+                raise DataError(
+                    f"{state.plan.input_desc}: {n_bad} of {state_n} events have NaN/inf values, per column "
+                    f"{_per_column(state, check)} (data.nonfinite: fail; use 'drop' to drop them)"
+                )
             if n_bad:
-                log.warning("%s: dropping %d of %d events with NaN/inf values, per column %s", state.plan.input_desc,
-                            n_bad, state_n, _per_column(state, [TARGET] if s.nonfinite == "keep" else check))
+                log.warning(
+                    "%s: dropping %d of %d events with NaN/inf values, per column %s",
+                    state.plan.input_desc,
+                    n_bad,
+                    state_n,
+                    _per_column(state, [TARGET] if s.nonfinite == "keep" else check),
+                )
             elif s.nonfinite == "keep" and _per_column(state, check):
-                log.info("%s: missing (NaN/inf) values kept (data.nonfinite: keep), per column %s",
-                         state.plan.input_desc, _per_column(state, check))
+                log.info(
+                    "%s: missing (NaN/inf) values kept (data.nonfinite: keep), per column %s",
+                    state.plan.input_desc,
+                    _per_column(state, check),
+                )
             if n_kept == 0:
-                raise DataError(f"no events left to ingest from {state.plan.input_desc} (read {state.n_read}, "
-                                f"{state.n_after_cut} after the cut, all {n_bad} dropped with NaN/inf in "
-                                f"{_per_column(state, check)})")
+                raise DataError(
+                    f"no events left to ingest from {state.plan.input_desc} (read {state.n_read}, "
+                    f"{state.n_after_cut} after the cut, all {n_bad} dropped with NaN/inf in "
+                    f"{_per_column(state, check)})"
+                )
             kept[state.plan.index] = (n_kept, n_bad)
     return kept, ids, bounds, totals
 
@@ -693,17 +792,33 @@ def _check_unique(ids: list[np.ndarray], bounds: list[tuple[int, str]], event_id
     files = sorted({bounds[int(np.searchsorted(ends, i, side="right"))][1] for i in where})
     n_dup = int(dup.sum())
     source = f"column '{event_id_column}'" if event_id_column else "hashed ids"
-    raise DataError(f"event_id {value} ({source}) occurs {len(where)} times, in {', '.join(files)}; "
-                    f"{n_dup} duplicate id(s) in all: event ids must be unique across all inputs")
+    raise DataError(
+        f"event_id {value} ({source}) occurs {len(where)} times, in {', '.join(files)}; "
+        f"{n_dup} duplicate id(s) in all: event ids must be unique across all inputs"
+    )
 
 
 # --------------------------------------------------------------------------- step
 
-def ingest(inputs: list[dict], out, label_column: str | None = None, weight_column: str | None = None,
-           event_id_column: str | None = None, columns: list[str] | None = None,
-           target_column: str | None = None, nonfinite: str = "drop", summary_out=None, *,
-           cut: str | None = None, aliases: dict | None = None, signal_values: list | None = None,
-           background_values: list | None = None, chunk_size: int = CHUNK_SIZE, exclude=()) -> dict:
+
+def ingest(
+    inputs: list[dict],
+    out,
+    label_column: str | None = None,
+    weight_column: str | None = None,
+    event_id_column: str | None = None,
+    columns: list[str] | None = None,
+    target_column: str | None = None,
+    nonfinite: str = "drop",
+    summary_out=None,
+    *,
+    cut: str | None = None,
+    aliases: dict | None = None,
+    signal_values: list | None = None,
+    background_values: list | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    exclude=(),
+) -> dict:
     """Read every input chunk by chunk, check it, and write one canonical table to ``out``.
 
     Parameters
@@ -740,12 +855,23 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
     ConfigError, DataError
         One line naming the input, key or expression. Nothing is written then.
     """
-    s = Settings(label_column=label_column, weight_column=weight_column, event_id_column=event_id_column,
-                 target_column=target_column, columns=columns, aliases=dict(aliases or {}), cut=cut,
-                 signal_values=signal_values, background_values=background_values, nonfinite=nonfinite,
-                 chunk_size=chunk_size, exclude=list(exclude or [])).check()
-    inputs = check_inputs([dict(spec) for spec in inputs] if isinstance(inputs, (list, tuple)) else inputs,
-                          error=DataError)
+    s = Settings(
+        label_column=label_column,
+        weight_column=weight_column,
+        event_id_column=event_id_column,
+        target_column=target_column,
+        columns=columns,
+        aliases=dict(aliases or {}),
+        cut=cut,
+        signal_values=signal_values,
+        background_values=background_values,
+        nonfinite=nonfinite,
+        chunk_size=chunk_size,
+        exclude=list(exclude or []),
+    ).check()
+    inputs = check_inputs(
+        [dict(spec) for spec in inputs] if isinstance(inputs, (list, tuple)) else inputs, error=DataError
+    )
     if not event_id_column:
         check_names(inputs)
     labels = Labels(s, inputs)
@@ -761,27 +887,38 @@ def ingest(inputs: list[dict], out, label_column: str | None = None, weight_colu
             _read_input(state, s, labels, Path(spill), counter)
             if state.n_after_cut == 0:
                 cuts = " and ".join(f"{c.where} {c.text!r}" for c in state.plan.cuts)
-                raise DataError(f"data.files.inputs[{state.plan.index}] ({state.plan.name}): {cuts} keeps no "
-                                f"events of the {state.n_read} read")
+                raise DataError(
+                    f"data.files.inputs[{state.plan.index}] ({state.plan.name}): {cuts} keeps no "
+                    f"events of the {state.n_read} read"
+                )
         excluded = _all_nonfinite(states)
         order = [EVENT_ID] + ([LABEL] if labels.present else []) + [WEIGHT]
         order += [c for c in plans[0].columns if c not in excluded]
         order += [TARGET] if s.target_column else []
         order += [PROCESS] if plans[0].spec.get("process") is not None else []
-        checked = {st.plan.index: [c for c in order if c in st.plan.columns and c != TRUTH_LLR]
-                   + ([TARGET] if TARGET in order else []) for st in states}
+        checked = {
+            st.plan.index: [c for c in order if c in st.plan.columns and c != TRUTH_LLR]
+            + ([TARGET] if TARGET in order else [])
+            for st in states
+        }
         kept, ids, bounds, totals = _write(tmp, order, states, s, checked)
         _check_unique(ids, bounds, event_id_column)
         del ids
         if labels.present and (totals["n_sig"] == 0 or totals["n_bkg"] == 0):  # a labelled table has both
             src = f"label column '{label_column}'" if label_column else "the per-file labels"
-            raise DataError(f"{src} of {listing(st.plan.input_desc for st in states)} give(s) one class only: "
-                            f"{'no background' if totals['n_bkg'] == 0 else 'no signal'} events "
-                            f"({totals['n_sig']} signal, {totals['n_bkg']} background)")
+            raise DataError(
+                f"{src} of {listing(st.plan.input_desc for st in states)} give(s) one class only: "
+                f"{'no background' if totals['n_bkg'] == 0 else 'no signal'} events "
+                f"({totals['n_sig']} signal, {totals['n_bkg']} background)"
+            )
     summary = _record(out, s, labels, states, kept, totals, order, excluded, checked, event_id_column)
-    log.info("ingested %d events (%s) from %d input(s) into %s", summary["n_events"],
-             f"{totals['n_sig']} signal, {totals['n_bkg']} background" if labels.present else "unlabelled",
-             len(states), out)
+    log.info(
+        "ingested %d events (%s) from %d input(s) into %s",
+        summary["n_events"],
+        f"{totals['n_sig']} signal, {totals['n_bkg']} background" if labels.present else "unlabelled",
+        len(states),
+        out,
+    )
     if summary_out:
         write_json(summary_out, summary)
     return summary
@@ -800,8 +937,7 @@ def _first_plan(index: int, spec: dict, s: Settings, labels: Labels) -> _Plan:
                     raise DataError(f"{src.desc}: no events")
                 continue
             return _plan(index, spec, src, s, labels)
-    raise DataError(f"data.files.inputs[{index}] ({input_name(spec)}): no events in its "
-                    f"{len(spec['files'])} files")
+    raise DataError(f"data.files.inputs[{index}] ({input_name(spec)}): no events in its {len(spec['files'])} files")
 
 
 def _all_nonfinite(states: list[_Input]) -> dict[str, str]:
@@ -811,54 +947,89 @@ def _all_nonfinite(states: list[_Input]) -> dict[str, str]:
         for c in state.plan.columns:
             if state.n_after_cut and state.nonfinite.get(c, 0) == state.n_after_cut and c not in excluded:
                 excluded[c] = f"NaN/inf in every event of {state.plan.name}"
-                log.warning("%s: column '%s' is NaN/inf in every event; left out (not a feature)%s",
-                            state.plan.input_desc, c, " although data.files.columns lists it"
-                            if c not in state.plan.auto else "")
+                log.warning(
+                    "%s: column '%s' is NaN/inf in every event; left out (not a feature)%s",
+                    state.plan.input_desc,
+                    c,
+                    " although data.files.columns lists it" if c not in state.plan.auto else "",
+                )
     return excluded
 
 
-def _record(out, s: Settings, labels: Labels, states: list[_Input], kept, totals, order, excluded, checked,
-            event_id_column) -> dict:
+def _record(
+    out, s: Settings, labels: Labels, states: list[_Input], kept, totals, order, excluded, checked, event_id_column
+) -> dict:
     records, cutflow = [], []
     all_excluded, unused, skipped = dict(excluded), [], {}
     for st in states:
         p = st.plan
         n_kept, n_bad = kept[p.index]
         one = len(p.spec["files"]) == 1
-        records.append({
-            "input": p.name, "name": p.name, "path": p.spec["files"][0] if one else p.spec["path"],
-            "pattern": p.spec.get("pattern"), "format": st.formats[0] if st.formats else None,
-            "tree": st.trees[0] if st.trees else None, "sources": st.files,
-            "n_read": st.n_read, "n_after_cut": st.n_after_cut, "n_dropped_nonfinite": n_bad,
-            "nonfinite_by_column": _per_column(st, checked[p.index]),
-            "n_kept": n_kept, "label": labels.source(p.spec), "file_weight": float(p.spec.get("weight") or 1.0),
-            "cut": [{"where": c.where, "cut": c.text} for c in p.cuts], "skipped_columns": p.skipped,
-            "process": p.spec.get("process")})
+        records.append(
+            {
+                "input": p.name,
+                "name": p.name,
+                "path": p.spec["files"][0] if one else p.spec["path"],
+                "pattern": p.spec.get("pattern"),
+                "format": st.formats[0] if st.formats else None,
+                "tree": st.trees[0] if st.trees else None,
+                "sources": st.files,
+                "n_read": st.n_read,
+                "n_after_cut": st.n_after_cut,
+                "n_dropped_nonfinite": n_bad,
+                "nonfinite_by_column": _per_column(st, checked[p.index]),
+                "n_kept": n_kept,
+                "label": labels.source(p.spec),
+                "file_weight": float(p.spec.get("weight") or 1.0),
+                "cut": [{"where": c.where, "cut": c.text} for c in p.cuts],
+                "skipped_columns": p.skipped,
+                "process": p.spec.get("process"),
+            }
+        )
         cutflow.append({"input": p.name, "read": st.n_read, "after_cut": st.n_after_cut, "after_nonfinite": n_kept})
         for c, why in p.excluded.items():
             all_excluded.setdefault(c, why)
         unused += [c for c in p.collections if c not in unused]
         skipped.update(p.skipped)
     if unused:
-        log.warning("collections not used (ask for e.g. X[0], len(X), max(X) in data.files.columns): %s",
-                    listing(unused))
-    per_class = {"n_signal": totals["n_sig"], "n_background": totals["n_bkg"],
-                 "sum_weights_signal": totals["w_sig"], "sum_weights_background": totals["w_bkg"]}
+        log.warning(
+            "collections not used (ask for e.g. X[0], len(X), max(X) in data.files.columns): %s", listing(unused)
+        )
+    per_class = {
+        "n_signal": totals["n_sig"],
+        "n_background": totals["n_bkg"],
+        "sum_weights_signal": totals["w_sig"],
+        "sum_weights_background": totals["w_bkg"],
+    }
     return {
-        "output": str(out), "n_events": totals["n"], "sum_weights": totals["w"], "labelled": labels.present,
+        "output": str(out),
+        "n_events": totals["n"],
+        "sum_weights": totals["w"],
+        "labelled": labels.present,
         **{k: v if labels.present else None for k, v in per_class.items()},
-        "negative_weights": totals.get("negative") or {c: {"n": 0, "sum_weights": 0.0}
-                                                       for c in ("signal", "background")},
+        "negative_weights": totals.get("negative")
+        or {c: {"n": 0, "sum_weights": 0.0} for c in ("signal", "background")},
         "n_dropped_nonfinite": sum(r["n_dropped_nonfinite"] for r in records),
-        "files": records, "cutflow": cutflow, "columns": order,
+        "files": records,
+        "cutflow": cutflow,
+        "columns": order,
         "features": [c for c in order if c not in (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS)],
-        "excluded": all_excluded, "skipped": skipped, "unused_collections": unused,
-        "label_column": s.label_column, "signal_values": s.signal_values, "background_values": s.background_values,
-        "weight_column": s.weight_column, "target_column": s.target_column, "cut": s.cut, "aliases": s.aliases,
-        "event_id": f"column {event_id_column}" if event_id_column else
-                    f"hash: blake2b(name) top {NAME_BITS} bits << {ENTRY_BITS} | entry (an input's files "
-                    "numbered one after the other in sorted order)",
-        "nonfinite": s.nonfinite, "chunk_size": s.chunk_size,
+        "excluded": all_excluded,
+        "skipped": skipped,
+        "unused_collections": unused,
+        "label_column": s.label_column,
+        "signal_values": s.signal_values,
+        "background_values": s.background_values,
+        "weight_column": s.weight_column,
+        "target_column": s.target_column,
+        "cut": s.cut,
+        "aliases": s.aliases,
+        "event_id": f"column {event_id_column}"
+        if event_id_column
+        else f"hash: blake2b(name) top {NAME_BITS} bits << {ENTRY_BITS} | entry (an input's files "
+        "numbered one after the other in sorted order)",
+        "nonfinite": s.nonfinite,
+        "chunk_size": s.chunk_size,
     }
 
 
@@ -872,29 +1043,49 @@ SETTINGS_KEYS = ("columns", "aliases", "cut", "signal_values", "background_value
 
 def main(argv=None) -> int:
     def build(p):
-        p.add_argument("--inputs-json", type=cli.json_arg, required=True,
-                       help="JSON list of {path, files, pattern, tree, label, weight, name, format, process, cut}")
+        p.add_argument(
+            "--inputs-json",
+            type=cli.json_arg,
+            required=True,
+            help="JSON list of {path, files, pattern, tree, label, weight, name, format, process, cut}",
+        )
         p.add_argument("--out", required=True, help="canonical events table (.parquet)")
         p.add_argument("--summary", help="record (JSON): counts, cut-flow, columns, exclusions")
         p.add_argument("--label-column", help="column holding the labels (1/0, or see signal_values)")
         p.add_argument("--weight-column", help="per-event weight branch or alias")
         p.add_argument("--event-id-column", help="unique integer event id column (default: hashed)")
-        p.add_argument("--columns", type=_columns_arg, default=None,
-                       help="comma-separated columns/branches; empty = every numeric one")
+        p.add_argument(
+            "--columns",
+            type=_columns_arg,
+            default=None,
+            help="comma-separated columns/branches; empty = every numeric one",
+        )
         p.add_argument("--target-column", help="branch or alias copied to 'target'")
         p.add_argument("--nonfinite", default="drop", help="drop | fail | keep (NaN kept as missing, ±inf as NaN)")
-        p.add_argument("--settings-json", type=cli.json_arg, default={},
-                       help=f"JSON object with any of {list(SETTINGS_KEYS)} (columns here win over --columns)")
+        p.add_argument(
+            "--settings-json",
+            type=cli.json_arg,
+            default={},
+            help=f"JSON object with any of {list(SETTINGS_KEYS)} (columns here win over --columns)",
+        )
 
     def call(a):
         extra = a.settings_json or {}
         if not isinstance(extra, dict) or set(extra) - set(SETTINGS_KEYS):
             raise ConfigError(f"--settings-json: give an object with keys among {list(SETTINGS_KEYS)}")
         columns = extra["columns"] if "columns" in extra else a.columns
-        return ingest(a.inputs_json, a.out, label_column=a.label_column, weight_column=a.weight_column,
-                      event_id_column=a.event_id_column, columns=columns, target_column=a.target_column,
-                      nonfinite=a.nonfinite, summary_out=a.summary,
-                      **{k: v for k, v in extra.items() if k != "columns" and v is not None})
+        return ingest(
+            a.inputs_json,
+            a.out,
+            label_column=a.label_column,
+            weight_column=a.weight_column,
+            event_id_column=a.event_id_column,
+            columns=columns,
+            target_column=a.target_column,
+            nonfinite=a.nonfinite,
+            summary_out=a.summary,
+            **{k: v for k, v in extra.items() if k != "columns" and v is not None},
+        )
 
     return cli.run(build, call, argv, __doc__)
 

@@ -11,6 +11,7 @@ checked against the files (a branch that is missing, a collection where one
 value per event is needed) is checked by :mod:`hepml_steps.ingest` and named
 with the file.
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,6 +40,7 @@ CANONICAL = (EVENT_ID, LABEL, WEIGHT, SPLIT, SCORE)
 
 
 # --------------------------------------------------------------------------- settings
+
 
 @dataclass
 class Settings:
@@ -81,8 +83,9 @@ class Settings:
             if not (isinstance(name, str) and name.isidentifier()):
                 raise ConfigError(f"data.files.aliases: {name!r}: an alias's name must be an identifier")
             if name in (*CANONICAL, TARGET, PROCESS, TRUTH_LLR):
-                raise ConfigError(f"data.files.aliases.{name}: '{name}' is a column ingest writes itself; "
-                                  "choose another name")
+                raise ConfigError(
+                    f"data.files.aliases.{name}: '{name}' is a column ingest writes itself; choose another name"
+                )
             self.alias_bodies[name] = parse(f"data.files.aliases.{name}", expr)
         if self.cut is not None:
             self.cut_body = parse("data.files.cut", self.cut)
@@ -107,9 +110,11 @@ def check_column_syntax(entry: str, aliases: dict) -> None:
         return
     body = parse("data.files.columns", entry)
     if column_name(body) is None:
-        raise ConfigError(f"data.files.columns: {entry!r} has no automatic column name (only x, x[i] and "
-                          f"len/max/min/sum/mean/any/all(x) do); name it under data.files.aliases "
-                          f"(e.g. my_var: {entry!r}) and list the name")
+        raise ConfigError(
+            f"data.files.columns: {entry!r} has no automatic column name (only x, x[i] and "
+            f"len/max/min/sum/mean/any/all(x) do); name it under data.files.aliases "
+            f"(e.g. my_var: {entry!r}) and list the name"
+        )
 
 
 def _check_label_values(s: Settings) -> None:
@@ -117,13 +122,17 @@ def _check_label_values(s: Settings) -> None:
         values = getattr(s, key)
         if values is None:
             continue
-        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values or \
-                not all(isinstance(v, (str, bool, numbers.Real)) for v in values):
-            raise ConfigError(f"data.files.{key}: give a non-empty list of values (strings, numbers, "
-                              f"true/false), got {values!r}")
+        if (
+            isinstance(values, (str, bytes))
+            or not isinstance(values, (list, tuple))
+            or not values
+            or not all(isinstance(v, (str, bool, numbers.Real)) for v in values)
+        ):
+            raise ConfigError(
+                f"data.files.{key}: give a non-empty list of values (strings, numbers, true/false), got {values!r}"
+            )
         if not s.label_column:
-            raise ConfigError(f"data.files.{key}: values of the label column, but data.files.label_column "
-                              "is not set")
+            raise ConfigError(f"data.files.{key}: values of the label column, but data.files.label_column is not set")
     if s.signal_values is not None and s.background_values is not None:
         both = [v for v in s.signal_values if any(same_value(v, w) for w in s.background_values)]
         if both:
@@ -157,8 +166,9 @@ def check_inputs(inputs, expand: bool = True, error: type = ConfigError) -> list
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: must be a mapping with at least 'path', got {spec!r}")
         path = spec.get("path")
-        if not path or not (isinstance(path, str) or (isinstance(path, (list, tuple))
-                                                      and all(isinstance(p, str) and p for p in path))):
+        if not path or not (
+            isinstance(path, str) or (isinstance(path, (list, tuple)) and all(isinstance(p, str) and p for p in path))
+        ):
             raise ConfigError(f"{where}: 'path' is required: a file, a glob or a list of them")
         unknown = sorted(set(spec) - set(INPUT_KEYS) - set(RESOLVED_KEYS))
         if unknown:
@@ -167,13 +177,13 @@ def check_inputs(inputs, expand: bool = True, error: type = ConfigError) -> list
         if label is not None and (isinstance(label, bool) or label not in (0, 1)):
             raise ConfigError(f"{where} ({path}): label must be 1 (signal) or 0 (background), got {label!r}")
         weight = spec.get("weight")
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
-                                   or not math.isfinite(weight)):
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight)
+        ):
             raise ConfigError(f"{where} ({path}): weight must be a finite number, got {weight!r}")
         process = spec.get("process")
         if process is not None and (isinstance(process, bool) or not isinstance(process, numbers.Integral)):
-            raise ConfigError(f"{where} ({path}): process must be an integer (the class index), "
-                              f"got {process!r}")
+            raise ConfigError(f"{where} ({path}): process must be an integer (the class index), got {process!r}")
         if spec.get("format") is not None and spec["format"] not in FORMATS:
             raise ConfigError(f"{where} ({path}): format {spec['format']!r} unknown; use one of {FORMATS}")
         if spec.get("cut") is not None:
@@ -183,8 +193,10 @@ def check_inputs(inputs, expand: bool = True, error: type = ConfigError) -> list
     with_process = [s["path"] for s in inputs if s.get("process") is not None]
     if with_process and len(with_process) != len(inputs):
         without = [s["path"] for s in inputs if s.get("process") is None]
-        raise ConfigError(f"data.files.inputs: 'process' is given for {listing(with_process)} but not for "
-                          f"{listing(without)}; give every input its process or none")
+        raise ConfigError(
+            f"data.files.inputs: 'process' is given for {listing(with_process)} but not for "
+            f"{listing(without)}; give every input its process or none"
+        )
     return list(inputs)
 
 
@@ -209,9 +221,11 @@ def labelled(inputs: list[dict], label_column: str | None) -> bool:
     with_label = [n for n, has in named if has]
     if with_label and len(with_label) != len(inputs):
         without = [n for n, has in named if not has]
-        raise ConfigError(f"data.files.inputs: 'label' is given for {listing(with_label)} but not for "
-                          f"{listing(without)}; label every input (or set data.files.label_column), or none "
-                          "(unlabelled inputs: regression, clustering and dimreduction models only)")
+        raise ConfigError(
+            f"data.files.inputs: 'label' is given for {listing(with_label)} but not for "
+            f"{listing(without)}; label every input (or set data.files.label_column), or none "
+            "(unlabelled inputs: regression, clustering and dimreduction models only)"
+        )
     return bool(with_label)
 
 
@@ -246,11 +260,17 @@ def check_config(files: dict, features: dict | None = None) -> None:
 
 def _settings(files: dict, exclude=None) -> Settings:
     return Settings(
-        label_column=files.get("label_column"), weight_column=files.get("weight_column"),
-        event_id_column=files.get("event_id_column"), columns=files.get("columns"),
-        aliases=dict(files.get("aliases") or {}), cut=files.get("cut"),
-        signal_values=files.get("signal_values"), background_values=files.get("background_values"),
-        chunk_size=files.get("chunk_size") or CHUNK_SIZE, exclude=list(exclude or [])).check()
+        label_column=files.get("label_column"),
+        weight_column=files.get("weight_column"),
+        event_id_column=files.get("event_id_column"),
+        columns=files.get("columns"),
+        aliases=dict(files.get("aliases") or {}),
+        cut=files.get("cut"),
+        signal_values=files.get("signal_values"),
+        background_values=files.get("background_values"),
+        chunk_size=files.get("chunk_size") or CHUNK_SIZE,
+        exclude=list(exclude or []),
+    ).check()
 
 
 def input_name(spec: dict) -> str:
@@ -265,6 +285,7 @@ def input_name(spec: dict) -> str:
 
 # --------------------------------------------------------------------------- ids
 
+
 def hashed_ids(name: str, n: int) -> np.ndarray:
     """Deterministic non-negative int64 ids for entries ``0..n-1`` of the input
     called ``name``: :func:`name_prefix` in the top 23 bits, the entry number in
@@ -276,8 +297,10 @@ def entry_ids(name: str, entries: np.ndarray) -> np.ndarray:
     """As :func:`hashed_ids`, for the given entry numbers of the input ``name``."""
     entries = np.asarray(entries, dtype=np.int64)
     if entries.size and entries.max() >= 1 << ENTRY_BITS:
-        raise DataError(f"{name}: {int(entries.max()) + 1} entries exceed the 2^{ENTRY_BITS} the hashed event "
-                        "ids allow; give an event_id_column")
+        raise DataError(
+            f"{name}: {int(entries.max()) + 1} entries exceed the 2^{ENTRY_BITS} the hashed event "
+            "ids allow; give an event_id_column"
+        )
     return (np.int64(name_prefix(name)) << np.int64(ENTRY_BITS)) | entries
 
 
@@ -296,11 +319,15 @@ def check_names(inputs: list[dict]) -> None:
     for name in names:
         other = prefixes.setdefault(name_prefix(name), name)
         if other == name and names.count(name) > 1:
-            raise ConfigError(f"data.files.inputs: two inputs are named '{name}'; give them distinct 'name's "
-                              "(event ids are hashed from the name) or set event_id_column")
+            raise ConfigError(
+                f"data.files.inputs: two inputs are named '{name}'; give them distinct 'name's "
+                "(event ids are hashed from the name) or set event_id_column"
+            )
         if other != name:
-            raise ConfigError(f"data.files.inputs: the names '{other}' and '{name}' hash to the same event-id "
-                              "prefix; give one of them another 'name' or set event_id_column")
+            raise ConfigError(
+                f"data.files.inputs: the names '{other}' and '{name}' hash to the same event-id "
+                "prefix; give one of them another 'name' or set event_id_column"
+            )
 
 
 def same_value(a, b) -> bool:

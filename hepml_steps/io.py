@@ -8,14 +8,16 @@ no permission) leaves no temporary file and says which output it was:
 ``results/x.parquet: No space left on device``. Readers name the file they
 could not read.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import DataError, StorageError, culprit
 

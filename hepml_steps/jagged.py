@@ -52,12 +52,14 @@ collection, condition or number; a :class:`~hepml_steps.errors.DataError`
 naming the file and the expression), and finally it is computed chunk by
 chunk with awkward/numpy, vectorised over events (:class:`Evaluator`).
 """
+
 from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import numpy as np
 
@@ -72,20 +74,60 @@ NUMBER, BOOLEAN, STRING = "number", "condition", "string"
 #: reductions over a collection (one argument), giving one value per event
 REDUCTIONS = ("len", "max", "min", "sum", "mean", "any", "all")
 #: element-wise functions: name -> number of arguments (numpy's functions of that name)
-FUNCTIONS = {**{f: 1 for f in ("abs", "sqrt", "exp", "log", "log10", "sin", "cos", "tan", "sinh", "cosh",
-                               "tanh", "arcsin", "arccos", "arctan", "arcsinh", "arccosh", "arctanh")},
-             **{f: 2 for f in ("arctan2", "hypot", "minimum", "maximum")}}
+FUNCTIONS = {
+    **{
+        f: 1
+        for f in (
+            "abs",
+            "sqrt",
+            "exp",
+            "log",
+            "log10",
+            "sin",
+            "cos",
+            "tan",
+            "sinh",
+            "cosh",
+            "tanh",
+            "arcsin",
+            "arccos",
+            "arctan",
+            "arcsinh",
+            "arccosh",
+            "arctanh",
+        )
+    },
+    **{f: 2 for f in ("arctan2", "hypot", "minimum", "maximum")},
+}
 MAX_EXPONENT = 64
 MAX_INDEX = 10_000
 
-_ARITHMETIC = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.true_divide,
-               ast.Mod: np.mod, ast.Pow: np.power}
-_LOGICAL = {ast.BitAnd: ("&", np.logical_and), ast.BitOr: ("|", np.logical_or),
-            ast.And: ("and", np.logical_and), ast.Or: ("or", np.logical_or)}
-_COMPARISONS = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal,
-                ast.Eq: np.equal, ast.NotEq: np.not_equal}
-_ALLOWED = ("use branch names, numbers, x[i], x[condition], len/max/min/sum/mean/any/all(x), "
-            "+ - * / % **, comparisons, and/or/not")
+_ARITHMETIC = {
+    ast.Add: np.add,
+    ast.Sub: np.subtract,
+    ast.Mult: np.multiply,
+    ast.Div: np.true_divide,
+    ast.Mod: np.mod,
+    ast.Pow: np.power,
+}
+_LOGICAL = {
+    ast.BitAnd: ("&", np.logical_and),
+    ast.BitOr: ("|", np.logical_or),
+    ast.And: ("and", np.logical_and),
+    ast.Or: ("or", np.logical_or),
+}
+_COMPARISONS = {
+    ast.Lt: np.less,
+    ast.LtE: np.less_equal,
+    ast.Gt: np.greater,
+    ast.GtE: np.greater_equal,
+    ast.Eq: np.equal,
+    ast.NotEq: np.not_equal,
+}
+_ALLOWED = (
+    "use branch names, numbers, x[i], x[condition], len/max/min/sum/mean/any/all(x), "
+    "+ - * / % **, comparisons, and/or/not"
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +175,7 @@ class Branch:
 
 # --------------------------------------------------------------------------- syntax
 
+
 def parse(where: str, expr) -> ast.expr:
     """Check the syntax of ``expr`` and return its tree (the expression's body).
 
@@ -148,6 +191,7 @@ def parse(where: str, expr) -> ast.expr:
         ``<where>: <expr>: <reason>`` when it does not parse, is too large, or
         holds anything outside the grammar of the module docstring.
     """
+
     def fail(reason: str) -> NoReturn:
         raise ConfigError(f"{where}: {reason}")
 
@@ -165,8 +209,13 @@ def column_name(body: ast.expr) -> str | None:
         index = _index(body.slice)
         if index is not None and index >= 0:
             return f"{body.value.id}_{index}"
-    if (isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id in REDUCTIONS
-            and len(body.args) == 1 and isinstance(body.args[0], ast.Name)):
+    if (
+        isinstance(body, ast.Call)
+        and isinstance(body.func, ast.Name)
+        and body.func.id in REDUCTIONS
+        and len(body.args) == 1
+        and isinstance(body.args[0], ast.Name)
+    ):
         return f"{body.func.id}_{body.args[0].id}"
     return None
 
@@ -213,8 +262,10 @@ class _Syntax:
     def _Subscript(self, node):
         self.check(node.value)
         if isinstance(node.slice, (ast.Slice, ast.Tuple)):
-            self.fail(f"{snippet(node)!r}: slices and several indices are not supported; use x[i] for one "
-                      "element or x[condition] to keep the objects that pass")
+            self.fail(
+                f"{snippet(node)!r}: slices and several indices are not supported; use x[i] for one "
+                "element or x[condition] to keep the objects that pass"
+            )
         index = _index(node.slice)
         if index is not None:
             if index < 0:
@@ -229,8 +280,9 @@ class _Syntax:
     def _Call(self, node):
         fn = node.func.id if isinstance(node.func, ast.Name) else None
         if fn is None:
-            self.fail(f"only {', '.join(REDUCTIONS)} and element-wise functions may be called, "
-                      f"not {snippet(node.func)!r}")
+            self.fail(
+                f"only {', '.join(REDUCTIONS)} and element-wise functions may be called, not {snippet(node.func)!r}"
+            )
         if fn not in REDUCTIONS and fn not in FUNCTIONS:
             self.fail(f"unknown function '{fn}'{hint(fn, [*REDUCTIONS, *FUNCTIONS])}")
         n_args = 1 if fn in REDUCTIONS else FUNCTIONS[fn]
@@ -269,6 +321,7 @@ class _Syntax:
 
 # --------------------------------------------------------------------------- types
 
+
 class Typer:
     """The types of expressions over one input's branches.
 
@@ -295,8 +348,9 @@ class Typer:
         self._resolving: list[str] = []
         for name in aliases:
             if name in branches:
-                raise DataError(f"{desc}: data.files.aliases.{name}: '{name}' is also a branch; "
-                                "give the alias another name")
+                raise DataError(
+                    f"{desc}: data.files.aliases.{name}: '{name}' is also a branch; give the alias another name"
+                )
 
     def check(self, where: str, expr: str, body: ast.expr) -> tuple[Kind, list[str]]:
         """The kind of ``body`` and the branches it reads (aliases resolved)."""
@@ -308,30 +362,37 @@ class Typer:
         kind, used = self.check(where, expr, body)
         if kind.shape != EVENT:
             name = column_name(body) or expr
-            raise DataError(f"{self.desc}: {where} {expr!r}: gives a collection (a list per event), not one value "
-                            f"per event; ask for e.g. {name}[0], len({name}), max({name})")
+            raise DataError(
+                f"{self.desc}: {where} {expr!r}: gives a collection (a list per event), not one value "
+                f"per event; ask for e.g. {name}[0], len({name}), max({name})"
+            )
         return kind, used
 
     def cut(self, where: str, expr: str, body: ast.expr) -> list[str]:
         """As :meth:`check`, for a cut: one condition per event; returns the branches."""
         kind, used = self.check(where, expr, body)
         if kind.shape != EVENT:
-            raise DataError(f"{self.desc}: {where} {expr!r}: is one condition per object, a cut needs one per "
-                            "event: use any(...), all(...) or sum(...) >= n")
+            raise DataError(
+                f"{self.desc}: {where} {expr!r}: is one condition per object, a cut needs one per "
+                "event: use any(...), all(...) or sum(...) >= n"
+            )
         if kind.kind != BOOLEAN:
-            raise DataError(f"{self.desc}: {where} {expr!r}: is a number, not a condition (true or false per "
-                            f"event); compare it, e.g. '{expr} > 0'")
+            raise DataError(
+                f"{self.desc}: {where} {expr!r}: is a number, not a condition (true or false per "
+                f"event); compare it, e.g. '{expr} > 0'"
+            )
         return used
 
     def alias(self, name: str) -> tuple[Kind, list[str]]:
         if name not in self._alias:
             if name in self._resolving:
-                chain = " -> ".join([*self._resolving[self._resolving.index(name):], name])
+                chain = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
                 raise DataError(f"{self.desc}: data.files.aliases.{name}: uses itself ({chain})")
             self._resolving.append(name)
             try:
-                self._alias[name] = self.check(f"data.files.aliases.{name}", ast.unparse(self.aliases[name]),
-                                               self.aliases[name])
+                self._alias[name] = self.check(
+                    f"data.files.aliases.{name}", ast.unparse(self.aliases[name]), self.aliases[name]
+                )
             finally:
                 self._resolving.pop()
         return self._alias[name]
@@ -359,8 +420,9 @@ class _Typing:
         if node.id in branches:
             b = branches[node.id]
             if not b.numeric:
-                self.fail(f"branch '{node.id}' holds {b.type}: expressions use numbers, conditions and "
-                          "collections of them")
+                self.fail(
+                    f"branch '{node.id}' holds {b.type}: expressions use numbers, conditions and collections of them"
+                )
             self.used.append(node.id)
             return Kind(b.shape, b.kind)
         if node.id in aliases:
@@ -375,15 +437,18 @@ class _Typing:
     def _Subscript(self, node):
         value = self.kind(node.value)
         if value.shape != COLLECTION:
-            self.fail(f"{self._what(node.value)}, not a collection: {snippet(node)!r} needs a "
-                      "collection such as Jet_pt")
+            self.fail(
+                f"{self._what(node.value)}, not a collection: {snippet(node)!r} needs a collection such as Jet_pt"
+            )
         if _index(node.slice) is not None:
             return Kind(EVENT, NUMBER)
         mask = self.kind(node.slice)
         if mask != Kind(COLLECTION, BOOLEAN):
-            self.fail(f"{snippet(node)!r}: a filter x[...] needs a per-object condition on the same collection, "
-                      f"e.g. Jet_pt[Jet_eta < 2.4]; {snippet(node.slice)!r} is "
-                      f"{'a condition per event' if mask.shape == EVENT else 'a number per object'}")
+            self.fail(
+                f"{snippet(node)!r}: a filter x[...] needs a per-object condition on the same collection, "
+                f"e.g. Jet_pt[Jet_eta < 2.4]; {snippet(node.slice)!r} is "
+                f"{'a condition per event' if mask.shape == EVENT else 'a number per object'}"
+            )
         return value
 
     def _Call(self, node):
@@ -426,8 +491,9 @@ class _Typing:
     def _conditions(self, op: str, nodes, kinds) -> None:
         for node, kind in zip(nodes, kinds):
             if kind.kind != BOOLEAN:
-                self.fail(f"'{op}' applies to conditions; {snippet(node)!r} is a number: compare it, "
-                          f"e.g. {snippet(node)} > 0")
+                self.fail(
+                    f"'{op}' applies to conditions; {snippet(node)!r} is a number: compare it, e.g. {snippet(node)} > 0"
+                )
 
 
 def _shape(kinds) -> str:
@@ -435,6 +501,7 @@ def _shape(kinds) -> str:
 
 
 # --------------------------------------------------------------------------- values
+
 
 class Evaluator:
     """Computes checked expressions on one chunk of events.

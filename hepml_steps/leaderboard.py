@@ -17,6 +17,7 @@ CSV holds models only: one row each, nothing of the inputs.
 The features the training step's leakage check flagged are the ``leakage``
 column and a line under the tables.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,14 @@ from .errors import DataError
 from .io import atomic_path, read_json
 
 #: Cost columns of every section: (column, header, format).
-_COST = [("fit_seconds", "train s", ".1f"), ("tuning_trials", "tuning trials", ""),
-         ("tuning_seconds", "tuning s", ".1f"), ("train_j_per_event", "train J/event", ".3g"),
-         ("inference_j_per_event", "inference J/event", ".3g"),
-         ("inference_events_per_s", "inference events/s", ".3g")]
+_COST = [
+    ("fit_seconds", "train s", ".1f"),
+    ("tuning_trials", "tuning trials", ""),
+    ("tuning_seconds", "tuning s", ".1f"),
+    ("train_j_per_event", "train J/event", ".3g"),
+    ("inference_j_per_event", "inference J/event", ".3g"),
+    ("inference_events_per_s", "inference events/s", ".3g"),
+]
 
 
 def row(met: dict) -> dict:
@@ -51,9 +56,18 @@ def row(met: dict) -> dict:
         r["tuning_objective"] = tuning.get("objective")
         r["tuning_baseline"] = tuning.get("baseline_value")
         r["tuning_best"] = tuning.get("best_value")
-    for step, e in ((extra.get("energy") or {}).items()):
-        for k in ("energy_j", "j_per_event", "events_per_s", "wall_s", "cpu_s", "peak_rss_mib", "co2_g",
-                  "method", "device"):
+    for step, e in (extra.get("energy") or {}).items():
+        for k in (
+            "energy_j",
+            "j_per_event",
+            "events_per_s",
+            "wall_s",
+            "cpu_s",
+            "peak_rss_mib",
+            "co2_g",
+            "method",
+            "device",
+        ):
             if e.get(k) is not None:
                 r[f"{step}_{k}"] = e[k]
     return r
@@ -69,9 +83,11 @@ def _fmt(v, fmt: str) -> str:
 
 def _ranked(rows: list[dict], task: tasks.Task) -> list[dict]:
     key, desc = task.rank_by
+
     def sort_key(r):
         v = r.get(key)
         return (v is None, -(v or 0) if desc else (v or 0))
+
     return sorted(rows, key=sort_key)
 
 
@@ -81,8 +97,11 @@ def negative_weights_line(ingest: dict | None) -> list[str]:
     if not any(v.get("n") for v in neg.values()):
         return []
     parts = [f"{c} {v['n']} events (Σw = {v['sum_weights']:.4g})" for c, v in neg.items()]
-    return [f"Negative event weights: {', '.join(parts)}. Metrics use the signed weights; fits follow "
-            "`negative_weights` (default `ignore`: weight 0).", ""]
+    return [
+        f"Negative event weights: {', '.join(parts)}. Metrics use the signed weights; fits follow "
+        "`negative_weights` (default `ignore`: weight 0).",
+        "",
+    ]
 
 
 def _pct(n: int, of: int) -> str:
@@ -96,15 +115,23 @@ def cutflow_table(record: dict) -> list[str]:
     flow = record.get("cutflow") or []
     if not flow:
         return []
-    lines = ["Events per input (cut-flow of `data/ingest.json`; the last column goes on to the split):", "",
-             "| input | read | after cut | after NaN/inf drop |", "|---|---:|---:|---:|"]
+    lines = [
+        "Events per input (cut-flow of `data/ingest.json`; the last column goes on to the split):",
+        "",
+        "| input | read | after cut | after NaN/inf drop |",
+        "|---|---:|---:|---:|",
+    ]
     for f in flow:
-        lines.append(f"| {f['input']} | {f['read']} | {_pct(f['after_cut'], f['read'])} | "
-                     f"{_pct(f['after_nonfinite'], f['read'])} |")
+        lines.append(
+            f"| {f['input']} | {f['read']} | {_pct(f['after_cut'], f['read'])} | "
+            f"{_pct(f['after_nonfinite'], f['read'])} |"
+        )
     if len(flow) > 1:
         tot = {k: sum(f[k] for f in flow) for k in ("read", "after_cut", "after_nonfinite")}
-        lines.append(f"| **all** | {tot['read']} | {_pct(tot['after_cut'], tot['read'])} | "
-                     f"{_pct(tot['after_nonfinite'], tot['read'])} |")
+        lines.append(
+            f"| **all** | {tot['read']} | {_pct(tot['after_cut'], tot['read'])} | "
+            f"{_pct(tot['after_nonfinite'], tot['read'])} |"
+        )
     lines.append("")
     if record.get("labelled") is False:
         lines += ["The events are unlabelled: figures against signal/background labels are left out.", ""]
@@ -118,24 +145,34 @@ def markdown(rows: list[dict], ingest: dict | None = None) -> str:
     lines = ["# Leaderboard", ""] + cutflow_table(ingest or {}) + negative_weights_line(ingest)
     bayes = [r["bayes_auc"] for r in rows if r.get("bayes_auc") is not None]
     if bayes:
-        lines += [f"Bayes-optimal AUC on the test split (exact likelihood ratio of the toy): **{bayes[0]:.4f}**. "
-                  "No classifier can beat it on average; the gap is what a model leaves on the table.", ""]
+        lines += [
+            f"Bayes-optimal AUC on the test split (exact likelihood ratio of the toy): **{bayes[0]:.4f}**. "
+            "No classifier can beat it on average; the gap is what a model leaves on the table.",
+            "",
+        ]
     for task in tasks.TASKS.values():
         rs = [r for r in rows if r["task"] == task.name]
         if not rs:
             continue
         cols = [c for c in list(task.leaderboard_columns) + _COST if any(r.get(c[0]) is not None for r in rs)]
-        lines += [f"## {task.title}", "",
-                  "| rank | model | family | " + " | ".join(h for _, h, _ in cols) + " |",
-                  "|---:|---|---|" + "---:|" * len(cols)]
+        lines += [
+            f"## {task.title}",
+            "",
+            "| rank | model | family | " + " | ".join(h for _, h, _ in cols) + " |",
+            "|---:|---|---|" + "---:|" * len(cols),
+        ]
         for i, r in enumerate(_ranked(rs, task), 1):
-            lines.append(f"| {i} | {r['model']} | {r['family']} | "
-                         + " | ".join(_fmt(r.get(c), f) for c, _, f in cols) + " |")
+            lines.append(
+                f"| {i} | {r['model']} | {r['family']} | " + " | ".join(_fmt(r.get(c), f) for c, _, f in cols) + " |"
+            )
         lines.append("")
     leaks = [f"{r['model']}: {r['leakage']}" for r in rows if r.get("leakage")]
     if leaks:
-        lines += ["**Possible leakage** (a feature alone separates the classes or looks like an identifier; "
-                  "see training.leakage): " + "; ".join(leaks), ""]
+        lines += [
+            "**Possible leakage** (a feature alone separates the classes or looks like an identifier; "
+            "see training.leakage): " + "; ".join(leaks),
+            "",
+        ]
     methods = sorted({str(v) for r in rows for k, v in r.items() if k.endswith("_method")})
     if methods:
         lines += [f"Energy method(s): {', '.join(methods)} (see each model's energy record).", ""]

@@ -21,6 +21,7 @@ Flags are logged, recorded (the training record's ``leakage``) and shown on
 the leaderboard; ``training.leakage: fail`` makes them an error, ``off``
 skips the check.
 """
+
 from __future__ import annotations
 
 import logging
@@ -128,8 +129,7 @@ def check(data, what: str, action: str = "warn", auc: float = AUC_LIMIT, separat
     record = {"action": action, "auc_limit": auc, "aucs": aucs, "flagged": flagged}
     if flagged:
         text = "; ".join(f"'{f['column']}': {f['reason']}" for f in flagged)
-        hint = ("leave it out (features.exclude, features.columns or the model's features) or set "
-                "training.leakage: warn")
+        hint = "leave it out (features.exclude, features.columns or the model's features) or set training.leakage: warn"
         if action == "fail":
             raise DataError(f"{what}: possible leakage: {text}; {hint} (training.leakage: fail)")
         log.warning("%s: possible leakage: %s; a model trained on it learns the sample, not the physics", what, text)

@@ -33,6 +33,7 @@ probabilities): :func:`multiclass_metrics`. Regression:
 :func:`regression_metrics`. Clustering: :func:`clustering_metrics`.
 Ratios whose denominator is zero are ``nan`` (written as ``null`` in JSON).
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ def _finite(a) -> bool:
 def _class_sums(y, w):
     ws, wb = float(w[y == 1].sum()), float(w[y == 0].sum())
     if ws <= 0 or wb <= 0:
-        raise DataError(f"metrics: need signal and background with positive total weight "
-                        f"(signal {ws:g}, background {wb:g})")
+        raise DataError(
+            f"metrics: need signal and background with positive total weight (signal {ws:g}, background {wb:g})"
+        )
     return ws, wb
 
 
@@ -148,15 +150,22 @@ def threshold_metrics(y, score, threshold: float = 0.5, sample_weight=None) -> d
     if not np.any(w):  # sklearn refuses; every ratio is 0/0
         prec = sns_spc = f1 = np.full(2, math.nan)
     else:
-        prec, sns_spc, f1, _ = precision_recall_fscore_support(sig, sel, labels=[False, True], sample_weight=w,
-                                                               zero_division=np.nan)
+        prec, sns_spc, f1, _ = precision_recall_fscore_support(
+            sig, sel, labels=[False, True], sample_weight=w, zero_division=np.nan
+        )
     acc = float(accuracy_score(sig, sel, sample_weight=w)) if float(w.sum()) != 0 else math.nan
     spc, sns = float(sns_spc[0]), float(sns_spc[1])
-    return {**c, "accuracy": acc, "error_rate": 1.0 - acc, "precision": float(prec[1]),
-            "sensitivity": sns, "specificity": spc,
-            "roc_combined": math.sqrt(sns ** 2 + spc ** 2) / math.sqrt(2.0),
-            "f1": float(f1[1]) if c["tp"] != 0 else math.nan,
-            "geometric_mean": math.sqrt(sns * spc) if sns >= 0 and spc >= 0 else math.nan}
+    return {
+        **c,
+        "accuracy": acc,
+        "error_rate": 1.0 - acc,
+        "precision": float(prec[1]),
+        "sensitivity": sns,
+        "specificity": spc,
+        "roc_combined": math.sqrt(sns**2 + spc**2) / math.sqrt(2.0),
+        "f1": float(f1[1]) if c["tp"] != 0 else math.nan,
+        "geometric_mean": math.sqrt(sns * spc) if sns >= 0 and spc >= 0 else math.nan,
+    }
 
 
 # -- threshold-free ------------------------------------------------------------
@@ -202,8 +211,9 @@ def roc_curve(y, score, sample_weight=None):
     y, s, w = _arrays(y, score, sample_weight)
     _class_sums(y, w)
     if not _finite(s):  # sklearn would raise ValueError
-        raise DataError(f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; "
-                        "the ROC curve needs finite scores")
+        raise DataError(
+            f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; the ROC curve needs finite scores"
+        )
     return sk_roc_curve(y == 1, s, sample_weight=w, drop_intermediate=False)
 
 
@@ -315,8 +325,9 @@ def hinge_loss(y, score, sample_weight=None) -> float:
         return math.nan
     # sklearn reads the ±1 encoding off the classes present in y, so a y of one
     # class would all count as −1: a weight-0 event of each class pins it.
-    return float(sk_hinge_loss(np.r_[y == 1, False, True], np.r_[2 * s - 1, 0.0, 0.0],
-                               sample_weight=np.r_[w, 0.0, 0.0]))
+    return float(
+        sk_hinge_loss(np.r_[y == 1, False, True], np.r_[2 * s - 1, 0.0, 0.0], sample_weight=np.r_[w, 0.0, 0.0])
+    )
 
 
 def cross_entropy(y, score, sample_weight=None, eps: float = 1e-15) -> float:
@@ -340,7 +351,7 @@ def _ecdf(values, w, grid):
 
 
 def _n_eff(w) -> float:
-    return float(w.sum() ** 2 / np.sum(w ** 2)) if np.sum(w ** 2) > 0 else 0.0
+    return float(w.sum() ** 2 / np.sum(w**2)) if np.sum(w**2) > 0 else 0.0
 
 
 def ks_overtraining(score_train, score_test, w_train=None, w_test=None) -> dict:
@@ -430,8 +441,11 @@ def _sklearn_regression(y, p, w):
         return math.nan, math.nan, math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = float(r2_score(y, p, sample_weight=w, force_finite=False)) if len(y) > 1 else math.nan
-    return (float(mean_squared_error(y, p, sample_weight=w)), float(mean_absolute_error(y, p, sample_weight=w)),
-            r2 if math.isfinite(r2) else math.nan)
+    return (
+        float(mean_squared_error(y, p, sample_weight=w)),
+        float(mean_absolute_error(y, p, sample_weight=w)),
+        r2 if math.isfinite(r2) else math.nan,
+    )
 
 
 def regression_metrics(y, prediction, sample_weight=None) -> dict:
@@ -470,9 +484,15 @@ def regression_metrics(y, prediction, sample_weight=None) -> dict:
     r = p - y
     bias = float(np.average(r, weights=w))
     q16, q84 = weighted_quantile(r, [0.16, 0.84], w)
-    out = {"mse": mse_, "rmse": math.sqrt(mse_), "mae": mae, "r2": r2, "bias": bias,
-           "resolution": math.sqrt(max(np.average((r - bias) ** 2, weights=w), 0.0)),
-           "resolution_68": float(q84 - q16) / 2.0}
+    out = {
+        "mse": mse_,
+        "rmse": math.sqrt(mse_),
+        "mae": mae,
+        "r2": r2,
+        "bias": bias,
+        "resolution": math.sqrt(max(np.average((r - bias) ** 2, weights=w), 0.0)),
+        "resolution_68": float(q84 - q16) / 2.0,
+    }
     nz = y != 0
     if nz.any():
         rel = p[nz] / y[nz] - 1.0
@@ -514,8 +534,11 @@ def clustering_metrics(X, labels, y_true=None, max_events: int = 5000, seed: int
 
     labels = np.asarray(labels).ravel().astype(np.int64)
     clusters = np.unique(labels[labels >= 0])
-    out = {"n_clusters": int(len(clusters)), "noise_fraction": float(np.mean(labels < 0)) if len(labels) else math.nan,
-           "silhouette": math.nan}
+    out = {
+        "n_clusters": int(len(clusters)),
+        "noise_fraction": float(np.mean(labels < 0)) if len(labels) else math.nan,
+        "silhouette": math.nan,
+    }
     if X is not None and 2 <= len(np.unique(labels)) < len(labels):
         X = np.asarray(X, dtype=np.float64)
         idx = np.arange(len(labels))
@@ -526,8 +549,9 @@ def clustering_metrics(X, labels, y_true=None, max_events: int = 5000, seed: int
     if y_true is not None:
         y_true = np.asarray(y_true).ravel()
         out["adjusted_rand"] = float(adjusted_rand_score(y_true, labels))
-        out["purity"] = (float(contingency_matrix(y_true, labels).max(axis=0).sum()) / len(labels)
-                         if len(labels) else math.nan)
+        out["purity"] = (
+            float(contingency_matrix(y_true, labels).max(axis=0).sum()) / len(labels) if len(labels) else math.nan
+        )
     return out
 
 
@@ -628,7 +652,10 @@ def multiclass_metrics(y, proba, sample_weight=None, eps: float = 1e-15) -> dict
     # log_loss of the true class's probability alone: over all K columns it would
     # warn whenever a row misses 1 by > 1.5e-8, as float32 model outputs do.
     p_true = np.clip(P[np.arange(len(y)), y], eps, 1.0)
-    out["cross_entropy"] = (float(log_loss(np.ones(len(y), bool), p_true, labels=[False, True], sample_weight=w))
-                            if total and _finite(p_true) else math.nan)
+    out["cross_entropy"] = (
+        float(log_loss(np.ones(len(y), bool), p_true, labels=[False, True], sample_weight=w))
+        if total and _finite(p_true)
+        else math.nan
+    )
     out["confusion"] = conf.tolist()
     return out

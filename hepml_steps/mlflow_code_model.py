@@ -6,6 +6,7 @@ folder (the hepml it was logged with) first on ``sys.path``. Python holds one
 ``hepml_steps``: one already imported, or installed in editable mode, is used
 instead of the model's copy. Not imported by hepml itself.
 """
+
 import mlflow
 
 try:
@@ -15,6 +16,7 @@ except ImportError as exc:  # an older hepml took precedence over the model's ow
 
     raise ImportError(
         f"this model needs hepml_steps.mlflow_model, which the hepml at {hepml_steps.__file__} lacks: "
-        "load it where that hepml is not importable (the model carries its own copy) or update it") from exc
+        "load it where that hepml is not importable (the model carries its own copy) or update it"
+    ) from exc
 
 mlflow.models.set_model(HepmlModel())

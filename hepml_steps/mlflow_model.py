@@ -27,6 +27,7 @@ Output: a DataFrame with one ``score`` column (what the family's
 cluster, first principal component) or, for a multiclass model, ``prob_<i>``
 per class ``i`` (class ``i`` is ``classes[i]`` of the model's metadata).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -139,7 +140,6 @@ def input_columns(directory, meta: dict) -> list[str]:
     """The columns ``predict`` takes: the bundle's raw columns, else the prepared features."""
     if has_bundle(directory):
         from . import bundle
-
         from .io import read_json
 
         return bundle.raw_columns(read_json(Path(directory) / bundle.FILE)["transform"])
@@ -174,8 +174,10 @@ def signature(meta: dict, columns: list[str] | None = None, example: pd.DataFram
         return "double" if numeric else "string"
 
     cols = list(meta["features"]) if columns is None else columns
-    return ModelSignature(inputs=Schema([ColSpec(kind(c), c) for c in cols]),
-                          outputs=Schema([ColSpec("double", c) for c in output_columns(meta)]))
+    return ModelSignature(
+        inputs=Schema([ColSpec(kind(c), c) for c in cols]),
+        outputs=Schema([ColSpec("double", c) for c in output_columns(meta)]),
+    )
 
 
 def input_example(path: str, features: list[str], n: int = 5) -> pd.DataFrame | None:
@@ -259,9 +261,17 @@ def using_tracking_uri(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
-def log(model_dir: str, run_id: str, experiment_id: str, tracking_uri: str, meta: dict,
-        example: pd.DataFrame | None, params: dict[str, str] | None = None,
-        tags: dict[str, str] | None = None, name: str = "model") -> str:
+def log(
+    model_dir: str,
+    run_id: str,
+    experiment_id: str,
+    tracking_uri: str,
+    meta: dict,
+    example: pd.DataFrame | None,
+    params: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    name: str = "model",
+) -> str:
     """Log ``model_dir`` as the MLflow model ``name`` of run ``run_id``; return its model id.
 
     ``model_dir`` should hold only the model's files (no bookkeeping files:
@@ -274,16 +284,23 @@ def log(model_dir: str, run_id: str, experiment_id: str, tracking_uri: str, meta
     client = MlflowClient(tracking_uri=tracking_uri)
     # created here, in the run's experiment: Model.log alone would file it under the
     # active (default) experiment, where runs:/<run_id>/model does not find it
-    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, params=params,
-                                        tags=tags)
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, params=params, tags=tags)
     with using_tracking_uri(tracking_uri), warnings.catch_warnings():
         # pandas 3 on MLflow's own input-example check (``df.columns == range(...)``)
         warnings.filterwarnings("ignore", message="Operation with range is deprecated")
-        Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=logged.model_id,
-                  python_model=str(CODE_MODEL), artifacts={MODEL_ARTIFACT: str(model_dir)},
-                  code_paths=[str(Path(__file__).parent)],
-                  signature=signature(meta, input_columns(model_dir, meta), example),
-                  input_example=example, pip_requirements=pip_requirements(meta["family"]))
+        Model.log(
+            None,
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(CODE_MODEL),
+            artifacts={MODEL_ARTIFACT: str(model_dir)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature(meta, input_columns(model_dir, meta), example),
+            input_example=example,
+            pip_requirements=pip_requirements(meta["family"]),
+        )
     if client.get_logged_model(logged.model_id).status != LoggedModelStatus.READY:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return logged.model_id

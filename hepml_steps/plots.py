@@ -25,6 +25,7 @@ a PDF beside every PNG.
 
 mplhep's ROOT style is used when mplhep is installed (optional).
 """
+
 from __future__ import annotations
 
 import logging
@@ -148,8 +149,10 @@ def score_distributions(pred, path, title: str, ks: dict | None = None) -> str:
     axes[1].set_yscale("log")
     text = title
     if ks:
-        text += (f"\nKS p-value train vs test: signal {ks.get('ks_pvalue_signal', float('nan')):.3g}, "
-                 f"background {ks.get('ks_pvalue_background', float('nan')):.3g}")
+        text += (
+            f"\nKS p-value train vs test: signal {ks.get('ks_pvalue_signal', float('nan')):.3g}, "
+            f"background {ks.get('ks_pvalue_background', float('nan')):.3g}"
+        )
     fig.suptitle(text, fontsize=10)
     axes[0].legend(fontsize=9)
     return _save(fig, path)
@@ -181,8 +184,9 @@ def rank_inputs(df, columns, max_features: int = 40, importance: dict | None = N
         for c in columns:
             x = df[c].to_numpy(dtype=np.float64)
             bins = np.linspace(*_range(x), n_bins + 1)
-            score[c] = separation(weighted_hist(x[sig], bins, w[sig], flow=True)[0],
-                                  weighted_hist(x[~sig], bins, w[~sig], flow=True)[0])
+            score[c] = separation(
+                weighted_hist(x[sig], bins, w[sig], flow=True)[0], weighted_hist(x[~sig], bins, w[~sig], flow=True)[0]
+            )
     else:
         how = "variance"
         score = {c: float(np.nanvar(df[c].to_numpy(dtype=np.float64))) for c in columns}
@@ -190,8 +194,9 @@ def rank_inputs(df, columns, max_features: int = 40, importance: dict | None = N
     return best[:max_features], how, score
 
 
-def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: int = 20,
-                        importance: dict | None = None, n_bins: int = 40) -> list[str]:
+def input_distributions(
+    df, columns, out_dir, max_features: int = 40, per_page: int = 20, importance: dict | None = None, n_bins: int = 40
+) -> list[str]:
     """TMVAGui's first figure: each input variable's weighted distribution,
     signal vs background (of all events when unlabelled), normalised, with
     under- and overflow (outside the central 99 %) folded into the first and
@@ -203,10 +208,13 @@ def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: 
     chosen, how, score = rank_inputs(df, columns, max_features, importance, n_bins)
     labelled = LABEL in df.columns and df[LABEL].nunique() == 2
     w = df[WEIGHT].to_numpy(dtype=np.float64)
-    groups = ([(df[LABEL] == 1).to_numpy(), "signal", "tab:blue"], [(df[LABEL] == 0).to_numpy(), "background", "tab:red"]) \
-        if labelled else ([np.ones(len(df), bool), "all events", "tab:gray"],)
+    groups = (
+        ([(df[LABEL] == 1).to_numpy(), "signal", "tab:blue"], [(df[LABEL] == 0).to_numpy(), "background", "tab:red"])
+        if labelled
+        else ([np.ones(len(df), bool), "all events", "tab:gray"],)
+    )
     made = []
-    pages = [chosen[i:i + per_page] for i in range(0, len(chosen), per_page)]
+    pages = [chosen[i : i + per_page] for i in range(0, len(chosen), per_page)]
     for page, names in enumerate(pages, 1):
         ncol = min(5, len(names))
         nrow = -(-len(names) // ncol)
@@ -219,8 +227,14 @@ def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: 
                 sumw, err, under, over = weighted_hist(x[mask], bins, w[mask], flow=True)
                 total = sumw.sum()
                 h, e = _normalised(sumw, err)
-                ax.stairs(h, bins, color=colour, fill=name == "background", alpha=0.35 if name == "background" else 1,
-                          label=name)
+                ax.stairs(
+                    h,
+                    bins,
+                    color=colour,
+                    fill=name == "background",
+                    alpha=0.35 if name == "background" else 1,
+                    label=name,
+                )
                 if total > 0 and (under or over):
                     notes.append(f"{name[:3]}: underflow {under / total:.1%}, overflow {over / total:.1%}")
             ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom for the notes and legend
@@ -232,12 +246,15 @@ def input_distributions(df, columns, out_dir, max_features: int = 40, per_page: 
             ax.tick_params(labelsize=7)
             if how != "variance" or labelled:
                 ax.set_title(f"{how} {score[c]:.3g}", fontsize=7)
-        for ax in list(axes.flat)[len(names):]:
+        for ax in list(axes.flat)[len(names) :]:
             ax.set_visible(False)
         axes.flat[0].legend(fontsize=7, loc="upper right")
         more = f", the {len(chosen)} of {len(columns)} with the largest {how}" if len(columns) > len(chosen) else ""
-        fig.suptitle(f"input variables (train, normalised, under/overflow folded into the end bins){more}; page {page}"
-                     f"/{len(pages)}", fontsize=10)
+        fig.suptitle(
+            f"input variables (train, normalised, under/overflow folded into the end bins){more}; page {page}"
+            f"/{len(pages)}",
+            fontsize=10,
+        )
         fig.tight_layout(rect=(0, 0, 1, 0.97 if nrow > 1 else 0.92))
         made.append(_save(fig, out / f"input_variables_{page}.png"))
     return made
@@ -251,7 +268,7 @@ def pca_summary(X, max_events: int = 20000):
     X = np.where(np.isnan(X), np.nanmean(X[:max_events], axis=0), X)
     mu = X[:max_events].mean(axis=0)
     _, sv, vt = np.linalg.svd(X[:max_events] - mu, full_matrices=False)
-    var = sv ** 2
+    var = sv**2
     evr = var / var.sum() if var.sum() > 0 else var
     pcs = (X - mu) @ vt[:2].T
     if pcs.shape[1] < 2:
@@ -313,9 +330,18 @@ def _confusion(cm, names, path, title: str) -> str:
     small = 9 if k <= 4 else 7
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{frac[i, j]:.3f}\n(Σw={cm[i, j]:.4g})", ha="center", va="center",
-                    color="white" if frac[i, j] > 0.6 else "black", fontsize=small)
-    ax.set_xticks(range(k), [f"predicted {n}" for n in names], rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
+            ax.text(
+                j,
+                i,
+                f"{frac[i, j]:.3f}\n(Σw={cm[i, j]:.4g})",
+                ha="center",
+                va="center",
+                color="white" if frac[i, j] > 0.6 else "black",
+                fontsize=small,
+            )
+    ax.set_xticks(
+        range(k), [f"predicted {n}" for n in names], rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center"
+    )
     ax.set_yticks(range(k), [f"true {n}" for n in names])
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
@@ -384,7 +410,9 @@ def residuals(pred, path, title: str, target: str | None = None) -> str:
     a1.hist2d(t, r, bins=60, cmap="viridis", weights=w, range=[[tlo, thi], [lo, hi]])
     a1.axhline(0, color="white", lw=1)
     a1.set_xlabel(name)
-    a1.set_ylabel(quantity(target).replace(target or "target", f"{target or 'target'} residual (prediction − truth)", 1))
+    a1.set_ylabel(
+        quantity(target).replace(target or "target", f"{target or 'target'} residual (prediction − truth)", 1)
+    )
     ok = t != 0
     rel = r[ok] / t[ok]
     rlo, rhi = np.nanpercentile(rel, [0.5, 99.5]) if len(rel) else (-1.0, 1.0)
@@ -405,8 +433,7 @@ def anomaly_scores(pred, path, title: str) -> str:
     bins = np.linspace(0, hi if hi > 0 else 1, 50)
     for cls, name in ((0, "background (trained on)"), (1, "signal (anomalies)")):
         s = test[test[LABEL] == cls]
-        ax.hist(s[SCORE], bins=bins, weights=_hist_weights(s[WEIGHT].to_numpy()), histtype="step", lw=1.5,
-                label=name)
+        ax.hist(s[SCORE], bins=bins, weights=_hist_weights(s[WEIGHT].to_numpy()), histtype="step", lw=1.5, label=name)
     ax.set_xlabel("anomaly score (reconstruction error)")
     ax.set_ylabel("fraction of events / bin")
     ax.set_yscale("log")
@@ -455,15 +482,21 @@ def feature_importance(importance: dict, path, title: str, target: str | None = 
     plt = _plt()
     names = sorted(perm, key=lambda k: perm[k]["mean"])
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
-    ax.barh(names, [perm[n]["mean"] for n in names], xerr=[perm[n]["std"] for n in names], color="tab:blue",
-            alpha=0.8, label="permutation (test AUC drop)" if importance.get("metric") == "roc_auc"
-            else f"permutation ({importance.get('metric')} change)")
+    ax.barh(
+        names,
+        [perm[n]["mean"] for n in names],
+        xerr=[perm[n]["std"] for n in names],
+        color="tab:blue",
+        alpha=0.8,
+        label="permutation (test AUC drop)"
+        if importance.get("metric") == "roc_auc"
+        else f"permutation ({importance.get('metric')} change)",
+    )
     native = importance.get("native") or {}
     if native:
         total = sum(native.values()) or 1.0
         scale = max(perm[n]["mean"] for n in names) or 1.0
-        ax.plot([native.get(n, 0) / total * scale for n in names], names, "k|", ms=12,
-                label="native (scaled)")
+        ax.plot([native.get(n, 0) / total * scale for n in names], names, "k|", ms=12, label="native (scaled)")
     metric = importance.get("metric")
     if target and metric in ("mse", "mean_squared_error"):
         unit = UNITS.get(target)
@@ -475,8 +508,7 @@ def feature_importance(importance: dict, path, title: str, target: str | None = 
     return _save(fig, path)
 
 
-def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split",
-               path_inverse=None) -> list[str]:
+def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split", path_inverse=None) -> list[str]:
     """All classification/anomaly models overlaid, plus the Bayes-optimal curve
     when known; with ``path_inverse`` also the rejection 1/ε_B against ε_S on a
     log axis (TMVA's view of the tight working points)."""
@@ -523,8 +555,11 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
     return made
 
 
-_Z_LABELS = {"asimov": "Asimov significance $Z_A$", "s_over_sqrt_b": r"$S/\sqrt{B}$",
-             "s_over_sqrt_s_plus_b": r"$S/\sqrt{S+B}$"}
+_Z_LABELS = {
+    "asimov": "Asimov significance $Z_A$",
+    "s_over_sqrt_b": r"$S/\sqrt{B}$",
+    "s_over_sqrt_s_plus_b": r"$S/\sqrt{S+B}$",
+}
 
 
 def _scan(test, settings: dict, n_cuts: int = 500) -> dict:
@@ -537,8 +572,9 @@ def _scan(test, settings: dict, n_cuts: int = 500) -> dict:
     score = test[SCORE].to_numpy(dtype=np.float64)
     cuts = np.unique(np.quantile(score, np.linspace(0, 1, n_cuts + 1)))[::-1]
     w = test[WEIGHT].to_numpy(dtype=np.float64) * float(settings.get("weight_scale", 1.0))
-    scan = significance_scan(test[LABEL].to_numpy(), score, w, cuts=cuts,
-                             rel_bkg_uncertainty=float(settings.get("rel_bkg_uncertainty", 0.0)))
+    scan = significance_scan(
+        test[LABEL].to_numpy(), score, w, cuts=cuts, rel_bkg_uncertainty=float(settings.get("rel_bkg_uncertainty", 0.0))
+    )
     fig = settings.get("figure", "asimov")
     scan["z"] = np.where((scan["b"] >= 1.0) & (scan["n_b"] >= 10), scan[fig], np.nan)
     return scan
@@ -565,16 +601,26 @@ def significance_scan(pred, metrics: dict, path, title: str) -> str | None:
     az.plot(scan["cut"], scan["z"], color="black", label=_Z_LABELS.get(figure, figure))
     az.set_ylabel(_Z_LABELS.get(figure, figure) + " [σ]")
     if m.get("optimal_cut") is not None and m.get("z_max") is not None:
-        az.plot([m["optimal_cut"]], [m["z_max"]], "*", color="gold", ms=16, mec="black", zorder=5,
-                label=f"optimum: cut {m['optimal_cut']:.3g}, Z = {m['z_max']:.3g}, "
-                      f"S = {m['s_at_cut']:.3g}, B = {m['b_at_cut']:.3g}")
+        az.plot(
+            [m["optimal_cut"]],
+            [m["z_max"]],
+            "*",
+            color="gold",
+            ms=16,
+            mec="black",
+            zorder=5,
+            label=f"optimum: cut {m['optimal_cut']:.3g}, Z = {m['z_max']:.3g}, "
+            f"S = {m['s_at_cut']:.3g}, B = {m['b_at_cut']:.3g}",
+        )
         ax.axvline(m["optimal_cut"], color="grey", ls=":")
     lines = ax.get_legend_handles_labels()
     more = az.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center left")
     unc = settings.get("rel_bkg_uncertainty", 0.0)
-    ax.set_title(f"{title}, test (yields ×{settings.get('weight_scale', 1.0):.3g})"
-                 + (f", σ_B/B = {unc:g}" if unc else ""), fontsize=10)
+    ax.set_title(
+        f"{title}, test (yields ×{settings.get('weight_scale', 1.0):.3g})" + (f", σ_B/B = {unc:g}" if unc else ""),
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -686,8 +732,7 @@ def _auc_vs_energy(scored: list[tuple], path) -> str:
         ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
         _label_points(ax, pts)
         front = pareto_front(list(zip(xs, ys)))
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
-                label="Pareto front", zorder=2)
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red", label="Pareto front", zorder=2)
         ax.set_xscale("log")
         _no_minor_labels(ax.xaxis)
         ax.set_xlabel(f"{step} energy per event [J/event]")
@@ -704,8 +749,11 @@ def _energy_vs_throughput(pts: list[tuple], path) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 5.2))
     for step, idx, marker in (("training", 1, "o"), ("inference", 2, "s")):
-        xy = [(p[idx]["events_per_s"], p[idx]["j_per_event"], p[0]) for p in pts
-              if p[idx].get("events_per_s") and p[idx].get("j_per_event")]
+        xy = [
+            (p[idx]["events_per_s"], p[idx]["j_per_event"], p[0])
+            for p in pts
+            if p[idx].get("events_per_s") and p[idx].get("j_per_event")
+        ]
         if not xy:
             continue
         ax.scatter([a for a, _, _ in xy], [b for _, b, _ in xy], marker=marker, s=40, label=step)
@@ -745,9 +793,16 @@ def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
 
 
 # -- steps ---------------------------------------------------------------------
-def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir: str,
-               trials: str | None = None, importance: str | None = None,
-               features_test: str | None = None) -> list[str]:
+def plot_model(
+    model: str,
+    predictions: str,
+    metrics: str,
+    record: str,
+    out_dir: str,
+    trials: str | None = None,
+    importance: str | None = None,
+    features_test: str | None = None,
+) -> list[str]:
     """All per-model figures that apply to the model's task, into ``out_dir``.
 
     The task draws its own figures (:meth:`hepml_steps.tasks.Task.model_plots`);
@@ -773,13 +828,26 @@ def plot_model(model: str, predictions: str, metrics: str, record: str, out_dir:
         objective = (rec.get("tuning") or {}).get("objective", "objective")
         made.append(validation_curve(pd.read_csv(trials), out / "validation_curve.png", title, objective))
     if importance:
-        made.append(feature_importance(read_json(importance), out / "feature_importance.png", title,
-                                       rec.get("target") if rec.get("task") == "regression" else None))
+        made.append(
+            feature_importance(
+                read_json(importance),
+                out / "feature_importance.png",
+                title,
+                rec.get("target") if rec.get("task") == "regression" else None,
+            )
+        )
     return [p for p in made if p]
 
 
-def plot_summary(predictions: list[str], models: list[str], tasks: list[str], train_features: str,
-                 out_dir: str, metrics: list[str] | None = None, max_input_features: int = 40) -> list[str]:
+def plot_summary(
+    predictions: list[str],
+    models: list[str],
+    tasks: list[str],
+    train_features: str,
+    out_dir: str,
+    metrics: list[str] | None = None,
+    max_input_features: int = 40,
+) -> list[str]:
     """ROC curves of all models whose score separates signal from background
     (classifiers, anomaly detectors), input correlations per class (of all
     events when the inputs are unlabelled), and (given the metrics files) the
@@ -792,8 +860,12 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
     made = []
     preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
     if preds:
-        made += roc_curves(preds, out / "roc_rejection_vs_efficiency.png", out / "roc_tpr_vs_fpr.png",
-                           path_inverse=out / "roc_inverse_bkg_eff_log.png")
+        made += roc_curves(
+            preds,
+            out / "roc_rejection_vs_efficiency.png",
+            out / "roc_tpr_vs_fpr.png",
+            path_inverse=out / "roc_inverse_bkg_eff_log.png",
+        )
         if metrics:
             from .io import read_json
 
@@ -807,14 +879,21 @@ def plot_summary(predictions: list[str], models: list[str], tasks: list[str], tr
         classes = [(df[df[LABEL] == cls], name, name) for cls, name in ((1, "signal"), (0, "background"))]
     for part, name, text in classes:
         if len(part) > 1:
-            made.append(correlation_matrix(part, cols, out / f"correlation_{name}.png",
-                                           f"input correlations, {text} (train)"))
+            made.append(
+                correlation_matrix(part, cols, out / f"correlation_{name}.png", f"input correlations, {text} (train)")
+            )
     if cols and len(df):
         made += input_distributions(df, cols, out, max_features=max_input_features)
     if len(cols) > 1 and len(df) > 1:
-        made.append(pca_figure(df[cols].to_numpy(), df[LABEL].to_numpy() if hepml_tasks.labelled(df) else None,
-                               out / "pca_inputs.png", "principal components of the inputs (train)",
-                               weights=np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None)))
+        made.append(
+            pca_figure(
+                df[cols].to_numpy(),
+                df[LABEL].to_numpy() if hepml_tasks.labelled(df) else None,
+                out / "pca_inputs.png",
+                "principal components of the inputs (train)",
+                weights=np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None),
+            )
+        )
     if metrics:
         from .io import read_json
 
@@ -850,11 +929,9 @@ def main(argv=None) -> int:
         global FORMATS, UNITS
         FORMATS, UNITS = tuple(a.formats), dict(json.loads(a.units) or {})
         if a.what == "model":
-            plot_model(a.model, a.predictions, a.metrics, a.record, a.out_dir, a.trials, a.importance,
-                       a.features_test)
+            plot_model(a.model, a.predictions, a.metrics, a.record, a.out_dir, a.trials, a.importance, a.features_test)
         else:
-            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir, a.metrics,
-                         a.max_input_features)
+            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir, a.metrics, a.max_input_features)
 
     return cli.run(build, call, argv, __doc__)
 

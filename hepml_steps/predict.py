@@ -12,6 +12,7 @@ a class the model never saw); the index → value map is the model's
 split's inference is metered (time, CPU time, energy, events/s, J/event) and
 written to the step's record (``--record``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,7 @@ def _scores(model, X, batch_size: int, task, classes) -> np.ndarray:
     """``model.predict_score`` of ``X`` (n_events × n_features), in batches of ``batch_size`` events."""
     if not len(X):
         return task.empty_scores(classes)
-    return np.concatenate([model.predict_score(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
+    return np.concatenate([model.predict_score(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
 
 
 def _table(data, split: str, score, task):
@@ -39,8 +40,9 @@ def _table(data, split: str, score, task):
     import pandas as pd
 
     labels = {} if data.labels is None else {LABEL: data.labels}  # unlabelled inputs: no label column
-    part = pd.DataFrame({EVENT_ID: data.event_ids, SPLIT: split, **labels, WEIGHT: data.weights,
-                         **task.prediction_columns(score)})
+    part = pd.DataFrame(
+        {EVENT_ID: data.event_ids, SPLIT: split, **labels, WEIGHT: data.weights, **task.prediction_columns(score)}
+    )
     if data.truth_llr is not None:
         part[TRUTH_LLR] = data.truth_llr
     if task.needs_target:
@@ -48,8 +50,15 @@ def _table(data, split: str, score, task):
     return part
 
 
-def predict(model_dir: str, inputs: dict[str, str], out: str, batch_size: int = 100_000, threads: int = 1,
-            record_out: str | None = None, energy: dict | None = None) -> dict:
+def predict(
+    model_dir: str,
+    inputs: dict[str, str],
+    out: str,
+    batch_size: int = 100_000,
+    threads: int = 1,
+    record_out: str | None = None,
+    energy: dict | None = None,
+) -> dict:
     """Score the three splits; return (and write to ``record_out``) the step's record.
 
     Parameters
@@ -99,13 +108,21 @@ def predict(model_dir: str, inputs: dict[str, str], out: str, batch_size: int = 
             inference = {**meter.record, "batch_size": batch_size, "split": "test"}
         parts.append(_table(data, s, score, task))
     write_parquet(out, pd.concat(parts, ignore_index=True))
-    record = {"model": meta["model"], "family": meta["family"], "batch_size": batch_size, "threads": threads,
-              "device": model.info.get("device", "cpu"), "device_note": model.info.get("device_note"),
-              "timing": timing, "energy": {"inference": inference}}
+    record = {
+        "model": meta["model"],
+        "family": meta["family"],
+        "batch_size": batch_size,
+        "threads": threads,
+        "device": model.info.get("device", "cpu"),
+        "device_note": model.info.get("device_note"),
+        "timing": timing,
+        "energy": {"inference": inference},
+    }
     if record_out:
         write_json(record_out, record)
-    log.info("%s: test inference %.0f events/s (%s)", meta["model"], inference["events_per_s"] or 0,
-             inference["method"])
+    log.info(
+        "%s: test inference %.0f events/s (%s)", meta["model"], inference["events_per_s"] or 0, inference["method"]
+    )
     return record
 
 
@@ -120,9 +137,14 @@ def main(argv=None) -> int:
         p.add_argument("--record", help="step record JSON (timing and inference energy)")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
-    return cli.run(build, lambda a: predict(
-        a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy),
-        argv, __doc__)
+    return cli.run(
+        build,
+        lambda a: predict(
+            a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy
+        ),
+        argv,
+        __doc__,
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ are read, so memory follows the chunk, not the file.
 :func:`expand_files` turns an input's ``path`` — a file, a glob, a list of
 them, or a directory with a ``pattern`` — into its sorted files.
 """
+
 from __future__ import annotations
 
 import contextlib
 import glob
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -41,6 +42,7 @@ _GLOB = frozenset("*?[")
 
 
 # --------------------------------------------------------------------------- files
+
 
 def expand_files(path, pattern: str | None = None) -> tuple[list[str], list[str]]:
     """The files of an input, sorted, and the patterns that matched nothing.
@@ -86,8 +88,9 @@ def file_format(path: Path, fmt: str | None) -> str:
         return fmt
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {sorted(SUFFIXES)} "
-                        "(or set the input's 'format')")
+        raise DataError(
+            f"{path}: unknown file type '{path.suffix}'; use one of {sorted(SUFFIXES)} (or set the input's 'format')"
+        )
     return fmt
 
 
@@ -99,6 +102,7 @@ def listing(names, limit: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------- types
+
 
 def classify(name: str, typ) -> Branch:
     """A :class:`~hepml_steps.jagged.Branch` from the awkward type of the values
@@ -123,8 +127,8 @@ def _unwrap(typ):
     import awkward as ak
 
     while isinstance(typ, ak.types.OptionType) or (
-            isinstance(typ, ak.types.Type) and typ.parameter("__array__") == "categorical"
-            and hasattr(typ, "content")):
+        isinstance(typ, ak.types.Type) and typ.parameter("__array__") == "categorical" and hasattr(typ, "content")
+    ):
         typ = typ.content
     return typ
 
@@ -168,6 +172,7 @@ def _flat_arrow(col):
 
 # --------------------------------------------------------------------------- sources
 
+
 class Source:
     """One open file of an input: its branches and its chunks.
 
@@ -202,8 +207,13 @@ class Source:
 class _RootSource(Source):
     def __init__(self, path: Path, file, tree: str | None):
         self.path, self.format = path, "root"
-        trees = sorted({k.rsplit(";", 1)[0] for k, cls in file.classnames().items()
-                        if cls in TREE_CLASSES or cls.startswith("TTree")})
+        trees = sorted(
+            {
+                k.rsplit(";", 1)[0]
+                for k, cls in file.classnames().items()
+                if cls in TREE_CLASSES or cls.startswith("TTree")
+            }
+        )
         if tree is None:
             if len(trees) != 1:
                 raise DataError(f"{path}: holds {len(trees)} trees ({listing(trees)}); name one with 'tree'")
@@ -235,10 +245,14 @@ class _RootSource(Source):
             yield from _ranges(self.num_entries, step)
             return
         with culprit(self.desc, context="cannot read"):
-            for arrays, report in self._t.iterate(filter_name=lambda n: n in wanted, step_size=step,
-                                                  library="ak", report=True):
-                yield (int(report.tree_entry_start), len(arrays),
-                       {n: _normalize(self.branches[n], arrays[n]) for n in names})
+            for arrays, report in self._t.iterate(
+                filter_name=lambda n: n in wanted, step_size=step, library="ak", report=True
+            ):
+                yield (
+                    int(report.tree_entry_start),
+                    len(arrays),
+                    {n: _normalize(self.branches[n], arrays[n]) for n in names},
+                )
 
 
 class _ParquetSource(Source):
@@ -297,10 +311,15 @@ class _CsvSource(Source):
                 for c in names:
                     b = _csv_branch(c, df[c])
                     planned = self.branches[c]
-                    if planned.kind != STRING and b.kind != planned.kind and not (
-                            {b.kind, planned.kind} <= {NUMBER, BOOLEAN}):
-                        raise DataError(f"{self.desc}: column '{c}' holds {planned.type} in its first rows but "
-                                        f"{b.type} in rows {start}-{start + len(df) - 1}")
+                    if (
+                        planned.kind != STRING
+                        and b.kind != planned.kind
+                        and not ({b.kind, planned.kind} <= {NUMBER, BOOLEAN})
+                    ):
+                        raise DataError(
+                            f"{self.desc}: column '{c}' holds {planned.type} in its first rows but "
+                            f"{b.type} in rows {start}-{start + len(df) - 1}"
+                        )
                     arrays[c] = _csv_values(df[c])
                 yield start, len(df), arrays
                 start += len(df)

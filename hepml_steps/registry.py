@@ -14,6 +14,7 @@ The entry-point name is the family name used in ``config.yaml``. A plugin
 that fails to import only breaks models that use it; the error names the
 plugin and the import error.
 """
+
 from __future__ import annotations
 
 from importlib import import_module
@@ -47,11 +48,17 @@ _CLASSIFIERS = ("classification", "multiclass")
 #: asking a family for a task it lacks fails when Snakemake parses it rather
 #: than when the job starts (tests check this against each class's ``tasks``).
 BUILTIN_TASKS: dict[str, tuple[str, ...]] = {
-    **{name: (*_CLASSIFIERS, "regression")
-       for name in ("xgboost", "decision_tree", "random_forest", "adaboost", "hist_gbm", "svm", "knn", "mlp")},
-    "logistic_regression": _CLASSIFIERS, "naive_bayes": _CLASSIFIERS,
-    "linear_regression": ("regression",), "kmeans": ("clustering",), "dbscan": ("clustering",),
-    "pca": ("dimreduction",), "autoencoder": ("anomaly",),
+    **{
+        name: (*_CLASSIFIERS, "regression")
+        for name in ("xgboost", "decision_tree", "random_forest", "adaboost", "hist_gbm", "svm", "knn", "mlp")
+    },
+    "logistic_regression": _CLASSIFIERS,
+    "naive_bayes": _CLASSIFIERS,
+    "linear_regression": ("regression",),
+    "kmeans": ("clustering",),
+    "dbscan": ("clustering",),
+    "pca": ("dimreduction",),
+    "autoencoder": ("anomaly",),
 }
 
 
@@ -105,15 +112,15 @@ def get(name: str):
         return cls
     eps = _plugin_entry_points()
     if name not in eps:
-        raise FamilyError(
-            f"unknown model family '{name}'; known families: {', '.join(sorted(available()))}")
+        raise FamilyError(f"unknown model family '{name}'; known families: {', '.join(sorted(available()))}")
     ep = eps[name]
     try:
         cls = ep.load()
     except Exception as exc:  # a broken third-party plugin must name itself
         raise FamilyError(
             f"plugin family '{name}' (entry point {ep.value!r} in group '{ENTRY_POINT_GROUP}') "
-            f"failed to import: {type(exc).__name__}: {exc}") from exc
+            f"failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     from .families.base import Family
 
     if not (isinstance(cls, type) and issubclass(cls, Family)):

@@ -9,6 +9,7 @@ against signal efficiency, test AUC against energy per event with the Pareto
 front — embedded as ``data:`` URIs so the page stays self-contained.
 A figure that was not drawn (e.g. no classifier) is left out.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,8 +53,10 @@ def leaderboard_tables(rows: list[dict]) -> list[str]:
         if not rs:
             continue
         cols = [c for c in task.leaderboard_columns if any(_cell(r.get(c[0]), "") != "–" for r in rs)]
-        body = [[str(i), str(r["model"]), str(r.get("family"))] + [_cell(r.get(c), f) for c, _, f in cols]
-                for i, r in enumerate(_ranked(rs, task), 1)]
+        body = [
+            [str(i), str(r["model"]), str(r.get("family"))] + [_cell(r.get(c), f) for c, _, f in cols]
+            for i, r in enumerate(_ranked(rs, task), 1)
+        ]
         lines += _table(task.title, ["rank", "model", "family"] + [h.replace("|", "/") for _, h, _ in cols], body)
     return lines
 
@@ -67,7 +70,7 @@ def figures(summary_dir: str | None) -> list[str]:
             # docutils refuses lines over 10,000 characters; a URI's lines are joined without spaces
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             uri = "data:image/png;base64," + data
-            lines += [f".. figure:: {uri[:76]}"] + [f"   {uri[i:i + 76]}" for i in range(76, len(uri), 76)]
+            lines += [f".. figure:: {uri[:76]}"] + [f"   {uri[i : i + 76]}" for i in range(76, len(uri), 76)]
             lines += ["   :width: 32%", f"   :alt: {name}", "", f"   {caption}", ""]  # alt: not the URI again
     return lines
 
@@ -77,12 +80,19 @@ def front_page(leaderboard_csv: str, summary_dir: str | None, out: str) -> str:
     import pandas as pd
 
     df = pd.read_csv(leaderboard_csv)
-    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in df.to_dict("records")]
-    lines = ["Results", "-------", "",
-             "Every model on the test split (weighted; full table in ``leaderboard.csv``). "
-             "Z_max: the expected significance at the optimal cut, S and B the full sample's expected "
-             "yields there.", ""]
+    rows = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in df.to_dict("records")
+    ]
+    lines = [
+        "Results",
+        "-------",
+        "",
+        "Every model on the test split (weighted; full table in ``leaderboard.csv``). "
+        "Z_max: the expected significance at the optimal cut, S and B the full sample's expected "
+        "yields there.",
+        "",
+    ]
     lines += leaderboard_tables(rows) + figures(summary_dir)
     text = "\n".join(lines) + "\n"
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ g(x) = ln(1 + x) − x summed as a series for small x, which avoids the
 cancellation of the two O(S) terms when S ≪ B (the textbook form loses
 about log10(B/S) digits).
 """
+
 from __future__ import annotations
 
 import math
@@ -72,7 +73,7 @@ from .metrics import _arrays
 FIGURES = ("s_over_sqrt_b", "s_over_sqrt_s_plus_b", "asimov")
 
 _SERIES_BELOW = 0.05  # |x| under which g(x) is summed as a series
-_SERIES_TERMS = 16    # error < 0.05**17/17 relative to x**2/2: below 1e-20
+_SERIES_TERMS = 16  # error < 0.05**17/17 relative to x**2/2: below 1e-20
 
 
 def _log1p_minus_x(x):
@@ -97,8 +98,7 @@ def _as_float(out):
 
 def _sigma2(b, rel_bkg_uncertainty):
     if not (rel_bkg_uncertainty >= 0 and math.isfinite(rel_bkg_uncertainty)):
-        raise DataError(f"significance: rel_bkg_uncertainty must be a finite number >= 0, "
-                        f"got {rel_bkg_uncertainty!r}")
+        raise DataError(f"significance: rel_bkg_uncertainty must be a finite number >= 0, got {rel_bkg_uncertainty!r}")
     return (rel_bkg_uncertainty * b) ** 2
 
 
@@ -183,8 +183,11 @@ def asimov_significance(s, b, rel_bkg_uncertainty: float = 0.0):
     return _as_float(np.where(ok, z, np.where(b > 0, 0.0, np.nan)))
 
 
-_FIGURE_FUNCTIONS = {"s_over_sqrt_b": s_over_sqrt_b, "s_over_sqrt_s_plus_b": s_over_sqrt_s_plus_b,
-                     "asimov": asimov_significance}
+_FIGURE_FUNCTIONS = {
+    "s_over_sqrt_b": s_over_sqrt_b,
+    "s_over_sqrt_s_plus_b": s_over_sqrt_s_plus_b,
+    "asimov": asimov_significance,
+}
 
 
 def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertainty: float = 0.0) -> dict:
@@ -257,8 +260,15 @@ def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertain
     return out
 
 
-def optimal_cut(y, score, sample_weight=None, figure: str = "asimov", rel_bkg_uncertainty: float = 0.0,
-                min_background: float = 1.0, min_background_events: int = 10) -> dict:
+def optimal_cut(
+    y,
+    score,
+    sample_weight=None,
+    figure: str = "asimov",
+    rel_bkg_uncertainty: float = 0.0,
+    min_background: float = 1.0,
+    min_background_events: int = 10,
+) -> dict:
     """The score cut maximising a figure of merit, among cuts with enough background.
 
     Parameters
@@ -297,8 +307,10 @@ def optimal_cut(y, score, sample_weight=None, figure: str = "asimov", rel_bkg_un
     if figure not in FIGURES:
         raise DataError(f"significance: unknown figure {figure!r}; known: {', '.join(FIGURES)}")
     if not (min_background >= 0 and min_background_events >= 0):
-        raise DataError(f"significance: min_background ({min_background!r}) and min_background_events "
-                        f"({min_background_events!r}) must be >= 0")
+        raise DataError(
+            f"significance: min_background ({min_background!r}) and min_background_events "
+            f"({min_background_events!r}) must be >= 0"
+        )
     scan = significance_scan(y, score, sample_weight, rel_bkg_uncertainty=rel_bkg_uncertainty)
     allowed = (scan["b"] >= min_background) & (scan["n_b"] >= min_background_events)
     z = np.where(allowed, scan[figure], np.nan)
@@ -306,6 +318,13 @@ def optimal_cut(y, score, sample_weight=None, figure: str = "asimov", rel_bkg_un
     if not np.any(np.isfinite(z)):
         return {**out, **dict.fromkeys(("cut", "z_max", "s", "b", "eps_s", "eps_b"), math.nan), "n_b": 0}
     i = int(np.nanargmax(z))
-    return {**out, "cut": float(scan["cut"][i]), "z_max": float(z[i]), "s": float(scan["s"][i]),
-            "b": float(scan["b"][i]), "eps_s": float(scan["eps_s"][i]), "eps_b": float(scan["eps_b"][i]),
-            "n_b": int(scan["n_b"][i])}
+    return {
+        **out,
+        "cut": float(scan["cut"][i]),
+        "z_max": float(z[i]),
+        "s": float(scan["s"][i]),
+        "b": float(scan["b"][i]),
+        "eps_s": float(scan["eps_s"][i]),
+        "eps_b": float(scan["eps_b"][i]),
+        "n_b": int(scan["n_b"][i]),
+    }

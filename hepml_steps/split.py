@@ -15,6 +15,7 @@ test split without signal, which otherwise surfaces only at evaluation).
 Only classes present in the input are checked, and events without a label
 (no ``label`` column, or label −1) are left out of the check.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,10 @@ from .io import atomic_path, write_json
 
 log = logging.getLogger("hepml.split")
 
-RECIPE = ("u = splitmix64(uint64(event_id) XOR splitmix64(uint64(salt))) / 2**64; "
-          "train if u < f_train, validation if u < f_train + f_validation, else test")
+RECIPE = (
+    "u = splitmix64(uint64(event_id) XOR splitmix64(uint64(salt))) / 2**64; "
+    "train if u < f_train, validation if u < f_train + f_validation, else test"
+)
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -103,16 +106,28 @@ def check_classes(counts: dict, weights: dict, minimum: int = 1) -> None:
         w = {s: weights[s].get(c, 0.0) for s in SPLITS}
         for s in SPLITS:
             if n[s] < minimum or w[s] <= 0:
-                short = (f"{n[s]} {CLASSES[c]} events (fewer than split.min_events_per_class = {minimum})"
-                         if n[s] < minimum else f"{CLASSES[c]} events of total weight {w[s]:g} (not positive)")
+                short = (
+                    f"{n[s]} {CLASSES[c]} events (fewer than split.min_events_per_class = {minimum})"
+                    if n[s] < minimum
+                    else f"{CLASSES[c]} events of total weight {w[s]:g} (not positive)"
+                )
                 per_split = ", ".join(f"{k} {n[k]} (weight {w[k]:.4g})" for k in SPLITS)
-                raise DataError(f"split: the {s} split has {short}; {CLASSES[c]} events per split: {per_split}. "
-                                f"Every split needs {CLASSES[c]} events to train and evaluate: use more "
-                                f"{CLASSES[c]} events, larger split.fractions.{s}, or another split.salt")
+                raise DataError(
+                    f"split: the {s} split has {short}; {CLASSES[c]} events per split: {per_split}. "
+                    f"Every split needs {CLASSES[c]} events to train and evaluate: use more "
+                    f"{CLASSES[c]} events, larger split.fractions.{s}, or another split.salt"
+                )
 
 
-def split(events: str, outs: dict[str, str], fractions: dict, salt: int = 0,
-          summary_out: str | None = None, batch_size: int = 1_000_000, min_events_per_class: int = 1) -> dict:
+def split(
+    events: str,
+    outs: dict[str, str],
+    fractions: dict,
+    salt: int = 0,
+    summary_out: str | None = None,
+    batch_size: int = 1_000_000,
+    min_events_per_class: int = 1,
+) -> dict:
     """Split the canonical event table ``events`` into the files ``outs[split]``.
 
     Raises
@@ -138,8 +153,9 @@ def split(events: str, outs: dict[str, str], fractions: dict, salt: int = 0,
     has_label = LABEL in names
     with contextlib.ExitStack() as stack:
         tmps = {s: stack.enter_context(atomic_path(outs[s])) for s in SPLITS}
-        writers = {s: stack.enter_context(pq.ParquetWriter(tmps[s], pf.schema_arrow, compression="zstd"))
-                   for s in SPLITS}
+        writers = {
+            s: stack.enter_context(pq.ParquetWriter(tmps[s], pf.schema_arrow, compression="zstd")) for s in SPLITS
+        }
         for batch in pf.iter_batches(batch_size=batch_size):
             idx = assign(batch.column(EVENT_ID).to_numpy(), fractions, salt)
             for i, s in enumerate(SPLITS):
@@ -155,12 +171,17 @@ def split(events: str, outs: dict[str, str], fractions: dict, salt: int = 0,
         if empty:
             raise DataError(
                 f"split {empty} of {events} would be empty ({sum(counts.values())} events in all, "
-                f"fractions {fractions}); use more events or larger fractions")
+                f"fractions {fractions}); use more events or larger fractions"
+            )
         if has_label:
             check_classes(per_class, weight_class, min_events_per_class)
     summary = {
-        "input": str(events), "fractions": fractions, "salt": int(salt), "recipe": RECIPE,
-        "n_events": counts, "n_signal": {s: per_class[s].get(1, 0) for s in SPLITS} if has_label else None,
+        "input": str(events),
+        "fractions": fractions,
+        "salt": int(salt),
+        "recipe": RECIPE,
+        "n_events": counts,
+        "n_signal": {s: per_class[s].get(1, 0) for s in SPLITS} if has_label else None,
         "n_background": {s: per_class[s].get(0, 0) for s in SPLITS} if has_label else None,
         "min_events_per_class": int(min_events_per_class),
     }
@@ -189,12 +210,26 @@ def main(argv=None) -> int:
         p.add_argument("--fractions", type=cli.json_arg, required=True)
         p.add_argument("--salt", type=int, default=0)
         p.add_argument("--summary")
-        p.add_argument("--min-events-per-class", type=int, default=1,
-                       help="fewest signal and background events every split must hold")
+        p.add_argument(
+            "--min-events-per-class",
+            type=int,
+            default=1,
+            help="fewest signal and background events every split must hold",
+        )
 
-    return cli.run(build, lambda a: split(a.events, {s: getattr(a, s) for s in SPLITS}, a.fractions,
-                                          a.salt, a.summary, min_events_per_class=a.min_events_per_class),
-                   argv, __doc__)
+    return cli.run(
+        build,
+        lambda a: split(
+            a.events,
+            {s: getattr(a, s) for s in SPLITS},
+            a.fractions,
+            a.salt,
+            a.summary,
+            min_events_per_class=a.min_events_per_class,
+        ),
+        argv,
+        __doc__,
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Adding a task means adding a subclass here and listing it in :data:`TASKS`
 features step keeps an unstandardised copy of every model's target (see
 :mod:`hepml_steps.features`), and :func:`target_column` reads it.
 """
+
 from __future__ import annotations
 
 import math
@@ -253,8 +254,10 @@ class Task:
             raise ConfigError(f"{what}: tuning is not available for task '{self.name}'")
         if objective in self.objectives:
             return objective
-        raise ConfigError(f"{what}: unknown tuning objective '{objective}' for task '{self.name}'; "
-                          f"choose one of {self._objective_names()}")
+        raise ConfigError(
+            f"{what}: unknown tuning objective '{objective}' for task '{self.name}'; "
+            f"choose one of {self._objective_names()}"
+        )
 
     def _objective_names(self) -> list[str]:
         return sorted(self.objectives)
@@ -328,8 +331,9 @@ def _two_classes(part, what: str):
     w = part[WEIGHT].to_numpy(dtype=np.float64)
     for cls, name in ((1, "signal"), (0, "background")):
         if not np.any(y == cls) or w[y == cls].sum() <= 0:
-            raise DataError(f"{what}: the test split has no {name} events (with positive weight); "
-                            "cannot compute ROC figures")
+            raise DataError(
+                f"{what}: the test split has no {name} events (with positive weight); cannot compute ROC figures"
+            )
     return y, w
 
 
@@ -343,8 +347,14 @@ def _discriminant(m: dict, part, effs) -> None:
 
 #: The optimal-cut figures written to metrics.json (metric name -> key of
 #: :func:`hepml_steps.significance.optimal_cut`).
-CUT_METRICS = {"z_max": "z_max", "optimal_cut": "cut", "s_at_cut": "s", "b_at_cut": "b",
-               "sig_eff_at_cut": "eps_s", "bkg_eff_at_cut": "eps_b"}
+CUT_METRICS = {
+    "z_max": "z_max",
+    "optimal_cut": "cut",
+    "s_at_cut": "s",
+    "b_at_cut": "b",
+    "sig_eff_at_cut": "eps_s",
+    "bkg_eff_at_cut": "eps_b",
+}
 
 
 def significance_settings(judged: Judged) -> dict:
@@ -352,8 +362,12 @@ def significance_settings(judged: Judged) -> dict:
     and how test weights were scaled to expected yields (the plots step reuses it)."""
     if not 0 < judged.test_fraction <= 1:
         raise ConfigError(f"{judged.what}: test_fraction = {judged.test_fraction!r} must lie in (0, 1]")
-    return {"figure": judged.significance, "rel_bkg_uncertainty": float(judged.bkg_uncertainty),
-            "test_fraction": float(judged.test_fraction), "weight_scale": 1.0 / judged.test_fraction}
+    return {
+        "figure": judged.significance,
+        "rel_bkg_uncertainty": float(judged.bkg_uncertainty),
+        "test_fraction": float(judged.test_fraction),
+        "weight_scale": 1.0 / judged.test_fraction,
+    }
 
 
 def _optimal_cut(m: dict, test, judged: Judged) -> dict:
@@ -363,8 +377,13 @@ def _optimal_cut(m: dict, test, judged: Judged) -> dict:
 
     doc = significance_settings(judged)
     w = test[WEIGHT].to_numpy(dtype=np.float64) * doc["weight_scale"]
-    best = optimal_cut(test[LABEL].to_numpy(), test[SCORE].to_numpy(dtype=np.float64), w,
-                       figure=judged.significance, rel_bkg_uncertainty=judged.bkg_uncertainty)
+    best = optimal_cut(
+        test[LABEL].to_numpy(),
+        test[SCORE].to_numpy(dtype=np.float64),
+        w,
+        figure=judged.significance,
+        rel_bkg_uncertainty=judged.bkg_uncertainty,
+    )
     for name, key in CUT_METRICS.items():
         m[name] = best[key]
     return doc
@@ -418,8 +437,13 @@ def _discriminant_objective(objective: str, y, score, w) -> float:
     if objective.startswith("sig_eff_at_bkg_"):
         eff = float(objective.rsplit("_", 1)[1])
         return float(np.atleast_1d(M.signal_efficiency_at(y, score, eff, sample_weight=w))[0])
-    losses = {"zero_one_loss": M.zero_one_loss, "mse": M.mse, "absolute_loss": M.absolute_loss,
-              "hinge_loss": M.hinge_loss, "cross_entropy": M.cross_entropy}
+    losses = {
+        "zero_one_loss": M.zero_one_loss,
+        "mse": M.mse,
+        "absolute_loss": M.absolute_loss,
+        "hinge_loss": M.hinge_loss,
+        "cross_entropy": M.cross_entropy,
+    }
     if objective in losses:
         return float(losses[objective](y, score, sample_weight=w))
     return float(M.threshold_metrics(y, score, 0.5, sample_weight=w)[objective])
@@ -471,9 +495,11 @@ def learn_classes(col, target: str, what: str) -> list:
     if len(classes) < 2:
         raise DataError(f"{what}: class column '{target}' has one class only in the training split")
     if len(classes) > MAX_CLASSES:
-        raise DataError(f"{what}: class column '{target}' has {len(classes)} distinct values (at most "
-                        f"{MAX_CLASSES}); a multiclass target holds class labels — use task 'regression' "
-                        "for a continuous target")
+        raise DataError(
+            f"{what}: class column '{target}' has {len(classes)} distinct values (at most "
+            f"{MAX_CLASSES}); a multiclass target holds class labels — use task 'regression' "
+            "for a continuous target"
+        )
     return [int(c) if float(c).is_integer() else float(c) for c in classes]
 
 
@@ -493,21 +519,44 @@ class Classification(Task):
     title = "Classification (signal vs background)"
     uses_labels = True
     separates_signal = True
-    objectives = {**{k: "maximize" for k in ("roc_auc", "accuracy", "precision", "sensitivity", "specificity",
-                                             "roc_combined", "f1", "geometric_mean")},
-                  **{k: "minimize" for k in ("error_rate", "zero_one_loss", "mse", "absolute_loss",
-                                             "hinge_loss", "cross_entropy")}}
+    objectives = {
+        **{
+            k: "maximize"
+            for k in (
+                "roc_auc",
+                "accuracy",
+                "precision",
+                "sensitivity",
+                "specificity",
+                "roc_combined",
+                "f1",
+                "geometric_mean",
+            )
+        },
+        **{
+            k: "minimize"
+            for k in ("error_rate", "zero_one_loss", "mse", "absolute_loss", "hinge_loss", "cross_entropy")
+        },
+    }
     default_objective = "roc_auc"
     importance_metric = ("roc_auc", 1.0)
     leaderboard_columns = (
-        ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
-        ("roc_auc_train", "train AUC", ".4f"), ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"),
+        ("roc_auc", "test AUC", ".4f"),
+        ("bayes_auc", "Bayes-optimal AUC", ".4f"),
+        ("roc_auc_train", "train AUC", ".4f"),
+        ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"),
         ("sig_eff_at_bkg_0.01", "ε_S @ ε_B=0.01", ".3f"),
-        ("z_max", "Z_max", ".3g"), ("optimal_cut", "best cut", ".3g"), ("s_at_cut", "S @ cut", ".4g"),
-        ("b_at_cut", "B @ cut", ".4g"), ("sig_eff_at_cut", "ε_S @ cut", ".3f"),
-        ("f1_at_cut", "F1 @ cut", ".3f"), ("accuracy", "accuracy", ".3f"),
-        ("roc_combined", "\"ROC\"", ".3f"), ("f1", "F1", ".3f"),
-        ("ks_pvalue_signal", "KS p (S)", ".3g"), ("ks_pvalue_background", "KS p (B)", ".3g"),
+        ("z_max", "Z_max", ".3g"),
+        ("optimal_cut", "best cut", ".3g"),
+        ("s_at_cut", "S @ cut", ".4g"),
+        ("b_at_cut", "B @ cut", ".4g"),
+        ("sig_eff_at_cut", "ε_S @ cut", ".3f"),
+        ("f1_at_cut", "F1 @ cut", ".3f"),
+        ("accuracy", "accuracy", ".3f"),
+        ("roc_combined", "\"ROC\"", ".3f"),
+        ("f1", "F1", ".3f"),
+        ("ks_pvalue_signal", "KS p (S)", ".3g"),
+        ("ks_pvalue_background", "KS p (B)", ".3g"),
         ("overtrained", "overtrained?", ""),
     )
     rank_by = ("roc_auc", True)
@@ -558,8 +607,9 @@ class Classification(Task):
         if math.isfinite(m["optimal_cut"]):
             for k, v in M.threshold_metrics(y, s, m["optimal_cut"], w).items():
                 m[f"{k}_at_cut"] = v
-        ks = ks_overtraining(judged.by_split, (("signal", LABEL, 1, SCORE), ("background", LABEL, 0, SCORE)),
-                             judged.ks_pvalue_min)
+        ks = ks_overtraining(
+            judged.by_split, (("signal", LABEL, 1, SCORE), ("background", LABEL, 0, SCORE)), judged.ks_pvalue_min
+        )
         return Figures(m, ks, {"significance": doc})
 
     def importance_value(self, data, score):
@@ -571,11 +621,16 @@ class Classification(Task):
         m = drawn.metrics.get("metrics", {})
         made = [plots.score_distributions(drawn.pred, drawn.out / "score_distributions.png", drawn.title, m)]
         if all(k in m and m[k] is not None for k in ("tp", "fp", "tn", "fn")):
-            made.append(plots.confusion_matrix(
-                m, drawn.out / "confusion_matrix.png",
-                f"{drawn.title}, test, threshold {drawn.metrics.get('threshold', 0.5)}"))
-        made.append(plots.significance_scan(drawn.pred, drawn.metrics, drawn.out / "significance_scan.png",
-                                            drawn.title))
+            made.append(
+                plots.confusion_matrix(
+                    m,
+                    drawn.out / "confusion_matrix.png",
+                    f"{drawn.title}, test, threshold {drawn.metrics.get('threshold', 0.5)}",
+                )
+            )
+        made.append(
+            plots.significance_scan(drawn.pred, drawn.metrics, drawn.out / "significance_scan.png", drawn.title)
+        )
         return made
 
 
@@ -586,14 +641,22 @@ class Multiclass(Task):
     name = "multiclass"
     title = "Multiclass classification"
     target_kind = "class column"
-    objectives = {"roc_auc": "maximize", "accuracy": "maximize", "f1_macro": "maximize",
-                  "error_rate": "minimize", "cross_entropy": "minimize"}
+    objectives = {
+        "roc_auc": "maximize",
+        "accuracy": "maximize",
+        "f1_macro": "maximize",
+        "error_rate": "minimize",
+        "cross_entropy": "minimize",
+    }
     default_objective = "roc_auc"
     importance_metric = ("roc_auc", 1.0)
     leaderboard_columns = (
-        ("n_classes", "classes", ""), ("roc_auc", "test AUC (macro, one-vs-rest)", ".4f"),
-        ("accuracy", "accuracy", ".4f"), ("accuracy_train", "train accuracy", ".4f"),
-        ("f1_macro", "F1 (macro)", ".3f"), ("cross_entropy", "cross-entropy", ".4g"),
+        ("n_classes", "classes", ""),
+        ("roc_auc", "test AUC (macro, one-vs-rest)", ".4f"),
+        ("accuracy", "accuracy", ".4f"),
+        ("accuracy_train", "train accuracy", ".4f"),
+        ("f1_macro", "F1 (macro)", ".3f"),
+        ("cross_entropy", "cross-entropy", ".4g"),
         ("overtrained", "overtrained?", ""),
     )
     rank_by = ("roc_auc", True)
@@ -626,7 +689,7 @@ class Multiclass(Task):
 
     def figures(self, judged):
         test = judged.test
-        cols = sorted((c for c in test.columns if c.startswith(PROB)), key=lambda c: int(c[len(PROB):]))
+        cols = sorted((c for c in test.columns if c.startswith(PROB)), key=lambda c: int(c[len(PROB) :]))
         if not cols or TARGET not in test.columns:
             raise DataError(f"{judged.what}: multiclass predictions need '{TARGET}' and '{PROB}<i>' columns")
         m = _multiclass_metrics(test, cols)
@@ -637,8 +700,9 @@ class Multiclass(Task):
             if part is not None and not part.empty:
                 mc = _multiclass_metrics(part, cols)
                 m[f"accuracy_{sp}"], m[f"roc_auc_{sp}"] = mc["accuracy"], mc["roc_auc"]
-        ks = ks_overtraining(judged.by_split, [(f"class{c}", TARGET, c, col) for c, col in enumerate(cols)],
-                             judged.ks_pvalue_min)
+        ks = ks_overtraining(
+            judged.by_split, [(f"class{c}", TARGET, c, col) for c, col in enumerate(cols)], judged.ks_pvalue_min
+        )
         return Figures(m, ks, {"confusion": confusion})
 
     def importance_value(self, data, score):  # the macro one-vs-rest AUC
@@ -650,14 +714,20 @@ class Multiclass(Task):
         confusion = drawn.metrics.get("confusion")
         if not confusion:
             return []
-        return [plots.multiclass_confusion(confusion, drawn.out / "confusion_matrix.png",
-                                           f"{drawn.title}, test, most probable class",
-                                           drawn.record.get("target"))]
+        return [
+            plots.multiclass_confusion(
+                confusion,
+                drawn.out / "confusion_matrix.png",
+                f"{drawn.title}, test, most probable class",
+                drawn.record.get("target"),
+            )
+        ]
 
 
 def _multiclass_metrics(part, cols: list[str]) -> dict:
-    return M.multiclass_metrics(part[TARGET].to_numpy(), part[cols].to_numpy(dtype=np.float64),
-                                part[WEIGHT].to_numpy(dtype=np.float64))
+    return M.multiclass_metrics(
+        part[TARGET].to_numpy(), part[cols].to_numpy(dtype=np.float64), part[WEIGHT].to_numpy(dtype=np.float64)
+    )
 
 
 class Anomaly(Task):
@@ -673,9 +743,12 @@ class Anomaly(Task):
     default_objective = "roc_auc"
     importance_metric = ("roc_auc", 1.0)
     leaderboard_columns = (
-        ("roc_auc", "test AUC", ".4f"), ("bayes_auc", "Bayes-optimal AUC", ".4f"),
-        ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"), ("z_max", "Z_max", ".3g"),
-        ("optimal_cut", "best cut", ".3g"), ("ks_pvalue_background", "KS p (B)", ".3g"),
+        ("roc_auc", "test AUC", ".4f"),
+        ("bayes_auc", "Bayes-optimal AUC", ".4f"),
+        ("sig_eff_at_bkg_0.1", "ε_S @ ε_B=0.1", ".3f"),
+        ("z_max", "Z_max", ".3g"),
+        ("optimal_cut", "best cut", ".3g"),
+        ("ks_pvalue_background", "KS p (B)", ".3g"),
     )
     rank_by = ("roc_auc", True)
 
@@ -697,9 +770,10 @@ class Anomaly(Task):
     def model_plots(self, drawn):
         from . import plots
 
-        return [plots.anomaly_scores(drawn.pred, drawn.out / "anomaly_scores.png", drawn.title),
-                plots.significance_scan(drawn.pred, drawn.metrics, drawn.out / "significance_scan.png",
-                                        drawn.title)]
+        return [
+            plots.anomaly_scores(drawn.pred, drawn.out / "anomaly_scores.png", drawn.title),
+            plots.significance_scan(drawn.pred, drawn.metrics, drawn.out / "significance_scan.png", drawn.title),
+        ]
 
 
 class Regression(Task):
@@ -712,8 +786,12 @@ class Regression(Task):
     default_objective = "mse"
     importance_metric = ("mse", -1.0)
     leaderboard_columns = (
-        ("mse", "MSE", ".4g"), ("mae", "MAE", ".4g"), ("r2", "R²", ".4f"), ("bias", "bias", ".3g"),
-        ("resolution_68", "resolution (68 %)", ".4g"), ("relative_resolution_68", "rel. resolution", ".4f"),
+        ("mse", "MSE", ".4g"),
+        ("mae", "MAE", ".4g"),
+        ("r2", "R²", ".4f"),
+        ("bias", "bias", ".3g"),
+        ("resolution_68", "resolution (68 %)", ".4g"),
+        ("relative_resolution_68", "rel. resolution", ".4f"),
         ("r2_train", "train R²", ".4f"),
     )
     rank_by = ("mse", False)
@@ -728,8 +806,9 @@ class Regression(Task):
         """
         y = target_column(df, target, self.target_kind, self.name, what).to_numpy(dtype=np.float64)
         if not np.all(np.isfinite(y)):
-            raise DataError(f"{what}: regression target '{target}' has {int((~np.isfinite(y)).sum())} "
-                            "non-finite values")
+            raise DataError(
+                f"{what}: regression target '{target}' has {int((~np.isfinite(y)).sum())} non-finite values"
+            )
         return y
 
     def objective_value(self, objective, y, score, w, X=None):
@@ -766,8 +845,10 @@ class Clustering(Task):
     objectives = {"silhouette": "maximize", "adjusted_rand": "maximize"}
     default_objective = "silhouette"
     leaderboard_columns = (
-        ("n_clusters", "clusters", ""), ("silhouette", "silhouette", ".3f"),
-        ("adjusted_rand", "adjusted Rand", ".3f"), ("purity", "purity", ".3f"),
+        ("n_clusters", "clusters", ""),
+        ("silhouette", "silhouette", ".3f"),
+        ("adjusted_rand", "adjusted Rand", ".3f"),
+        ("purity", "purity", ".3f"),
         ("noise_fraction", "noise", ".3f"),
     )
     rank_by = ("silhouette", True)
@@ -802,8 +883,11 @@ class Clustering(Task):
         ft = read_parquet(drawn.features_test)
         test = drawn.pred[drawn.pred[SPLIT] == "test"].set_index(EVENT_ID)
         labels = test.loc[ft[EVENT_ID].to_numpy(), SCORE].to_numpy()
-        return [plots.cluster_scatter(ft[drawn.record["features"]].to_numpy(), labels,
-                                      drawn.out / "clusters_pc12.png", drawn.title)]
+        return [
+            plots.cluster_scatter(
+                ft[drawn.record["features"]].to_numpy(), labels, drawn.out / "clusters_pc12.png", drawn.title
+            )
+        ]
 
 
 class DimReduction(Task):
@@ -839,17 +923,24 @@ class DimReduction(Task):
             return []
         ft = read_parquet(drawn.features_test)
         y = ft[LABEL].to_numpy() if labelled(ft) else None
-        return [plots.pca_figure(ft[drawn.record["features"]].to_numpy(), y, drawn.out / "pca.png",
-                                 f"{drawn.title}: principal components of its inputs (test)",
-                                 weights=np.clip(ft[WEIGHT].to_numpy(dtype=np.float64), 0, None))]
+        return [
+            plots.pca_figure(
+                ft[drawn.record["features"]].to_numpy(),
+                y,
+                drawn.out / "pca.png",
+                f"{drawn.title}: principal components of its inputs (test)",
+                weights=np.clip(ft[WEIGHT].to_numpy(dtype=np.float64), 0, None),
+            )
+        ]
 
 
 #: The task of a model whose config entry names none.
 DEFAULT = "classification"
 
 #: Every task, in leaderboard order.
-TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Multiclass(), Anomaly(), Regression(),
-                                              Clustering(), DimReduction())}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (Classification(), Multiclass(), Anomaly(), Regression(), Clustering(), DimReduction())
+}
 
 
 def get(name: str) -> Task:

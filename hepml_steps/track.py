@@ -44,6 +44,7 @@ Tracking URI: ``tracking.uri`` from config if set, else ``MLFLOW_TRACKING_URI``,
 else ``sqlite:///<results>/mlflow.db`` (MLflow 3 refuses the ``./mlruns`` file
 store). An ``http://`` URI sends everything to that server.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,8 +105,11 @@ def visible_files(directory: str | os.PathLike) -> list[Path]:
     found = []
     for path in root.rglob("*"):
         parts = path.relative_to(root).parts
-        if (path.is_file() and not any(p.startswith(".") or p == "__pycache__" for p in parts)
-                and not path.name.endswith(_JUNK_SUFFIXES)):
+        if (
+            path.is_file()
+            and not any(p.startswith(".") or p == "__pycache__" for p in parts)
+            and not path.name.endswith(_JUNK_SUFFIXES)
+        ):
             found.append(path)
     return sorted(found)
 
@@ -136,12 +140,18 @@ def git_commit(directory: str | os.PathLike | None) -> str:
         return "unknown"
     git = ["git", "-C", str(directory)]
     try:
-        head = subprocess.run([*git, "rev-parse", "--verify", "HEAD"], capture_output=True, text=True,
-                              timeout=30, check=False)
+        head = subprocess.run(
+            [*git, "rev-parse", "--verify", "HEAD"], capture_output=True, text=True, timeout=30, check=False
+        )
         if head.returncode != 0 or not head.stdout.strip():
             return "unknown"
-        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, timeout=60, check=False)
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     dirty = status.returncode != 0 or bool(status.stdout.strip())
@@ -214,27 +224,50 @@ def _log_trials(client, exp_id: str, parent: str, model: str, trials: str, tags:
     seconds = [float(s) if s == s else 0.0 for s in table.get("seconds", pd.Series(0.0, index=table.index))]
     t = Path(trials).stat().st_mtime - sum(seconds)
     for row, took in zip(table.to_dict("records"), seconds):
-        child = client.create_run(exp_id, run_name=f"{model}-trial-{row['number']}", start_time=int(t * 1000),
-                                  tags={**tags, "mlflow.parentRunId": parent, "hepml.trial": str(row["number"]),
-                                        "hepml.trial_state": str(row["state"])})
-        params = [Param(k.removeprefix("param."), str(v)) for k, v in row.items()
-                  if k.startswith("param.") and v == v]
+        child = client.create_run(
+            exp_id,
+            run_name=f"{model}-trial-{row['number']}",
+            start_time=int(t * 1000),
+            tags={
+                **tags,
+                "mlflow.parentRunId": parent,
+                "hepml.trial": str(row["number"]),
+                "hepml.trial_state": str(row["state"]),
+            },
+        )
+        params = [Param(k.removeprefix("param."), str(v)) for k, v in row.items() if k.startswith("param.") and v == v]
         ts = int(child.info.start_time)
         # the objective under its own name (the table's column, e.g. roc_auc), seconds, J/event, ...
-        mets = [Metric(k, float(v), ts, 0) for k, v in row.items()
-                if k not in ("number", "state") and not k.startswith("param.")
-                and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        mets = [
+            Metric(k, float(v), ts, 0)
+            for k, v in row.items()
+            if k not in ("number", "state")
+            and not k.startswith("param.")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and v == v
+        ]
         client.log_batch(child.info.run_id, metrics=mets, params=params)
         t += took
-        client.set_terminated(child.info.run_id, TRIAL_STATUS.get(str(row["state"]), "FAILED"),
-                              end_time=int(t * 1000))
+        client.set_terminated(child.info.run_id, TRIAL_STATUS.get(str(row["state"]), "FAILED"), end_time=int(t * 1000))
 
 
 def _params(rec: dict) -> dict:
-    return _flatten("", {"family": rec.get("family"), "task": rec.get("task"), "params": rec.get("params"),
-                         "weighting": rec.get("weighting"), "n_features": len(rec.get("features", [])),
-                         "seed": rec.get("seed"), "n_train": rec.get("n_train"), "target": rec.get("target"),
-                         "classes": rec.get("classes")}, {})
+    return _flatten(
+        "",
+        {
+            "family": rec.get("family"),
+            "task": rec.get("task"),
+            "params": rec.get("params"),
+            "weighting": rec.get("weighting"),
+            "n_features": len(rec.get("features", [])),
+            "seed": rec.get("seed"),
+            "n_train": rec.get("n_train"),
+            "target": rec.get("target"),
+            "classes": rec.get("classes"),
+        },
+        {},
+    )
 
 
 def _log_values(client, run, rec: dict, met: dict) -> None:
@@ -242,8 +275,11 @@ def _log_values(client, run, rec: dict, met: dict) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     params = _params(rec)
-    values = {k: float(v) for k, v in (met.get("metrics") or {}).items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    values = {
+        k: float(v)
+        for k, v in (met.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    }
     values["fit_seconds"] = float(rec.get("fit_seconds", 0.0))
     energy = (met.get("extra") or {}).get("energy") or {}
     energy_tags = []
@@ -258,9 +294,12 @@ def _log_values(client, run, rec: dict, met: dict) -> None:
     for key, series in (rec.get("history") or {}).items():
         metric_list += [Metric(f"curve.{key}", float(v), ts, i) for i, v in enumerate(series)]
     for i in range(0, len(metric_list), 900):  # MLflow's batch limit is 1000 metrics
-        client.log_batch(run.info.run_id, metrics=metric_list[i:i + 900],
-                         params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [],
-                         tags=[RunTag("hepml.device", str(rec.get("device", "")))] + energy_tags if i == 0 else [])
+        client.log_batch(
+            run.info.run_id,
+            metrics=metric_list[i : i + 900],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()] if i == 0 else [],
+            tags=[RunTag("hepml.device", str(rec.get("device", "")))] + energy_tags if i == 0 else [],
+        )
 
 
 def _log_files(client, run_id: str, files: dict[str, list[str]], dirs: dict[str, str]) -> None:
@@ -306,8 +345,12 @@ def _log_datasets(client, run_id: str, datasets: dict[str, str]) -> None:
             schema = infer_signature(pq.read_schema(p).empty_table().to_pandas()).inputs
             source = resolve_dataset_source(str(p))
         ds = MetaDataset(source, name=f"{p.parent.name}/{p.name}", digest=digest[:32], schema=schema)
-        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[
-            InputTag(MLFLOW_DATASET_CONTEXT, CONTEXTS.get(split, split)), InputTag("hepml.sha256", digest)]))
+        inputs.append(
+            DatasetInput(
+                ds._to_mlflow_entity(),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, CONTEXTS.get(split, split)), InputTag("hepml.sha256", digest)],
+            )
+        )
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
 
@@ -332,27 +375,44 @@ def _published(client, experiment: str, artifact_root: str | None, tags: dict, f
     closing this model's runs from this origin left RUNNING. Call under the store lock."""
     exp_id = _experiment_id(client, experiment, artifact_root)
     # the store lock is held: no live publisher of this model from this origin exists
-    store.close_stale_runs(client, exp_id, tags, "left RUNNING by a track job that died; "
-                           "closed by the next publish of this model")
+    store.close_stale_runs(
+        client, exp_id, tags, "left RUNNING by a track job that died; closed by the next publish of this model"
+    )
     # only a FINISHED run counts: one whose publishing died half-way is not reused
-    found = client.search_runs([exp_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' "
-                               "and attributes.status = 'FINISHED'", max_results=1)
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fp}' and attributes.status = 'FINISHED'", max_results=1
+    )
     return exp_id, (found[0].info.run_id if found else None)
 
 
 def _logged_model_id(client, run_id: str, name: str = "model") -> str | None:
     outputs = client.get_run(run_id).outputs
-    for out in (outputs.model_outputs if outputs else []):
+    for out in outputs.model_outputs if outputs else []:
         if client.get_logged_model(out.model_id).name == name:
             return out.model_id
     return None
 
 
-def track(model: str, record: str, metrics: str, predictions: str, model_dir: str, out: str,
-          results_dir: str = "results", uri: str | None = None, experiment: str = "hepml",
-          inference: str | None = None, importance: str | None = None, plots_dir: str | None = None,
-          trials: str | None = None, datasets: dict[str, str] | None = None, config: dict | None = None,
-          spec: dict | None = None, workflow_dir: str | None = None, register: bool = False) -> dict:
+def track(
+    model: str,
+    record: str,
+    metrics: str,
+    predictions: str,
+    model_dir: str,
+    out: str,
+    results_dir: str = "results",
+    uri: str | None = None,
+    experiment: str = "hepml",
+    inference: str | None = None,
+    importance: str | None = None,
+    plots_dir: str | None = None,
+    trials: str | None = None,
+    datasets: dict[str, str] | None = None,
+    config: dict | None = None,
+    spec: dict | None = None,
+    workflow_dir: str | None = None,
+    register: bool = False,
+) -> dict:
     """Log one trained and evaluated model as an MLflow run; write the run's ids to ``out``.
 
     ``record``/``inference``: the train and predict records; ``importance``: the
@@ -379,8 +439,14 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
     rec, met = read_json(record), read_json(metrics)
     datasets = dict(datasets or {})
     model_files = visible_files(model_dir)
-    fp = fingerprint(model, {**{f"model/{f.relative_to(model_dir).as_posix()}": f for f in model_files},
-                             "metrics": Path(metrics), **({"trials": Path(trials)} if trials else {})})
+    fp = fingerprint(
+        model,
+        {
+            **{f"model/{f.relative_to(model_dir).as_posix()}": f for f in model_files},
+            "metrics": Path(metrics),
+            **({"trials": Path(trials)} if trials else {}),
+        },
+    )
     tags = {"hepml.model": model, ORIGIN_TAG: origin(results_dir)}
     artifact_root = None
     if uri.startswith("sqlite:"):
@@ -398,10 +464,21 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
         if reused:
             log.info("%s: unchanged since MLflow run %s; not logging a duplicate", model, run_id)
         else:
-            files = {"record": record, "metrics": metrics, "predictions": predictions, "model_dir": model_dir,
-                     "model_files": model_files, "inference": inference, "importance": importance,
-                     "plots_dir": plots_dir, "trials": trials, "datasets": datasets, "config": config,
-                     "spec": spec, "workflow_dir": workflow_dir}
+            files = {
+                "record": record,
+                "metrics": metrics,
+                "predictions": predictions,
+                "model_dir": model_dir,
+                "model_files": model_files,
+                "inference": inference,
+                "importance": importance,
+                "plots_dir": plots_dir,
+                "trials": trials,
+                "datasets": datasets,
+                "config": config,
+                "spec": spec,
+                "workflow_dir": workflow_dir,
+            }
             run_id = _new_run(client, exp_id, uri, model, rec, met, tags, fp, files)
             log.info("%s: logged MLflow run %s in experiment '%s' at %s", model, run_id, experiment, uri)
         version = registered = None
@@ -412,46 +489,82 @@ def track(model: str, record: str, metrics: str, predictions: str, model_dir: st
             registered = mlflow_model.registered_name(experiment, model)
             version = mlflow_model.register(client, uri, registered, run_id, model_id)
             log.info("%s: registered as '%s' version %s", model, registered, version)
-    result = {"model": model, "run_id": run_id, "experiment_id": exp_id, "experiment": experiment,
-              "tracking_uri": uri, "reused": reused, "fingerprint": fp, "model_uri": f"runs:/{run_id}/model",
-              "registered_model": registered, "registered_version": version}
+    result = {
+        "model": model,
+        "run_id": run_id,
+        "experiment_id": exp_id,
+        "experiment": experiment,
+        "tracking_uri": uri,
+        "reused": reused,
+        "fingerprint": fp,
+        "model_uri": f"runs:/{run_id}/model",
+        "registered_model": registered,
+        "registered_version": version,
+    }
     write_json(out, result)
     return result
 
 
-def _new_run(client, exp_id: str, uri: str, model: str, rec: dict, met: dict, tags: dict, fp: str,
-             files: dict) -> str:
+def _new_run(client, exp_id: str, uri: str, model: str, rec: dict, met: dict, tags: dict, fp: str, files: dict) -> str:
     """Create and fill the run of a model (see :func:`track` for ``files``'s keys); closed
     FINISHED with the model's end time, or FAILED if anything fails."""
     from . import mlflow_model
 
-    start, end = run_times(rec, files["record"], files["model_files"],
-                           [files["metrics"], files["inference"]])
+    start, end = run_times(rec, files["record"], files["model_files"], [files["metrics"], files["inference"]])
     commit = git_commit(files["workflow_dir"])
     provenance = {"hepml.git_commit": commit, "hepml.version": __version__}
     if commit != "unknown":
         provenance["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
     if files["workflow_dir"]:
-        provenance.update({"mlflow.source.type": "LOCAL",
-                           "mlflow.source.name": str(Path(files["workflow_dir"]).resolve() / "Snakefile")})
-    run = client.create_run(exp_id, run_name=model, start_time=start, tags={
-        **tags, **provenance, FINGERPRINT_TAG: fp, "hepml.family": rec.get("family", ""),
-        "hepml.task": rec.get("task", ""), "mlflow.runName": model})
+        provenance.update(
+            {
+                "mlflow.source.type": "LOCAL",
+                "mlflow.source.name": str(Path(files["workflow_dir"]).resolve() / "Snakefile"),
+            }
+        )
+    run = client.create_run(
+        exp_id,
+        run_name=model,
+        start_time=start,
+        tags={
+            **tags,
+            **provenance,
+            FINGERPRINT_TAG: fp,
+            "hepml.family": rec.get("family", ""),
+            "hepml.task": rec.get("task", ""),
+            "mlflow.runName": model,
+        },
+    )
     run_id = run.info.run_id
     try:
         _log_values(client, run, rec, met)
-        _log_files(client, run_id, {
-            "metrics": [files["metrics"]], "records": [files["record"], files["inference"]],
-            "predictions": [files["predictions"]], "importance": [files["importance"]],
-            "tuning": [files["trials"]]}, {"plots": files["plots_dir"]} if files["plots_dir"] else {})
+        _log_files(
+            client,
+            run_id,
+            {
+                "metrics": [files["metrics"]],
+                "records": [files["record"], files["inference"]],
+                "predictions": [files["predictions"]],
+                "importance": [files["importance"]],
+                "tuning": [files["trials"]],
+            },
+            {"plots": files["plots_dir"]} if files["plots_dir"] else {},
+        )
         _log_config(client, run_id, files["config"], files["spec"])
         _log_datasets(client, run_id, files["datasets"])
         meta = read_json(Path(files["model_dir"]) / META_FILE)
         example = _input_example(files["model_dir"], files["datasets"].get("test"), meta)
         with _staged(files["model_dir"], files["model_files"], model) as staged:
-            mlflow_model.log(str(staged), run_id, exp_id, uri, meta, example,
-                             params={k: str(v)[:6000] for k, v in _params(rec).items()},
-                             tags={**tags, "hepml.family": rec.get("family", "")})
+            mlflow_model.log(
+                str(staged),
+                run_id,
+                exp_id,
+                uri,
+                meta,
+                example,
+                params={k: str(v)[:6000] for k, v in _params(rec).items()},
+                tags={**tags, "hepml.family": rec.get("family", "")},
+            )
         if files["trials"]:
             _log_trials(client, exp_id, run_id, model, files["trials"], tags)
     except BaseException:
@@ -477,8 +590,13 @@ def _input_example(model_dir: str, features_test: str | None, meta: dict):
     return mlflow_model.input_example(str(path), cols) if path.is_file() else None
 
 
-def attach_summary(runs: list[str], out: str, results_dir: str = "results",
-                   leaderboard: list[str] | tuple = (), plots_dir: str | None = None) -> dict:
+def attach_summary(
+    runs: list[str],
+    out: str,
+    results_dir: str = "results",
+    leaderboard: list[str] | tuple = (),
+    plots_dir: str | None = None,
+) -> dict:
     """Attach the cross-model results to every model's run, once all of them are
     published: ``leaderboard`` files under ``leaderboard/``, the comparison plots
     under ``plots/summary/``; write what was attached to ``out``.
@@ -503,12 +621,15 @@ def attach_summary(runs: list[str], out: str, results_dir: str = "results",
     for uri in dict.fromkeys(r["tracking_uri"] for r in recs):
         with store.session(uri) as client:
             for rec in (r for r in recs if r["tracking_uri"] == uri):
-                _log_files(client, rec["run_id"], {"leaderboard": files},
-                           {"plots/summary": plots_dir} if plots_dir else {})
-    log.info("attached %d file(s)%s to %d run(s)", len(files), " and the summary plots" if plots_dir else "",
-             len(recs))
-    result = {"runs": {r["model"]: r["run_id"] for r in recs}, "artifacts": [f"leaderboard/{f.name}" for f in files],
-              "plots_dir": plots_dir}
+                _log_files(
+                    client, rec["run_id"], {"leaderboard": files}, {"plots/summary": plots_dir} if plots_dir else {}
+                )
+    log.info("attached %d file(s)%s to %d run(s)", len(files), " and the summary plots" if plots_dir else "", len(recs))
+    result = {
+        "runs": {r["model"]: r["run_id"] for r in recs},
+        "artifacts": [f"leaderboard/{f.name}" for f in files],
+        "plots_dir": plots_dir,
+    }
     write_json(out, result)
     return result
 
@@ -541,25 +662,51 @@ def main(argv=None) -> int:
         p.add_argument("--model-dir", required=True, help="model directory of the train step")
         p.add_argument("--plots-dir", help="the model's plots")
         p.add_argument("--trials", help="tuning trials CSV (logged as nested runs too)")
-        p.add_argument("--dataset", action="append", default=[], type=_split_file, metavar="SPLIT=PATH",
-                       help="a prepared split file the model used (lineage; repeatable)")
+        p.add_argument(
+            "--dataset",
+            action="append",
+            default=[],
+            type=_split_file,
+            metavar="SPLIT=PATH",
+            help="a prepared split file the model used (lineage; repeatable)",
+        )
         p.add_argument("--config", type=cli.json_arg, help="the resolved config as JSON")
         p.add_argument("--spec", type=cli.json_arg, help="this model's resolved config entry as JSON")
         p.add_argument("--workflow-dir", help="the workflow's folder (its git commit is recorded)")
         p.add_argument("--register", action="store_true", help="register the model in the Model Registry")
         p.add_argument("--out", required=True, help="tracking record JSON")
         p.add_argument("--results-dir", default="results")
-        p.add_argument("--uri", default=None, help="tracking URI ('' or absent: $MLFLOW_TRACKING_URI, else "
-                       "sqlite:///<results>/mlflow.db)")
+        p.add_argument(
+            "--uri",
+            default=None,
+            help="tracking URI ('' or absent: $MLFLOW_TRACKING_URI, else sqlite:///<results>/mlflow.db)",
+        )
         p.add_argument("--experiment", default="hepml")
 
     def call(a):
         if a.what == "summary":
             attach_summary(a.runs, a.out, a.results_dir, a.leaderboard, a.plots_dir)
         else:
-            track(a.model, a.record, a.metrics, a.predictions, a.model_dir, a.out, a.results_dir,
-                  a.uri or None, a.experiment, a.inference_record, a.importance, a.plots_dir, a.trials,
-                  dict(a.dataset), a.config, a.spec, a.workflow_dir, a.register)
+            track(
+                a.model,
+                a.record,
+                a.metrics,
+                a.predictions,
+                a.model_dir,
+                a.out,
+                a.results_dir,
+                a.uri or None,
+                a.experiment,
+                a.inference_record,
+                a.importance,
+                a.plots_dir,
+                a.trials,
+                dict(a.dataset),
+                a.config,
+                a.spec,
+                a.workflow_dir,
+                a.register,
+            )
 
     return cli.run(build, call, argv, __doc__)
 

@@ -22,6 +22,7 @@ tracking server. :func:`session` gives a client on which publishing is safe:
   :class:`HepmlError` naming the store, chained to the library's exception
   (whose traceback the CLI writes to the log).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,10 +43,13 @@ log = logging.getLogger("hepml.track")
 
 REACH_TIMEOUT_S = 10  # a loaded server can take ~4 s for its first answer
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) retry for ~4 min
-ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-            # no tqdm bars in the step's log (logging a model downloads and uploads its files)
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # no tqdm bars in the step's log (logging a model downloads and uploads its files)
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 # tables MLflow's first migration expects (its ``initial_models``)
 INITIAL_TABLES = {"experiments", "runs", "tags", "metrics", "params"}
 
@@ -104,8 +108,9 @@ def check_reachable(uri: str, name: str = "tracking store", timeout: float = REA
             return
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise HepmlError(f"{name} {uri}: no MLflow tracking server there "
-                             f"(GET {url}: HTTP 404 {exc.reason})") from None
+            raise HepmlError(
+                f"{name} {uri}: no MLflow tracking server there (GET {url}: HTTP 404 {exc.reason})"
+            ) from None
         if exc.code not in (502, 503, 504):
             return
         reason = f"GET {url}: HTTP {exc.code} {exc.reason}"
@@ -156,8 +161,7 @@ def _create_sqlite(db: Path, uri: str, name: str) -> None:
         for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
             leftover.unlink(missing_ok=True)
         if isinstance(exc, Exception):
-            raise _store_error(exc, name, uri, "could not create the schema (",
-                               f"); nothing was left at {db}") from exc
+            raise _store_error(exc, name, uri, "could not create the schema (", f"); nothing was left at {db}") from exc
         raise
 
 
@@ -184,14 +188,20 @@ def ensure_schema(uri: str, name: str = "tracking store") -> None:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable: not about its contents
                 raise
-            raise HepmlError(f"{name} {uri}: {db} cannot be read as an SQLite database ({exc}); "
-                             "move it away or point tracking.uri elsewhere") from exc
+            raise HepmlError(
+                f"{name} {uri}: {db} cannot be read as an SQLite database ({exc}); "
+                "move it away or point tracking.uri elsewhere"
+            ) from exc
         if tables and (rev is None or not INITIAL_TABLES <= tables):
             if n_runs == 0:
-                raise HepmlError(f"{name} {uri}: incomplete schema (a previous first use was "
-                                 f"interrupted); it holds no runs: delete {db} and rerun")
-            raise HepmlError(f"{name} {uri}: incomplete schema (no schema version recorded); it holds "
-                             f"{n_runs} run(s): back it up, then run `mlflow db upgrade {uri}`")
+                raise HepmlError(
+                    f"{name} {uri}: incomplete schema (a previous first use was "
+                    f"interrupted); it holds no runs: delete {db} and rerun"
+                )
+            raise HepmlError(
+                f"{name} {uri}: incomplete schema (no schema version recorded); it holds "
+                f"{n_runs} run(s): back it up, then run `mlflow db upgrade {uri}`"
+            )
         if tables:
             return
     _create_sqlite(db, uri, name)
@@ -267,8 +277,11 @@ def close_stale_runs(client, exp_id: str, tags: dict[str, str], why: str) -> lis
     and results folder) found now was left by a job that died (``kill -9``).
     Runs from other origins may be live elsewhere and are left alone.
     """
-    stale = [r for r in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000)
-             if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    stale = [
+        r
+        for r in client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000)
+        if all(r.data.tags.get(k) == v for k, v in tags.items())
+    ]
     for r in stale:
         client.set_tag(r.info.run_id, "hepml.failure", why)
         client.set_terminated(r.info.run_id, "FAILED")

@@ -28,6 +28,7 @@ warning is logged and the cap is recorded. Before the fit the leakage check
 alone separate the classes or look like identifiers. The model directory (model files
 + ``hepml_model.json``) is replaced atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,19 @@ from .io import read_json, write_json
 log = logging.getLogger("hepml.train")
 
 #: Tuning-record fields copied into the training record.
-TUNING_KEYS = ("objective", "direction", "split", "baseline_value", "best_value", "n_trials", "n_complete",
-               "n_pruned", "n_failed", "wall_seconds", "budget")
+TUNING_KEYS = (
+    "objective",
+    "direction",
+    "split",
+    "baseline_value",
+    "best_value",
+    "n_trials",
+    "n_complete",
+    "n_pruned",
+    "n_failed",
+    "wall_seconds",
+    "budget",
+)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -88,12 +100,18 @@ def _onnx_raw(path: Path, family, meta: dict, pre: dict) -> None:
     """Put the preprocessing into the ONNX model (input ``raw``), or record why not."""
     from .families import onnx_export
 
-    props = {"hepml_version": pre["hepml_version"], "hepml_model": meta["model"], "hepml_task": meta["task"],
-             "hepml_features": json.dumps(meta["features"]), "hepml_classes": json.dumps(meta.get("classes")),
-             "hepml_preprocessing_sha256": meta["preprocessing_sha256"]}
+    props = {
+        "hepml_version": pre["hepml_version"],
+        "hepml_model": meta["model"],
+        "hepml_task": meta["task"],
+        "hepml_features": json.dumps(meta["features"]),
+        "hepml_classes": json.dumps(meta.get("classes")),
+        "hepml_preprocessing_sha256": meta["preprocessing_sha256"],
+    }
     try:
         meta["onnx_input_names"] = onnx_export.with_preprocessing(
-            path, bundle.Bundle(path.parent, family, meta, pre), props)
+            path, bundle.Bundle(path.parent, family, meta, pre), props
+        )
         meta["onnx_input"] = onnx_export.RAW_INPUT
     except Exception as exc:  # noqa: BLE001 - the model is fine; only its raw-input ONNX copy is refused
         log.warning("%s: model.onnx takes the prepared features, not the raw ones: %s", meta["model"], exc)
@@ -104,12 +122,14 @@ def _fit(family, train, val, meter) -> dict:
     """Fit ``family`` on the datasets under ``meter``; return timing and energy."""
     t0, c0 = time.perf_counter(), time.process_time()
     with meter:
-        family.fit(train.X, train.y, sample_weight=train.fit_weights, X_val=val.X, y_val=val.y,
-                   w_val=val.fit_weights)
+        family.fit(train.X, train.y, sample_weight=train.fit_weights, X_val=val.X, y_val=val.y, w_val=val.fit_weights)
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     meter.set_events(len(train))
-    return {"fit_seconds": fit_s, "fit_cpu_seconds": cpu_s,
-            "energy": {**meter.record, "device": family.info.get("device", meter.device)}}
+    return {
+        "fit_seconds": fit_s,
+        "fit_cpu_seconds": cpu_s,
+        "energy": {**meter.record, "device": family.info.get("device", meter.device)},
+    }
 
 
 #: At most this many training events are scored by :func:`check_learned`.
@@ -137,8 +157,10 @@ def check_learned(family, train, val, model: str, spec: dict) -> None:
         score = np.asarray(family.predict_score(data.X), dtype=np.float64)
         if not np.all(np.ptp(score.reshape(len(score), -1), axis=0) <= 1e-12):
             return
-    raise DataError(f"models.{model}: the fit learned nothing (constant score on the validation and "
-                    f"training events); likely cause: {_likely_cause(family, train, spec)}")
+    raise DataError(
+        f"models.{model}: the fit learned nothing (constant score on the validation and "
+        f"training events); likely cause: {_likely_cause(family, train, spec)}"
+    )
 
 
 def _likely_cause(family, train, spec: dict) -> str:
@@ -148,18 +170,33 @@ def _likely_cause(family, train, spec: dict) -> str:
     if w is not None and family.task in ("classification", "multiclass"):
         totals = [float(w[y == c].sum()) for c in np.unique(y)]
         if len(totals) > 1 and min(totals) < 0.05 * max(totals):
-            return (f"weighting: {spec.get('weighting', 'balanced')} gives a class {min(totals) / max(totals):.2g} "
-                    f"of the weight of another over {len(train)} training events, too little for the family's "
-                    "minimum-weight parameters (min_child_weight, min_samples_leaf, ...); use weighting: "
-                    "balanced, more events, or smaller such parameters")
-    return (f"{len(train)} training events too few for the family's parameters (min_child_weight, "
-            "min_samples_leaf, regularisation), or features that carry no information on the target; "
-            "check the features and loosen those parameters")
+            return (
+                f"weighting: {spec.get('weighting', 'balanced')} gives a class {min(totals) / max(totals):.2g} "
+                f"of the weight of another over {len(train)} training events, too little for the family's "
+                "minimum-weight parameters (min_child_weight, min_samples_leaf, ...); use weighting: "
+                "balanced, more events, or smaller such parameters"
+            )
+    return (
+        f"{len(train)} training events too few for the family's parameters (min_child_weight, "
+        "min_samples_leaf, regularisation), or features that carry no information on the target; "
+        "check the features and loosen those parameters"
+    )
 
 
-def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir: str,
-          record_out: str, seed: int = 42, threads: int = 1, tuned: str | None = None,
-          energy: dict | None = None, transform: str | None = None, ingest: dict | None = None) -> dict:
+def train(
+    train_path: str,
+    validation_path: str,
+    model: str,
+    spec: dict,
+    out_dir: str,
+    record_out: str,
+    seed: int = 42,
+    threads: int = 1,
+    tuned: str | None = None,
+    energy: dict | None = None,
+    transform: str | None = None,
+    ingest: dict | None = None,
+) -> dict:
     """Fit ``spec`` (family, task, params, ...) and write the model and its record.
 
     Parameters
@@ -218,23 +255,43 @@ def train(train_path: str, validation_path: str, model: str, spec: dict, out_dir
         raise DataError(f"{what}: {len(data)} training events are too few for {task}")
     if data.classes is not None:
         family.n_classes = len(data.classes)
-    leaks = leakage.check(data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT),
-                          task.separates_signal)
+    leaks = leakage.check(
+        data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT), task.separates_signal
+    )
     fitted = _fit(family, data, val, step_meter(energy, device, cls.gpu_capable))
     check_learned(family, data, val, model, spec)
-    meta = {"model": model, "family": cls.name, "task": task.name, "params": family.params, "seed": seed,
-            "features": data.columns, "target": spec.get("target"), "file_format": cls.file_format,
-            "device": device}  # the request: inference resolves it again where it runs
+    meta = {
+        "model": model,
+        "family": cls.name,
+        "task": task.name,
+        "params": family.params,
+        "seed": seed,
+        "features": data.columns,
+        "target": spec.get("target"),
+        "file_format": cls.file_format,
+        "device": device,
+    }  # the request: inference resolves it again where it runs
     if data.classes is not None:
         meta["classes"] = data.classes  # class index i of the scores is the target value classes[i]
     _save(family, meta, out_dir, bundle.make(read_json(transform), ingest) if transform else None)
     record = {
-        **meta, "weighting": spec.get("weighting", "balanced"), "n_train": len(data), "n_validation": len(val),
-        "sum_weights_train": float(data.weights.sum()), "train_cap": data.cap,
-        "fit_seconds": fitted["fit_seconds"], "fit_cpu_seconds": fitted["fit_cpu_seconds"],
-        "threads": threads, "device": family.info.get("device", "cpu"), "info": family.info,
-        "history": family.history, "leakage": leaks,
-        "energy": {"train": fitted["energy"], **({"tuning": tuning["energy"]} if tuning and tuning.get("energy") else {})},
+        **meta,
+        "weighting": spec.get("weighting", "balanced"),
+        "n_train": len(data),
+        "n_validation": len(val),
+        "sum_weights_train": float(data.weights.sum()),
+        "train_cap": data.cap,
+        "fit_seconds": fitted["fit_seconds"],
+        "fit_cpu_seconds": fitted["fit_cpu_seconds"],
+        "threads": threads,
+        "device": family.info.get("device", "cpu"),
+        "info": family.info,
+        "history": family.history,
+        "leakage": leaks,
+        "energy": {
+            "train": fitted["energy"],
+            **({"tuning": tuning["energy"]} if tuning and tuning.get("energy") else {}),
+        },
         "tuning": None if tuning is None else {k: tuning.get(k) for k in TUNING_KEYS},
     }
     write_json(record_out, record)
@@ -255,11 +312,32 @@ def main(argv=None) -> int:
         p.add_argument("--tuned", help="tuning record whose best params to use")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
         p.add_argument("--transform", help="the features step's transform.json (makes the model dir a bundle)")
-        p.add_argument("--ingest", type=cli.json_arg, default={},
-                       help="ingest settings as JSON ({columns, aliases, cut}), kept in the bundle")
+        p.add_argument(
+            "--ingest",
+            type=cli.json_arg,
+            default={},
+            help="ingest settings as JSON ({columns, aliases, cut}), kept in the bundle",
+        )
 
-    return cli.run(build, lambda a: train(a.train, a.validation, a.model, a.spec, a.out, a.record, a.seed,
-                                          a.threads, a.tuned, a.energy, a.transform, a.ingest), argv, __doc__)
+    return cli.run(
+        build,
+        lambda a: train(
+            a.train,
+            a.validation,
+            a.model,
+            a.spec,
+            a.out,
+            a.record,
+            a.seed,
+            a.threads,
+            a.tuned,
+            a.energy,
+            a.transform,
+            a.ingest,
+        ),
+        argv,
+        __doc__,
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ SHA-256, so anyone can check what tuning read.
 - The trials table names the objective's column after it (e.g. ``roc_auc``),
   and a pruned trial's ``state`` is ``PRUNED`` (a crashed one ``FAIL``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,10 @@ def resolve_space(cls, overrides: dict | None, what: str) -> dict:
     space = {k: dict(v) for k, v in cls.search_space.items()}
     for name, spec in (overrides or {}).items():
         if name not in cls.default_params:
-            raise FamilyError(f"{what}: unknown hyper-parameter '{name}' in tune.search_space for family "
-                              f"'{cls.name}'; known: {sorted(cls.default_params)}")
+            raise FamilyError(
+                f"{what}: unknown hyper-parameter '{name}' in tune.search_space for family "
+                f"'{cls.name}'; known: {sorted(cls.default_params)}"
+            )
         space[name] = dict(spec)
     if not space:
         raise ConfigError(f"{what}: family '{cls.name}' has no default search space; give tune.search_space")
@@ -113,8 +116,7 @@ def suggest(trial, space: dict) -> dict:
         if spec["type"] == "int":
             params[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
         elif spec["type"] == "float":
-            params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
-                                               log=bool(spec.get("log")))
+            params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
         else:  # lists (e.g. hidden_layers) are not hashable for Optuna: offer them as JSON text
             choices = [json.dumps(c) for c in spec["choices"]]
             params[name] = json.loads(trial.suggest_categorical(name, choices))
@@ -184,13 +186,21 @@ def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None) -> float:
         fam.n_classes = len(st.classes)  # a CV fold may lack a class; the outputs keep K columns
     sign = 1.0 if st.direction == "maximize" else -1.0
     if trial is not None and st.cls.iterative and not st.cv:
+
         def report(step, values):
             trial.report(-sign * values["validation_loss"], step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
+
         fam.set_epoch_callback(report)
-    fam.fit(Xt, yt, sample_weight=dataset.fit_weights(wt, yt, st.weighting, st.task.name, st.negative_weights),
-            X_val=Xe, y_val=ye, w_val=dataset.fit_weights(we, ye, st.weighting, st.task.name, st.negative_weights))
+    fam.fit(
+        Xt,
+        yt,
+        sample_weight=dataset.fit_weights(wt, yt, st.weighting, st.task.name, st.negative_weights),
+        X_val=Xe,
+        y_val=ye,
+        w_val=dataset.fit_weights(we, ye, st.weighting, st.task.name, st.negative_weights),
+    )
     # the objective uses the event weights as they are (physics weights)
     return st.task.objective_value(st.objective, ye, fam.predict_score(Xe), we, Xe)
 
@@ -198,11 +208,16 @@ def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None) -> float:
 def _trial_value(st: _Study, trial, params, train, val, pooled):
     """The objective of one trial's params: on validation, or the mean over the CV folds."""
     if not st.cv:
-        return _fit_eval(st, params, train.X, train.y, train.weights, val.X, val.y, val.weights,
-                         None if st.multi else trial)
+        return _fit_eval(
+            st, params, train.X, train.y, train.weights, val.X, val.y, val.weights, None if st.multi else trial
+        )
     Xa, ya, wa, splits = pooled
-    vals = [_fit_eval(st, params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te],
-                      None if ya is None else ya[te], wa[te]) for tr, te in splits]
+    vals = [
+        _fit_eval(
+            st, params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te], None if ya is None else ya[te], wa[te]
+        )
+        for tr, te in splits
+    ]
     trial.set_user_attr("fold_values", vals)
     return float(np.mean(vals))
 
@@ -236,8 +251,16 @@ def _objective(st: _Study, train, val, pooled, n_fit: int):
         jpe = trial_meter.record["j_per_event"]
         trial.set_user_attr("train_j_per_event", jpe)
         trial.set_user_attr("energy_method", trial_meter.record["method"])
-        log.info("%s: trial %d/%d %s=%.6g in %.1f s, params %s", st.what, trial.number + 1,
-                 st.cfg.get("n_trials", 20), st.objective, value, time.perf_counter() - t0, params)
+        log.info(
+            "%s: trial %d/%d %s=%.6g in %.1f s, params %s",
+            st.what,
+            trial.number + 1,
+            st.cfg.get("n_trials", 20),
+            st.objective,
+            value,
+            time.perf_counter() - t0,
+            params,
+        )
         return (value, jpe) if st.multi else value
 
     return objective
@@ -264,10 +287,23 @@ def _storage(path: str):
 def _study_name(st: _Study, model: str, prune: bool, inputs: dict) -> str:
     """``<model>-<hash>``: the hash of everything that defines the study, so a
     changed config or changed inputs never resume an old study."""
-    key = json.dumps({"family": st.cls.name, "task": st.task.name, "objective": st.objective,
-                      "multi": st.multi, "space": st.space, "base": st.base_params, "seed": st.seed,
-                      "cv": st.cv, "prune": prune, "weighting": st.weighting, "inputs": inputs},
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        {
+            "family": st.cls.name,
+            "task": st.task.name,
+            "objective": st.objective,
+            "multi": st.multi,
+            "space": st.space,
+            "base": st.base_params,
+            "seed": st.seed,
+            "cv": st.cv,
+            "prune": prune,
+            "weighting": st.weighting,
+            "inputs": inputs,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return f"{model}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -277,8 +313,11 @@ def _finished(study) -> list:
     import optuna
 
     states = optuna.trial.TrialState
-    return [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)
-            or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED))]
+    return [
+        t
+        for t in study.trials
+        if t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and not t.user_attrs.get(INTERRUPTED))
+    ]
 
 
 def _close_interrupted(study, storage, what: str) -> None:
@@ -305,13 +344,16 @@ def _run(st: _Study, model: str, objective, storage_file: str | None = None, inp
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prune = st.cfg.get("pruning", True) and st.cls.iterative and not st.cv and not st.multi
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3) if prune \
-        else optuna.pruners.NopPruner()
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3) if prune else optuna.pruners.NopPruner()
     storage = _storage(storage_file) if storage_file else None
-    study = optuna.create_study(directions=[st.direction, "minimize"] if st.multi else [st.direction],
-                                sampler=optuna.samplers.TPESampler(seed=st.seed), pruner=pruner,
-                                study_name=_study_name(st, model, prune, inputs or {}) if storage else model,
-                                storage=storage, load_if_exists=True)
+    study = optuna.create_study(
+        directions=[st.direction, "minimize"] if st.multi else [st.direction],
+        sampler=optuna.samplers.TPESampler(seed=st.seed),
+        pruner=pruner,
+        study_name=_study_name(st, model, prune, inputs or {}) if storage else model,
+        storage=storage,
+        load_if_exists=True,
+    )
     if storage is not None:
         _close_interrupted(study, storage, st.what)
     done = len(_finished(study))
@@ -319,8 +361,14 @@ def _run(st: _Study, model: str, objective, storage_file: str | None = None, inp
         log.info("%s: resuming the stored study (%s) after %d finished trials", st.what, storage_file, done)
     # trial 0 = the config's params (those of them that lie inside the search space)
     base, space = st.base_params, st.space
-    study.enqueue_trial({k: (json.dumps(base[k]) if space[k]["type"] == "categorical" else base[k])
-                         for k in space if _in_space(base[k], space[k])}, skip_if_exists=True)
+    study.enqueue_trial(
+        {
+            k: (json.dumps(base[k]) if space[k]["type"] == "categorical" else base[k])
+            for k in space
+            if _in_space(base[k], space[k])
+        },
+        skip_if_exists=True,
+    )
     meter = step_meter(st.energy, st.device, st.cls.gpu_capable)
     n_trials = st.cfg.get("n_trials", 20)
     remaining = None if n_trials is None else max(0, int(n_trials) - done)
@@ -344,14 +392,18 @@ def _best(st: _Study, study):
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise FamilyError(f"{st.what}: every tuning trial of family '{st.cls.name}' failed; first error: "
-                          f"{st.errors[0] if st.errors else 'none recorded'}")
+        raise FamilyError(
+            f"{st.what}: every tuning trial of family '{st.cls.name}' failed; first error: "
+            f"{st.errors[0] if st.errors else 'none recorded'}"
+        )
     if not st.multi:
         return study.best_trial, None
     front = study.best_trials  # the final model takes the front's best objective
     best = (max if st.direction == "maximize" else min)(front, key=lambda t: t.values[0])
-    pareto = [{"number": t.number, "value": t.values[0], "train_j_per_event": t.values[1],
-               "params": t.params} for t in sorted(front, key=lambda t: t.values[1])]
+    pareto = [
+        {"number": t.number, "value": t.values[0], "train_j_per_event": t.values[1], "params": t.params}
+        for t in sorted(front, key=lambda t: t.values[1])
+    ]
     return best, pareto
 
 
@@ -363,10 +415,15 @@ def _write_trials(study, pareto, path: str, objective: str = "value") -> None:
 
     rows = []
     for t in study.trials:
-        row = {"number": t.number, "state": t.state.name, objective: t.values[0] if t.values else None,
-               "seconds": t.user_attrs.get("seconds"), "train_j_per_event": t.user_attrs.get("train_j_per_event"),
-               "pareto": bool(pareto) and any(p["number"] == t.number for p in pareto),
-               "error": t.user_attrs.get("error", "")}
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            objective: t.values[0] if t.values else None,
+            "seconds": t.user_attrs.get("seconds"),
+            "train_j_per_event": t.user_attrs.get("train_j_per_event"),
+            "pareto": bool(pareto) and any(p["number"] == t.number for p in pareto),
+            "error": t.user_attrs.get("error", ""),
+        }
         row.update({f"param.{k}": v for k, v in t.params.items()})
         rows.append(row)
     with atomic_path(path) as tmp:
@@ -379,19 +436,31 @@ def _record(st: _Study, model: str, study, best, pareto, wall: float, meter, inp
 
     states = optuna.trial.TrialState
     space, first = st.space, study.trials[0]
-    best_params = {**st.base_params, **{k: (json.loads(v) if space[k]["type"] == "categorical" else v)
-                                        for k, v in best.params.items()}}
+    best_params = {
+        **st.base_params,
+        **{k: (json.loads(v) if space[k]["type"] == "categorical" else v) for k, v in best.params.items()},
+    }
     return {
-        "model": model, "family": st.cls.name, "task": st.task.name, "objective": st.objective,
-        "direction": st.direction, "split": f"{st.cv}-fold CV on train+validation" if st.cv else "validation",
-        "best_params": best_params, "best_value": best.values[0], "best_trial": best.number,
+        "model": model,
+        "family": st.cls.name,
+        "task": st.task.name,
+        "objective": st.objective,
+        "direction": st.direction,
+        "split": f"{st.cv}-fold CV on train+validation" if st.cv else "validation",
+        "best_params": best_params,
+        "best_value": best.values[0],
+        "best_trial": best.number,
         "baseline_value": first.values[0] if first.state == states.COMPLETE else None,
-        "energy_objective": st.multi, "pareto": pareto,
-        "n_trials": len(study.trials), "n_complete": sum(t.state == states.COMPLETE for t in study.trials),
+        "energy_objective": st.multi,
+        "pareto": pareto,
+        "n_trials": len(study.trials),
+        "n_complete": sum(t.state == states.COMPLETE for t in study.trials),
         "n_pruned": sum(t.state == states.PRUNED for t in study.trials),
         "n_failed": sum(t.state == states.FAIL for t in study.trials),
         "budget": {"n_trials": st.cfg.get("n_trials", 20), "timeout": st.cfg.get("timeout")},
-        "wall_seconds": wall, "search_space": space, "seed": st.seed,
+        "wall_seconds": wall,
+        "search_space": space,
+        "seed": st.seed,
         "inputs": dict(inputs),
         "energy": meter.record,
     }
@@ -411,18 +480,37 @@ def _study(model: str, spec: dict, seed: int, threads: int, energy: dict | None)
     task = tasks.of(spec)
     cfg = dict(spec.get("tune") or {})
     cls = registry.get(spec["family"])
-    return _Study(cls=cls, task=task, objective=check_objective(cfg.get("objective") or task.default_objective
-                                                                or "", task.name, what),
-                  space=resolve_space(cls, cfg.get("search_space"), what),
-                  base_params=cls.resolve_params(spec.get("params") or {}), cfg=cfg, what=what, seed=seed,
-                  threads=threads, device=registry.requested_device(spec),
-                  weighting=spec.get("weighting", "balanced"),
-                  negative_weights=spec.get("negative_weights", "ignore"), classes=None, energy=energy,
-                  cv=int(cfg.get("cv_folds") or 0))
+    return _Study(
+        cls=cls,
+        task=task,
+        objective=check_objective(cfg.get("objective") or task.default_objective or "", task.name, what),
+        space=resolve_space(cls, cfg.get("search_space"), what),
+        base_params=cls.resolve_params(spec.get("params") or {}),
+        cfg=cfg,
+        what=what,
+        seed=seed,
+        threads=threads,
+        device=registry.requested_device(spec),
+        weighting=spec.get("weighting", "balanced"),
+        negative_weights=spec.get("negative_weights", "ignore"),
+        classes=None,
+        energy=energy,
+        cv=int(cfg.get("cv_folds") or 0),
+    )
 
 
-def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str, trials_out: str,
-         seed: int = 42, threads: int = 1, energy: dict | None = None, storage: str | None = None) -> dict:
+def tune(
+    train_path: str,
+    validation_path: str,
+    model: str,
+    spec: dict,
+    out: str,
+    trials_out: str,
+    seed: int = 42,
+    threads: int = 1,
+    energy: dict | None = None,
+    storage: str | None = None,
+) -> dict:
     """Run the study for ``model`` and write the best params (``out``) and the trials table.
 
     Parameters
@@ -476,8 +564,15 @@ def tune(train_path: str, validation_path: str, model: str, spec: dict, out: str
     record = _record(st, model, study, best, pareto, wall, meter, inputs)
     record["storage"], record["n_trials_resumed"] = storage, len(study.trials) - n_run
     write_json(out, record)
-    log.info("%s: %s %s -> %s after %d trials (%.1f s)", st.what, st.objective, record["baseline_value"],
-             best.values[0], len(study.trials), wall)
+    log.info(
+        "%s: %s %s -> %s after %d trials (%.1f s)",
+        st.what,
+        st.objective,
+        record["baseline_value"],
+        best.values[0],
+        len(study.trials),
+        wall,
+    )
     return record
 
 
@@ -492,11 +587,18 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=42, help="seed of the sampler and of every fit")
         p.add_argument("--threads", type=int, default=1, help="CPU threads of a fit")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
-        p.add_argument("--storage", help="the study's journal file (default: <model>.journal beside --out); "
-                                         "a killed job rerun resumes the study stored there")
+        p.add_argument(
+            "--storage",
+            help="the study's journal file (default: <model>.journal beside --out); "
+            "a killed job rerun resumes the study stored there",
+        )
 
-    return cli.run(build, lambda a: tune(a.train, a.validation, a.model, a.spec, a.out, a.trials, a.seed,
-                                         a.threads, a.energy, a.storage), argv, __doc__)
+    return cli.run(
+        build,
+        lambda a: tune(a.train, a.validation, a.model, a.spec, a.out, a.trials, a.seed, a.threads, a.energy, a.storage),
+        argv,
+        __doc__,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: small canonical event tables built in a temp directory."""
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,13 @@ def make_events(n: int = 2000, seed: int = 0, n_features: int = 4) -> pd.DataFra
     """A canonical event table where feature f0 separates signal from background."""
     rng = np.random.default_rng(seed)
     label = (rng.random(n) < 0.5).astype(np.int8)
-    df = pd.DataFrame({
-        "event_id": np.arange(n, dtype=np.int64) * 7 + 3,
-        "label": label,
-        "weight": rng.uniform(0.5, 2.0, n),
-    })
+    df = pd.DataFrame(
+        {
+            "event_id": np.arange(n, dtype=np.int64) * 7 + 3,
+            "label": label,
+            "weight": rng.uniform(0.5, 2.0, n),
+        }
+    )
     for i in range(n_features):
         shift = 1.5 if i == 0 else 0.0
         df[f"f{i}"] = rng.normal(size=n) + shift * label

@@ -7,6 +7,7 @@ a ``genWeight`` with about 15 % negative values and a truth branch
 (``HTXS_Higgs_pt``) that is NaN in every event. Signal events have more and
 harder jets, higher b-tag scores and more missing energy.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,13 +15,30 @@ from pathlib import Path
 import numpy as np
 
 #: collection branch -> its awkward type as mktree takes it
-COLLECTIONS = {"Jet_pt": "var * float32", "Jet_eta": "var * float32", "Jet_btagDeepB": "var * float32",
-               "Jet_jetId": "var * int32", "Jet_isTight": "var * bool",
-               "Muon_pt": "var * float32", "Muon_charge": "var * int32", "Muon_tightId": "var * bool"}
-FLAT = {"run": np.uint32, "luminosityBlock": np.uint32, "event": np.uint64, "genWeight": np.float32,
-        "nJet": np.int32, "nMuon": np.int32, "MET_pt": np.float32, "PV_npvs": np.int32,
-        "PV_chi2": np.float64, "HLT_IsoMu24": np.bool_, "Flag_goodVertices": np.int8,
-        "HTXS_Higgs_pt": np.float32}
+COLLECTIONS = {
+    "Jet_pt": "var * float32",
+    "Jet_eta": "var * float32",
+    "Jet_btagDeepB": "var * float32",
+    "Jet_jetId": "var * int32",
+    "Jet_isTight": "var * bool",
+    "Muon_pt": "var * float32",
+    "Muon_charge": "var * int32",
+    "Muon_tightId": "var * bool",
+}
+FLAT = {
+    "run": np.uint32,
+    "luminosityBlock": np.uint32,
+    "event": np.uint64,
+    "genWeight": np.float32,
+    "nJet": np.int32,
+    "nMuon": np.int32,
+    "MET_pt": np.float32,
+    "PV_npvs": np.int32,
+    "PV_chi2": np.float64,
+    "HLT_IsoMu24": np.bool_,
+    "Flag_goodVertices": np.int8,
+    "HTXS_Higgs_pt": np.float32,
+}
 BOOKKEEPING = ["run", "luminosityBlock", "event"]
 
 
@@ -39,10 +57,10 @@ def nanoaod_arrays(n: int, seed: int, signal: bool, first_event: int = 0) -> dic
     def muons(values):
         return ak.unflatten(values, n_mu)
 
-    pt = ak.sort(jets((rng.exponential(45.0 if signal else 28.0, total_j) + 15.0).astype(np.float32)),
-                 ascending=False)
-    btag = np.where(rng.random(total_j) < (0.35 if signal else 0.1), rng.beta(5, 2, total_j),
-                    rng.beta(1.5, 6, total_j)).astype(np.float32)
+    pt = ak.sort(jets((rng.exponential(45.0 if signal else 28.0, total_j) + 15.0).astype(np.float32)), ascending=False)
+    btag = np.where(
+        rng.random(total_j) < (0.35 if signal else 0.1), rng.beta(5, 2, total_j), rng.beta(1.5, 6, total_j)
+    ).astype(np.float32)
     sign = np.where(rng.random(n) < 0.15, -1.0, 1.0)
     return {
         "run": np.full(n, 1, dtype=np.uint32),
@@ -79,19 +97,27 @@ def write(path: Path, arrays: dict, kind: str, tree: str = "Events") -> Path:
         if kind == "rntuple":
             f[tree] = arrays  # uproot 5.7 writes a dict as an RNTuple
         else:
-            types = {k: f"var * {ak.type(v).content.content}" if isinstance(v, ak.Array) else v.dtype
-                     for k, v in arrays.items()}
+            types = {
+                k: f"var * {ak.type(v).content.content}" if isinstance(v, ak.Array) else v.dtype
+                for k, v in arrays.items()
+            }
             f.mktree(tree, types, counter_name=lambda branch: "n" + branch.split("_")[0])
             f[tree].extend(arrays)
     return Path(path)
 
 
-def sample(folder: Path, kind: str, signal: bool, n: int, n_files: int = 1, seed: int = 0,
-           tree: str = "Events") -> list[Path]:
+def sample(
+    folder: Path, kind: str, signal: bool, n: int, n_files: int = 1, seed: int = 0, tree: str = "Events"
+) -> list[Path]:
     """``n_files`` files ``{sig,bkg}_<i>.root`` of ``n`` events each in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     prefix = "sig" if signal else "bkg"
-    return [write(folder / f"{prefix}_{i}.root",
-                  nanoaod_arrays(n, seed=seed * 1000 + 10 * i + signal, signal=signal, first_event=i * n),
-                  kind, tree)
-            for i in range(n_files)]
+    return [
+        write(
+            folder / f"{prefix}_{i}.root",
+            nanoaod_arrays(n, seed=seed * 1000 + 10 * i + signal, signal=signal, first_event=i * n),
+            kind,
+            tree,
+        )
+        for i in range(n_files)
+    ]

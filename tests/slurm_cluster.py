@@ -29,6 +29,7 @@ only by the opted-in live test (``HEPML_LIVE_SLURM=1``, what ``.ci/run`` sets).
 
 This file imports only the standard library: the holder runs it as a script.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,12 +53,22 @@ PARTITION = "hepml_live"
 SLURM_ETC = "etc/slurm"
 #: system directories of munge and SLURM that the namespace hides behind empty private
 #: ones when they exist, so that nothing in it can write them by default paths
-MASKED = ("etc/munge", "var/lib/munge", "var/log/munge", "run/munge",
-          "var/lib/slurm", "var/log/slurm", "var/spool/slurmd", "var/spool/slurmctld", "run/slurm")
+MASKED = (
+    "etc/munge",
+    "var/lib/munge",
+    "var/log/munge",
+    "run/munge",
+    "var/lib/slurm",
+    "var/log/slurm",
+    "var/spool/slurmd",
+    "var/spool/slurmctld",
+    "run/slurm",
+)
 LIVE_SKIP_REASON = (
     "live SLURM test not requested: it runs as root, starts slurmctld/slurmd in a private mount "
     "namespace and apt-installs slurm-wlm and munge when missing. Run it as root with "
-    "`HEPML_LIVE_SLURM=1 make test` (or `HEPML_LIVE_SLURM=1 .venv/bin/python -m pytest -m slurm_live`)")
+    "`HEPML_LIVE_SLURM=1 make test` (or `HEPML_LIVE_SLURM=1 .venv/bin/python -m pytest -m slurm_live`)"
+)
 NEEDED = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "munged", "unshare", "nsenter")
 
 
@@ -134,15 +145,16 @@ def mount_plan(layout: Layout, root: Path = Path("/")) -> list[tuple[Path, Path]
     """
     root = Path(root)
     if not (root / SLURM_ETC).is_dir():
-        raise Refused(f"{root / SLURM_ETC} does not exist: the live SLURM test mounts its private "
-                      "config over it and will not create it (install slurm-wlm, which does)")
+        raise Refused(
+            f"{root / SLURM_ETC} does not exist: the live SLURM test mounts its private "
+            "config over it and will not create it (install slurm-wlm, which does)"
+        )
     plan = [(layout.etc_slurm, root / SLURM_ETC)]
     plan += [(layout.mask(rel), root / rel) for rel in MASKED if (root / rel).is_dir()]
     return plan
 
 
-def slurm_conf_text(layout: Layout, host: str, ncpu: int, mem_mib: int, ports: tuple[int, int],
-                    gpu_model: str) -> str:
+def slurm_conf_text(layout: Layout, host: str, ncpu: int, mem_mib: int, ports: tuple[int, int], gpu_model: str) -> str:
     """slurm.conf for one node on 127.0.0.1; every path in it lies under ``layout.private``."""
     return f"""# written by hepml's live SLURM test, seen only inside its mount namespace
 ClusterName=hepmltest
@@ -174,8 +186,9 @@ PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def write_private_files(layout: Layout, host: str, ncpu: int, mem_mib: int, ports: tuple[int, int],
-                        gpu_model: str) -> list[Path]:
+def write_private_files(
+    layout: Layout, host: str, ncpu: int, mem_mib: int, ports: tuple[int, int], gpu_model: str
+) -> list[Path]:
     """Write slurm.conf, gres.conf and a fresh munge key; return the files written."""
     for d in (layout.etc_slurm, layout.munge, layout.state, layout.spool, layout.logs, layout.fake_gpu.parent):
         d.mkdir(parents=True, exist_ok=True)
@@ -189,8 +202,15 @@ def write_private_files(layout: Layout, host: str, ncpu: int, mem_mib: int, port
 def munged_argv(layout: Layout) -> list[str]:
     """munged in the foreground with every file it uses inside ``layout.munge``."""
     m = layout.munge
-    return ["munged", "--foreground", f"--socket={layout.munge_socket}", f"--key-file={layout.munge_key}",
-            f"--pid-file={m / 'munged.pid'}", f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"]
+    return [
+        "munged",
+        "--foreground",
+        f"--socket={layout.munge_socket}",
+        f"--key-file={layout.munge_key}",
+        f"--pid-file={m / 'munged.pid'}",
+        f"--log-file={m / 'munged.log'}",
+        f"--seed-file={m / 'munged.seed'}",
+    ]
 
 
 def own_job_ids(squeue_out: str, partition: str = PARTITION) -> list[str]:
@@ -245,8 +265,9 @@ def ensure_installed() -> None:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
 
 
 def client_env(layout: Layout, base=os.environ) -> dict:
@@ -258,6 +279,7 @@ def client_env(layout: Layout, base=os.environ) -> dict:
 
 
 # ---------------------------------------------------------------- inside the namespace
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -319,17 +341,33 @@ def serve(private: Path, gpu_model: str, caller_ns: str) -> int:
     os.mknod(layout.fake_gpu, 0o666 | 0o020000, os.makedev(1, 3))  # a char device, like /dev/null
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen(munged_argv(layout), user="munge", group="munge", extra_groups=[],
-                                      stdin=subprocess.DEVNULL, stdout=open(layout.logs / "munged.out", "wb"),
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                munged_argv(layout),
+                user="munge",
+                group="munge",
+                extra_groups=[],
+                stdin=subprocess.DEVNULL,
+                stdout=open(layout.logs / "munged.out", "wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         for _ in range(100):
             if layout.munge_socket.exists() or procs[0].poll() is not None:
                 break
             time.sleep(0.1)
         for daemon in ("slurmctld", "slurmd"):
-            procs.append(subprocess.Popen([daemon, "-D"], env=client_env(layout), stdin=subprocess.DEVNULL,
-                                          stdout=open(layout.logs / f"{daemon}.out", "wb"),
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [daemon, "-D"],
+                    env=client_env(layout),
+                    stdin=subprocess.DEVNULL,
+                    stdout=open(layout.logs / f"{daemon}.out", "wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             time.sleep(1.0)
         deadline = time.time() + 90
         state = ""
@@ -345,8 +383,10 @@ def serve(private: Path, gpu_model: str, caller_ns: str) -> int:
                 _ns_run(["scontrol", "update", f"nodename={host}", "state=resume"], layout)
             time.sleep(1)
         else:
-            raise RuntimeError(f"SLURM node not idle after 90 s (state {state!r}):\n"
-                               + (layout.logs / "slurmd.log").read_text()[-2000:])
+            raise RuntimeError(
+                f"SLURM node not idle after 90 s (state {state!r}):\n"
+                + (layout.logs / "slurmd.log").read_text()[-2000:]
+            )
         print(json.dumps({"ready": True, "host": host, "pid": os.getpid()}), flush=True)
         sys.stdin.read()  # until the test closes our stdin (or dies)
         return 0
@@ -372,6 +412,7 @@ def serve(private: Path, gpu_model: str, caller_ns: str) -> int:
 
 # ---------------------------------------------------------------- the test's side
 
+
 @dataclass
 class Cluster:
     """A running private cluster, seen from the test."""
@@ -393,8 +434,7 @@ class Cluster:
 
     def client(self, argv: list[str]) -> str:
         """Run a SLURM client command (squeue, scancel, ...) against this cluster."""
-        return subprocess.run(self.command(argv), capture_output=True, text=True, env=self.env(),
-                              timeout=60).stdout
+        return subprocess.run(self.command(argv), capture_output=True, text=True, env=self.env(), timeout=60).stdout
 
     def cancel_own_jobs(self) -> list[str]:
         return cancel_own_jobs(self.client, self.partition)
@@ -416,8 +456,9 @@ def local_slurm(gpu_model: str = "a100", keep_logs: Path | None = None):
     Raises `Refused` when not root or when /etc/slurm is missing after installation.
     """
     if os.geteuid() != 0:
-        raise Refused("the live SLURM test must run as root (it mounts in a private namespace and "
-                      "starts slurmctld/slurmd)")
+        raise Refused(
+            "the live SLURM test must run as root (it mounts in a private namespace and starts slurmctld/slurmd)"
+        )
     ensure_installed()
     private = Path(tempfile.mkdtemp(prefix="hepml-slurm-", dir="/tmp"))
     private.chmod(0o755)  # munged, running as munge, must reach its own subdirectory
@@ -427,14 +468,35 @@ def local_slurm(gpu_model: str = "a100", keep_logs: Path | None = None):
         mount_plan(layout)  # refuse before starting anything
         err = open(private / "holder.err", "wb")
         holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--",
-             sys.executable, str(Path(__file__).resolve()), "serve", str(private), gpu_model, _mount_ns()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "serve",
+                str(private),
+                gpu_model,
+                _mount_ns(),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         line = _read_line(holder.stdout, 180)
-        msg = json.loads(line) if line.strip() else {"error": "no ready line from the holder (it exited, or 180 s passed)"}
+        msg = (
+            json.loads(line)
+            if line.strip()
+            else {"error": "no ready line from the holder (it exited, or 180 s passed)"}
+        )
         if not msg.get("ready"):
-            raise RuntimeError(f"private SLURM cluster did not start: {msg.get('error')}\n"
-                               + (private / "holder.err").read_text()[-2000:])
+            raise RuntimeError(
+                f"private SLURM cluster did not start: {msg.get('error')}\n"
+                + (private / "holder.err").read_text()[-2000:]
+            )
         yield Cluster(layout, holder.pid, msg["host"])
     finally:
         if holder is not None:

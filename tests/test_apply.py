@@ -1,4 +1,5 @@
 """The apply step: score unlabelled ROOT (TTree, RNTuple) and Parquet files with bundles."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_apply_missing_branch(trained, tmp_path):  # noqa: F811
 def test_cli_errors_are_one_line(trained, tmp_path, capsys):  # noqa: F811
     bad = tmp_path / "bad.root"
     bad.write_text("not root")
-    rc = apply.main(["--model-dir", str(trained["models"]["bdt"]), "--input", str(bad), "--out",
-                     str(tmp_path / "o.root")])
+    rc = apply.main(
+        ["--model-dir", str(trained["models"]["bdt"]), "--input", str(bad), "--out", str(tmp_path / "o.root")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("hepml: error:") and "bad.root" in err[-1]

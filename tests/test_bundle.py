@@ -1,5 +1,6 @@
 """Model bundles: train on a small NanoAOD-like ROOT sample, score raw columns
 (bundle, ONNX on raw inputs), refuse swapped preprocessing / missing columns."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,14 @@ from tests.nanoaod_files import sample
 COLUMNS = ["MET_pt", "Jet_pt[0]", "Jet_pt[1]", "len(Jet_pt)", "max(Jet_btagDeepB)", "PV_npvs", "ht"]
 ALIASES = {"ht": "sum(Jet_pt)"}
 DERIVED = {"log_met": "log(MET_pt + 1)"}
-MODELS = {"bdt": {"family": "xgboost", "task": "classification", "params": {"n_estimators": 30, "max_depth": 3}},
-          "mlp": {"family": "mlp", "task": "classification",
-                  "params": {"hidden_layers": [16], "epochs": 2, "batch_size": 256}}}
+MODELS = {
+    "bdt": {"family": "xgboost", "task": "classification", "params": {"n_estimators": 30, "max_depth": 3}},
+    "mlp": {
+        "family": "mlp",
+        "task": "classification",
+        "params": {"hidden_layers": [16], "epochs": 2, "batch_size": 256},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +33,13 @@ def trained(tmp_path_factory):
     sig = sample(d / "in", "ttree", True, 1500, seed=1)[0]
     bkg = sample(d / "in", "ttree", False, 1500, seed=1)[0]
     settings = {"columns": COLUMNS, "aliases": ALIASES, "cut": None}
-    ingest.ingest([{"path": str(sig), "label": 1}, {"path": str(bkg), "label": 0}], d / "events.parquet",
-                  columns=COLUMNS, aliases=ALIASES, nonfinite="keep")
+    ingest.ingest(
+        [{"path": str(sig), "label": 1}, {"path": str(bkg), "label": 0}],
+        d / "events.parquet",
+        columns=COLUMNS,
+        aliases=ALIASES,
+        nonfinite="keep",
+    )
     raw = {s: str(d / f"raw_{s}.parquet") for s in split.SPLITS}
     split.split(str(d / "events.parquet"), raw, {"train": 0.6, "validation": 0.2, "test": 0.2})
     prepared = {s: str(d / f"f_{s}.parquet") for s in split.SPLITS}
@@ -36,8 +47,16 @@ def trained(tmp_path_factory):
     dirs = {}
     for m, spec in MODELS.items():
         dirs[m] = d / "models" / m
-        train.train(prepared["train"], prepared["validation"], m, spec, str(dirs[m]), str(d / f"{m}.json"),
-                    transform=str(d / "transform.json"), ingest=settings)
+        train.train(
+            prepared["train"],
+            prepared["validation"],
+            m,
+            spec,
+            str(dirs[m]),
+            str(d / f"{m}.json"),
+            transform=str(d / "transform.json"),
+            ingest=settings,
+        )
     return {"dir": d, "models": dirs, "raw": raw, "prepared": prepared}
 
 

@@ -1,5 +1,6 @@
 """The conformance kit: every built-in family and the example plugin pass
 ``check_family``; deliberately broken families fail it, naming the check."""
+
 import importlib.util
 import inspect
 import json
@@ -143,16 +144,19 @@ class CentroidsMulticlass(Family):
         return self
 
 
-@pytest.mark.parametrize("cls, task, check", [
-    (IgnoresWeights, "classification", "sample_weight"),
-    (NotSeeded, "classification", "determinism"),
-    (Pickles, "classification", "no_pickle"),
-    (SilentIterative, "classification", "epoch_callback"),
-    (AcceptsAnything, None, "unknown_parameter"),
-    (ScoresBackground, "classification", "scores"),
-    (PromisesOnnx, "classification", "onnx"),
-    (CentroidsMulticlass, "multiclass", "missing_class"),
-])
+@pytest.mark.parametrize(
+    "cls, task, check",
+    [
+        (IgnoresWeights, "classification", "sample_weight"),
+        (NotSeeded, "classification", "determinism"),
+        (Pickles, "classification", "no_pickle"),
+        (SilentIterative, "classification", "epoch_callback"),
+        (AcceptsAnything, None, "unknown_parameter"),
+        (ScoresBackground, "classification", "scores"),
+        (PromisesOnnx, "classification", "onnx"),
+        (CentroidsMulticlass, "multiclass", "missing_class"),
+    ],
+)
 def test_broken_family_fails_the_check_it_breaks(cls, task, check):
     with pytest.raises(FamilyCheckError) as err:
         check_family(cls)
@@ -170,8 +174,11 @@ def test_a_check_that_raises_is_named_too():
         def predict_score(self, X):
             raise ValueError("boom")
 
-    with pytest.raises(FamilyCheckError, match=r"family 'crashes', task 'classification': check 'scores' "
-                                               r"failed: raised ValueError: boom"):
+    with pytest.raises(
+        FamilyCheckError,
+        match=r"family 'crashes', task 'classification': check 'scores' "
+        r"failed: raised ValueError: boom",
+    ):
         check_family(Crashes)
 
 
@@ -184,8 +191,11 @@ def test_abstract_family_is_named():
         def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None):
             return self
 
-    with pytest.raises(FamilyCheckError, match=r"check 'declarations' failed: abstract methods left: "
-                                               r"\['load', 'predict_score', 'save'\]"):
+    with pytest.raises(
+        FamilyCheckError,
+        match=r"check 'declarations' failed: abstract methods left: "
+        r"\['load', 'predict_score', 'save'\]",
+    ):
         check_family(Half)
 
 

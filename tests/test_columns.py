@@ -1,5 +1,6 @@
 """Columns as physicists have them: missing values, constant and categorical
 columns, leakage, and a derived regression target in GeV (issue 4 of 7)."""
+
 import json
 import logging
 
@@ -24,8 +25,9 @@ def _events(n, seed, second_jet_prob=0.5):
     j2 = rng.normal(40 + 20 * label, 10)
     has_j2 = rng.random(n) < np.where(label == 1, 0.73, 0.40)
     j2[~has_j2] = np.nan
-    return pd.DataFrame({"event_id": np.arange(n) + seed * 10 * n, "label": label, "weight": np.ones(n),
-                         "x0": x0, "j2_pt": j2})
+    return pd.DataFrame(
+        {"event_id": np.arange(n) + seed * 10 * n, "label": label, "weight": np.ones(n), "x0": x0, "j2_pt": j2}
+    )
 
 
 def _write_splits(tmp_path, make, n=(3000, 1000, 1000)):
@@ -43,11 +45,18 @@ def _prepare(tmp_path, paths, **kw):
 
 
 def _fit(tmp_path, outs, name, spec):
-    return train.train(outs["train"], outs["validation"], name, spec, str(tmp_path / "models" / name),
-                       str(tmp_path / f"{name}.train.json"))
+    return train.train(
+        outs["train"],
+        outs["validation"],
+        name,
+        spec,
+        str(tmp_path / "models" / name),
+        str(tmp_path / f"{name}.train.json"),
+    )
 
 
 # ----------------------------------------------------------------------------- missing values
+
 
 def test_keep_nan_xgboost_uses_every_event_others_impute(tmp_path):
     paths = _write_splits(tmp_path, _events)
@@ -78,8 +87,13 @@ def test_all_nan_column_is_dropped_not_the_events(tmp_path, caplog):
     path = tmp_path / "x.parquet"
     df.to_parquet(path, index=False)
     with caplog.at_level(logging.WARNING, logger="hepml.ingest"):
-        rec = ing.ingest([{"path": str(path)}], tmp_path / "o.parquet", label_column="label",
-                         columns=["x0", "j2_pt", "truth_only"], nonfinite="drop")
+        rec = ing.ingest(
+            [{"path": str(path)}],
+            tmp_path / "o.parquet",
+            label_column="label",
+            columns=["x0", "j2_pt", "truth_only"],
+            nonfinite="drop",
+        )
     out = pd.read_parquet(tmp_path / "o.parquet")
     assert "truth_only" not in out.columns and "truth_only" in rec["excluded"] and "truth_only" in caplog.text
     assert len(out) == int(df["j2_pt"].notna().sum())  # only the j2_pt NaN events dropped (drop policy)
@@ -93,10 +107,12 @@ def test_all_nan_column_is_dropped_not_the_events(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- constant columns
 
+
 def test_float_constant_column_with_noise_left_out_with_warning(tmp_path, caplog):
     rng = np.random.default_rng(3)
-    paths = _write_splits(tmp_path, lambda n, s: _events(n, s).assign(
-        beam=14.63 + rng.normal(0, 1e-15, n)), (500, 100, 100))
+    paths = _write_splits(
+        tmp_path, lambda n, s: _events(n, s).assign(beam=14.63 + rng.normal(0, 1e-15, n)), (500, 100, 100)
+    )
     with caplog.at_level(logging.WARNING, logger="hepml.features"):
         t, outs = _prepare(tmp_path, paths)
     assert "beam" not in t["columns"] and "constant" in t["left_out"]["beam"]
@@ -106,13 +122,21 @@ def test_float_constant_column_with_noise_left_out_with_warning(tmp_path, caplog
 
 # ----------------------------------------------------------------------------- categorical columns
 
+
 def _channel_events(n, seed):
     """The class shows only through the channel string: x0 alone is weak."""
     rng = np.random.default_rng(seed + 10)
     label = (rng.random(n) < 0.5).astype(np.int8)
     channel = np.where(rng.random(n) < np.where(label == 1, 0.9, 0.1), "ee", "mumu")
-    return pd.DataFrame({"event_id": np.arange(n) + seed * 10 * n, "label": label, "weight": np.ones(n),
-                         "x0": rng.normal(0.3 * label, 1.0), "channel": channel})
+    return pd.DataFrame(
+        {
+            "event_id": np.arange(n) + seed * 10 * n,
+            "label": label,
+            "weight": np.ones(n),
+            "x0": rng.normal(0.3 * label, 1.0),
+            "channel": channel,
+        }
+    )
 
 
 def test_string_category_encoded_and_lifts_auc(tmp_path):
@@ -126,6 +150,7 @@ def test_string_category_encoded_and_lifts_auc(tmp_path):
         if s == 2:
             d.loc[:9, "channel"] = "tautau"  # unseen in train
         return d
+
     paths = _write_splits(tmp_path, make)
     t, outs = _prepare(tmp_path, paths)
     assert t["categories"] == {"channel": ["ee", "mumu"]}
@@ -136,13 +161,15 @@ def test_string_category_encoded_and_lifts_auc(tmp_path):
     for name, cols in (("with", None), ("without", ["x0"])):
         _fit(tmp_path, outs, name, {"family": "logistic_regression", "features": cols})
         predict.predict(str(tmp_path / "models" / name), outs, str(tmp_path / f"{name}.pred.parquet"))
-        m = evaluate.evaluate(str(tmp_path / f"{name}.pred.parquet"), str(tmp_path / f"{name}.m.json"), name,
-                              "classification")
+        m = evaluate.evaluate(
+            str(tmp_path / f"{name}.pred.parquet"), str(tmp_path / f"{name}.m.json"), name, "classification"
+        )
         aucs[name] = m["metrics"]["roc_auc"]
     assert aucs["with"] > aucs["without"] + 0.2, aucs
 
 
 # ----------------------------------------------------------------------------- leakage
+
 
 def _run_events(n, seed):
     """Signal MC and a data sideband with different run ranges."""
@@ -163,8 +190,13 @@ def test_run_column_separating_classes_is_flagged(tmp_path, caplog):
     assert list(flagged) == ["run"] and max(a, 1 - a) > 0.995 and "run" in caplog.text
     assert rec["leakage"]["aucs"]["x0"] < 0.9
     predict.predict(str(tmp_path / "models" / "bdt"), outs, str(tmp_path / "p.parquet"))
-    evaluate.evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification",
-                      extra=str(tmp_path / "bdt.train.json"))
+    evaluate.evaluate(
+        str(tmp_path / "p.parquet"),
+        str(tmp_path / "m.json"),
+        "bdt",
+        "classification",
+        extra=str(tmp_path / "bdt.train.json"),
+    )
     rows = leaderboard.leaderboard([str(tmp_path / "m.json")], str(tmp_path / "lb.csv"), str(tmp_path / "lb.md"))
     assert "run" in rows[0]["leakage"] and "Possible leakage" in (tmp_path / "lb.md").read_text()
     with pytest.raises(DataError, match="possible leakage.*'run'"):
@@ -172,6 +204,7 @@ def test_run_column_separating_classes_is_flagged(tmp_path, caplog):
 
 
 # ----------------------------------------------------------------------------- derived target in GeV
+
 
 def _dilepton_events(n, seed, smear=5.0):
     """Two leptons (pT in GeV, η, φ); the target m_ll is derived from them, the
@@ -181,9 +214,20 @@ def _dilepton_events(n, seed, smear=5.0):
     eta1, eta2 = rng.uniform(-2.4, 2.4, n), rng.uniform(-2.4, 2.4, n)
     phi1, phi2 = rng.uniform(-np.pi, np.pi, n), rng.uniform(-np.pi, np.pi, n)
     m = np.sqrt(2 * pt1 * pt2 * (np.cosh(eta1 - eta2) - np.cos(phi1 - phi2)))
-    return pd.DataFrame({"event_id": np.arange(n) + seed * 10 * n, "label": (rng.random(n) < 0.5).astype(np.int8),
-                         "weight": np.ones(n), "l1_pt": pt1, "l1_eta": eta1, "l1_phi": phi1, "l2_pt": pt2,
-                         "l2_eta": eta2, "l2_phi": phi2, "m_meas": m + rng.normal(0, smear, n)})
+    return pd.DataFrame(
+        {
+            "event_id": np.arange(n) + seed * 10 * n,
+            "label": (rng.random(n) < 0.5).astype(np.int8),
+            "weight": np.ones(n),
+            "l1_pt": pt1,
+            "l1_eta": eta1,
+            "l1_phi": phi1,
+            "l2_pt": pt2,
+            "l2_eta": eta2,
+            "l2_phi": phi2,
+            "m_meas": m + rng.normal(0, smear, n),
+        }
+    )
 
 
 def test_derived_dilepton_mass_target_reported_in_gev(tmp_path):

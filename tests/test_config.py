@@ -1,5 +1,6 @@
 """Config that means what it says: schema bounds, empty selections, disabled
 models; every problem is one line starting with the key."""
+
 import copy
 from pathlib import Path
 
@@ -60,22 +61,25 @@ def test_threshold_must_lie_strictly_between_0_and_1(threshold):
     assert error({"evaluation": {"threshold": threshold}}).startswith("evaluation.threshold:")
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"seed": -1}, "seed"),
-    ({"evaluation": {"bkg_efficiencies": []}}, "evaluation.bkg_efficiencies"),
-    ({"evaluation": {"bkg_efficiencies": [1.5]}}, "evaluation.bkg_efficiencies.0"),
-    ({"evaluation": {"ks_pvalue_min": 2}}, "evaluation.ks_pvalue_min"),
-    ({"evaluation": {"inference_batch_size": 0}}, "evaluation.inference_batch_size"),
-    ({"training": {"threads": 0}}, "training.threads"),
-    ({"data": {"toy": {"n_events": 0}}}, "data.toy.n_events"),
-    ({"data": {"files": {"inputs": [{"path": "a.root", "weight": 0}]}}}, "data.files.inputs.0.weight"),
-    ({"data": {"files": {"inputs": [{"path": "a.root", "process": -1}]}}}, "data.files.inputs.0.process"),
-    ({"energy": {"cpu_watts_per_core": 0}}, "energy.cpu_watts_per_core"),
-    ({"tuning": {"n_trials": 0}}, "tuning.n_trials"),
-    ({"models": {"bdt": {"tune": {"timeout": 0}}}}, "models.bdt.tune.timeout"),
-    ({"split": {"fractions": {"train": 0.6, "validation": 0.3, "test": 0.3}}}, "split.fractions must sum to 1"),
-    ({"data": {"source": "files"}}, "data.files.inputs"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"seed": -1}, "seed"),
+        ({"evaluation": {"bkg_efficiencies": []}}, "evaluation.bkg_efficiencies"),
+        ({"evaluation": {"bkg_efficiencies": [1.5]}}, "evaluation.bkg_efficiencies.0"),
+        ({"evaluation": {"ks_pvalue_min": 2}}, "evaluation.ks_pvalue_min"),
+        ({"evaluation": {"inference_batch_size": 0}}, "evaluation.inference_batch_size"),
+        ({"training": {"threads": 0}}, "training.threads"),
+        ({"data": {"toy": {"n_events": 0}}}, "data.toy.n_events"),
+        ({"data": {"files": {"inputs": [{"path": "a.root", "weight": 0}]}}}, "data.files.inputs.0.weight"),
+        ({"data": {"files": {"inputs": [{"path": "a.root", "process": -1}]}}}, "data.files.inputs.0.process"),
+        ({"energy": {"cpu_watts_per_core": 0}}, "energy.cpu_watts_per_core"),
+        ({"tuning": {"n_trials": 0}}, "tuning.n_trials"),
+        ({"models": {"bdt": {"tune": {"timeout": 0}}}}, "models.bdt.tune.timeout"),
+        ({"split": {"fractions": {"train": 0.6, "validation": 0.3, "test": 0.3}}}, "split.fractions must sum to 1"),
+        ({"data": {"source": "files"}}, "data.files.inputs"),
+    ],
+)
 def test_numeric_and_structural_bounds_name_the_key(override, key):
     msg = error(override)
     assert msg.startswith(f"{key}:") or (" " in key and msg.startswith(key)), msg
@@ -94,12 +98,14 @@ def test_model_errors_name_the_model_and_key():
     assert error({"models": {"k": {"family": "knn", "gpus": 1}}}).startswith("models.k.gpus:")
     assert error({"models": {"t": {"family": "xgboost", "task": "ranking"}}}) == (
         "models.t.task: unknown task 'ranking'; known tasks: classification, multiclass, anomaly, regression, "
-        "clustering, dimreduction")
+        "clustering, dimreduction"
+    )
 
 
 def test_exit_on_error_prints_one_line_and_exits_1(capsys):
     def bad():
         raise ConfigError("evaluation.threshold: 2.0 is greater than or equal to the maximum of 1")
+
     with pytest.raises(SystemExit) as exc:
         hconfig.exit_on_error(bad)
     assert exc.value.code == 1

@@ -1,5 +1,6 @@
 """Energy meter: RAPL counters (fake powercap trees), NVML (fake module), the
 CPU-time estimate used on this machine, and the derived ratios."""
+
 from __future__ import annotations
 
 import builtins
@@ -53,6 +54,7 @@ def burn_cpu(seconds: float) -> None:
 
 # -- RAPL ---------------------------------------------------------------------
 
+
 def test_read_rapl_classifies_domains(rapl_tree):
     root, d = rapl_tree
     reading = read_rapl(root)
@@ -70,10 +72,10 @@ def test_read_rapl_classifies_domains(rapl_tree):
 def test_rapl_meter_sums_packages_reports_dram_and_skips_subdomains(rapl_tree):
     root, d = rapl_tree
     with EnergyMeter(powercap_root=root) as m:
-        set_uj(d["pkg0"], 6_000_000)   # +5 J
-        set_uj(d["pkg1"], 9_500_000)   # +2.5 J
-        set_uj(d["core"], 4_500_000)   # +4 J, inside package 0: must not be added
-        set_uj(d["dram"], 1_300_000)   # +1 J
+        set_uj(d["pkg0"], 6_000_000)  # +5 J
+        set_uj(d["pkg1"], 9_500_000)  # +2.5 J
+        set_uj(d["core"], 4_500_000)  # +4 J, inside package 0: must not be added
+        set_uj(d["dram"], 1_300_000)  # +1 J
         m.set_events(100)
     r = m.record
     assert r["method"] == "rapl"
@@ -110,18 +112,20 @@ def test_rapl_polling_catches_repeated_wraps(tmp_path):
     root = tmp_path / "powercap"
     pkg = domain(root / "intel-rapl:0", "package-0", 0, max_range=10_000_000)
     with EnergyMeter(powercap_root=root, rapl_poll_s=3600) as m:
-        for value in (8_000_000, 6_000_000, 4_000_000):   # +8, +8 (wrap), +8 (wrap)
+        for value in (8_000_000, 6_000_000, 4_000_000):  # +8, +8 (wrap), +8 (wrap)
             set_uj(pkg, value)
             m.rapl.poll()
-        set_uj(pkg, 5_000_000)                             # +1
+        set_uj(pkg, 5_000_000)  # +1
     assert m.record["cpu_energy_j"] == pytest.approx(25.0)
 
 
 def test_energy_delta_without_kind_keys():
     """Hand-made readings (no "kind") are classified from name and path."""
-    start = {"/p/intel-rapl:0": {"name": "package-0", "energy_uj": 10, "max_energy_range_uj": 100},
-             "/p/intel-rapl:0/intel-rapl:0:0": {"name": "core", "energy_uj": 0, "max_energy_range_uj": 100},
-             "/p/intel-rapl:1": {"name": "psys", "energy_uj": 0, "max_energy_range_uj": 100}}
+    start = {
+        "/p/intel-rapl:0": {"name": "package-0", "energy_uj": 10, "max_energy_range_uj": 100},
+        "/p/intel-rapl:0/intel-rapl:0:0": {"name": "core", "energy_uj": 0, "max_energy_range_uj": 100},
+        "/p/intel-rapl:1": {"name": "psys", "energy_uj": 0, "max_energy_range_uj": 100},
+    }
     end = {k: {**v, "energy_uj": v["energy_uj"] + 50} for k, v in start.items()}
     assert energy_delta(start, end) == pytest.approx(50e-6)
 
@@ -150,7 +154,7 @@ def test_flat_sysfs_layout_with_symlinks_is_not_double_counted(tmp_path):
 def test_psys_ignored_and_mirrored_packages_counted_once(tmp_path):
     root = tmp_path / "powercap"
     a = domain(root / "intel-rapl:0", "package-0", 123_456_789)
-    b = domain(root / "intel-rapl:1", "package-0", 123_456_789)   # mirrored die counter
+    b = domain(root / "intel-rapl:1", "package-0", 123_456_789)  # mirrored die counter
     psys = domain(root / "intel-rapl:2", "psys", 5_000_000)
     with EnergyMeter(powercap_root=root) as m:
         set_uj(a, 125_456_789)
@@ -164,11 +168,12 @@ def test_psys_ignored_and_mirrored_packages_counted_once(tmp_path):
 
 # -- fallbacks ------------------------------------------------------------------
 
+
 def test_unreadable_counter_falls_back_with_reason(tmp_path):
     root = tmp_path / "powercap"
     pkg = domain(root / "intel-rapl:0", "package-0", 1)
     (pkg / "energy_uj").unlink()
-    (pkg / "energy_uj").mkdir()              # chmod 000 does not stop root
+    (pkg / "energy_uj").mkdir()  # chmod 000 does not stop root
     with pytest.raises(RaplUnavailable) as info:
         read_rapl(root)
     assert info.value.unreadable and "energy_uj" in info.value.reason
@@ -176,8 +181,7 @@ def test_unreadable_counter_falls_back_with_reason(tmp_path):
         pass
     r = m.record
     assert r["method"] == "estimate:cpu-time"
-    assert any(n.startswith("RAPL unreadable:") and str(pkg / "energy_uj") in n
-               for n in r["notes"])
+    assert any(n.startswith("RAPL unreadable:") and str(pkg / "energy_uj") in n for n in r["notes"])
 
 
 def test_permission_denied_names_the_file(rapl_tree, monkeypatch):
@@ -224,8 +228,7 @@ def test_unreadable_psys_does_not_block_packages(tmp_path):
 
 
 def test_estimate_without_powercap(tmp_path):
-    with EnergyMeter(powercap_root=tmp_path / "absent", cpu_watts_per_core=12.0,
-                     ram_watts_per_gib=0.5) as m:
+    with EnergyMeter(powercap_root=tmp_path / "absent", cpu_watts_per_core=12.0, ram_watts_per_gib=0.5) as m:
         burn_cpu(0.3)
         m.set_events(30_000)
     r = m.record
@@ -238,8 +241,7 @@ def test_estimate_without_powercap(tmp_path):
     assert any(n.startswith("estimate, not a measurement") for n in r["notes"])
     assert any(n.startswith("RAPL not available:") and "does not exist" in n for n in r["notes"])
     assert r["peak_rss_mib"] > 0
-    assert r["parameters"] == {"cpu_watts_per_core": 12.0, "ram_watts_per_gib": 0.5,
-                               "grid_gco2_per_kwh": None}
+    assert r["parameters"] == {"cpu_watts_per_core": 12.0, "ram_watts_per_gib": 0.5, "grid_gco2_per_kwh": None}
     assert r["co2_g"] is None
     assert r["events_per_s"] == pytest.approx(30_000 / r["wall_s"])
     assert r["j_per_event"] == pytest.approx(r["energy_j"] / 30_000)
@@ -256,6 +258,7 @@ def test_empty_powercap_dir(tmp_path):
 
 # -- ratios, CO2, parameters -------------------------------------------------------
 
+
 def test_ratios_co2_and_late_events(tmp_path):
     with EnergyMeter(powercap_root=tmp_path / "absent", grid_gco2_per_kwh=400.0) as m:
         burn_cpu(0.05)
@@ -264,7 +267,7 @@ def test_ratios_co2_and_late_events(tmp_path):
     assert r["co2_g"] == pytest.approx(r["energy_j"] / 3.6e6 * 400.0)
     m.set_events(0)
     assert r["events"] == 0 and r["events_per_s"] is None and r["j_per_event"] is None
-    m.set_events(500)                         # after exit: ratios are filled in
+    m.set_events(500)  # after exit: ratios are filled in
     assert r["events_per_s"] == pytest.approx(500 / r["wall_s"])
     assert r["j_per_event"] == pytest.approx(r["energy_j"] / 500)
 
@@ -282,19 +285,27 @@ def test_record_filled_even_when_block_raises(tmp_path):
     m = EnergyMeter(powercap_root=tmp_path / "absent")
     with pytest.raises(ZeroDivisionError):
         with m:
-            1 / 0
+            _ = 1 / 0
     assert m.record["method"] == "estimate:cpu-time" and m.record["wall_s"] >= 0
 
 
 def test_module_import_is_light():
-    code = ("import sys, hepml_steps.energy; "
-            "print([m for m in ('psutil', 'pynvml', 'numpy', 'codecarbon') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], check=True)
+    code = (
+        "import sys, hepml_steps.energy; "
+        "print([m for m in ('psutil', 'pynvml', 'numpy', 'codecarbon') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     assert out.stdout.strip() == "[]"
 
 
 # -- NVML -----------------------------------------------------------------------
+
 
 class FakeNvmlError(Exception):
     pass
@@ -337,7 +348,7 @@ class FakeNvml:
         if not self.total_energy:
             raise FakeNvmlError("Not Supported")
         value = self.energy_mj
-        self.energy_mj += 250_000          # 250 J per reading
+        self.energy_mj += 250_000  # 250 J per reading
         return value
 
     def nvmlDeviceGetPowerUsage(self, handle):
@@ -366,9 +377,8 @@ def test_nvml_with_rapl(rapl_tree):
 
 
 def test_nvml_power_sampling_when_total_energy_unsupported(tmp_path):
-    fake = FakeNvml(total_energy=False, power_mw=150_000)   # 150 W
-    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", nvml=fake,
-                     gpu_sample_s=0.02) as m:
+    fake = FakeNvml(total_energy=False, power_mw=150_000)  # 150 W
+    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", nvml=fake, gpu_sample_s=0.02) as m:
         time.sleep(0.3)
     r = m.record
     assert r["methods"]["gpu"] == "nvml:power-sampling"
@@ -394,13 +404,12 @@ def test_nvml_init_failure_records_note(tmp_path):
 
 
 def test_nvml_bad_index_and_missing_pynvml(tmp_path, monkeypatch):
-    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", gpu_index=3,
-                     nvml=FakeNvml()) as m:
+    with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda", gpu_index=3, nvml=FakeNvml()) as m:
         pass
     assert m.record["gpu_energy_j"] is None
     assert any("no GPU with index 3" in n for n in m.record["notes"])
 
-    monkeypatch.setitem(sys.modules, "pynvml", None)   # import pynvml -> ImportError
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
     with EnergyMeter(powercap_root=tmp_path / "absent", device="cuda") as m:
         pass
     assert any("pynvml (nvidia-ml-py) not importable" in n for n in m.record["notes"])
@@ -431,12 +440,15 @@ def test_real_machine_sources_are_explained():
         assert isinstance(info["available"], bool) and info["reason"], name
 
 
-@pytest.mark.parametrize("visible, device, reads, note", [
-    ("2,3", "cuda:1", "handle 3", "CUDA device 1 is NVML GPU 3"),
-    ("GPU-2f6c1a2e-0000-1111-2222-333344445555", "cuda", "handle 2", "CUDA device 0 is NVML GPU GPU-2f6c1a2e"),
-    ("3,GPU-1f6c1a2e-0000-1111-2222-333344445555", "cuda:1", "handle 1", "CUDA device 1 is NVML GPU GPU-1f6c1a2e"),
-    ("1", "cuda:1", None, "has no device 1"),
-])
+@pytest.mark.parametrize(
+    "visible, device, reads, note",
+    [
+        ("2,3", "cuda:1", "handle 3", "CUDA device 1 is NVML GPU 3"),
+        ("GPU-2f6c1a2e-0000-1111-2222-333344445555", "cuda", "handle 2", "CUDA device 0 is NVML GPU GPU-2f6c1a2e"),
+        ("3,GPU-1f6c1a2e-0000-1111-2222-333344445555", "cuda:1", "handle 1", "CUDA device 1 is NVML GPU GPU-1f6c1a2e"),
+        ("1", "cuda:1", None, "has no device 1"),
+    ],
+)
 def test_nvml_reads_the_gpu_cuda_sees(visible, device, reads, note, tmp_path, monkeypatch):
     """A batch system hands the job GPU 3 as CUDA_VISIBLE_DEVICES=3: CUDA calls
     it cuda:0, NVML calls it 3. The meter must read the GPU the job uses."""
@@ -477,12 +489,18 @@ def test_importing_hepml_numbers_cuda_devices_in_pci_order():
     import sys
 
     env = {k: v for k, v in __import__("os").environ.items() if k != "CUDA_DEVICE_ORDER"}
-    out = subprocess.run([sys.executable, "-c", "import os, hepml_steps; print(os.environ['CUDA_DEVICE_ORDER'])"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, hepml_steps; print(os.environ['CUDA_DEVICE_ORDER'])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == "PCI_BUS_ID"
 
 
 # -- the sources behind the meter ------------------------------------------------------
+
 
 class EndFailNvml(FakeNvml):
     """Total-energy counter readable at the start only."""
@@ -507,7 +525,7 @@ def test_every_source_has_the_same_interface(rapl_tree, tmp_path):
         info = source.availability()
         assert isinstance(info["available"], bool) and info["reason"]
         notes = source.start()
-        set_uj(d["pkg0"], 3_000_000)   # +2 J
+        set_uj(d["pkg0"], 3_000_000)  # +2 J
         readings[source] = source.stop()
         assert isinstance(readings[source], Reading) and notes + readings[source].notes
     assert rapl.why_not is None and readings[rapl].cpu_j == pytest.approx(2.0)
@@ -517,10 +535,17 @@ def test_every_source_has_the_same_interface(rapl_tree, tmp_path):
     assert readings[no_driver].gpu_j is None
 
 
-@pytest.mark.parametrize("make, visible", [
-    (FakeNvml, None), (FakeNvml, "1"), (FakeNvml, "GPU-ffff"), (EndFailNvml, None),
-    (lambda: FakeNvml(total_energy=False), None), (lambda: FakeNvml(n_devices=0), None),
-])
+@pytest.mark.parametrize(
+    "make, visible",
+    [
+        (FakeNvml, None),
+        (FakeNvml, "1"),
+        (FakeNvml, "GPU-ffff"),
+        (EndFailNvml, None),
+        (lambda: FakeNvml(total_energy=False), None),
+        (lambda: FakeNvml(n_devices=0), None),
+    ],
+)
 def test_nvml_is_shut_down_once_per_init(make, visible, tmp_path, monkeypatch):
     """Whatever fails, every nvmlInit is matched by one nvmlShutdown (one NvmlSession)."""
     from hepml_steps.energy import gpu_visible

@@ -1,5 +1,6 @@
 """Energy records of the pipeline steps: train, tune and predict are metered, the
 numbers are sane and say how they were obtained, and they reach the leaderboard."""
+
 import json
 
 import pandas as pd
@@ -37,13 +38,27 @@ def _sane(e, events):
 
 def test_train_tune_predict_write_energy_records(prepared, tmp_path):
     settings = {"cpu_watts_per_core": 20.0, "powercap_root": str(tmp_path / "no-rapl")}
-    spec = {"family": "xgboost", "params": {"n_estimators": 40},
-            "tune": {"n_trials": 3, "objective": "roc_auc"}}
-    tuned = tu.tune(prepared["train"], prepared["validation"], "bdt", spec, str(tmp_path / "t.json"),
-                    str(tmp_path / "t.csv"), energy=settings)
+    spec = {"family": "xgboost", "params": {"n_estimators": 40}, "tune": {"n_trials": 3, "objective": "roc_auc"}}
+    tuned = tu.tune(
+        prepared["train"],
+        prepared["validation"],
+        "bdt",
+        spec,
+        str(tmp_path / "t.json"),
+        str(tmp_path / "t.csv"),
+        energy=settings,
+    )
     _sane(tuned["energy"], 3 * 3000)
-    rec = tr.train(prepared["train"], prepared["validation"], "bdt", spec, str(tmp_path / "bdt"),
-                   str(tmp_path / "bdt.json"), tuned=str(tmp_path / "t.json"), energy=settings)
+    rec = tr.train(
+        prepared["train"],
+        prepared["validation"],
+        "bdt",
+        spec,
+        str(tmp_path / "bdt"),
+        str(tmp_path / "bdt.json"),
+        tuned=str(tmp_path / "t.json"),
+        energy=settings,
+    )
     e = rec["energy"]["train"]
     _sane(e, 3000)
     assert e["method"] == "estimate:cpu-time" and "estimate" in " ".join(e["notes"])
@@ -52,15 +67,27 @@ def test_train_tune_predict_write_energy_records(prepared, tmp_path):
     assert rec["energy"]["tuning"]["energy_j"] == tuned["energy"]["energy_j"]
     assert json.loads((tmp_path / "bdt.json").read_text())["energy"]["train"]["energy_j"] == e["energy_j"]
 
-    precord = pr.predict(str(tmp_path / "bdt"), prepared, str(tmp_path / "p.parquet"),
-                         batch_size=500, record_out=str(tmp_path / "p.json"), energy=settings)
+    precord = pr.predict(
+        str(tmp_path / "bdt"),
+        prepared,
+        str(tmp_path / "p.parquet"),
+        batch_size=500,
+        record_out=str(tmp_path / "p.json"),
+        energy=settings,
+    )
     inf = precord["energy"]["inference"]
     _sane(inf, 3000)
     assert inf["batch_size"] == 500 and inf["split"] == "test"
     assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(precord))
 
-    met = ev.evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification",
-                      extra=str(tmp_path / "bdt.json"), inference=str(tmp_path / "p.json"))
+    met = ev.evaluate(
+        str(tmp_path / "p.parquet"),
+        str(tmp_path / "m.json"),
+        "bdt",
+        "classification",
+        extra=str(tmp_path / "bdt.json"),
+        inference=str(tmp_path / "p.json"),
+    )
     assert set(met["extra"]["energy"]) == {"train", "tuning", "inference"}
     rows = lb.leaderboard([str(tmp_path / "m.json")], str(tmp_path / "lb.csv"), str(tmp_path / "lb.md"))
     csv = pd.read_csv(tmp_path / "lb.csv")

@@ -4,6 +4,7 @@ Each probe runs a step's CLI on a bad input and checks: exit status 1, the last
 line of stderr is ``hepml: error: <culprit>: ...`` without a traceback, and no
 advice to load a file unsafely anywhere (log included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ def last_line(rc: int, stderr: str, *culprits) -> str:
 
 
 def run_cli(step: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"hepml_steps.{step}", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", f"hepml_steps.{step}", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def call_main(main, argv, capsys) -> tuple[int, str]:
@@ -51,6 +57,7 @@ def call_main(main, argv, capsys) -> tuple[int, str]:
 
 
 # --------------------------------------------------------------------------- ingest
+
 
 def _ingest_argv(path, out):
     return ["--inputs-json", json.dumps([{"path": str(path), "label": 1}]), "--out", out]
@@ -141,6 +148,7 @@ def test_write_error_is_storage_error_naming_destination(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- model files
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Splits and one small trained model per on-disk format."""
@@ -149,10 +157,20 @@ def trained(tmp_path_factory):
     for i, s in enumerate(SPLITS):
         splits[s] = d / f"{s}.parquet"
         make_events(400, seed=20 + i).to_parquet(splits[s], index=False)
-    for family, params in [("mlp", {"epochs": 1, "hidden_layers": [4]}), ("xgboost", {"n_estimators": 3}),
-                           ("logistic_regression", {}), ("knn", {"n_neighbors": 5})]:
-        train.train(str(splits["train"]), str(splits["validation"]), family, {"family": family, "params": params},
-                    str(d / family), str(d / f"{family}.json"))
+    for family, params in [
+        ("mlp", {"epochs": 1, "hidden_layers": [4]}),
+        ("xgboost", {"n_estimators": 3}),
+        ("logistic_regression", {}),
+        ("knn", {"n_neighbors": 5}),
+    ]:
+        train.train(
+            str(splits["train"]),
+            str(splits["validation"]),
+            family,
+            {"family": family, "params": params},
+            str(d / family),
+            str(d / f"{family}.json"),
+        )
     return d, splits
 
 
@@ -182,14 +200,17 @@ def test_swapped_torch_weights_with_a_payload_is_refused_by_name(trained, tmp_pa
     assert "weights_only=False" not in proc.stderr and "Traceback" in proc.stderr  # the log keeps the trace
 
 
-@pytest.mark.parametrize("family, file, payload", [
-    ("mlp", "model.pt", "namespace"),
-    ("mlp", "model.pt", b"garbage" * 10),
-    ("xgboost", "model.ubj", b"garbage" * 10),
-    ("logistic_regression", "model.skops", b"garbage" * 10),
-    ("knn", "model.npz", b"garbage" * 10),
-    ("knn", "model.npz", "object_array"),
-])
+@pytest.mark.parametrize(
+    "family, file, payload",
+    [
+        ("mlp", "model.pt", "namespace"),
+        ("mlp", "model.pt", b"garbage" * 10),
+        ("xgboost", "model.ubj", b"garbage" * 10),
+        ("logistic_regression", "model.skops", b"garbage" * 10),
+        ("knn", "model.npz", b"garbage" * 10),
+        ("knn", "model.npz", "object_array"),
+    ],
+)
 def test_garbage_model_file_is_named(family, file, payload, trained, tmp_path, capsys):
     def write(path):
         if payload == "namespace":
@@ -209,6 +230,7 @@ def test_garbage_model_file_is_named(family, file, payload, trained, tmp_path, c
 
 # --------------------------------------------------------------------------- features.derived
 
+
 @pytest.fixture
 def splits(tmp_path):
     paths = {}
@@ -222,8 +244,12 @@ def splits(tmp_path):
 
 def _features_argv(splits, tmp_path, derived: dict) -> list[str]:
     argv = [a for s in SPLITS for a in (f"--{s}", splits[s], f"--out-{s}", tmp_path / f"out_{s}.parquet")]
-    return [str(a) for a in argv] + ["--transform", str(tmp_path / "t.json"), "--params",
-                                     json.dumps({"derived": derived})]
+    return [str(a) for a in argv] + [
+        "--transform",
+        str(tmp_path / "t.json"),
+        "--params",
+        json.dumps({"derived": derived}),
+    ]
 
 
 def test_sqrt_of_a_column_works(splits, tmp_path, capsys):
@@ -235,21 +261,24 @@ def test_sqrt_of_a_column_works(splits, tmp_path, capsys):
     assert np.allclose(r, np.sqrt(src["j1_pt"]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("expr, reason", [
-    ("j1_pt & j2_pt", "'&' applies to booleans"),
-    ("j1_pt | 1", "'|' applies to booleans"),
-    ("~j1_pt", "'~' applies to booleans"),
-    ("sqr(j1_pt)", "unknown function 'sqr' (did you mean 'sqrt'?)"),
-    ("j3_pt + 1", "unknown column 'j3_pt'"),
-    ("__import__('os')", "unknown function '__import__'"),
-    ("j1_pt.real", "attribute access '.real' is not allowed"),
-    ("j1_pt > 1 and j2_pt > 1", "'and' is not supported"),
-    ("0 < j1_pt < 1", "chained comparison"),
-    ("sum(j1_pt)", "reduction"),
-    ("j1_pt ** 100", "exponent too large"),
-    ("((9 ** 64) ** 64) ** 64", "exponent too large"),
-    ("j1_pt + 1/0", "division by zero"),
-])
+@pytest.mark.parametrize(
+    "expr, reason",
+    [
+        ("j1_pt & j2_pt", "'&' applies to booleans"),
+        ("j1_pt | 1", "'|' applies to booleans"),
+        ("~j1_pt", "'~' applies to booleans"),
+        ("sqr(j1_pt)", "unknown function 'sqr' (did you mean 'sqrt'?)"),
+        ("j3_pt + 1", "unknown column 'j3_pt'"),
+        ("__import__('os')", "unknown function '__import__'"),
+        ("j1_pt.real", "attribute access '.real' is not allowed"),
+        ("j1_pt > 1 and j2_pt > 1", "'and' is not supported"),
+        ("0 < j1_pt < 1", "chained comparison"),
+        ("sum(j1_pt)", "reduction"),
+        ("j1_pt ** 100", "exponent too large"),
+        ("((9 ** 64) ** 64) ** 64", "exponent too large"),
+        ("j1_pt + 1/0", "division by zero"),
+    ],
+)
 def test_bad_derived_expression_names_the_column(expr, reason, splits, tmp_path, capsys):
     rc, err = call_main(features.main, _features_argv(splits, tmp_path, {"x": expr}), capsys)
     line = last_line(rc, err, "features.derived.x")
@@ -285,31 +314,45 @@ def test_allowed_functions_really_evaluate(fn):
     assert out.shape == a.shape and (out.dtype == bool) == (kind == expressions.BOOLEAN)
 
 
-@pytest.mark.parametrize("expr", ["(a > 1) & (b < 0) | ~(a == b)", "where(a > b, a, b)", "(a > 0.5) * b",
-                                  "a ** -2 + b ** (1/3)", "-a % 2", "isnan(a) | isinf(b)",
-                                  "sqrt(a**2 + b**2)", "arctan2(a, b) * 2"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "(a > 1) & (b < 0) | ~(a == b)",
+        "where(a > b, a, b)",
+        "(a > 0.5) * b",
+        "a ** -2 + b ** (1/3)",
+        "-a % 2",
+        "isnan(a) | isinf(b)",
+        "sqrt(a**2 + b**2)",
+        "arctan2(a, b) * 2",
+    ],
+)
 def test_accepted_expressions_evaluate_in_numexpr(expr):
     expressions.check_expression("x", expr, ["a", "b"])
     a, b = np.linspace(0.1, 0.9, 7), np.linspace(0.2, 0.8, 7)
     assert numexpr.evaluate(expr, local_dict={"a": a, "b": b}, global_dict={}).shape == a.shape
 
 
-@pytest.mark.parametrize("expr, reason", [
-    ("a" + " + a" * 400, "too long"),
-    ("-" * 100 + "a", "too large"),
-    ("a ** (b ** 2)", "holds a power"),
-    ("where(a, 1, 0)", "needs a comparison"),
-    ("sqrt(a > 1)", "applies to numbers"),
-    ("(a > 1) + (b > 1)", "two booleans"),
-    ("arctan2(a)", "takes 2"),
-    ("maximum(a, b=1)", "takes 2"),
-])
+@pytest.mark.parametrize(
+    "expr, reason",
+    [
+        ("a" + " + a" * 400, "too long"),
+        ("-" * 100 + "a", "too large"),
+        ("a ** (b ** 2)", "holds a power"),
+        ("where(a, 1, 0)", "needs a comparison"),
+        ("sqrt(a > 1)", "applies to numbers"),
+        ("(a > 1) + (b > 1)", "two booleans"),
+        ("arctan2(a)", "takes 2"),
+        ("maximum(a, b=1)", "takes 2"),
+    ],
+)
 def test_checker_refuses(expr, reason):
     with pytest.raises(ConfigError, match=re.escape(reason)):
         expressions.check_expression("x", expr, ["a", "b"])
 
 
 # --------------------------------------------------------------------------- the CLI wrapper
+
 
 def _step(call):
     def build(p):
@@ -323,8 +366,10 @@ def test_unexpected_error_is_one_line_naming_the_step(capsys, caplog):
         raise RuntimeError("first line\n  second line")
 
     assert _step(boom) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "hepml: error: test_errors: RuntimeError: first line second line"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "hepml: error: test_errors: RuntimeError: first line second line"
+    )
     assert "Traceback" in caplog.text and "second line" in caplog.text
 
 
@@ -337,10 +382,14 @@ def test_oserror_names_its_file(capsys):
 
 
 def test_describe_is_one_line_without_unsafe_advice():
-    msg = ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "
-           "succeed.\n\tWeightsUnpickler error: Unsupported global: GLOBAL argparse.Namespace was not allowed")
+    msg = (
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "
+        "succeed.\n\tWeightsUnpickler error: Unsupported global: GLOBAL argparse.Namespace was not allowed"
+    )
     assert describe(ValueError(msg)) == "refused to unpickle arbitrary objects (it asks for argparse.Namespace)"
     assert describe(ValueError("a\n\n  b")) == "a b"
-    assert describe(ValueError("[14:26:47] /src/c_api.cc:12: Check failed: x\nStack trace:\n [bt] (0)")) == \
-        "Check failed: x"
+    assert (
+        describe(ValueError("[14:26:47] /src/c_api.cc:12: Check failed: x\nStack trace:\n [bt] (0)"))
+        == "Check failed: x"
+    )
     assert describe(KeyError()) == "KeyError"

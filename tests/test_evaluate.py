@@ -1,4 +1,5 @@
 """The evaluate and leaderboard steps: metrics.json contents, overtraining flag, errors."""
+
 import json
 import subprocess
 import sys
@@ -21,20 +22,40 @@ def predictions_table(n=3000, seed=0, shift=1.0):
     for i, s in enumerate(("train", "validation", "test")):
         y = rng.integers(0, 2, n)
         x = rng.normal(size=n) + shift * y
-        parts.append(pd.DataFrame({"event_id": np.arange(n) + i * n, "split": s, "label": y,
-                                   "weight": rng.uniform(0.5, 2, n), "score": 1 / (1 + np.exp(-x)),
-                                   "truth_llr": shift * x - shift ** 2 / 2}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "event_id": np.arange(n) + i * n,
+                    "split": s,
+                    "label": y,
+                    "weight": rng.uniform(0.5, 2, n),
+                    "score": 1 / (1 + np.exp(-x)),
+                    "truth_llr": shift * x - shift**2 / 2,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
 def test_classification_metrics_json(tmp_path):
     pred = predictions_table()
     pred.to_parquet(tmp_path / "p.parquet")
-    rec = {"family": "xgboost", "n_train": 3000, "fit_seconds": 1.5,
-           "tuning": {"n_trials": 5, "wall_seconds": 2.0, "objective": "roc_auc"}}
+    rec = {
+        "family": "xgboost",
+        "n_train": 3000,
+        "fit_seconds": 1.5,
+        "tuning": {"n_trials": 5, "wall_seconds": 2.0, "objective": "roc_auc"},
+    }
     (tmp_path / "r.json").write_text(json.dumps(rec))
-    out = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification",
-                   0.5, [0.01, 0.1, 0.3], str(tmp_path / "r.json"))
+    out = evaluate(
+        str(tmp_path / "p.parquet"),
+        str(tmp_path / "m.json"),
+        "bdt",
+        "classification",
+        0.5,
+        [0.01, 0.1, 0.3],
+        str(tmp_path / "r.json"),
+    )
     on_disk = json.loads((tmp_path / "m.json").read_text())
     assert on_disk == out
     m = out["metrics"]
@@ -42,10 +63,31 @@ def test_classification_metrics_json(tmp_path):
     assert m["roc_auc"] == pytest.approx(M.roc_auc(test.label, test.score, test.weight))
     # the score is a monotone function of the LLR here, so the model *is* Bayes-optimal
     assert m["bayes_auc"] == pytest.approx(m["roc_auc"])
-    for k in ("accuracy", "error_rate", "precision", "sensitivity", "specificity", "roc_combined", "f1",
-              "geometric_mean", "tp", "fp", "tn", "fn", "sig_eff_at_bkg_0.01", "sig_eff_at_bkg_0.1",
-              "sig_eff_at_bkg_0.3", "roc_auc_train", "roc_auc_validation", "ks_pvalue_signal",
-              "ks_pvalue_background", "cross_entropy", "hinge_loss", "mse", "zero_one_loss"):
+    for k in (
+        "accuracy",
+        "error_rate",
+        "precision",
+        "sensitivity",
+        "specificity",
+        "roc_combined",
+        "f1",
+        "geometric_mean",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "sig_eff_at_bkg_0.01",
+        "sig_eff_at_bkg_0.1",
+        "sig_eff_at_bkg_0.3",
+        "roc_auc_train",
+        "roc_auc_validation",
+        "ks_pvalue_signal",
+        "ks_pvalue_background",
+        "cross_entropy",
+        "hinge_loss",
+        "mse",
+        "zero_one_loss",
+    ):
         assert m[k] is not None, k
     assert out["overtraining"]["flagged"] is False  # all splits drawn from one distribution
     assert out["family"] == "xgboost" and out["extra"]["tuning"]["n_trials"] == 5
@@ -66,8 +108,21 @@ def test_missing_column_and_one_class_are_clear_errors(tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hepml_steps.evaluate", "--predictions", str(tmp_path / "none.parquet"),
-                        "--out", str(tmp_path / "m.json"), "--model", "x"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hepml_steps.evaluate",
+            "--predictions",
+            str(tmp_path / "none.parquet"),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--model",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("hepml: error: missing input file")
     assert "none.parquet" in r.stderr
@@ -80,8 +135,9 @@ def _tree_predictions(params, n_train=400, seed=11):
     X, y = df[list(FEATURES)].to_numpy(np.float32), df["label"].to_numpy()
     fam = DecisionTreeFamily(task="classification", params=params, seed=0).fit(X[:n_train], y[:n_train])
     split = np.where(np.arange(len(df)) < n_train, "train", "test")
-    return pd.DataFrame({"event_id": df.event_id, "split": split, "label": y, "weight": 1.0,
-                         "score": fam.predict_score(X)})
+    return pd.DataFrame(
+        {"event_id": df.event_id, "split": split, "label": y, "weight": 1.0, "score": fam.predict_score(X)}
+    )
 
 
 def test_ks_flags_an_overfit_tree_and_not_a_regularised_one(tmp_path):
@@ -90,10 +146,17 @@ def test_ks_flags_an_overfit_tree_and_not_a_regularised_one(tmp_path):
     results = {}
     for name, pred in (("deep", deep), ("shallow", shallow)):
         pred.to_parquet(tmp_path / f"{name}.parquet")
-        results[name] = evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name,
-                                 "classification", ks_pvalue_min=0.01)
+        results[name] = evaluate(
+            str(tmp_path / f"{name}.parquet"),
+            str(tmp_path / f"{name}.json"),
+            name,
+            "classification",
+            ks_pvalue_min=0.01,
+        )
     assert results["deep"]["overtraining"]["flagged"] is True
-    assert min(results["deep"]["metrics"]["ks_pvalue_signal"], results["deep"]["metrics"]["ks_pvalue_background"]) < 1e-6
+    assert (
+        min(results["deep"]["metrics"]["ks_pvalue_signal"], results["deep"]["metrics"]["ks_pvalue_background"]) < 1e-6
+    )
     assert results["shallow"]["overtraining"]["flagged"] is False
     assert results["deep"]["metrics"]["roc_auc_train"] == pytest.approx(1.0)
 
@@ -103,8 +166,9 @@ def test_regression_anomaly_clustering_dimreduction(tmp_path):
     n = 2000
     y = rng.integers(0, 2, n)
     target = rng.uniform(50, 150, n)
-    base = pd.DataFrame({"event_id": np.arange(n), "split": np.where(np.arange(n) < 1000, "train", "test"),
-                         "label": y, "weight": 1.0})
+    base = pd.DataFrame(
+        {"event_id": np.arange(n), "split": np.where(np.arange(n) < 1000, "train", "test"), "label": y, "weight": 1.0}
+    )
     reg = base.assign(score=target * (1 + rng.normal(0, 0.05, n)), target=target)
     reg.to_parquet(tmp_path / "reg.parquet")
     m = evaluate(str(tmp_path / "reg.parquet"), str(tmp_path / "reg.json"), "r", "regression")["metrics"]
@@ -120,14 +184,25 @@ def test_regression_anomaly_clustering_dimreduction(tmp_path):
     feats[base.split == "test"].to_parquet(tmp_path / "ft.parquet")
     clu = base.assign(score=y.astype(float))
     clu.to_parquet(tmp_path / "clu.parquet")
-    m = evaluate(str(tmp_path / "clu.parquet"), str(tmp_path / "clu.json"), "k", "clustering",
-                 extra={"features": ["a", "b"]}, features=str(tmp_path / "ft.parquet"))["metrics"]
+    m = evaluate(
+        str(tmp_path / "clu.parquet"),
+        str(tmp_path / "clu.json"),
+        "k",
+        "clustering",
+        extra={"features": ["a", "b"]},
+        features=str(tmp_path / "ft.parquet"),
+    )["metrics"]
     assert m["n_clusters"] == 2 and m["silhouette"] > 0.5 and m["adjusted_rand"] == pytest.approx(1.0)
 
     pca = base.assign(score=X[:, 0])
     pca.to_parquet(tmp_path / "pca.parquet")
-    m = evaluate(str(tmp_path / "pca.parquet"), str(tmp_path / "pca.json"), "p", "dimreduction",
-                 extra={"info": {"explained_variance_ratio": [0.6, 0.3]}})["metrics"]
+    m = evaluate(
+        str(tmp_path / "pca.parquet"),
+        str(tmp_path / "pca.json"),
+        "p",
+        "dimreduction",
+        extra={"info": {"explained_variance_ratio": [0.6, 0.3]}},
+    )["metrics"]
     assert m["explained_variance_ratio_total"] == pytest.approx(0.9) and m["pc1_separation_auc"] > 0.9
 
 
@@ -135,10 +210,20 @@ def test_leaderboard_ranks_and_shows_bayes(tmp_path):
     files = []
     for name, shift in (("weak", 0.3), ("strong", 1.5)):
         predictions_table(shift=shift).to_parquet(tmp_path / f"{name}.parquet")
-        evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name, "classification",
-                 extra={"family": "f", "fit_seconds": 1.0, "tuning": {"n_trials": 7, "wall_seconds": 3.0},
-                        "energy": {"train": {"energy_j": 5.0, "j_per_event": 0.001, "events_per_s": 1e4,
-                                             "method": "cpu-time-estimate"}}})
+        evaluate(
+            str(tmp_path / f"{name}.parquet"),
+            str(tmp_path / f"{name}.json"),
+            name,
+            "classification",
+            extra={
+                "family": "f",
+                "fit_seconds": 1.0,
+                "tuning": {"n_trials": 7, "wall_seconds": 3.0},
+                "energy": {
+                    "train": {"energy_j": 5.0, "j_per_event": 0.001, "events_per_s": 1e4, "method": "cpu-time-estimate"}
+                },
+            },
+        )
         files.append(str(tmp_path / f"{name}.json"))
     rows = leaderboard(files, str(tmp_path / "lb.csv"), str(tmp_path / "lb.md"))
     assert [r["model"] for r in rows] == ["strong", "weak"]
@@ -163,24 +248,27 @@ def test_ks_of_a_capped_model_uses_the_events_it_was_fitted_on(tmp_path):
     df = generate_chunk(n_train + n_test, (n_train + n_test) // 2, seed=5, chunk_index=0, event_id_start=0)
     X, y = df[list(FEATURES)].to_numpy(np.float32), df["label"].to_numpy()
     fitted = cap_index(df["event_id"].to_numpy()[:n_train], cap)
-    fam = DecisionTreeFamily(task="classification", params={"max_depth": None, "min_samples_leaf": 1},
-                             seed=0).fit(X[fitted], y[fitted])
+    fam = DecisionTreeFamily(task="classification", params={"max_depth": None, "min_samples_leaf": 1}, seed=0).fit(
+        X[fitted], y[fitted]
+    )
     split = np.where(np.arange(len(df)) < n_train, "train", "test")
-    pred = pd.DataFrame({"event_id": df.event_id, "split": split, "label": y, "weight": 1.0,
-                         "score": fam.predict_score(X)})
+    pred = pd.DataFrame(
+        {"event_id": df.event_id, "split": split, "label": y, "weight": 1.0, "score": fam.predict_score(X)}
+    )
     pred.to_parquet(tmp_path / "p.parquet")
     capped = {"train_cap": {"cap": cap, "applied": True, "n_before": n_train, "n_after": cap}}
-    res = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "m", "classification",
-                   extra=capped, ks_pvalue_min=0.01)
+    res = evaluate(
+        str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "m", "classification", extra=capped, ks_pvalue_min=0.01
+    )
     assert res["overtraining"]["flagged"] is True
     assert res["metrics"]["roc_auc_train"] == pytest.approx(1.0)  # the unpruned tree fits its 400 events
     assert res["n_events"]["train"] == n_train  # the table's counts are unchanged
     # without the cap record the unseen 96 % of the training split dilute the test
-    diluted = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "d.json"), "m", "classification",
-                       ks_pvalue_min=0.01)
+    diluted = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "d.json"), "m", "classification", ks_pvalue_min=0.01)
     assert diluted["metrics"]["roc_auc_train"] < 0.9
-    assert min(diluted["metrics"]["ks_pvalue_signal"], diluted["metrics"]["ks_pvalue_background"]) > \
-        min(res["metrics"]["ks_pvalue_signal"], res["metrics"]["ks_pvalue_background"])
+    assert min(diluted["metrics"]["ks_pvalue_signal"], diluted["metrics"]["ks_pvalue_background"]) > min(
+        res["metrics"]["ks_pvalue_signal"], res["metrics"]["ks_pvalue_background"]
+    )
 
 
 @pytest.mark.parametrize("figure,unc", [("asimov", 0.0), ("s_over_sqrt_b", 0.1), ("s_over_sqrt_s_plus_b", 0.0)])
@@ -192,20 +280,37 @@ def test_optimal_cut_in_metrics_json_equals_significance_on_test(tmp_path, figur
 
     pred = predictions_table(n=4000, seed=3, shift=1.5)
     pred.to_parquet(tmp_path / "p.parquet")
-    out = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification",
-                   significance=figure, bkg_uncertainty=unc, test_fraction=0.25)
+    out = evaluate(
+        str(tmp_path / "p.parquet"),
+        str(tmp_path / "m.json"),
+        "bdt",
+        "classification",
+        significance=figure,
+        bkg_uncertainty=unc,
+        test_fraction=0.25,
+    )
     test = pred[pred.split == "test"]
     best = optimal_cut(test.label, test.score, test.weight * 4.0, figure=figure, rel_bkg_uncertainty=unc)
     m = out["metrics"]
-    for name, key in (("z_max", "z_max"), ("optimal_cut", "cut"), ("s_at_cut", "s"), ("b_at_cut", "b"),
-                      ("sig_eff_at_cut", "eps_s"), ("bkg_eff_at_cut", "eps_b")):
+    for name, key in (
+        ("z_max", "z_max"),
+        ("optimal_cut", "cut"),
+        ("s_at_cut", "s"),
+        ("b_at_cut", "b"),
+        ("sig_eff_at_cut", "eps_s"),
+        ("bkg_eff_at_cut", "eps_b"),
+    ):
         assert m[name] == pytest.approx(best[key]), name
     assert m["z_max"] > 0
     at = M.threshold_metrics(test.label, test.score, best["cut"], test.weight)
     for k in ("precision", "f1", "accuracy", "sensitivity", "tp"):
         assert m[f"{k}_at_cut"] == pytest.approx(at[k]), k
-    assert out["significance"] == {"figure": figure, "rel_bkg_uncertainty": unc, "test_fraction": 0.25,
-                                   "weight_scale": 4.0}
+    assert out["significance"] == {
+        "figure": figure,
+        "rel_bkg_uncertainty": unc,
+        "test_fraction": 0.25,
+        "weight_scale": 4.0,
+    }
     # the yields are the full sample's: S at a cut selecting everything is the total signal weight / 0.25
     assert m["s_at_cut"] <= test.weight[test.label == 1].sum() * 4.0 + 1e-9
 

@@ -1,4 +1,5 @@
 """The family contract, checked for every built-in family and task it declares."""
+
 import subprocess
 import sys
 
@@ -10,9 +11,12 @@ from hepml_steps import registry
 from hepml_steps.errors import DataError, FamilyError
 
 FAST = {  # small settings so the whole matrix runs in seconds
-    "xgboost": {"n_estimators": 20}, "random_forest": {"n_estimators": 20},
-    "adaboost": {"n_estimators": 20}, "hist_gbm": {"max_iter": 20},
-    "mlp": {"epochs": 5, "batch_size": 64, "learning_rate": 0.01}, "autoencoder": {"epochs": 5},
+    "xgboost": {"n_estimators": 20},
+    "random_forest": {"n_estimators": 20},
+    "adaboost": {"n_estimators": 20},
+    "hist_gbm": {"max_iter": 20},
+    "mlp": {"epochs": 5, "batch_size": 64, "learning_rate": 0.01},
+    "autoencoder": {"epochs": 5},
 }
 
 
@@ -48,8 +52,9 @@ def test_fit_save_load_roundtrip(name, task, tmp_path):
         X, y = X[y == 0], None
     elif task == "multiclass":  # three classes: bins of the same discriminant
         y = np.digitize(X[:, 0] + 0.5 * X[:, 1] ** 2, [0.0, 1.0])
-    m = cls(task=task, params=FAST.get(name, {}), seed=3).fit(X[:800], y if y is None else y[:800],
-                                                              X_val=X[800:], y_val=None if y is None else y[800:])
+    m = cls(task=task, params=FAST.get(name, {}), seed=3).fit(
+        X[:800], y if y is None else y[:800], X_val=X[800:], y_val=None if y is None else y[800:]
+    )
     s = m.predict_score(X)
     shape = (len(X), 3) if task == "multiclass" else (len(X),)
     assert s.shape == shape and np.all(np.isfinite(s))
@@ -134,18 +139,28 @@ def test_every_builtin_family_declares_the_contract():
 
 
 def test_xgboost_job_never_imports_torch():
-    code = ("import sys, numpy as np\n"
-            "from hepml_steps import registry, train, predict, split, features, track\n"
-            "m = registry.get('xgboost')(params={'n_estimators': 2}).fit(np.random.rand(50, 3), np.arange(50) % 2)\n"
-            "m = registry.get('logistic_regression')().fit(np.random.rand(50, 3), np.arange(50) % 2)\n"
-            "print('torch' in sys.modules, 'mlflow' in sys.modules)")
+    code = (
+        "import sys, numpy as np\n"
+        "from hepml_steps import registry, train, predict, split, features, track\n"
+        "m = registry.get('xgboost')(params={'n_estimators': 2}).fit(np.random.rand(50, 3), np.arange(50) % 2)\n"
+        "m = registry.get('logistic_regression')().fit(np.random.rand(50, 3), np.arange(50) % 2)\n"
+        "print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("name, expected", [("xgboost", "dict"), ("random_forest", "dict"),
-                                            ("logistic_regression", "dict"), ("svm", None), ("knn", None),
-                                            ("mlp", None)])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("xgboost", "dict"),
+        ("random_forest", "dict"),
+        ("logistic_regression", "dict"),
+        ("svm", None),
+        ("knn", None),
+        ("mlp", None),
+    ],
+)
 def test_native_importance_is_a_declared_hook(name, expected):
     """The importance step asks every family through ``native_importance`` (default None)."""
     from hepml_steps.importance import native_importance
@@ -197,8 +212,9 @@ def _xgb_progress(caplog):
     return out
 
 
-@pytest.mark.parametrize("n_rounds, logged", [(50, [*range(3, 49, 3), 50]), (7, list(range(1, 8))),
-                                              (40, list(range(2, 41, 2)))])
+@pytest.mark.parametrize(
+    "n_rounds, logged", [(50, [*range(3, 49, 3), 50]), (7, list(range(1, 8))), (40, list(range(2, 41, 2)))]
+)
 def test_xgboost_logs_progress_every_few_iterations(caplog, n_rounds, logged):
     """At most 20 lines a fit (every ceil(n/20) iterations) plus the last, from the evaluation
     XGBoost does anyway: the numbers are those of the learning curve."""
@@ -207,12 +223,15 @@ def test_xgboost_logs_progress_every_few_iterations(caplog, n_rounds, logged):
     X, y = data(300)
     with caplog.at_level(logging.INFO, logger="hepml.xgboost"):
         m = registry.get("xgboost")(params={"n_estimators": n_rounds}).fit(
-            X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+            X[:200], y[:200], X_val=X[200:], y_val=y[200:]
+        )
     lines = _xgb_progress(caplog)
     assert [(i, n) for i, n, _ in lines] == [(i, n_rounds) for i in logged]
     for i, _, metrics in lines:
-        assert metrics == {"train_loss": f"{m.history['train_loss'][i - 1]:.4g}",
-                           "val_loss": f"{m.history['validation_loss'][i - 1]:.4g}"}
+        assert metrics == {
+            "train_loss": f"{m.history['train_loss'][i - 1]:.4g}",
+            "val_loss": f"{m.history['validation_loss'][i - 1]:.4g}",
+        }
 
 
 def test_xgboost_progress_without_validation_and_after_early_stopping(caplog):
@@ -226,11 +245,14 @@ def test_xgboost_progress_without_validation_and_after_early_stopping(caplog):
     # validation labels flipped: the validation loss rises from the first trees on
     with caplog.at_level(logging.INFO, logger="hepml.xgboost"):
         m = registry.get("xgboost")(params={"n_estimators": 200, "early_stopping_rounds": 3}).fit(
-            X[:400], y[:400], X_val=X[400:], y_val=1 - y[400:])
+            X[:400], y[:400], X_val=X[400:], y_val=1 - y[400:]
+        )
     n = m.info["n_trees"]
     assert n < 200
     lines = _xgb_progress(caplog)
     assert [i for i, _, _ in lines] == [*range(10, n + 1, 10), *([n] if n % 10 else [])]
     assert lines[-1][2]["val_loss"] == f"{m.history['validation_loss'][-1]:.4g}"
-    assert (f"xgboost: stopped early after iteration {n}/200; best iteration {m.info['best_iteration'] + 1}"
-            == caplog.records[-1].getMessage())
+    assert (
+        f"xgboost: stopped early after iteration {n}/200; best iteration {m.info['best_iteration'] + 1}"
+        == caplog.records[-1].getMessage()
+    )

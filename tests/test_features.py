@@ -42,7 +42,7 @@ def test_standardisation_fitted_on_train_only(splits, tmp_path):
 def test_derived_columns_and_selection(splits, tmp_path):
     t, out = run(splits, tmp_path, columns=["f0", "s"], derived={"s": "sqrt(f0**2 + f1**2)"}, standardize=False)
     src = pd.read_parquet(splits["validation"])
-    assert np.allclose(out["validation"]["s"], np.sqrt(src.f0 ** 2 + src.f1 ** 2), rtol=1e-5)
+    assert np.allclose(out["validation"]["s"], np.sqrt(src.f0**2 + src.f1**2), rtol=1e-5)
     assert t["outputs"] == ["f0", "s"] and "f2" not in out["validation"]
 
 
@@ -54,13 +54,16 @@ def test_pca_keeps_requested_components(splits, tmp_path):
     assert abs(c) < 1e-3  # principal components are uncorrelated on train
 
 
-@pytest.mark.parametrize("expr, msg", [
-    ("__import__('os')", "unknown function '__import__'"),
-    ("f0.real", "not allowed"),
-    ("nope + 1", "unknown column 'nope'"),
-    ("system(f0)", "unknown function 'system'"),
-    ("f0 +", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "expr, msg",
+    [
+        ("__import__('os')", "unknown function '__import__'"),
+        ("f0.real", "not allowed"),
+        ("nope + 1", "unknown column 'nope'"),
+        ("system(f0)", "unknown function 'system'"),
+        ("f0 +", "cannot parse"),
+    ],
+)
 def test_unsafe_or_bad_expressions_rejected(expr, msg, splits, tmp_path):
     with pytest.raises(ConfigError, match=f"features.derived.x.*({msg})"):
         run(splits, tmp_path, derived={"x": expr})

@@ -1,4 +1,5 @@
 """Tests of the embedded toy generator (hepml_steps.generate)."""
+
 from __future__ import annotations
 
 import json
@@ -55,6 +56,7 @@ def _numerical_cdf(name: str, cls: int, physics: dict | None = None):
 
 # --------------------------------------------------------------------------- densities
 
+
 @pytest.mark.parametrize("cls", [1, 0])
 @pytest.mark.parametrize("name", CONTINUOUS)
 def test_continuous_latent_matches_density(name, cls):
@@ -87,7 +89,7 @@ def test_poisson_latent_matches_pmf(name, cls):
     lo, hi = keep[0], keep[-1]
     edges = np.concatenate([[-0.5], np.arange(lo, hi + 1) + 0.5, [np.inf]])
     observed = np.histogram(x, bins=edges)[0]
-    exp_binned = np.concatenate([[expected[: lo + 1].sum()], expected[lo + 1: hi + 1], [n - expected[: hi + 1].sum()]])
+    exp_binned = np.concatenate([[expected[: lo + 1].sum()], expected[lo + 1 : hi + 1], [n - expected[: hi + 1].sum()]])
     if exp_binned[-1] < 1:  # negligible upper tail: fold into the last bin
         observed = np.concatenate([observed[:-2], [observed[-2:].sum()]])
         exp_binned = np.concatenate([exp_binned[:-2], [exp_binned[-2:].sum()]])
@@ -104,8 +106,15 @@ def test_density_integrates_to_one(name, cls):
     total = integrate.quad(f, lo, hi, points=points, limit=500, epsabs=1e-12, epsrel=1e-10)[0]
     assert total == pytest.approx(1.0, abs=1e-7)
     # zero density outside the support
-    outside = {"m": [lo - 1, hi + 1], "pt": [-1.0], "phi": [-4.0, math.pi], "phi_star": [4.0],
-               "cos_theta": [-1.01, 1.01], "met": [-0.5], "y": []}[name]
+    outside = {
+        "m": [lo - 1, hi + 1],
+        "pt": [-1.0],
+        "phi": [-4.0, math.pi],
+        "phi_star": [4.0],
+        "cos_theta": [-1.01, 1.01],
+        "met": [-0.5],
+        "y": [],
+    }[name]
     if outside:
         assert np.all(np.isneginf(g.log_density_var(name, np.array(outside), cls)))
 
@@ -141,6 +150,7 @@ def test_truth_llr_is_calibrated():
 
 
 # --------------------------------------------------------------------------- detector map
+
 
 def _swap(z: dict) -> dict:
     z2 = dict(z)
@@ -185,7 +195,7 @@ def test_detector_inverts_to_decay_angles(latent):
     beta = pair[1:] / pair[0]
     gamma = pair[0] / m
     bp = (beta * j1[1:]).sum(0)
-    b2 = (beta ** 2).sum(0)
+    b2 = (beta**2).sum(0)
     rest = j1[1:] + ((gamma - 1) * bp / b2 - gamma * j1[0]) * beta
     n = rest / np.linalg.norm(rest, axis=0)
     s = np.sqrt(1 - latent["cos_theta"] ** 2)
@@ -206,14 +216,14 @@ def test_swap_involution_leaves_detector_and_densities_unchanged(latent):
 
 
 def test_extreme_kinematics_stay_finite():
-    physics = {"y_width_background": 8.0, "pt_scale_background": 0.05, "m_min": 1.0,
-               "m_slope_background": 2.0}
+    physics = {"y_width_background": 8.0, "pt_scale_background": 0.05, "m_min": 1.0, "m_slope_background": 2.0}
     df = g.generate_chunk(50_000, 100, seed=3, chunk_index=0, event_id_start=0, physics=physics)
     assert np.isfinite(df.to_numpy(dtype=np.float64)).all()
     assert df[["j1_eta", "j2_eta"]].abs().to_numpy().max() <= g.ETA_MAX
 
 
 # --------------------------------------------------------------------------- chunks and files
+
 
 def test_generate_chunk_contents():
     df = g.generate_chunk(5000, 1234, seed=1, chunk_index=3, event_id_start=100)
@@ -289,20 +299,23 @@ def test_root_matches_parquet(tmp_path):
         np.testing.assert_array_equal(arrays[col], pdf[col].to_numpy(), err_msg=col)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"n_events": 0}, "n_events"),
-    ({"signal_fraction": 0.0}, "signal_fraction"),
-    ({"signal_fraction": 1.0}, "signal_fraction"),
-    ({"signal_fraction": 1.5}, "signal_fraction"),
-    ({"chunk_size": 0}, "chunk_size"),
-    ({"physics": {"m_mass_typo": 3.0}}, "m_mass_typo"),
-    ({"physics": {"m_width_signal": -1.0}}, "m_width_signal"),
-    ({"physics": {"m_max": 10.0}}, "m_max"),
-    ({"yields": {"signal": 1.0}}, "background"),
-    ({"yields": {"signal": 1.0, "background": 1.0, "other": 2.0}}, "other"),
-    ({"out": "toy.csv"}, "suffix"),
-    ({"fmt": "hdf5"}, "fmt"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"n_events": 0}, "n_events"),
+        ({"signal_fraction": 0.0}, "signal_fraction"),
+        ({"signal_fraction": 1.0}, "signal_fraction"),
+        ({"signal_fraction": 1.5}, "signal_fraction"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"physics": {"m_mass_typo": 3.0}}, "m_mass_typo"),
+        ({"physics": {"m_width_signal": -1.0}}, "m_width_signal"),
+        ({"physics": {"m_max": 10.0}}, "m_max"),
+        ({"yields": {"signal": 1.0}}, "background"),
+        ({"yields": {"signal": 1.0, "background": 1.0, "other": 2.0}}, "other"),
+        ({"out": "toy.csv"}, "suffix"),
+        ({"fmt": "hdf5"}, "fmt"),
+    ],
+)
 def test_bad_arguments_raise_config_error(tmp_path, kwargs, key):
     args = {"out": "toy.parquet", "n_events": 100}
     args.update(kwargs)
@@ -314,9 +327,26 @@ def test_bad_arguments_raise_config_error(tmp_path, kwargs, key):
 
 def test_cli_writes_file(tmp_path, capsys):
     out, summ = tmp_path / "cli.parquet", tmp_path / "cli.json"
-    rc = g.main(["--out", str(out), "--n-events", "1500", "--signal-fraction", "0.2", "--seed", "3",
-                 "--chunk-size", "400", "--yields-json", '{"signal": 2.0, "background": 8.0}',
-                 "--physics-json", '{"m_width_signal": 10.0}', "--summary", str(summ)])
+    rc = g.main(
+        [
+            "--out",
+            str(out),
+            "--n-events",
+            "1500",
+            "--signal-fraction",
+            "0.2",
+            "--seed",
+            "3",
+            "--chunk-size",
+            "400",
+            "--yields-json",
+            '{"signal": 2.0, "background": 8.0}',
+            "--physics-json",
+            '{"m_width_signal": 10.0}',
+            "--summary",
+            str(summ),
+        ]
+    )
     assert rc == 0
     df = pd.read_parquet(out)
     assert len(df) == 1500 and int(df["label"].sum()) == 300
@@ -331,13 +361,18 @@ def test_cli_writes_file(tmp_path, capsys):
 
 def test_module_entry_point(tmp_path):
     out = tmp_path / "m.root"
-    proc = subprocess.run([sys.executable, "-m", "hepml_steps.generate", "--out", str(out), "--n-events", "200"],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hepml_steps.generate", "--out", str(out), "--n-events", "200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
 
 
 # --------------------------------------------------------------------------- physics benchmark
+
 
 @pytest.fixture(scope="module")
 def samples():
@@ -367,10 +402,12 @@ def test_low_level_logistic_clearly_worse(samples):
 
 def test_xgboost_approaches_but_does_not_beat_bayes(samples):
     import xgboost
+
     train, test = samples
     cols = list(g.FEATURES)
-    model = xgboost.XGBClassifier(tree_method="hist", n_estimators=200, max_depth=6, learning_rate=0.1,
-                                  n_jobs=2, random_state=0)
+    model = xgboost.XGBClassifier(
+        tree_method="hist", n_estimators=200, max_depth=6, learning_rate=0.1, n_jobs=2, random_state=0
+    )
     model.fit(train[cols], train["label"])
     auc_xgb = roc_auc_score(test["label"], model.predict_proba(test[cols])[:, 1])
     bayes = roc_auc_score(test["label"], test["truth_llr"])

@@ -6,6 +6,7 @@ value or stops with one ``hepml: error:`` line naming the key; no payload ever
 runs (it would create a ``pwned*`` file). The workflow runs with a PATH whose
 ``python`` is another interpreter: the steps must use Snakemake's own.
 """
+
 import json
 import os
 import stat
@@ -51,10 +52,20 @@ def _env(tmp_path: Path) -> dict:
 def _snakemake(workdir: Path, config: dict, env: dict, *args, timeout=900):
     cfg = workdir / "hostile.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg), "--cores", "2", "--show-failed-logs", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg),
+        "--cores",
+        "2",
+        "--show-failed-logs",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def _pwned(workdir: Path) -> list[str]:
@@ -91,15 +102,22 @@ def test_every_free_text_field_is_literal(tmp_path):
     results = f"out {PAYLOAD}"
     config = {
         "results": results,
-        "data": {"source": "files", "files": {
-            "inputs": [{"path": str(sig), "tree": TREE}, {"path": str(bkg)}],
-            "label_column": f"lab {PAYLOAD}", "weight_column": f"w {PAYLOAD}",
-            "event_id_column": f"id {PAYLOAD}", "columns": ["f0", f"f1 {PAYLOAD}"]}},
+        "data": {
+            "source": "files",
+            "files": {
+                "inputs": [{"path": str(sig), "tree": TREE}, {"path": str(bkg)}],
+                "label_column": f"lab {PAYLOAD}",
+                "weight_column": f"w {PAYLOAD}",
+                "event_id_column": f"id {PAYLOAD}",
+                "columns": ["f0", f"f1 {PAYLOAD}"],
+            },
+        },
         "training": {"threads": 1},
         "select_models": ["bdt", "logreg"],
-        "models": {"bdt": {"family": "xgboost", "params": {"n_estimators": 10, "max_depth": 2}},
-                   "logreg": {"family": "logistic_regression",
-                              "tune": {"enabled": True, "n_trials": 2, "timeout": 60}}},
+        "models": {
+            "bdt": {"family": "xgboost", "params": {"n_estimators": 10, "max_depth": 2}},
+            "logreg": {"family": "logistic_regression", "tune": {"enabled": True, "n_trials": 2, "timeout": 60}},
+        },
         "tracking": {"experiment": PAYLOAD},
     }
     res = _snakemake(wd, config, _env(tmp_path))
@@ -128,14 +146,17 @@ def test_toy_generation_with_a_hostile_results_folder(tmp_path):
     assert pd.read_parquet(wd / results / "data" / "events.parquet").shape[0] == 500
 
 
-@pytest.mark.parametrize("config, key", [
-    ({"results": "a\nb $(touch pwned8)"}, "results"),
-    ({"results": "a{model}b"}, "results"),
-    ({"select_models": [f"m {PAYLOAD}"], "models": {f"m {PAYLOAD}": {"family": "xgboost"}}}, "models"),
-    ({"models": {"m\ntouch pwned9": {"family": "xgboost"}}}, "models"),
-    ({"features": {"derived": {f"d {PAYLOAD}": "f0 + 1"}}}, "features.derived"),
-    ({"features": {"derived": {"d\n$(touch pwned10)": "f0 + 1"}}}, "features.derived"),
-])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"results": "a\nb $(touch pwned8)"}, "results"),
+        ({"results": "a{model}b"}, "results"),
+        ({"select_models": [f"m {PAYLOAD}"], "models": {f"m {PAYLOAD}": {"family": "xgboost"}}}, "models"),
+        ({"models": {"m\ntouch pwned9": {"family": "xgboost"}}}, "models"),
+        ({"features": {"derived": {f"d {PAYLOAD}": "f0 + 1"}}}, "features.derived"),
+        ({"features": {"derived": {"d\n$(touch pwned10)": "f0 + 1"}}}, "features.derived"),
+    ],
+)
 def test_refused_values_name_their_key(tmp_path, config, key):
     wd = tmp_path / "wd"
     wd.mkdir()

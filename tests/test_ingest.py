@@ -1,4 +1,5 @@
 """Tests of reading user files / the toy sample into the canonical table (hepml_steps.ingest)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ from .conftest import ROOT, make_events
 
 def _features(n: int, seed: int, shift: float = 0.0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"pt": rng.exponential(30.0, n) + shift, "eta": rng.normal(0.0, 1.5, n),
-            "njet": rng.integers(0, 6, n).astype(np.int32), "w": rng.uniform(0.5, 1.5, n)}
+    return {
+        "pt": rng.exponential(30.0, n) + shift,
+        "eta": rng.normal(0.0, 1.5, n),
+        "njet": rng.integers(0, 6, n).astype(np.int32),
+        "w": rng.uniform(0.5, 1.5, n),
+    }
 
 
 def _root_tree(path, arrays, name="events"):
@@ -35,7 +40,7 @@ def _root_tree(path, arrays, name="events"):
 def _split_frame(tmp_path, n=600, seed=1):
     """make_events without event ids, as two halves (Parquet and CSV)."""
     df = make_events(n, seed=seed).drop(columns=["event_id"])
-    a, b = df.iloc[: n // 2], df.iloc[n // 2:]
+    a, b = df.iloc[: n // 2], df.iloc[n // 2 :]
     pa, pb = tmp_path / "a.parquet", tmp_path / "b.csv"
     a.to_parquet(pa, index=False)
     b.to_csv(pb, index=False)
@@ -44,13 +49,20 @@ def _split_frame(tmp_path, n=600, seed=1):
 
 # --------------------------------------------------------------------------- ROOT
 
+
 def test_root_trees_labelled_per_file_with_file_weight(tmp_path):
     sig = _root_tree(tmp_path / "sig.root", _features(300, 1, shift=20.0))
     bkg = _root_tree(tmp_path / "bkg.root", _features(500, 2))
     out, summ = tmp_path / "events.parquet", tmp_path / "ingest.json"
-    s = ing.ingest([{"path": str(sig), "tree": "events", "label": 1},
-                    {"path": str(bkg), "tree": "events", "label": 0, "weight": 2.5}],
-                   out, weight_column="w", summary_out=summ)
+    s = ing.ingest(
+        [
+            {"path": str(sig), "tree": "events", "label": 1},
+            {"path": str(bkg), "tree": "events", "label": 0, "weight": 2.5},
+        ],
+        out,
+        weight_column="w",
+        summary_out=summ,
+    )
     df = pd.read_parquet(out)
     assert len(df) == 800 and s["n_signal"] == 300 and s["n_background"] == 500
     assert df["label"].dtype == np.int8 and df["weight"].dtype == np.float64 and df["event_id"].dtype == np.int64
@@ -83,8 +95,11 @@ def test_generated_root_file_matches_parquet(tmp_path):
 def test_branch_selection_reads_only_those(tmp_path):
     sig = _root_tree(tmp_path / "sig.root", _features(50, 1))
     bkg = _root_tree(tmp_path / "bkg.root", _features(60, 2))
-    s = ing.ingest([{"path": str(sig), "label": 1}, {"path": str(bkg), "label": 0}],
-                   tmp_path / "o.parquet", columns=["eta", "njet"])
+    s = ing.ingest(
+        [{"path": str(sig), "label": 1}, {"path": str(bkg), "label": 0}],
+        tmp_path / "o.parquet",
+        columns=["eta", "njet"],
+    )
     df = pd.read_parquet(tmp_path / "o.parquet")
     assert list(df.columns) == ["event_id", "label", "weight", "eta", "njet"]
     assert s["features"] == ["eta", "njet"]
@@ -117,8 +132,9 @@ def test_tree_autodetect_and_multi_tree_error(tmp_path):
         ing.ingest([{"path": str(two), "label": 1}], tmp_path / "o2.parquet")
     with pytest.raises(DataError, match=r"two\.root.*no tree 'other'"):
         ing.ingest([{"path": str(two), "tree": "other", "label": 1}], tmp_path / "o2.parquet")
-    s = ing.ingest([{"path": str(two), "tree": "syst_up", "label": 0},
-                    {"path": str(one), "label": 1}], tmp_path / "o2.parquet")
+    s = ing.ingest(
+        [{"path": str(two), "tree": "syst_up", "label": 0}, {"path": str(one), "label": 1}], tmp_path / "o2.parquet"
+    )
     assert s["n_background"] == 40 and s["files"][0]["tree"] == "syst_up"
 
 
@@ -131,8 +147,10 @@ def test_jagged_branch_skipped_by_default_but_error_when_selected(tmp_path, capl
         f.mktree("t", {"x": np.float64, "jets": "var * float64"})
         f["t"].extend({"x": np.arange(3.0), "jets": ak.Array([[1.0, 2.0], [], [3.0]])})
     with caplog.at_level("WARNING", logger="hepml.ingest"):
-        s = ing.ingest([{"path": str(path), "label": 1, "name": "s"}, {"path": str(path), "label": 0, "name": "b"}],
-                       tmp_path / "o.parquet")
+        s = ing.ingest(
+            [{"path": str(path), "label": 1, "name": "s"}, {"path": str(path), "label": 0, "name": "b"}],
+            tmp_path / "o.parquet",
+        )
     assert s["unused_collections"] == ["jets"] and "jets" in caplog.text  # listed once, not per input
     assert "jets" not in pd.read_parquet(tmp_path / "o.parquet").columns
     with pytest.raises(DataError, match=r"j\.root.*'jets'.*not a flat numeric.*collection.*jets\[0\]"):
@@ -141,10 +159,12 @@ def test_jagged_branch_skipped_by_default_but_error_when_selected(tmp_path, capl
 
 # --------------------------------------------------------------------------- Parquet / CSV
 
+
 def test_parquet_and_csv_with_label_column(tmp_path):
     df, pa, pb = _split_frame(tmp_path)
-    s = ing.ingest([{"path": str(pa)}, {"path": str(pb)}], tmp_path / "o.parquet",
-                   label_column="label", weight_column="weight")
+    s = ing.ingest(
+        [{"path": str(pa)}, {"path": str(pb)}], tmp_path / "o.parquet", label_column="label", weight_column="weight"
+    )
     out = pd.read_parquet(tmp_path / "o.parquet")
     assert len(out) == len(df) and s["n_signal"] == int(df["label"].sum())
     np.testing.assert_array_equal(out["label"].to_numpy(), df["label"].to_numpy())
@@ -180,12 +200,14 @@ def test_bad_label_values_name_file_column_and_values(tmp_path):
 
 def test_label_missing_or_mixed_is_an_error(tmp_path):
     df, pa, pb = _split_frame(tmp_path)
-    with pytest.raises(ConfigError, match=r"'label' is given for data\.files\.inputs\[0\] \(.*a\.parquet\) but "
-                       r"not for data\.files\.inputs\[1\] \(.*b\.csv\); label every input"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'label' is given for data\.files\.inputs\[0\] \(.*a\.parquet\) but "
+        r"not for data\.files\.inputs\[1\] \(.*b\.csv\); label every input",
+    ):
         ing.ingest([{"path": str(pa), "label": 1}, {"path": str(pb)}], tmp_path / "o.parquet")
     # a per-file label wins over the label column
-    s = ing.ingest([{"path": str(pa), "label": 1}, {"path": str(pb)}], tmp_path / "o.parquet",
-                   label_column="label")
+    s = ing.ingest([{"path": str(pa), "label": 1}, {"path": str(pb)}], tmp_path / "o.parquet", label_column="label")
     assert s["n_signal"] == 300 + int(df["label"].iloc[300:].sum())
     assert [f["label"] for f in s["files"]] == ["file label 1", "column label"]
     with pytest.raises(ConfigError, match="label must be 1"):
@@ -197,8 +219,12 @@ def test_duplicate_event_id_names_column_and_value(tmp_path):
     a.to_parquet(tmp_path / "a.parquet", index=False)
     b.iloc[50:].to_parquet(tmp_path / "b.parquet", index=False)
     with pytest.raises(DataError, match=r"event_id 353 \(column 'event_id'\) occurs 2 times.*a\.parquet.*b\.parquet"):
-        ing.ingest([{"path": str(tmp_path / "a.parquet")}, {"path": str(tmp_path / "b.parquet")}],
-                   tmp_path / "o.parquet", label_column="label", event_id_column="event_id")
+        ing.ingest(
+            [{"path": str(tmp_path / "a.parquet")}, {"path": str(tmp_path / "b.parquet")}],
+            tmp_path / "o.parquet",
+            label_column="label",
+            event_id_column="event_id",
+        )
     assert not (tmp_path / "o.parquet").exists()
 
 
@@ -206,14 +232,16 @@ def test_event_id_column_must_be_integer_valued(tmp_path):
     df = make_events(20)
     df["eid"] = df["event_id"].astype(float)
     df.to_parquet(tmp_path / "a.parquet", index=False)
-    ing.ingest([{"path": str(tmp_path / "a.parquet")}], tmp_path / "o.parquet", label_column="label",
-               event_id_column="eid")
+    ing.ingest(
+        [{"path": str(tmp_path / "a.parquet")}], tmp_path / "o.parquet", label_column="label", event_id_column="eid"
+    )
     np.testing.assert_array_equal(pd.read_parquet(tmp_path / "o.parquet")["event_id"], df["event_id"])
     df.loc[4, "eid"] = 2.5
     df.to_parquet(tmp_path / "a.parquet", index=False)
     with pytest.raises(DataError, match=r"a\.parquet.*'eid' must hold integers; found 2\.5"):
-        ing.ingest([{"path": str(tmp_path / "a.parquet")}], tmp_path / "o.parquet", label_column="label",
-                   event_id_column="eid")
+        ing.ingest(
+            [{"path": str(tmp_path / "a.parquet")}], tmp_path / "o.parquet", label_column="label", event_id_column="eid"
+        )
 
 
 def test_event_ids_stable_when_inputs_reordered(tmp_path):
@@ -234,8 +262,10 @@ def test_same_file_name_twice_needs_distinct_names(tmp_path):
     df = make_events(30).drop(columns=["event_id"])
     df.to_parquet(tmp_path / "s" / "data.parquet", index=False)
     df.to_parquet(tmp_path / "b" / "data.parquet", index=False)
-    specs = [{"path": str(tmp_path / "s" / "data.parquet"), "label": 1},
-             {"path": str(tmp_path / "b" / "data.parquet"), "label": 0}]
+    specs = [
+        {"path": str(tmp_path / "s" / "data.parquet"), "label": 1},
+        {"path": str(tmp_path / "b" / "data.parquet"), "label": 0},
+    ]
     with pytest.raises(ConfigError, match="two inputs are named 'data.parquet'"):
         ing.ingest(specs, tmp_path / "o.parquet")
     specs[0]["name"], specs[1]["name"] = "sig", "bkg"
@@ -244,6 +274,7 @@ def test_same_file_name_twice_needs_distinct_names(tmp_path):
 
 
 # --------------------------------------------------------------------------- checks
+
 
 def test_nonfinite_drop_counts_and_fail_message(tmp_path):
     df = make_events(200).drop(columns=["event_id"])
@@ -279,8 +310,9 @@ def test_all_events_dropped_is_an_error(tmp_path):
     df.loc[1::2, "f1"] = np.nan
     df.to_csv(tmp_path / "x.csv", index=False)
     with pytest.raises(DataError, match=r"no events.*x\.csv.*'f0': 5"):
-        ing.ingest([{"path": str(tmp_path / "x.csv")}], tmp_path / "o.parquet", label_column="label",
-                   columns=["f0", "f1"])
+        ing.ingest(
+            [{"path": str(tmp_path / "x.csv")}], tmp_path / "o.parquet", label_column="label", columns=["f0", "f1"]
+        )
 
 
 def test_column_nan_in_every_event_is_left_out_by_default_not_the_events(tmp_path):
@@ -301,8 +333,12 @@ def test_weight_column_must_be_finite(tmp_path):
     df.loc[2, "weight"] = np.nan
     df.to_parquet(tmp_path / "x.parquet", index=False)
     with pytest.raises(DataError, match=r"x\.parquet.*weight column 'weight'.*1 NaN/inf"):
-        ing.ingest([{"path": str(tmp_path / "x.parquet")}], tmp_path / "o.parquet", label_column="label",
-                   weight_column="weight")
+        ing.ingest(
+            [{"path": str(tmp_path / "x.parquet")}],
+            tmp_path / "o.parquet",
+            label_column="label",
+            weight_column="weight",
+        )
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):
@@ -320,19 +356,27 @@ def test_files_with_different_columns_name_both(tmp_path):
     a.to_parquet(tmp_path / "a.parquet", index=False)
     a.drop(columns=["f3"]).to_parquet(tmp_path / "b.parquet", index=False)
     with pytest.raises(DataError, match=r"a\.parquet and .*b\.parquet differ in columns.*\['f3'\]"):
-        ing.ingest([{"path": str(tmp_path / "a.parquet")}, {"path": str(tmp_path / "b.parquet")}],
-                   tmp_path / "o.parquet", label_column="label")
+        ing.ingest(
+            [{"path": str(tmp_path / "a.parquet")}, {"path": str(tmp_path / "b.parquet")}],
+            tmp_path / "o.parquet",
+            label_column="label",
+        )
     # selecting common columns fixes it
-    s = ing.ingest([{"path": str(tmp_path / "a.parquet")}, {"path": str(tmp_path / "b.parquet")}],
-                   tmp_path / "o.parquet", label_column="label", columns=["f0", "f1"])
+    s = ing.ingest(
+        [{"path": str(tmp_path / "a.parquet")}, {"path": str(tmp_path / "b.parquet")}],
+        tmp_path / "o.parquet",
+        label_column="label",
+        columns=["f0", "f1"],
+    )
     assert s["n_events"] == 40
 
 
 def test_target_column_copied(tmp_path):
     df = make_events(30).drop(columns=["event_id"])
     df.to_parquet(tmp_path / "a.parquet", index=False)
-    ing.ingest([{"path": str(tmp_path / "a.parquet")}], tmp_path / "o.parquet", label_column="label",
-               target_column="f2")
+    ing.ingest(
+        [{"path": str(tmp_path / "a.parquet")}], tmp_path / "o.parquet", label_column="label", target_column="f2"
+    )
     out = pd.read_parquet(tmp_path / "o.parquet")
     np.testing.assert_array_equal(out["target"], df["f2"])
     np.testing.assert_array_equal(out["f2"], df["f2"])
@@ -340,11 +384,18 @@ def test_target_column_copied(tmp_path):
 
 # --------------------------------------------------------------------------- toy / CLI
 
+
 def test_toy_passthrough_keeps_truth_llr_and_values(tmp_path):
     toy = tmp_path / "toy.parquet"
     g.generate(toy, 1000, seed=7)
-    s = ing.ingest([{"path": str(toy), "name": "toy"}], tmp_path / "events.parquet", label_column="label",
-                   weight_column="weight", event_id_column="event_id", columns=None)
+    s = ing.ingest(
+        [{"path": str(toy), "name": "toy"}],
+        tmp_path / "events.parquet",
+        label_column="label",
+        weight_column="weight",
+        event_id_column="event_id",
+        columns=None,
+    )
     src, out = pd.read_parquet(toy), pd.read_parquet(tmp_path / "events.parquet")
     assert "truth_llr" in out.columns and set(out.columns) == set(src.columns)
     pd.testing.assert_frame_equal(out[list(src.columns)], src)
@@ -355,31 +406,79 @@ def test_cli_success_and_error(tmp_path, capsys):
     _, pa, pb = _split_frame(tmp_path)
     inputs = json.dumps([{"path": str(pa)}, {"path": str(pb)}])
     out, summ = tmp_path / "o.parquet", tmp_path / "s.json"
-    rc = ing.main(["--inputs-json", inputs, "--out", str(out), "--summary", str(summ),
-                   "--label-column", "label", "--weight-column", "weight", "--columns=", "--nonfinite", "drop"])
+    rc = ing.main(
+        [
+            "--inputs-json",
+            inputs,
+            "--out",
+            str(out),
+            "--summary",
+            str(summ),
+            "--label-column",
+            "label",
+            "--weight-column",
+            "weight",
+            "--columns=",
+            "--nonfinite",
+            "drop",
+        ]
+    )
     assert rc == 0 and json.loads(summ.read_text())["n_events"] == 600
     assert {"f0", "f1", "f2", "f3"} <= set(pd.read_parquet(out).columns)
-    rc = ing.main(["--inputs-json", inputs, "--out", str(tmp_path / "o2.parquet"), "--label-column", "label",
-                   "--columns", "f0, f9"])
+    rc = ing.main(
+        [
+            "--inputs-json",
+            inputs,
+            "--out",
+            str(tmp_path / "o2.parquet"),
+            "--label-column",
+            "label",
+            "--columns",
+            "f0, f9",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert err[-1].startswith("hepml: error: ") and "f9" in err[-1] and "a.parquet" in err[-1]
     assert not any(line.startswith("Traceback") for line in err)
     assert not (tmp_path / "o2.parquet").exists()
-    rc = ing.main(["--inputs-json", inputs, "--out", str(tmp_path / "o2.parquet"), "--label-column", "label",
-                   "--nonfinite", "zero"])
+    rc = ing.main(
+        [
+            "--inputs-json",
+            inputs,
+            "--out",
+            str(tmp_path / "o2.parquet"),
+            "--label-column",
+            "label",
+            "--nonfinite",
+            "zero",
+        ]
+    )
     assert rc == 1 and "nonfinite" in capsys.readouterr().err
 
 
 def test_module_entry_point_error_is_one_line(tmp_path):
     out = tmp_path / "o.parquet"
-    proc = subprocess.run([sys.executable, "-m", "hepml_steps.ingest", "--inputs-json",
-                           json.dumps([{"path": str(tmp_path / "x.txt"), "label": 1}]), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hepml_steps.ingest",
+            "--inputs-json",
+            json.dumps([{"path": str(tmp_path / "x.txt"), "label": 1}]),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()  # log lines may precede it
-    assert lines[-1] == f"hepml: error: {tmp_path / 'x.txt'}: unknown file type '.txt'; " \
-                        "use one of ['.csv', '.parquet', '.pq', '.root'] (or set the input's 'format')"
+    assert (
+        lines[-1] == f"hepml: error: {tmp_path / 'x.txt'}: unknown file type '.txt'; "
+        "use one of ['.csv', '.parquet', '.pq', '.root'] (or set the input's 'format')"
+    )
     assert sum("error" in line for line in lines) == 1 and "Traceback" not in proc.stderr
     assert not out.exists()
 
@@ -401,27 +500,39 @@ def test_process_per_input_feeds_a_multiclass_model(tmp_path):
 
     files = [_root_tree(tmp_path / f"p{k}.root", _features(400, 10 + k, shift=40.0 * k)) for k in range(3)]
     out = tmp_path / "events.parquet"
-    s = ing.ingest([{"path": str(f), "label": int(k == 2), "process": k} for k, f in enumerate(files)], out,
-                   weight_column="w")
+    s = ing.ingest(
+        [{"path": str(f), "label": int(k == 2), "process": k} for k, f in enumerate(files)], out, weight_column="w"
+    )
     df = pd.read_parquet(out)
     assert df.groupby("process").size().to_dict() == {0: 400, 1: 400, 2: 400}
     assert "process" not in s["features"] and [f["process"] for f in s["files"]] == [0, 1, 2]
-    rec = tr.train(str(out), str(out), "procs", {"family": "xgboost", "task": "multiclass", "target": "process",
-                                                  "params": {"n_estimators": 20}},
-                   str(tmp_path / "model"), str(tmp_path / "rec.json"))
+    rec = tr.train(
+        str(out),
+        str(out),
+        "procs",
+        {"family": "xgboost", "task": "multiclass", "target": "process", "params": {"n_estimators": 20}},
+        str(tmp_path / "model"),
+        str(tmp_path / "rec.json"),
+    )
     assert rec["classes"] == [0, 1, 2] and "process" not in rec["features"]
     # a binary classifier of the same table never sees the process column either
-    rec2 = tr.train(str(out), str(out), "bdt", {"family": "xgboost", "params": {"n_estimators": 5}},
-                    str(tmp_path / "bdt"), str(tmp_path / "bdt.json"))
+    rec2 = tr.train(
+        str(out),
+        str(out),
+        "bdt",
+        {"family": "xgboost", "params": {"n_estimators": 5}},
+        str(tmp_path / "bdt"),
+        str(tmp_path / "bdt.json"),
+    )
     assert "process" not in rec2["features"]
 
 
 def test_process_must_be_an_integer_and_given_for_every_input(tmp_path):
     a, b = (_root_tree(tmp_path / f"{n}.root", _features(50, i)) for i, n in enumerate("ab"))
     with pytest.raises(ConfigError, match=r"inputs\[0\] .*process must be an integer .*'ttbar'"):
-        ing.ingest([{"path": str(a), "label": 1, "process": "ttbar"}, {"path": str(b), "label": 0}],
-                   tmp_path / "o.parquet")
+        ing.ingest(
+            [{"path": str(a), "label": 1, "process": "ttbar"}, {"path": str(b), "label": 0}], tmp_path / "o.parquet"
+        )
     with pytest.raises(ConfigError, match=r"'process' is given for .*a\.root but not for .*b\.root"):
-        ing.ingest([{"path": str(a), "label": 1, "process": 1}, {"path": str(b), "label": 0}],
-                   tmp_path / "o.parquet")
+        ing.ingest([{"path": str(a), "label": 1, "process": 1}, {"path": str(b), "label": 0}], tmp_path / "o.parquet")
     assert not (tmp_path / "o.parquet").exists()

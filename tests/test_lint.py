@@ -1,5 +1,6 @@
 """House rules checked by tools: Snakemake's linter, and dependencies that
 match the imports (the lock lists what the code imports, no more, no less)."""
+
 import ast
 import subprocess
 import sys
@@ -12,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # import name -> distribution name, where they differ
-DIST = {"sklearn": "scikit-learn", "yaml": "PyYAML", "pynvml": "nvidia-ml-py", "xgboost": "xgboost-cpu",
-        "snakemake_interface_executor_plugins": "snakemake-interface-executor-plugins"}
+DIST = {
+    "sklearn": "scikit-learn",
+    "yaml": "PyYAML",
+    "pynvml": "nvidia-ml-py",
+    "xgboost": "xgboost-cpu",
+    "snakemake_interface_executor_plugins": "snakemake-interface-executor-plugins",
+}
 # direct dependencies that no module imports, and why they are direct
 NOT_IMPORTED = {
     "snakemake-executor-plugin-slurm": "loaded by Snakemake for profiles/slurm",
@@ -21,6 +27,7 @@ NOT_IMPORTED = {
     "mlflow-skinny": "pinned with mlflow (3.18's skinny does not match)",
     "onnxscript": "torch.onnx's dynamo exporter, used when installed",
     "pytest-xdist": "pytest -n for developers",
+    "ruff": "the linter and formatter (tests/test_lint.py, .ci/run)",
 }
 
 
@@ -52,9 +59,20 @@ def _third_party_imports() -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
 
 
+def test_ruff_lint_and_format_are_clean():
+    for args in (["check", "."], ["format", "--check", "."]):
+        res = subprocess.run([str(BIN / "ruff"), *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert res.returncode == 0, f"ruff {' '.join(args)}:\n{res.stdout[-3000:]}{res.stderr[-2000:]}"
+
+
 def test_snakemake_lint_is_clean():
-    res = subprocess.run([str(BIN / "snakemake"), "--lint", "-s", str(ROOT / "Snakefile")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [str(BIN / "snakemake"), "--lint", "-s", str(ROOT / "Snakefile")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "Congratulations" in res.stdout + res.stderr
 

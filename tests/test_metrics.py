@@ -1,4 +1,5 @@
 """Figures of merit against hand-computed weighted confusion matrices and scikit-learn."""
+
 import math
 import warnings
 
@@ -31,7 +32,7 @@ def test_weighted_confusion_by_hand():
     assert m["precision"] == pytest.approx(prec)
     assert m["accuracy"] == pytest.approx(7.5 / 11.5)
     assert m["error_rate"] == pytest.approx(4.0 / 11.5)
-    assert m["roc_combined"] == pytest.approx(math.sqrt(sns ** 2 + spc ** 2) / math.sqrt(2))
+    assert m["roc_combined"] == pytest.approx(math.sqrt(sns**2 + spc**2) / math.sqrt(2))
     assert m["f1"] == pytest.approx(2 * prec * sns / (prec + sns))
     assert m["geometric_mean"] == pytest.approx(math.sqrt(sns * spc))
 
@@ -124,6 +125,7 @@ def test_ks_same_distribution_passes_shifted_fails():
     assert same["pvalue"] > 0.01 and shifted["pvalue"] < 1e-6
     # unweighted statistic equals scipy's
     from scipy.stats import ks_2samp
+
     assert same["statistic"] == pytest.approx(ks_2samp(a, b).statistic)
 
 

@@ -1,5 +1,6 @@
 """Multiclass classification: every family that supports it, the figures of
 merit against scikit-learn, and the train -> predict -> evaluate chain."""
+
 import json
 
 import numpy as np
@@ -16,11 +17,25 @@ from hepml_steps.errors import ConfigError, DataError, FamilyError
 
 SPLITS = ("train", "validation", "test")
 CLASS_VALUES = (10, 20, 30)  # not 0..K-1 on purpose: the model maps them to indices
-MULTICLASS_FAMILIES = ["logistic_regression", "decision_tree", "random_forest", "adaboost", "hist_gbm",
-                       "xgboost", "svm", "knn", "naive_bayes", "mlp"]
-SMALL = {"random_forest": {"n_estimators": 30}, "adaboost": {"n_estimators": 30},
-         "hist_gbm": {"max_iter": 30}, "xgboost": {"n_estimators": 30, "max_depth": 3},
-         "mlp": {"hidden_layers": [16], "epochs": 15, "learning_rate": 0.01}}
+MULTICLASS_FAMILIES = [
+    "logistic_regression",
+    "decision_tree",
+    "random_forest",
+    "adaboost",
+    "hist_gbm",
+    "xgboost",
+    "svm",
+    "knn",
+    "naive_bayes",
+    "mlp",
+]
+SMALL = {
+    "random_forest": {"n_estimators": 30},
+    "adaboost": {"n_estimators": 30},
+    "hist_gbm": {"max_iter": 30},
+    "xgboost": {"n_estimators": 30, "max_depth": 3},
+    "mlp": {"hidden_layers": [16], "epochs": 15, "learning_rate": 0.01},
+}
 
 
 def make_three_classes(n: int, seed: int) -> pd.DataFrame:
@@ -29,13 +44,17 @@ def make_three_classes(n: int, seed: int) -> pd.DataFrame:
     k = rng.integers(0, 3, n)
     centres = np.array([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5]])
     xy = rng.normal(size=(n, 2)) + centres[k]
-    return pd.DataFrame({
-        "event_id": np.arange(n, dtype=np.int64) * 11 + seed * 100_000,
-        "label": (k == 1).astype(np.int8),
-        "weight": rng.uniform(0.5, 2.0, n),
-        "f0": xy[:, 0], "f1": xy[:, 1], "f2": rng.normal(size=n),
-        "process": np.asarray(CLASS_VALUES)[k],
-    })
+    return pd.DataFrame(
+        {
+            "event_id": np.arange(n, dtype=np.int64) * 11 + seed * 100_000,
+            "label": (k == 1).astype(np.int8),
+            "weight": rng.uniform(0.5, 2.0, n),
+            "f0": xy[:, 0],
+            "f1": xy[:, 1],
+            "f2": rng.normal(size=n),
+            "process": np.asarray(CLASS_VALUES)[k],
+        }
+    )
 
 
 @pytest.fixture
@@ -58,8 +77,14 @@ def test_every_multiclass_family_is_listed():
 
 @pytest.mark.parametrize("family", MULTICLASS_FAMILIES)
 def test_family_learns_three_classes(family, prepared, tmp_path):
-    rec = tr.train(prepared["train"], prepared["validation"], "mc", spec_for(family), str(tmp_path / "mc"),
-                   str(tmp_path / "mc.json"))
+    rec = tr.train(
+        prepared["train"],
+        prepared["validation"],
+        "mc",
+        spec_for(family),
+        str(tmp_path / "mc"),
+        str(tmp_path / "mc.json"),
+    )
     assert rec["classes"] == list(CLASS_VALUES) and "process" not in rec["features"]
     out = tmp_path / "pred.parquet"
     pr.predict(str(tmp_path / "mc"), prepared, str(out))
@@ -83,8 +108,14 @@ def test_family_learns_three_classes(family, prepared, tmp_path):
 def test_multiclass_onnx_export_reproduces_probabilities(family, prepared, tmp_path):
     import onnxruntime as ort
 
-    rec = tr.train(prepared["train"], prepared["validation"], "mc", spec_for(family), str(tmp_path / "mc"),
-                   str(tmp_path / "mc.json"))
+    rec = tr.train(
+        prepared["train"],
+        prepared["validation"],
+        "mc",
+        spec_for(family),
+        str(tmp_path / "mc"),
+        str(tmp_path / "mc.json"),
+    )
     model, meta = registry.load_model(tmp_path / "mc")
     X = pd.read_parquet(prepared["test"])[rec["features"]].to_numpy(np.float32)
     sess = ort.InferenceSession(str(tmp_path / "mc" / meta["onnx"]))
@@ -108,8 +139,9 @@ def test_multiclass_metrics_match_scikit_learn():
     assert m["precision_macro"] == pytest.approx(skm.precision_score(y, pred, average="macro", sample_weight=w))
     assert m["sensitivity_macro"] == pytest.approx(skm.recall_score(y, pred, average="macro", sample_weight=w))
     assert m["cross_entropy"] == pytest.approx(skm.log_loss(y, P, sample_weight=w))
-    assert m["roc_auc"] == pytest.approx(np.mean([skm.roc_auc_score(y == c, P[:, c], sample_weight=w)
-                                                  for c in range(k)]))
+    assert m["roc_auc"] == pytest.approx(
+        np.mean([skm.roc_auc_score(y == c, P[:, c], sample_weight=w) for c in range(k)])
+    )
     assert np.allclose(m["confusion"], skm.confusion_matrix(y, pred, sample_weight=w))
     # events of a class the model never saw (-1) are left out of every figure and counted apart
     m2 = M.multiclass_metrics(np.r_[y, -1, -1], np.vstack([P, np.eye(k)[:2]]), np.r_[w, 1.0, 3.0])
@@ -122,8 +154,11 @@ def test_multiclass_metrics_match_scikit_learn():
 @pytest.mark.parametrize("case", ["constant guess", "class never predicted", "class absent from truth"])
 def test_multiclass_macro_figures_in_degenerate_cases_match_scikit_learn(case):
     y = np.array([0, 0, 1, 1, 2, 2, 0, 1])
-    guess = {"constant guess": [0] * 8, "class never predicted": [0, 0, 1, 1, 1, 1, 0, 0],
-             "class absent from truth": [0, 2, 1, 1, 1, 2, 0, 2]}[case]
+    guess = {
+        "constant guess": [0] * 8,
+        "class never predicted": [0, 0, 1, 1, 1, 1, 0, 0],
+        "class absent from truth": [0, 2, 1, 1, 1, 2, 0, 2],
+    }[case]
     if case == "class absent from truth":
         y = np.array([0, 0, 1, 1, 1, 1, 0, 1])
     P = np.full((8, 3), 0.1)
@@ -137,11 +172,22 @@ def test_multiclass_macro_figures_in_degenerate_cases_match_scikit_learn(case):
 
 
 def test_evaluate_writes_multiclass_figures(prepared, tmp_path):
-    rec = tr.train(prepared["train"], prepared["validation"], "mc", spec_for("logistic_regression"),
-                   str(tmp_path / "mc"), str(tmp_path / "mc.json"))
+    rec = tr.train(
+        prepared["train"],
+        prepared["validation"],
+        "mc",
+        spec_for("logistic_regression"),
+        str(tmp_path / "mc"),
+        str(tmp_path / "mc.json"),
+    )
     pr.predict(str(tmp_path / "mc"), prepared, str(tmp_path / "pred.parquet"))
-    res = ev.evaluate(str(tmp_path / "pred.parquet"), str(tmp_path / "metrics.json"), "mc", "multiclass",
-                      extra=str(tmp_path / "mc.json"))
+    res = ev.evaluate(
+        str(tmp_path / "pred.parquet"),
+        str(tmp_path / "metrics.json"),
+        "mc",
+        "multiclass",
+        extra=str(tmp_path / "mc.json"),
+    )
     m = res["metrics"]
     assert m["n_classes"] == 3 and 0.9 < m["roc_auc"] <= 1 and m["accuracy_train"] > 0.75
     assert {f"ks_pvalue_class{c}" for c in range(3)} <= set(m)
@@ -158,16 +204,23 @@ def test_class_absent_from_training_is_left_out_of_validation(prepared, tmp_path
     val = pd.read_parquet(prepared["validation"])
     val.loc[val.index[:7], "process"] = 99  # a process the training split does not have
     val.to_parquet(prepared["validation"], index=False)
-    rec = tr.train(prepared["train"], prepared["validation"], "mc", spec_for("naive_bayes"),
-                   str(tmp_path / "mc"), str(tmp_path / "mc.json"))
+    rec = tr.train(
+        prepared["train"],
+        prepared["validation"],
+        "mc",
+        spec_for("naive_bayes"),
+        str(tmp_path / "mc"),
+        str(tmp_path / "mc.json"),
+    )
     assert rec["n_validation"] == len(val) - 7
     assert "7 events of a class absent from training" in caplog.text
 
 
 def test_multiclass_bad_input_names_the_culprit(prepared, tmp_path):
     def run(spec):
-        return tr.train(prepared["train"], prepared["validation"], "mc", spec, str(tmp_path / "mc"),
-                        str(tmp_path / "mc.json"))
+        return tr.train(
+            prepared["train"], prepared["validation"], "mc", spec, str(tmp_path / "mc"), str(tmp_path / "mc.json")
+        )
 
     with pytest.raises(ConfigError, match="multiclass model needs 'target'"):
         run({"family": "xgboost", "task": "multiclass"})
@@ -188,10 +241,22 @@ def test_multiclass_bad_input_names_the_culprit(prepared, tmp_path):
 def test_multiclass_tuning_uses_a_multiclass_objective(objective, prepared, tmp_path):
     from hepml_steps import tune as tn
 
-    spec = spec_for("xgboost", tune={"n_trials": 3, "objective": objective,
-                                     "search_space": {"max_depth": {"type": "int", "low": 1, "high": 4}}})
-    res = tn.tune(prepared["train"], prepared["validation"], "mc", spec, str(tmp_path / "mc.tune.json"),
-                  str(tmp_path / "mc.trials.csv"))
+    spec = spec_for(
+        "xgboost",
+        tune={
+            "n_trials": 3,
+            "objective": objective,
+            "search_space": {"max_depth": {"type": "int", "low": 1, "high": 4}},
+        },
+    )
+    res = tn.tune(
+        prepared["train"],
+        prepared["validation"],
+        "mc",
+        spec,
+        str(tmp_path / "mc.tune.json"),
+        str(tmp_path / "mc.trials.csv"),
+    )
     assert res["objective"] == objective and res["n_complete"] >= 1
     assert res["direction"] == ("maximize" if objective == "roc_auc" else "minimize")
     assert (0.9 < res["best_value"] <= 1.0) if objective == "roc_auc" else (0 < res["best_value"] < 0.6)
@@ -211,13 +276,16 @@ def test_cross_validated_tuning_survives_a_fold_without_the_rarest_class(family,
     df.to_parquet(prepared["train"], index=False)
     val = pd.read_parquet(prepared["validation"])
     val[val["process"] != 30].to_parquet(prepared["validation"], index=False)
-    space = {"xgboost": {"max_depth": {"type": "int", "low": 1, "high": 3}},
-             "logistic_regression": {"C": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
-             "mlp": {"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
-             "knn": {"n_neighbors": {"type": "int", "low": 5, "high": 20}}}[family]
+    space = {
+        "xgboost": {"max_depth": {"type": "int", "low": 1, "high": 3}},
+        "logistic_regression": {"C": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+        "mlp": {"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+        "knn": {"n_neighbors": {"type": "int", "low": 5, "high": 20}},
+    }[family]
     spec = spec_for(family, tune={"n_trials": 2, "cv_folds": 3, "search_space": space})
-    res = tn.tune(prepared["train"], prepared["validation"], "mc", spec, str(tmp_path / "t.json"),
-                  str(tmp_path / "t.csv"))
+    res = tn.tune(
+        prepared["train"], prepared["validation"], "mc", spec, str(tmp_path / "t.json"), str(tmp_path / "t.csv")
+    )
     assert res["n_failed"] == 0 and res["n_complete"] == 2
 
 
@@ -228,8 +296,14 @@ def test_two_class_multiclass_bdt_onnx_keeps_the_class_order(prepared, tmp_path)
     for s in SPLITS:
         df = pd.read_parquet(prepared[s])
         df[df["process"] != 30].to_parquet(prepared[s], index=False)
-    rec = tr.train(prepared["train"], prepared["validation"], "mc", spec_for("xgboost"), str(tmp_path / "mc"),
-                   str(tmp_path / "mc.json"))
+    rec = tr.train(
+        prepared["train"],
+        prepared["validation"],
+        "mc",
+        spec_for("xgboost"),
+        str(tmp_path / "mc"),
+        str(tmp_path / "mc.json"),
+    )
     assert rec["classes"] == [10, 20]
     model, meta = registry.load_model(tmp_path / "mc")
     X = pd.read_parquet(prepared["test"])[rec["features"]].to_numpy(np.float32)

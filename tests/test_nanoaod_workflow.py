@@ -7,6 +7,7 @@ The weight is ``abs(genWeight)`` through an alias: ``genWeight`` is negative in
 ("Weights must be positive values"); signed weights are kept by ingest
 (tests/test_nanoaod.py) for when the families accept them.
 """
+
 import json
 import os
 import subprocess
@@ -24,14 +25,21 @@ pytestmark = pytest.mark.workflow
 
 CONFIG = {
     "results": "results",
-    "data": {"source": "files", "files": {
-        "inputs": [{"path": "data/sig_*.root", "label": 1}, {"path": "data/bkg_*.root", "label": 0}],
-        "columns": ["Jet_pt[0]", "Jet_pt[1]", "len(Jet_pt)", "max(Jet_btagDeepB)", "MET_pt", "ht30", "n_tight_mu"],
-        "aliases": {"ht30": "sum(Jet_pt[Jet_pt > 30])", "abs_w": "abs(genWeight)",
-                    "n_tight_mu": "sum(Muon_tightId)"},
-        "cut": "len(Jet_pt) >= 2 and Jet_pt[0] > 30",
-        "weight_column": "abs_w",
-        "chunk_size": 700}},
+    "data": {
+        "source": "files",
+        "files": {
+            "inputs": [{"path": "data/sig_*.root", "label": 1}, {"path": "data/bkg_*.root", "label": 0}],
+            "columns": ["Jet_pt[0]", "Jet_pt[1]", "len(Jet_pt)", "max(Jet_btagDeepB)", "MET_pt", "ht30", "n_tight_mu"],
+            "aliases": {
+                "ht30": "sum(Jet_pt[Jet_pt > 30])",
+                "abs_w": "abs(genWeight)",
+                "n_tight_mu": "sum(Muon_tightId)",
+            },
+            "cut": "len(Jet_pt) >= 2 and Jet_pt[0] > 30",
+            "weight_column": "abs_w",
+            "chunk_size": 700,
+        },
+    },
     "training": {"threads": 1},
     "select_models": ["bdt", "logreg"],
     "models": {"bdt": {"family": "xgboost", "params": {"n_estimators": 20, "max_depth": 3}}},
@@ -46,8 +54,19 @@ def _snakemake(workdir: Path, *args):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     (workdir / "nano.yaml").write_text(yaml.safe_dump(CONFIG))
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(workdir / "nano.yaml"), "--cores", "2", "--show-failed-logs", *args]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "nano.yaml"),
+        "--cores",
+        "2",
+        "--show-failed-logs",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL)
 
 
@@ -67,8 +86,15 @@ def runs(tmp_path_factory):
 def test_nanoaod_files_run_through_the_workflow(runs):
     res = runs["ttree"]
     rec = json.loads((res / "data" / "ingest.json").read_text())
-    assert rec["features"] == ["Jet_pt_0", "Jet_pt_1", "len_Jet_pt", "max_Jet_btagDeepB", "MET_pt", "ht30",
-                               "n_tight_mu"]
+    assert rec["features"] == [
+        "Jet_pt_0",
+        "Jet_pt_1",
+        "len_Jet_pt",
+        "max_Jet_btagDeepB",
+        "MET_pt",
+        "ht30",
+        "n_tight_mu",
+    ]
     assert [len(f["sources"]) for f in rec["files"]] == [3, 2]
     flow = rec["cutflow"]
     assert [f["input"] for f in flow] == ["sig_*.root", "bkg_*.root"] and [f["read"] for f in flow] == [3000, 3000]
@@ -91,5 +117,6 @@ def test_a_glob_matching_nothing_stops_before_any_job(tmp_path):
     sample(wd / "data", "ttree", True, 50, seed=1)
     res = _snakemake(wd, "-n")
     assert res.returncode == 1
-    assert res.stderr.strip().splitlines()[-1] == ("hepml: error: data.files.inputs[1].path: no file matches "
-                                                   "'data/bkg_*.root'")
+    assert res.stderr.strip().splitlines()[-1] == (
+        "hepml: error: data.files.inputs[1].path: no file matches 'data/bkg_*.root'"
+    )

@@ -1,4 +1,5 @@
 """The figures: what each one shows, checked on the matplotlib objects."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,8 +25,16 @@ def captured(monkeypatch):
 def _predictions(seed, n=600):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    return pd.DataFrame({"event_id": np.arange(n), "split": "test", "label": y, "weight": 1.0,
-                         "score": rng.normal(size=n) + y, "truth_llr": rng.normal(size=n) + 2 * y})
+    return pd.DataFrame(
+        {
+            "event_id": np.arange(n),
+            "split": "test",
+            "label": y,
+            "weight": 1.0,
+            "score": rng.normal(size=n) + y,
+            "truth_llr": rng.normal(size=n) + 2 * y,
+        }
+    )
 
 
 def test_roc_overlay_gives_every_model_its_own_line_style(tmp_path, captured):
@@ -34,16 +43,21 @@ def test_roc_overlay_gives_every_model_its_own_line_style(tmp_path, captured):
     assert (tmp_path / "rej.png").stat().st_size > 0
     lines = [ln for ln in captured["tpr.png"].axes[0].get_lines() if not ln.get_label().startswith("_")]
     assert len(lines) == 14  # 13 models + the Bayes-optimal curve
-    styles = {(tuple(np.round(to_rgba(ln.get_color()), 3)),
-               ln.get_linestyle()) for ln in lines}
+    styles = {(tuple(np.round(to_rgba(ln.get_color()), 3)), ln.get_linestyle()) for ln in lines}
     assert len(styles) == 14
     assert any(ln.get_label().startswith("Bayes optimal") and ln.get_linestyle() == "--" for ln in lines)
 
 
 def test_validation_curve_of_a_categorical_parameter(tmp_path):
     csv = tmp_path / "trials.csv"
-    pd.DataFrame({"number": [0, 1, 2], "state": ["COMPLETE"] * 3, "roc_auc": [0.8, 0.9, 0.85],
-                  "param.kernel": ["rbf", "linear", "poly"]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {
+            "number": [0, 1, 2],
+            "state": ["COMPLETE"] * 3,
+            "roc_auc": [0.8, 0.9, 0.85],
+            "param.kernel": ["rbf", "linear", "poly"],
+        }
+    ).to_csv(csv, index=False)
     out = plots.validation_curve(pd.read_csv(csv), tmp_path / "vc.png", "svm", "roc_auc")
     assert out and (tmp_path / "vc.png").stat().st_size > 0
 
@@ -73,11 +87,16 @@ def test_residuals_name_the_target_and_ignore_far_outliers(tmp_path, captured):
 def test_energy_view_leaves_out_models_without_a_signal_vs_background_auc(tmp_path, captured):
     def met(model, task, auc):
         e = {"j_per_event": 1e-3, "events_per_s": 1e4, "method": "estimate:cpu-time"}
-        return {"model": model, "task": task, "metrics": {"roc_auc": auc},
-                "extra": {"energy": {"train": e, "inference": e}}}
+        return {
+            "model": model,
+            "task": task,
+            "metrics": {"roc_auc": auc},
+            "extra": {"energy": {"train": e, "inference": e}},
+        }
 
-    plots.energy_plots([met("bdt", "classification", 0.9), met("procs", "multiclass", 0.7),
-                        met("mass", "regression", None)], tmp_path)
+    plots.energy_plots(
+        [met("bdt", "classification", 0.9), met("procs", "multiclass", 0.7), met("mass", "regression", None)], tmp_path
+    )
     ax = captured["energy_auc_vs_j_per_event.png"].axes[0]
     assert {t.get_text() for t in ax.texts} == {"bdt"}
     names = {t.get_text() for t in captured["energy_vs_throughput.png"].axes[0].texts}
@@ -92,18 +111,25 @@ def test_score_histograms_of_a_capped_model_use_its_fitted_events(tmp_path, monk
     pred = _predictions(1, n=3000)
     pred["split"] = np.where(np.arange(3000) < 2000, "train", "test")
     pred.to_parquet(tmp_path / "p.parquet")
-    rec = {"task": "classification", "family": "knn", "features": [], "history": {},
-           "train_cap": {"cap": 300, "applied": True, "n_before": 2000, "n_after": 300}}
+    rec = {
+        "task": "classification",
+        "family": "knn",
+        "features": [],
+        "history": {},
+        "train_cap": {"cap": 300, "applied": True, "n_before": 2000, "n_after": 300},
+    }
     (tmp_path / "r.json").write_text(json.dumps(rec))
     (tmp_path / "m.json").write_text(json.dumps({"metrics": {}}))
     seen = {}
+
     def spy(p, path, title, m):
         seen["pred"] = p
         return str(path)
 
     monkeypatch.setattr(plots, "score_distributions", spy)
-    plots.plot_model("knn", str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), str(tmp_path / "r.json"),
-                     str(tmp_path / "out"))
+    plots.plot_model(
+        "knn", str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), str(tmp_path / "r.json"), str(tmp_path / "out")
+    )
     train = seen["pred"][seen["pred"]["split"] == "train"]
     fitted = pred.iloc[cap_index(pred["event_id"].to_numpy()[:2000], 300)]
     assert sorted(train["event_id"]) == sorted(fitted["event_id"])
@@ -120,8 +146,9 @@ def test_significance_figures_mark_the_optimum_of_metrics_json(tmp_path, capture
         pred = _predictions(i, n=4000)
         pred["score"] = 1 / (1 + np.exp(-pred["score"]))
         pred.to_parquet(tmp_path / f"{name}.parquet")
-        docs[name] = evaluate(str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name,
-                              "classification", test_fraction=0.5)
+        docs[name] = evaluate(
+            str(tmp_path / f"{name}.parquet"), str(tmp_path / f"{name}.json"), name, "classification", test_fraction=0.5
+        )
         preds[name] = pred
         path = plots.significance_scan(pred, docs[name], tmp_path / f"{name}_scan.png", name)
         assert path and (tmp_path / f"{name}_scan.png").stat().st_size > 0
@@ -159,8 +186,13 @@ def test_correlation_figure_of_800_features_is_bounded(tmp_path, captured):
     import sys
     from pathlib import Path
 
-    r = subprocess.run([sys.executable, "-c", WIDE, str(tmp_path / "c.png")], capture_output=True, text=True,
-                       cwd=str(Path(__file__).resolve().parents[1]), timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", WIDE, str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     seconds, rss_kib = r.stdout.split()
     assert float(seconds) < 10 and int(rss_kib) < 2 * 1024 * 1024
@@ -223,8 +255,11 @@ def test_input_distributions_signal_vs_background_with_flow_counted(tmp_path, ca
     x = df["f0"].to_numpy()
     sumw, _, _, over = plots.weighted_hist(x, np.linspace(*plots._range(x), 41), df["weight"], flow=True)
     assert sumw.sum() == pytest.approx(df["weight"].sum()) and over > 0
-    page = [a for a in captured["input_variables_1.png"].axes + captured["input_variables_2.png"].axes
-            if a.get_xlabel() == "f0"]
+    page = [
+        a
+        for a in captured["input_variables_1.png"].axes + captured["input_variables_2.png"].axes
+        if a.get_xlabel() == "f0"
+    ]
     assert page and any("overflow" in t.get_text() for t in page[0].texts)  # the overflow is marked
 
 

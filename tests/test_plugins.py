@@ -1,4 +1,5 @@
 """A third-party family, installed as a package, runs through the real workflow."""
+
 import json
 import os
 import shutil
@@ -17,9 +18,23 @@ def plugin_site(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     src = tmp_path_factory.mktemp("src") / "plugin_pkg"  # built from a copy: no build/ or egg-info in the repo
     shutil.copytree(ROOT / "tests" / "plugin_pkg", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(site), str(src)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return site
 
 
@@ -31,16 +46,19 @@ def env_with(site):
 
 
 def test_registry_sees_plugin_and_names_broken_one(plugin_site):
-    code = ("from hepml_steps import registry\n"
-            "from hepml_steps.errors import FamilyError\n"
-            "from hepml_steps.families import check_family\n"
-            "assert 'nearest_centroid' in registry.available()\n"
-            "print(registry.get('nearest_centroid').__module__)\n"
-            "check_family(registry.get('nearest_centroid'))\n"
-            "try:\n    registry.get('broken_family')\n"
-            "except FamilyError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env_with(plugin_site), capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "from hepml_steps import registry\n"
+        "from hepml_steps.errors import FamilyError\n"
+        "from hepml_steps.families import check_family\n"
+        "assert 'nearest_centroid' in registry.available()\n"
+        "print(registry.get('nearest_centroid').__module__)\n"
+        "check_family(registry.get('nearest_centroid'))\n"
+        "try:\n    registry.get('broken_family')\n"
+        "except FamilyError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env_with(plugin_site), capture_output=True, text=True, check=True
+    ).stdout
     assert out.splitlines()[0] == "hepml_plugin_demo"  # found through its entry point, and it passes the kit
     assert "plugin family 'broken_family'" in out and "does_not_exist" in out and "ModuleNotFoundError" in out
 
@@ -56,9 +74,20 @@ def test_plugin_runs_through_workflow_and_broken_plugin_spares_others(plugin_sit
         "models:\n"
         "  centroid: {family: nearest_centroid, params: {temperature: 2.0}}\n"
         "  broken: {family: broken_family}\n"
-        "  logreg: {family: logistic_regression}\n")
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory",
-           str(tmp_path), "--configfile", str(cfg), "--cores", "2", "--keep-going"]
+        "  logreg: {family: logistic_regression}\n"
+    )
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(cfg),
+        "--cores",
+        "2",
+        "--keep-going",
+    ]
     res = subprocess.run(cmd, env=env_with(plugin_site), capture_output=True, text=True, timeout=600)
     assert res.returncode != 0  # the broken plugin's model fails ...
     log = (tmp_path / "results" / "logs" / "train" / "broken.log").read_text()

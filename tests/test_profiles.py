@@ -1,5 +1,6 @@
 """The shipped execution profiles parse, and GPU rules carry the GPU resources the
 executors translate (SLURM: gpu/gpu_model -> --gpus; HTCondor: request_gpus)."""
+
 import os
 import re
 import subprocess
@@ -23,9 +24,21 @@ def dry_run(profile, workdir, *extra):
     cfg = Path(workdir) / "gpu.yaml"
     cfg.write_text(GPU_CFG)
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
-           "--profile", str(Path("profiles") / profile), "--directory", str(workdir),
-           "--configfile", str(TINY), str(cfg), "-n", "--printshellcmds", *extra]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        str(Path("profiles") / profile),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        str(cfg),
+        "-n",
+        "--printshellcmds",
+        *extra,
+    ]
     # run from the project root, as the README says (profile paths are relative to it)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 

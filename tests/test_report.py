@@ -1,5 +1,6 @@
 """The report's first page: the leaderboard tables and key figures, rendered as
 Snakemake renders the workflow description (Jinja, then docutils)."""
+
 from pathlib import Path
 
 import pandas as pd
@@ -26,8 +27,11 @@ def _render_workflow_rst(workdir: Path, results: str) -> str:
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        return publish_parts(Environment().from_string(text).render(snakemake=Snakemake, categories={}, files={}),
-                             writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["html_body"]
+        return publish_parts(
+            Environment().from_string(text).render(snakemake=Snakemake, categories={}, files={}),
+            writer="html",
+            settings_overrides={"report_level": 2, "halt_level": 2},
+        )["html_body"]
     finally:
         os.chdir(cwd)
 
@@ -35,13 +39,31 @@ def _render_workflow_rst(workdir: Path, results: str) -> str:
 def test_first_page_opens_on_the_leaderboard_and_key_figures(tmp_path):
     res = tmp_path / "results"
     (res / "plots" / "summary").mkdir(parents=True)
-    pd.DataFrame([
-        {"model": "bdt", "family": "xgboost", "task": "classification", "roc_auc": 0.9, "z_max": 6.1,
-         "optimal_cut": 0.7, "s_at_cut": 600.0, "b_at_cut": 9000.0},
-        {"model": "logreg", "family": "logistic_regression", "task": "classification", "roc_auc": 0.7,
-         "z_max": 3.7, "optimal_cut": 0.4, "s_at_cut": 700.0, "b_at_cut": 40000.0},
-        {"model": "pca", "family": "pca", "task": "dimreduction", "explained_variance_ratio_total": 0.8},
-    ]).to_csv(res / "leaderboard.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "model": "bdt",
+                "family": "xgboost",
+                "task": "classification",
+                "roc_auc": 0.9,
+                "z_max": 6.1,
+                "optimal_cut": 0.7,
+                "s_at_cut": 600.0,
+                "b_at_cut": 9000.0,
+            },
+            {
+                "model": "logreg",
+                "family": "logistic_regression",
+                "task": "classification",
+                "roc_auc": 0.7,
+                "z_max": 3.7,
+                "optimal_cut": 0.4,
+                "s_at_cut": 700.0,
+                "b_at_cut": 40000.0,
+            },
+            {"model": "pca", "family": "pca", "task": "dimreduction", "explained_variance_ratio_total": 0.8},
+        ]
+    ).to_csv(res / "leaderboard.csv", index=False)
     plt = plots._plt()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
@@ -51,7 +73,7 @@ def test_first_page_opens_on_the_leaderboard_and_key_figures(tmp_path):
     first = html.index("<table")
     assert first < html.index("How these were obtained")  # the results come first
     assert html.count("<table") == 2  # one per task present
-    table = html[first:html.index("</table>")]
+    table = html[first : html.index("</table>")]
     assert "Z_max" in table and "bdt" in table and "6.1" in table
     assert table.index("bdt") < table.index("logreg")  # ranked by AUC
     assert html.count('src="data:image/png;base64,') == 1  # the figures not drawn are left out

@@ -9,6 +9,7 @@ id) and marks the jobs it was running incomplete: the documented resume is
 ``snakemake --unlock`` and then the same command, whose ``--rerun-incomplete``
 (set by the profiles and ``make demo``) redoes those jobs.
 """
+
 import json
 import os
 import re
@@ -34,8 +35,19 @@ models:
 
 
 def snakemake_cmd(workdir, cfg, *extra):
-    return [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory",
-            str(workdir), "--configfile", str(TINY), str(cfg), "--cores", "2", *extra]
+    return [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        str(cfg),
+        "--cores",
+        "2",
+        *extra,
+    ]
 
 
 def _group(pgid: int) -> dict[int, str]:
@@ -80,8 +92,14 @@ def test_killed_job_fails_and_rerun_resumes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     # its own session: the test kills only what it started
-    proc = subprocess.Popen(snakemake_cmd(tmp_path, cfg, "--keep-going"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        snakemake_cmd(tmp_path, cfg, "--keep-going"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     logreg_model = tmp_path / "results" / "models" / "logreg"
     pid = None
     deadline = time.time() + 300
@@ -104,15 +122,20 @@ def test_killed_job_fails_and_rerun_resumes(tmp_path):
     finished = logreg_model.stat().st_mtime_ns
 
     # the rerun plans only the killed model's jobs (and the summaries), not logreg's
-    dry = subprocess.run(snakemake_cmd(tmp_path, cfg, "-n", "--rerun-incomplete"), capture_output=True,
-                         text=True, env=env, timeout=300)
+    dry = subprocess.run(
+        snakemake_cmd(tmp_path, cfg, "-n", "--rerun-incomplete"), capture_output=True, text=True, env=env, timeout=300
+    )
     plan = dry.stdout + dry.stderr
     assert dry.returncode == 0, plan[-3000:]
-    jobs = [line.split()[0] for line in plan.split("Job stats:")[1].splitlines()[3:] if line.strip()
-            and not line.startswith("total")]
+    jobs = [
+        line.split()[0]
+        for line in plan.split("Job stats:")[1].splitlines()[3:]
+        if line.strip() and not line.startswith("total")
+    ]
     assert "train" in jobs and "generate" not in jobs and "split" not in jobs
-    planned_models = {line.split("model=")[1].split(",")[0].strip() for line in plan.splitlines()
-                      if "wildcards: model=" in line}
+    planned_models = {
+        line.split("model=")[1].split(",")[0].strip() for line in plan.splitlines() if "wildcards: model=" in line
+    }
     assert planned_models == {"slow"}, plan[-3000:]
     assert logreg_model.stat().st_mtime_ns == finished
 
@@ -130,16 +153,27 @@ models:
 def profile_cmd(workdir, cfg, *extra):
     """The documented command (``snakemake --profile profiles/local``, run from the
     project root) on the tiny config, with the results in ``workdir``."""
-    return [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
-            "--profile", "profiles/local", "--directory", str(workdir),
-            "--configfile", str(TINY), str(cfg), *extra]
+    return [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        "profiles/local",
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        str(cfg),
+        *extra,
+    ]
 
 
 def run_bounded(cmd, env, timeout=300):
     """Run ``cmd`` in its own session; past ``timeout`` s, SIGKILL the whole session
     (a stuck Snakemake ignores SIGTERM, and its jobs would outlive it)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -174,8 +208,9 @@ def test_snakemake_killed_mid_training_resumes(tmp_path):
     # its own session: the test kills only Snakemake and the jobs it started
     first_log = tmp_path / "first_run.log"
     with open(first_log, "w") as log:
-        proc = subprocess.Popen(profile_cmd(tmp_path, cfg), cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            profile_cmd(tmp_path, cfg), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     pgid = proc.pid
     try:
         # wait until logreg is trained (a job after it started, so Snakemake has
@@ -204,8 +239,9 @@ def test_snakemake_killed_mid_training_resumes(tmp_path):
             _killpg(pgid)
     assert not _group(pgid), "jobs of the killed Snakemake still run"
     assert list((tmp_path / ".snakemake" / "locks").glob("*.lock"))  # the stale lock
-    logreg_trained = {f: (res / f).stat().st_mtime_ns for f in ("records/logreg.train.json",
-                                                                   "models/logreg/hepml_model.json")}
+    logreg_trained = {
+        f: (res / f).stat().st_mtime_ns for f in ("records/logreg.train.json", "models/logreg/hepml_model.json")
+    }
     assert (res / "records" / "slow.train.json").exists() and (res / "models" / "slow").is_dir()
     slow_orphan = (res / "records" / "slow.train.json").stat().st_mtime_ns
 

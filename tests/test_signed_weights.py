@@ -2,6 +2,7 @@
 default policy, ``keep`` is refused at parse time where a family cannot take
 negative weights, the figures of merit use the signed weights correctly, and
 weights whose scale starves a fit are fixed or reported."""
+
 import copy
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def signed(n: int, seed: int, negative: float = 0.2):
 
 
 # --------------------------------------------------------------------------- the policy
+
 
 def test_policies_give_the_fit_no_negative_weight_unless_kept():
     w = np.array([1.0, -1.0, 2.0, -0.5])
@@ -100,12 +102,18 @@ def test_keep_is_refused_at_parse_time_naming_the_family():
 
 
 def test_keep_is_accepted_for_a_family_that_takes_negative_weights():
-    models = load({"select_models": ["mlp"], "training": {"negative_weights": "abs"},
-                   "models": {"mlp": {"negative_weights": "keep"}}})
+    models = load(
+        {
+            "select_models": ["mlp"],
+            "training": {"negative_weights": "abs"},
+            "models": {"mlp": {"negative_weights": "keep"}},
+        }
+    )
     assert models["mlp"]["negative_weights"] == "keep"
 
 
 # --------------------------------------------------------------------------- figures of merit
+
 
 def test_auc_of_a_perfect_separation_with_signed_weights_is_one():
     for seed in range(50):
@@ -141,6 +149,7 @@ def test_ks_uses_the_signed_distributions():
 
 
 # --------------------------------------------------------------------------- weight scale
+
 
 def rare_signal(n: int, seed: int, yield_ratio: float = 0.01):
     """Balanced event counts; signal's total weight ``yield_ratio`` of the background's."""
@@ -210,6 +219,7 @@ def test_physical_weighting_through_the_train_step(tmp_path):
 
 # --------------------------------------------------------------------------- records
 
+
 def test_ingest_records_negative_weights_per_class_and_the_leaderboard_shows_them(tmp_path):
     df = make_events(400, seed=5).drop(columns=["event_id"])
     df.loc[::5, "weight"] *= -1
@@ -222,6 +232,7 @@ def test_ingest_records_negative_weights_per_class_and_the_leaderboard_shows_the
         assert neg[cls]["n"] == int(m.sum()) and neg[cls]["sum_weights"] == pytest.approx(df.loc[m, "weight"].sum())
     head = leaderboard.markdown([], rec)
     assert f"signal {neg['signal']['n']} events" in head and "Negative event weights" in head
-    assert "Negative event weights" not in leaderboard.markdown([], {"negative_weights": {
-        "signal": {"n": 0, "sum_weights": 0.0}, "background": {"n": 0, "sum_weights": 0.0}}})
+    assert "Negative event weights" not in leaderboard.markdown(
+        [], {"negative_weights": {"signal": {"n": 0, "sum_weights": 0.0}, "background": {"n": 0, "sum_weights": 0.0}}}
+    )
     assert pd.read_parquet(tmp_path / "o.parquet")["weight"].lt(0).sum() == (df["weight"] < 0).sum()

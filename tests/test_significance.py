@@ -1,4 +1,5 @@
 """Expected significance and the optimal cut (hepml_steps.significance)."""
+
 import math
 
 import numpy as np
@@ -7,7 +8,13 @@ import pytest
 from hepml_steps.errors import DataError
 from hepml_steps.metrics import threshold_metrics
 from hepml_steps.significance import (
-    FIGURES, asimov_significance, optimal_cut, s_over_sqrt_b, s_over_sqrt_s_plus_b, significance_scan)
+    FIGURES,
+    asimov_significance,
+    optimal_cut,
+    s_over_sqrt_b,
+    s_over_sqrt_s_plus_b,
+    significance_scan,
+)
 
 
 def textbook_asimov(s, b):
@@ -17,9 +24,14 @@ def textbook_asimov(s, b):
 
 def textbook_asimov_unc(s, b, sigma):
     """Cowan's medsigNote eq. 20, as printed."""
-    v = sigma ** 2
-    return math.sqrt(2 * ((s + b) * math.log((s + b) * (b + v) / (b * b + (s + b) * v))
-                          - b * b / v * math.log(1 + v * s / (b * (b + v)))))
+    v = sigma**2
+    return math.sqrt(
+        2
+        * (
+            (s + b) * math.log((s + b) * (b + v) / (b * b + (s + b) * v))
+            - b * b / v * math.log(1 + v * s / (b * (b + v)))
+        )
+    )
 
 
 # -- the formulas ------------------------------------------------------------------
@@ -84,8 +96,15 @@ SCORE = np.array([0.9, 0.8, 0.4, 0.85, 0.8, 0.7, 0.5, 0.2])
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
 W = np.array([2.0, 1.0, 1.0, 0.1, 0.9, 1.0, 3.0, 10.0])
 # by hand, cut -> (S, B, raw background events) for score >= cut
-HAND = {0.9: (2, 0.0, 0), 0.85: (2, 0.1, 1), 0.8: (3, 1.0, 2), 0.7: (3, 2.0, 3), 0.5: (3, 5.0, 4),
-        0.4: (4, 5.0, 4), 0.2: (4, 15.0, 5)}
+HAND = {
+    0.9: (2, 0.0, 0),
+    0.85: (2, 0.1, 1),
+    0.8: (3, 1.0, 2),
+    0.7: (3, 2.0, 3),
+    0.5: (3, 5.0, 4),
+    0.4: (4, 5.0, 4),
+    0.2: (4, 15.0, 5),
+}
 
 
 def test_scan_enumerates_every_distinct_cut():

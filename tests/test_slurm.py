@@ -7,6 +7,7 @@ The cluster lives in a private mount namespace: the machine's /etc/slurm and
 /etc/munge are checked byte for byte to be unchanged afterwards, and only jobs of
 the cluster's own partition are ever cancelled, by id.
 """
+
 import json
 import os
 import re
@@ -56,19 +57,44 @@ def _env(cluster):
 
 
 def _slurm_args(partition):
-    return ["--executor", "slurm", "--jobs", "4", "--default-resources", f"slurm_partition={partition}",
-            "--slurm-no-account", "--slurm-status-command", "squeue",
-            "--slurm-init-seconds-before-status-checks", "2"]
+    return [
+        "--executor",
+        "slurm",
+        "--jobs",
+        "4",
+        "--default-resources",
+        f"slurm_partition={partition}",
+        "--slurm-no-account",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+    ]
 
 
 def run_slurm(cluster, workdir, *extra, partition=None, timeout=900):
     cfg = Path(workdir) / "slurm.yaml"
     cfg.write_text(CONFIG)
-    cmd = ["timeout", "-k", "20", str(timeout), str(Path(sys.executable).parent / "snakemake"),
-           "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(TINY), str(cfg),
-           *_slurm_args(partition or cluster.partition), "--verbose", *extra]
-    return subprocess.run(cluster.command(cmd, cwd=workdir), stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, env=_env(cluster))
+    cmd = [
+        "timeout",
+        "-k",
+        "20",
+        str(timeout),
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        str(cfg),
+        *_slurm_args(partition or cluster.partition),
+        "--verbose",
+        *extra,
+    ]
+    return subprocess.run(
+        cluster.command(cmd, cwd=workdir), stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(cluster)
+    )
 
 
 def test_workflow_runs_through_slurm_with_gpu_request(cluster, tmp_path):
@@ -87,8 +113,16 @@ def test_workflow_runs_through_slurm_with_gpu_request(cluster, tmp_path):
             rule = re.search(r"--comment '?rule_(\w+)", line)
             assert rule, line
             calls[rule.group(1)] = line
-    assert {"generate", "split", "features", "train_wildcards_mlp", "train_wildcards_logreg",
-            "predict_wildcards_mlp", "evaluate_wildcards_logreg", "leaderboard"} <= set(calls), list(calls)
+    assert {
+        "generate",
+        "split",
+        "features",
+        "train_wildcards_mlp",
+        "train_wildcards_logreg",
+        "predict_wildcards_mlp",
+        "evaluate_wildcards_logreg",
+        "leaderboard",
+    } <= set(calls), list(calls)
     completed = cluster.jobcomp.read_text()
     assert completed.count("JobState=COMPLETED") == len(calls), completed
     assert "JobState=FAILED" not in completed
@@ -131,12 +165,26 @@ def test_job_cancelled_by_slurm_fails_and_rerun_resumes(cluster, tmp_path):
     extra_cfg.write_text(SLOW)
     env = _env(cluster)
     (tmp_path / "slurm.yaml").write_text(CONFIG)
-    base = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory",
-            str(tmp_path), "--configfile", str(TINY), str(tmp_path / "slurm.yaml"), str(extra_cfg)]
+    base = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(TINY),
+        str(tmp_path / "slurm.yaml"),
+        str(extra_cfg),
+    ]
     slurm = [*_slurm_args(cluster.partition), "--keep-going"]
-    proc = subprocess.Popen(cluster.command(["timeout", "-k", "20", "900", *base, *slurm], cwd=tmp_path),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        cluster.command(["timeout", "-k", "20", "900", *base, *slurm], cwd=tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     jobid = None
     try:
         deadline = time.time() + 600
@@ -157,11 +205,13 @@ def test_job_cancelled_by_slurm_fails_and_rerun_resumes(cluster, tmp_path):
     assert not (tmp_path / "results" / "models" / "slow").exists()
     logreg_model = tmp_path / "results" / "models" / "logreg"
     finished = logreg_model.stat().st_mtime_ns
-    dry = subprocess.run([*base, "-n", "--rerun-incomplete", "--cores", "2"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    dry = subprocess.run(
+        [*base, "-n", "--rerun-incomplete", "--cores", "2"], capture_output=True, text=True, env=env, timeout=300
+    )
     plan = dry.stdout + dry.stderr
     assert dry.returncode == 0, plan[-3000:]
-    planned = {line.split("model=")[1].split(",")[0].strip() for line in plan.splitlines()
-               if "wildcards: model=" in line}
+    planned = {
+        line.split("model=")[1].split(",")[0].strip() for line in plan.splitlines() if "wildcards: model=" in line
+    }
     assert planned == {"slow"}, plan[-3000:]
     assert logreg_model.stat().st_mtime_ns == finished

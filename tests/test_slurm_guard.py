@@ -2,6 +2,7 @@
 it runs only when asked, its cluster writes only under its private directory and
 mounts only over existing system directories from a private namespace, and its
 cleanup cancels only its own jobs, by id."""
+
 import os
 import re
 import subprocess
@@ -34,8 +35,7 @@ def _collected(value):
     env = {k: v for k, v in os.environ.items() if k != sc.LIVE_ENV}
     if value is not None:
         env[sc.LIVE_ENV] = value
-    res = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     return dict(line[5:].split(" | ", 1) for line in res.stdout.splitlines() if line.startswith("ITEM "))
 
@@ -54,8 +54,10 @@ def test_live_test_runs_when_opted_in():
     assert set(_collected("1").values()) == {"run"}
 
 
-@pytest.mark.parametrize("environ, expected", [
-    ({}, False), ({sc.LIVE_ENV: "0"}, False), ({sc.LIVE_ENV: "true"}, False), ({sc.LIVE_ENV: "1"}, True)])
+@pytest.mark.parametrize(
+    "environ, expected",
+    [({}, False), ({sc.LIVE_ENV: "0"}, False), ({sc.LIVE_ENV: "true"}, False), ({sc.LIVE_ENV: "1"}, True)],
+)
 def test_opt_in_is_exactly_one(environ, expected):
     assert sc.live_slurm_requested(environ) is expected
 
@@ -65,6 +67,7 @@ def test_marker_is_registered(pytestconfig):
 
 
 # --------------------------------------------------------------- nothing outside the private dir
+
 
 def _fake_machine(root: Path, with_slurm_etc: bool = True) -> None:
     """A machine where an earlier run left its config behind."""
@@ -135,8 +138,9 @@ def test_client_commands_enter_the_namespace_and_drop_an_outer_allocation(tmp_pa
     cmd = sc.ns_command(4242, ["squeue", "-h"], cwd=tmp_path)
     assert cmd[:3] == ["nsenter", "--mount=/proc/4242/ns/mnt", f"--wd={tmp_path}"]
     assert cmd[-3:] == ["--", "squeue", "-h"]
-    env = sc.client_env(layout, {"SLURM_JOB_ID": "7", "SLURM_CONF": "/etc/slurm/slurm.conf",
-                                 "SBATCH_PARTITION": "site", "PATH": "/bin"})
+    env = sc.client_env(
+        layout, {"SLURM_JOB_ID": "7", "SLURM_CONF": "/etc/slurm/slurm.conf", "SBATCH_PARTITION": "site", "PATH": "/bin"}
+    )
     assert env == {"PATH": "/bin", "SLURM_CONF": str(layout.slurm_conf)}
 
 

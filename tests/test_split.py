@@ -52,11 +52,14 @@ def test_uniform_is_uniform():
     assert u.min() >= 0 and u.max() < 1
 
 
-@pytest.mark.parametrize("fr, key", [
-    ({"train": 0.6, "validation": 0.3, "test": 0.2}, "sum to 1"),
-    ({"train": 0.6, "validation": 0.4}, "exactly the keys"),
-    ({"train": 1.0, "validation": 0.0, "test": 0.0}, "split.fractions.train"),
-])
+@pytest.mark.parametrize(
+    "fr, key",
+    [
+        ({"train": 0.6, "validation": 0.3, "test": 0.2}, "sum to 1"),
+        ({"train": 0.6, "validation": 0.4}, "exactly the keys"),
+        ({"train": 1.0, "validation": 0.0, "test": 0.0}, "split.fractions.train"),
+    ],
+)
 def test_bad_fractions_are_named(fr, key, events, tmp_path):
     with pytest.raises(ConfigError, match=key):
         sp.split(str(events), outs(tmp_path), fr)
@@ -77,23 +80,53 @@ def test_missing_input_named(tmp_path):
 
 def test_cli(events, tmp_path, capsys):
     o = outs(tmp_path)
-    rc = sp.main(["--events", str(events), "--train", o["train"], "--validation", o["validation"],
-                  "--test", o["test"], "--fractions", json.dumps(FR)])
+    rc = sp.main(
+        [
+            "--events",
+            str(events),
+            "--train",
+            o["train"],
+            "--validation",
+            o["validation"],
+            "--test",
+            o["test"],
+            "--fractions",
+            json.dumps(FR),
+        ]
+    )
     assert rc == 0 and all(pd.read_parquet(p).shape[0] > 0 for p in o.values())
-    rc = sp.main(["--events", str(events), "--train", o["train"], "--validation", o["validation"],
-                  "--test", o["test"], "--fractions", json.dumps({**FR, "test": 0.5})])
+    rc = sp.main(
+        [
+            "--events",
+            str(events),
+            "--train",
+            o["train"],
+            "--validation",
+            o["validation"],
+            "--test",
+            o["test"],
+            "--fractions",
+            json.dumps({**FR, "test": 0.5}),
+        ]
+    )
     assert rc == 1 and "sum to 1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- class sanity
 
+
 def _rare_signal(tmp_path, n_signal=12, label=True):
     """2000 background events and ``n_signal`` signal events none of which hashes into test."""
     ids = np.arange(20000, dtype=np.int64)
     not_test = ids[sp.assign(ids, FR) != 2]
-    df = pd.DataFrame({"event_id": np.r_[np.arange(100000, 102000), not_test[:n_signal]],
-                       "label": np.r_[np.zeros(2000), np.ones(n_signal)].astype(np.int8),
-                       "weight": np.ones(2000 + n_signal), "f0": np.zeros(2000 + n_signal)})
+    df = pd.DataFrame(
+        {
+            "event_id": np.r_[np.arange(100000, 102000), not_test[:n_signal]],
+            "label": np.r_[np.zeros(2000), np.ones(n_signal)].astype(np.int8),
+            "weight": np.ones(2000 + n_signal),
+            "f0": np.zeros(2000 + n_signal),
+        }
+    )
     if label is None:
         df = df.drop(columns=["label"])
     elif label == -1:

@@ -1,4 +1,5 @@
 """The task objects (hepml_steps.tasks) and the dataset boundary (hepml_steps.dataset)."""
+
 import json
 
 import numpy as np
@@ -66,8 +67,9 @@ def test_a_regression_target_is_read_in_physical_units(prepared):
     data = dataset.read_fit(out["train"], spec, "model 'mass'")
     assert data.X.dtype == np.float32 and data.X.shape == (600, 2) and data.columns == ["f1", "f2"]
     assert np.allclose(data.y, pd.read_parquet(raw["train"])["m"]) and data.fit_weights.shape == (600,)
-    rec = train.train(out["train"], out["validation"], "mass", spec, str(tmp_path / "mass"),
-                      str(tmp_path / "mass.json"))
+    rec = train.train(
+        out["train"], out["validation"], "mass", spec, str(tmp_path / "mass"), str(tmp_path / "mass.json")
+    )
     assert "m" not in rec["features"] and "target:m" not in rec["features"]
     from hepml_steps import predict
 

@@ -1,4 +1,5 @@
 """PyTorch families: MLP (classification/regression) and autoencoder (anomaly)."""
+
 import json
 import logging
 import re
@@ -9,12 +10,19 @@ import torch
 from sklearn.metrics import r2_score, roc_auc_score
 
 from hepml_steps.errors import FamilyError
-from hepml_steps.families.torch_nets import (
-    ACTIVATIONS, OPTIMIZERS, AutoencoderFamily, MLPFamily, Net, Step)
+from hepml_steps.families.torch_nets import ACTIVATIONS, OPTIMIZERS, AutoencoderFamily, MLPFamily, Net, Step
 
 # learning rates that suit each optimizer for a few epochs on small data
-LR = {"sgd": 0.3, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.05, "adadelta": 1.0,
-      "rmsprop": 0.003, "adam": 0.01, "amsgrad": 0.01}
+LR = {
+    "sgd": 0.3,
+    "momentum": 0.02,
+    "nesterov": 0.02,
+    "adagrad": 0.05,
+    "adadelta": 1.0,
+    "rmsprop": 0.003,
+    "adam": 0.01,
+    "amsgrad": 0.01,
+}
 
 
 def circle(n=3000, seed=0, n_features=4):
@@ -64,7 +72,11 @@ def _trains(m, X, y):
     assert np.all(np.isfinite(s))
     final = m.loss(X, y)
     assert np.isfinite(final) and final < 0.97 * m.info["initial_train_loss"], (
-        m.params["activation"], m.params["optimizer"], m.info["initial_train_loss"], final)
+        m.params["activation"],
+        m.params["optimizer"],
+        m.info["initial_train_loss"],
+        final,
+    )
     return s
 
 
@@ -96,9 +108,12 @@ def test_loss_values_match_their_definitions():
         m = mlp(loss=loss, epochs=0).fit(X, y)
         z = m.scorer.net(torch.from_numpy(X)).detach().double().numpy()[:, 0]
         p = 1 / (1 + np.exp(-z))
-        expected = {"cross_entropy": -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)),
-                    "mse": np.mean((p - y) ** 2), "absolute": np.mean(np.abs(p - y)),
-                    "hinge": np.mean(np.maximum(0, 1 - (2 * y - 1) * z))}[loss]
+        expected = {
+            "cross_entropy": -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)),
+            "mse": np.mean((p - y) ** 2),
+            "absolute": np.mean(np.abs(p - y)),
+            "hinge": np.mean(np.maximum(0, 1 - (2 * y - 1) * z)),
+        }[loss]
         assert m.loss(X, y) == pytest.approx(expected, rel=1e-5), loss
 
 
@@ -157,8 +172,9 @@ def test_early_stopping_restores_the_best_weights():
     X = rng.normal(size=(300, 8)).astype(np.float32)
     y = (X[:, 0] + 1.5 * rng.normal(size=300) > 0).astype(np.int64)  # noisy: a big net overfits
     Xv, yv = X[200:], y[200:]
-    m = mlp(hidden_layers=[128, 128], epochs=300, batch_size=32, learning_rate=0.01,
-            early_stopping_patience=5).fit(X[:200], y[:200], X_val=Xv, y_val=yv)
+    m = mlp(hidden_layers=[128, 128], epochs=300, batch_size=32, learning_rate=0.01, early_stopping_patience=5).fit(
+        X[:200], y[:200], X_val=Xv, y_val=yv
+    )
     n, best = m.info["epochs_run"], m.info["best_epoch"]
     assert n < 300 and m.info["early_stopped"]
     vl = m.history["validation_loss"]
@@ -167,7 +183,8 @@ def test_early_stopping_restores_the_best_weights():
     assert m.loss(Xv, yv) < vl[-1]
 
     off = mlp(hidden_layers=[128, 128], epochs=20, batch_size=32, early_stopping_patience=0).fit(
-        X[:200], y[:200], X_val=Xv, y_val=yv)
+        X[:200], y[:200], X_val=Xv, y_val=yv
+    )
     assert off.info["epochs_run"] == 20 and off.info["best_epoch"] == 19
     assert off.loss(Xv, yv) == pytest.approx(off.history["validation_loss"][-1], rel=1e-5)
 
@@ -224,8 +241,13 @@ def test_epoch_callback_sees_every_epoch_and_can_stop_training():
 
 def test_l2_shrinks_the_weights():
     X, y = easy(1000)
-    norm = [sum(float((p.detach() ** 2).sum()) for p in mlp(l2=l2, epochs=5, optimizer="sgd", learning_rate=0.1)
-                .fit(X, y).scorer.net.parameters()) for l2 in (0.0, 0.05)]
+    norm = [
+        sum(
+            float((p.detach() ** 2).sum())
+            for p in mlp(l2=l2, epochs=5, optimizer="sgd", learning_rate=0.1).fit(X, y).scorer.net.parameters()
+        )
+        for l2 in (0.0, 0.05)
+    ]
     assert norm[1] < 0.8 * norm[0]
 
 
@@ -236,7 +258,9 @@ def test_regression_learns_a_nonlinear_function_in_target_units():
     m = mlp("regression", epochs=20, hidden_layers=[64, 64]).fit(X[:2000], y[:2000], X_val=X[2000:], y_val=y[2000:])
     assert m.params["loss"] == "mse" and "validation_auc" not in m.history
     scale = m.scaling
-    assert scale["target_mean"] == pytest.approx(y[:2000].mean()) and scale["target_std"] == pytest.approx(y[:2000].std())
+    assert scale["target_mean"] == pytest.approx(y[:2000].mean()) and scale["target_std"] == pytest.approx(
+        y[:2000].std()
+    )
     s = m.predict_score(X[2000:])
     assert r2_score(y[2000:], s) > 0.9
     assert abs(s.mean() - y[2000:].mean()) < 20  # predictions are in target units
@@ -253,8 +277,11 @@ def manifold(n, seed):
 
 def test_autoencoder_flags_out_of_distribution_events():
     bkg = manifold(3000, 0)
-    ae = AutoencoderFamily(task="anomaly", params={"hidden_layers": [16, 2], "epochs": 30, "batch_size": 128,
-                                                   "learning_rate": 0.01}, seed=0)
+    ae = AutoencoderFamily(
+        task="anomaly",
+        params={"hidden_layers": [16, 2], "epochs": 30, "batch_size": 128, "learning_rate": 0.01},
+        seed=0,
+    )
     ae.fit(bkg[:2000], None, X_val=bkg[2000:])
     assert ae.scaling["input_mean"] == pytest.approx(bkg[:2000].mean(axis=0).tolist(), abs=1e-5)
     assert [layer.out_features for layer in ae.scorer.net.layers] == [16, 2, 16, 6]
@@ -265,7 +292,9 @@ def test_autoencoder_flags_out_of_distribution_events():
     auc = roc_auc_score(np.r_[np.zeros(1000), np.ones(1000)], np.r_[s_in, s_out])
     assert auc > 0.8
     # the score is the per-event mean squared error of the (standardised) reconstruction
-    z = (bkg[2000:2010] - np.array(ae.scaling["input_mean"], np.float32)) / np.array(ae.scaling["input_std"], np.float32)
+    z = (bkg[2000:2010] - np.array(ae.scaling["input_mean"], np.float32)) / np.array(
+        ae.scaling["input_std"], np.float32
+    )
     with torch.no_grad():
         rec = ae.scorer.net(torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(s_in[:10], ((rec - z) ** 2).mean(axis=1), rtol=1e-5)
@@ -274,8 +303,11 @@ def test_autoencoder_flags_out_of_distribution_events():
 def test_save_load_gives_identical_scores(tmp_path):
     X, y = easy(800)
     yr = X[:, 0] * 3 + 2
-    models = [mlp(activation="step", epochs=2).fit(X, y), mlp("regression", epochs=2, activation="tanh").fit(X, yr),
-              AutoencoderFamily(task="anomaly", params={"epochs": 2}).fit(X)]
+    models = [
+        mlp(activation="step", epochs=2).fit(X, y),
+        mlp("regression", epochs=2, activation="tanh").fit(X, yr),
+        AutoencoderFamily(task="anomaly", params={"epochs": 2}).fit(X),
+    ]
     for i, m in enumerate(models):
         d = tmp_path / str(i)
         d.mkdir()
@@ -331,14 +363,17 @@ def test_onnx_export_matches_predict_score(case, tmp_path):
         m.to_onnx(path, n_features=5)
 
 
-@pytest.mark.parametrize("params, pattern", [
-    ({"activation": "swish"}, r"'mlp'.*activation 'swish'.*allowed: linear, relu, softplus, step, logistic, tanh"),
-    ({"optimizer": "lbfgs"}, r"'mlp'.*optimizer 'lbfgs'.*allowed: sgd, momentum, nesterov, adagrad, adadelta"),
-    ({"loss": "huber"}, r"'mlp'.*loss 'huber'.*allowed: auto, cross_entropy, mse, absolute, hinge"),
-    ({"hidden_layers": [8, 0]}, r"'mlp'.*hidden_layers"),
-    ({"dropout": 1.0}, r"'mlp'.*dropout"),
-    ({"epochs": 2.5}, r"'mlp'.*epochs"),
-])
+@pytest.mark.parametrize(
+    "params, pattern",
+    [
+        ({"activation": "swish"}, r"'mlp'.*activation 'swish'.*allowed: linear, relu, softplus, step, logistic, tanh"),
+        ({"optimizer": "lbfgs"}, r"'mlp'.*optimizer 'lbfgs'.*allowed: sgd, momentum, nesterov, adagrad, adadelta"),
+        ({"loss": "huber"}, r"'mlp'.*loss 'huber'.*allowed: auto, cross_entropy, mse, absolute, hinge"),
+        ({"hidden_layers": [8, 0]}, r"'mlp'.*hidden_layers"),
+        ({"dropout": 1.0}, r"'mlp'.*dropout"),
+        ({"epochs": 2.5}, r"'mlp'.*epochs"),
+    ],
+)
 def test_invalid_params_name_the_culprit(params, pattern):
     with pytest.raises(FamilyError, match=pattern):
         MLPFamily(params=params)
@@ -391,8 +426,9 @@ def _progress(caplog, logger="hepml.torch"):
         m = PROGRESS.match(r.getMessage())
         if r.name == logger and r.levelno == logging.INFO and m:
             pairs = m.group(4).split()
-            out.append((m.group(1), int(m.group(2)), int(m.group(3)), dict(zip(pairs[::2], pairs[1::2])),
-                        float(m.group(5))))
+            out.append(
+                (m.group(1), int(m.group(2)), int(m.group(3)), dict(zip(pairs[::2], pairs[1::2])), float(m.group(5)))
+            )
     return out
 
 
@@ -403,17 +439,20 @@ def test_every_epoch_logs_a_progress_line(caplog):
     lines = _progress(caplog)
     assert [(f, e, n) for f, e, n, _, _ in lines] == [("mlp", e, 4) for e in (1, 2, 3, 4)]
     for i, (_, _, _, metrics, _) in enumerate(lines):
-        assert metrics == {"train_loss": f"{m.history['train_loss'][i]:.4g}",
-                           "val_loss": f"{m.history['validation_loss'][i]:.4g}",
-                           "val_auc": f"{m.history['validation_auc'][i]:.4g}"}
+        assert metrics == {
+            "train_loss": f"{m.history['train_loss'][i]:.4g}",
+            "val_loss": f"{m.history['validation_loss'][i]:.4g}",
+            "val_auc": f"{m.history['validation_auc'][i]:.4g}",
+        }
     seconds = [s for *_, s in lines]
     assert seconds == sorted(seconds)  # elapsed since training started
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="hepml.torch"):
         AutoencoderFamily(task="anomaly", params={"epochs": 3, "hidden_layers": [4, 2]}).fit(X)
     lines = _progress(caplog)
-    assert [(f, e, n, set(mt)) for f, e, n, mt, _ in lines] == [("autoencoder", e, 3, {"train_loss"})
-                                                               for e in (1, 2, 3)]
+    assert [(f, e, n, set(mt)) for f, e, n, mt, _ in lines] == [
+        ("autoencoder", e, 3, {"train_loss"}) for e in (1, 2, 3)
+    ]
 
 
 def test_early_stopping_logs_where_it_stopped(caplog):
@@ -424,5 +463,7 @@ def test_early_stopping_logs_where_it_stopped(caplog):
     n = m.info["epochs_run"]
     assert m.info["early_stopped"] and n < 50
     assert [e for _, e, *_ in _progress(caplog)] == list(range(1, n + 1))
-    assert (f"mlp: stopped early after epoch {n}/50; best epoch {m.info['best_epoch'] + 1}"
-            in caplog.records[-1].getMessage())
+    assert (
+        f"mlp: stopped early after epoch {n}/50; best epoch {m.info['best_epoch'] + 1}"
+        in caplog.records[-1].getMessage()
+    )

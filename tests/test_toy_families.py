@@ -1,6 +1,7 @@
 """Every built-in family on the embedded toy data: each classifier separates
 signal from background, none beats the Bayes-optimal AUC of the exact
 likelihood ratio, and the regression families measure m_jj from the jets."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import r2_score, roc_auc_score
@@ -66,10 +67,14 @@ def test_classifier_separates_toy_signal_without_beating_bayes(name, toy):
 #: boosted trees and the MLP nearly solve it; one tree, a forest of 40 and
 #: kNN approximate it piecewise; a straight line cannot
 REGRESSION = {
-    "linear_regression": ({}, 0.3), "xgboost": ({"n_estimators": 150}, 0.9),
-    "hist_gbm": ({"max_iter": 100}, 0.9), "random_forest": ({"n_estimators": 40}, 0.8),
-    "knn": ({"n_neighbors": 20}, 0.7), "decision_tree": ({"max_depth": 12}, 0.7),
-    "adaboost": ({"n_estimators": 30, "max_depth": 6}, 0.7), "svm": ({"C": 10.0}, 0.6),
+    "linear_regression": ({}, 0.3),
+    "xgboost": ({"n_estimators": 150}, 0.9),
+    "hist_gbm": ({"max_iter": 100}, 0.9),
+    "random_forest": ({"n_estimators": 40}, 0.8),
+    "knn": ({"n_neighbors": 20}, 0.7),
+    "decision_tree": ({"max_depth": 12}, 0.7),
+    "adaboost": ({"n_estimators": 30, "max_depth": 6}, 0.7),
+    "svm": ({"C": 10.0}, 0.6),
     "mlp": ({"hidden_layers": [64, 64], "epochs": 15, "learning_rate": 0.003}, 0.9),
 }
 

@@ -1,6 +1,7 @@
 """MLflow publishing: parallel-safe on sqlite, no duplicates, an http server, and
 runs as the ecosystem expects them (an MLflow model, artifacts by kind, lineage,
 provenance, the real training times, the Model Registry)."""
+
 import hashlib
 import json
 import multiprocessing as mp
@@ -30,8 +31,9 @@ SPLITS = ("train", "validation", "test")
 
 def make_events(n, seed):
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"event_id": np.arange(n, dtype=np.int64), "label": (rng.random(n) < 0.5).astype(np.int8),
-                       "weight": np.ones(n)})
+    df = pd.DataFrame(
+        {"event_id": np.arange(n, dtype=np.int64), "label": (rng.random(n) < 0.5).astype(np.int8), "weight": np.ones(n)}
+    )
     for i, f in enumerate(FEATURES):
         df[f] = (rng.normal(size=n) + (1.0 if i == 0 else 0.0) * df["label"]).astype(np.float32)
     return df
@@ -47,9 +49,19 @@ def make_model(directory, model, task="classification", seed=0):
         fam.n_classes = 3
     fam.fit(X, y, sample_weight=np.ones(len(y)))
     directory.mkdir(parents=True)
-    meta = {"model": model, "family": fam.name, "task": task, "params": fam.params, "seed": seed,
-            "features": FEATURES, "target": None, "file_format": fam.file_format, "device": "cpu",
-            "files": fam.save(directory), **({"classes": [0, 1, 2]} if task == "multiclass" else {})}
+    meta = {
+        "model": model,
+        "family": fam.name,
+        "task": task,
+        "params": fam.params,
+        "seed": seed,
+        "features": FEATURES,
+        "target": None,
+        "file_format": fam.file_format,
+        "device": "cpu",
+        "files": fam.save(directory),
+        **({"classes": [0, 1, 2]} if task == "multiclass" else {}),
+    }
     write_json(directory / registry.META_FILE, meta)
     (directory / ".snakemake_timestamp").write_bytes(b"")  # what Snakemake leaves in directory outputs
     return meta
@@ -61,8 +73,16 @@ def make_inputs(d, model, auc=0.9, task="classification", fit_seconds=1.5):
     for sub in ("records", "metrics", "importance", "predictions", "features", "plots"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     rec = d / "records" / f"{model}.train.json"
-    rec.write_text(json.dumps({**meta, "params": {"max_depth": 3}, "fit_seconds": fit_seconds,
-                               "history": {"validation_loss": [0.6, 0.5, 0.45]}}))
+    rec.write_text(
+        json.dumps(
+            {
+                **meta,
+                "params": {"max_depth": 3},
+                "fit_seconds": fit_seconds,
+                "history": {"validation_loss": [0.6, 0.5, 0.45]},
+            }
+        )
+    )
     inf = d / "records" / f"{model}.predict.json"
     inf.write_text(json.dumps({"model": model, "timing": {"test": {"seconds": 0.01}}}))
     met = d / "metrics" / f"{model}.json"
@@ -79,10 +99,19 @@ def make_inputs(d, model, auc=0.9, task="classification", fit_seconds=1.5):
     for i, s in enumerate(SPLITS):
         if not (d / "features" / f"{s}.parquet").exists():
             make_events(200, 10 + i).to_parquet(d / "features" / f"{s}.parquet", index=False)
-    return dict(model=model, record=str(rec), metrics=str(met), predictions=str(pred),
-                model_dir=str(d / "models" / model), out=str(d / "tracking" / f"{model}.json"),
-                results_dir=str(d), inference=str(inf), importance=str(imp), plots_dir=str(plots),
-                datasets={s: str(d / "features" / f"{s}.parquet") for s in SPLITS})
+    return dict(
+        model=model,
+        record=str(rec),
+        metrics=str(met),
+        predictions=str(pred),
+        model_dir=str(d / "models" / model),
+        out=str(d / "tracking" / f"{model}.json"),
+        results_dir=str(d),
+        inference=str(inf),
+        importance=str(imp),
+        plots_dir=str(plots),
+        datasets={s: str(d / "features" / f"{s}.parquet") for s in SPLITS},
+    )
 
 
 def cli_args(job):
@@ -142,8 +171,14 @@ def test_parallel_writers_on_sqlite_lose_nothing_and_rerun_adds_nothing(tmp_path
     c = MlflowClient(tracking_uri=uri)
     hist = c.get_metric_history(r.info.run_id, "curve.validation_loss")
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == [0.6, 0.5, 0.45]
-    assert {"metrics/m2.json", "importance/m2.json", "records/m2.train.json", "records/m2.predict.json",
-            "predictions/m2.parquet", "plots/roc.png"} <= set(all_artifacts(c, r.info.run_id))
+    assert {
+        "metrics/m2.json",
+        "importance/m2.json",
+        "records/m2.train.json",
+        "records/m2.predict.json",
+        "predictions/m2.parquet",
+        "plots/roc.png",
+    } <= set(all_artifacts(c, r.info.run_id))
     assert r.outputs.model_outputs, "the model is logged as an MLflow model"
 
 
@@ -165,8 +200,14 @@ def test_artifacts_by_kind_never_collide_and_bookkeeping_files_stay_home(tmp_pat
     for kind, path in (("metrics", job["metrics"]), ("importance", job["importance"])):
         got = c.download_artifacts(run_id, f"{kind}/bdt.json", str(tmp_path / f"dl-{kind}"))
         assert Path(got).read_bytes() == Path(path).read_bytes(), kind
-    assert sorted(names) == ["importance/bdt.json", "metrics/bdt.json", "plots/roc.png",
-                             "predictions/bdt.parquet", "records/bdt.predict.json", "records/bdt.train.json"]
+    assert sorted(names) == [
+        "importance/bdt.json",
+        "metrics/bdt.json",
+        "plots/roc.png",
+        "predictions/bdt.parquet",
+        "records/bdt.predict.json",
+        "records/bdt.train.json",
+    ]
     import mlflow.artifacts
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tk.resolve_uri(None, str(tmp_path)))  # runs:/ resolves with it
@@ -200,10 +241,14 @@ def test_run_spans_the_training_not_the_publishing(tmp_path, monkeypatch):
 
 
 def _git(cwd, *args):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@x"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def test_run_records_resolved_config_git_commit_and_version(tmp_path, monkeypatch):
@@ -224,10 +269,17 @@ def test_run_records_resolved_config_git_commit_and_version(tmp_path, monkeypatc
     assert tk.git_commit(wf) == f"{sha}-dirty"
     assert tk.git_commit(tmp_path / "results") == "unknown" == tk.git_commit(None)
 
-    config = {"results": "results", "tracking": {"experiment": "hepml", "register": False},
-              "models": {"m": {"family": "logistic_regression", "params": {"C": 0.5}}}}
-    job = {**make_inputs(tmp_path / "results", "m"), "config": config, "spec": config["models"]["m"],
-           "workflow_dir": str(wf)}
+    config = {
+        "results": "results",
+        "tracking": {"experiment": "hepml", "register": False},
+        "models": {"m": {"family": "logistic_regression", "params": {"C": 0.5}}},
+    }
+    job = {
+        **make_inputs(tmp_path / "results", "m"),
+        "config": config,
+        "spec": config["models"]["m"],
+        "workflow_dir": str(wf),
+    }
     assert tk.main(["model", *cli_args(job)]) == 0
     run_id = json.loads(Path(job["out"]).read_text())["run_id"]
     c = _client(tmp_path / "results")
@@ -247,8 +299,13 @@ def test_run_names_the_split_files_it_used(tmp_path, monkeypatch):
     got = {}
     for d in run.inputs.dataset_inputs:
         tags = {t.key: t.value for t in d.tags}
-        got[tags["mlflow.data.context"]] = (d.dataset.name, d.dataset.digest, tags["hepml.sha256"],
-                                            json.loads(d.dataset.source)["uri"], d.dataset.schema)
+        got[tags["mlflow.data.context"]] = (
+            d.dataset.name,
+            d.dataset.digest,
+            tags["hepml.sha256"],
+            json.loads(d.dataset.source)["uri"],
+            d.dataset.schema,
+        )
     assert set(got) == {"training", "validation", "test"}
     for context, split in (("training", "train"), ("validation", "validation"), ("test", "test")):
         path = tmp_path / "features" / f"{split}.parquet"
@@ -308,9 +365,15 @@ def test_logged_model_carries_its_code_and_loads_without_hepml(tmp_path, monkeyp
     uri = tk.resolve_uri(None, str(tmp_path))
     run_id = tk.track(**job)["run_id"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_HEPML, f"runs:/{run_id}/model",
-                           job["datasets"]["test"]], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_HEPML, f"runs:/{run_id}/model", job["datasets"]["test"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**env, "MLFLOW_TRACKING_URI": uri},
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "/code/hepml_steps/" in got["hepml"]  # the copy inside the MLflow model
@@ -338,7 +401,8 @@ def test_register_puts_each_model_in_the_registry_once(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tk.resolve_uri(None, str(tmp_path)))
     scores = mlflow.pyfunc.load_model("models:/hepml-my_exp_1-mlp/1").predict(
-        pd.read_parquet(jobs[1]["datasets"]["test"]))
+        pd.read_parquet(jobs[1]["datasets"]["test"])
+    )
     assert list(scores.columns) == ["score"]
 
 
@@ -354,11 +418,25 @@ def test_summary_attaches_leaderboard_and_plots_to_every_run(tmp_path, monkeypat
     plots.mkdir()
     (plots / "roc.png").write_bytes(b"png")
     with pytest.raises(tk.DataError, match="nope.csv"):
-        tk.attach_summary([j["out"] for j in jobs], str(tmp_path / "s.json"), str(tmp_path),
-                          [str(board), str(tmp_path / "nope.csv")])
+        tk.attach_summary(
+            [j["out"] for j in jobs], str(tmp_path / "s.json"), str(tmp_path), [str(board), str(tmp_path / "nope.csv")]
+        )
     assert not (tmp_path / "s.json").exists()
-    res = tk.main(["summary", "--runs", *[j["out"] for j in jobs], "--out", str(tmp_path / "s.json"),
-                   "--results-dir", str(tmp_path), "--leaderboard", str(board), "--plots-dir", str(plots)])
+    res = tk.main(
+        [
+            "summary",
+            "--runs",
+            *[j["out"] for j in jobs],
+            "--out",
+            str(tmp_path / "s.json"),
+            "--results-dir",
+            str(tmp_path),
+            "--leaderboard",
+            str(board),
+            "--plots-dir",
+            str(plots),
+        ]
+    )
     assert res == 0
     assert json.loads((tmp_path / "s.json").read_text())["runs"] == {"m0": ids[0], "m1": ids[1]}
     c = MlflowClient(tracking_uri=tk.resolve_uri(None, str(tmp_path)))
@@ -419,10 +497,24 @@ def mlflow_server(tmp_path):
     port = _free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=open(tmp_path / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            mlflow_bin,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=open(tmp_path / "server.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -457,6 +549,7 @@ def test_http_tracking_server(tmp_path, mlflow_server, monkeypatch):
 
 # --- one store shared by several pipelines, and a store that cannot be broken ---
 
+
 def _publish_after_barrier(job, barrier, q):
     barrier.wait()  # start together: the race is on first use of a fresh store
     try:
@@ -482,7 +575,8 @@ def test_three_pipelines_share_one_fresh_sqlite_store(tmp_path, monkeypatch):
     assert sorted(r.info.run_id for r in found) == sorted(rid for _, rid in got)
     assert {r.info.status for r in found} == {"FINISHED"}
     assert {r.data.tags[tk.ORIGIN_TAG].split(":", 1)[1] for r in found} == {
-        str((tmp_path / f"results{i}").resolve()) for i in range(3)}
+        str((tmp_path / f"results{i}").resolve()) for i in range(3)
+    }
 
 
 def test_half_built_store_is_refused_with_what_to_do(tmp_path, monkeypatch):
@@ -571,8 +665,9 @@ def test_unreachable_server_fails_in_seconds_with_one_line(tmp_path, monkeypatch
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     args = [sys.executable, "-m", "hepml_steps.track", "model", "--uri", uri, *cli_args(job)]
     t0 = time.time()
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
     took = time.time() - t0
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert took < 15, took

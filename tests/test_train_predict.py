@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from hepml_steps import dataset as ds
 from hepml_steps import predict as pr
 from hepml_steps import registry
-from hepml_steps import dataset as ds
 from hepml_steps import train as tr
 from hepml_steps.errors import ConfigError, DataError, FamilyError
 from tests.conftest import make_events
@@ -27,15 +27,19 @@ def prepared(tmp_path):
 
 
 def fit(prepared, tmp_path, spec, model="m"):
-    rec = tr.train(prepared["train"], prepared["validation"], model, spec, str(tmp_path / model),
-                   str(tmp_path / f"{model}.json"))
+    rec = tr.train(
+        prepared["train"], prepared["validation"], model, spec, str(tmp_path / model), str(tmp_path / f"{model}.json")
+    )
     return rec
 
 
-@pytest.mark.parametrize("family, params", [
-    ("xgboost", {"n_estimators": 30, "max_depth": 3}),
-    ("logistic_regression", {}),
-])
+@pytest.mark.parametrize(
+    "family, params",
+    [
+        ("xgboost", {"n_estimators": 30, "max_depth": 3}),
+        ("logistic_regression", {}),
+    ],
+)
 def test_train_then_predict_roundtrip(family, params, prepared, tmp_path):
     rec = fit(prepared, tmp_path, {"family": family, "params": params})
     assert rec["family"] == family and rec["n_train"] == 1500 and rec["features"] == ["f0", "f1", "f2", "f3"]
@@ -74,7 +78,7 @@ def test_weights_change_the_fit(prepared, tmp_path):
     df.loc[df.label == 1, "weight"] *= 50  # physical weighting now favours signal
     df.to_parquet(prepared["train"])
     r1 = fit(prepared, tmp_path, {"family": "logistic_regression", "weighting": "physical"}, "a")
-    r2 = fit(prepared, tmp_path, {"family": "logistic_regression", "weighting": "none"}, "b")
+    fit(prepared, tmp_path, {"family": "logistic_regression", "weighting": "none"}, "b")
     m1, _ = registry.load_model(tmp_path / "a")
     m2, _ = registry.load_model(tmp_path / "b")
     X = df[r1["features"]].to_numpy(np.float32)
@@ -84,7 +88,7 @@ def test_weights_change_the_fit(prepared, tmp_path):
 def test_training_cap_is_deterministic_and_recorded(prepared, tmp_path, caplog):
     spec = {"family": "logistic_regression", "max_train_events": 400}
     r1 = fit(prepared, tmp_path, spec, "a")
-    r2 = fit(prepared, tmp_path, spec, "b")
+    fit(prepared, tmp_path, spec, "b")
     assert r1["n_train"] == 400 and r1["train_cap"]["applied"] and r1["train_cap"]["n_before"] == 1500
     assert "capped at 400" in caplog.text
     (m1, _), (m2, _) = registry.load_model(tmp_path / "a"), registry.load_model(tmp_path / "b")
@@ -132,8 +136,11 @@ def test_regression_target_missing_or_not_numeric_is_named(prepared, tmp_path):
 def test_anomaly_task_without_background_is_named(prepared, tmp_path):
     df = pd.read_parquet(prepared["train"])
     df[df.label == 1].to_parquet(prepared["train"])
-    with pytest.raises(DataError, match=r"anomaly detection trains on background, but .*train.parquet has no "
-                                        "background events"):
+    with pytest.raises(
+        DataError,
+        match=r"anomaly detection trains on background, but .*train.parquet has no "
+        "background events",
+    ):
         fit(prepared, tmp_path, {"family": "autoencoder", "task": "anomaly"})
 
 
@@ -188,12 +195,16 @@ def test_bdt_onnx_export_reproduces_scores(task, prepared, tmp_path):
     assert np.allclose(onnx_scores, model.predict_score(X), atol=1e-5)
 
 
-@pytest.mark.parametrize("family, params, logger", [
-    ("mlp", {"hidden_layers": [8], "epochs": 2}, "hepml.torch"),
-    ("xgboost", {"n_estimators": 5}, "hepml.xgboost"),
-])
-def test_gpu_asked_for_but_not_usable_falls_back_with_a_warning(family, params, logger, prepared, tmp_path,
-                                                                 monkeypatch, caplog):
+@pytest.mark.parametrize(
+    "family, params, logger",
+    [
+        ("mlp", {"hidden_layers": [8], "epochs": 2}, "hepml.torch"),
+        ("xgboost", {"n_estimators": 5}, "hepml.xgboost"),
+    ],
+)
+def test_gpu_asked_for_but_not_usable_falls_back_with_a_warning(
+    family, params, logger, prepared, tmp_path, monkeypatch, caplog
+):
     """gpus: 1 with device: auto is a request for CUDA: training and inference run
     on the CPU here, say so in the log, and record the device they used."""
     import torch

@@ -5,6 +5,7 @@ The rule: every input is labelled (a ``label`` each, or ``label_column``) or
 none is; a model whose task needs labels (classification, anomaly detection,
 ``target: label``) with unlabelled inputs is an error when the config is read.
 """
+
 import copy
 import json
 import os
@@ -60,9 +61,12 @@ def test_every_input_labelled_or_none(tmp_path):
     assert inputs.labelled([{"path": a, "label": 1}, {"path": b, "label": 0}], None)
     assert inputs.labelled([{"path": a, "label": 1}, {"path": b}], "is_signal")  # the column labels b
     assert not inputs.labelled([{"path": a}, {"path": b}], None)
-    with pytest.raises(ConfigError, match=r"^data\.files\.inputs: 'label' is given for data\.files\.inputs\[0\] "
-                                          r"\(.*a\.parquet\) but not for data\.files\.inputs\[1\] \(.*b\.parquet\); "
-                                          r"label every input \(or set data\.files\.label_column\), or none"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.files\.inputs: 'label' is given for data\.files\.inputs\[0\] "
+        r"\(.*a\.parquet\) but not for data\.files\.inputs\[1\] \(.*b\.parquet\); "
+        r"label every input \(or set data\.files\.label_column\), or none",
+    ):
         inputs.labelled([{"path": a, "label": 1}, {"path": b}], None)
 
 
@@ -70,40 +74,62 @@ def test_a_model_that_needs_labels_is_refused_when_the_config_is_read(tmp_path):
     path = str(_table(tmp_path / "mc.parquet"))
     unlabelled = _files({"path": path})
     msg = _error({**unlabelled, "select_models": ["bdt"]})
-    assert msg.startswith(f"models.bdt: task 'classification' needs labelled events; data.files.inputs[0] "
-                          f"({path}) has no label")
+    assert msg.startswith(
+        f"models.bdt: task 'classification' needs labelled events; data.files.inputs[0] ({path}) has no label"
+    )
     assert "models.autoencoder: task 'anomaly' needs labelled events" in _error(
-        {**unlabelled, "select_models": ["autoencoder"]})
+        {**unlabelled, "select_models": ["autoencoder"]}
+    )
     # every model that runs is checked: the default selection holds classifiers
     assert _error(unlabelled).startswith("models.")
     # a model of the labels themselves needs them too
-    assert _error({**unlabelled, "select_models": ["lab"], "models": {"lab": {
-        "family": "xgboost", "task": "multiclass", "target": "label"}}}).startswith(
-        "models.lab: task 'multiclass' with target 'label' needs labelled events")
-    models = _load({**unlabelled, "select_models": ["reg", "kmeans", "pca"], "models": {"reg": {
-        "family": "linear_regression", "task": "regression", "target": "y"}}})
+    assert _error(
+        {
+            **unlabelled,
+            "select_models": ["lab"],
+            "models": {"lab": {"family": "xgboost", "task": "multiclass", "target": "label"}},
+        }
+    ).startswith("models.lab: task 'multiclass' with target 'label' needs labelled events")
+    models = _load(
+        {
+            **unlabelled,
+            "select_models": ["reg", "kmeans", "pca"],
+            "models": {"reg": {"family": "linear_regression", "task": "regression", "target": "y"}},
+        }
+    )
     assert sorted(models) == ["kmeans", "pca", "reg"]
 
 
 def test_mixed_inputs_are_refused_when_the_config_is_read(tmp_path):
     a, b = str(_table(tmp_path / "a.parquet")), str(_table(tmp_path / "b.parquet", seed=1))
     assert _error(_files({"path": a, "label": 1}, {"path": b})).startswith(
-        "data.files.inputs: 'label' is given for data.files.inputs[0]")
+        "data.files.inputs: 'label' is given for data.files.inputs[0]"
+    )
     _load(_files({"path": a, "label": 1}, {"path": b}, label_column="a", signal_values=[1]))  # the column labels b
 
 
 def test_task_objects_say_what_needs_labels():
     needs = {name: t.needs_labels() for name, t in tasks.TASKS.items()}
-    assert needs == {"classification": True, "multiclass": False, "anomaly": True, "regression": False,
-                     "clustering": False, "dimreduction": False}
+    assert needs == {
+        "classification": True,
+        "multiclass": False,
+        "anomaly": True,
+        "regression": False,
+        "clustering": False,
+        "dimreduction": False,
+    }
     assert tasks.get("multiclass").needs_labels("label") and not tasks.get("multiclass").needs_labels("process")
 
 
 # -- the table and the data boundary ---------------------------------------------
 def test_ingest_writes_no_label_column_and_records_unlabelled(tmp_path):
     a, b = _table(tmp_path / "a.parquet"), _table(tmp_path / "b.parquet", seed=1)
-    rec = ingest.ingest([{"path": str(a)}, {"path": str(b)}], tmp_path / "events.parquet",
-                        summary_out=tmp_path / "ingest.json", cut="a > -1")
+    rec = ingest.ingest(
+        [{"path": str(a)}, {"path": str(b)}],
+        tmp_path / "events.parquet",
+        summary_out=tmp_path / "ingest.json",
+        cut="a > -1",
+    )
     table = pd.read_parquet(tmp_path / "events.parquet")
     assert list(table.columns[:2]) == ["event_id", "weight"] and "label" not in table.columns
     assert rec["labelled"] is False and rec["n_events"] == len(table)
@@ -122,8 +148,9 @@ def test_dataset_reads_unlabelled_splits_and_anomaly_refuses_them(tmp_path):
     assert data.take(np.arange(3)).labels is None
     meta = {"model": "reg", "task": "regression", "features": ["a", "b"], "target": "y"}
     assert dataset.read_scoring(str(tmp_path / "train.parquet"), meta).labels is None
-    with pytest.raises(DataError, match="model 'ae': task 'anomaly' trains on background events, but the events "
-                                        "are unlabelled"):
+    with pytest.raises(
+        DataError, match="model 'ae': task 'anomaly' trains on background events, but the events are unlabelled"
+    ):
         dataset.read_fit(str(tmp_path / "train.parquet"), {"task": "anomaly"}, "model 'ae'")
 
 
@@ -132,33 +159,54 @@ def test_figures_against_labels_are_left_out(tmp_path):
     n = 600
     cluster = rng.integers(0, 2, n)
     X = rng.normal(size=(n, 2)) + 4 * cluster[:, None]
-    base = pd.DataFrame({"event_id": np.arange(n), "split": np.where(np.arange(n) < 300, "train", "test"),
-                         "weight": 1.0})
+    base = pd.DataFrame(
+        {"event_id": np.arange(n), "split": np.where(np.arange(n) < 300, "train", "test"), "weight": 1.0}
+    )
     base.assign(score=cluster.astype(float)).to_parquet(tmp_path / "clu.parquet")
     feats = pd.DataFrame({"event_id": np.arange(n), "weight": 1.0, "a": X[:, 0], "b": X[:, 1]})
     feats[base.split == "test"].to_parquet(tmp_path / "ft.parquet")
-    m = evaluate(str(tmp_path / "clu.parquet"), str(tmp_path / "clu.json"), "k", "clustering",
-                 extra={"features": ["a", "b"]}, features=str(tmp_path / "ft.parquet"))["metrics"]
+    m = evaluate(
+        str(tmp_path / "clu.parquet"),
+        str(tmp_path / "clu.json"),
+        "k",
+        "clustering",
+        extra={"features": ["a", "b"]},
+        features=str(tmp_path / "ft.parquet"),
+    )["metrics"]
     assert m["n_clusters"] == 2 and m["silhouette"] > 0.5
     assert "adjusted_rand" not in m and "purity" not in m
     base.assign(score=X[:, 0]).to_parquet(tmp_path / "pca.parquet")
-    m = evaluate(str(tmp_path / "pca.parquet"), str(tmp_path / "pca.json"), "p", "dimreduction",
-                 extra={"info": {"explained_variance_ratio": [0.7]}})["metrics"]
+    m = evaluate(
+        str(tmp_path / "pca.parquet"),
+        str(tmp_path / "pca.json"),
+        "p",
+        "dimreduction",
+        extra={"info": {"explained_variance_ratio": [0.7]}},
+    )["metrics"]
     assert m["explained_variance_ratio_total"] == pytest.approx(0.7) and "pc1_separation_auc" not in m
     feats.to_parquet(tmp_path / "train.parquet")
-    made = plots.plot_summary([str(tmp_path / "pca.parquet")], ["p"], ["dimreduction"],
-                              str(tmp_path / "train.parquet"), str(tmp_path / "summary"))
+    made = plots.plot_summary(
+        [str(tmp_path / "pca.parquet")],
+        ["p"],
+        ["dimreduction"],
+        str(tmp_path / "train.parquet"),
+        str(tmp_path / "summary"),
+    )
     assert [Path(p).name for p in made] == ["correlation_all.png"]
 
 
 # -- the real workflow -----------------------------------------------------------
 WORKFLOW = {
     "results": "results",
-    "data": {"source": "files", "files": {
-        "inputs": [{"path": "data/sig_0.root"}],
-        "columns": ["Jet_pt[0]", "len(Jet_pt)", "max(Jet_btagDeepB)", "MET_pt", "ht30"],
-        "aliases": {"ht30": "sum(Jet_pt[Jet_pt > 30])"},
-        "cut": "len(Jet_pt) >= 1"}},
+    "data": {
+        "source": "files",
+        "files": {
+            "inputs": [{"path": "data/sig_0.root"}],
+            "columns": ["Jet_pt[0]", "len(Jet_pt)", "max(Jet_btagDeepB)", "MET_pt", "ht30"],
+            "aliases": {"ht30": "sum(Jet_pt[Jet_pt > 30])"},
+            "cut": "len(Jet_pt) >= 1",
+        },
+    },
     "training": {"threads": 1},
     "select_models": ["ht_reg", "kmeans", "pca"],
     "models": {"ht_reg": {"family": "linear_regression", "task": "regression", "target": "ht30"}},
@@ -173,8 +221,18 @@ def test_one_unlabelled_file_runs_end_to_end(tmp_path):
     (wd / "unlabelled.yaml").write_text(yaml.safe_dump(WORKFLOW))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
-           "--configfile", str(wd / "unlabelled.yaml"), "--cores", "2", "--show-failed-logs"]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(wd),
+        "--configfile",
+        str(wd / "unlabelled.yaml"),
+        "--cores",
+        "2",
+        "--show-failed-logs",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     out = wd / "results"

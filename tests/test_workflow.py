@@ -1,8 +1,8 @@
 """Runs the real Snakemake workflow end to end on a tiny configuration."""
+
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +22,19 @@ TUNED = ("--configfile", str(TINY), str(ROOT / "tests" / "config" / "tune_logreg
 def snakemake(workdir, *args, check=True, timeout=900):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(TINY), "--cores", "2",
-           "--show-failed-logs", *args]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        "--cores",
+        "2",
+        "--show-failed-logs",
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and res.returncode != 0:
         pytest.fail(f"snakemake failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}")
@@ -46,8 +56,17 @@ def test_outputs_and_metrics(run):
     for model in ("bdt", "logreg", "mlp"):
         m = json.loads((res / "metrics" / f"{model}.json").read_text())["metrics"]
         assert 0.5 < m["roc_auc"] <= m["bayes_auc"] + 0.03, model
-        for key in ("accuracy", "error_rate", "precision", "sensitivity", "specificity",
-                    "roc_combined", "f1", "geometric_mean", "sig_eff_at_bkg_0.1"):
+        for key in (
+            "accuracy",
+            "error_rate",
+            "precision",
+            "sensitivity",
+            "specificity",
+            "roc_combined",
+            "f1",
+            "geometric_mean",
+            "sig_eff_at_bkg_0.1",
+        ):
             assert key in m, (model, key)
         pred = pd.read_parquet(res / "predictions" / f"{model}.parquet")
         assert set(pred["split"]) == {"train", "validation", "test"}
@@ -72,11 +91,23 @@ def test_plots_energy_and_overtraining_outputs(run):
     for model in ("bdt", "mlp"):  # iterative families have learning curves
         assert (res / "plots" / model / "learning_curve.png").exists()
     summary = {p.name for p in (res / "plots" / "summary").glob("*.png")}
-    assert {"roc_rejection_vs_efficiency.png", "roc_tpr_vs_fpr.png", "correlation_signal.png",
-            "correlation_background.png", "energy_auc_vs_j_per_event.png", "energy_vs_throughput.png"} <= summary
+    assert {
+        "roc_rejection_vs_efficiency.png",
+        "roc_tpr_vs_fpr.png",
+        "correlation_signal.png",
+        "correlation_background.png",
+        "energy_auc_vs_j_per_event.png",
+        "energy_vs_throughput.png",
+    } <= summary
     board = pd.read_csv(res / "leaderboard.csv")
-    for col in ("ks_pvalue_signal", "ks_pvalue_background", "overtrained", "train_j_per_event",
-                "inference_events_per_s", "fit_seconds"):
+    for col in (
+        "ks_pvalue_signal",
+        "ks_pvalue_background",
+        "overtrained",
+        "train_j_per_event",
+        "inference_events_per_s",
+        "fit_seconds",
+    ):
         assert col in board.columns, col
 
 
@@ -86,8 +117,15 @@ def test_html_report_contains_every_plot(run):
     snakemake(wd, *TUNED, "--report", str(report))
     html = report.read_text(errors="replace")
     assert len(html) > 50_000
-    for name in ("score_distributions", "roc_rejection_vs_efficiency", "energy_auc_vs_j_per_event",
-                 "leaderboard", "learning_curve", "feature_importance", "correlation_signal"):
+    for name in (
+        "score_distributions",
+        "roc_rejection_vs_efficiency",
+        "energy_auc_vs_j_per_event",
+        "leaderboard",
+        "learning_curve",
+        "feature_importance",
+        "correlation_signal",
+    ):
         assert name in html, name
     for model in ("bdt", "logreg", "mlp"):
         assert model in html
@@ -115,9 +153,11 @@ def test_one_mlflow_run_per_model_and_no_duplicates_on_rerun(run):
     assert all("C" in r.data.params and "roc_auc" in r.data.metrics for r in trials)  # the objective's name
     for r in first:  # per-model plots, and the cross-model leaderboard and comparison plots
         assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.csv"} <= {
-            a.path for a in client.list_artifacts(r.info.run_id, "leaderboard")}
+            a.path for a in client.list_artifacts(r.info.run_id, "leaderboard")
+        }
         assert {"metrics", "importance", "records", "predictions", "plots", "config"} <= {
-            a.path for a in client.list_artifacts(r.info.run_id)}
+            a.path for a in client.list_artifacts(r.info.run_id)
+        }
         summary = {a.path for a in client.list_artifacts(r.info.run_id, "plots/summary")}
         assert "plots/summary/roc_tpr_vs_fpr.png" in summary
         assert r.outputs.model_outputs and len(r.inputs.dataset_inputs) == 3  # an MLflow model; its splits
@@ -171,7 +211,10 @@ def test_global_tuning_skips_tasks_without_objective_and_explicit_request_is_an_
     assert tuned == {"logreg"}
     cfg.write_text("select_models: [logreg, pca]\nmodels:\n  pca: {tune: {enabled: true}}\n")
     res = snakemake(tmp_path, "--configfile", str(TINY), str(cfg), "-n", check=False)
-    assert res.returncode != 0 and "models.pca.tune.enabled: task 'dimreduction' has no validation objective" in res.stdout + res.stderr
+    assert (
+        res.returncode != 0
+        and "models.pca.tune.enabled: task 'dimreduction' has no validation objective" in res.stdout + res.stderr
+    )
 
 
 def test_bad_config_key_is_named(tmp_path):
@@ -189,15 +232,24 @@ def test_unknown_family_lists_known_ones(tmp_path):
     assert res.returncode != 0 and "quantum_forest" in out and "xgboost" in out
 
 
-@pytest.mark.parametrize("config, message", [
-    ("models:\n  svmreg: {family: logistic_regression, task: regression, target: m_jj}\n",
-     "models.svmreg.task: family 'logistic_regression' does not support task 'regression' (it supports: "
-     "classification, multiclass)"),
-    ("models:\n  mass: {family: xgboost, task: regression}\n",
-     "models.mass.target: task 'regression' needs 'target'"),
-    ("split: {fractions: {train: 0.6, validation: 0.3, test: 0.3}}\n",
-     "split.fractions must sum to 1; train + validation + test = 1.2"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            "models:\n  svmreg: {family: logistic_regression, task: regression, target: m_jj}\n",
+            "models.svmreg.task: family 'logistic_regression' does not support task 'regression' (it supports: "
+            "classification, multiclass)",
+        ),
+        (
+            "models:\n  mass: {family: xgboost, task: regression}\n",
+            "models.mass.target: task 'regression' needs 'target'",
+        ),
+        (
+            "split: {fractions: {train: 0.6, validation: 0.3, test: 0.3}}\n",
+            "split.fractions must sum to 1; train + validation + test = 1.2",
+        ),
+    ],
+)
 def test_config_mistakes_fail_when_parsed_before_any_job(config, message, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(config)
@@ -215,7 +267,8 @@ def test_every_other_task_runs_through_the_workflow(tmp_path):
         "models:\n"
         "  jet_multiplicity: {enabled: true, params: {n_estimators: 15, max_depth: 3}}\n"
         "  mjj_regression: {params: {hidden_layers: [16], epochs: 3}}\n"
-        "  autoencoder: {params: {hidden_layers: [8, 2], epochs: 2}}\n")
+        "  autoencoder: {params: {hidden_layers: [8, 2], epochs: 2}}\n"
+    )
     wd = tmp_path / "wd"
     snakemake(wd, "--configfile", str(TINY), str(cfg))
     res = wd / "results"
@@ -237,12 +290,21 @@ def test_every_other_task_runs_through_the_workflow(tmp_path):
     assert 0 < json.loads((res / "metrics" / "autoencoder.json").read_text())["metrics"]["roc_auc"] < 1
     assert json.loads((res / "metrics" / "kmeans.json").read_text())["metrics"]["n_clusters"] == 2
     assert json.loads((res / "metrics" / "pca.json").read_text())["metrics"]["explained_variance_ratio_total"] > 0
-    for model, png in (("jet_multiplicity", "confusion_matrix.png"), ("mjj_regression", "residuals.png"),
-                       ("autoencoder", "anomaly_scores.png"), ("kmeans", "clusters_pc12.png")):
+    for model, png in (
+        ("jet_multiplicity", "confusion_matrix.png"),
+        ("mjj_regression", "residuals.png"),
+        ("autoencoder", "anomaly_scores.png"),
+        ("kmeans", "clusters_pc12.png"),
+    ):
         assert (res / "plots" / model / png).exists(), (model, png)
     md = (res / "leaderboard.md").read_text()
-    for title in ("Multiclass classification", "Regression", "Anomaly detection", "Clustering",
-                  "Dimensionality reduction"):
+    for title in (
+        "Multiclass classification",
+        "Regression",
+        "Anomaly detection",
+        "Clustering",
+        "Dimensionality reduction",
+    ):
         assert f"## {title}" in md, title
     from mlflow.tracking import MlflowClient
 

@@ -4,6 +4,7 @@
 family, built-in or a plugin, against the contract declared by
 :class:`.base.Family`.
 """
+
 __all__ = ["FamilyCheckError", "check_family", "family_checks"]
 
 

@@ -6,6 +6,7 @@ honours event weights: kNN votes with the neighbours' weights, DBSCAN counts
 weights towards ``min_samples``, PCA centres and decomposes the weighted
 covariance.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,8 +105,9 @@ class DBSCANFamily(ArrayFamily):
 
         if len(X) < int(self.params["min_samples"]):
             raise DataError(f"family 'dbscan': {len(X)} training events are fewer than min_samples")
-        db = DBSCAN(eps=float(self.params["eps"]), min_samples=int(self.params["min_samples"]),
-                    n_jobs=self.n_threads).fit(X, sample_weight=sample_weight)
+        db = DBSCAN(
+            eps=float(self.params["eps"]), min_samples=int(self.params["min_samples"]), n_jobs=self.n_threads
+        ).fit(X, sample_weight=sample_weight)
         self.core = np.asarray(X, dtype=np.float32)[db.core_sample_indices_]
         self.core_labels = db.labels_[db.core_sample_indices_].astype(np.int64)
         self.info["n_clusters"] = int(len(set(db.labels_)) - (1 if -1 in db.labels_ else 0))
@@ -147,7 +149,7 @@ class PCAFamily(ArrayFamily):
         self.mean = w @ X
         Xc = (X - self.mean) * np.sqrt(w)[:, None]
         _, s, vt = np.linalg.svd(Xc, full_matrices=False)
-        var = s ** 2
+        var = s**2
         self.components = vt[:n]
         self.explained_variance_ratio = var[:n] / var.sum()
         self.info["explained_variance_ratio"] = self.explained_variance_ratio.tolist()

@@ -27,21 +27,23 @@ every hook with what the pipeline does with it;
 :func:`hepml_steps.families.check_family` checks a family against this
 contract on small synthetic data.
 """
+
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from ..errors import FamilyError
-
 
 #: ``f(epoch, metrics)``: called by an iterative family after every iteration.
 EpochCallback = Callable[[int, dict], None]
 
 
-def log_progress(logger: logging.Logger, family: str, unit: str, step: int, total: int,
-                 metrics: dict, elapsed_s: float) -> None:
+def log_progress(
+    logger: logging.Logger, family: str, unit: str, step: int, total: int, metrics: dict, elapsed_s: float
+) -> None:
     """Log one INFO progress line of a training loop, e.g.
     ``mlp: epoch 3/20 train_loss 0.4123 val_loss 0.4301 (12.3 s)``.
 
@@ -132,12 +134,18 @@ class Family(ABC):
     #: sees a negative weight
     accepts_negative_weights: ClassVar[bool] = False
 
-    def __init__(self, task: str = "classification", params: dict | None = None,
-                 seed: int = 0, n_threads: int = 1, device: str = "cpu"):
+    def __init__(
+        self,
+        task: str = "classification",
+        params: dict | None = None,
+        seed: int = 0,
+        n_threads: int = 1,
+        device: str = "cpu",
+    ):
         if task not in self.tasks:
             raise FamilyError(
-                f"family '{self.name}' does not support task '{task}' "
-                f"(it supports: {', '.join(self.tasks)})")
+                f"family '{self.name}' does not support task '{task}' (it supports: {', '.join(self.tasks)})"
+            )
         self.task = task
         self.params = self.resolve_params(params or {})
         self.seed = int(seed)
@@ -171,13 +179,13 @@ class Family(ABC):
         unknown = sorted(set(params) - set(cls.default_params))
         if unknown:
             raise FamilyError(
-                f"unknown hyper-parameter(s) {unknown} for family '{cls.name}'; "
-                f"known: {sorted(cls.default_params)}")
+                f"unknown hyper-parameter(s) {unknown} for family '{cls.name}'; known: {sorted(cls.default_params)}"
+            )
         return {**cls.default_params, **params}
 
     # -- to implement -------------------------------------------------------
     @abstractmethod
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None) -> "Family":
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None, w_val=None) -> Family:
         """Train on ``X``/``y`` honouring ``sample_weight``; return ``self``.
 
         Parameters
@@ -231,7 +239,7 @@ class Family(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, directory, meta: dict) -> "Family":
+    def load(cls, directory, meta: dict) -> Family:
         """Rebuild the fitted instance from ``save``'s files without unpickling.
 
         Parameters
@@ -347,7 +355,7 @@ class Family(ABC):
         return int(self.n_classes) if self.n_classes else int(np.max(y)) + 1
 
     @classmethod
-    def restore(cls, directory, meta: dict) -> "Family":
+    def restore(cls, directory, meta: dict) -> Family:
         """What the pipeline calls to load a model: :meth:`load`, then the
         pipeline's own state (``n_classes`` from ``meta["classes"]``). Not to override.
         """
@@ -360,9 +368,14 @@ class Family(ABC):
     def describe(cls) -> dict:
         """The class's declarations as a JSON-serialisable dict."""
         return {
-            "name": cls.name, "tasks": list(cls.tasks), "default_params": dict(cls.default_params),
-            "search_space": dict(cls.search_space), "gpu_capable": cls.gpu_capable,
-            "file_format": cls.file_format, "iterative": cls.iterative,
-            "max_train_events": cls.max_train_events, "exports_onnx": cls.exports_onnx,
+            "name": cls.name,
+            "tasks": list(cls.tasks),
+            "default_params": dict(cls.default_params),
+            "search_space": dict(cls.search_space),
+            "gpu_capable": cls.gpu_capable,
+            "file_format": cls.file_format,
+            "iterative": cls.iterative,
+            "max_train_events": cls.max_train_events,
+            "exports_onnx": cls.exports_onnx,
             "accepts_negative_weights": cls.accepts_negative_weights,
         }

@@ -36,14 +36,15 @@ declares and checks what the pipeline relies on (docs/plugins.md):
 A failed check raises :class:`FamilyCheckError` (an ``AssertionError``) naming
 the family, the task and the check.
 """
+
 from __future__ import annotations
 
 import json
 import tempfile
 import zipfile
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -124,8 +125,9 @@ class _Case:
         if callback is not None:
             fam.set_epoch_callback(callback)
         w = np.ones(N_TRAIN) if weights is None else weights
-        self.last_returned = fam.fit(self.X, self.y if y is None else y, sample_weight=w, X_val=self.Xv,
-                                     y_val=self.yv, w_val=np.ones(N_VAL))
+        self.last_returned = fam.fit(
+            self.X, self.y if y is None else y, sample_weight=w, X_val=self.Xv, y_val=self.yv, w_val=np.ones(N_VAL)
+        )
         return fam
 
     @cached_property
@@ -147,8 +149,10 @@ class _Case:
         self._tmp = tempfile.TemporaryDirectory(prefix="hepml-check-")
         directory = Path(self._tmp.name)
         files = self.fitted.save(directory)
-        _require(isinstance(files, list) and files and all(isinstance(f, str) for f in files),
-                 f"save must return the list of file names it wrote, not {files!r}")
+        _require(
+            isinstance(files, list) and files and all(isinstance(f, str) for f in files),
+            f"save must return the list of file names it wrote, not {files!r}",
+        )
         missing = [f for f in files if not (directory / f).is_file()]
         _require(not missing, f"save returned file(s) it did not write: {missing}")
         write_json(directory / META_FILE, self.meta(files))
@@ -163,9 +167,18 @@ class _Case:
 
     def meta(self, files) -> dict:
         """The model metadata the train step writes next to the files."""
-        meta = {"model": "check", "family": self.cls.name, "task": self.task, "params": self.fitted.params,
-                "seed": SEED, "features": [f"f{i}" for i in range(N_FEATURES)], "target": None,
-                "file_format": self.cls.file_format, "device": "cpu", "files": files}
+        meta = {
+            "model": "check",
+            "family": self.cls.name,
+            "task": self.task,
+            "params": self.fitted.params,
+            "seed": SEED,
+            "features": [f"f{i}" for i in range(N_FEATURES)],
+            "target": None,
+            "file_format": self.cls.file_format,
+            "device": "cpu",
+            "files": files,
+        }
         if self.n_classes:
             meta["classes"] = list(range(self.n_classes))
         return meta
@@ -215,20 +228,25 @@ def _check_search_space(cls) -> None:
     for name, spec in cls.search_space.items():
         kind = spec.get("type")
         if kind in ("int", "float"):
-            _require(spec.get("low") is not None and spec.get("high") is not None and spec["low"] < spec["high"],
-                     f"search_space.{name}: needs low < high")
+            _require(
+                spec.get("low") is not None and spec.get("high") is not None and spec["low"] < spec["high"],
+                f"search_space.{name}: needs low < high",
+            )
             points = [spec["low"], spec["high"]]
         else:
-            _require(kind == "categorical" and spec.get("choices"),
-                     f"search_space.{name}: type int/float with low/high, or categorical with choices")
+            _require(
+                kind == "categorical" and spec.get("choices"),
+                f"search_space.{name}: type int/float with low/high, or categorical with choices",
+            )
             points = list(spec["choices"])
         for value in points:
             value = int(value) if kind == "int" else value
             try:
                 cls(task=cls.tasks[0], params={name: value})
             except Exception as exc:
-                raise _Failed(f"search_space.{name} = {value!r} does not build the family: "
-                              f"{type(exc).__name__}: {exc}") from exc
+                raise _Failed(
+                    f"search_space.{name} = {value!r} does not build the family: {type(exc).__name__}: {exc}"
+                ) from exc
 
 
 def _check_unknown_parameter(cls) -> None:
@@ -236,8 +254,10 @@ def _check_unknown_parameter(cls) -> None:
     try:
         cls(task=cls.tasks[0], params={UNKNOWN_PARAM: 1})
     except FamilyError as exc:
-        _require(cls.name in str(exc) and UNKNOWN_PARAM in str(exc),
-                 f"the FamilyError does not name the family and the parameter: {exc}")
+        _require(
+            cls.name in str(exc) and UNKNOWN_PARAM in str(exc),
+            f"the FamilyError does not name the family and the parameter: {exc}",
+        )
         return
     except Exception as exc:
         raise _Failed(f"raised {type(exc).__name__} instead of FamilyError: {exc}") from exc
@@ -294,8 +314,11 @@ def _clustering_scores(case: _Case, s) -> None:
 
 
 _SCORE_MEANING: dict[str, Callable] = {
-    "classification": _classification_scores, "multiclass": _multiclass_scores,
-    "regression": _regression_scores, "anomaly": _anomaly_scores, "clustering": _clustering_scores,
+    "classification": _classification_scores,
+    "multiclass": _multiclass_scores,
+    "regression": _regression_scores,
+    "anomaly": _anomaly_scores,
+    "clustering": _clustering_scores,
     "dimreduction": lambda case, s: None,
 }
 
@@ -335,17 +358,24 @@ def _check_sample_weight(case: _Case) -> None:
         if case.task == "multiclass":
             s_u, s_w = s_u[:, 0], s_w[:, 0]
         rose, fell = float(np.mean(s_w > s_u)), float(np.mean(s_w < s_u))
-        what = {"classification": "signal 20x", "multiclass": "class 0 20x",
-                "regression": "events above the truth 20x"}[case.task]
-        _require(rose - fell > 0.1 and s_w.mean() > s_u.mean(),
-                 f"up-weighting {what} moved {rose:.0%} of the test scores up and {fell:.0%} down, the mean by "
-                 f"{s_w.mean() - s_u.mean():+.3g} (needs 10% more up than down, and a higher mean): "
-                 "sample_weight ignored?")
+        what = {
+            "classification": "signal 20x",
+            "multiclass": "class 0 20x",
+            "regression": "events above the truth 20x",
+        }[case.task]
+        _require(
+            rose - fell > 0.1 and s_w.mean() > s_u.mean(),
+            f"up-weighting {what} moved {rose:.0%} of the test scores up and {fell:.0%} down, the mean by "
+            f"{s_w.mean() - s_u.mean():+.3g} (needs 10% more up than down, and a higher mean): "
+            "sample_weight ignored?",
+        )
     elif case.task == "anomaly":
         r = case.region_t
         gain = (s_w[r].mean() - s_w[~r].mean()) - (s_u[r].mean() - s_u[~r].mean())
-        _require(gain > 0, "down-weighting a region 100x did not make its events more anomalous than the "
-                           "rest: sample_weight ignored?")
+        _require(
+            gain > 0,
+            "down-weighting a region 100x did not make its events more anomalous than the rest: sample_weight ignored?",
+        )
     else:
         _check_changed(case.task, s_u, s_w)
 
@@ -358,11 +388,14 @@ def _check_negative_weights(case: _Case) -> None:
     try:
         s = np.asarray(case.fit(w * len(w) / w.sum()).predict_score(case.Xt))
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
-        raise _Failed(f"accepts_negative_weights is True but fit on signed weights failed: "
-                      f"{type(exc).__name__}: {exc}") from exc
+        raise _Failed(
+            f"accepts_negative_weights is True but fit on signed weights failed: {type(exc).__name__}: {exc}"
+        ) from exc
     shape = (N_TEST, case.n_classes) if case.task == "multiclass" else (N_TEST,)
-    _require(s.shape == shape and np.all(np.isfinite(s)),
-             f"after a fit on signed weights the scores have shape {s.shape} (expected {shape}) or are not finite")
+    _require(
+        s.shape == shape and np.all(np.isfinite(s)),
+        f"after a fit on signed weights the scores have shape {s.shape} (expected {shape}) or are not finite",
+    )
     _SCORE_MEANING[case.task](case, s)
 
 
@@ -371,12 +404,16 @@ def _check_changed(task: str, s_u, s_w) -> None:
         from sklearn.metrics import adjusted_rand_score
 
         same = adjusted_rand_score(s_u, s_w)
-        _require(same < 0.99, f"down-weighting a region 100x left the clusters unchanged (ARI {same:.3f}): "
-                              "sample_weight ignored?")
+        _require(
+            same < 0.99,
+            f"down-weighting a region 100x left the clusters unchanged (ARI {same:.3f}): sample_weight ignored?",
+        )
     else:
         same = abs(float(np.corrcoef(s_u, s_w)[0, 1]))
-        _require(same < 0.99, f"down-weighting a region 100x left the first component unchanged (|r| {same:.3f}): "
-                              "sample_weight ignored?")
+        _require(
+            same < 0.99,
+            f"down-weighting a region 100x left the first component unchanged (|r| {same:.3f}): sample_weight ignored?",
+        )
 
 
 def _check_save_load(case: _Case) -> None:
@@ -388,8 +425,7 @@ def _check_save_load(case: _Case) -> None:
     for device in ("cpu", "auto"):  # predict passes the model's device request, "auto" by default
         loaded.use_device(device)
         _require(isinstance(loaded.info.get("device"), str), f"use_device({device!r}) must set info['device']")
-        _same(loaded.predict_score(case.Xt), case.scores, f"the loaded model after use_device({device!r})",
-              exact=False)
+        _same(loaded.predict_score(case.Xt), case.scores, f"the loaded model after use_device({device!r})", exact=False)
 
 
 def _check_no_pickle(case: _Case) -> None:
@@ -454,13 +490,18 @@ def _check_epoch_callback(case: _Case) -> None:
     """An iterative family reports a finite validation loss every iteration and stops when told."""
     seen: list[tuple[int, dict]] = []
     fam = case.fit(callback=lambda epoch, metrics: seen.append((epoch, dict(metrics))))
-    _require(seen, "iterative = True but fit never called the epoch callback (see set_epoch_callback and "
-                   "report_epoch): tuning could not prune it")
+    _require(
+        seen,
+        "iterative = True but fit never called the epoch callback (see set_epoch_callback and "
+        "report_epoch): tuning could not prune it",
+    )
     epochs = [e for e, _ in seen]
     _require(epochs == sorted(set(epochs)) and epochs[0] >= 0, f"epochs {epochs[:5]}... must be 0-based, increasing")
     losses = [m.get("validation_loss") for _, m in seen]
-    _require(all(isinstance(v, float) and np.isfinite(v) for v in losses),
-             "every report must hold a finite float 'validation_loss' when fit has a validation set")
+    _require(
+        all(isinstance(v, float) and np.isfinite(v) for v in losses),
+        "every report must hold a finite float 'validation_loss' when fit has a validation set",
+    )
     curve = fam.history.get("validation_loss")
     _require(curve and np.all(np.isfinite(curve)), "history['validation_loss'] (the learning curve) is empty")
 
@@ -478,8 +519,10 @@ def _check_missing_class(case: _Case) -> None:
     """K columns of probabilities even when a class has no training event."""
     y = np.where(case.y == 2, 1, case.y)  # no event of class 2
     s = np.asarray(case.fit(y=y).predict_score(case.Xt))
-    _require(s.shape == (N_TEST, 3), f"scores have shape {s.shape} with n_classes = 3 but class 2 absent "
-                                     f"from training; expected {(N_TEST, 3)}")
+    _require(
+        s.shape == (N_TEST, 3),
+        f"scores have shape {s.shape} with n_classes = 3 but class 2 absent from training; expected {(N_TEST, 3)}",
+    )
     _require(np.allclose(s.sum(axis=1), 1.0, atol=1e-5), "rows do not sum to 1 when a class is absent")
 
 
@@ -501,8 +544,10 @@ def _check_onnx(case: _Case) -> None:
         got = session.run(["score"], {"features": case.Xt.astype(np.float32)})[0]
     _require(got.shape == case.scores.shape, f"ONNX score has shape {got.shape}, predict_score {case.scores.shape}")
     diff = float(np.max(np.abs(got - case.scores)))
-    _require(diff < 1e-4 * max(1.0, float(np.max(np.abs(case.scores)))),
-             f"ONNX score differs from predict_score by up to {diff:.3g}")
+    _require(
+        diff < 1e-4 * max(1.0, float(np.max(np.abs(case.scores)))),
+        f"ONNX score differs from predict_score by up to {diff:.3g}",
+    )
 
 
 # -- running them -----------------------------------------------------------------------
@@ -525,14 +570,17 @@ _TASK_CHECKS: tuple[tuple[str, Callable, Callable], ...] = (
 
 def _named(cls, task: str | None, check: str, fn: Callable, arg) -> Callable[[], None]:
     """``fn(arg)`` with any failure turned into a FamilyCheckError naming family, task and check."""
+
     def run() -> None:
         try:
             fn(arg)
         except _Failed as exc:
             raise FamilyCheckError(getattr(cls, "name", repr(cls)), task, check, str(exc)) from None
         except Exception as exc:
-            raise FamilyCheckError(getattr(cls, "name", repr(cls)), task, check,
-                                   f"raised {type(exc).__name__}: {exc}") from exc
+            raise FamilyCheckError(
+                getattr(cls, "name", repr(cls)), task, check, f"raised {type(exc).__name__}: {exc}"
+            ) from exc
+
     return run
 
 
@@ -558,10 +606,13 @@ def family_checks(cls, params: dict | None = None, tasks=None) -> list[tuple[str
         raises :class:`FamilyCheckError` when the check fails.
     """
     checks = [(None, name, _named(cls, None, name, fn, cls)) for name, fn in _CLASS_CHECKS]
-    for task in (getattr(cls, "tasks", ()) if tasks is None else tasks):
+    for task in getattr(cls, "tasks", ()) if tasks is None else tasks:
         case = _LazyCase(cls, task, params)
-        checks += [(task, name, _named(cls, task, name, lambda c, f=fn: f(c.get()), case))
-                   for name, fn, applies in _TASK_CHECKS if applies(cls, task)]
+        checks += [
+            (task, name, _named(cls, task, name, lambda c, f=fn: f(c.get()), case))
+            for name, fn, applies in _TASK_CHECKS
+            if applies(cls, task)
+        ]
     return checks
 
 

@@ -5,6 +5,7 @@ Every exported model takes a float32 input named ``features`` of shape
 to the family's ``predict_score`` (signal probability for classifiers;
 ``[N, K]`` class probabilities for multiclass models).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from ..io import atomic_path
 OPSET = 15
 
 
-def _with_score_output(model, source: str, column: int | None, n_classes: int | None = None,
-                       order: list[int] | None = None):
+def _with_score_output(
+    model, source: str, column: int | None, n_classes: int | None = None, order: list[int] | None = None
+):
     """Append nodes that turn output ``source`` into a 1-D ``score`` output
     (``n_classes``: keep the [N, K] probabilities, columns taken in ``order``)."""
     import onnx
@@ -72,8 +74,9 @@ def export_xgboost(booster, task: str, n_features: int, path) -> None:
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     def convert(order=None):
-        onx = convert_xgboost(booster, initial_types=[("features", FloatTensorType([None, n_features]))],
-                              target_opset=OPSET)
+        onx = convert_xgboost(
+            booster, initial_types=[("features", FloatTensorType([None, n_features]))], target_opset=OPSET
+        )
         if task == "classification":
             return _with_score_output(onx, "probabilities", 1)
         if task == "multiclass":
@@ -92,8 +95,10 @@ def export_xgboost(booster, task: str, n_features: int, path) -> None:
         onx = convert(order=list(range(want.shape[1]))[::-1])
         got = _run(onx, probe).reshape(len(probe), -1)
     if not np.allclose(got, want, atol=1e-5):
-        raise FamilyError(f"ONNX export of the XGBoost {task} model does not reproduce its scores "
-                          f"(max difference {float(np.abs(got - want).max()):.3g}); not written")
+        raise FamilyError(
+            f"ONNX export of the XGBoost {task} model does not reproduce its scores "
+            f"(max difference {float(np.abs(got - want).max()):.3g}); not written"
+        )
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(onx.SerializeToString())
 
@@ -127,8 +132,7 @@ def _preprocessing_nodes(transform: dict, features: list[str], handles_missing: 
 
     cats = transform.get("categories") or {}
     if cats:
-        raise FamilyError(f"categorical column(s) {sorted(cats)}: their one-hot encoding is not put in the "
-                          "ONNX graph")
+        raise FamilyError(f"categorical column(s) {sorted(cats)}: their one-hot encoding is not put in the ONNX graph")
     numeric = raw_input_columns(transform)
     pca = "pca_components" in transform
     nodes, inits = [], []
@@ -144,8 +148,11 @@ def _preprocessing_nodes(transform: dict, features: list[str], handles_missing: 
 
     x = node("Cast", [RAW_INPUT], "x64", to=TensorProto.DOUBLE)
     if transform.get("standardize") and numeric:
-        x = node("Div", [node("Sub", [x, const("mean", transform["mean"])], "centred"),
-                         const("std", transform["std"])], "scaled")
+        x = node(
+            "Div",
+            [node("Sub", [x, const("mean", transform["mean"])], "centred"), const("std", transform["std"])],
+            "scaled",
+        )
     nan = node("IsNaN", [x], "isnan")
     if pca or not handles_missing:
         fill = [transform["fill"][c] for c in numeric]
@@ -158,8 +165,11 @@ def _preprocessing_nodes(transform: dict, features: list[str], handles_missing: 
     out = node("Concat", parts, "outputs", axis=1) if len(parts) > 1 else x
     if pca:
         comps = np.asarray(transform["pca_components"], dtype=np.float64).T
-        out = node("MatMul", [node("Sub", [out, const("pca_mean", transform["pca_mean"])], "pca_centred"),
-                              const("pca_t", comps)], "pcs")
+        out = node(
+            "MatMul",
+            [node("Sub", [out, const("pca_mean", transform["pca_mean"])], "pca_centred"), const("pca_t", comps)],
+            "pcs",
+        )
     outputs = list(transform["outputs"])
     idx = [outputs.index(f) for f in features]
     out = node("Gather", [out, const("feature_index", idx, np.int64)], "selected", axis=1)
@@ -231,8 +241,10 @@ def with_preprocessing(path, bundle, props: dict) -> list[str]:
     got = sess.run(["score"], {RAW_INPUT: raw})[0]
     diff = float(np.nanmax(np.abs(got.reshape(want.shape) - want))) if want.size else 0.0
     if not diff < RAW_TOLERANCE:
-        raise FamilyError(f"the ONNX model with preprocessing differs from the model by {diff:.3g} "
-                          f"(> {RAW_TOLERANCE}) on probe events")
+        raise FamilyError(
+            f"the ONNX model with preprocessing differs from the model by {diff:.3g} "
+            f"(> {RAW_TOLERANCE}) on probe events"
+        )
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(model.SerializeToString())
     return numeric

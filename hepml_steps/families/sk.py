@@ -8,6 +8,7 @@ types our estimators store are (``TRUSTED_TYPES``), so a swapped file that asks
 for anything else (``builtins.eval``, ``functools.partial``, ...) is refused
 instead of executed.
 """
+
 from __future__ import annotations
 
 from importlib import import_module
@@ -21,10 +22,12 @@ from .base import Family
 
 # The types skops does not trust by default that the built-in families' fitted
 # estimators contain (checked for every family and task): exact names, never prefixes.
-TRUSTED_TYPES = frozenset({
-    "sklearn.tree._tree.Tree",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-})
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
 
 
 def skops_dump(estimator, path) -> None:
@@ -151,7 +154,7 @@ class SklearnFamily(Family):
         return ["model.skops"]
 
     @classmethod
-    def load(cls, directory, meta: dict) -> "SklearnFamily":
+    def load(cls, directory, meta: dict) -> SklearnFamily:
         self = cls(task=meta["task"], params=meta.get("params", {}), seed=meta.get("seed", 0))
         self.estimator = skops_load(Path(directory) / "model.skops")
         return self
@@ -179,22 +182,30 @@ class LinearRegressionFamily(SklearnFamily):
 class DecisionTreeFamily(SklearnFamily):
     name = "decision_tree"
     tasks = ("classification", "multiclass", "regression")
-    estimators = {"classification": "sklearn.tree:DecisionTreeClassifier",
-                  "regression": "sklearn.tree:DecisionTreeRegressor"}
+    estimators = {
+        "classification": "sklearn.tree:DecisionTreeClassifier",
+        "regression": "sklearn.tree:DecisionTreeRegressor",
+    }
     default_params = {"max_depth": 8, "min_samples_leaf": 20, "min_samples_split": 2, "max_features": None}
-    search_space = {"max_depth": {"type": "int", "low": 2, "high": 20},
-                    "min_samples_leaf": {"type": "int", "low": 1, "high": 200, "log": True}}
+    search_space = {
+        "max_depth": {"type": "int", "low": 2, "high": 20},
+        "min_samples_leaf": {"type": "int", "low": 1, "high": 200, "log": True},
+    }
 
 
 class RandomForestFamily(SklearnFamily):
     name = "random_forest"
     tasks = ("classification", "multiclass", "regression")
-    estimators = {"classification": "sklearn.ensemble:RandomForestClassifier",
-                  "regression": "sklearn.ensemble:RandomForestRegressor"}
+    estimators = {
+        "classification": "sklearn.ensemble:RandomForestClassifier",
+        "regression": "sklearn.ensemble:RandomForestRegressor",
+    }
     default_params = {"n_estimators": 200, "max_depth": 12, "min_samples_leaf": 5, "max_features": "sqrt"}
-    search_space = {"n_estimators": {"type": "int", "low": 50, "high": 500, "log": True},
-                    "max_depth": {"type": "int", "low": 3, "high": 24},
-                    "min_samples_leaf": {"type": "int", "low": 1, "high": 100, "log": True}}
+    search_space = {
+        "n_estimators": {"type": "int", "low": 50, "high": 500, "log": True},
+        "max_depth": {"type": "int", "low": 3, "high": 24},
+        "min_samples_leaf": {"type": "int", "low": 1, "high": 100, "log": True},
+    }
 
 
 class AdaBoostFamily(SklearnFamily):
@@ -202,12 +213,16 @@ class AdaBoostFamily(SklearnFamily):
 
     name = "adaboost"
     tasks = ("classification", "multiclass", "regression")
-    estimators = {"classification": "sklearn.ensemble:AdaBoostClassifier",
-                  "regression": "sklearn.ensemble:AdaBoostRegressor"}
+    estimators = {
+        "classification": "sklearn.ensemble:AdaBoostClassifier",
+        "regression": "sklearn.ensemble:AdaBoostRegressor",
+    }
     default_params = {"n_estimators": 200, "learning_rate": 0.5, "max_depth": 3}
-    search_space = {"n_estimators": {"type": "int", "low": 50, "high": 500, "log": True},
-                    "learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
-                    "max_depth": {"type": "int", "low": 1, "high": 6}}
+    search_space = {
+        "n_estimators": {"type": "int", "low": 50, "high": 500, "log": True},
+        "learning_rate": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "max_depth": {"type": "int", "low": 1, "high": 6},
+    }
 
     def estimator_params(self) -> dict:
         from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
@@ -232,13 +247,23 @@ class HistGradientBoostingFamily(SklearnFamily):
     name = "hist_gbm"
     handles_missing = True  # learns a direction for NaN at every split
     tasks = ("classification", "multiclass", "regression")
-    estimators = {"classification": "sklearn.ensemble:HistGradientBoostingClassifier",
-                  "regression": "sklearn.ensemble:HistGradientBoostingRegressor"}
-    default_params = {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, "max_depth": None,
-                      "min_samples_leaf": 20, "l2_regularization": 0.0}
-    search_space = {"max_iter": {"type": "int", "low": 50, "high": 500, "log": True},
-                    "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
-                    "max_leaf_nodes": {"type": "int", "low": 7, "high": 127, "log": True}}
+    estimators = {
+        "classification": "sklearn.ensemble:HistGradientBoostingClassifier",
+        "regression": "sklearn.ensemble:HistGradientBoostingRegressor",
+    }
+    default_params = {
+        "max_iter": 200,
+        "learning_rate": 0.1,
+        "max_leaf_nodes": 31,
+        "max_depth": None,
+        "min_samples_leaf": 20,
+        "l2_regularization": 0.0,
+    }
+    search_space = {
+        "max_iter": {"type": "int", "low": 50, "high": 500, "log": True},
+        "learning_rate": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+        "max_leaf_nodes": {"type": "int", "low": 7, "high": 127, "log": True},
+    }
     fixed_params = {"classification": {"early_stopping": False}, "regression": {"early_stopping": False}}
 
 
@@ -256,8 +281,10 @@ class SVMFamily(SklearnFamily):
     tasks = ("classification", "multiclass", "regression")
     estimators = {"classification": "sklearn.svm:SVC", "regression": "sklearn.svm:SVR"}
     default_params = {"C": 1.0, "kernel": "rbf", "gamma": "scale", "degree": 3}
-    search_space = {"C": {"type": "float", "low": 1e-2, "high": 1e2, "log": True},
-                    "kernel": {"type": "categorical", "choices": ["rbf", "linear", "poly"]}}
+    search_space = {
+        "C": {"type": "float", "low": 1e-2, "high": 1e2, "log": True},
+        "kernel": {"type": "categorical", "choices": ["rbf", "linear", "poly"]},
+    }
     max_train_events = 10_000
 
     def predict_score(self, X):
@@ -300,6 +327,7 @@ class KMeansFamily(SklearnFamily):
         from ..errors import DataError
 
         if len(X) < int(self.params["n_clusters"]):
-            raise DataError(f"family 'kmeans': {len(X)} training events are fewer than "
-                            f"n_clusters = {self.params['n_clusters']}")
+            raise DataError(
+                f"family 'kmeans': {len(X)} training events are fewer than n_clusters = {self.params['n_clusters']}"
+            )
         return super().fit(X, None, sample_weight)

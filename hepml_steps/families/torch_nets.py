@@ -58,9 +58,9 @@ needed to rebuild it. ``to_onnx`` writes an ONNX model whose input
 ``features`` is ``[N, n_features]`` float32 and whose output ``score`` is
 ``[N]`` (``[N, K]`` for multiclass) and equal to ``predict_score``.
 """
+
 from __future__ import annotations
 
-from abc import abstractmethod
 import contextlib
 import copy
 import io
@@ -68,6 +68,7 @@ import json
 import logging
 import math
 import time
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -146,8 +147,12 @@ def make_activation(name: str, slope: float = 5.0) -> nn.Module:
         The surrogate-gradient slope of ``step``.
     """
     return {
-        "linear": nn.Identity, "relu": nn.ReLU, "softplus": nn.Softplus, "logistic": nn.Sigmoid,
-        "tanh": nn.Tanh, "step": lambda: Step(slope),
+        "linear": nn.Identity,
+        "relu": nn.ReLU,
+        "softplus": nn.Softplus,
+        "logistic": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "step": lambda: Step(slope),
     }[name]()
 
 
@@ -186,8 +191,9 @@ class Scorer(nn.Module):
       reconstruction error over features.
     """
 
-    def __init__(self, net: Net, kind: str, target_mean: float = 0.0, target_std: float = 1.0,
-                 input_mean=None, input_std=None):
+    def __init__(
+        self, net: Net, kind: str, target_mean: float = 0.0, target_std: float = 1.0, input_mean=None, input_std=None
+    ):
         super().__init__()
         self.net = net
         self.kind = kind
@@ -276,8 +282,14 @@ class TorchFamily(Family):
     exports_onnx = True
     losses: ClassVar[dict[str, tuple[str, ...]]] = {}
 
-    def __init__(self, task: str = "classification", params: dict | None = None,
-                 seed: int = 0, n_threads: int = 1, device: str = "cpu"):
+    def __init__(
+        self,
+        task: str = "classification",
+        params: dict | None = None,
+        seed: int = 0,
+        n_threads: int = 1,
+        device: str = "cpu",
+    ):
         super().__init__(task=task, params=params, seed=seed, n_threads=n_threads, device=device)
         self._validate()
         self.n_features: int | None = None
@@ -286,8 +298,9 @@ class TorchFamily(Family):
 
     # -- parameter checks ----------------------------------------------------
     def _bad(self, param: str, value, allowed, extra: str = "") -> FamilyError:
-        return FamilyError(f"family '{self.name}': {param} {value!r} is not allowed{extra}; "
-                           f"allowed: {', '.join(map(str, allowed))}")
+        return FamilyError(
+            f"family '{self.name}': {param} {value!r} is not allowed{extra}; allowed: {', '.join(map(str, allowed))}"
+        )
 
     def _validate(self) -> None:
         p = self.params
@@ -309,9 +322,11 @@ class TorchFamily(Family):
         if isinstance(hl, int) and not isinstance(hl, bool):
             hl = [hl]
         if not isinstance(hl, (list, tuple)) or not all(
-                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hl):
-            raise FamilyError(f"family '{self.name}': hidden_layers must be a list of positive integers "
-                              f"(got {p['hidden_layers']!r})")
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hl
+        ):
+            raise FamilyError(
+                f"family '{self.name}': hidden_layers must be a list of positive integers (got {p['hidden_layers']!r})"
+            )
         if self.kind == "anomaly" and not hl:
             raise FamilyError(f"family '{self.name}': hidden_layers needs at least one layer (the latent one)")
         p["hidden_layers"] = [int(n) for n in hl]
@@ -324,8 +339,9 @@ class TorchFamily(Family):
                 ok = ok and float(v).is_integer()
             if not ok:
                 rng = f"{'>' if strict else '>='} {low}" + (f" and < {high}" if high is not None else "")
-                raise FamilyError(f"family '{self.name}': {name} must be {'an integer' if integer else 'a number'} "
-                                  f"{rng} (got {v!r})")
+                raise FamilyError(
+                    f"family '{self.name}': {name} must be {'an integer' if integer else 'a number'} {rng} (got {v!r})"
+                )
             p[name] = int(v) if integer else float(v)
 
         number("learning_rate", 0, strict=True)
@@ -365,8 +381,10 @@ class TorchFamily(Family):
             dev, note = (requested if requested.startswith("cuda:") else "cuda"), "CUDA available"
         else:
             dev = "cpu"
-            note = ("torch.cuda.is_available() is False (no visible GPU, no driver, or a CPU-only "
-                    f"torch build {torch.__version__}); using cpu")
+            note = (
+                "torch.cuda.is_available() is False (no visible GPU, no driver, or a CPU-only "
+                f"torch build {torch.__version__}); using cpu"
+            )
             if requested.startswith("cuda"):
                 log.warning("family '%s': device '%s' requested but %s", self.name, requested, note)
         self.info["device"] = dev
@@ -377,28 +395,34 @@ class TorchFamily(Family):
     def _build(self, n_features: int, scaling: dict) -> Scorer:
         p = self.params
         net = Net(self._layer_sizes(n_features), p["activation"], p["step_surrogate_slope"], p["dropout"])
-        return Scorer(net, self.kind, scaling.get("target_mean", 0.0), scaling.get("target_std", 1.0),
-                      scaling.get("input_mean"), scaling.get("input_std"))
+        return Scorer(
+            net,
+            self.kind,
+            scaling.get("target_mean", 0.0),
+            scaling.get("target_std", 1.0),
+            scaling.get("input_mean"),
+            scaling.get("input_std"),
+        )
 
     def _make_optimizer(self, parameters):
         p = self.params
         lr, wd, opt = p["learning_rate"], p["l2"], p["optimizer"]
-        O = torch.optim
+        optim = torch.optim
         if opt == "sgd":
-            return O.SGD(parameters, lr=lr, weight_decay=wd)
+            return optim.SGD(parameters, lr=lr, weight_decay=wd)
         if opt == "momentum":
-            return O.SGD(parameters, lr=lr, momentum=p["momentum"], weight_decay=wd)
+            return optim.SGD(parameters, lr=lr, momentum=p["momentum"], weight_decay=wd)
         if opt == "nesterov":
-            return O.SGD(parameters, lr=lr, momentum=p["momentum"], nesterov=True, weight_decay=wd)
+            return optim.SGD(parameters, lr=lr, momentum=p["momentum"], nesterov=True, weight_decay=wd)
         if opt == "adagrad":
-            return O.Adagrad(parameters, lr=lr, weight_decay=wd)
+            return optim.Adagrad(parameters, lr=lr, weight_decay=wd)
         if opt == "adadelta":
-            return O.Adadelta(parameters, lr=lr, weight_decay=wd)
+            return optim.Adadelta(parameters, lr=lr, weight_decay=wd)
         if opt == "rmsprop":
-            return O.RMSprop(parameters, lr=lr, weight_decay=wd)
+            return optim.RMSprop(parameters, lr=lr, weight_decay=wd)
         if opt == "adam":
-            return O.Adam(parameters, lr=lr, weight_decay=wd)
-        return O.Adam(parameters, lr=lr, weight_decay=wd, amsgrad=True)  # amsgrad
+            return optim.Adam(parameters, lr=lr, weight_decay=wd)
+        return optim.Adam(parameters, lr=lr, weight_decay=wd, amsgrad=True)  # amsgrad
 
     # -- data checks -------------------------------------------------------------
     def _as_X(self, X, what: str) -> np.ndarray:
@@ -432,9 +456,9 @@ class TorchFamily(Family):
         loss_sum, w_sum, outs = 0.0, 0.0, []
         with torch.no_grad():
             for i in range(0, len(Xt), INFERENCE_BATCH):
-                out = net(Xt[i:i + INFERENCE_BATCH])
-                per = self._per_event_loss(out, Tt[i:i + INFERENCE_BATCH])
-                wb = Wt[i:i + INFERENCE_BATCH]
+                out = net(Xt[i : i + INFERENCE_BATCH])
+                per = self._per_event_loss(out, Tt[i : i + INFERENCE_BATCH])
+                wb = Wt[i : i + INFERENCE_BATCH]
                 loss_sum += float((per * wb).sum())
                 w_sum += float(wb.sum())
                 outs.append(out)
@@ -450,8 +474,7 @@ class TorchFamily(Family):
         dev = next(self.scorer.parameters()).device
         w = _tensor(self._as_w(sample_weight, len(X), "sample_weight")).to(dev)
         with _threads(self.n_threads):
-            loss, _ = self._evaluate(self.scorer.net, _tensor(inp).to(dev),
-                                     _tensor(tgt).to(dev), w)
+            loss, _ = self._evaluate(self.scorer.net, _tensor(inp).to(dev), _tensor(tgt).to(dev), w)
         return loss
 
     def _validation_extras(self, out, y_val, w_val) -> dict:
@@ -533,8 +556,14 @@ class TorchFamily(Family):
         self.info["epochs_run"] = epoch + 1
         self.info["early_stopped"] = bool(stop.triggered and epoch + 1 < p["epochs"])
         if self.info["early_stopped"]:
-            log.info("%s: stopped early after epoch %d/%d; best epoch %d (val_loss %.4g)", self.name, epoch + 1,
-                     p["epochs"], stop.best_epoch + 1, stop.best_loss)
+            log.info(
+                "%s: stopped early after epoch %d/%d; best epoch %d (val_loss %.4g)",
+                self.name,
+                epoch + 1,
+                p["epochs"],
+                stop.best_epoch + 1,
+                stop.best_loss,
+            )
         if stop.best_state is not None:
             net.load_state_dict(stop.best_state)
             self.info["best_epoch"] = stop.best_epoch
@@ -554,7 +583,7 @@ class TorchFamily(Family):
         w_sum = torch.zeros((), device=Xt.device, dtype=torch.float64)
         bs = self.params["batch_size"]
         for start in range(0, len(Xt), bs):
-            idx = order[start:start + bs]
+            idx = order[start : start + bs]
             per = self._per_event_loss(net(Xt[idx]), Tt[idx])
             loss, total = self._weighted_mean(per, Wt[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -566,7 +595,8 @@ class TorchFamily(Family):
         if not math.isfinite(train_loss):
             raise FamilyError(
                 f"family '{self.name}': training diverged (training loss {train_loss}) in epoch {epoch}; "
-                f"try a lower learning_rate (now {self.params['learning_rate']:g}) or another optimizer")
+                f"try a lower learning_rate (now {self.params['learning_rate']:g}) or another optimizer"
+            )
         return train_loss
 
     # -- inference ---------------------------------------------------------------
@@ -581,7 +611,7 @@ class TorchFamily(Family):
         outs = []
         with _threads(self.n_threads), torch.no_grad():
             for i in range(0, len(X), INFERENCE_BATCH):
-                outs.append(self.scorer(_tensor(X[i:i + INFERENCE_BATCH]).to(dev)).cpu().numpy())
+                outs.append(self.scorer(_tensor(X[i : i + INFERENCE_BATCH]).to(dev)).cpu().numpy())
         return np.concatenate(outs).astype(np.float64)
 
     def use_device(self, device: str) -> None:
@@ -592,11 +622,17 @@ class TorchFamily(Family):
     # -- files ---------------------------------------------------------------------
     def _config(self) -> dict:
         return {
-            "format": CONFIG_FORMAT, "family": self.name, "task": self.task, "n_features": self.n_features,
-            "layer_sizes": self._layer_sizes(self.n_features), "hidden_layers": self.params["hidden_layers"],
+            "format": CONFIG_FORMAT,
+            "family": self.name,
+            "task": self.task,
+            "n_features": self.n_features,
+            "layer_sizes": self._layer_sizes(self.n_features),
+            "hidden_layers": self.params["hidden_layers"],
             "activation": self.params["activation"],
             "step_surrogate_slope": self.params["step_surrogate_slope"],
-            "scaling": self.scaling, "params": self.params, "torch_version": torch.__version__,
+            "scaling": self.scaling,
+            "params": self.params,
+            "torch_version": torch.__version__,
         }
 
     def save(self, directory) -> list[str]:
@@ -610,7 +646,7 @@ class TorchFamily(Family):
         return [WEIGHTS_FILE, CONFIG_FILE]
 
     @classmethod
-    def load(cls, directory, meta: dict) -> "TorchFamily":
+    def load(cls, directory, meta: dict) -> TorchFamily:
         directory = Path(directory)
         cfg_path = directory / CONFIG_FILE
         if not cfg_path.exists():
@@ -631,8 +667,9 @@ class TorchFamily(Family):
         try:
             scorer.net.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:  # not a state dict, or not this net's
-            raise FamilyError(f"{directory / WEIGHTS_FILE} does not fit the architecture in {cfg_path}: "
-                              f"{describe(exc)}") from exc
+            raise FamilyError(
+                f"{directory / WEIGHTS_FILE} does not fit the architecture in {cfg_path}: {describe(exc)}"
+            ) from exc
         scorer.eval()
         self.scorer = scorer
         self.info["device"], self.info["device_note"] = "cpu", "loaded on cpu"
@@ -649,26 +686,41 @@ class TorchFamily(Family):
         if self.scorer is None:
             raise FamilyError(f"family '{self.name}': cannot export a model that is not fitted")
         if n_features is not None and int(n_features) != self.n_features:
-            raise FamilyError(f"family '{self.name}': export asked for {n_features} features, "
-                              f"the model has {self.n_features}")
+            raise FamilyError(
+                f"family '{self.name}': export asked for {n_features} features, the model has {self.n_features}"
+            )
         model = copy.deepcopy(self.scorer).cpu().eval()
         example = (torch.zeros(2, self.n_features, dtype=torch.float32),)
         try:
             import onnxscript  # noqa: F401  (needed by the dynamo exporter)
+
             dynamo = True
         except ImportError:
             dynamo = False
         with torch.no_grad(), _threads(self.n_threads), _quiet_exporter():
             if dynamo:
                 program = torch.onnx.export(
-                    model, example, dynamo=True, input_names=["features"], output_names=["score"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                    model,
+                    example,
+                    dynamo=True,
+                    input_names=["features"],
+                    output_names=["score"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    verbose=False,
+                )
                 proto = program.model_proto
             else:
                 buf = io.BytesIO()
-                torch.onnx.export(model, example, buf, dynamo=False, input_names=["features"],
-                                  output_names=["score"], opset_version=17,
-                                  dynamic_axes={"features": {0: "batch"}, "score": {0: "batch"}})
+                torch.onnx.export(
+                    model,
+                    example,
+                    buf,
+                    dynamo=False,
+                    input_names=["features"],
+                    output_names=["score"],
+                    opset_version=17,
+                    dynamic_axes={"features": {0: "batch"}, "score": {0: "batch"}},
+                )
                 proto = onnx.load_from_string(buf.getvalue())
         onnx.checker.check_model(proto)
         names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
@@ -728,9 +780,11 @@ class MLPFamily(TorchFamily):
     name = "mlp"
     tasks = ("classification", "multiclass", "regression")
     kind = ""  # set per instance: the task
-    losses = {"classification": ("cross_entropy", "mse", "absolute", "hinge"),
-              "multiclass": ("cross_entropy", "mse", "absolute", "hinge"),
-              "regression": ("mse", "absolute")}
+    losses = {
+        "classification": ("cross_entropy", "mse", "absolute", "hinge"),
+        "multiclass": ("cross_entropy", "mse", "absolute", "hinge"),
+        "regression": ("mse", "absolute"),
+    }
     default_params = {"hidden_layers": [64, 64], **_COMMON, "loss": "auto", "standardize_target": True}
     search_space = {
         **_COMMON_SPACE,
@@ -738,8 +792,14 @@ class MLPFamily(TorchFamily):
         "dropout": {"type": "float", "low": 0.0, "high": 0.3},
     }
 
-    def __init__(self, task: str = "classification", params: dict | None = None,
-                 seed: int = 0, n_threads: int = 1, device: str = "cpu"):
+    def __init__(
+        self,
+        task: str = "classification",
+        params: dict | None = None,
+        seed: int = 0,
+        n_threads: int = 1,
+        device: str = "cpu",
+    ):
         self.kind = task
         super().__init__(task=task, params=params, seed=seed, n_threads=n_threads, device=device)
 
@@ -786,7 +846,7 @@ class MLPFamily(TorchFamily):
             if loss == "hinge":
                 return F.multi_margin_loss(out, target, reduction="none")
             d = torch.softmax(out, dim=1) - F.one_hot(target, out.shape[1]).to(out.dtype)
-            return (d ** 2).sum(dim=1) if loss == "mse" else d.abs().sum(dim=1)
+            return (d**2).sum(dim=1) if loss == "mse" else d.abs().sum(dim=1)
         z = out[:, 0]
         if self.task == "classification":
             if loss == "cross_entropy":
@@ -802,8 +862,7 @@ class MLPFamily(TorchFamily):
         from sklearn.metrics import roc_auc_score
 
         try:
-            auc = float(roc_auc_score(np.asarray(y_val), torch.sigmoid(out[:, 0]).cpu().numpy(),
-                                      sample_weight=w_val))
+            auc = float(roc_auc_score(np.asarray(y_val), torch.sigmoid(out[:, 0]).cpu().numpy(), sample_weight=w_val))
         except ValueError:  # a single class in the validation set
             auc = float("nan")
         return {"validation_auc": auc}
@@ -843,4 +902,4 @@ class AutoencoderFamily(TorchFamily):
 
     def _per_event_loss(self, out, target):
         d = out - target
-        return (d ** 2).mean(dim=1) if self.params["loss"] == "mse" else d.abs().mean(dim=1)
+        return (d**2).mean(dim=1) if self.params["loss"] == "mse" else d.abs().mean(dim=1)

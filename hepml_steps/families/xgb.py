@@ -24,6 +24,7 @@ many unit-weight events; ``min_child_weight`` then means the same under every
 ``weighting`` (the factor is 1 for ``balanced``). XGBoost refuses negative
 weights (``accepts_negative_weights`` is False).
 """
+
 from __future__ import annotations
 
 import logging
@@ -123,17 +124,29 @@ class XGBoostFamily(Family):
         p = self.params
         # the learning curves need the loss only; an "auc" eval metric would sort the
         # training set every iteration and triple the fit time (benchmarks/overhead.py)
-        objective, metric = {"classification": ("binary:logistic", ["logloss"]),
-                             "multiclass": ("multi:softprob", ["mlogloss"]),
-                             "regression": ("reg:squarederror", ["rmse"])}[self.task]
+        objective, metric = {
+            "classification": ("binary:logistic", ["logloss"]),
+            "multiclass": ("multi:softprob", ["mlogloss"]),
+            "regression": ("reg:squarederror", ["rmse"]),
+        }[self.task]
         extra = {"num_class": self.n_classes} if self.task == "multiclass" else {}
         return {
-            "objective": objective, "eval_metric": metric, "tree_method": "hist", **extra,
-            "max_depth": int(p["max_depth"]), "eta": float(p["learning_rate"]),
-            "subsample": float(p["subsample"]), "colsample_bytree": float(p["colsample_bytree"]),
-            "min_child_weight": float(p["min_child_weight"]), "lambda": float(p["reg_lambda"]),
-            "alpha": float(p["reg_alpha"]), "gamma": float(p["gamma"]), "max_bin": int(p["max_bin"]),
-            "seed": self.seed, "nthread": self.n_threads, "device": self._device,
+            "objective": objective,
+            "eval_metric": metric,
+            "tree_method": "hist",
+            **extra,
+            "max_depth": int(p["max_depth"]),
+            "eta": float(p["learning_rate"]),
+            "subsample": float(p["subsample"]),
+            "colsample_bytree": float(p["colsample_bytree"]),
+            "min_child_weight": float(p["min_child_weight"]),
+            "lambda": float(p["reg_lambda"]),
+            "alpha": float(p["reg_alpha"]),
+            "gamma": float(p["gamma"]),
+            "max_bin": int(p["max_bin"]),
+            "seed": self.seed,
+            "nthread": self.n_threads,
+            "device": self._device,
         }
 
     def _select_device(self, xgb, step: str) -> None:
@@ -174,9 +187,15 @@ class XGBoostFamily(Family):
         callbacks = [_IterationHook(self, n_rounds)]
         esr = int(self.params["early_stopping_rounds"]) or None
         self.booster = xgb.train(
-            self._booster_params(), dtrain, num_boost_round=n_rounds,
-            evals=evals, evals_result=record, verbose_eval=False,
-            early_stopping_rounds=esr if X_val is not None else None, callbacks=callbacks)
+            self._booster_params(),
+            dtrain,
+            num_boost_round=n_rounds,
+            evals=evals,
+            evals_result=record,
+            verbose_eval=False,
+            early_stopping_rounds=esr if X_val is not None else None,
+            callbacks=callbacks,
+        )
         for split, metrics in record.items():
             for metric, values in metrics.items():
                 key = {"logloss": "loss", "mlogloss": "loss", "rmse": "loss"}.get(metric, metric)
@@ -185,8 +204,13 @@ class XGBoostFamily(Family):
             self.info["best_iteration"] = int(self.booster.best_iteration)
         self.info["n_trees"] = int(self.booster.num_boosted_rounds())
         if self.info["n_trees"] < n_rounds and self.info.get("best_iteration") is not None:
-            log.info("%s: stopped early after iteration %d/%d; best iteration %d", self.name,
-                     self.info["n_trees"], n_rounds, self.info["best_iteration"] + 1)
+            log.info(
+                "%s: stopped early after iteration %d/%d; best iteration %d",
+                self.name,
+                self.info["n_trees"],
+                n_rounds,
+                self.info["best_iteration"] + 1,
+            )
         return self
 
     @property
@@ -220,7 +244,7 @@ class XGBoostFamily(Family):
         return ["model.ubj"]
 
     @classmethod
-    def load(cls, directory, meta: dict) -> "XGBoostFamily":
+    def load(cls, directory, meta: dict) -> XGBoostFamily:
         from pathlib import Path
 
         import xgboost as xgb
@@ -267,8 +291,11 @@ class _IterationHook:
             last = None  # (iteration, metrics) of the latest iteration not yet logged
 
             def after_iteration(self, model, epoch, evals_log):
-                losses = {f"{split}_loss": float(values[metric][-1])
-                          for split, values in evals_log.items() if values.get(metric)}
+                losses = {
+                    f"{split}_loss": float(values[metric][-1])
+                    for split, values in evals_log.items()
+                    if values.get(metric)
+                }
                 self.last = (epoch + 1, losses)
                 if (epoch + 1) % every == 0 or epoch + 1 == n_rounds:
                     self.log()
@@ -282,8 +309,15 @@ class _IterationHook:
 
             def log(self):
                 if self.last is not None:
-                    log_progress(log, family.name, "iteration", self.last[0], n_rounds, self.last[1],
-                                 time.perf_counter() - started)
+                    log_progress(
+                        log,
+                        family.name,
+                        "iteration",
+                        self.last[0],
+                        n_rounds,
+                        self.last[1],
+                        time.perf_counter() - started,
+                    )
                     self.last = None
 
         return Hook()

@@ -7,6 +7,7 @@ probability of the *weighted* training sample. Saved as JSON: no pickle.
 
 Check it with ``hepml_steps.families.check_family(NearestCentroidFamily)``.
 """
+
 import json
 from pathlib import Path
 
