@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -51,7 +52,10 @@ def run(
     try:
         call(args)
     except Exception as exc:
-        print(f"hepml: error: {_error_line(exc, call.__module__.rsplit('.', 1)[-1])}", file=sys.stderr, flush=True)
+        step = call.__module__.rsplit(".", 1)[-1]
+        if step == "__main__":  # python -m hepml_steps.<step>: argv[0] is the step's file
+            step = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        print(f"hepml: error: {_error_line(exc, step)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

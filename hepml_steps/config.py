@@ -28,6 +28,7 @@ What is refused beyond the schema:
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,23 @@ def schema_error(config: dict, schema: dict) -> str | None:
     if hint and err.validator == "pattern":  # name the offending value (a key under propertyNames)
         return f"{_key(err.absolute_path)}: {err.instance!r}: {reason}"
     return f"{_key(err.absolute_path)}: {' '.join(str(reason).split())}"
+
+
+#: model names that would collide with the comparison outputs (plots/summary, tracking/summary.json)
+RESERVED_MODEL_NAMES = ("summary",)
+
+
+def non_finite(value, path=()) -> str | None:
+    """The key of the first NaN or infinite number in ``value`` (JSON schema bounds
+    cannot refuse NaN: every comparison with it is false), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _key(path)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = non_finite(v, (*path, k))
+        if found:
+            return found
+    return None
 
 
 def check_overrides(overrides: dict) -> None:
@@ -110,6 +128,13 @@ def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA
     problem = schema_error(config, schema)
     if problem:
         raise ConfigError(problem)
+    bad = non_finite(config)
+    if bad:
+        raise ConfigError(f"{bad}: not a finite number (NaN or infinity)")
+    reserved = sorted(set(config.get("models") or {}) & set(RESERVED_MODEL_NAMES))
+    if reserved:
+        raise ConfigError(f"models.{reserved[0]}: the name '{reserved[0]}' is reserved for the comparison "
+                          "outputs (plots/summary, tracking/summary.json); rename the model")
     validate(config, str(schema_path), set_default=True)
     from .split import check_fractions
 

@@ -120,7 +120,7 @@ def _add_derived(df, derived: dict):
 
     for name, expr in derived.items():
         where = f"features.derived.{name}"
-        used = check_expression(name, expr, df.columns)
+        used = check_expression(name, expr, [c for c in df.columns if c not in RESERVED])
         local = {}
         for c in used:
             with culprit(where, DataError, f"column '{c}' is not numeric ({df[c].dtype})"):

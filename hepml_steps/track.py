@@ -450,7 +450,10 @@ def track(
     tags = {"hepml.model": model, ORIGIN_TAG: origin(results_dir)}
     artifact_root = None
     if uri.startswith("sqlite:"):
-        artifact_root = (Path(results_dir).resolve() / "mlartifacts").as_uri()
+        # beside the database: pipelines sharing the store must not keep their
+        # artifacts in the results folder of whichever created the experiment
+        db = store.sqlite_path(uri)
+        artifact_root = ((db.resolve().parent if db else Path(results_dir).resolve()) / "mlartifacts").as_uri()
     log.info("%s: publishing to %s", model, uri)
     with store.session(uri, source) as client:
         exp_id, run_id = _published(client, experiment, artifact_root, tags, fp)

@@ -372,7 +372,8 @@ def _run(st: _Study, model: str, objective, storage_file: str | None = None, inp
     meter = step_meter(st.energy, st.device, st.cls.gpu_capable)
     n_trials = st.cfg.get("n_trials", 20)
     remaining = None if n_trials is None else max(0, int(n_trials) - done)
-    before = len(study.trials)
+    # trials already run (the enqueued trial 0 waits and is run now, so it is not one of them)
+    before = sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
     t0 = time.perf_counter()
     with meter:
         if remaining != 0:

@@ -43,7 +43,7 @@ rule track:
         " --model-dir {input.model:q} --plots-dir {input.plots:q} {params.trials:q}"
         " {params.datasets:q} --config {params.config:q} --spec {params.spec:q}"
         " --workflow-dir {params.workflow:q} {params.register:q} --out {output:q}"
-        " --results-dir {params.results:q} --uri={params.uri:q} --experiment {params.experiment:q}"
+        " --results-dir {params.results:q} --uri={params.uri:q} --experiment={params.experiment:q}"
         " > {log:q} 2>&1"
 
 

@@ -111,3 +111,31 @@ def test_exit_on_error_prints_one_line_and_exits_1(capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert err == "hepml: error: evaluation.threshold: 2.0 is greater than or equal to the maximum of 1\n"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"evaluation": {"threshold": float("nan")}}, "evaluation.threshold"),
+        ({"evaluation": {"bkg_efficiencies": [float("nan"), 0.1]}}, "evaluation.bkg_efficiencies.0"),
+        ({"tuning": {"timeout": float("nan")}}, "tuning.timeout"),
+        ({"energy": {"cpu_watts_per_core": float("nan")}}, "energy.cpu_watts_per_core"),
+    ],
+)
+def test_nan_passes_no_bound(override, key):
+    """JSON schema comparisons with NaN are all false: NaN is refused on its own."""
+    assert error(override) == f"{key}: not a finite number (NaN or infinity)"
+
+
+@pytest.mark.parametrize("results", ["r s?mode=ro", "out#1", "-r", "a" * 1025])
+def test_results_that_would_change_meaning_are_refused(results):
+    """'?' and '#' would be read as part of the sqlite URI of the default store,
+    a leading '-' as an option of the step."""
+    assert error({"results": results}).startswith("results:")
+
+
+def test_reserved_and_overlong_model_names_are_refused():
+    assert error({"select_models": ["summary"], "models": {"summary": {"family": "xgboost"}}}).startswith(
+        "models.summary: the name 'summary' is reserved"
+    )
+    assert error({"models": {"m" * 65: {"family": "xgboost"}}}).startswith("models:")

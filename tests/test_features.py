@@ -77,3 +77,18 @@ def test_nonfinite_derived_is_an_error(splits, tmp_path):
 def test_missing_column_named(splits, tmp_path):
     with pytest.raises(DataError, match=r"\['zz'\]"):
         run(splits, tmp_path, columns=["f0", "zz"])
+
+
+@pytest.mark.parametrize("expr", ["truth_llr + 1", "label * 2", "weight", "event_id"])
+def test_derived_columns_cannot_read_reserved_columns(expr):
+    """A derived column over the label, weight, id or the Bayes score would leak it into the features."""
+    import pandas as pd
+
+    from hepml_steps.errors import ConfigError
+    from hepml_steps.features import _add_derived
+
+    df = pd.DataFrame(
+        {"event_id": [1, 2], "label": [0, 1], "weight": [1.0, 1.0], "truth_llr": [0.1, 0.2], "x": [1.0, 2.0]}
+    )
+    with pytest.raises(ConfigError, match="features.derived.d: unknown column"):
+        _add_derived(df, {"d": expr})
