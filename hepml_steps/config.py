@@ -133,8 +133,10 @@ def load(config: dict, overrides: dict | None = None, schema_path: Path = SCHEMA
         raise ConfigError(f"{bad}: not a finite number (NaN or infinity)")
     reserved = sorted(set(config.get("models") or {}) & set(RESERVED_MODEL_NAMES))
     if reserved:
-        raise ConfigError(f"models.{reserved[0]}: the name '{reserved[0]}' is reserved for the comparison "
-                          "outputs (plots/summary, tracking/summary.json); rename the model")
+        raise ConfigError(
+            f"models.{reserved[0]}: the name '{reserved[0]}' is reserved for the comparison "
+            "outputs (plots/summary, tracking/summary.json); rename the model"
+        )
     validate(config, str(schema_path), set_default=True)
     from .split import check_fractions
 
