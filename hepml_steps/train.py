@@ -166,8 +166,11 @@ def check_learned(family, train, val, model: str, spec: dict) -> None:
 def _likely_cause(family, train, spec: dict) -> str:
     import numpy as np
 
+    from . import tasks
+
     w, y = train.fit_weights, train.y
-    if w is not None and family.task in ("classification", "multiclass"):
+    classes = tasks.get(family.task).balance_classes(y) if w is not None else None
+    if classes is not None:  # a task with classes (classification, multiclass)
         totals = [float(w[y == c].sum()) for c in np.unique(y)]
         if len(totals) > 1 and min(totals) < 0.05 * max(totals):
             return (
