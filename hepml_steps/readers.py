@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def _flat_arrow(col):
 # --------------------------------------------------------------------------- sources
 
 
-class Source:
+class Source(ABC):
     """One open file of an input: its branches and its chunks.
 
     Attributes
@@ -199,9 +200,9 @@ class Source:
     branches: dict[str, Branch]
     num_entries: int
 
+    @abstractmethod
     def chunks(self, names: list[str], step: int) -> Iterator[tuple[int, int, dict]]:
         """Yield ``(first entry, number of entries, {name: values})`` chunks of at most ``step`` entries."""
-        raise NotImplementedError
 
 
 class _RootSource(Source):
