@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -33,8 +35,15 @@ def run(
     call: Callable[[argparse.Namespace], object],
     argv: Sequence[str] | None = None,
     description: str | None = None,
+    summary: Callable[[object], str] | None = None,
 ) -> int:
     """Parse ``argv`` with the arguments ``build`` adds, then ``call`` them.
+
+    On success the last line of stderr is the step's one-line summary,
+    ``hepml: <step> [<model>]: done in <s> s, peak RSS <MiB> MiB[; <summary>]``
+    (``summary(result)`` of what ``call`` returned, when given; a summary that
+    fails is left out, never failing the step). The rules print that line to
+    the Snakemake console (``rules/common.smk``, ``TO_LOG``).
 
     Returns
     -------
@@ -49,15 +58,38 @@ def run(
     build(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    step = call.__module__.rsplit(".", 1)[-1]
+    if step == "__main__":  # python -m hepml_steps.<step>: argv[0] is the step's file
+        step = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    t0 = time.perf_counter()
     try:
-        call(args)
+        result = call(args)
     except Exception as exc:
-        step = call.__module__.rsplit(".", 1)[-1]
-        if step == "__main__":  # python -m hepml_steps.<step>: argv[0] is the step's file
-            step = os.path.splitext(os.path.basename(sys.argv[0]))[0]
         print(f"hepml: error: {_error_line(exc, step)}", file=sys.stderr, flush=True)
         return 1
+    print(_done_line(step, args, time.perf_counter() - t0, result, summary), file=sys.stderr, flush=True)
     return 0
+
+
+def _done_line(step: str, args: argparse.Namespace, seconds: float, result, summary) -> str:
+    """The one-line summary of a finished step (see :func:`run`)."""
+    model = getattr(args, "model", None) or getattr(args, "model_dir", None)
+    subject = f"{step} {os.path.basename(os.path.normpath(model))}" if isinstance(model, str) else step
+    # ru_maxrss is in KiB on Linux (getrusage(2))
+    line = f"hepml: {subject}: done in {seconds:.1f} s, peak RSS {_peak_rss_kib() / 1024:.0f} MiB"
+    if summary is not None:
+        try:
+            extra = summary(result)
+        except Exception as exc:  # a summary is a courtesy: never fail a finished step over it
+            log.debug("summary of %s left out: %s", step, exc)
+            extra = ""
+        if extra:
+            line += f"; {extra}"
+    return " ".join(line.split())
+
+
+def _peak_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _error_line(exc: Exception, step: str) -> str:

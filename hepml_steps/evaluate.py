@@ -233,16 +233,17 @@ def evaluate(
     write_json(out, result)
     if overtraining and overtraining.get("flagged"):
         log.warning("%s: possible overtraining: KS p-value below %g (train vs test scores)", model, ks_pvalue_min)
-    log.info(
-        "%s: %s",
-        model,
-        {
-            k: v
-            for k, v in result["metrics"].items()
-            if k in ("roc_auc", "bayes_auc", "r2", "silhouette", "resolution_68", "z_max")
-        },
-    )
+    log.info("%s: %s", model, headline(result))
     return result
+
+
+HEADLINE = ("roc_auc", "bayes_auc", "z_max", "accuracy", "r2", "resolution_68", "silhouette", "adjusted_rand")
+
+
+def headline(result: dict) -> str:
+    """The figures that summarise ``result`` (evaluate's metrics.json) in one line, e.g. ``roc_auc 0.9712, z_max 3.41``."""
+    m = result["metrics"]
+    return ", ".join(f"{k} {m[k]:.4g}" for k in HEADLINE if isinstance(m.get(k), int | float))
 
 
 def main(argv=None) -> int:
@@ -297,6 +298,7 @@ def main(argv=None) -> int:
         ),
         argv,
         __doc__,
+        summary=headline,
     )
 
 

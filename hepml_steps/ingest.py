@@ -1087,7 +1087,7 @@ def main(argv=None) -> int:
             **{k: v for k, v in extra.items() if k != "columns" and v is not None},
         )
 
-    return cli.run(build, call, argv, __doc__)
+    return cli.run(build, call, argv, __doc__, summary=lambda r: f"{r['n_events']} events")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ def main(argv=None) -> int:
         ),
         argv,
         __doc__,
+        summary=lambda r: f"test inference {r['energy']['inference']['events_per_s'] or 0:.3g} events/s",
     )
 
 

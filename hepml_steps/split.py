@@ -229,6 +229,7 @@ def main(argv=None) -> int:
         ),
         argv,
         __doc__,
+        summary=lambda r: ", ".join(f"{s} {n}" for s, n in r["n_events"].items()) + " events",
     )
 
 

@@ -302,6 +302,13 @@ def train(
     return record
 
 
+def summary(record: dict) -> str:
+    """One line of a train record: events, fit time and energy (J, how measured)."""
+    e = record["energy"]["train"] or {}
+    joules = f", {e['energy_j']:.3g} J ({e.get('method')})" if e.get("energy_j") is not None else ""
+    return f"{record['family']} on {record['n_train']} events, fit {record['fit_seconds']:.1f} s{joules}"
+
+
 def main(argv=None) -> int:
     def build(p):
         p.add_argument("--train", required=True, help="prepared training split (features)")
@@ -340,6 +347,7 @@ def main(argv=None) -> int:
         ),
         argv,
         __doc__,
+        summary=summary,
     )
 
 

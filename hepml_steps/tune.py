@@ -599,6 +599,10 @@ def main(argv=None) -> int:
         lambda a: tune(a.train, a.validation, a.model, a.spec, a.out, a.trials, a.seed, a.threads, a.energy, a.storage),
         argv,
         __doc__,
+        summary=lambda r: (
+            f"best {r['objective']} {r['best_value']:.4g} (trial {r['best_trial']}); {r['n_complete']} complete,"
+            f" {r['n_pruned']} pruned, {r['n_failed']} failed, {r.get('n_trials_resumed', 0)} resumed"
+        ),
     )
 
 

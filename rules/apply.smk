@@ -20,4 +20,5 @@ rule apply:
         CONDA_ENV
     shell:
         "{params.step:q} {params.models:q} --input {input.data:q} --out {output.applied:q}"
-        " {params.tree:q} {params.fmt:q} --chunk-size {params.chunk:q} --record {output.record:q} > {log:q} 2>&1"
+        " {params.tree:q} {params.fmt:q} --chunk-size {params.chunk:q} --record {output.record:q}"
+        + TO_LOG

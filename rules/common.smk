@@ -25,6 +25,12 @@ wildcard_constraints:
     split="|".join(SPLITS),
 
 
+# End of every step's shell command: the step's output goes to its log, and the
+# log's last line, the step's one-line summary (hepml_steps.cli.run: "hepml:
+# <step>: done in ... s, peak RSS ...; <figures>"), to the Snakemake console.
+TO_LOG = " > {log:q} 2>&1 && tail -n 1 {log:q}"
+
+
 def step(name, *args):
     """argv that runs the step ``hepml_steps.<name>``: quote with {params.step:q}."""
     return [PYTHON, "-m", f"hepml_steps.{name}", *args]

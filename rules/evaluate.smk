@@ -28,4 +28,5 @@ rule evaluate:
         " --ks-pvalue-min {params.ks:q} --extra {input.record:q}"
         " --significance {params.significance:q} --bkg-uncertainty {params.bkg_uncertainty:q}"
         " --test-fraction {params.test_fraction:q}"
-        " --inference {input.inference:q} {params.features:q} > {log:q} 2>&1"
+        " --inference {input.inference:q} {params.features:q}"
+        + TO_LOG

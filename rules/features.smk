@@ -17,4 +17,5 @@ rule features:
     shell:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q} --test {input.test:q}"
         " --out-train {output.train:q} --out-validation {output.validation:q} --out-test {output.test:q}"
-        " --transform {output.transform:q} --params {params.cfg:q} --targets {params.targets:q} > {log:q} 2>&1"
+        " --transform {output.transform:q} --params {params.cfg:q} --targets {params.targets:q}"
+        + TO_LOG

@@ -17,4 +17,5 @@ rule generate:
         "{params.step:q} --out {output.events:q} --summary {output.summary:q}"
         " --n-events {params.toy[n_events]:q} --signal-fraction {params.toy[signal_fraction]:q}"
         " --seed {params.seed:q} --chunk-size {params.toy[chunk_size]:q}"
-        " --yields-json {params.yields:q} --physics-json {params.physics:q} > {log:q} 2>&1"
+        " --yields-json {params.yields:q} --physics-json {params.physics:q}"
+        + TO_LOG

@@ -14,4 +14,5 @@ rule importance:
         CONDA_ENV
     shell:
         "{params.step:q} --model-dir {input.model:q} --test {input.test:q}"
-        " --out {output:q} --seed {params.seed:q} > {log:q} 2>&1"
+        " --out {output:q} --seed {params.seed:q}"
+        + TO_LOG

@@ -18,4 +18,5 @@ rule ingest:
         CONDA_ENV
     shell:
         "{params.step:q} --inputs-json {params.inputs:q} --out {output.events:q} --summary {output.summary:q}"
-        " {params.opts:q} --settings-json {params.settings:q} --nonfinite {params.nonfinite:q} > {log:q} 2>&1"
+        " {params.opts:q} --settings-json {params.settings:q} --nonfinite {params.nonfinite:q}"
+        + TO_LOG

@@ -15,4 +15,5 @@ rule leaderboard:
         CONDA_ENV
     shell:
         "{params.step:q} --metrics {input.metrics:q} --ingest {input.ingest:q} --csv {output.csv:q}"
-        " --md {output.md:q} > {log:q} 2>&1"
+        " --md {output.md:q}"
+        + TO_LOG

@@ -30,7 +30,8 @@ rule plots:
         "{params.step:q} --model {wildcards.model:q} --predictions {input.predictions:q}"
         " --metrics {input.metrics:q} --record {input.record:q} --importance {input.importance:q}"
         " --features-test {input.features_test:q} {params.trials:q} --formats {params.formats:q}"
-        " --units {params.units:q} --out-dir {output:q} > {log:q} 2>&1"
+        " --units {params.units:q} --out-dir {output:q}"
+        + TO_LOG
 
 
 rule summary_plots:
@@ -61,7 +62,8 @@ rule summary_plots:
         "{params.step:q} --predictions {input.predictions:q} --models {params.models:q}"
         " --tasks {params.tasks:q} --train-features {input.train:q} --metrics {input.metrics:q}"
         " --formats {params.formats:q} --units {params.units:q} --max-input-features {params.max_inputs:q}"
-        " --out-dir {output:q} > {log:q} 2>&1"
+        " --out-dir {output:q}"
+        + TO_LOG
 
 
 # The report's first page (rules/report/workflow.rst includes it): the
@@ -80,4 +82,5 @@ rule report_front:
         CONDA_ENV
     shell:
         "{params.step:q} --leaderboard {input.leaderboard:q} --summary-dir {input.summary:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output:q}"
+        + TO_LOG

@@ -21,4 +21,5 @@ rule predict:
     shell:
         "{params.step:q} --model-dir {input.model:q} --train {input.train:q} --validation {input.validation:q}"
         " --test {input.test:q} --out {output.predictions:q} --record {output.record:q}"
-        " --batch-size {params.batch:q} --threads {threads} --energy {params.energy:q} > {log:q} 2>&1"
+        " --batch-size {params.batch:q} --threads {threads} --energy {params.energy:q}"
+        + TO_LOG

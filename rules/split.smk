@@ -17,4 +17,5 @@ rule split:
     shell:
         "{params.step:q} --events {input:q} --train {output.train:q} --validation {output.validation:q}"
         " --test {output.test:q} --fractions {params.fractions:q} --salt {params.salt:q}"
-        " --summary {output.summary:q} --min-events-per-class {params.min_events:q} > {log:q} 2>&1"
+        " --summary {output.summary:q} --min-events-per-class {params.min_events:q}"
+        + TO_LOG

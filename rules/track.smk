@@ -44,7 +44,7 @@ rule track:
         " {params.datasets:q} --config {params.config:q} --spec {params.spec:q}"
         " --workflow-dir {params.workflow:q} {params.register:q} --out {output:q}"
         " --results-dir {params.results:q} --uri={params.uri:q} --experiment={params.experiment:q}"
-        " > {log:q} 2>&1"
+        + TO_LOG
 
 
 rule track_summary:
@@ -64,4 +64,5 @@ rule track_summary:
         CONDA_ENV
     shell:
         "{params.step:q} --runs {input.runs:q} --out {output:q} --results-dir {params.results:q}"
-        " --leaderboard {input.md:q} --leaderboard {input.csv:q} --plots-dir {input.plots:q} > {log:q} 2>&1"
+        " --leaderboard {input.md:q} --leaderboard {input.csv:q} --plots-dir {input.plots:q}"
+        + TO_LOG

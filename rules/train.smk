@@ -26,4 +26,5 @@ rule train:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.model:q}"
         " --record {output.record:q} --seed {params.seed:q} --threads {threads} {params.tuned:q}"
-        " --energy {params.energy:q} --transform {input.transform:q} --ingest {params.ingest:q} > {log:q} 2>&1"
+        " --energy {params.energy:q} --transform {input.transform:q} --ingest {params.ingest:q}"
+        + TO_LOG

@@ -26,4 +26,5 @@ rule tune:
         "{params.step:q} --train {input.train:q} --validation {input.validation:q}"
         " --model {wildcards.model:q} --spec {params.spec:q} --out {output.record:q}"
         " --trials {output.trials:q} --seed {params.seed:q} --threads {threads}"
-        " --energy {params.energy:q} --storage {params.storage:q} > {log:q} 2>&1"
+        " --energy {params.energy:q} --storage {params.storage:q}"
+        + TO_LOG

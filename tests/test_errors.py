@@ -381,6 +381,21 @@ def test_oserror_names_its_file(capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == "hepml: error: /data/x.root: Permission denied"
 
 
+def test_finished_step_ends_with_its_one_line_summary(capsys):
+    def build(p):
+        p.add_argument("--model")
+
+    ok = cli.run(build, lambda a: {"auc": 0.9}, ["--model", "bdt"], summary=lambda r: f"auc {r['auc']}\nmore")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ok == 0
+    assert re.fullmatch(r"hepml: test_errors bdt: done in \d+\.\d s, peak RSS \d+ MiB; auc 0\.9 more", last), last
+
+
+def test_a_failing_summary_never_fails_the_step(capsys):
+    assert cli.run(lambda p: None, lambda a: None, [], summary=lambda r: r["missing"]) == 0
+    assert re.fullmatch(r"hepml: test_errors: done in \S+ s, peak RSS \d+ MiB", capsys.readouterr().err.strip())
+
+
 def test_describe_is_one_line_without_unsafe_advice():
     msg = (
         "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "

@@ -75,6 +75,16 @@ def test_outputs_and_metrics(run):
     assert "Bayes" in (res / "leaderboard.md").read_text()
 
 
+def test_console_shows_one_summary_line_per_finished_step(run):
+    _, result = run
+    lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("hepml: ")]
+    for model in ("bdt", "logreg", "mlp"):
+        for step in ("train", "predict", "evaluate", "plots", "track"):
+            assert sum(ln.startswith(f"hepml: {step} {model}: done in ") for ln in lines) == 1, (step, model)
+        assert re.search(rf"^hepml: evaluate {model}: .*; roc_auc 0\.\d+, .*z_max \d", "\n".join(lines), re.M)
+    assert any(re.match(r"hepml: split: done .*; train \d+, validation \d+, test \d+ events", ln) for ln in lines)
+
+
 def test_plots_energy_and_overtraining_outputs(run):
     wd, _ = run
     res = wd / "results"
