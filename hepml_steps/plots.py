@@ -536,8 +536,8 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
             a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
             ok = fpr > 0
             a3.plot(tpr[ok], 1 / fpr[ok], label=label, **kw)
-    a1.set_xlabel("signal efficiency")
-    a1.set_ylabel("background rejection (1 − background efficiency)")
+    a1.set_xlabel(r"signal efficiency $\varepsilon_S$")
+    a1.set_ylabel(r"background rejection $1-\varepsilon_B$")
     a2.plot([0, 1], [0, 1], ":", color="grey")
     a2.set_xlabel("background efficiency (false positive rate)")
     a2.set_ylabel("signal efficiency (true positive rate)")

@@ -21,7 +21,7 @@ from .io import atomic_path
 
 #: The summary figures on the first page: (file name, caption).
 KEY_FIGURES = (
-    ("roc_rejection_vs_efficiency.png", "ROC curves: background rejection against signal efficiency (test)"),
+    ("roc_inverse_bkg_eff_log.png", "ROC curves: background rejection 1/ε_B (log) against signal efficiency (test)"),
     ("significance_vs_efficiency.png", "Expected significance against signal efficiency, optimal cuts starred"),
     ("energy_auc_vs_j_per_event.png", "Test AUC against J/event of training and inference, with the Pareto front"),
 )
@@ -44,7 +44,8 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def leaderboard_tables(rows: list[dict]) -> list[str]:
-    """The ranked tables per task, as reStructuredText list-tables."""
+    """The ranked tables per task, as reStructuredText list-tables of the task's
+    first-page columns (:meth:`hepml_steps.tasks.Task.front_columns`)."""
     from .leaderboard import _ranked
 
     lines = []
@@ -52,12 +53,12 @@ def leaderboard_tables(rows: list[dict]) -> list[str]:
         rs = [r for r in rows if r.get("task") == task.name]
         if not rs:
             continue
-        cols = [c for c in task.leaderboard_columns if any(_cell(r.get(c[0]), "") != "–" for r in rs)]
+        cols = [c for c in task.front_columns() if any(_cell(r.get(c[0]), "") != "–" for r in rs)]
         body = [
-            [str(i), str(r["model"]), str(r.get("family"))] + [_cell(r.get(c), f) for c, _, f in cols]
+            [str(i), str(r["model"])] + [_cell(r.get(c), f) for c, _, f in cols]
             for i, r in enumerate(_ranked(rs, task), 1)
         ]
-        lines += _table(task.title, ["rank", "model", "family"] + [h.replace("|", "/") for _, h, _ in cols], body)
+        lines += _table(task.title, ["rank", "model"] + [h.replace("|", "/") for _, h, _ in cols], body)
     return lines
 
 
@@ -71,7 +72,7 @@ def figures(summary_dir: str | None) -> list[str]:
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             uri = "data:image/png;base64," + data
             lines += [f".. figure:: {uri[:76]}"] + [f"   {uri[i : i + 76]}" for i in range(76, len(uri), 76)]
-            lines += ["   :width: 32%", f"   :alt: {name}", "", f"   {caption}", ""]  # alt: not the URI again
+            lines += ["   :width: 100%", f"   :alt: {name}", "", f"   {caption}", ""]  # alt: not the URI again
     return lines
 
 
@@ -84,13 +85,16 @@ def front_page(leaderboard_csv: str, summary_dir: str | None, out: str) -> str:
         {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
         for r in df.to_dict("records")
     ]
+    bayes = [r["bayes_auc"] for r in rows if r.get("bayes_auc") is not None]
     lines = [
         "Results",
         "-------",
         "",
-        "Every model on the test split (weighted; full table in ``leaderboard.csv``). "
-        "Z_max: the expected significance at the optimal cut, S and B the full sample's expected "
-        "yields there.",
+        "Every model on the test split, weighted; every column and each model's figures are under "
+        "*Leaderboard* and *Models* (left), the full table in ``leaderboard.csv``. "
+        "Z_max: the expected significance at the optimal cut; S and B: the full sample's expected "
+        "yields there."
+        + (f" The Bayes-optimal AUC (exact likelihood ratio of the toy) is **{bayes[0]:.4f}**." if bayes else ""),
         "",
     ]
     lines += leaderboard_tables(rows) + figures(summary_dir)

@@ -163,6 +163,9 @@ class Task:
         better (−1 if lower); None: the task has none.
     leaderboard_columns : tuple of (metric, header, format)
         The task's Markdown leaderboard columns.
+    front_page_columns : tuple of str
+        The few of those the HTML report's first page shows (its text column is
+        about 500 px wide beside the rule graph); empty: the first four.
     rank_by : tuple of (metric, bool)
         The metric that ranks the section, and whether higher is better.
     """
@@ -178,6 +181,7 @@ class Task:
     default_objective: ClassVar[str | None] = None
     importance_metric: ClassVar[tuple[str, float] | None] = None
     leaderboard_columns: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    front_page_columns: ClassVar[tuple[str, ...]] = ()
     rank_by: ClassVar[tuple[str, bool]] = ("", True)
 
     def __str__(self) -> str:
@@ -187,6 +191,12 @@ class Task:
     def needs_target(self) -> bool:
         """Whether a model of this task must name its ``target`` column."""
         return self.target_kind is not None
+
+    def front_columns(self) -> tuple[tuple[str, str, str], ...]:
+        """The :attr:`leaderboard_columns` of the report's first page (:attr:`front_page_columns`)."""
+        if not self.front_page_columns:
+            return self.leaderboard_columns[:4]
+        return tuple(c for c in self.leaderboard_columns if c[0] in self.front_page_columns)
 
     def needs_labels(self, target: str | None = None) -> bool:
         """Whether a model of this task with this ``target`` needs labelled events.
@@ -559,6 +569,7 @@ class Classification(Task):
         ("ks_pvalue_background", "KS p (B)", ".3g"),
         ("overtrained", "overtrained?", ""),
     )
+    front_page_columns = ("roc_auc", "sig_eff_at_bkg_0.1", "z_max", "s_at_cut", "b_at_cut", "overtrained")
     rank_by = ("roc_auc", True)
 
     def targets(self, df, target, what, classes=None):
@@ -659,6 +670,7 @@ class Multiclass(Task):
         ("cross_entropy", "cross-entropy", ".4g"),
         ("overtrained", "overtrained?", ""),
     )
+    front_page_columns = ("roc_auc", "accuracy", "f1_macro", "overtrained")
     rank_by = ("roc_auc", True)
 
     def learn_classes(self, df, target, what):
@@ -750,6 +762,7 @@ class Anomaly(Task):
         ("optimal_cut", "best cut", ".3g"),
         ("ks_pvalue_background", "KS p (B)", ".3g"),
     )
+    front_page_columns = ("roc_auc", "sig_eff_at_bkg_0.1", "z_max", "overtrained")
     rank_by = ("roc_auc", True)
 
     def objective_value(self, objective, y, score, w, X=None):
@@ -794,6 +807,7 @@ class Regression(Task):
         ("relative_resolution_68", "rel. resolution", ".4f"),
         ("r2_train", "train R²", ".4f"),
     )
+    front_page_columns = ("mse", "r2", "bias", "resolution_68")
     rank_by = ("mse", False)
 
     def targets(self, df, target, what, classes=None):
@@ -851,6 +865,7 @@ class Clustering(Task):
         ("purity", "purity", ".3f"),
         ("noise_fraction", "noise", ".3f"),
     )
+    front_page_columns = ("n_clusters", "silhouette", "adjusted_rand", "purity")
     rank_by = ("silhouette", True)
 
     @property

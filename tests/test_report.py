@@ -67,7 +67,8 @@ def test_first_page_opens_on_the_leaderboard_and_key_figures(tmp_path):
     plt = plots._plt()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    plots._save(fig, res / "plots" / "summary" / "roc_rejection_vs_efficiency.png")
+    plots._save(fig, res / "plots" / "summary" / "roc_inverse_bkg_eff_log.png")
+    plots._save(fig, res / "plots" / "summary" / "roc_rejection_vs_efficiency.png")  # not a first-page figure
     front_page(str(res / "leaderboard.csv"), str(res / "plots" / "summary"), str(res / "report" / "front.rst"))
     html = _render_workflow_rst(tmp_path, "results")
     first = html.index("<table")
@@ -76,5 +77,6 @@ def test_first_page_opens_on_the_leaderboard_and_key_figures(tmp_path):
     table = html[first : html.index("</table>")]
     assert "Z_max" in table and "bdt" in table and "6.1" in table
     assert table.index("bdt") < table.index("logreg")  # ranked by AUC
+    assert "train AUC" not in table and "xgboost" not in table  # the first-page columns only (narrow column)
     assert html.count('src="data:image/png;base64,') == 1  # the figures not drawn are left out
     assert html.count("data:image/png;base64,") == 1  # embedded once (the alt text is the name)
