@@ -118,3 +118,78 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
         raise DataError(f"missing input file: {path}")
     with culprit(path, context="cannot read as parquet"):
         return pd.read_parquet(path, columns=columns)
+
+
+def parquet_file(path: str | os.PathLike):
+    """Open a Parquet file for reading by row group or record batch (``pyarrow.parquet.ParquetFile``).
+
+    Raises
+    ------
+    DataError
+        When the file is missing, corrupt or not Parquet (naming the file).
+    StorageError
+        When the system refuses to read it.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"missing input file: {path}")
+    with culprit(path, context="cannot read as parquet"):
+        return pq.ParquetFile(path)
+
+
+def columns_of(path: str | os.PathLike) -> list[str]:
+    """The columns of a Parquet table, in file order, as pandas sees them (a
+    stored pandas index is not a column). Reads the footer only.
+
+    Raises
+    ------
+    DataError, StorageError
+        As :func:`parquet_file`.
+    """
+    schema = parquet_file(path).schema_arrow
+    index = set()
+    if schema.metadata and b"pandas" in schema.metadata:
+        with culprit(path, context="unreadable pandas metadata"):
+            meta = json.loads(schema.metadata[b"pandas"])
+        index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    return [c for c in schema.names if c not in index]
+
+
+def table_attrs(path: str | os.PathLike) -> dict:
+    """The ``DataFrame.attrs`` stored with a Parquet table (as pandas writes them), or {}.
+
+    Raises
+    ------
+    DataError, StorageError
+        As :func:`parquet_file`.
+    """
+    metadata = parquet_file(path).schema_arrow.metadata or {}
+    if b"PANDAS_ATTRS" not in metadata:
+        return {}
+    with culprit(path, context="unreadable table attributes"):
+        return json.loads(metadata[b"PANDAS_ATTRS"])
+
+
+def read_columns(path: str | os.PathLike, columns: list[str]):
+    """Read ``columns`` of a Parquet table as a pandas DataFrame holding one
+    block per column, so that ``del df[c]`` frees that column's memory.
+
+    The same values and dtypes as :func:`read_parquet` with ``columns``.
+
+    Raises
+    ------
+    DataError
+        When the file is missing, corrupt or not Parquet, or lacks a column (naming the file).
+    StorageError
+        When the system refuses to read it.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"missing input file: {path}")
+    with culprit(path, context="cannot read as parquet"):
+        table = pq.read_table(path, columns=list(columns))
+        return table.to_pandas(split_blocks=True, self_destruct=True)
