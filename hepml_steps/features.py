@@ -89,7 +89,7 @@ from . import cli
 from .columns import RESERVED, SPLITS, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
 from .expressions import check_expression
-from .io import atomic_path, columns_of, parquet_file, read_columns, read_json, write_json
+from .io import atomic_path, columns_of, parquet_file, read_json, write_json
 
 log = logging.getLogger("hepml.features")
 
@@ -191,35 +191,75 @@ def _identifier(name: str, x: np.ndarray) -> str | None:
     return None
 
 
-def _choose(df, columns, available, train_path, max_categories):
-    """The numeric and categorical columns to use, and those left out (with why)."""
+def _candidates(dtypes: dict, columns, available: list, train_path: str) -> tuple[list, list]:
+    """The numeric (or boolean) and the categorical columns the features may use, by dtype.
+
+    Raises
+    ------
+    DataError
+        A listed column is not in the table.
+    """
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    listed = columns is not None
-    if listed:
+    if columns is not None:
         missing = [c for c in columns if c not in available]
         if missing:
             raise DataError(f"features.columns: {missing} not in {train_path} (available: {available})")
         columns = list(columns)
     else:
-        columns = [c for c in available if not is_bool_dtype(df[c].dtype)]
-    numeric, categorical, left_out = [], {}, {}
-    for c in columns:
-        if is_numeric_dtype(df[c].dtype) or is_bool_dtype(df[c].dtype):
-            numeric.append(c)
-            continue
-        cats = sorted(set(_category_values(df[c])), key=lambda v: (v is None, str(v)))
-        if len(cats) > max_categories:
+        columns = [c for c in available if not is_bool_dtype(dtypes[c])]
+    numeric = [c for c in columns if is_numeric_dtype(dtypes[c]) or is_bool_dtype(dtypes[c])]
+    return numeric, [c for c in columns if c not in numeric]
+
+
+def _choose(cats: dict, listed: bool, max_categories: int) -> tuple[dict, dict]:
+    """The categories of the categorical columns (``cats``: name -> whole training column),
+    and those left out (with why).
+
+    Raises
+    ------
+    DataError
+        A listed column with more than ``max_categories`` categories.
+    """
+    categorical, left_out = {}, {}
+    for c, values in cats.items():
+        found = sorted(set(_category_values(values)), key=lambda v: (v is None, str(v)))
+        if len(found) > max_categories:
             why = (
-                f"{len(cats)} distinct values on train, more than features.max_categories = {max_categories} "
+                f"{len(found)} distinct values on train, more than features.max_categories = {max_categories} "
                 "(an identifier or free text, not a category)"
             )
             if listed:
                 raise DataError(f"features.columns: '{c}' has {why}; raise features.max_categories or leave it out")
             left_out[c] = why
         else:
-            categorical[c] = cats
-    return numeric, categorical, left_out
+            categorical[c] = found
+    return categorical, left_out
+
+
+def _read_fit(train_path: str, need: list, derived: dict, numeric: list, categorical: list, batch_size: int):
+    """The training matrix of ``numeric`` (float64, n_train × n_numeric, C order, ±inf as NaN)
+    and the ``categorical`` columns (name -> whole column), read batch by batch.
+
+    The values are those of :func:`_numeric` of the whole column (derived
+    columns are element-wise, so computed per batch)."""
+    import pandas as pd
+
+    pf = parquet_file(train_path)
+    X = np.empty((pf.metadata.num_rows, len(numeric)))
+    parts, start = {c: [] for c in categorical}, 0
+    for batch in _batches(pf, need, batch_size, train_path):
+        df = _add_derived(batch.to_pandas(), derived)
+        stop = start + len(df)
+        for j, c in enumerate(numeric):
+            X[start:stop, j] = _numeric(df, c)
+        for c in categorical:
+            parts[c].append(df[c])
+        start = stop
+    if start != len(X):
+        raise DataError(f"{train_path}: read {start} events, its metadata says {len(X)}")
+    cats = {c: pd.concat(v, ignore_index=True) if len(v) > 1 else v[0].reset_index(drop=True) for c, v in parts.items()}
+    return X, cats
 
 
 def fit(
@@ -233,8 +273,14 @@ def fit(
     fill_value=None,
     missing_indicators=False,
     max_categories=MAX_CATEGORIES,
+    batch_size=None,
 ) -> dict:
     """Fit the transform on the training split; return it as a JSON-able dict.
+
+    Reads only the columns it needs, ``batch_size`` events at a time
+    (default :data:`BATCH_EVENTS`), into one float64 matrix
+    (n_train × n_numeric features): the fit's memory is that matrix plus
+    the temporary copies of NumPy's NaN-aware mean, standard deviation and median.
 
     Parameters
     ----------
@@ -257,6 +303,8 @@ def fit(
         Add a 0/1 column ``<name>_missing`` per column missing in some training event.
     max_categories : int
         Most categories a categorical column may have.
+    batch_size : int, optional
+        Events read at a time.
 
     Returns
     -------
@@ -273,19 +321,25 @@ def fit(
     DataError
         A selected column is missing or has too many categories; no feature column is left.
     """
+    import pandas as pd
+
     derived = dict(derived or {})
     names = columns_of(train_path)
     for name in derived:
         if name in names or name in RESERVED:
             raise ConfigError(f"features.derived.{name}: a column of that name already exists")
-    df = read_columns(train_path, _fit_columns(names, columns, derived))
-    df = _add_derived(df, derived)
+    need = _fit_columns(names, columns, derived)
+    dtypes = parquet_file(train_path).schema_arrow.empty_table().select(need).to_pandas().dtypes.to_dict()
+    dtypes.update(dict.fromkeys(derived, np.dtype(np.float64)))
     names = names + list(derived)
     available = [c for c in names if is_feature(c)]
-    numeric, categories, left_out = _choose(df, columns, available, train_path, int(max_categories))
+    numeric, categorical = _candidates(dtypes, columns, available, train_path)
+    X, cats = _read_fit(train_path, need, derived, numeric, categorical, batch_size or BATCH_EVENTS)
+    n_events = len(X)
+    categories, left_out = _choose(cats, columns is not None, int(max_categories))
     n_missing, identifiers = {}, {}
-    for c in numeric:  # one column at a time: the checks never hold a second copy of the table
-        x = _numeric(df, c)
+    for j, c in enumerate(numeric):  # one column at a time: never a second copy of the matrix
+        x = np.ascontiguousarray(X[:, j])
         n_missing[c] = int(np.isnan(x).sum())
         if n_missing[c] == len(x):
             left_out[c] = "missing (NaN/inf) in every training event"
@@ -301,7 +355,7 @@ def fit(
     for c, why in left_out.items():
         if c not in gone:
             log.warning("categorical column '%s' left out: %s", c, why)
-    numeric = [c for c in numeric if c not in left_out]
+    numeric_read, numeric = numeric, [c for c in numeric if c not in left_out]
     if not numeric and not categories:
         raise DataError(f"no feature columns left in {train_path}" + (f" (left out: {left_out})" if left_out else ""))
     indicators = [c for c in numeric if missing_indicators and n_missing[c]]
@@ -322,18 +376,17 @@ def fit(
         "derived": derived,
         "standardize": bool(standardize),
         "targets": kept,
-        "n_fit_events": len(df),
+        "n_fit_events": n_events,
         "categories": categories,
         "missing_indicators": indicators,
         "left_out": left_out,
         "identifier_like": identifiers,
         "missing": {"train": {c: n for c, n in n_missing.items() if n and c in numeric}},
     }
-    X = np.empty((len(df), len(numeric)))  # C order, as np.column_stack: the reductions below sum alike
-    for j, c in enumerate(numeric):
-        X[:, j] = _numeric(df, c)
-        if c not in numeric[j + 1 :]:
-            del df[c]  # one block per column (read_columns): its memory goes now
+    gone = [j for j, c in enumerate(numeric_read) if c in left_out]
+    if gone:  # C order, as np.column_stack made it: the reductions below sum alike
+        X = np.ascontiguousarray(np.delete(X, gone, axis=1))
+    df = pd.DataFrame(cats, index=pd.RangeIndex(n_events))  # the categorical columns, for _assemble
     if standardize and numeric:
         mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
         transform.update(mean=mean.tolist(), std=std.tolist())
@@ -571,7 +624,7 @@ def features(
     then prepared ``batch_size`` events at a time (:func:`apply_file`).
     The transform records the missing values and unseen categories per split and column."""
     batch_size = batch_size or BATCH_EVENTS
-    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, **options)
+    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, batch_size=batch_size, **options)
     transform["missing"], transform["unseen"] = {}, {}
     for s in SPLITS:
         counts = apply_file(inputs[s], outs[s], transform, batch_size)

@@ -170,26 +170,3 @@ def table_attrs(path: str | os.PathLike) -> dict:
         return {}
     with culprit(path, context="unreadable table attributes"):
         return json.loads(metadata[b"PANDAS_ATTRS"])
-
-
-def read_columns(path: str | os.PathLike, columns: list[str]):
-    """Read ``columns`` of a Parquet table as a pandas DataFrame holding one
-    block per column, so that ``del df[c]`` frees that column's memory.
-
-    The same values and dtypes as :func:`read_parquet` with ``columns``.
-
-    Raises
-    ------
-    DataError
-        When the file is missing, corrupt or not Parquet, or lacks a column (naming the file).
-    StorageError
-        When the system refuses to read it.
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"missing input file: {path}")
-    with culprit(path, context="cannot read as parquet"):
-        table = pq.read_table(path, columns=list(columns))
-        return table.to_pandas(split_blocks=True, self_destruct=True)

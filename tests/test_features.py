@@ -105,6 +105,9 @@ def rich_table(n, seed):
     df["m_jj"] = rng.exponential(100.0, n)
     df["cat"] = rng.choice(["a", "b", "c", None], n)
     df["n_jet"] = rng.integers(0, 5, n)
+    df["const"] = 14.63  # left out: constant
+    df["empty"] = np.nan  # left out: missing everywhere
+    df["flag"] = rng.random(n) < 0.5  # boolean: not a default feature
     return df
 
 
@@ -128,6 +131,16 @@ def test_batches_give_the_whole_table_value_for_value(kw, tmp_path):
         df.to_parquet(paths[s], index=False, row_group_size=300)
     outs = {s: str(tmp_path / f"out_{s}.parquet") for s in paths}
     t = ft.features(paths, outs, str(tmp_path / "t.json"), batch_size=128, **kw)
+    options = {k: v for k, v in kw.items() if k not in ("columns", "derived", "targets")}
+    # the fit read in one batch is the fit read in batches of 128 events
+    whole = ft.fit(
+        paths["train"], kw.get("columns"), kw.get("derived"), targets=kw.get("targets"), batch_size=10**9, **options
+    )
+    assert json.dumps(whole) == json.dumps(
+        {k: v for k, v in t.items() if k not in ("unseen",)} | {"missing": whole["missing"]}
+    )
+    if "columns" not in kw:
+        assert {"const", "empty"} <= t["left_out"].keys() and "flag" not in t["columns"]
     for s in paths:
         counts = {}
         whole = ft.apply(pd.read_parquet(paths[s]), t, s, counts)
