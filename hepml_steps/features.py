@@ -89,7 +89,15 @@ from . import cli
 from .columns import RESERVED, SPLITS, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
 from .expressions import check_expression
-from .io import atomic_path, columns_of, parquet_file, read_json, write_json
+from .io import (
+    ROW_GROUP_EVENTS,
+    atomic_path,
+    columns_of,
+    parquet_file,
+    read_json,
+    release_freed_memory,
+    write_json,
+)
 
 log = logging.getLogger("hepml.features")
 
@@ -118,7 +126,7 @@ ID_MIN_EVENTS = 100
 #: key of the prepared table's Parquet metadata (``DataFrame.attrs``) read by :mod:`hepml_steps.dataset`
 ATTRS_KEY = "hepml"
 #: events per batch when the splits are prepared (:func:`apply_file`)
-BATCH_EVENTS = 262_144
+BATCH_EVENTS = ROW_GROUP_EVENTS
 #: suffixes of the missing-indicator and one-hot columns
 MISSING_SUFFIX, CATEGORY_SUFFIX = "_missing", "_cat"
 
@@ -662,6 +670,7 @@ def main(argv=None) -> int:
         )
 
     def call(a):
+        release_freed_memory()  # a process of its own: batches' memory goes back to the system
         prm = a.params
         opts = {k: prm[k] for k in ("fill_value", "missing_indicators", "max_categories") if prm.get(k) is not None}
         features(

@@ -25,7 +25,7 @@ import numpy as np
 from . import cli, dataset, registry, tasks
 from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError
-from .io import atomic_path, write_json
+from .io import atomic_path, release_freed_memory, write_json
 
 log = logging.getLogger("hepml.predict")
 
@@ -208,14 +208,11 @@ def main(argv=None) -> int:
         p.add_argument("--record", help="step record JSON (timing and inference energy)")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
-    return cli.run(
-        build,
-        lambda a: predict(
-            a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy
-        ),
-        argv,
-        __doc__,
-    )
+    def call(a):
+        release_freed_memory()  # a process of its own: batches' memory goes back to the system
+        predict(a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy)
+
+    return cli.run(build, call, argv, __doc__)
 
 
 if __name__ == "__main__":
