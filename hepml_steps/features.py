@@ -86,7 +86,7 @@ import logging
 import numpy as np
 
 from . import cli
-from .columns import RESERVED, SPLITS, is_feature, target_copy
+from .columns import LABEL, PROCESS, RESERVED, SPLITS, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
 from .expressions import check_expression
 from .io import (
@@ -585,7 +585,10 @@ def apply_file(path: str, out: str, transform: dict, batch_size: int = BATCH_EVE
                 if writer is None:
                     meta = {**(table.schema.metadata or {}), b"PANDAS_ATTRS": json.dumps(frame.attrs).encode()}
                     schema = table.schema.with_metadata(meta)  # as DataFrame.to_parquet writes attrs
-                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                    # dictionary encoding for the class columns only: tried on unique
+                    # values (ids, features) it costs time and makes the file larger
+                    small = [c for c in (LABEL, PROCESS) if c in schema.names]
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=small)
                 with culprit(path, context="a batch's column types differ from the first batch's"):
                     table = table.cast(schema)
                 writer.write_table(table)
