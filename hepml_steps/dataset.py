@@ -24,9 +24,10 @@ Reading for a fit (:func:`read_fit`):
 
 Reading for scoring (:func:`read_scoring`, or :func:`iter_scoring` batch by
 batch) keeps every event, reads only the columns scoring needs
-(:func:`scoring_columns`) and uses the trained model's features, classes and target. Targets are read in physical
-units: the features step keeps an unstandardised copy of every model's target
-(``target:<name>``), so nothing joins a target back from the raw split.
+(:func:`scoring_columns`) and uses the trained model's features, classes and
+target. Targets are read in physical units: the features step keeps an
+unstandardised copy of every model's target (``target:<name>``), so nothing
+joins a target back from the raw split.
 
 Missing values: the features step keeps NaN in the prepared split and puts
 its fill values (train medians, in prepared units) in the split's Parquet

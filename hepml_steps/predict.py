@@ -56,7 +56,7 @@ class _Writer:
     """Prediction tables appended to one Parquet file (zstd), the first table's schema for all."""
 
     def __init__(self, path):
-        self.path, self.writer, self.rows = path, None, 0
+        self.path, self.writer = path, None
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
@@ -71,7 +71,6 @@ class _Writer:
                 use_dictionary=[c for c in (SPLIT, LABEL) if c in table.schema.names],
             )
         self.writer.write_table(table.cast(self.writer.schema))
-        self.rows += table.num_rows
 
     def close(self) -> None:
         if self.writer is not None:
