@@ -22,10 +22,12 @@ Reading for a fit (:func:`read_fit`):
   (:func:`fit_weights`); ``weights`` keep the signed event weights, which
   every figure of merit uses.
 
-Reading for scoring (:func:`read_scoring`) keeps every event and uses the
-trained model's features, classes and target. Targets are read in physical
-units: the features step keeps an unstandardised copy of every model's target
-(``target:<name>``), so nothing joins a target back from the raw split.
+Reading for scoring (:func:`read_scoring`, or :func:`iter_scoring` batch by
+batch) keeps every event, reads only the columns scoring needs
+(:func:`scoring_columns`) and uses the trained model's features, classes and
+target. Targets are read in physical units: the features step keeps an
+unstandardised copy of every model's target (``target:<name>``), so nothing
+joins a target back from the raw split.
 
 Missing values: the features step keeps NaN in the prepared split and puts
 its fill values (train medians, in prepared units) in the split's Parquet
@@ -38,13 +40,14 @@ The rest of that metadata (identifier-like columns) is ``Dataset.prepared``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import tasks
-from .columns import EVENT_ID, LABEL, TRUTH_LLR, WEIGHT, is_feature
-from .errors import ConfigError, DataError
+from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT, is_feature, target_copy
+from .errors import ConfigError, DataError, culprit
 from .io import read_parquet
 
 log = logging.getLogger("hepml.dataset")
@@ -385,12 +388,15 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
     DataError
         A feature column of the model is missing, or the target is unusable.
     """
+    from .io import columns_of
+
     what = what or f"model '{meta['model']}'"
     task = tasks.get(meta["task"])
-    df = read_parquet(path)
-    missing = [c for c in meta["features"] if c not in df.columns]
+    names = columns_of(path)
+    missing = [c for c in meta["features"] if c not in names]
     if missing:
         raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
+    df = read_parquet(path, columns=scoring_columns(names, meta))  # only what scoring needs
     classes = meta.get("classes")
     return Dataset(
         X=_features(df, meta["features"], meta.get("family"), what),
@@ -404,6 +410,144 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
         truth_llr=_optional(df, TRUTH_LLR),
         prepared=_prepared(df),
     )
+
+
+def scoring_columns(names: list[str], meta: dict) -> list[str]:
+    """The columns of a prepared split (``names``, in file order) that scoring with
+    the model ``meta`` reads: its features, the event id, label, weight and
+    Bayes score, and its target (the ``target:<name>`` copy or the column)."""
+    target = meta.get("target")
+    wanted = set(meta["features"]) | {EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, PROCESS}
+    if target:
+        wanted |= {target, target_copy(target)}
+    return [c for c in names if c in wanted]
+
+
+def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None) -> Iterator[Dataset]:
+    """Read a prepared split for scoring, ``batch_size`` events at a time.
+
+    The batches of :func:`read_scoring`, in file order: concatenated they are
+    what it returns, value for value. Only the columns scoring needs are read
+    (:func:`scoring_columns`), one record batch at a time, and the feature
+    matrix is built straight from Arrow, so memory holds one batch.
+
+    Parameters
+    ----------
+    path : str
+        A prepared split (Parquet).
+    meta : dict
+        The model's metadata (``hepml_model.json``): ``model``, ``task``,
+        ``features``, ``target``, ``classes``, ``family``.
+    batch_size : int
+        Events per batch (>= 1); the last batch may be shorter.
+    what : str, optional
+        How messages name the model (default ``model '<name>'``).
+
+    Yields
+    ------
+    Dataset
+        ``X`` of shape (n_batch, n_features), float32; ``fit_weights`` None.
+        A split without events yields one empty batch.
+
+    Raises
+    ------
+    DataError
+        The file is missing or unreadable, a feature column of the model is
+        missing, or the target is unusable.
+    """
+    from .io import columns_of, parquet_file, table_attrs
+
+    what = what or f"model '{meta['model']}'"
+    task, target, features = tasks.get(meta["task"]), meta.get("target"), list(meta["features"])
+    pf = parquet_file(path)
+    names = columns_of(path)
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
+    columns = scoring_columns(names, meta)
+    others = [c for c in columns if c not in features or c == target]  # what the task's targets may read
+    prepared = table_attrs(path).get(_attrs_key())
+    fill = {} if handles_missing(meta.get("family")) else (prepared or {}).get("fill") or {}
+    n_filled = 0
+    for batch in _record_batches(pf, columns, batch_size, path):
+        X = _arrow_matrix(batch, features)
+        n_filled += _fill(X, features, fill)
+        yield Dataset(
+            X=X,
+            y=task.targets(batch.select(others).to_pandas(), target, what, meta.get("classes")),
+            weights=_arrow_column(batch, WEIGHT),
+            fit_weights=None,
+            event_ids=_arrow_column(batch, EVENT_ID),
+            labels=_arrow_column(batch, LABEL),
+            columns=features,
+            classes=meta.get("classes"),
+            truth_llr=_arrow_column(batch, TRUTH_LLR),
+            prepared=prepared,
+        )
+    if n_filled:
+        log.info(
+            "%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)",
+            what,
+            n_filled,
+            meta.get("family"),
+        )
+
+
+def _record_batches(pf, columns: list, batch_size: int, path: str):
+    """The Arrow record batches of ``columns`` of the Parquet file ``pf``; one empty batch for no events.
+
+    Raises
+    ------
+    DataError
+        A batch cannot be read (naming ``path``).
+    """
+    import pyarrow as pa
+
+    with culprit(path, context="cannot read as parquet"):
+        batches = iter(pf.iter_batches(batch_size=batch_size, columns=columns))
+    n = 0
+    while True:
+        with culprit(path, context="cannot read as parquet"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        n += 1
+        yield batch
+    if not n:
+        yield pa.RecordBatch.from_pylist([], schema=pa.schema([pf.schema_arrow.field(c) for c in columns]))
+
+
+def _attrs_key() -> str:
+    from .features import ATTRS_KEY
+
+    return ATTRS_KEY
+
+
+def _arrow_matrix(batch, cols: list) -> np.ndarray:
+    """The columns ``cols`` of an Arrow record batch as a float32 matrix (n_events × n_features), nulls as NaN."""
+    X = np.empty((batch.num_rows, len(cols)), dtype=np.float32)
+    for j, c in enumerate(cols):
+        X[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+    return X
+
+
+def _arrow_column(batch, name: str):
+    """A column of an Arrow record batch as a numpy array, or None when absent."""
+    if name not in batch.schema.names:
+        return None
+    return batch.column(name).to_numpy(zero_copy_only=False)
+
+
+def _fill(X: np.ndarray, cols: list, fill: dict) -> int:
+    """Fill NaN in ``X`` (in place) with ``fill[column]``; return how many were filled."""
+    n = 0
+    for j, c in enumerate(cols):
+        if c in fill:
+            bad = np.isnan(X[:, j])
+            if bad.any():
+                X[bad, j] = fill[c]
+                n += int(bad.sum())
+    return n
 
 
 def _prepared(df) -> dict | None:

@@ -66,10 +66,10 @@ import math
 import numpy as np
 
 from . import cli, tasks
-from .columns import EVENT_ID, SCORE, SPLIT, WEIGHT
+from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
 from .dataset import fitted_events
-from .errors import DataError
-from .io import read_json, read_parquet, write_json
+from .errors import DataError, culprit
+from .io import columns_of, read_json, write_json
 
 log = logging.getLogger("hepml.evaluate")
 
@@ -115,19 +115,45 @@ def _records(extra, inference) -> dict:
     return rec
 
 
+#: the prediction-table columns evaluation reads (plus ``prob_<i>``): every
+#: column :mod:`hepml_steps.predict` writes, nothing another writer may add
+PREDICTION_COLUMNS = (EVENT_ID, SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR, TARGET)
+
+
 def _by_split(predictions: str, what: str) -> dict:
     """Prediction rows per split; ``train`` keeps the events the model was fitted on.
+
+    Reads only :data:`PREDICTION_COLUMNS` and ``prob_<i>``, one split at a
+    time (a filtered read: the predict step writes a split's rows together),
+    so memory holds the table once; each split's rows keep their row numbers
+    in the file as index, as a ``groupby`` of the whole table gives them.
 
     Raises
     ------
     DataError
-        A canonical column is missing, or there are no test events.
+        A canonical column is missing, the file is unreadable, or there are no test events.
     """
-    df = read_parquet(predictions)
-    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in df.columns]  # label: when labelled
+    import pyarrow.parquet as pq
+
+    names = columns_of(predictions)
+    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in names]  # label: when labelled
     if missing:
         raise DataError(f"{what}: missing column(s) {missing}")
-    by_split = {s: g for s, g in df.groupby(SPLIT, observed=True)}
+    wanted = [c for c in names if c in PREDICTION_COLUMNS or c.startswith(PROB)]
+    with culprit(predictions, context="cannot read as parquet"):
+        splits = pq.read_table(predictions, columns=[SPLIT], read_dictionary=[SPLIT])[SPLIT]
+        codes = splits.combine_chunks()
+        values, codes = codes.dictionary.to_pylist(), codes.indices.to_numpy(zero_copy_only=False)
+        by_split = {}
+        for i, s in sorted(enumerate(values), key=lambda v: str(v[1])):  # groupby's order
+            rows = np.flatnonzero(codes == i)
+            if not len(rows):
+                continue
+            part = pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", s)]).to_pandas()
+            if len(part) != len(rows):
+                raise DataError(f"{what}: split '{s}' read as {len(part)} rows, expected {len(rows)}")
+            part.index = rows
+            by_split[s] = part
     if by_split.get("test") is None or by_split["test"].empty:
         raise DataError(f"{what}: no test events")
     return by_split

@@ -9,6 +9,13 @@ checked by :mod:`hepml_steps.expressions` against what numexpr accepts
 element-wise functions; bounded in size and in constant powers) and only then
 evaluated with numexpr, so no arbitrary code can run and nothing runs for long.
 
+**Memory.** The fit reads only the columns it needs from the training split
+(the features and the derived columns' inputs, never the reserved ones) and
+holds them once as a float64 matrix (n_train × n_features); each split is
+then prepared :data:`BATCH_EVENTS` events at a time, reading only the
+columns the transform needs and writing the prepared table batch by batch
+(:func:`apply_file`): the same values as :func:`apply` of the whole split.
+
 A prepared table holds, in this order:
 
 - the reserved columns (:data:`~hepml_steps.columns.RESERVED`: ``event_id``,
@@ -73,15 +80,24 @@ training step's leakage check (:mod:`hepml_steps.leakage`) flags them.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 
 from . import cli
-from .columns import RESERVED, SPLITS, is_feature, target_copy
+from .columns import LABEL, PROCESS, RESERVED, SPLITS, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
 from .expressions import check_expression
-from .io import read_json, read_parquet, write_json, write_parquet
+from .io import (
+    ROW_GROUP_EVENTS,
+    atomic_path,
+    columns_of,
+    parquet_file,
+    read_json,
+    release_freed_memory,
+    write_json,
+)
 
 log = logging.getLogger("hepml.features")
 
@@ -109,6 +125,8 @@ ID_NAMES = (
 ID_MIN_EVENTS = 100
 #: key of the prepared table's Parquet metadata (``DataFrame.attrs``) read by :mod:`hepml_steps.dataset`
 ATTRS_KEY = "hepml"
+#: events per batch when the splits are prepared (:func:`apply_file`)
+BATCH_EVENTS = ROW_GROUP_EVENTS
 #: suffixes of the missing-indicator and one-hot columns
 MISSING_SUFFIX, CATEGORY_SUFFIX = "_missing", "_cat"
 
@@ -181,35 +199,75 @@ def _identifier(name: str, x: np.ndarray) -> str | None:
     return None
 
 
-def _choose(df, columns, available, train_path, max_categories):
-    """The numeric and categorical columns to use, and those left out (with why)."""
+def _candidates(dtypes: dict, columns, available: list, train_path: str) -> tuple[list, list]:
+    """The numeric (or boolean) and the categorical columns the features may use, by dtype.
+
+    Raises
+    ------
+    DataError
+        A listed column is not in the table.
+    """
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    listed = columns is not None
-    if listed:
+    if columns is not None:
         missing = [c for c in columns if c not in available]
         if missing:
             raise DataError(f"features.columns: {missing} not in {train_path} (available: {available})")
         columns = list(columns)
     else:
-        columns = [c for c in available if not is_bool_dtype(df[c].dtype)]
-    numeric, categorical, left_out = [], {}, {}
-    for c in columns:
-        if is_numeric_dtype(df[c].dtype) or is_bool_dtype(df[c].dtype):
-            numeric.append(c)
-            continue
-        cats = sorted(set(_category_values(df[c])), key=lambda v: (v is None, str(v)))
-        if len(cats) > max_categories:
+        columns = [c for c in available if not is_bool_dtype(dtypes[c])]
+    numeric = [c for c in columns if is_numeric_dtype(dtypes[c]) or is_bool_dtype(dtypes[c])]
+    return numeric, [c for c in columns if c not in numeric]
+
+
+def _choose(cats: dict, listed: bool, max_categories: int) -> tuple[dict, dict]:
+    """The categories of the categorical columns (``cats``: name -> whole training column),
+    and those left out (with why).
+
+    Raises
+    ------
+    DataError
+        A listed column with more than ``max_categories`` categories.
+    """
+    categorical, left_out = {}, {}
+    for c, values in cats.items():
+        found = sorted(set(_category_values(values)), key=lambda v: (v is None, str(v)))
+        if len(found) > max_categories:
             why = (
-                f"{len(cats)} distinct values on train, more than features.max_categories = {max_categories} "
+                f"{len(found)} distinct values on train, more than features.max_categories = {max_categories} "
                 "(an identifier or free text, not a category)"
             )
             if listed:
                 raise DataError(f"features.columns: '{c}' has {why}; raise features.max_categories or leave it out")
             left_out[c] = why
         else:
-            categorical[c] = cats
-    return numeric, categorical, left_out
+            categorical[c] = found
+    return categorical, left_out
+
+
+def _read_fit(train_path: str, need: list, derived: dict, numeric: list, categorical: list, batch_size: int):
+    """The training matrix of ``numeric`` (float64, n_train × n_numeric, C order, ±inf as NaN)
+    and the ``categorical`` columns (name -> whole column), read batch by batch.
+
+    The values are those of :func:`_numeric` of the whole column (derived
+    columns are element-wise, so computed per batch)."""
+    import pandas as pd
+
+    pf = parquet_file(train_path)
+    X = np.empty((pf.metadata.num_rows, len(numeric)))
+    parts, start = {c: [] for c in categorical}, 0
+    for batch in _batches(pf, need, batch_size, train_path):
+        df = _add_derived(batch.to_pandas(), derived)
+        stop = start + len(df)
+        for j, c in enumerate(numeric):
+            X[start:stop, j] = _numeric(df, c)
+        for c in categorical:
+            parts[c].append(df[c])
+        start = stop
+    if start != len(X):
+        raise DataError(f"{train_path}: read {start} events, its metadata says {len(X)}")
+    cats = {c: pd.concat(v, ignore_index=True) if len(v) > 1 else v[0].reset_index(drop=True) for c, v in parts.items()}
+    return X, cats
 
 
 def fit(
@@ -223,8 +281,14 @@ def fit(
     fill_value=None,
     missing_indicators=False,
     max_categories=MAX_CATEGORIES,
+    batch_size=None,
 ) -> dict:
     """Fit the transform on the training split; return it as a JSON-able dict.
+
+    Reads only the columns it needs, ``batch_size`` events at a time
+    (default :data:`BATCH_EVENTS`), into one float64 matrix
+    (n_train × n_numeric features): the fit's memory is that matrix plus
+    the temporary copies of NumPy's NaN-aware mean, standard deviation and median.
 
     Parameters
     ----------
@@ -247,6 +311,8 @@ def fit(
         Add a 0/1 column ``<name>_missing`` per column missing in some training event.
     max_categories : int
         Most categories a categorical column may have.
+    batch_size : int, optional
+        Events read at a time.
 
     Returns
     -------
@@ -263,31 +329,41 @@ def fit(
     DataError
         A selected column is missing or has too many categories; no feature column is left.
     """
+    import pandas as pd
+
     derived = dict(derived or {})
-    df = read_parquet(train_path)
+    names = columns_of(train_path)
     for name in derived:
-        if name in df.columns or name in RESERVED:
+        if name in names or name in RESERVED:
             raise ConfigError(f"features.derived.{name}: a column of that name already exists")
-    df = _add_derived(df, derived)
-    available = [c for c in df.columns if is_feature(c)]
-    numeric, categories, left_out = _choose(df, columns, available, train_path, int(max_categories))
-    raw = {c: _numeric(df, c) for c in numeric}
-    n_missing = {c: int(np.isnan(x).sum()) for c, x in raw.items()}
-    for c in numeric:
-        x = raw[c]
+    need = _fit_columns(names, columns, derived)
+    dtypes = parquet_file(train_path).schema_arrow.empty_table().select(need).to_pandas().dtypes.to_dict()
+    dtypes.update(dict.fromkeys(derived, np.dtype(np.float64)))
+    names = names + list(derived)
+    available = [c for c in names if is_feature(c)]
+    numeric, categorical = _candidates(dtypes, columns, available, train_path)
+    X, cats = _read_fit(train_path, need, derived, numeric, categorical, batch_size or BATCH_EVENTS)
+    n_events = len(X)
+    categories, left_out = _choose(cats, columns is not None, int(max_categories))
+    n_missing, identifiers = {}, {}
+    for j, c in enumerate(numeric):  # one column at a time: never a second copy of the matrix
+        x = np.ascontiguousarray(X[:, j])
+        n_missing[c] = int(np.isnan(x).sum())
         if n_missing[c] == len(x):
             left_out[c] = "missing (NaN/inf) in every training event"
         elif len(x):
             finite = x[~np.isnan(x)]
             if finite.std() <= CONSTANT_RTOL * np.abs(finite).max():
                 left_out[c] = f"constant on train ({finite.mean():.6g})"
+        if c not in left_out and (why := _identifier(c, x)):
+            identifiers[c] = why
     gone = [c for c in numeric if c in left_out]
     if gone:
         log.warning("feature column(s) left out: %s", {c: left_out[c] for c in gone})
     for c, why in left_out.items():
         if c not in gone:
             log.warning("categorical column '%s' left out: %s", c, why)
-    numeric = [c for c in numeric if c not in left_out]
+    numeric_read, numeric = numeric, [c for c in numeric if c not in left_out]
     if not numeric and not categories:
         raise DataError(f"no feature columns left in {train_path}" + (f" (left out: {left_out})" if left_out else ""))
     indicators = [c for c in numeric if missing_indicators and n_missing[c]]
@@ -296,31 +372,34 @@ def fit(
         + [c + MISSING_SUFFIX for c in indicators]
         + [f"{c}{CATEGORY_SUFFIX}{i}" for c, cats in categories.items() for i in range(len(cats))]
     )
-    clash = [o for o in outputs[len(numeric) :] if o in df.columns]
+    clash = [o for o in outputs[len(numeric) :] if o in names]
     if clash:
         raise DataError(
             f"feature column name(s) {clash} taken: the missing-indicator / one-hot columns of "
             "other columns need them; rename the columns"
         )
-    identifiers = {c: why for c in numeric if (why := _identifier(c, raw[c]))}
-    kept = sorted({t for t in targets or () if t in df.columns and t not in RESERVED})
+    kept = sorted({t for t in targets or () if t in names and t not in RESERVED})
     transform = {
         "columns": numeric + list(categories),
         "derived": derived,
         "standardize": bool(standardize),
         "targets": kept,
-        "n_fit_events": len(df),
+        "n_fit_events": n_events,
         "categories": categories,
         "missing_indicators": indicators,
         "left_out": left_out,
         "identifier_like": identifiers,
         "missing": {"train": {c: n for c, n in n_missing.items() if n and c in numeric}},
     }
-    X = np.column_stack([raw[c] for c in numeric]) if numeric else np.empty((len(df), 0))
+    gone = [j for j, c in enumerate(numeric_read) if c in left_out]
+    if gone:  # C order, as np.column_stack made it: the reductions below sum alike
+        X = np.ascontiguousarray(np.delete(X, gone, axis=1))
+    df = pd.DataFrame(cats, index=pd.RangeIndex(n_events))  # the categorical columns, for _assemble
     if standardize and numeric:
         mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
         transform.update(mean=mean.tolist(), std=std.tolist())
-        X = (X - mean) / std
+        X -= mean  # in place: the same values as (X - mean) / std, without two more copies
+        X /= std
     fill = np.nanmedian(X, axis=0) if numeric else np.empty(0)
     if fill_value is not None:
         fill = np.full(len(numeric), float(fill_value))
@@ -333,6 +412,23 @@ def fit(
         transform.update(_fit_pca(_assemble(df, X, transform, fill_missing=True)[0], int(pca)))
         transform["outputs"] = [f"pc{i}" for i in range(int(pca))]
     return transform
+
+
+def _fit_columns(names: list[str], columns, derived: dict) -> list[str]:
+    """The columns of the training split (``names``, in file order) that :func:`fit`
+    reads: the listed features (or every feature column) and the derived columns' inputs.
+
+    Raises
+    ------
+    ConfigError
+        A derived column's expression is refused (see :func:`hepml_steps.expressions.check_expression`).
+    """
+    known = [c for c in names if c not in RESERVED]
+    wanted = set(columns) if columns is not None else {c for c in names if is_feature(c)}
+    for name, expr in derived.items():
+        wanted.update(check_expression(name, expr, known))
+        known.append(name)
+    return [c for c in names if c in wanted]
 
 
 def _assemble(df, X, transform: dict, fill_missing: bool = False):
@@ -389,6 +485,17 @@ def apply(df, transform: dict, where: str = "table", counts: dict | None = None)
     DataError
         A column the transform needs is missing from ``df``, or a derived column fails.
     """
+    got = {}
+    table = _apply(df, transform, where, got)
+    if got["unseen"]:
+        log.warning("%s: values of categorical column(s) not seen in train (no category set): %s", where, got["unseen"])
+    if counts is not None:
+        counts.update(got)
+    return table
+
+
+def _apply(df, transform: dict, where: str, counts: dict):
+    """:func:`apply` without the warning; ``counts`` receives the ``missing`` and ``unseen`` counts."""
     import pandas as pd
 
     df = _add_derived(df.copy(), transform.get("derived", {}))
@@ -401,10 +508,7 @@ def apply(df, transform: dict, where: str = "table", counts: dict | None = None)
         X = (X - np.asarray(transform["mean"])) / np.asarray(transform["std"])
     n_missing = {c: int(n) for c, n in zip(numeric, np.isnan(X).sum(axis=0)) if n}
     X, unseen = _assemble(df, X, transform, fill_missing="pca_components" in transform)
-    if unseen:
-        log.warning("%s: values of categorical column(s) not seen in train (no category set): %s", where, unseen)
-    if counts is not None:
-        counts.update(missing=n_missing, unseen=unseen)
+    counts.update(missing=n_missing, unseen=unseen)
     if "pca_components" in transform:
         X = (X - np.asarray(transform["pca_mean"])) @ np.asarray(transform["pca_components"]).T
     out = df[[c for c in df.columns if c in RESERVED]].reset_index(drop=True)
@@ -418,6 +522,99 @@ def apply(df, transform: dict, where: str = "table", counts: dict | None = None)
     return table
 
 
+def _apply_columns(names: list[str], transform: dict) -> list[str]:
+    """The columns of a split (``names``, in file order) that applying ``transform`` reads:
+    the reserved ones (passed through), the features, the targets and the derived columns' inputs."""
+    known = [c for c in names if c not in RESERVED]
+    wanted = set(transform["columns"]) | set(transform.get("targets", []))
+    for name, expr in transform.get("derived", {}).items():
+        wanted.update(check_expression(name, expr, known))
+        known.append(name)
+    return [c for c in names if c in RESERVED or c in wanted]
+
+
+def apply_file(path: str, out: str, transform: dict, batch_size: int = BATCH_EVENTS) -> dict:
+    """Write the prepared table of the split ``path`` to ``out``, ``batch_size`` events at a time.
+
+    The same table as :func:`apply` of the whole split (row for row, value for
+    value), read as record batches of only the columns the transform needs
+    (:func:`_apply_columns`) and written batch by batch with one Parquet
+    writer, so memory holds one batch, not the split. ``out`` is written
+    atomically: on any error no (partial) file is left.
+
+    Parameters
+    ----------
+    path : str
+        A split (Parquet).
+    out : str
+        The prepared split (Parquet, zstd).
+    transform : dict
+        The fitted transform (:func:`fit`).
+    batch_size : int
+        Events per batch.
+
+    Returns
+    -------
+    dict
+        ``missing`` and ``unseen``: counts per column over the whole split.
+
+    Raises
+    ------
+    DataError
+        The split is missing or unreadable, lacks a column the transform
+        needs, or a derived column fails.
+    StorageError
+        ``out`` cannot be written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = parquet_file(path)
+    need = _apply_columns(columns_of(path), transform)
+    total = {"missing": {}, "unseen": {}}
+    with atomic_path(out) as tmp:
+        writer = None
+        try:
+            for batch in _batches(pf, need, batch_size, path):
+                got = {}
+                frame = _apply(batch.to_pandas(), transform, path, got)
+                for key in total:
+                    for c, n in got[key].items():
+                        total[key][c] = total[key].get(c, 0) + n
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    meta = {**(table.schema.metadata or {}), b"PANDAS_ATTRS": json.dumps(frame.attrs).encode()}
+                    schema = table.schema.with_metadata(meta)  # as DataFrame.to_parquet writes attrs
+                    # dictionary encoding for the class columns only: tried on unique
+                    # values (ids, features) it costs time and makes the file larger
+                    small = [c for c in (LABEL, PROCESS) if c in schema.names]
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=small)
+                with culprit(path, context="a batch's column types differ from the first batch's"):
+                    table = table.cast(schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+    if total["unseen"]:
+        log.warning(
+            "%s: values of categorical column(s) not seen in train (no category set): %s", path, total["unseen"]
+        )
+    return total
+
+
+def _batches(pf, columns: list[str], batch_size: int, path: str):
+    """The record batches of ``columns`` of the Parquet file ``pf``, as tables; one empty table for no events."""
+    import pyarrow as pa
+
+    with culprit(path, context="cannot read as parquet"):
+        any_rows = False
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            any_rows = True
+            yield pa.Table.from_batches([batch])
+        if not any_rows:
+            yield pf.schema_arrow.empty_table().select(columns)
+
+
 def features(
     inputs: dict[str, str],
     outs: dict[str, str],
@@ -427,18 +624,21 @@ def features(
     standardize=True,
     pca=None,
     targets=None,
+    batch_size: int | None = None,
     **options,
 ) -> dict:
     """Fit on ``inputs['train']``, write the transform and the three prepared splits.
 
     ``targets``: the models' target columns, kept unstandardised (see :func:`fit`);
     ``options``: ``fill_value``, ``missing_indicators``, ``max_categories`` of :func:`fit`.
+    The fit reads the training split's feature columns whole; the splits are
+    then prepared ``batch_size`` events at a time (:func:`apply_file`).
     The transform records the missing values and unseen categories per split and column."""
-    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, **options)
+    batch_size = batch_size or BATCH_EVENTS
+    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, batch_size=batch_size, **options)
     transform["missing"], transform["unseen"] = {}, {}
     for s in SPLITS:
-        counts = {}
-        write_parquet(outs[s], apply(read_parquet(inputs[s]), transform, inputs[s], counts))
+        counts = apply_file(inputs[s], outs[s], transform, batch_size)
         transform["missing"][s], transform["unseen"][s] = counts["missing"], counts["unseen"]
     write_json(transform_out, transform)
     return transform
@@ -473,6 +673,7 @@ def main(argv=None) -> int:
         )
 
     def call(a):
+        release_freed_memory()  # a process of its own: batches' memory goes back to the system
         prm = a.params
         opts = {k: prm[k] for k in ("fill_value", "missing_indicators", "max_categories") if prm.get(k) is not None}
         features(

@@ -14,12 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError, StorageError, culprit
+
+#: events per Parquet row group of the tables the steps write (split, features):
+#: a reader decodes about one row group at a time, so this bounds its memory
+ROW_GROUP_EVENTS = 65_536
 
 
 @contextlib.contextmanager
@@ -118,3 +123,84 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
         raise DataError(f"missing input file: {path}")
     with culprit(path, context="cannot read as parquet"):
         return pd.read_parquet(path, columns=columns)
+
+
+def parquet_file(path: str | os.PathLike):
+    """Open a Parquet file for reading by row group or record batch (``pyarrow.parquet.ParquetFile``).
+
+    Raises
+    ------
+    DataError
+        When the file is missing, corrupt or not Parquet (naming the file).
+    StorageError
+        When the system refuses to read it.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"missing input file: {path}")
+    with culprit(path, context="cannot read as parquet"):
+        return pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds a row group's column chunks at once
+
+
+def columns_of(path: str | os.PathLike) -> list[str]:
+    """The columns of a Parquet table, in file order, as pandas sees them (a
+    stored pandas index is not a column). Reads the footer only.
+
+    Raises
+    ------
+    DataError, StorageError
+        As :func:`parquet_file`.
+    """
+    schema = parquet_file(path).schema_arrow
+    index = set()
+    if schema.metadata and b"pandas" in schema.metadata:
+        with culprit(path, context="unreadable pandas metadata"):
+            meta = json.loads(schema.metadata[b"pandas"])
+        index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    return [c for c in schema.names if c not in index]
+
+
+def table_attrs(path: str | os.PathLike) -> dict:
+    """The ``DataFrame.attrs`` stored with a Parquet table (as pandas writes them), or {}.
+
+    Raises
+    ------
+    DataError, StorageError
+        As :func:`parquet_file`.
+    """
+    metadata = parquet_file(path).schema_arrow.metadata or {}
+    if b"PANDAS_ATTRS" not in metadata:
+        return {}
+    with culprit(path, context="unreadable table attributes"):
+        return json.loads(metadata[b"PANDAS_ATTRS"])
+
+
+#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def release_freed_memory(threshold: int = 128 * 1024) -> None:
+    """Make memory freed between batches go back to the system, for a step
+    that reads and writes tables batch by batch (call once, at its start).
+
+    Two allocators otherwise keep what a batch freed, so the process's peak
+    grows with the number of batches rather than staying at one batch:
+    pyarrow's default pool (mimalloc or jemalloc) keeps freed pages for
+    reuse, so Arrow is switched to the system allocator; and glibc raises its
+    mmap threshold after a large buffer is freed, so the next batch's
+    buffers come from the heap and are not returned, so the threshold is
+    fixed at ``threshold`` bytes (glibc only; elsewhere nothing is changed).
+    Process-wide: the step CLIs call it, library functions never do.
+    """
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, int(threshold))

@@ -195,14 +195,22 @@ def rank_inputs(df, columns, max_features: int = 40, importance: dict | None = N
 
 
 def input_distributions(
-    df, columns, out_dir, max_features: int = 40, per_page: int = 20, importance: dict | None = None, n_bins: int = 40
+    df,
+    columns,
+    out_dir,
+    max_features: int = 40,
+    per_page: int = 20,
+    importance: dict | None = None,
+    n_bins: int = 40,
+    sample: str = "",
 ) -> list[str]:
     """TMVAGui's first figure: each input variable's weighted distribution,
     signal vs background (of all events when unlabelled), normalised, with
     under- and overflow (outside the central 99 %) folded into the first and
     last bins, their fractions written in the panel. At most ``max_features``
     variables (see :func:`rank_inputs`), ``per_page`` per figure
-    ``input_variables_<page>.png``. Returns the paths written."""
+    ``input_variables_<page>.png``; ``sample`` is added to the title after
+    "train" (a subsample's note, :func:`train_sample`). Returns the paths written."""
     plt = _plt()
     out = Path(out_dir)
     chosen, how, score = rank_inputs(df, columns, max_features, importance, n_bins)
@@ -251,7 +259,7 @@ def input_distributions(
         axes.flat[0].legend(fontsize=7, loc="upper right")
         more = f", the {len(chosen)} of {len(columns)} with the largest {how}" if len(columns) > len(chosen) else ""
         fig.suptitle(
-            f"input variables (train, normalised, under/overflow folded into the end bins){more}; page {page}"
+            f"input variables (train{sample}, normalised, under/overflow folded into the end bins){more}; page {page}"
             f"/{len(pages)}",
             fontsize=10,
         )
@@ -793,6 +801,75 @@ def energy_plots(metrics: list[dict], out_dir: Path) -> list[str]:
 
 
 # -- steps ---------------------------------------------------------------------
+#: most training events the summary's input figures (distributions, correlations, PCA) read
+MAX_SUMMARY_EVENTS = 1_000_000
+#: salt of the event-id hash choosing that subsample (independent of the split's and the training cap's)
+SAMPLE_SALT = 0x9A11
+
+
+def _test_rows(predictions: str):
+    """The test rows of a prediction table, only the columns the ROC and significance figures draw.
+
+    Raises
+    ------
+    DataError
+        The file is missing or unreadable.
+    """
+    import pyarrow.parquet as pq
+
+    from .errors import culprit
+    from .io import columns_of
+
+    wanted = [c for c in columns_of(predictions) if c in (SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR)]
+    with culprit(predictions, context="cannot read as parquet"):
+        return pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", "test")]).to_pandas()
+
+
+def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: int = 262_144):
+    """The prepared training split's events the input figures draw, and a note for their titles.
+
+    Reads the label, weight and feature columns batch by batch. With at most
+    ``max_events`` events, all of them (note ``""``); else the events whose
+    hash of ``event_id`` (:func:`hepml_steps.split.uniform_from_id`, salt
+    :data:`SAMPLE_SALT`) is below ``max_events / n``: about ``max_events``
+    events, the same ones on every run and independent of the events' order
+    (note ``", a subsample of <k> of <n> events"``, also logged).
+
+    Returns
+    -------
+    (DataFrame, str)
+        The events (``label`` when labelled, ``weight``, the features), and the note.
+
+    Raises
+    ------
+    DataError
+        The file is missing or unreadable.
+    """
+    import pyarrow as pa
+
+    from .columns import EVENT_ID, is_feature
+    from .errors import culprit
+    from .io import columns_of, parquet_file
+    from .split import uniform_from_id
+
+    pf = parquet_file(path)
+    names = columns_of(path)
+    wanted = [c for c in names if c in (LABEL, WEIGHT) or is_feature(c)]
+    n = pf.metadata.num_rows
+    if n <= max_events:
+        with culprit(path, context="cannot read as parquet"):
+            return pf.read(columns=wanted).to_pandas(), ""
+    fraction, parts = max_events / n, []
+    with culprit(path, context="cannot read as parquet"):
+        for batch in pf.iter_batches(batch_size=batch_size, columns=[EVENT_ID, *wanted]):
+            keep = uniform_from_id(batch.column(EVENT_ID).to_numpy(zero_copy_only=False), SAMPLE_SALT) < fraction
+            parts.append(batch.filter(pa.array(keep)).drop_columns([EVENT_ID]))
+    table = pa.Table.from_batches(parts, schema=parts[0].schema) if parts else pf.schema_arrow.empty_table()
+    note = f", a subsample of {table.num_rows} of {n} events"
+    log.info("summary input figures: %s (plots max_events %d)", note[2:], max_events)
+    return table.to_pandas(), note
+
+
 def plot_model(
     model: str,
     predictions: str,
@@ -847,18 +924,23 @@ def plot_summary(
     out_dir: str,
     metrics: list[str] | None = None,
     max_input_features: int = 40,
+    max_events: int = MAX_SUMMARY_EVENTS,
 ) -> list[str]:
     """ROC curves of all models whose score separates signal from background
     (classifiers, anomaly detectors), input correlations per class (of all
     events when the inputs are unlabelled), and (given the metrics files) the
-    energy views across models."""
+    energy views across models.
+
+    The ROC and significance curves read the test rows of each prediction
+    table (the columns they draw only); the input figures read at most
+    ``max_events`` training events (:func:`train_sample`; the titles say when
+    they are a subsample). Returns the paths written."""
     from .columns import is_feature
-    from .io import read_parquet
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    preds = {m: read_parquet(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
+    preds = {m: _test_rows(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
     if preds:
         made += roc_curves(
             preds,
@@ -871,7 +953,7 @@ def plot_summary(
 
             docs = {d.get("model"): d for d in (read_json(p) for p in metrics)}
             made.append(significance_vs_efficiency(preds, docs, out / "significance_vs_efficiency.png"))
-    df = read_parquet(train_features)
+    df, sample = train_sample(train_features, max_events)
     cols = [c for c in df.columns if is_feature(c)]
     if not hepml_tasks.labelled(df):  # unlabelled inputs: one matrix of all events
         classes = [(df, "all", "all events")]
@@ -880,17 +962,19 @@ def plot_summary(
     for part, name, text in classes:
         if len(part) > 1:
             made.append(
-                correlation_matrix(part, cols, out / f"correlation_{name}.png", f"input correlations, {text} (train)")
+                correlation_matrix(
+                    part, cols, out / f"correlation_{name}.png", f"input correlations, {text} (train{sample})"
+                )
             )
     if cols and len(df):
-        made += input_distributions(df, cols, out, max_features=max_input_features)
+        made += input_distributions(df, cols, out, max_features=max_input_features, sample=sample)
     if len(cols) > 1 and len(df) > 1:
         made.append(
             pca_figure(
                 df[cols].to_numpy(),
                 df[LABEL].to_numpy() if hepml_tasks.labelled(df) else None,
                 out / "pca_inputs.png",
-                "principal components of the inputs (train)",
+                f"principal components of the inputs (train{sample})",
                 weights=np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None),
             )
         )
@@ -919,6 +1003,12 @@ def main(argv=None) -> int:
         ps.add_argument("--out-dir", required=True)
         ps.add_argument("--metrics", nargs="*", help="metrics.json files (energy views)")
         ps.add_argument("--max-input-features", type=int, default=40)
+        ps.add_argument(
+            "--max-events",
+            type=int,
+            default=MAX_SUMMARY_EVENTS,
+            help="most training events the input figures read (a deterministic subsample by event id beyond)",
+        )
         for q in (pm, ps):
             q.add_argument("--formats", nargs="+", default=["png"], help="png, plus e.g. pdf")
             q.add_argument("--units", default="{}", help="JSON {quantity: unit}")
@@ -931,7 +1021,16 @@ def main(argv=None) -> int:
         if a.what == "model":
             plot_model(a.model, a.predictions, a.metrics, a.record, a.out_dir, a.trials, a.importance, a.features_test)
         else:
-            plot_summary(a.predictions, a.models, a.tasks, a.train_features, a.out_dir, a.metrics, a.max_input_features)
+            plot_summary(
+                a.predictions,
+                a.models,
+                a.tasks,
+                a.train_features,
+                a.out_dir,
+                a.metrics,
+                a.max_input_features,
+                a.max_events,
+            )
 
     return cli.run(build, call, argv, __doc__)
 

@@ -8,9 +8,11 @@ and ``target`` for a task with a target) — the input of evaluation. How scores
 ``score`` is the index of its most probable class, ``prob_<i>`` the
 probability of class ``i`` and ``target`` the index of the true class (−1 for
 a class the model never saw); the index → value map is the model's
-``classes``. Inference runs in batches of ``batch_size`` events; the test
-split's inference is metered (time, CPU time, energy, events/s, J/event) and
-written to the step's record (``--record``).
+``classes``. Each split is read, scored and written in batches of
+``batch_size`` events (only the columns scoring needs are read); the test
+split's reading and inference are metered (time, CPU time, energy, events/s,
+J/event; ``scope: "read+inference"``) and written to the step's record
+(``--record``).
 """
 
 from __future__ import annotations
@@ -23,31 +25,56 @@ import numpy as np
 from . import cli, dataset, registry, tasks
 from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError
-from .io import write_json, write_parquet
+from .io import atomic_path, release_freed_memory, write_json
 
 log = logging.getLogger("hepml.predict")
 
 
-def _scores(model, X, batch_size: int, task, classes) -> np.ndarray:
-    """``model.predict_score`` of ``X`` (n_events × n_features), in batches of ``batch_size`` events."""
-    if not len(X):
-        return task.empty_scores(classes)
-    return np.concatenate([model.predict_score(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
+def _score(model, data, task, classes) -> np.ndarray:
+    """``model.predict_score`` of one batch (``task.empty_scores`` for no events)."""
+    return model.predict_score(data.X) if len(data) else task.empty_scores(classes)
 
 
 def _table(data, split: str, score, task):
-    """The prediction rows of one split (see the module docstring)."""
-    import pandas as pd
+    """The prediction rows of one batch of a split (see the module docstring), as an Arrow table."""
+    import pyarrow as pa
 
-    labels = {} if data.labels is None else {LABEL: data.labels}  # unlabelled inputs: no label column
-    part = pd.DataFrame(
-        {EVENT_ID: data.event_ids, SPLIT: split, **labels, WEIGHT: data.weights, **task.prediction_columns(score)}
-    )
+    n = len(data)
+    cols = {EVENT_ID: data.event_ids, SPLIT: pa.repeat(split, n).cast(pa.large_string())}
+    if data.labels is not None:  # unlabelled inputs: no label column
+        cols[LABEL] = data.labels
+    cols[WEIGHT] = data.weights
+    cols.update(task.prediction_columns(score))
     if data.truth_llr is not None:
-        part[TRUTH_LLR] = data.truth_llr
+        cols[TRUTH_LLR] = data.truth_llr
     if task.needs_target:
-        part[TARGET] = data.y
-    return part
+        cols[TARGET] = data.y
+    return pa.table(cols)
+
+
+class _Writer:
+    """Prediction tables appended to one Parquet file (zstd), the first table's schema for all."""
+
+    def __init__(self, path):
+        self.path, self.writer = path, None
+
+    def write(self, table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            # dictionary encoding for the split name and label only: tried on unique
+            # floats it costs half the write time and makes the file larger
+            self.writer = pq.ParquetWriter(
+                self.path,
+                table.schema,
+                compression="zstd",
+                use_dictionary=[c for c in (SPLIT, LABEL) if c in table.schema.names],
+            )
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def predict(
@@ -61,6 +88,19 @@ def predict(
 ) -> dict:
     """Score the three splits; return (and write to ``record_out``) the step's record.
 
+    Each split is read ``batch_size`` events at a time, only the columns
+    scoring needs (:func:`hepml_steps.dataset.iter_scoring`), scored and
+    appended to ``out``, so memory holds a batch, not a split. ``out`` is
+    written atomically: after any error there is no (partial) prediction table.
+
+    The test split is scored in two passes: the metered one reads its batches
+    and scores them, keeping only the scores (n_test values, or n_test ×
+    n_classes); the second reads the event columns again and writes the rows.
+    So the energy record (``energy.inference``, ``scope: "read+inference"``)
+    covers reading the feature columns and inference, not writing.
+    ``timing[split]["seconds"]`` is the inference alone (the ``predict_score``
+    calls), ``timing[split]["step_s"]`` the split's whole time (read, score, write).
+
     Parameters
     ----------
     model_dir : str
@@ -70,7 +110,7 @@ def predict(
     out : str
         The prediction table (Parquet).
     batch_size : int
-        Events per ``predict_score`` call.
+        Events per batch (read and ``predict_score`` call).
     threads : int
         CPU threads of inference.
     record_out : str, optional
@@ -83,10 +123,11 @@ def predict(
     ConfigError
         ``batch_size`` below 1.
     DataError
-        A feature column of the model is missing from a split, or its target is unusable.
+        A split is missing or unreadable, a feature column of the model is
+        missing from it, or its target is unusable.
+    StorageError
+        ``out`` cannot be written.
     """
-    import pandas as pd
-
     from .energy import step_meter
 
     if batch_size < 1:
@@ -95,19 +136,25 @@ def predict(
     model.n_threads = threads
     cls, task = registry.get(meta["family"]), tasks.get(meta["task"])
     model.use_device(meta.get("device", "cpu"))
-    parts, timing, inference = [], {}, None
-    for s in SPLITS:
-        data = dataset.read_scoring(inputs[s], meta)
-        meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
-        t0 = time.perf_counter()
-        with meter:
-            score = _scores(model, data.X, batch_size, task, meta.get("classes"))
-        timing[s] = {"n_events": len(data), "seconds": time.perf_counter() - t0}
-        if s == "test":
-            meter.set_events(len(data))
-            inference = {**meter.record, "batch_size": batch_size, "split": "test"}
-        parts.append(_table(data, s, score, task))
-    write_parquet(out, pd.concat(parts, ignore_index=True))
+    timing, inference = {}, None
+    with atomic_path(out) as tmp:
+        writer = _Writer(tmp)
+        try:
+            for s in SPLITS:
+                t0 = time.perf_counter()
+                if s != "test":
+                    n, seconds = _score_and_write(model, inputs[s], meta, batch_size, task, s, writer)
+                else:
+                    meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
+                    with meter:
+                        scores, seconds = _score_only(model, inputs[s], meta, batch_size, task)
+                    n = len(scores)
+                    meter.set_events(n)
+                    inference = {**meter.record, "batch_size": batch_size, "split": "test", "scope": "read+inference"}
+                    _write_scores(scores, inputs[s], meta, batch_size, task, s, writer)
+                timing[s] = {"n_events": n, "seconds": seconds, "step_s": time.perf_counter() - t0}
+        finally:
+            writer.close()
     record = {
         "model": meta["model"],
         "family": meta["family"],
@@ -126,6 +173,36 @@ def predict(
     return record
 
 
+def _score_and_write(model, path, meta, batch_size, task, split, writer) -> tuple[int, float]:
+    """Score a split batch by batch and write its rows; return (events, inference seconds)."""
+    n, seconds = 0, 0.0
+    for data in dataset.iter_scoring(path, meta, batch_size):
+        t0 = time.perf_counter()
+        score = _score(model, data, task, meta.get("classes"))
+        seconds += time.perf_counter() - t0
+        writer.write(_table(data, split, score, task))
+        n += len(data)
+    return n, seconds
+
+
+def _score_only(model, path, meta, batch_size, task) -> tuple[np.ndarray, float]:
+    """The scores of a split, batch by batch; return (scores, inference seconds)."""
+    parts, seconds = [], 0.0
+    for data in dataset.iter_scoring(path, meta, batch_size):
+        t0 = time.perf_counter()
+        parts.append(_score(model, data, task, meta.get("classes")))
+        seconds += time.perf_counter() - t0
+    return np.concatenate(parts), seconds
+
+
+def _write_scores(scores, path, meta, batch_size, task, split, writer) -> None:
+    """Write the rows of a split scored by :func:`_score_only`, reading its event columns again."""
+    start = 0
+    for data in dataset.iter_scoring(path, {**meta, "features": []}, batch_size):
+        writer.write(_table(data, split, scores[start : start + len(data)], task))
+        start += len(data)
+
+
 def main(argv=None) -> int:
     def build(p):
         p.add_argument("--model-dir", required=True, help="the trained model's directory")
@@ -137,11 +214,15 @@ def main(argv=None) -> int:
         p.add_argument("--record", help="step record JSON (timing and inference energy)")
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
+    def call(a):
+        release_freed_memory()  # a process of its own: batches' memory goes back to the system
+        return predict(
+            a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy
+        )
+
     return cli.run(
         build,
-        lambda a: predict(
-            a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy
-        ),
+        call,
         argv,
         __doc__,
         summary=lambda r: f"test inference {r['energy']['inference']['events_per_s'] or 0:.3g} events/s",

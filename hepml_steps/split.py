@@ -28,7 +28,7 @@ import numpy as np
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError
-from .io import atomic_path, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, write_json
 
 log = logging.getLogger("hepml.split")
 
@@ -163,7 +163,7 @@ def split(
                 n = int(mask.sum())
                 if n:
                     part = batch.filter(pa.array(mask))
-                    writers[s].write_batch(part)
+                    writers[s].write_batch(part, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory
                     counts[s] += n
                     if has_label:
                         _count_classes(part, per_class[s], weight_class[s], WEIGHT in names)

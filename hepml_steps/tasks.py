@@ -876,12 +876,12 @@ class Clustering(Task):
         return float(M.clustering_metrics(X, score, y_true=y)[objective])
 
     def figures(self, judged):
-        from .io import read_parquet
+        from .io import columns_of, read_parquet
 
         test, X = judged.test, None
         if judged.features:
-            ft = read_parquet(judged.features)
-            cols = judged.record.get("features") or [c for c in ft.columns if is_feature(c)]
+            cols = judged.record.get("features") or [c for c in columns_of(judged.features) if is_feature(c)]
+            ft = read_parquet(judged.features, columns=[EVENT_ID, *cols])  # only what the silhouette needs
             X = ft.set_index(EVENT_ID).loc[test[EVENT_ID].to_numpy(), cols].to_numpy(dtype=np.float64)
         labels = test[SCORE].to_numpy()
         if len(labels) < 2:
@@ -895,7 +895,7 @@ class Clustering(Task):
 
         if not drawn.features_test:
             return []
-        ft = read_parquet(drawn.features_test)
+        ft = read_parquet(drawn.features_test, columns=[EVENT_ID, *drawn.record["features"]])
         test = drawn.pred[drawn.pred[SPLIT] == "test"].set_index(EVENT_ID)
         labels = test.loc[ft[EVENT_ID].to_numpy(), SCORE].to_numpy()
         return [
@@ -936,7 +936,10 @@ class DimReduction(Task):
 
         if not drawn.features_test or len(drawn.record.get("features") or []) < 2:
             return []
-        ft = read_parquet(drawn.features_test)
+        from .io import columns_of
+
+        read = [c for c in (LABEL, WEIGHT) if c in columns_of(drawn.features_test)] + drawn.record["features"]
+        ft = read_parquet(drawn.features_test, columns=read)
         y = ft[LABEL].to_numpy() if labelled(ft) else None
         return [
             plots.pca_figure(

@@ -320,3 +320,19 @@ def test_optimal_cut_of_anomaly_scores(tmp_path):
     pred.to_parquet(tmp_path / "p.parquet")
     out = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "iso", "anomaly")
     assert out["metrics"]["z_max"] > 0 and out["metrics"]["optimal_cut"] is not None
+
+
+def test_splits_read_one_at_a_time_as_groupby_gives_them(tmp_path):
+    """The rows per split are those of a groupby of the whole table (index included),
+    and a column evaluation does not use is not read."""
+    from hepml_steps.evaluate import _by_split
+
+    df = predictions_table(500).sample(frac=1.0, random_state=1).reset_index(drop=True)  # splits interleaved
+    df["notes"] = "x" * 100
+    path = tmp_path / "p.parquet"
+    df.to_parquet(path, index=False, row_group_size=200)
+    got = _by_split(str(path), "m")
+    expected = {s: g.drop(columns="notes") for s, g in df.groupby("split", observed=True)}
+    assert list(got) == list(expected) == ["test", "train", "validation"]
+    for s in expected:
+        pd.testing.assert_frame_equal(got[s], expected[s], check_exact=True)

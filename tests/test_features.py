@@ -92,3 +92,98 @@ def test_derived_columns_cannot_read_reserved_columns(expr):
     )
     with pytest.raises(ConfigError, match="features.derived.d: unknown column"):
         _add_derived(df, {"d": expr})
+
+
+def rich_table(n, seed):
+    """Events with every kind of column the features step treats differently."""
+    rng = np.random.default_rng(seed)
+    df = make_events(n, seed=seed)
+    df["truth_llr"] = rng.normal(size=n)
+    df["f1"] = df["f1"].astype(np.float32)
+    df.loc[rng.random(n) < 0.1, "f2"] = np.nan  # missing values
+    df.loc[rng.random(n) < 0.02, "f3"] = np.inf  # ±inf: missing too
+    df["m_jj"] = rng.exponential(100.0, n)
+    df["cat"] = rng.choice(["a", "b", "c", None], n)
+    df["n_jet"] = rng.integers(0, 5, n)
+    df["const"] = 14.63  # left out: constant
+    df["empty"] = np.nan  # left out: missing everywhere
+    df["flag"] = rng.random(n) < 0.5  # boolean: not a default feature
+    return df
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"derived": {"s": "f0 + f1", "lg": "log(m_jj + 1)"}, "targets": ["m_jj", "s"], "missing_indicators": True},
+        {"derived": {"s": "f0 + f1"}, "pca": 3, "targets": ["m_jj"]},
+        {"columns": ["f0", "f2", "cat", "s"], "derived": {"s": "f0 * 2"}, "standardize": False, "fill_value": 0.5},
+    ],
+)
+def test_batches_give_the_whole_table_value_for_value(kw, tmp_path):
+    """Prepared batch by batch (batches smaller than a row group and across them),
+    a split is the table ``apply`` makes of the whole split, its attrs included."""
+    paths = {}
+    for i, s in enumerate(("train", "validation", "test")):
+        paths[s] = str(tmp_path / f"{s}.parquet")
+        df = rich_table(1200 + 7 * i, i)
+        if s == "test":
+            df.loc[0, "cat"] = "unseen"
+        df.to_parquet(paths[s], index=False, row_group_size=300)
+    outs = {s: str(tmp_path / f"out_{s}.parquet") for s in paths}
+    t = ft.features(paths, outs, str(tmp_path / "t.json"), batch_size=128, **kw)
+    options = {k: v for k, v in kw.items() if k not in ("columns", "derived", "targets")}
+    # the fit read in one batch is the fit read in batches of 128 events
+    whole = ft.fit(
+        paths["train"], kw.get("columns"), kw.get("derived"), targets=kw.get("targets"), batch_size=10**9, **options
+    )
+    assert json.dumps(whole) == json.dumps(
+        {k: v for k, v in t.items() if k not in ("unseen",)} | {"missing": whole["missing"]}
+    )
+    if "columns" not in kw:
+        assert {"const", "empty"} <= t["left_out"].keys() and "flag" not in t["columns"]
+    for s in paths:
+        counts = {}
+        whole = ft.apply(pd.read_parquet(paths[s]), t, s, counts)
+        got = pd.read_parquet(outs[s])
+        pd.testing.assert_frame_equal(got, whole, check_exact=True)
+        assert got.attrs == whole.attrs and got.attrs["hepml"]["identifier_like"] == t["identifier_like"]
+        assert t["missing"][s] == counts["missing"] and t["unseen"][s] == counts["unseen"]
+    assert t["unseen"]["test"] == ({"cat": 1} if "cat" in t["columns"] else {})
+
+
+def test_reads_only_the_columns_it_needs(splits, tmp_path, monkeypatch):
+    """An extra wide column is never read, neither by the fit nor when the splits are prepared."""
+    import pyarrow.parquet as pq
+
+    for p in splits.values():
+        df = pd.read_parquet(p)
+        df["blob"] = ["x" * 1000] * len(df)
+        df.to_parquet(p, index=False)
+    asked = []
+    read_table, iter_batches = pq.read_table, pq.ParquetFile.iter_batches
+    monkeypatch.setattr(
+        pq,
+        "read_table",
+        lambda path, columns=None, **kw: asked.append(columns) or read_table(path, columns=columns, **kw),
+    )
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "iter_batches",
+        lambda self, *a, columns=None, **kw: asked.append(columns) or iter_batches(self, *a, columns=columns, **kw),
+    )
+    outs = {s: str(tmp_path / f"out_{s}.parquet") for s in splits}
+    ft.features(splits, outs, str(tmp_path / "transform.json"), columns=["f0", "f1"])
+    assert asked[0] == ["f0", "f1"]  # the fit: the features only
+    assert asked[1:] == [["event_id", "label", "weight", "f0", "f1"]] * 3  # each split: passed through + features
+    assert list(pd.read_parquet(outs["test"]).columns) == ["event_id", "label", "weight", "f0", "f1"]
+
+
+def test_failed_split_leaves_no_output(splits, tmp_path):
+    """A split that fails half-way (a column of the transform absent) leaves no prepared file."""
+    df = pd.read_parquet(splits["test"]).drop(columns=["f3"])
+    df.to_parquet(splits["test"], index=False)
+    outs = {s: str(tmp_path / f"out_{s}.parquet") for s in splits}
+    with pytest.raises(DataError, match=r"\['f3'\]"):
+        ft.features(splits, outs, str(tmp_path / "t.json"), batch_size=100)
+    assert not (tmp_path / "out_test.parquet").exists() and not (tmp_path / "t.json").exists()
+    assert not list(tmp_path.glob(".out_test*"))  # no temporary file either

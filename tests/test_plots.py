@@ -339,3 +339,38 @@ def test_pdf_beside_png_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "FORMATS", ("png",))
     plots.anomaly_scores(_predictions(0), tmp_path / "b.png", "ae")
     assert not (tmp_path / "b.pdf").exists()
+
+
+def test_summary_input_figures_use_a_deterministic_subsample(tmp_path, captured):
+    """Beyond max_events training events the input figures draw a subsample chosen by
+    event id (the same whatever the order of the events), and their titles say so."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    train = pd.DataFrame(
+        {
+            "event_id": np.arange(n, dtype=np.int64) * 11,
+            "label": rng.integers(0, 2, n).astype(np.int8),
+            "weight": rng.uniform(0.5, 2.0, n),
+            "truth_llr": rng.normal(size=n),
+            "f0": rng.normal(size=n).astype(np.float32),
+            "f1": rng.normal(size=n).astype(np.float32),
+        }
+    )
+    path = tmp_path / "train.parquet"
+    train.to_parquet(path, index=False, row_group_size=500)
+    df, note = plots.train_sample(str(path), 1000)
+    assert list(df.columns) == ["label", "weight", "f0", "f1"] and 800 < len(df) < 1200
+    assert note == f", a subsample of {len(df)} of {n} events"
+    shuffled = tmp_path / "shuffled.parquet"
+    train.sample(frac=1.0, random_state=0).to_parquet(shuffled, index=False)
+    again, _ = plots.train_sample(str(shuffled), 1000)
+    key = ["f0", "f1"]
+    assert again.sort_values(key).reset_index(drop=True).equals(df.sort_values(key).reset_index(drop=True))
+    whole, note = plots.train_sample(str(path), n)
+    assert note == "" and len(whole) == n
+    pred = tmp_path / "p.parquet"
+    pd.concat([_predictions(0).assign(split="train"), _predictions(1)]).to_parquet(pred, index=False)
+    plots.plot_summary([str(pred)], ["m"], ["classification"], str(path), str(tmp_path / "out"), max_events=1000)
+    title = captured["correlation_signal.png"].axes[0].get_title()
+    assert f"a subsample of {len(df)} of {n} events" in title
+    assert "a subsample" in captured["input_variables_1.png"]._suptitle.get_text()

@@ -239,3 +239,113 @@ def test_xgboost_uses_cuda_for_inference_when_usable(prepared, tmp_path, monkeyp
     monkeypatch.setattr(model.booster, "set_param", lambda p: set_to.append(p))
     model.use_device("cuda")
     assert set_to == [{"device": "cuda"}] and model.info["device"] == "cuda"
+
+
+def multi_row_groups(paths, extra=False):
+    """Rewrite the splits with several row groups (400 events), a Bayes score and, with
+    ``extra``, a wide column scoring never needs."""
+    for p in paths.values():
+        df = pd.read_parquet(p)
+        df["truth_llr"] = np.linspace(-1.0, 1.0, len(df))
+        if extra:
+            df["blob"] = ["x" * 500] * len(df)
+        df.to_parquet(p, index=False, row_group_size=400)
+
+
+def test_streamed_predictions_are_those_of_the_whole_split(prepared, tmp_path):
+    """Batches smaller than a row group and across row groups give, row for row,
+    the table the whole-split path (read_scoring, one predict_score, pandas) gave."""
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 10, "max_depth": 3}})
+    multi_row_groups(prepared)
+    out = tmp_path / "pred.parquet"
+    rec = pr.predict(str(tmp_path / "m"), prepared, str(out), batch_size=150)
+    model, meta = registry.load_model(tmp_path / "m")
+    expected = []
+    for s in SPLITS:
+        d = ds.read_scoring(prepared[s], meta)
+        columns = {"event_id": d.event_ids, "split": s, "label": d.labels, "weight": d.weights}
+        expected.append(pd.DataFrame({**columns, "score": model.predict_score(d.X), "truth_llr": d.truth_llr}))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.concat(expected, ignore_index=True), check_exact=True)
+    assert {s: t["n_events"] for s, t in rec["timing"].items()} == dict.fromkeys(SPLITS, 1500)
+    inference = rec["energy"]["inference"]
+    assert inference["scope"] == "read+inference" and inference["events"] == 1500 and inference["batch_size"] == 150
+
+
+def test_scoring_reads_only_the_columns_it_needs(prepared, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    multi_row_groups(prepared, extra=True)
+    asked, iter_batches = [], pq.ParquetFile.iter_batches
+
+    def spy(self, *a, columns=None, **kw):
+        asked.append(columns)
+        return iter_batches(self, *a, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=500)
+    needed = ["event_id", "label", "weight", "f0", "f1", "f2", "f3", "truth_llr"]
+    assert asked[0] == needed and all(c is not None and "blob" not in c for c in asked)
+    assert asked[-1] == ["event_id", "label", "weight", "truth_llr"]  # the test split's rows: no features again
+
+
+def test_iter_scoring_batches_are_read_scoring(tmp_path):
+    """Concatenated, the batches are read_scoring's Dataset, NaN filled for a family that needs it."""
+    from hepml_steps import features as ft
+
+    paths = {}
+    for i, s in enumerate(SPLITS):
+        df = make_events(900, seed=i)
+        df.loc[df.index % 7 == 0, "f2"] = np.nan
+        paths[s] = str(tmp_path / f"raw_{s}.parquet")
+        df.to_parquet(paths[s], index=False)
+    outs = {s: str(tmp_path / f"{s}.parquet") for s in SPLITS}
+    ft.features(paths, outs, str(tmp_path / "t.json"))
+    cols = ["f0", "f1", "f2", "f3"]
+    for family in ("logistic_regression", "xgboost"):
+        meta = {"model": "m", "task": "classification", "features": cols, "family": family}
+        whole = ds.read_scoring(outs["test"], meta)
+        parts = list(ds.iter_scoring(outs["test"], meta, 128))
+        assert [len(p) for p in parts] == [128] * 7 + [4]
+        for field in ("X", "y", "weights", "event_ids", "labels"):
+            got = np.concatenate([getattr(p, field) for p in parts])
+            assert (
+                np.array_equal(got, getattr(whole, field), equal_nan=True) and got.dtype == getattr(whole, field).dtype
+            )
+        assert parts[0].prepared == whole.prepared and parts[0].truth_llr is None and whole.truth_llr is None
+        assert np.isnan(whole.X).any() == (family == "xgboost")  # xgboost handles NaN: not filled
+
+
+def test_failed_prediction_leaves_no_table(prepared, tmp_path, monkeypatch):
+    """An error half-way through the stream (here in inference) leaves no prediction file."""
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    load, calls = registry.load_model, []
+
+    def failing(*a, **kw):
+        model, meta = load(*a, **kw)
+        score = model.predict_score
+
+        def predict_score(X):
+            calls.append(len(X))
+            if len(calls) == 12:
+                raise DataError("inference failed")
+            return score(X)
+
+        model.predict_score = predict_score
+        return model, meta
+
+    monkeypatch.setattr(registry, "load_model", failing)
+    with pytest.raises(DataError, match="inference failed"):
+        pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=200)
+    assert len(calls) == 12 and not list(tmp_path.glob("*pred*"))  # nor a temporary file
+
+
+def test_split_without_events_gives_its_empty_part(prepared, tmp_path):
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    pd.read_parquet(prepared["validation"]).iloc[:0].to_parquet(prepared["validation"], index=False)
+    rec = pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=1000)
+    p = pd.read_parquet(tmp_path / "pred.parquet")
+    assert rec["timing"]["validation"]["n_events"] == 0 and p["split"].value_counts().to_dict() == {
+        "train": 1500,
+        "test": 1500,
+    }
