@@ -34,12 +34,16 @@ it prints:
   * train: the model's feature matrix, ``n_train`` (train record) × features ×
     4 bytes (``dataset.feature_matrix`` builds float32 for every family);
   * generate: one chunk (``data.toy.chunk_size`` events) of the generated
-    table; ingest: one chunk (``data.chunk_size`` events) of its output table;
+    table; ingest: one chunk (``data.files.chunk_size`` events, ingest's default
+    for the toy) of its output table;
   * predict, importance: one batch (``evaluation.inference_batch_size``
     events) of the columns read from a prepared split (the model's features,
     ``event_id``, ``label``, ``weight``, ``truth_llr``);
   * split, features, evaluate, plots, summary_plots: one row group (the
-    largest) of every input, all its columns;
+    largest) of every event table it reads, all its columns (split: the
+    events; features: the three splits; evaluate: the predictions; plots: the
+    predictions and the prepared test split; summary_plots: every model's
+    predictions and the prepared train split);
   * leaderboard, report_front, track, track_summary: none (they read no event
     table: ``-``);
 
@@ -261,7 +265,10 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
     if rule == "generate":
         return batch_bytes(res / "data" / "toy.parquet", cfg["data"]["toy"]["chunk_size"]), n_all
     if rule == "ingest":
-        return batch_bytes(res / "data" / "events.parquet", cfg["data"]["files"]["chunk_size"]), n_all
+        from hepml_steps.inputs import CHUNK_SIZE  # the toy input is read with ingest's default chunk
+
+        chunk = cfg["data"]["files"]["chunk_size"] if cfg["data"]["source"] == "files" else CHUNK_SIZE
+        return batch_bytes(res / "data" / "events.parquet", chunk), n_all
     if rule == "split":
         return batch_bytes(res / "data" / "events.parquet"), n_all
     if rule == "features":
