@@ -124,18 +124,29 @@ ORDER = [
 
 # -- peak memory of the step processes ---------------------------------------------------
 class PeakPoller(threading.Thread):
-    """Polls the process tree under ``pid`` and keeps every process's VmHWM (bytes),
-    parent and argv, until stopped."""
+    """Polls the process tree under ``pid`` and keeps every process's VmHWM (bytes), parent
+    and step (:func:`job_name` of its argv), until stopped. A process is keyed by (pid, start
+    time), so a reused pid is another process; its argv is read at every poll until it names
+    a step (a forked shell becomes the step's python when it execs)."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
-        self.hwm: dict[int, int] = {}
-        self.parent: dict[int, int] = {}
-        self.argv: dict[int, list[str]] = {}
+        self.hwm: dict[tuple, int] = {}
+        self.parent: dict[tuple, tuple] = {}
+        self.job: dict[tuple, str] = {}
         self._halt = threading.Event()
 
-    def _children(self, pid: int) -> list[int]:
+    @staticmethod
+    def _key(pid: int) -> tuple | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return pid, int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
         out = []
         try:
             for task in os.listdir(f"/proc/{pid}/task"):
@@ -146,24 +157,27 @@ class PeakPoller(threading.Thread):
         return out
 
     def _sample(self) -> None:
-        todo = [self.pid]
+        todo = [(self.pid, self._key(self.pid))]
         while todo:
-            pid = todo.pop()
-            kids = self._children(pid)
-            for k in kids:
-                self.parent[k] = pid
-            todo += kids
-            if pid == self.pid:
+            pid, key = todo.pop()
+            for k in self._children(pid):
+                kk = self._key(k)
+                if kk is not None:
+                    self.parent[kk] = key
+                    todo.append((k, kk))
+            if pid == self.pid or key is None:
                 continue
             try:
-                if pid not in self.argv:
+                if key not in self.job:
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        self.argv[pid] = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+                        name = job_name([a.decode(errors="replace") for a in f.read().split(b"\0") if a])
+                    if name:
+                        self.job[key] = name
                 with open(f"/proc/{pid}/status") as f:
                     text = f.read()
                 if "VmHWM:" in text:
                     kib = int(text.split("VmHWM:")[1].split()[0])
-                    self.hwm[pid] = max(self.hwm.get(pid, 0), kib * 1024)
+                    self.hwm[key] = max(self.hwm.get(key, 0), kib * 1024)
             except (OSError, ValueError, IndexError):
                 pass
 
@@ -179,18 +193,13 @@ class PeakPoller(threading.Thread):
     def steps(self) -> dict[str, int]:
         """Job name (``rule`` or ``rule/model``) -> peak bytes: the step process's VmHWM
         plus those of the processes it started."""
-        job_of: dict[int, str] = {}
-        for pid, argv in self.argv.items():
-            name = job_name(argv)
-            if name:
-                job_of[pid] = name
         peaks: dict[str, int] = {}
-        for pid, hwm in self.hwm.items():
-            p = pid
-            while p in self.parent and p not in job_of:
-                p = self.parent[p]
-            if p in job_of:
-                peaks[job_of[p]] = peaks.get(job_of[p], 0) + hwm
+        for key, hwm in self.hwm.items():
+            k = key
+            while k in self.parent and k not in self.job:
+                k = self.parent[k]
+            if k in self.job:
+                peaks[self.job[k]] = peaks.get(self.job[k], 0) + hwm
         return peaks
 
 
