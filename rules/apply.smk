@@ -14,6 +14,8 @@ rule apply:
         tree=lambda wc: opt("--tree", APPLY[wc.applied]["tree"]),
         fmt=lambda wc: opt("--format", APPLY[wc.applied]["format"]),
         chunk=config["apply"]["chunk_size"],
+    benchmark:
+        f"{RES}/benchmarks/apply/{{applied}}.tsv"
     log:
         f"{RES}/logs/apply/{{applied}}.log",
     conda:

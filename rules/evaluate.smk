@@ -18,6 +18,8 @@ rule evaluate:
         bkg_uncertainty=config["evaluation"]["bkg_uncertainty"],
         test_fraction=config["split"]["fractions"]["test"],
         features=lambda wc, input: opt("--features", input.features),
+    benchmark:
+        f"{RES}/benchmarks/evaluate/{{model}}.tsv"
     log:
         f"{RES}/logs/evaluate/{{model}}.log",
     conda:

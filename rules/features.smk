@@ -10,6 +10,8 @@ rule features:
         step=step("features"),
         cfg=lambda wc: jq(config["features"]),
         targets=jq(model_targets()),
+    benchmark:
+        f"{RES}/benchmarks/features.tsv"
     log:
         f"{RES}/logs/features.log",
     conda:

@@ -9,6 +9,8 @@ rule generate:
         seed=config["seed"],
         yields=lambda wc: jq(config["data"]["toy"]["yields"]),
         physics=lambda wc: jq(config["data"]["toy"]["physics"]),
+    benchmark:
+        f"{RES}/benchmarks/generate.tsv"
     log:
         f"{RES}/logs/generate.log",
     conda:

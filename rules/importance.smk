@@ -8,6 +8,8 @@ rule importance:
     params:
         step=step("importance"),
         seed=config["seed"],
+    benchmark:
+        f"{RES}/benchmarks/importance/{{model}}.tsv"
     log:
         f"{RES}/logs/importance/{{model}}.log",
     conda:

@@ -12,6 +12,8 @@ rule ingest:
         opts=lambda wc: ingest_options(),
         settings=lambda wc: ingest_extra(),
         nonfinite=config["data"]["nonfinite"],
+    benchmark:
+        f"{RES}/benchmarks/ingest.tsv"
     log:
         f"{RES}/logs/ingest.log",
     conda:

@@ -9,6 +9,8 @@ rule leaderboard:
         md=f"{RES}/leaderboard.md",
     params:
         step=step("leaderboard"),
+    benchmark:
+        f"{RES}/benchmarks/leaderboard.tsv"
     log:
         f"{RES}/logs/leaderboard.log",
     conda:

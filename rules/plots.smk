@@ -22,6 +22,8 @@ rule plots:
         trials=lambda wc, input: opt("--trials", input.trials),
         formats=config["plots"]["formats"],
         units=jq(config["plots"]["units"]),
+    benchmark:
+        f"{RES}/benchmarks/plots/{{model}}.tsv"
     log:
         f"{RES}/logs/plots/{{model}}.log",
     conda:
@@ -54,6 +56,8 @@ rule summary_plots:
         formats=config["plots"]["formats"],
         units=jq(config["plots"]["units"]),
         max_inputs=config["plots"]["max_input_features"],
+    benchmark:
+        f"{RES}/benchmarks/summary_plots.tsv"
     log:
         f"{RES}/logs/plots/summary.log",
     conda:
@@ -76,6 +80,8 @@ rule report_front:
         f"{RES}/report/front.rst",
     params:
         step=step("report"),
+    benchmark:
+        f"{RES}/benchmarks/report_front.tsv"
     log:
         f"{RES}/logs/report_front.log",
     conda:

@@ -14,6 +14,8 @@ rule predict:
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
+    benchmark:
+        f"{RES}/benchmarks/predict/{{model}}.tsv"
     log:
         f"{RES}/logs/predict/{{model}}.log",
     conda:

@@ -10,6 +10,8 @@ rule split:
         fractions=lambda wc: jq(config["split"]["fractions"]),
         salt=config["split"]["salt"],
         min_events=config["split"]["min_events_per_class"],
+    benchmark:
+        f"{RES}/benchmarks/split.tsv"
     log:
         f"{RES}/logs/split.log",
     conda:

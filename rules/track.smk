@@ -32,6 +32,8 @@ rule track:
         spec=lambda wc: jq(MODELS[wc.model]),
         workflow=workflow.basedir,
         results=results_of,
+    benchmark:
+        f"{RES}/benchmarks/track/{{model}}.tsv"
     log:
         f"{RES}/logs/track/{{model}}.log",
     conda:
@@ -58,6 +60,8 @@ rule track_summary:
     params:
         step=step("track", "summary"),
         results=results_of,
+    benchmark:
+        f"{RES}/benchmarks/track_summary.tsv"
     log:
         f"{RES}/logs/track/summary.log",
     conda:

@@ -18,6 +18,8 @@ rule train:
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
+    benchmark:
+        f"{RES}/benchmarks/train/{{model}}.tsv"
     log:
         f"{RES}/logs/train/{{model}}.log",
     conda:

@@ -18,6 +18,8 @@ rule tune:
     threads: lambda wc: MODELS[wc.model]["threads"]
     resources:
         **gpu_resources(),
+    benchmark:
+        f"{RES}/benchmarks/tune/{{model}}.tsv"
     log:
         f"{RES}/logs/tune/{{model}}.log",
     conda:

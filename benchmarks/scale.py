@@ -1,0 +1,630 @@
+"""The whole workflow at 1M, 10M (and 100M) events: time and memory per step.
+
+    python benchmarks/scale.py --events 1e6 1e7 [1e8] [--cores 2] [--out DIR] [--json FILE]
+
+For each size it writes a config (a copy of ``config/config.yaml`` with
+``data.toy.n_events`` set, ``select_models: [bdt, mlp]`` — the XGBoost BDT and
+the PyTorch MLP with their default parameters —, tuning off, MLflow tracking on
+as in a normal run; ``--no-tracking`` turns it off, ``--configfile`` merges
+more over it) into ``<out>/events_<n>/`` and runs the real workflow there:
+``python -m snakemake -s Snakefile --directory <out>/events_<n> --configfile
+... --cores N``. Nothing is written inside the checkout.
+
+Per step (one Snakemake job: ``train/bdt``, ``predict/mlp``, ``features``...)
+it prints:
+
+- ``wall s``: the job's wall time, from its ``benchmark:`` file
+  (``results/benchmarks/<rule>[/<model>].tsv``, column ``s``);
+- ``events/s``: the events the step handles over its wall time (generate,
+  ingest, split, features: every event; train: the model's training events;
+  predict: every event, three splits; evaluate, plots: the prediction table's
+  rows; importance: the test split; summary_plots: the training split);
+- ``peak MiB``: the step process's peak RSS — its kernel high-water mark
+  (``VmHWM``), polled every 0.05 s from ``/proc`` by this script while the job
+  runs, plus that of any process the step starts; or Snakemake's ``max_rss``
+  when larger (Snakemake samples RSS every 0.5 s, and only every 30 s after the
+  first 15 s, so alone it misses short peaks);
+- ``base MiB``: the same step's peak in a run at ``--baseline-events`` (20k by
+  default): the interpreter, the libraries and the model, what does not grow
+  with the events (``--baseline-events 0``: no baseline run, base 0);
+- ``needed MiB``: the in-memory size of the columns the step needs at once,
+  from the Parquet files' metadata (rows, columns, types; fixed-width types
+  take their width, others their uncompressed size per row):
+
+  * train: the model's feature matrix, ``n_train`` (train record) × features ×
+    4 bytes (``dataset.feature_matrix`` builds float32 for every family);
+  * generate: one chunk (``data.toy.chunk_size`` events) of the generated
+    table; ingest: one chunk (``data.files.chunk_size`` events, ingest's default
+    for the toy) of its output table;
+  * predict, importance: one batch (``evaluation.inference_batch_size``
+    events) of the columns read from a prepared split (the model's features,
+    ``event_id``, ``label``, ``weight``, ``truth_llr``);
+  * split, features, evaluate, plots, summary_plots: one row group (the
+    largest) of every event table it reads, all its columns (split: the
+    events; features: the three splits; evaluate: the predictions; plots: the
+    predictions and the prepared test split; summary_plots: every model's
+    predictions and the prepared train split);
+  * leaderboard, report_front, track, track_summary: none (they read no event
+    table: ``-``);
+
+  each capped at the input's rows;
+- ``ratio``: (peak - base) / needed; target <= 1.5 (pass/fail); a step with
+  no needed size has no target.
+
+Then, per model: ``predict/bare``, the predict step's wall time over the bare
+work, timed here in one warm process at the same size: reading the model's
+feature columns of the three prepared splits with pyarrow, as one float32
+matrix, and scoring them in batches of ``evaluation.inference_batch_size``
+(XGBoost ``Booster.inplace_predict`` on the saved ``model.ubj``; the MLP's
+torch module in eval mode under ``inference_mode``); target <= 1.3. With
+``--bare-fit`` (it takes as long as training again), per model the fit time of
+the train record (``fit_seconds``: the family's fit, no I/O) over the bare
+library fit of ``benchmarks/overhead.py`` on the same training events, as many
+trees / epochs as the family ran; target <= 1.05. Without it, see
+``benchmarks/overhead.py`` (``family fit`` column).
+
+With two sizes or more: for each consecutive pair, every step's time ratio
+and the end-to-end one (``snakemake`` wall time), against the goal of 1.1 ×
+the events ratio (<= 11 from 1M to 10M: linear).
+
+``--json FILE`` writes every number above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = ".hepml-scale"
+MODELS = ["bdt", "mlp"]
+TARGET_RSS = 1.5
+TARGET_PREDICT = 1.3
+TARGET_FIT = 1.05
+MiB = 1024.0 * 1024.0
+# step-module argv -> rule name (plots/track take a sub-command)
+RULE_OF = {
+    ("plots", "model"): "plots",
+    ("plots", "summary"): "summary_plots",
+    ("track", "model"): "track",
+    ("track", "summary"): "track_summary",
+    ("report", None): "report_front",
+}
+FIXED = {"leaderboard", "report_front", "track", "track_summary"}
+ORDER = [
+    "generate",
+    "ingest",
+    "split",
+    "features",
+    "tune",
+    "train",
+    "predict",
+    "evaluate",
+    "importance",
+    "plots",
+    "summary_plots",
+    "leaderboard",
+    "report_front",
+    "track",
+    "track_summary",
+    "apply",
+]
+
+
+# -- peak memory of the step processes ---------------------------------------------------
+class PeakPoller(threading.Thread):
+    """Polls the process tree under ``pid`` and keeps every process's VmHWM (bytes), parent
+    and step (:func:`job_name` of its argv), until stopped. A process is keyed by (pid, start
+    time), so a reused pid is another process; its argv is read at every poll until it names
+    a step (a forked shell becomes the step's python when it execs)."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.hwm: dict[tuple, int] = {}
+        self.parent: dict[tuple, tuple] = {}
+        self.job: dict[tuple, str] = {}
+        self._halt = threading.Event()
+
+    @staticmethod
+    def _key(pid: int) -> tuple | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return pid, int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        out = []
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        return out
+
+    def _sample(self) -> None:
+        todo = [(self.pid, self._key(self.pid))]
+        while todo:
+            pid, key = todo.pop()
+            for k in self._children(pid):
+                kk = self._key(k)
+                if kk is not None:
+                    self.parent[kk] = key
+                    todo.append((k, kk))
+            if pid == self.pid or key is None:
+                continue
+            try:
+                if key not in self.job:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        name = job_name([a.decode(errors="replace") for a in f.read().split(b"\0") if a])
+                    if name:
+                        self.job[key] = name
+                with open(f"/proc/{pid}/status") as f:
+                    text = f.read()
+                if "VmHWM:" in text:
+                    kib = int(text.split("VmHWM:")[1].split()[0])
+                    self.hwm[key] = max(self.hwm.get(key, 0), kib * 1024)
+            except (OSError, ValueError, IndexError):
+                pass
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self._sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def steps(self) -> dict[str, int]:
+        """Job name (``rule`` or ``rule/model``) -> peak bytes: the step process's VmHWM
+        plus those of the processes it started."""
+        peaks: dict[str, int] = {}
+        for key, hwm in self.hwm.items():
+            k = key
+            while k in self.parent and k not in self.job:
+                k = self.parent[k]
+            if k in self.job:
+                peaks[self.job[k]] = peaks.get(self.job[k], 0) + hwm
+        return peaks
+
+
+def _arg(argv: list[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a[len(flag) + 1 :]
+    return None
+
+
+def job_name(argv: list[str]) -> str | None:
+    """``rule`` or ``rule/model`` of a step process (``python -m hepml_steps.<step> ...``), else None."""
+    if "-m" not in argv:
+        return None
+    i = argv.index("-m")
+    module = argv[i + 1] if i + 1 < len(argv) else ""
+    if not module.startswith("hepml_steps."):
+        return None
+    step = module.split(".", 1)[1]
+    sub = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("-") else None
+    rule = RULE_OF.get((step, sub), RULE_OF.get((step, None), step))
+    model = _arg(argv, "--model")
+    if model is None and _arg(argv, "--model-dir"):
+        model = Path(_arg(argv, "--model-dir")).name
+    if rule in ("train", "predict", "evaluate", "importance", "plots", "track", "tune") and model:
+        return f"{rule}/{model}"
+    return rule
+
+
+# -- Parquet metadata ----------------------------------------------------------------------
+def table_info(path: Path) -> dict:
+    """rows, largest row group, and in-memory bytes per row of each column."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    md, schema = pf.metadata, pf.schema_arrow
+    rows = md.num_rows
+    width = {}
+    for field in schema:
+        try:
+            width[field.name] = max(field.type.bit_width / 8, 1.0)  # numpy bools take a byte
+        except ValueError:  # variable width: uncompressed bytes per row
+            size = 0
+            for g in range(md.num_row_groups):
+                rg = md.row_group(g)
+                for c in range(rg.num_columns):
+                    if rg.column(c).path_in_schema == field.name:
+                        size += rg.column(c).total_uncompressed_size
+            width[field.name] = size / max(rows, 1)
+    group = max((md.row_group(g).num_rows for g in range(md.num_row_groups)), default=0)
+    return {"rows": rows, "row_group": group, "width": width}
+
+
+def batch_bytes(path: Path, rows: int | None = None, columns=None) -> float:
+    """In-memory bytes of ``rows`` events (default: the largest row group) of ``columns``
+    (default: all) of a Parquet file, ``rows`` capped at the file's."""
+    info = table_info(path)
+    n = min(info["row_group"] if rows is None else rows, info["rows"])
+    cols = info["width"] if columns is None else {c: info["width"][c] for c in columns if c in info["width"]}
+    return n * sum(cols.values())
+
+
+def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
+    """(needed bytes, events handled) of a job; see the module docstring."""
+    rule, _, model = job.partition("/")
+    feat = {s: res / "features" / f"{s}.parquet" for s in ("train", "validation", "test")}
+    n_all = cfg["data"]["toy"]["n_events"]
+    batch = cfg["evaluation"]["inference_batch_size"]
+    rows = {s: table_info(p)["rows"] for s, p in feat.items() if p.exists()}
+    if rule == "generate":
+        return batch_bytes(res / "data" / "toy.parquet", cfg["data"]["toy"]["chunk_size"]), n_all
+    if rule == "ingest":
+        from hepml_steps.inputs import CHUNK_SIZE  # the toy input is read with ingest's default chunk
+
+        chunk = cfg["data"]["files"]["chunk_size"] if cfg["data"]["source"] == "files" else CHUNK_SIZE
+        return batch_bytes(res / "data" / "events.parquet", chunk), n_all
+    if rule == "split":
+        return batch_bytes(res / "data" / "events.parquet"), n_all
+    if rule == "features":
+        splits = [res / "split" / f"{s}.parquet" for s in ("train", "validation", "test")]
+        return sum(batch_bytes(p) for p in splits), sum(rows.values())
+    if rule in ("train", "tune"):
+        rec = json.loads((res / "records" / f"{model}.train.json").read_text())
+        return rec["n_train"] * len(rec["features"]) * 4.0, rec["n_train"]
+    if rule in ("predict", "importance"):
+        meta = json.loads((res / "models" / model / "hepml_model.json").read_text())
+        cols = [*meta["features"], "event_id", "label", "weight", "truth_llr"]
+        n = sum(rows.values()) if rule == "predict" else rows["test"]
+        return batch_bytes(feat["test"], batch, cols), n
+    if rule in ("evaluate", "plots"):
+        pred = res / "predictions" / f"{model}.parquet"
+        extra = batch_bytes(feat["test"]) if rule == "plots" else 0.0
+        return batch_bytes(pred) + extra, table_info(pred)["rows"]
+    if rule == "summary_plots":
+        preds = [
+            res / "predictions" / f"{m}.parquet" for m in MODELS if (res / "predictions" / f"{m}.parquet").exists()
+        ]
+        return sum(batch_bytes(p) for p in preds) + batch_bytes(feat["train"]), rows["train"]
+    return None, None
+
+
+# -- the run ---------------------------------------------------------------------------------
+def write_config(path: Path, n_events: int, threads: int | None, tracking: bool) -> dict:
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["results"] = "results"
+    cfg["data"]["toy"]["n_events"] = int(n_events)
+    cfg["select_models"] = list(MODELS)
+    cfg["tuning"]["enabled"] = False
+    cfg["tracking"]["enabled"] = bool(tracking)
+    if threads:
+        cfg["training"]["threads"] = int(threads)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
+def merged_config(cfg: dict, extra: list[str]) -> dict:
+    """``cfg`` with the ``--configfile`` files merged over it (as Snakemake merges them)."""
+
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    for f in extra:
+        cfg = merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    return cfg
+
+
+def fresh_dir(path: Path) -> None:
+    if path.exists():
+        if not (path / MARKER).exists():
+            raise SystemExit(f"scale: {path} exists and was not made by this script; choose another --out")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("made by benchmarks/scale.py; removed by its next run\n")
+
+
+def run_workflow(wd: Path, n_events: int, a) -> dict:
+    """Run the workflow at ``n_events`` in ``wd``; return wall time, per-job peaks and config."""
+    fresh_dir(wd)
+    cfg = write_config(wd / "config.yaml", n_events, a.threads, a.tracking)
+    cfg = merged_config(cfg, a.configfile)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(wd)]
+    cmd += ["--configfile", str(wd / "config.yaml"), *a.configfile, "--cores", str(a.cores)]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    log = wd / "snakemake.log"
+    print(f"# {n_events:,} events: snakemake in {wd} (log {log.name})", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=wd)
+        poller = PeakPoller(proc.pid)
+        poller.start()
+        rc = proc.wait()
+        poller.stop()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"scale: snakemake failed ({rc}) at {n_events} events; {log}:\n{tail}")
+    return {"wall_s": wall, "peaks": poller.steps(), "config": cfg}
+
+
+def read_benchmarks(res: Path) -> dict[str, dict]:
+    """Job name -> its benchmark row (s, max_rss MiB)."""
+    rows = {}
+    for path in sorted((res / "benchmarks").rglob("*.tsv")):
+        rel = path.relative_to(res / "benchmarks").with_suffix("")
+        with open(path) as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        rows[rel.as_posix()] = row
+    return rows
+
+
+def _num(x) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def job_key(job: str) -> tuple:
+    rule, _, model = job.partition("/")
+    return (ORDER.index(rule) if rule in ORDER else len(ORDER), model)
+
+
+def measure(wd: Path, n_events: int, a, base: dict[str, float] | None) -> dict:
+    run = run_workflow(wd, n_events, a)
+    res, cfg = wd / "results", run["config"]
+    steps = {}
+    for job, row in sorted(read_benchmarks(res).items(), key=lambda kv: job_key(kv[0])):
+        wall = _num(row.get("s"))
+        peak = max(run["peaks"].get(job, 0) / MiB, _num(row.get("max_rss")) or 0.0)
+        need, events = needed(job, res, cfg)
+        b = (base or {}).get(job, 0.0)
+        ratio = (peak - b) / (need / MiB) if need else None
+        steps[job] = {
+            "wall_s": wall,
+            "events": events,
+            "events_per_s": events / wall if events and wall else None,
+            "peak_rss_mib": peak,
+            "vmhwm_mib": run["peaks"].get(job, 0) / MiB,
+            "snakemake_max_rss_mib": _num(row.get("max_rss")),
+            "base_rss_mib": b,
+            "needed_mib": need / MiB if need else None,
+            "ratio": ratio,
+            "target": TARGET_RSS if need else None,
+            "pass": (ratio <= TARGET_RSS) if ratio is not None else None,
+        }
+    return {"events": n_events, "wall_s": run["wall_s"], "steps": steps, "config": cfg, "dir": str(wd)}
+
+
+# -- bare inference ---------------------------------------------------------------------------
+def bare_predict(res: Path, model: str, batch: int, threads: int) -> tuple[float, str]:
+    """Seconds to read the model's feature columns of the three splits and score them,
+    with the library alone (see the module docstring); and what was timed."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from hepml_steps import registry
+
+    mdir = res / "models" / model
+    meta = json.loads((mdir / "hepml_model.json").read_text())
+    cols = meta["features"]
+    if meta["family"] == "xgboost":
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        booster.load_model(str(mdir / "model.ubj"))
+        booster.set_param({"nthread": threads})
+
+        def score(X):
+            return booster.inplace_predict(X)
+
+        how = "xgboost inplace_predict"
+    else:
+        import torch
+
+        fam, _ = registry.load_model(str(mdir))
+        net = getattr(fam, "scorer", None)
+        torch.set_num_threads(threads)
+        if net is None:  # not the torch family this script knows: its own predict_score
+            score, how = fam.predict_score, f"{meta['family']} predict_score"
+        else:
+            net.eval()
+
+            def score(X):
+                with torch.inference_mode():
+                    return net(torch.from_numpy(X)).numpy()
+
+            how = "torch module, eval, inference_mode"
+    t0 = time.perf_counter()
+    for s in ("train", "validation", "test"):
+        table = pq.read_table(res / "features" / f"{s}.parquet", columns=cols)
+        X = np.column_stack([table.column(c).to_numpy().astype(np.float32, copy=False) for c in cols])
+        del table
+        for i in range(0, len(X), batch):
+            score(np.ascontiguousarray(X[i : i + batch]))
+    return time.perf_counter() - t0, how
+
+
+def bare_fit(res: Path, model: str, threads: int) -> tuple[float, float, str]:
+    """(train record's fit_seconds, bare library fit seconds, what was timed): the bare fit of
+    ``benchmarks/overhead.py`` (XGBoost ``xgb.train`` on a DMatrix; a torch loop with Adam) on
+    the same training events and features, as many trees / epochs as the family ran, unit weights."""
+    import importlib.util
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    spec = importlib.util.spec_from_file_location("hepml_overhead", ROOT / "benchmarks" / "overhead.py")
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    rec = json.loads((res / "records" / f"{model}.train.json").read_text())
+    cols, params, info = rec["features"], rec["params"], rec.get("info", {})
+    table = pq.read_table(res / "features" / "train.parquet", columns=[*cols, "label"])
+    X = np.column_stack([table.column(c).to_numpy().astype(np.float32, copy=False) for c in cols])
+    y = table.column("label").to_numpy()
+    del table
+    if rec["family"] == "xgboost":
+        trees = int(info.get("n_trees") or params["n_estimators"])
+        p = {"n_estimators": trees, "max_depth": params["max_depth"], "learning_rate": params["learning_rate"]}
+        fit, _ = overhead.bare_xgboost(p, threads)
+        how = f"xgb.train, {trees} trees"
+    else:
+        epochs = int(info.get("epochs_run") or params["epochs"])
+        keys = ("hidden_layers", "batch_size", "learning_rate")
+        fit, _ = overhead.bare_torch({**{k: params[k] for k in keys}, "epochs": epochs}, threads)
+        how = f"torch loop, {epochs} epochs"
+    t0 = time.perf_counter()
+    fit(X, y, np.ones(len(y)))
+    return rec["fit_seconds"], time.perf_counter() - t0, how
+
+
+# -- printing ---------------------------------------------------------------------------------
+def _f(x, fmt: str, none: str = "-") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def print_table(m: dict) -> None:
+    print(f"\n## {m['events']:,} events (end to end {m['wall_s']:.1f} s; {m['dir']})")
+    head = (
+        f"{'step':<22} {'wall s':>8} {'events/s':>10} {'peak MiB':>9} {'base MiB':>9} {'needed MiB':>10}"
+        f" {'ratio':>6} {'target':>6}  result"
+    )
+    print(head)
+    print("-" * len(head))
+    for job, s in m["steps"].items():
+        verdict = "-" if s["pass"] is None else ("pass" if s["pass"] else "FAIL")
+        print(
+            f"{job:<22} {_f(s['wall_s'], '8.2f'):>8} {_f(s['events_per_s'], '10.3g'):>10}"
+            f" {s['peak_rss_mib']:>9.0f} {s['base_rss_mib']:>9.0f} {_f(s['needed_mib'], '10.1f'):>10}"
+            f" {_f(s['ratio'], '6.2f'):>6} {_f(s['target'], '6.2f'):>6}  {verdict}"
+        )
+    for model, p in m.get("predict_vs_bare", {}).items():
+        verdict = "pass" if p["ratio"] <= TARGET_PREDICT else "FAIL"
+        print(
+            f"predict/{model}: step {p['step_s']:.2f} s, bare {p['bare_s']:.2f} s ({p['bare']}):"
+            f" ratio {p['ratio']:.2f} (target <= {TARGET_PREDICT})  {verdict}"
+        )
+    for model, f in m.get("fit_vs_bare", {}).items():
+        verdict = "pass" if f["ratio"] <= TARGET_FIT else "FAIL"
+        print(
+            f"train/{model}: fit {f['fit_s']:.2f} s (record), bare {f['bare_s']:.2f} s ({f['bare']}):"
+            f" ratio {f['ratio']:.2f} (target <= {TARGET_FIT})  {verdict}"
+        )
+    if "fit_vs_bare" not in m:
+        print("fit vs bare library fit (target <= 1.05): --bare-fit, or benchmarks/overhead.py ('family fit')")
+
+
+def time_ratios(runs: list[dict]) -> list[dict]:
+    out = []
+    for a, b in zip(runs[:-1], runs[1:]):
+        scale = b["events"] / a["events"]
+        goal = 1.1 * scale
+        steps = {}
+        for job, s in b["steps"].items():
+            t0 = a["steps"].get(job, {}).get("wall_s")
+            if t0 and s["wall_s"] is not None:
+                r = s["wall_s"] / t0
+                steps[job] = {"ratio": r, "pass": r <= goal}
+        e2e = b["wall_s"] / a["wall_s"]
+        out.append(
+            {
+                "from": a["events"],
+                "to": b["events"],
+                "goal": goal,
+                "steps": steps,
+                "end_to_end": {"ratio": e2e, "pass": e2e <= goal},
+            }
+        )
+    return out
+
+
+def print_ratios(ratios: list[dict]) -> None:
+    for r in ratios:
+        print(f"\n## time ratio {r['to']:,} / {r['from']:,} events (goal <= {r['goal']:.1f}: linear)")
+        for job, s in [*r["steps"].items(), ("end to end", r["end_to_end"])]:
+            print(f"{job:<22} {s['ratio']:>8.2f}  {'pass' if s['pass'] else 'FAIL'}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7], help="sizes (events), e.g. 1e6 1e7 1e8")
+    p.add_argument("--baseline-events", type=float, default=20_000, help="the baseline run's size (0: none)")
+    p.add_argument("--cores", type=int, default=2, help="snakemake --cores")
+    p.add_argument("--threads", type=int, help="training.threads (default: the config's)")
+    p.add_argument("--out", help="scratch folder (default: a new temporary one, kept)")
+    p.add_argument("--configfile", action="append", default=[], help="more config merged over the generated one")
+    p.add_argument("--no-tracking", dest="tracking", action="store_false", help="tracking.enabled: false")
+    p.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare-inference timing")
+    p.add_argument("--bare-fit", action="store_true", help="also time the bare library fit (as long as train)")
+    p.add_argument("--json", help="also write every number to this JSON file")
+    a = p.parse_args(argv)
+    a.configfile = [str(Path(f).resolve()) for f in a.configfile]
+    sizes = sorted({int(n) for n in a.events})
+    out = Path(a.out).resolve() if a.out else Path(tempfile.mkdtemp(prefix="hepml-scale-"))
+    out.mkdir(parents=True, exist_ok=True)
+    base = None
+    if a.baseline_events:
+        b = measure(out / f"events_{int(a.baseline_events)}", int(a.baseline_events), a, None)
+        base = {job: s["peak_rss_mib"] for job, s in b["steps"].items()}
+    runs = []
+    for n in sizes:
+        m = measure(out / f"events_{n}", n, a, base)
+        res = Path(m["dir"]) / "results"
+        if a.bare:
+            m["predict_vs_bare"] = {}
+            threads = m["config"]["training"]["threads"]
+            batch = m["config"]["evaluation"]["inference_batch_size"]
+            for model in MODELS:
+                step = m["steps"].get(f"predict/{model}")
+                if step and step["wall_s"]:
+                    bare_s, how = bare_predict(res, model, batch, threads)
+                    m["predict_vs_bare"][model] = {
+                        "step_s": step["wall_s"],
+                        "bare_s": bare_s,
+                        "bare": how,
+                        "ratio": step["wall_s"] / bare_s,
+                        "target": TARGET_PREDICT,
+                    }
+        if a.bare_fit:
+            threads = m["config"]["training"]["threads"]
+            m["fit_vs_bare"] = {}
+            for model in MODELS:
+                if f"train/{model}" in m["steps"]:
+                    fit_s, bare_s, how = bare_fit(res, model, threads)
+                    m["fit_vs_bare"][model] = {
+                        "fit_s": fit_s,
+                        "bare_s": bare_s,
+                        "bare": how,
+                        "ratio": fit_s / bare_s,
+                        "target": TARGET_FIT,
+                    }
+        print_table(m)
+        runs.append(m)
+    ratios = time_ratios(runs)
+    print_ratios(ratios)
+    if a.json:
+        report = {"runs": [{k: v for k, v in r.items() if k != "config"} for r in runs], "time_ratios": ratios}
+        report["baseline_rss_mib"] = base
+        Path(a.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
