@@ -286,7 +286,9 @@ def _task_events(df, task, what: str = "model"):
     return df[df[LABEL] == 0]
 
 
-def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: list | None = None) -> Dataset:
+def read_fit(
+    path: str, spec: dict, what: str, cap: int | None = None, classes: list | None = None, warn_cap: bool = True
+) -> Dataset:
     """Read a training or validation split for fitting the model ``spec``.
 
     Parameters
@@ -302,11 +304,14 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
         The training cap (training split only).
     classes : list, optional
         The training classes (multiclass; learned from ``path`` when None).
+    warn_cap : bool, default True
+        Log a warning when the cap applies (False for a deliberate sample).
 
     Returns
     -------
     Dataset
-        With ``fit_weights`` and ``cap`` set.
+        With ``fit_weights`` and ``cap`` set. Under a cap only the key columns
+        of every event and the kept rows are read, so memory follows the cap.
 
     Raises
     ------
@@ -319,7 +324,7 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     target = spec.get("target")
     n_rows = parquet_rows(path)
     if cap and n_rows > cap:  # read the capped events only: the cap also bounds memory
-        df, classes, cap_rec = _read_capped(path, spec, task, what, cap, classes)
+        df, classes, cap_rec = _read_capped(path, spec, task, what, cap, classes, warn_cap)
     else:
         df = read_parquet(path)
         if classes is None:
@@ -413,7 +418,7 @@ def _read_rows(pf, positions: np.ndarray, columns: list | None = None, batch_eve
     return table.to_pandas()
 
 
-def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list | None):
+def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list | None, warn: bool = True):
     """:func:`read_fit`'s events under a training cap, without reading the others:
     the key columns of every event first (:func:`_key_columns`), then only the
     capped rows. Returns (frame, classes, cap record) as the in-memory path does."""
@@ -427,6 +432,7 @@ def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list
     rec = {"cap": cap, "applied": n > cap, "n_before": n, "n_after": min(n, cap)}
     if n > cap:
         pool = pool[cap_index(key[EVENT_ID].to_numpy()[pool], cap)]
+    if n > cap and warn:
         log.warning(
             "%s: training sample capped at %d of %d events (max_train_events); raise the cap in config to use more",
             what,
