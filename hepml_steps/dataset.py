@@ -649,6 +649,7 @@ class ParquetSource(FitSource):
         self.fill, self.batch_events, self._scale = fill, int(batch_events), scale
         self.n_features = len(columns)
         self._pf = _parquet_file(path)
+        self._group = None
 
     def _chunk_bounds(self):
         bounds, md = [], self._pf.metadata
@@ -659,7 +660,12 @@ class ParquetSource(FitSource):
 
     def _read_chunk(self, bound):
         rg, s, e = bound
-        table = self._pf.read_row_group(rg, columns=self.read_columns)
+        if self._group is None or self._group[0] != rg:  # a row group cut into chunks is read once
+            self._group = None  # release the previous one first
+            self._group = (rg, self._pf.read_row_group(rg, columns=self.read_columns))
+        table = self._group[1]
+        if e == table.num_rows:
+            self._group = None  # the group's last chunk: keep nothing between groups
         return self._prepare(table.slice(s, e - s).to_pandas())
 
     def _prepare(self, df):

@@ -90,6 +90,11 @@ CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
 CONFIG_FORMAT = "hepml-torch-net-1"
 INFERENCE_BATCH = 65536
+#: the epoch's training loss is summed every this many mini-batches
+LOSS_FLUSH = 1024
+#: the initial training loss (``info["initial_train_loss"]``) is evaluated on at most
+#: about this many training events (evenly spaced; the first chunks of a streamed fit)
+INITIAL_LOSS_EVENTS = 10_000
 
 
 # --------------------------------------------------------------------------
@@ -298,6 +303,7 @@ class TorchFamily(Family):
         self.n_features: int | None = None
         self.scorer: Scorer | None = None
         self.scaling: dict[str, Any] = {}
+        self._signed = True  # whether a fit weight is negative (set by fit)
 
     # -- parameter checks ----------------------------------------------------
     def _bad(self, param: str, value, allowed, extra: str = "") -> FamilyError:
@@ -448,9 +454,14 @@ class TorchFamily(Family):
 
     # -- losses ------------------------------------------------------------------
     @staticmethod
-    def _weighted_mean(per_event, w):
+    def _weighted_mean(per_event, w, signed: bool = True):
+        """The weighted mean of ``per_event`` and the weight sum it divides by (|w|'s
+        when the sum is <= 0; only ``signed`` weights need that check: it costs two
+        tensor operations per mini-batch)."""
         total = w.sum()
-        total = torch.where(total > 0, total, w.abs().sum()).clamp_min(1e-30)
+        if signed:
+            total = torch.where(total > 0, total, w.abs().sum())
+        total = total.clamp_min(1e-30)
         return (per_event * w).sum() / total, total
 
     def _evaluate(self, net, Xt, Tt, Wt):
@@ -500,6 +511,7 @@ class TorchFamily(Family):
             When training diverges (a non-finite training loss).
         """
         X, w, X_val, w_val = self._checked_inputs(X, sample_weight, X_val, w_val)
+        self._signed = bool(np.any(w < 0))
         device = self._resolve_device()
         self.history = {"train_loss": [], "validation_loss": []}
         if X_val is not None and self.task == "classification":
@@ -544,7 +556,7 @@ class TorchFamily(Family):
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         with _threads(self.n_threads), torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(self.seed)
-            self.scaling = self._fit_scaling_stream(source)
+            self.scaling, self._signed = self._fit_scaling_stream(source)
             scorer = self._build(self.n_features, self.scaling).to(device)
             train = _Streamed(self, source, device)
             val = None if X_val is None else self._as_tensors(X_val, y_val, w_val, device)
@@ -554,10 +566,12 @@ class TorchFamily(Family):
         self.info["streamed"] = {"events": int(source.n_events), "buffer_events": int(self.shuffle_buffer_events)}
         return self
 
-    def _fit_scaling_stream(self, source) -> dict:
-        """:meth:`_fit_scaling` over the chunks of ``source`` (each checked as :meth:`fit` checks ``X``, ``w``)."""
+    def _fit_scaling_stream(self, source) -> tuple[dict, bool]:
+        """:meth:`_fit_scaling` over the chunks of ``source`` (each checked as :meth:`fit`
+        checks ``X``, ``w``), and whether any fit weight is negative."""
         moments = _Moments()
         out: dict = {}
+        signed = False
         for X, y, w in source.chunks():
             X = self._as_X(X, "X")
             w = self._as_w(w, len(X), "sample_weight")
@@ -567,9 +581,10 @@ class TorchFamily(Family):
             column = self._scaling_column(X, y)
             if column is not None:
                 moments.add(column, w)
+            signed = signed or bool(np.any(w < 0))
         if self.task == "multiclass" and self.n_classes:
             out["n_classes"] = int(self.n_classes)
-        return {**out, **self._scaling_from_moments(moments)}
+        return {**out, **self._scaling_from_moments(moments)}, signed
 
     def _scaling_column(self, X, y):
         """What :meth:`_fit_scaling` takes moments of (``None``: nothing), for the streamed fit."""
@@ -602,7 +617,11 @@ class TorchFamily(Family):
         p = self.params
         optimizer = self._make_optimizer(net.parameters())
         streamed = isinstance(train, _Streamed)
-        self.info["initial_train_loss"] = train.loss(net) if streamed else self._evaluate(net, *train)[0]
+        if streamed:
+            self.info["initial_train_loss"] = train.loss(net, INITIAL_LOSS_EVENTS)
+        else:
+            step = max(1, math.ceil(len(train[0]) / INITIAL_LOSS_EVENTS))
+            self.info["initial_train_loss"], _ = self._evaluate(net, *(t[::step] for t in train))
         if val is not None:
             self.info["initial_validation_loss"], _ = self._evaluate(net, *val)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
@@ -663,14 +682,27 @@ class TorchFamily(Family):
         """
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         w_sum = torch.zeros((), device=device, dtype=torch.float64)
+        losses, totals = [], []  # summed every LOSS_FLUSH batches: no bookkeeping op per batch
+
+        def flush():
+            nonlocal loss_sum, w_sum
+            if losses:
+                t = torch.stack(totals).double()
+                loss_sum, w_sum = loss_sum + (torch.stack(losses).double() * t).sum(), w_sum + t.sum()
+                losses.clear()
+                totals.clear()
+
         for xb, tb, wb in batches:
             per = self._per_event_loss(net(xb), tb)
-            loss, total = self._weighted_mean(per, wb)
+            loss, total = self._weighted_mean(per, wb, self._signed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach().double() * total.detach().double()
-            w_sum += total.detach().double()
+            losses.append(loss.detach())
+            totals.append(total.detach())
+            if len(losses) >= LOSS_FLUSH:
+                flush()
+        flush()
         train_loss = float(loss_sum / w_sum)
         if not math.isfinite(train_loss):
             raise FamilyError(
@@ -822,10 +854,15 @@ class _Streamed:
         w = np.asarray(w, dtype=np.float32)
         return _tensor(inp).to(self.device), _tensor(tgt).to(self.device), _tensor(w).to(self.device)
 
-    def loss(self, net) -> float:
-        """The weighted mean loss over every training event (eval mode, no grad)."""
+    def loss(self, net, at_least: int) -> float:
+        """The weighted mean loss (eval mode, no grad) over the first chunks, until
+        ``at_least`` events (the events of a prepared split are in a random order)."""
         loss_sum = w_sum = 0.0
+        n = 0
         for X, y, w in self.source.chunks():
+            if n >= at_least:
+                break
+            n += len(X)
             Xt, Tt, Wt = self._tensors(X, y, w)
             loss, _ = self.family._evaluate(net, Xt, Tt, Wt)
             total = float(Wt.sum())
