@@ -403,18 +403,22 @@ def _task_positions(key, task, path: str, what: str) -> np.ndarray:
     return pos
 
 
-def _read_rows(pf, positions: np.ndarray, columns: list | None = None, batch_events: int = 65536):
-    """The rows at ``positions`` (ascending) of a Parquet file, read batch by batch:
-    memory holds the kept rows plus one batch."""
+def _read_rows(pf, positions: np.ndarray, columns: list | None = None):
+    """The rows at ``positions`` (ascending) of a Parquet file, read one row group at
+    a time (a group without a kept row is not read): memory holds the kept rows
+    plus one row group."""
     import pyarrow as pa
 
     parts, start = [], 0
-    for batch in pf.iter_batches(batch_size=batch_events, columns=columns):
-        lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
+    for rg in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(rg).num_rows
+        lo, hi = np.searchsorted(positions, [start, start + n])
         if hi > lo:
-            parts.append(batch.take(pa.array(positions[lo:hi] - start)))
-        start += batch.num_rows
-    table = pa.Table.from_batches(parts, schema=pf.schema_arrow) if parts else pf.schema_arrow.empty_table()
+            group = pf.read_row_group(rg, columns=columns, use_threads=False)
+            parts.append(group.take(pa.array(positions[lo:hi] - start)))
+            del group
+        start += n
+    table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
     return table.to_pandas()
 
 
@@ -662,20 +666,31 @@ class ParquetSource(FitSource):
         rg, s, e = bound
         if self._group is None or self._group[0] != rg:  # a row group cut into chunks is read once
             self._group = None  # release the previous one first
-            self._group = (rg, self._pf.read_row_group(rg, columns=self.read_columns))
+            self._group = (rg, self._pf.read_row_group(rg, columns=self.read_columns, use_threads=False))
         table = self._group[1]
         if e == table.num_rows:
             self._group = None  # the group's last chunk: keep nothing between groups
-        return self._prepare(table.slice(s, e - s).to_pandas())
+        return self._prepare(table.slice(s, e - s))
 
-    def _prepare(self, df):
-        df = _task_events(df, self.task, self.what)
+    def _prepare(self, table):
+        """(X, y, w) of an Arrow table: X built column by column in C order (no pandas
+        copy of the features), the other columns through pandas as :func:`read_fit` reads them."""
+        keys = [c for c in self.read_columns if c not in set(self.columns)]
+        df = table.select(keys).to_pandas()
+        keep = _task_events(df, self.task, self.what).index.to_numpy()
+        all_rows = len(keep) == len(df)
+        if not all_rows:
+            df = df.iloc[keep]
         y = self.task.targets(df, self.spec.get("target"), self.what, self.classes)
-        if self.classes is not None and len(df):
-            df, y = df[y >= 0], y[y >= 0]
+        if self.classes is not None and len(df) and (y < 0).any():
+            keep, df, y = keep[y >= 0], df[y >= 0], y[y >= 0]
+            all_rows = False
         w = self._scale(df[WEIGHT].to_numpy(dtype=np.float64), y)
-        X = _fill(df[self.columns].to_numpy(dtype=np.float32), self.columns, self.fill)
-        return X, y, w
+        X = np.empty((len(df), len(self.columns)), dtype=np.float32)
+        for j, c in enumerate(self.columns):
+            col = table.column(c).to_numpy()
+            X[:, j] = col if all_rows else col[keep]
+        return _fill(X, self.columns, self.fill), y, w
 
 
 def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENTS) -> ParquetSource:
