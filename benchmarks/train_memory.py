@@ -53,7 +53,7 @@ sys.path.insert(0, {root!r})
 args = json.loads(sys.argv[1])
 from hepml_steps import train
 rec = train.train(**args)
-    print(json.dumps({{"n_train": rec["n_train"], "streamed": rec["streamed"], "fit_seconds": rec["fit_seconds"]}}))
+print(json.dumps({{"n_train": rec["n_train"], "streamed": rec["streamed"], "fit_seconds": rec["fit_seconds"]}}))
 with open("/proc/self/status") as status:
     print(int(status.read().split("VmHWM:")[1].split()[0]) * 1024)
 """

@@ -22,6 +22,17 @@ Reading for a fit (:func:`read_fit`):
   (:func:`fit_weights`); ``weights`` keep the signed event weights, which
   every figure of merit uses.
 
+Reading for a fit beyond memory (:func:`stream_fit`): a
+:class:`ParquetSource` (a :class:`FitSource`) hands a streaming family's
+``fit_stream`` the same events, targets and fit weights as :func:`read_fit`
+in chunks of Parquet record batches, reading only the needed columns; the
+global sums the weighting needs come from a first pass over the weight,
+label and target columns. :func:`streams` says when the train step streams
+(``streams_training`` families above ``stream_above_events``) and
+:func:`fit_cap` which cap a fit in memory gets (``max_train_events``, else the
+family's, bounded by ``max_in_memory_events``). Under a cap :func:`read_fit`
+reads the key columns of every event and then only the kept rows.
+
 Reading for scoring (:func:`read_scoring`) keeps every event and uses the
 trained model's features, classes and target. Targets are read in physical
 units: the features step keeps an unstandardised copy of every model's target
