@@ -38,7 +38,17 @@ from .errors import ConfigError, HepmlError
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 # Per-model settings that fall back to the `training` section.
-MODEL_DEFAULTS = ("threads", "weighting", "negative_weights", "device", "gpus", "leakage", "leakage_auc")
+MODEL_DEFAULTS = (
+    "threads",
+    "weighting",
+    "negative_weights",
+    "device",
+    "gpus",
+    "leakage",
+    "leakage_auc",
+    "stream_above_events",
+    "max_in_memory_events",
+)
 
 
 def _key(path) -> str:

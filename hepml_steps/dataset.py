@@ -22,6 +22,17 @@ Reading for a fit (:func:`read_fit`):
   (:func:`fit_weights`); ``weights`` keep the signed event weights, which
   every figure of merit uses.
 
+Reading for a fit beyond memory (:func:`stream_fit`): a
+:class:`ParquetSource` (a :class:`FitSource`) hands a streaming family's
+``fit_stream`` the same events, targets and fit weights as :func:`read_fit`
+in chunks of Parquet record batches, reading only the needed columns; the
+global sums the weighting needs come from a first pass over the weight,
+label and target columns. :func:`streams` says when the train step streams
+(``streams_training`` families above ``stream_above_events``) and
+:func:`fit_cap` which cap a fit in memory gets (``max_train_events``, else the
+family's, bounded by ``max_in_memory_events``). Under a cap :func:`read_fit`
+reads the key columns of every event and then only the kept rows.
+
 Reading for scoring (:func:`read_scoring`, or :func:`iter_scoring` batch by
 batch) keeps every event, reads only the columns scoring needs
 (:func:`scoring_columns`) and uses the trained model's features, classes and
@@ -40,6 +51,8 @@ The rest of that metadata (identifier-like columns) is ``Dataset.prepared``.
 from __future__ import annotations
 
 import logging
+import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -287,7 +300,9 @@ def _task_events(df, task, what: str = "model"):
     return df[df[LABEL] == 0]
 
 
-def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: list | None = None) -> Dataset:
+def read_fit(
+    path: str, spec: dict, what: str, cap: int | None = None, classes: list | None = None, warn_cap: bool = True
+) -> Dataset:
     """Read a training or validation split for fitting the model ``spec``.
 
     Parameters
@@ -303,11 +318,14 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
         The training cap (training split only).
     classes : list, optional
         The training classes (multiclass; learned from ``path`` when None).
+    warn_cap : bool, default True
+        Log a warning when the cap applies (False for a deliberate sample).
 
     Returns
     -------
     Dataset
-        With ``fit_weights`` and ``cap`` set.
+        With ``fit_weights`` and ``cap`` set. Under a cap only the key columns
+        of every event and the kept rows are read, so memory follows the cap.
 
     Raises
     ------
@@ -318,13 +336,17 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
     """
     task = tasks.of(spec)
     target = spec.get("target")
-    df = read_parquet(path)
-    if classes is None:
-        classes = task.learn_classes(df, target, what)
-    df = _task_events(df, task, what).reset_index(drop=True)
-    if task.background_only and df.empty:
-        raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
-    df, cap_rec = cap_events(df, cap, what)
+    n_rows = parquet_rows(path)
+    if cap and n_rows > cap:  # read the capped events only: the cap also bounds memory
+        df, classes, cap_rec = _read_capped(path, spec, task, what, cap, classes, warn_cap)
+    else:
+        df = read_parquet(path)
+        if classes is None:
+            classes = task.learn_classes(df, target, what)
+        df = _task_events(df, task, what).reset_index(drop=True)
+        if task.background_only and df.empty:
+            raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
+        df, cap_rec = cap_events(df, cap, what)
     if df.empty:
         raise DataError(f"{what}: {path} has no events")
     cols = select_features(df, spec.get("features"), target)
@@ -348,6 +370,451 @@ def read_fit(path: str, spec: dict, what: str, cap: int | None = None, classes: 
         truth_llr=_optional(df, TRUTH_LLR),
         prepared=_prepared(df),
     )
+
+
+def parquet_rows(path: str) -> int:
+    """The number of events of a Parquet table, from its footer (nothing else is read).
+
+    Raises
+    ------
+    DataError
+        The file is missing or not Parquet (naming it).
+    """
+    return _parquet_file(path).metadata.num_rows
+
+
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    from .errors import culprit
+
+    if not os.path.exists(path):
+        raise DataError(f"missing input file: {path}")
+    with culprit(path, context="cannot read as parquet"):
+        return pq.ParquetFile(path)
+
+
+def _key_columns(names, task, target: str | None, classes: list | None) -> list[str]:
+    """The columns needed to choose a fit's events: event id, label (background-only
+    tasks) and the target copies that multiclass classes are learned from."""
+    from .tasks import target_copy
+
+    cols = [EVENT_ID]
+    if task.background_only and LABEL in names:
+        cols.append(LABEL)
+    if target and classes is None:
+        cols += [c for c in (target_copy(target), target) if c in names and c not in cols]
+    return cols
+
+
+def _task_positions(key, task, path: str, what: str) -> np.ndarray:
+    """Row positions (int64, ascending) of the events a model of ``task`` is fitted on."""
+    pos = np.arange(len(key), dtype=np.int64)
+    if task.background_only:
+        pos = pos[_task_events(key, task, what).index.to_numpy()]
+        if len(pos) == 0:
+            raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
+    return pos
+
+
+def _read_rows(pf, positions: np.ndarray, columns: list | None = None):
+    """The rows at ``positions`` (ascending) of a Parquet file, read one row group at
+    a time (a group without a kept row is not read): memory holds the kept rows
+    plus one row group."""
+    import pyarrow as pa
+
+    parts, start = [], 0
+    for rg in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(rg).num_rows
+        lo, hi = np.searchsorted(positions, [start, start + n])
+        if hi > lo:
+            group = pf.read_row_group(rg, columns=columns, use_threads=False)
+            parts.append(group.take(pa.array(positions[lo:hi] - start)))
+            del group
+        start += n
+    table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+    return table.to_pandas()
+
+
+def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list | None, warn: bool = True):
+    """:func:`read_fit`'s events under a training cap, without reading the others:
+    the key columns of every event first (:func:`_key_columns`), then only the
+    capped rows. Returns (frame, classes, cap record) as the in-memory path does."""
+    pf = _parquet_file(path)
+    target = spec.get("target")
+    key = read_parquet(path, columns=_key_columns(pf.schema_arrow.names, task, target, classes))
+    if classes is None:
+        classes = task.learn_classes(key, target, what)
+    pool = _task_positions(key, task, path, what)
+    n = len(pool)
+    rec = {"cap": cap, "applied": n > cap, "n_before": n, "n_after": min(n, cap)}
+    if n > cap:
+        pool = pool[cap_index(key[EVENT_ID].to_numpy()[pool], cap)]
+    if n > cap and warn:
+        log.warning(
+            "%s: training sample capped at %d of %d events (max_train_events); raise the cap in config to use more",
+            what,
+            cap,
+            n,
+        )
+    del key
+    return _read_rows(pf, pool), classes, rec
+
+
+def fit_cap(spec: dict, family_cls, streaming: bool) -> int | None:
+    """The training cap of a model (``None``: no cap).
+
+    The model's own ``max_train_events`` wins; else the family's
+    ``max_train_events``, bounded, for a fit in memory (a family that does not
+    stream, or a streaming family below ``stream_above_events``), by
+    ``max_in_memory_events`` (:data:`MAX_IN_MEMORY_EVENTS` when the spec does not
+    say): above it a deterministic subsample is recorded instead of running out
+    of memory.
+    """
+    if spec.get("max_train_events") is not None:
+        return int(spec["max_train_events"])
+    caps = [family_cls.max_train_events]
+    if not streaming:
+        caps.append(spec.get("max_in_memory_events", MAX_IN_MEMORY_EVENTS))
+    caps = [int(c) for c in caps if c is not None]
+    return min(caps) if caps else None
+
+
+#: Default ``training.max_in_memory_events``: 20 million events x 20 float32 features is 1.6 GB.
+MAX_IN_MEMORY_EVENTS = 20_000_000
+#: Default ``training.stream_above_events``: streaming families train from batches above it.
+STREAM_ABOVE_EVENTS = 2_000_000
+#: Default number of events per batch of a :class:`ParquetSource`.
+BATCH_EVENTS = 262_144
+
+
+def streams(spec: dict, family_cls, path: str) -> bool:
+    """Whether the model ``spec`` trains from batches (:class:`ParquetSource`): its
+    family declares ``streams_training``, the training split holds more than
+    ``stream_above_events`` events (:data:`STREAM_ABOVE_EVENTS` when not set; 0:
+    always), and no training cap of the model or family applies."""
+    if not getattr(family_cls, "streams_training", False):
+        return False
+    n = parquet_rows(path)
+    cap = fit_cap(spec, family_cls, streaming=True)
+    above = spec.get("stream_above_events", STREAM_ABOVE_EVENTS)
+    return n > above and (cap is None or n <= cap)
+
+
+class FitSource(ABC):
+    """Training events handed to a streaming family's ``fit_stream`` in batches.
+
+    A source is read as many times as the fit needs (one pass per epoch, two
+    for XGBoost's quantile sketch); every pass gives the same events with the
+    same fit weights (:func:`fit_weights`, computed with the global sums of a
+    first pass over the weight and target columns only).
+
+    Attributes
+    ----------
+    n_events : int
+        Events a pass yields.
+    n_features : int
+    columns : list of str
+        The feature names, in the order of the columns of ``X``.
+    class_weight_sums : dict or None
+        Classification and multiclass: class value (of ``y``) -> sum of the fit weights.
+    sum_weights : float
+        Sum of the signed event weights as stored (the training record's ``sum_weights_train``).
+    """
+
+    n_events: int
+    n_features: int
+    columns: list
+    class_weight_sums: dict | None = None
+    sum_weights: float = 0.0
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    @property
+    def n_chunks(self) -> int:
+        """How many chunks :meth:`chunks` yields per pass."""
+        return len(self._chunk_bounds())
+
+    @abstractmethod
+    def _chunk_bounds(self) -> list:
+        """One entry per chunk, in the file's order; :meth:`_read_chunk` reads one."""
+
+    @abstractmethod
+    def _read_chunk(self, bound) -> tuple:
+        """(X, y, w) of one chunk."""
+
+    def chunks(self, rng=None):
+        """Yield the events as ``(X, y, w)`` chunks.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator, optional
+            When given, the chunks come in an order drawn from it (the events
+            within a chunk stay in file order); else in file order.
+
+        Yields
+        ------
+        X : ndarray of shape (n_chunk, n_features), float32
+        y : ndarray of shape (n_chunk,) or None
+            The task's targets, as :attr:`Dataset.y`.
+        w : ndarray of shape (n_chunk,), float64
+            The fit weights, as :attr:`Dataset.fit_weights`.
+        """
+        bounds = self._chunk_bounds()
+        order = range(len(bounds)) if rng is None else rng.permutation(len(bounds))
+        for i in order:
+            X, y, w = self._read_chunk(bounds[i])
+            if len(X):
+                yield X, y, w
+
+    def shuffled_batches(self, batch_size: int, buffer_events: int, rng):
+        """Mini-batches of a shuffled pass: chunks in a random order fill a buffer of
+        at most ``buffer_events`` events, which is shuffled and cut into
+        ``batch_size`` batches (its last partial batch carried into the next fill).
+
+        Deterministic for a given state of ``rng``. Memory: at most
+        ``buffer_events`` + one chunk events.
+
+        Yields
+        ------
+        (X, y, w) : as :meth:`chunks`, ``len(X) <= batch_size``.
+        """
+        buffer_events = max(int(buffer_events), int(batch_size))
+        held: list = []
+        n_held = 0
+
+        def drain(final: bool):
+            nonlocal held, n_held
+            X, y, w = (_cat([h[i] for h in held]) for i in range(3))
+            order = rng.permutation(len(X))
+            stop = len(X) if final else len(X) - len(X) % batch_size
+            for s in range(0, stop, batch_size):
+                idx = order[s : min(s + batch_size, stop)]
+                yield X[idx], (None if y is None else y[idx]), w[idx]
+            rest = order[stop:]
+            held = [(X[rest], None if y is None else y[rest], w[rest])] if len(rest) else []
+            n_held = len(rest)
+
+        for X, y, w in self.chunks(rng):
+            start = 0
+            while start < len(X):
+                take = min(len(X) - start, buffer_events - n_held)
+                held.append(
+                    (X[start : start + take], None if y is None else y[start : start + take], w[start : start + take])
+                )
+                n_held += take
+                start += take
+                if n_held >= buffer_events:
+                    yield from drain(final=False)
+        if n_held:
+            yield from drain(final=True)
+
+
+def _cat(parts):
+    return None if parts[0] is None else (parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+
+class ArraySource(FitSource):
+    """A :class:`FitSource` over arrays already in memory (tests, the conformance kit).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_events, n_features)
+    y : ndarray of shape (n_events,) or None
+    w : ndarray of shape (n_events,), optional
+        Fit weights (default 1).
+    chunk_events : int, default 65536
+    columns : list of str, optional
+    task : str, optional
+        Sets ``class_weight_sums`` for ``classification`` and ``multiclass``.
+    """
+
+    def __init__(self, X, y=None, w=None, chunk_events: int = 65536, columns=None, task: str | None = None):
+        self.X = np.asarray(X, dtype=np.float32)
+        self.y = None if y is None else np.asarray(y)
+        self.w = np.ones(len(self.X)) if w is None else np.asarray(w, dtype=np.float64)
+        self.n_events, self.n_features = self.X.shape
+        self.columns = list(columns) if columns is not None else [f"f{i}" for i in range(self.n_features)]
+        self.chunk_events = max(1, int(chunk_events))
+        self.sum_weights = float(self.w.sum())
+        if task in ("classification", "multiclass") and self.y is not None:
+            self.class_weight_sums = {c.item(): float(self.w[self.y == c].sum()) for c in np.unique(self.y)}
+
+    def _chunk_bounds(self):
+        return [(s, min(s + self.chunk_events, self.n_events)) for s in range(0, self.n_events, self.chunk_events)]
+
+    def _read_chunk(self, bound):
+        s, e = bound
+        return self.X[s:e], None if self.y is None else self.y[s:e], self.w[s:e]
+
+
+class ParquetSource(FitSource):
+    """A training split read for a fit in batches (:func:`stream_fit` builds it).
+
+    Each chunk is one Parquet record batch of at most ``batch_events`` rows,
+    reading only the feature, weight, label and target columns, with the rules
+    of :func:`read_fit`: the task's events (background only for anomaly
+    detection), events of unknown classes left out, NaN filled for a family
+    that does not handle missing values, fit weights by ``weighting`` and
+    ``negative_weights`` with the global sums of the first pass. No training
+    cap: a capped model is read in memory (:func:`read_fit`).
+    """
+
+    def __init__(self, path, spec, what, task, classes, columns, read_columns, fill, batch_events, scale):
+        self.path, self.spec, self.what, self.task = path, spec, what, task
+        self.classes, self.columns, self.read_columns = classes, columns, read_columns
+        self.fill, self.batch_events, self._scale = fill, int(batch_events), scale
+        self.n_features = len(columns)
+        self._pf = _parquet_file(path)
+        self._group = None
+
+    def _chunk_bounds(self):
+        bounds, md = [], self._pf.metadata
+        for rg in range(md.num_row_groups):
+            n = md.row_group(rg).num_rows
+            bounds += [(rg, s, min(s + self.batch_events, n)) for s in range(0, n, self.batch_events)]
+        return bounds
+
+    def _read_chunk(self, bound):
+        rg, s, e = bound
+        if self._group is None or self._group[0] != rg:  # a row group cut into chunks is read once
+            self._group = None  # release the previous one first
+            self._group = (rg, self._pf.read_row_group(rg, columns=self.read_columns, use_threads=False))
+        table = self._group[1]
+        if e == table.num_rows:
+            self._group = None  # the group's last chunk: keep nothing between groups
+        return self._prepare(table.slice(s, e - s))
+
+    def _prepare(self, table):
+        """(X, y, w) of an Arrow table: X built column by column in C order (no pandas
+        copy of the features), the other columns through pandas as :func:`read_fit` reads them."""
+        keys = [c for c in self.read_columns if c not in set(self.columns)]
+        df = table.select(keys).to_pandas()
+        keep = _task_events(df, self.task, self.what).index.to_numpy()
+        all_rows = len(keep) == len(df)
+        if not all_rows:
+            df = df.iloc[keep]
+        y = self.task.targets(df, self.spec.get("target"), self.what, self.classes)
+        if self.classes is not None and len(df) and (y < 0).any():
+            keep, df, y = keep[y >= 0], df[y >= 0], y[y >= 0]
+            all_rows = False
+        w = self._scale(df[WEIGHT].to_numpy(dtype=np.float64), y)
+        X = np.empty((len(df), len(self.columns)), dtype=np.float32)
+        for j, c in enumerate(self.columns):
+            col = table.column(c).to_numpy()
+            X[:, j] = col if all_rows else col[keep]
+        return _fill(X, self.columns, self.fill), y, w
+
+
+def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENTS) -> ParquetSource:
+    """A training split as a :class:`ParquetSource`: :func:`read_fit` for data larger than memory.
+
+    A first pass reads the weight, label and target columns only, to learn the
+    classes (multiclass), count the events and sum the weights that
+    ``weighting`` needs; the fit weights of a batch are then those
+    :func:`fit_weights` gives the whole split (equal up to the order of
+    floating-point summation).
+
+    Parameters
+    ----------
+    path : str
+        A prepared training split (Parquet).
+    spec : dict
+        The model's config entry, as for :func:`read_fit`.
+    what : str
+        How messages name the model.
+    batch_events : int, default :data:`BATCH_EVENTS`
+        Events per chunk at most (a Parquet row group is cut into chunks).
+
+    Raises
+    ------
+    DataError
+        No (background) events, unusable targets.
+    ConfigError
+        Missing ``target`` or features, unknown ``weighting`` or ``negative_weights``.
+    """
+    task = tasks.of(spec)
+    target = spec.get("target")
+    weighting, negative = spec.get("weighting", "balanced"), spec.get("negative_weights", "ignore")
+    pf = _parquet_file(path)
+    names = pf.schema_arrow.names
+    head = pf.schema_arrow.empty_table().to_pandas()
+    columns = select_features(head, spec.get("features"), target)
+    key_cols = [c for c in _key_columns(names, task, target, None) if c != EVENT_ID]
+    key_cols += [c for c in (WEIGHT, LABEL) if c in names and c not in key_cols]
+    first = read_parquet(path, columns=key_cols)
+    classes = task.learn_classes(first, target, what)
+    first = _task_events(first, task, what)
+    if first.empty:
+        what_events = "background events" if task.background_only else "events"
+        raise DataError(f"{what}: {path} has no {what_events}")
+    y = task.targets(first, target, what, classes)
+    if classes is not None:
+        first, y = first[y >= 0], y[y >= 0]
+    task.check_fit_targets(y, what)
+    w = signed_policy(first[WEIGHT].to_numpy(dtype=np.float64), negative)
+    scale = _weight_scale(w, y, weighting, task.name, negative)
+    fw = scale(first[WEIGHT].to_numpy(dtype=np.float64), y)
+    labels = task.balance_classes(y) if y is not None else None
+    source = ParquetSource(
+        path,
+        spec,
+        what,
+        task,
+        classes,
+        columns,
+        [c for c in names if c in set(columns) | set(key_cols)],
+        None if handles_missing(spec.get("family")) else ((head.attrs.get(_attrs_key()) or {}).get("fill") or {}),
+        batch_events,
+        scale,
+    )
+    source.n_events = len(first)
+    source.sum_weights = float(first[WEIGHT].to_numpy(dtype=np.float64).sum())
+    if labels is not None:
+        source.class_weight_sums = {c.item(): float(fw[y == c].sum()) for c in np.unique(y)}
+    source.prepared = head.attrs.get(_attrs_key())
+    return source
+
+
+def _weight_scale(w, y, weighting: str, task: str, negative: str):
+    """``f(w_batch, y_batch)``: :func:`fit_weights` of a batch with the totals of the
+    whole split (``w`` after the negative policy, ``y`` its targets)."""
+    if weighting == "none":
+        return lambda wb, yb: fit_weights(wb, yb, "none", task, negative)
+    n = len(w)
+    labels = tasks.get(task).balance_classes(y) if weighting == "balanced" else None
+    if labels is not None:
+        factors = {}
+        for cls in labels:
+            total = w[y == cls].sum()
+            if total <= 0:
+                raise DataError(
+                    f"class {cls} has non-positive total weight {total:g} (negative_weights: {negative}); cannot balance"
+                )
+            factors[cls] = (n / len(labels), total)
+
+        def balanced(wb, yb):
+            wb = signed_policy(wb, negative)
+            out = np.empty_like(wb)
+            for cls, (per, total) in factors.items():
+                m = yb == cls
+                out[m] = wb[m] * per / total
+            return out
+
+        return balanced
+    if weighting in ("balanced", "physical"):
+        total = w.sum()
+        if total <= 0:
+            raise DataError(f"events have non-positive total weight {total:g} (negative_weights: {negative})")
+        return lambda wb, yb: signed_policy(wb, negative) * n / total
+    raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
+
+
+def _attrs_key() -> str:
+    from .features import ATTRS_KEY
+
+    return ATTRS_KEY
 
 
 def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str):
@@ -570,20 +1037,29 @@ def _features(df, cols: list, family: str | None, what: str) -> np.ndarray:
     unless ``family`` handles missing values (module docstring)."""
     X = df[cols].to_numpy(dtype=np.float32)
     fill = (_prepared(df) or {}).get("fill") or {}
-    if not fill or handles_missing(family) or not np.isnan(X).any():
+    if handles_missing(family):
         return X
-    X, n = X.copy(), 0
-    for j, c in enumerate(cols):
-        if c in fill:
-            bad = np.isnan(X[:, j])
-            if bad.any():
-                X[bad, j] = fill[c]
-                n += int(bad.sum())
+    X, n = _fill(X, cols, fill, count=True)
     if n:
         log.info(
             "%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)", what, n, family
         )
     return X
+
+
+def _fill(X: np.ndarray, cols: list, fill: dict | None, count: bool = False):
+    """``X`` with NaN in column ``cols[j]`` replaced by ``fill[cols[j]]`` (a copy when
+    anything is filled); with ``count``, also the number of values filled."""
+    n = 0
+    if fill and np.isnan(X).any():
+        X = X.copy()
+        for j, c in enumerate(cols):
+            if c in fill:
+                bad = np.isnan(X[:, j])
+                if bad.any():
+                    X[bad, j] = fill[c]
+                    n += int(bad.sum())
+    return (X, n) if count else X
 
 
 def _optional(df, column: str):

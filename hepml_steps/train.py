@@ -23,7 +23,16 @@ export included) is written.
 
 Families that scale badly declare (or the config sets) ``max_train_events``;
 above it a deterministic subsample (smallest hash of ``event_id``) is used, a
-warning is logged and the cap is recorded. Before the fit the leakage check
+warning is logged and the cap is recorded. A fit in memory is also capped at
+``max_in_memory_events`` (20 million by default), so a split larger than
+memory is subsampled, recorded, rather than crashing the job. A family that
+declares ``streams_training`` (XGBoost, MLP, autoencoder) trains from batches
+of the Parquet file instead (``fit_stream``) when the split holds more than
+``stream_above_events`` events (2 million by default): memory then holds
+the family's own compact copy (XGBoost's quantised matrix) or a shuffle
+buffer, plus the validation split; the leakage and learned-nothing checks
+use a deterministic sample of 200,000 training events, and the record says
+``streamed``. Before the fit the leakage check
 (:mod:`hepml_steps.leakage`, ``training.leakage``) flags features that
 alone separate the classes or look like identifiers. The model directory (model files
 + ``hepml_model.json``) is replaced atomically.
@@ -118,11 +127,40 @@ def _onnx_raw(path: Path, family, meta: dict, pre: dict) -> None:
         meta["onnx_input"], meta["onnx_raw_refused"] = "features", describe(exc)
 
 
+#: A streamed fit checks leakage and "learned nothing" on this many training events
+#: at most (the deterministic subsample of a training cap).
+STREAM_SAMPLE_EVENTS = 200_000
+
+
+def _read_train(path: str, spec: dict, cls, what: str):
+    """The training split as ``(data, source)``.
+
+    In memory (``source`` None) under the model's training cap
+    (:func:`hepml_steps.dataset.fit_cap`); or, when the family streams and the
+    split is large (:func:`hepml_steps.dataset.streams`), a
+    :class:`~hepml_steps.dataset.ParquetSource` for the fit plus ``data``, a
+    deterministic sample of at most :data:`STREAM_SAMPLE_EVENTS` events for
+    the leakage and learned-nothing checks.
+    """
+    if dataset.streams(spec, cls, path):
+        source = dataset.stream_fit(path, spec, what, spec.get("stream_batch_events", dataset.BATCH_EVENTS))
+        sample = dataset.read_fit(path, spec, what, cap=STREAM_SAMPLE_EVENTS, classes=source.classes, warn_cap=False)
+        log.info("%s: training on %d events streamed in %d batch(es)", what, len(source), source.n_chunks)
+        return sample, source
+    return dataset.read_fit(path, spec, what, cap=dataset.fit_cap(spec, cls, streaming=False)), None
+
+
 def _fit(family, train, val, meter) -> dict:
-    """Fit ``family`` on the datasets under ``meter``; return timing and energy."""
+    """Fit ``family`` under ``meter`` on a Dataset, or from a FitSource (``fit_stream``);
+    return timing and energy."""
     t0, c0 = time.perf_counter(), time.process_time()
     with meter:
-        family.fit(train.X, train.y, sample_weight=train.fit_weights, X_val=val.X, y_val=val.y, w_val=val.fit_weights)
+        if isinstance(train, dataset.FitSource):
+            family.fit_stream(train, X_val=val.X, y_val=val.y, w_val=val.fit_weights)
+        else:
+            family.fit(
+                train.X, train.y, sample_weight=train.fit_weights, X_val=val.X, y_val=val.y, w_val=val.fit_weights
+            )
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     meter.set_events(len(train))
     return {
@@ -252,16 +290,17 @@ def train(
     cls = registry.get(spec["family"])
     device = registry.requested_device(spec)
     family = cls(task=task.name, params=spec.get("params") or {}, seed=seed, n_threads=threads, device=device)
-    data = dataset.read_fit(train_path, spec, what, cap=spec.get("max_train_events", cls.max_train_events))
+    data, source = _read_train(train_path, spec, cls, what)
+    n_train = len(source) if source is not None else len(data)
     val = dataset.read_fit(validation_path, spec, what + " (validation)", classes=data.classes)
-    if len(data) < task.min_fit_events:
-        raise DataError(f"{what}: {len(data)} training events are too few for {task}")
+    if n_train < task.min_fit_events:
+        raise DataError(f"{what}: {n_train} training events are too few for {task}")
     if data.classes is not None:
         family.n_classes = len(data.classes)
     leaks = leakage.check(
         data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT), task.separates_signal
     )
-    fitted = _fit(family, data, val, step_meter(energy, device, cls.gpu_capable))
+    fitted = _fit(family, source or data, val, step_meter(energy, device, cls.gpu_capable))
     check_learned(family, data, val, model, spec)
     meta = {
         "model": model,
@@ -280,10 +319,20 @@ def train(
     record = {
         **meta,
         "weighting": spec.get("weighting", "balanced"),
-        "n_train": len(data),
+        "n_train": n_train,
         "n_validation": len(val),
-        "sum_weights_train": float(data.weights.sum()),
-        "train_cap": data.cap,
+        "sum_weights_train": source.sum_weights if source is not None else float(data.weights.sum()),
+        "train_cap": data.cap
+        if source is None
+        else {"cap": None, "applied": False, "n_before": n_train, "n_after": n_train},
+        "streamed": None
+        if source is None
+        else {
+            "events": n_train,
+            "chunks": source.n_chunks,
+            "sample_events": len(data),
+            "batch_events": source.batch_events,
+        },
         "fit_seconds": fitted["fit_seconds"],
         "fit_cpu_seconds": fitted["fit_cpu_seconds"],
         "threads": threads,
@@ -298,7 +347,7 @@ def train(
         "tuning": None if tuning is None else {k: tuning.get(k) for k in TUNING_KEYS},
     }
     write_json(record_out, record)
-    log.info("%s (%s, %s): trained on %d events in %.2f s", model, cls.name, task, len(data), fitted["fit_seconds"])
+    log.info("%s (%s, %s): trained on %d events in %.2f s", model, cls.name, task, n_train, fitted["fit_seconds"])
     return record
 
 

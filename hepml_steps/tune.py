@@ -549,7 +549,7 @@ def tune(
         Every trial failed.
     """
     st = _study(model, spec, seed, threads, energy)
-    cap = spec.get("max_train_events", st.cls.max_train_events)
+    cap = dataset.fit_cap(spec, st.cls, streaming=False)  # trials fit in memory
     train = dataset.read_fit(train_path, spec, st.what, cap=cap)
     val = dataset.read_fit(validation_path, spec, st.what + " (validation)", classes=train.classes)
     st.classes = train.classes

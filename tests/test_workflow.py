@@ -270,9 +270,12 @@ def test_config_mistakes_fail_when_parsed_before_any_job(config, message, tmp_pa
 
 def test_every_other_task_runs_through_the_workflow(tmp_path):
     """Multiclass, regression, anomaly, clustering and dimensionality reduction
-    through real Snakemake: metrics, plots, leaderboard sections, MLflow runs."""
+    through real Snakemake: metrics, plots, leaderboard sections, MLflow runs.
+    The streaming families (XGBoost, MLP, autoencoder) train from batches here
+    (``stream_above_events: 0``); the main run trains them in memory."""
     cfg = tmp_path / "tasks.yaml"
     cfg.write_text(
+        "training: {stream_above_events: 0}\n"
         "select_models: [jet_multiplicity, mjj_regression, autoencoder, kmeans, pca]\n"
         "models:\n"
         "  jet_multiplicity: {enabled: true, params: {n_estimators: 15, max_depth: 3}}\n"
@@ -295,6 +298,9 @@ def test_every_other_task_runs_through_the_workflow(tmp_path):
     t = pred[pred.split == "test"].set_index("event_id")
     known = t["target"] >= 0
     assert (raw.loc[t.index[known]].to_numpy() == [classes[i] for i in t["target"][known]]).all()
+    for model in ("jet_multiplicity", "mjj_regression", "autoencoder"):
+        assert json.loads((res / "records" / f"{model}.train.json").read_text())["streamed"]["events"] > 0, model
+    assert json.loads((res / "records" / "kmeans.train.json").read_text())["streamed"] is None
     reg = json.loads((res / "metrics" / "mjj_regression.json").read_text())["metrics"]
     assert reg["r2"] > 0 and reg["resolution_68"] > 0
     assert 0 < json.loads((res / "metrics" / "autoencoder.json").read_text())["metrics"]["roc_auc"] < 1

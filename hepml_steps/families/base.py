@@ -7,10 +7,13 @@ family instance is declared here, with its default; nothing is looked up with
 
 - *declares* class attributes: ``name``, ``tasks``, ``default_params``,
   ``search_space``, ``gpu_capable``, ``file_format``, ``iterative``,
-  ``max_train_events``, ``exports_onnx``, ``accepts_negative_weights``;
+  ``max_train_events``, ``exports_onnx``, ``accepts_negative_weights``,
+  ``streams_training``;
 - *implements* ``fit``, ``predict_score``, ``save`` and ``load``;
 - *may override* the optional hooks, whose defaults are safe:
   ``use_device`` (stay on the CPU), ``native_importance`` (none),
+  ``fit_stream`` (refuse, naming the family: only a ``streams_training``
+  family trains from batches),
   ``to_onnx`` (refuse, naming the family), ``set_epoch_callback`` (store the
   callback; only an ``iterative`` family's ``fit`` calls it, through
   :meth:`Family.report_epoch`);
@@ -133,6 +136,10 @@ class Family(ABC):
     #: for such families; under ``ignore`` (default) and ``abs`` the fit never
     #: sees a negative weight
     accepts_negative_weights: ClassVar[bool] = False
+    #: whether :meth:`fit_stream` trains from batches (data larger than memory):
+    #: train then hands a large training split as a
+    #: :class:`~hepml_steps.dataset.FitSource` instead of arrays
+    streams_training: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -262,6 +269,34 @@ class Family(ABC):
         """
 
     # -- optional hooks, with their defaults ------------------------------------
+    def fit_stream(self, source, X_val=None, y_val=None, w_val=None) -> Family:
+        """Train from batches of training events; return ``self`` (``streams_training`` families).
+
+        The train step calls it instead of :meth:`fit` when the training split
+        holds more than ``training.stream_above_events`` events. The result
+        must be statistically equivalent to :meth:`fit` on the same events
+        (same model, hyper-parameters and weights; the order in which events
+        are seen may differ).
+
+        Parameters
+        ----------
+        source : hepml_steps.dataset.FitSource
+            ``source.chunks(rng=None)`` yields ``(X, y, w)`` chunks (float32
+            features, targets, fit weights) as many times as asked;
+            ``source.shuffled_batches(batch_size, buffer_events, rng)``
+            shuffled mini-batches; ``n_events``, ``n_features``, ``columns``,
+            ``class_weight_sums`` describe the whole split.
+        X_val, y_val, w_val : optional
+            The validation split in memory, as for :meth:`fit`.
+
+        Raises
+        ------
+        FamilyError
+            Default: always, naming the family (set ``streams_training`` and
+            override this to stream).
+        """
+        raise FamilyError(f"family '{self.name}' cannot train from batches (streams_training is False)")
+
     def use_device(self, device: str) -> None:
         """Run inference of a loaded model on ``device`` (called by predict).
 
@@ -378,4 +413,5 @@ class Family(ABC):
             "max_train_events": cls.max_train_events,
             "exports_onnx": cls.exports_onnx,
             "accepts_negative_weights": cls.accepts_negative_weights,
+            "streams_training": cls.streams_training,
         }

@@ -5,7 +5,8 @@ training, 100 validation and 200 test events, 4 features) for every task it
 declares and checks what the pipeline relies on (docs/plugins.md):
 
 - ``declarations``: name, tasks, parameters, search space (every bound and
-  choice builds an instance), flags of the right types; a task the family
+  choice builds an instance), flags of the right types (a family declaring
+  ``streams_training`` overrides ``fit_stream``); a task the family
   lacks is refused with a FamilyError naming the family;
 - ``unknown_parameter``: an unknown hyper-parameter raises a FamilyError
   naming the family and the parameter;
@@ -32,6 +33,9 @@ declares and checks what the pipeline relies on (docs/plugins.md):
   training event;
 - ``onnx``: ``exports_onnx`` families write a model whose ``score`` equals
   ``predict_score`` under ONNX Runtime; the others refuse with a FamilyError.
+- ``stream`` (``streams_training`` families): ``fit_stream`` over the
+  training events in chunks gives scores of the task's shape and meaning,
+  identical for the same seed.
 
 A failed check raises :class:`FamilyCheckError` (an ``AssertionError``) naming
 the family, the task and the check.
@@ -203,8 +207,12 @@ def _check_declarations(cls) -> None:
     known = _task_names()
     _require(cls.tasks and set(cls.tasks) <= set(known), f"tasks {cls.tasks!r} must be a non-empty subset of {known}")
     _require(isinstance(cls.file_format, str) and cls.file_format, "file_format must be a non-empty string")
-    for flag in ("gpu_capable", "iterative", "exports_onnx", "accepts_negative_weights"):
+    for flag in ("gpu_capable", "iterative", "exports_onnx", "accepts_negative_weights", "streams_training"):
         _require(isinstance(getattr(cls, flag), bool), f"{flag} must be True or False")
+    _require(
+        not cls.streams_training or cls.fit_stream is not Family.fit_stream,
+        "streams_training is True but fit_stream is not overridden",
+    )
     cap = cls.max_train_events
     _require(cap is None or (isinstance(cap, int) and cap > 0), f"max_train_events {cap!r}: None or an integer > 0")
     _require(isinstance(cls.default_params, dict), "default_params must be a dict")
@@ -328,6 +336,28 @@ def _check_batches(case: _Case) -> None:
     k = N_TEST // 3
     parts = [np.asarray(case.fitted.predict_score(case.Xt[:k])), np.asarray(case.fitted.predict_score(case.Xt[k:]))]
     _same(np.concatenate(parts), case.scores, "two batches vs one", exact=False)
+
+
+def _check_stream(case: _Case) -> None:
+    """``streams_training``: ``fit_stream`` over the training events in chunks gives a
+    model whose scores have the task's shape, range and meaning, the same for the same seed."""
+    from types import SimpleNamespace
+
+    from ..dataset import ArraySource
+
+    def fit():
+        fam = case.make()
+        source = ArraySource(case.X, case.y, np.ones(N_TRAIN), chunk_events=70, task=case.task)
+        out = fam.fit_stream(source, X_val=case.Xv, y_val=case.yv, w_val=np.ones(N_VAL))
+        _require(out is fam, "fit_stream must return the instance itself")
+        return fam
+
+    fam = fit()
+    s = np.asarray(fam.predict_score(case.Xt))
+    shape = (N_TEST, case.n_classes) if case.task == "multiclass" else (N_TEST,)
+    _require(s.shape == shape and np.all(np.isfinite(s)), f"streamed scores have shape {s.shape}, expected {shape}")
+    _SCORE_MEANING[case.task](SimpleNamespace(fitted=fam, Xt=case.Xt, yt=case.yt, n_classes=case.n_classes), s)
+    _same(fit().predict_score(case.Xt), s, f"a second streamed fit with seed {SEED}")
 
 
 def _check_determinism(case: _Case) -> None:
@@ -565,6 +595,7 @@ _TASK_CHECKS: tuple[tuple[str, Callable, Callable], ...] = (
     ("epoch_callback", _check_epoch_callback, lambda cls, task: cls.iterative),
     ("missing_class", _check_missing_class, lambda cls, task: task == "multiclass"),
     ("onnx", _check_onnx, lambda cls, task: True),
+    ("stream", _check_stream, lambda cls, task: cls.streams_training),
 )
 
 

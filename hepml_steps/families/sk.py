@@ -30,6 +30,46 @@ TRUSTED_TYPES = frozenset(
 )
 
 
+#: Packages that importing ``skops.io`` would load for nothing: it lists
+#: scikit-learn's estimators (``sklearn.utils.all_estimators``), whose walk over
+#: the package imports every subpackage, ``sklearn.externals.array_api_compat.torch``
+#: (all of PyTorch, ~1.5 s) and pytest among them. Neither holds an estimator.
+_SKOPS_IMPORT_SKIPS = frozenset({"sklearn.externals.array_api_compat.torch", "pytest"})
+
+
+class _SkipImports:
+    """A meta-path finder that makes the imports of ``names`` fail (ImportError),
+    which ``pkgutil.walk_packages`` skips; installed only while skops.io is imported."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.names:
+            raise ImportError(f"not imported while loading skops.io: {name}")
+        return None
+
+
+def skops_io():
+    """``skops.io``, imported without PyTorch and pytest (:data:`_SKOPS_IMPORT_SKIPS`).
+
+    Keeps a scikit-learn job's fixed cost low (benchmarks/overhead.py). The
+    skipped modules stay importable afterwards (a failed import leaves no
+    trace in ``sys.modules``), and a module already imported is used as is.
+    """
+    import sys
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    finder = _SkipImports(_SKOPS_IMPORT_SKIPS - set(sys.modules))
+    sys.meta_path.insert(0, finder)
+    try:
+        import skops.io as sio
+    finally:
+        sys.meta_path.remove(finder)
+    return sio
+
+
 def skops_dump(estimator, path) -> None:
     """Write a fitted scikit-learn estimator as a skops file (no pickle).
 
@@ -39,8 +79,7 @@ def skops_dump(estimator, path) -> None:
     path : path-like
         The ``.skops`` file to write.
     """
-    import skops.io as sio
-
+    sio = skops_io()
     sio.dump(estimator, str(path))
 
 
@@ -56,8 +95,7 @@ def skops_load(path, trusted=TRUSTED_TYPES):
     StorageError
         When the system refuses to read it.
     """
-    import skops.io as sio
-
+    sio = skops_io()
     with culprit(path, FamilyError, "not a readable skops model"):
         untrusted = sio.get_untrusted_types(file=str(path))
         bad = sorted(t for t in untrusted if t not in trusted)

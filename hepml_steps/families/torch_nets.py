@@ -90,6 +90,11 @@ CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
 CONFIG_FORMAT = "hepml-torch-net-1"
 INFERENCE_BATCH = 65536
+#: the epoch's training loss is summed every this many mini-batches
+LOSS_FLUSH = 1024
+#: the initial training loss (``info["initial_train_loss"]``) is evaluated on at most
+#: about this many training events (evenly spaced; the first chunks of a streamed fit)
+INITIAL_LOSS_EVENTS = 10_000
 
 
 # --------------------------------------------------------------------------
@@ -280,6 +285,9 @@ class TorchFamily(Family):
     file_format = "torch-state-dict"
     iterative = True  # every epoch reports train_loss, validation_loss (and validation_auc)
     exports_onnx = True
+    streams_training = True  # fit_stream: shuffled mini-batches from a FitSource
+    #: events held (and shuffled) at once by :meth:`fit_stream`
+    shuffle_buffer_events: ClassVar[int] = 1 << 20
     losses: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(
@@ -295,6 +303,7 @@ class TorchFamily(Family):
         self.n_features: int | None = None
         self.scorer: Scorer | None = None
         self.scaling: dict[str, Any] = {}
+        self._signed = True  # whether a fit weight is negative (set by fit)
 
     # -- parameter checks ----------------------------------------------------
     def _bad(self, param: str, value, allowed, extra: str = "") -> FamilyError:
@@ -445,9 +454,14 @@ class TorchFamily(Family):
 
     # -- losses ------------------------------------------------------------------
     @staticmethod
-    def _weighted_mean(per_event, w):
+    def _weighted_mean(per_event, w, signed: bool = True):
+        """The weighted mean of ``per_event`` and the weight sum it divides by (|w|'s
+        when the sum is <= 0; only ``signed`` weights need that check: it costs two
+        tensor operations per mini-batch)."""
         total = w.sum()
-        total = torch.where(total > 0, total, w.abs().sum()).clamp_min(1e-30)
+        if signed:
+            total = torch.where(total > 0, total, w.abs().sum())
+        total = total.clamp_min(1e-30)
         return (per_event * w).sum() / total, total
 
     def _evaluate(self, net, Xt, Tt, Wt):
@@ -497,6 +511,7 @@ class TorchFamily(Family):
             When training diverges (a non-finite training loss).
         """
         X, w, X_val, w_val = self._checked_inputs(X, sample_weight, X_val, w_val)
+        self._signed = bool(np.any(w < 0))
         device = self._resolve_device()
         self.history = {"train_loss": [], "validation_loss": []}
         if X_val is not None and self.task == "classification":
@@ -512,6 +527,72 @@ class TorchFamily(Family):
         self.scorer = scorer
         self.info["n_parameters"] = int(sum(t.numel() for t in scorer.net.parameters()))
         return self
+
+    def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
+        """Train from a :class:`~hepml_steps.dataset.FitSource` (data larger than memory).
+
+        A first pass over the chunks checks them and fits the scaling
+        (target or input moments, weighted as in :meth:`fit`); every epoch then
+        reads the chunks in a random order through a shuffled buffer of
+        :attr:`shuffle_buffer_events` events (:meth:`FitSource.shuffled_batches`),
+        so only the buffer, one chunk and the validation split are in memory.
+        Deterministic for a seed; the events of a mini-batch differ from
+        :meth:`fit`'s, so the result is statistically equivalent to it, not
+        identical. Raises as :meth:`fit`.
+        """
+        self.n_features = None
+        if source.n_events == 0:
+            raise DataError(f"family '{self.name}': no training events")
+        self.n_features = int(source.n_features)
+        if X_val is not None and len(X_val) == 0:
+            X_val = None
+        if X_val is not None:
+            X_val = self._as_X(X_val, "X_val")
+            w_val = self._as_w(w_val, len(X_val), "w_val")
+        device = self._resolve_device()
+        self.history = {"train_loss": [], "validation_loss": []}
+        if X_val is not None and self.task == "classification":
+            self.history["validation_auc"] = []
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with _threads(self.n_threads), torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(self.seed)
+            self.scaling, self._signed = self._fit_scaling_stream(source)
+            scorer = self._build(self.n_features, self.scaling).to(device)
+            train = _Streamed(self, source, device)
+            val = None if X_val is None else self._as_tensors(X_val, y_val, w_val, device)
+            self._train(scorer.net, train, val, y_val, w_val)
+        self.scorer = scorer
+        self.info["n_parameters"] = int(sum(t.numel() for t in scorer.net.parameters()))
+        self.info["streamed"] = {"events": int(source.n_events), "buffer_events": int(self.shuffle_buffer_events)}
+        return self
+
+    def _fit_scaling_stream(self, source) -> tuple[dict, bool]:
+        """:meth:`_fit_scaling` over the chunks of ``source`` (each checked as :meth:`fit`
+        checks ``X``, ``w``), and whether any fit weight is negative."""
+        moments = _Moments()
+        out: dict = {}
+        signed = False
+        for X, y, w in source.chunks():
+            X = self._as_X(X, "X")
+            w = self._as_w(w, len(X), "sample_weight")
+            part = self._fit_scaling(X, y, w)  # checks the targets of the chunk
+            if "n_classes" in part:
+                out["n_classes"] = max(out.get("n_classes", 0), part["n_classes"])
+            column = self._scaling_column(X, y)
+            if column is not None:
+                moments.add(column, w)
+            signed = signed or bool(np.any(w < 0))
+        if self.task == "multiclass" and self.n_classes:
+            out["n_classes"] = int(self.n_classes)
+        return {**out, **self._scaling_from_moments(moments)}, signed
+
+    def _scaling_column(self, X, y):
+        """What :meth:`_fit_scaling` takes moments of (``None``: nothing), for the streamed fit."""
+        return None
+
+    def _scaling_from_moments(self, moments) -> dict:
+        """The scaling constants from the streamed moments (see :meth:`_scaling_column`)."""
+        return {}
 
     def _checked_inputs(self, X, w, X_val, w_val):
         """(X, w, X_val, w_val) as float32 arrays; ``X_val`` None when there is no validation event."""
@@ -535,14 +616,22 @@ class TorchFamily(Family):
         """The epoch loop: train, validate, report, stop early; records in ``history`` and ``info``."""
         p = self.params
         optimizer = self._make_optimizer(net.parameters())
-        self.info["initial_train_loss"], _ = self._evaluate(net, *train)
+        streamed = isinstance(train, _Streamed)
+        if streamed:
+            self.info["initial_train_loss"] = train.loss(net, INITIAL_LOSS_EVENTS)
+        else:
+            step = max(1, math.ceil(len(train[0]) / INITIAL_LOSS_EVENTS))
+            self.info["initial_train_loss"], _ = self._evaluate(net, *(t[::step] for t in train))
         if val is not None:
             self.info["initial_validation_loss"], _ = self._evaluate(net, *val)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
         rng = np.random.default_rng(self.seed)
         epoch, started = -1, time.perf_counter()
         for epoch in range(p["epochs"]):
-            metrics = {"train_loss": self._train_epoch(net, optimizer, train, rng, epoch)}
+            if streamed:
+                metrics = {"train_loss": train.epoch(net, optimizer, rng, epoch)}
+            else:
+                metrics = {"train_loss": self._train_epoch(net, optimizer, train, rng, epoch)}
             if val is not None:
                 val_loss, out = self._evaluate(net, *val)
                 metrics = {**metrics, "validation_loss": val_loss, **self._validation_extras(out, y_val, w_val)}
@@ -579,18 +668,41 @@ class TorchFamily(Family):
         Xt, Tt, Wt = train
         net.train()
         order = _tensor(rng.permutation(len(Xt))).to(Xt.device)
-        loss_sum = torch.zeros((), device=Xt.device, dtype=torch.float64)
-        w_sum = torch.zeros((), device=Xt.device, dtype=torch.float64)
         bs = self.params["batch_size"]
-        for start in range(0, len(Xt), bs):
-            idx = order[start : start + bs]
-            per = self._per_event_loss(net(Xt[idx]), Tt[idx])
-            loss, total = self._weighted_mean(per, Wt[idx])
+        batches = ((Xt[idx], Tt[idx], Wt[idx]) for idx in (order[s : s + bs] for s in range(0, len(Xt), bs)))
+        return self._descend(net, optimizer, batches, Xt.device, epoch)
+
+    def _descend(self, net, optimizer, batches, device, epoch: int) -> float:
+        """One gradient step per ``(input, target, weight)`` mini-batch; the weighted mean training loss.
+
+        Raises
+        ------
+        FamilyError
+            A non-finite training loss (divergence).
+        """
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        w_sum = torch.zeros((), device=device, dtype=torch.float64)
+        losses, totals = [], []  # summed every LOSS_FLUSH batches: no bookkeeping op per batch
+
+        def flush():
+            nonlocal loss_sum, w_sum
+            if losses:
+                t = torch.stack(totals).double()
+                loss_sum, w_sum = loss_sum + (torch.stack(losses).double() * t).sum(), w_sum + t.sum()
+                losses.clear()
+                totals.clear()
+
+        for xb, tb, wb in batches:
+            per = self._per_event_loss(net(xb), tb)
+            loss, total = self._weighted_mean(per, wb, self._signed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach().double() * total.detach().double()
-            w_sum += total.detach().double()
+            losses.append(loss.detach())
+            totals.append(total.detach())
+            if len(losses) >= LOSS_FLUSH:
+                flush()
+        flush()
         train_loss = float(loss_sum / w_sum)
         if not math.isfinite(train_loss):
             raise FamilyError(
@@ -730,6 +842,85 @@ class TorchFamily(Family):
             tmp.write_bytes(proto.SerializeToString())
 
 
+class _Streamed:
+    """The training events of :meth:`TorchFamily.fit_stream`: mini-batches of a
+    shuffled pass over a FitSource, converted to tensors batch by batch."""
+
+    def __init__(self, family: TorchFamily, source, device):
+        self.family, self.source, self.device = family, source, device
+
+    def _tensors(self, X, y, w):
+        inp, tgt = self.family._training_tensors(np.asarray(X, dtype=np.float32), y)
+        w = np.asarray(w, dtype=np.float32)
+        return _tensor(inp).to(self.device), _tensor(tgt).to(self.device), _tensor(w).to(self.device)
+
+    def loss(self, net, at_least: int) -> float:
+        """The weighted mean loss (eval mode, no grad) over the first chunks, until
+        ``at_least`` events (the events of a prepared split are in a random order)."""
+        loss_sum = w_sum = 0.0
+        n = 0
+        for X, y, w in self.source.chunks():
+            if n >= at_least:
+                break
+            n += len(X)
+            Xt, Tt, Wt = self._tensors(X, y, w)
+            loss, _ = self.family._evaluate(net, Xt, Tt, Wt)
+            total = float(Wt.sum())
+            loss_sum, w_sum = loss_sum + loss * total, w_sum + total
+        return loss_sum / w_sum if w_sum > 0 else float("nan")
+
+    def epoch(self, net, optimizer, rng, epoch: int) -> float:
+        """One shuffled pass of gradient steps; the weighted mean training loss."""
+        net.train()
+        fam = self.family
+        batches = (
+            self._tensors(X, y, w)
+            for X, y, w in self.source.shuffled_batches(fam.params["batch_size"], fam.shuffle_buffer_events, rng)
+        )
+        return fam._descend(net, optimizer, batches, self.device, epoch)
+
+
+class _Moments:
+    """Running mean and variance per column, weighted and unweighted (Chan et al.'s
+    pairwise update), for the streamed :func:`_weighted_moments`."""
+
+    def __init__(self):
+        self.n = 0
+        self.mean = self.m2 = None
+        self.w_sum, self.w_mean, self.w_m2, self.negative = 0.0, None, None, False
+
+    def add(self, X, w) -> None:
+        X = np.asarray(X, dtype=np.float64)
+        w = np.asarray(w, dtype=np.float64)
+        if len(X) == 0:
+            return
+        self.negative = self.negative or bool(np.any(w < 0))
+        self.n, self.mean, self.m2 = _merge(self.n, self.mean, self.m2, len(X), X.mean(axis=0), X.var(axis=0) * len(X))
+        ws = float(w.sum())
+        if ws > 0 and not self.negative:
+            mu = np.average(X, axis=0, weights=w)
+            m2 = (w[:, None] * (X - mu) ** 2).sum(axis=0)
+            self.w_sum, self.w_mean, self.w_m2 = _merge(self.w_sum, self.w_mean, self.w_m2, ws, mu, m2)
+
+    def result(self):
+        """(mean, std) as :func:`_weighted_moments` gives them for all the events added."""
+        if not self.negative and self.w_sum > 0:
+            mean, var = self.w_mean, self.w_m2 / self.w_sum
+        else:
+            mean, var = self.mean, self.m2 / self.n
+        std = np.sqrt(var)
+        return mean, np.where(np.isfinite(std) & (std > 0), std, 1.0)
+
+
+def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Combine the (count or weight sum, mean, sum of squared deviations) of two samples."""
+    if mean_a is None or n_a == 0:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n)
+
+
 class _EarlyStopping:
     """The best validation loss so far, its epoch, and (with patience > 0) its weights."""
 
@@ -826,6 +1017,19 @@ class MLPFamily(TorchFamily):
         mean, std = _weighted_moments(y[:, None], w)
         return {"target_mean": float(mean[0]), "target_std": float(std[0])}
 
+    def _scaling_column(self, X, y):
+        if self.task == "regression" and self.params["standardize_target"]:
+            return np.asarray(y, dtype=np.float64).reshape(-1, 1)
+        return None
+
+    def _scaling_from_moments(self, moments) -> dict:
+        if self.task != "regression":
+            return {}
+        if not self.params["standardize_target"]:
+            return {"target_mean": 0.0, "target_std": 1.0}
+        mean, std = moments.result()
+        return {"target_mean": float(mean[0]), "target_std": float(std[0])}
+
     def _training_tensors(self, X, y):
         if y is None:
             raise DataError(f"family '{self.name}': task '{self.task}' needs targets y (also for validation)")
@@ -892,6 +1096,13 @@ class AutoencoderFamily(TorchFamily):
 
     def _fit_scaling(self, X, y, w):
         mean, std = _weighted_moments(X, w)
+        return {"input_mean": [float(v) for v in mean], "input_std": [float(v) for v in std]}
+
+    def _scaling_column(self, X, y):
+        return X
+
+    def _scaling_from_moments(self, moments) -> dict:
+        mean, std = moments.result()
         return {"input_mean": [float(v) for v in mean], "input_std": [float(v) for v in std]}
 
     def _training_tensors(self, X, y):

@@ -5,6 +5,13 @@ the native API so event weights, a validation set (learning curve, optional
 early stopping) and a per-iteration callback (used for pruning while tuning)
 are all first-class. Early stopping (``early_stopping_rounds`` > 0) watches
 the validation log-loss, the metric of the learning curves and of pruning.
+Learning curve: the validation loss XGBoost evaluates for early stopping
+and pruning, and the training loss on at most ~:data:`TRAIN_CURVE_EVENTS`
+evenly spaced training events (every training event when there are fewer),
+so the curve costs a fixed amount per iteration, not one more pass over the
+training set (``benchmarks/overhead.py``).
+Data larger than memory: ``fit_stream`` (``streams_training``) builds an
+``xgboost.QuantileDMatrix`` from the batches of a FitSource.
 Progress: an INFO line on ``hepml.xgboost`` every ceil(n_estimators/20)
 iterations and after the last, with the training and validation losses
 XGBoost evaluates anyway, e.g.
@@ -79,14 +86,21 @@ def curvature_scale(y, w, task: str) -> float:
         return 1.0
     w = np.asarray(w, dtype=np.float64)
     y = np.asarray(y)
-    classes = np.unique(y)
-    k = max(len(classes), 2)
-    total = float(w.sum())
-    per_class = [float(w[y == c].sum()) for c in classes]
-    if total <= 0 or len(classes) < 2 or min(per_class) <= 0:
+    return curvature_scale_from_sums(len(w), {c: float(w[y == c].sum()) for c in np.unique(y)}, task)
+
+
+def curvature_scale_from_sums(n: int, class_sums: dict | None, task: str) -> float:
+    """:func:`curvature_scale` from ``n`` events and the fit weights' sum per class
+    (``{class: sum}``, as a streamed source gives them); 1 without classes."""
+    if not class_sums or task not in ("classification", "multiclass") or n == 0:
+        return 1.0
+    per_class = [float(v) for v in class_sums.values()]
+    k = max(len(per_class), 2)
+    total = float(sum(per_class))
+    if total <= 0 or len(per_class) < 2 or min(per_class) <= 0:
         return 1.0
     curvature = min(wc * (total - wc) / total for wc in per_class)
-    return float(len(w) * (1 / k) * (1 - 1 / k) / curvature)
+    return float(n * (1 / k) * (1 - 1 / k) / curvature)
 
 
 class XGBoostFamily(Family):
@@ -116,6 +130,7 @@ class XGBoostFamily(Family):
         "reg_lambda": {"type": "float", "low": 1e-3, "high": 10.0, "log": True},
     }
     gpu_capable = True
+    streams_training = True  # fit_stream: a QuantileDMatrix from the batches of a FitSource
     file_format = "xgboost-ubj"
     iterative = True
     exports_onnx = True
@@ -179,9 +194,49 @@ class XGBoostFamily(Family):
             self.info["weight_scale"] = curvature_scale(y, sample_weight, self.task)
             sample_weight = np.asarray(sample_weight, dtype=np.float64) * self.info["weight_scale"]
         dtrain = xgb.DMatrix(X, label=y, weight=sample_weight, nthread=self.n_threads)
-        evals = [(dtrain, "train")]
+        if len(X) <= TRAIN_CURVE_EVENTS:
+            curve = dtrain
+        else:  # the training loss of the learning curve on evenly spaced events (module docstring)
+            idx = _curve_index(len(X))
+            w = None if sample_weight is None else sample_weight[idx]
+            curve = xgb.DMatrix(X[idx], label=np.asarray(y)[idx], weight=w, nthread=self.n_threads)
+        dval = None
         if X_val is not None:
-            evals.append((xgb.DMatrix(X_val, label=y_val, weight=w_val, nthread=self.n_threads), "validation"))
+            dval = xgb.DMatrix(X_val, label=y_val, weight=w_val, nthread=self.n_threads)
+        return self._boost(xgb, dtrain, curve, dval)
+
+    def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
+        """Train from a :class:`~hepml_steps.dataset.FitSource`: an
+        ``xgboost.QuantileDMatrix`` built from an ``xgboost.DataIter`` over its
+        chunks (the features are held quantised, one byte per value with
+        ``max_bin`` <= 256); the validation split as a QuantileDMatrix with the
+        training bins (``ref``). Same objective, weights (``curvature_scale``
+        from the source's class sums) and learning curve as :meth:`fit`; the
+        bin edges come from XGBoost's streaming quantile sketch, so the trees
+        may differ slightly from those of :meth:`fit` (statistically equivalent)."""
+        import xgboost as xgb
+
+        self._select_device(xgb, "training")
+        sums = source.class_weight_sums
+        if self.task == "multiclass":
+            self.n_classes = int(self.n_classes or int(max(sums)) + 1)
+        self.info["weight_scale"] = curvature_scale_from_sums(source.n_events, sums, self.task)
+        it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events))
+        dtrain = xgb.QuantileDMatrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
+        X_curve, y_curve, w_curve = it.curve()
+        curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
+        it.release()
+        dval = None
+        if X_val is not None:
+            dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, ref=dtrain, nthread=self.n_threads)
+        self.info["streamed"] = {"events": int(source.n_events), "chunks": it.n_chunks}
+        return self._boost(xgb, dtrain, curve, dval)
+
+    def _boost(self, xgb, dtrain, curve, dval):
+        """Boost on ``dtrain``, evaluating ``curve`` (the training loss) and ``dval``; fill history and info."""
+        evals = [(curve, "train")]
+        if dval is not None:
+            evals.append((dval, "validation"))
         record: dict = {}
         n_rounds = int(self.params["n_estimators"])
         callbacks = [_IterationHook(self, n_rounds)]
@@ -193,14 +248,14 @@ class XGBoostFamily(Family):
             evals=evals,
             evals_result=record,
             verbose_eval=False,
-            early_stopping_rounds=esr if X_val is not None else None,
+            early_stopping_rounds=esr if dval is not None else None,
             callbacks=callbacks,
         )
         for split, metrics in record.items():
             for metric, values in metrics.items():
                 key = {"logloss": "loss", "mlogloss": "loss", "rmse": "loss"}.get(metric, metric)
                 self.history[f"{split}_{key}"] = [float(v) for v in values]
-        if esr and X_val is not None:
+        if esr and dval is not None:
             self.info["best_iteration"] = int(self.booster.best_iteration)
         self.info["n_trees"] = int(self.booster.num_boosted_rounds())
         if self.info["n_trees"] < n_rounds and self.info.get("best_iteration") is not None:
@@ -267,6 +322,62 @@ class XGBoostFamily(Family):
 
 #: at most this many progress lines per fit (plus the last iteration's)
 PROGRESS_LINES = 20
+#: the training loss of the learning curve is evaluated on at most about this many
+#: evenly spaced training events (all of them in a smaller fit)
+TRAIN_CURVE_EVENTS = 10_000
+
+
+def _curve_step(n: int) -> int:
+    """Every how many training events one enters the training-loss curve."""
+    return max(1, math.ceil(n / TRAIN_CURVE_EVENTS))
+
+
+def _curve_index(n: int) -> np.ndarray:
+    return np.arange(0, n, _curve_step(n))
+
+
+class _SourceIter:
+    """An ``xgboost.DataIter`` over the chunks of a FitSource (weights times
+    ``scale``), keeping every ``step``-th event of the first pass for the
+    training-loss curve."""
+
+    def __new__(cls, source, scale: float, step: int):
+        import xgboost as xgb
+
+        class It(xgb.DataIter):
+            def __init__(self):
+                super().__init__(release_data=True)
+                self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, [], 0, 0, 0
+
+            def next(self, input_data):
+                if self._chunks is None:
+                    self._chunks = source.chunks()
+                try:
+                    X, y, w = next(self._chunks)
+                except StopIteration:
+                    return False
+                w = w * scale
+                if self.passes == 0:
+                    self.n_chunks += 1
+                    first = (-self._offset) % step
+                    self._kept.append((X[first::step], y[first::step], w[first::step]))
+                    self._offset += len(X)
+                input_data(data=X, label=y, weight=w)
+                return True
+
+            def reset(self):
+                if self._chunks is not None:
+                    self.passes += 1
+                self._chunks = None
+
+            def curve(self):
+                X, y, w = (np.concatenate([k[i] for k in self._kept]) for i in range(3))
+                return X, y, w
+
+            def release(self):
+                self._kept = []
+
+        return It()
 
 
 class _IterationHook:

@@ -1,0 +1,190 @@
+"""Training beyond memory: the batched training source, streamed fits, and the in-memory cap."""
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hepml_steps import dataset as ds
+from hepml_steps import registry
+from hepml_steps import train as tr
+from hepml_steps.families.checks import check_family
+from tests.conftest import make_events
+
+
+def _write(df, path, row_group=700):
+    """A Parquet file of several row groups, with the features step's metadata."""
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group)
+    return str(path)
+
+
+@pytest.fixture
+def splits(tmp_path):
+    train = make_events(5000, seed=1)
+    train.loc[train.index % 4 == 0, "weight"] *= 3.0  # unequal weights: the weighting matters
+    train.loc[train.index % 9 == 0, "weight"] *= -1.0  # and negative ones
+    return _write(train, tmp_path / "train.parquet"), _write(make_events(1500, seed=2), tmp_path / "val.parquet")
+
+
+def _all(source):
+    X, y, w = zip(*source.chunks())
+    return np.concatenate(X), np.concatenate(y) if y[0] is not None else None, np.concatenate(w)
+
+
+@pytest.mark.parametrize("weighting", ["balanced", "physical", "none"])
+@pytest.mark.parametrize("negative", ["ignore", "abs"])
+def test_source_gives_read_fits_events_and_weights(splits, weighting, negative):
+    spec = {"family": "xgboost", "weighting": weighting, "negative_weights": negative}
+    data = ds.read_fit(splits[0], spec, "m")
+    source = ds.stream_fit(splits[0], spec, "m", batch_events=300)
+    X, y, w = _all(source)
+    assert source.n_chunks > 8 and len(source) == len(data) == len(X)
+    np.testing.assert_array_equal(X, data.X)
+    np.testing.assert_array_equal(y, data.y)
+    np.testing.assert_allclose(w, data.fit_weights, rtol=1e-12)
+    assert source.sum_weights == pytest.approx(float(data.weights.sum()))
+    assert source.columns == data.columns
+    for c, total in source.class_weight_sums.items():
+        assert total == pytest.approx(data.fit_weights[data.y == c].sum())
+
+
+def test_source_keeps_the_task_rules_and_fills_missing(tmp_path):
+    df = make_events(3000, seed=3)
+    df.loc[df.index % 7 == 0, "f1"] = np.nan
+    df.attrs["hepml"] = {"fill": {"f1": 0.25}, "identifier_like": {}}
+    path = _write(df, tmp_path / "t.parquet", row_group=500)
+    for spec in ({"family": "autoencoder", "task": "anomaly"}, {"family": "mlp", "weighting": "physical"}):
+        data = ds.read_fit(path, spec, "m")
+        X, y, w = _all(ds.stream_fit(path, spec, "m", batch_events=256))
+        np.testing.assert_array_equal(X, data.X)  # background only for anomaly; NaN filled with 0.25
+        assert not np.isnan(X).any()
+        np.testing.assert_allclose(w, data.fit_weights, rtol=1e-12)
+    X, _, _ = _all(ds.stream_fit(path, {"family": "xgboost"}, "m"))
+    assert np.isnan(X).sum() == df["f1"].isna().sum()  # XGBoost takes NaN as missing
+
+
+def test_shuffled_batches_are_deterministic_cover_every_event_and_respect_the_buffer():
+    X = np.arange(10_000, dtype=np.float32).reshape(-1, 1)
+    source = ds.ArraySource(X, np.zeros(10_000), chunk_events=700)
+    seen_buffers = []
+
+    class Recording:
+        """A generator that records the size of every permutation (chunk order, buffers)."""
+
+        def __init__(self, seed):
+            self.rng, self.sizes = np.random.default_rng(seed), []
+            seen_buffers.append(self.sizes)
+
+        def permutation(self, n):
+            self.sizes.append(n)
+            return self.rng.permutation(n)
+
+    def run(seed):
+        return [b[0][:, 0].copy() for b in source.shuffled_batches(128, 2000, Recording(seed))]
+
+    a, b = run(5), run(5)
+    assert all(np.array_equal(x, z) for x, z in zip(a, b)) and len(a) == len(b)
+    assert max(len(x) for x in a) <= 128
+    flat = np.concatenate(a)
+    assert np.array_equal(np.sort(flat), X[:, 0])  # every event once per pass
+    assert not np.array_equal(flat, X[:, 0])  # shuffled
+    assert max(seen_buffers[0][1:]) <= 2000  # no buffer beyond buffer_events (the first is the chunk order)
+    assert not np.array_equal(np.concatenate(run(6)), flat)
+
+
+def _auc(family, X, y):
+    return roc_auc_score(y, family.predict_score(X))
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("xgboost", {"n_estimators": 40, "max_depth": 3}),
+        (
+            "mlp",
+            {
+                "epochs": 4,
+                "hidden_layers": [16],
+                "early_stopping_patience": 0,
+                "learning_rate": 0.01,
+                "batch_size": 128,
+            },
+        ),
+    ],
+)
+def test_streamed_fit_matches_the_in_memory_fit(splits, name, params, monkeypatch):
+    spec = {"family": name, "params": params}
+    data, val = ds.read_fit(splits[0], spec, "m"), ds.read_fit(splits[1], spec, "v")
+    cls = registry.get(name)
+    monkeypatch.setattr(cls, "shuffle_buffer_events", 1000, raising=False)
+    mem = cls(params=params, seed=3).fit(data.X, data.y, data.fit_weights, val.X, val.y, val.fit_weights)
+    source = ds.stream_fit(splits[0], spec, "m", batch_events=400)
+    st = cls(params=params, seed=3).fit_stream(source, val.X, val.y, val.fit_weights)
+    again = cls(params=params, seed=3).fit_stream(source, val.X, val.y, val.fit_weights)
+    a, b = _auc(mem, val.X, val.y), _auc(st, val.X, val.y)
+    assert b > 0.8 and abs(a - b) < 0.015, (a, b)  # statistically equivalent (XGBoost: the same here)
+    np.testing.assert_array_equal(st.predict_score(val.X), again.predict_score(val.X))  # deterministic for a seed
+    assert len(st.history["validation_loss"]) == len(mem.history["validation_loss"])
+    assert st.info["streamed"]["events"] == len(data)
+
+
+def test_xgboost_learning_curve_is_sampled_on_large_fits(monkeypatch):
+    from hepml_steps.families import xgb
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    full = xgb.XGBoostFamily(params={"n_estimators": 5}).fit(X, y)
+    monkeypatch.setattr(xgb, "TRAIN_CURVE_EVENTS", 500)
+    sampled = xgb.XGBoostFamily(params={"n_estimators": 5}).fit(X, y)
+    np.testing.assert_array_equal(full.predict_score(X), sampled.predict_score(X))  # the model is the same
+    assert len(sampled.history["train_loss"]) == 5
+    assert np.allclose(sampled.history["train_loss"], full.history["train_loss"], rtol=0.1)
+
+
+def test_train_step_streams_above_the_threshold(splits, tmp_path):
+    params = {"n_estimators": 30, "max_depth": 3}
+    recs = {}
+    for model, above in (("mem", 10**9), ("stream", 0)):
+        spec = {"family": "xgboost", "params": params, "stream_above_events": above, "stream_batch_events": 512}
+        recs[model] = tr.train(
+            splits[0], splits[1], model, spec, str(tmp_path / model), str(tmp_path / f"{model}.json")
+        )
+    assert recs["mem"]["streamed"] is None and recs["stream"]["streamed"]["chunks"] >= 10
+    assert recs["stream"]["n_train"] == recs["mem"]["n_train"] == 5000
+    assert recs["stream"]["sum_weights_train"] == pytest.approx(recs["mem"]["sum_weights_train"])
+    assert json.loads((tmp_path / "stream.json").read_text())["history"]["validation_loss"]
+    val = ds.read_scoring(splits[1], json.loads((tmp_path / "mem" / registry.META_FILE).read_text()))
+    aucs = [
+        roc_auc_score(val.labels, registry.load_model(tmp_path / m)[0].predict_score(val.X)) for m in ("mem", "stream")
+    ]
+    assert abs(aucs[0] - aucs[1]) < 0.01
+
+
+def test_a_family_that_does_not_stream_is_capped_in_memory_and_recorded(splits, tmp_path, caplog):
+    spec = {"family": "logistic_regression", "stream_above_events": 0, "max_in_memory_events": 1200}
+    with caplog.at_level(logging.WARNING):
+        rec = tr.train(splits[0], splits[1], "lr", spec, str(tmp_path / "lr"), str(tmp_path / "lr.json"))
+    assert rec["streamed"] is None and rec["n_train"] == 1200
+    assert rec["train_cap"] == {"cap": 1200, "applied": True, "n_before": 5000, "n_after": 1200}
+    assert "capped at 1200 of 5000" in caplog.text
+    # the capped read keeps exactly the events of the in-memory cap
+    full = pd.read_parquet(splits[0])
+    kept, _ = ds.cap_events(full, 1200, "x")
+    data = ds.read_fit(splits[0], {"family": "logistic_regression"}, "m", cap=1200)
+    np.testing.assert_array_equal(np.sort(data.event_ids), np.sort(kept["event_id"].to_numpy()))
+    # the model's own max_train_events wins over max_in_memory_events; a streamed fit has no cap
+    cls = registry.get("logistic_regression")
+    assert ds.fit_cap({"max_train_events": 3000, "max_in_memory_events": 1200}, cls, False) == 3000
+    assert ds.fit_cap({}, registry.get("xgboost"), True) is None
+    assert ds.fit_cap({}, registry.get("knn"), False) == registry.get("knn").max_train_events
+
+
+def test_families_that_stream_pass_the_stream_check():
+    for name, params in (("xgboost", {"n_estimators": 10}), ("autoencoder", {"epochs": 3})):
+        check_family(registry.get(name), params=params, tasks=registry.get(name).tasks[:1])
