@@ -938,7 +938,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
     n_filled = 0
     for batch in _record_batches(pf, columns, batch_size, path):
         X = _arrow_matrix(batch, features)
-        n_filled += _fill(X, features, fill)
+        n_filled += _fill_in_place(X, features, fill)
         yield Dataset(
             X=X,
             y=task.targets(batch.select(others).to_pandas(), target, what, meta.get("classes")),
@@ -1005,7 +1005,7 @@ def _arrow_column(batch, name: str):
     return batch.column(name).to_numpy(zero_copy_only=False)
 
 
-def _fill(X: np.ndarray, cols: list, fill: dict) -> int:
+def _fill_in_place(X: np.ndarray, cols: list, fill: dict) -> int:
     """Fill NaN in ``X`` (in place) with ``fill[column]``; return how many were filled."""
     n = 0
     for j, c in enumerate(cols):
