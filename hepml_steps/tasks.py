@@ -294,6 +294,18 @@ class Task:
         """
         raise ConfigError(f"tuning is not available for task '{self.name}'")
 
+    def objective_truth(self, data, objective: str):
+        """What :meth:`objective_value` compares the scores of ``data`` (a
+        :class:`hepml_steps.dataset.Dataset`) with: its targets; the labels for a
+        task judged against them without fitting them (anomaly, clustering).
+
+        Raises
+        ------
+        DataError
+            ``objective`` needs labels and the events have none.
+        """
+        return data.y
+
     # -- predictions
     def empty_scores(self, classes: list | None) -> np.ndarray:
         """What ``predict_score`` would give for no events."""
@@ -438,6 +450,13 @@ def ks_overtraining(by_split: dict, tests, ks_pvalue_min: float) -> dict:
             ps.append(r["pvalue"])
     out["flagged"] = bool(ps) and min(ps) < ks_pvalue_min
     return out
+
+
+def _labels_for(data, objective: str, task) -> np.ndarray:
+    """The signal/background labels of ``data``, which ``objective`` of ``task`` is judged against."""
+    if data.labels is None:
+        raise DataError(f"tuning objective '{objective}' of task '{task}' needs labelled events; these have none")
+    return data.labels
 
 
 def _discriminant_objective(objective: str, y, score, w) -> float:
@@ -765,6 +784,9 @@ class Anomaly(Task):
     front_page_columns = ("roc_auc", "sig_eff_at_bkg_0.1", "z_max", "overtrained")
     rank_by = ("roc_auc", True)
 
+    def objective_truth(self, data, objective):
+        return _labels_for(data, objective, self)
+
     def objective_value(self, objective, y, score, w, X=None):
         return _discriminant_objective(objective, y, score, w)
 
@@ -871,6 +893,9 @@ class Clustering(Task):
     @property
     def needs_test_features(self):
         return True
+
+    def objective_truth(self, data, objective):
+        return _labels_for(data, objective, self) if objective == "adjusted_rand" else None
 
     def objective_value(self, objective, y, score, w, X=None):
         return float(M.clustering_metrics(X, score, y_true=y)[objective])

@@ -167,18 +167,38 @@ class _Study:
         return bool(self.cfg.get("energy_objective"))
 
 
-def _cv_splits(train, val, cv: int, what: str):
-    """Train+validation pooled, and the (fit, evaluate) masks of each of ``cv`` folds."""
-    if cv < 2:
-        raise ConfigError(f"{what}: tune.cv_folds must be >= 2 (got {cv})")
+def _cv_splits(st: _Study, train, val):
+    """Train+validation pooled (features, targets, weights, the objective's truth),
+    and the (fit, evaluate) masks of each of ``st.cv`` folds.
+
+    Raises
+    ------
+    ConfigError
+        ``cv_folds`` below 2, or a task fitted on background only (its folds hold
+        no signal to judge the objective on).
+    """
+    if st.cv < 2:
+        raise ConfigError(f"{st.what}: tune.cv_folds must be >= 2 (got {st.cv})")
+    if st.task.background_only:
+        raise ConfigError(
+            f"{st.what}: tune.cv_folds is not available for task '{st.task}' (it trains on background "
+            "only, so its folds hold no signal to judge on); tune on the validation split (cv_folds: null)"
+        )
     Xa, wa = np.concatenate([train.X, val.X]), np.concatenate([train.weights, val.weights])
     ya = None if train.y is None else np.concatenate([train.y, val.y])
-    fold = _folds(np.concatenate([train.event_ids, val.event_ids]), cv)
-    return Xa, ya, wa, [(fold != i, fold == i) for i in range(cv)]
+    truth = [st.task.objective_truth(d, st.objective) for d in (train, val)]
+    ta = None if truth[0] is None else np.concatenate(truth)
+    fold = _folds(np.concatenate([train.event_ids, val.event_ids]), st.cv)
+    return Xa, ya, wa, ta, [(fold != i, fold == i) for i in range(st.cv)]
 
 
-def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None) -> float:
-    """Fit on (Xt, yt, wt), return the objective on (Xe, ye, we)."""
+def _pick(a, mask):
+    return None if a is None else a[mask]
+
+
+def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None, judge=None) -> float:
+    """Fit on (Xt, yt, wt) with (Xe, ye, we) as its validation; return the objective
+    on ``judge`` = (X, truth, w) (default: (Xe, ye, we))."""
     import optuna
 
     fam = st.cls(task=st.task.name, params=params, seed=st.seed, n_threads=st.threads, device=st.device)
@@ -202,19 +222,39 @@ def _fit_eval(st: _Study, params, Xt, yt, wt, Xe, ye, we, trial=None) -> float:
         w_val=dataset.fit_weights(we, ye, st.weighting, st.task.name, st.negative_weights),
     )
     # the objective uses the event weights as they are (physics weights)
-    return st.task.objective_value(st.objective, ye, fam.predict_score(Xe), we, Xe)
+    Xj, yj, wj = judge if judge is not None else (Xe, ye, we)
+    return st.task.objective_value(st.objective, yj, fam.predict_score(Xj), wj, Xj)
 
 
-def _trial_value(st: _Study, trial, params, train, val, pooled):
-    """The objective of one trial's params: on validation, or the mean over the CV folds."""
+def _trial_value(st: _Study, trial, params, train, val, pooled, judged):
+    """The objective of one trial's params: on ``judged`` (the validation events
+    the objective is computed on: every one, also for a background-only fit), or
+    the mean over the CV folds."""
     if not st.cv:
         return _fit_eval(
-            st, params, train.X, train.y, train.weights, val.X, val.y, val.weights, None if st.multi else trial
+            st,
+            params,
+            train.X,
+            train.y,
+            train.weights,
+            val.X,
+            val.y,
+            val.weights,
+            None if st.multi else trial,
+            judge=(judged.X, st.task.objective_truth(judged, st.objective), judged.weights),
         )
-    Xa, ya, wa, splits = pooled
+    Xa, ya, wa, ta, splits = pooled
     vals = [
         _fit_eval(
-            st, params, Xa[tr], None if ya is None else ya[tr], wa[tr], Xa[te], None if ya is None else ya[te], wa[te]
+            st,
+            params,
+            Xa[tr],
+            _pick(ya, tr),
+            wa[tr],
+            Xa[te],
+            _pick(ya, te),
+            wa[te],
+            judge=(Xa[te], _pick(ta, te), wa[te]),
         )
         for tr, te in splits
     ]
@@ -222,7 +262,7 @@ def _trial_value(st: _Study, trial, params, train, val, pooled):
     return float(np.mean(vals))
 
 
-def _objective(st: _Study, train, val, pooled, n_fit: int):
+def _objective(st: _Study, train, val, pooled, n_fit: int, judged):
     """The Optuna objective: a trial's value (and J/event with ``energy_objective``)."""
     import optuna
 
@@ -234,7 +274,7 @@ def _objective(st: _Study, train, val, pooled, n_fit: int):
         trial_meter = step_meter(st.energy, st.device, st.cls.gpu_capable)
         try:
             with trial_meter:
-                value = _trial_value(st, trial, params, train, val, pooled)
+                value = _trial_value(st, trial, params, train, val, pooled, judged)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # recorded as a failed trial; the study goes on
@@ -553,11 +593,15 @@ def tune(
     train = dataset.read_fit(train_path, spec, st.what, cap=cap)
     val = dataset.read_fit(validation_path, spec, st.what + " (validation)", classes=train.classes)
     st.classes = train.classes
-    pooled = _cv_splits(train, val, st.cv, st.what) if st.cv else None
-    n_fit = sum(int(tr.sum()) for tr, _ in pooled[3]) if st.cv else len(train)
+    pooled = _cv_splits(st, train, val) if st.cv else None
+    n_fit = sum(int(tr.sum()) for tr, _ in pooled[-1]) if st.cv else len(train)
+    judged = val
+    if st.task.background_only:  # fitted on background; the objective needs the signal too
+        meta = {"model": model, "task": st.task.name, "family": spec["family"], "features": train.columns}
+        judged = dataset.read_scoring(validation_path, {**meta, "target": spec.get("target")}, st.what)
     inputs = {p: _sha256(p) for p in (train_path, validation_path)}
     storage = storage_path(out, model) if storage is None else (storage or None)
-    study, wall, meter, n_run = _run(st, model, _objective(st, train, val, pooled, n_fit), storage, inputs)
+    study, wall, meter, n_run = _run(st, model, _objective(st, train, val, pooled, n_fit, judged), storage, inputs)
     fit_events = len(pooled[0]) * (st.cv - 1) // st.cv if st.cv else len(train)
     meter.set_events(max(n_run, 1) * (st.cv or 1) * fit_events)  # the trials this run fitted
     best, pareto = _best(st, study)

@@ -295,3 +295,31 @@ def test_pruned_trials_say_pruned_in_the_trials_table(tmp_path):
     t = pd.read_csv(tmp_path / "t.csv")
     assert list(t["state"]) == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
     assert "sig_eff_at_bkg_0.1" in t.columns and t["sig_eff_at_bkg_0.1"].isna().tolist() == [False, True] * 2
+
+
+def test_anomaly_model_is_tuned_on_signal_and_background_of_validation(prepared, tmp_path):
+    spec = {
+        "family": "autoencoder",
+        "task": "anomaly",
+        "params": {"hidden_layers": [3], "epochs": 3},
+        "tune": {"n_trials": 2, "pruning": False},
+    }
+    rec = run(prepared, tmp_path, spec, name="ae")
+    assert rec["objective"] == "roc_auc" and rec["n_complete"] == 2 and rec["n_failed"] == 0
+    assert 0.0 <= rec["best_value"] <= 1.0  # an AUC: validation signal and background were both judged
+    with pytest.raises(ConfigError, match="cv_folds is not available for task 'anomaly'"):
+        run(prepared, tmp_path, {**spec, "tune": {"n_trials": 2, "cv_folds": 2}}, name="ae_cv")
+
+
+@pytest.mark.parametrize("cv", [None, 2])
+def test_clustering_tuned_on_adjusted_rand_compares_with_the_labels(prepared, tmp_path, cv):
+    spec = {
+        "family": "kmeans",
+        "task": "clustering",
+        "params": {"n_clusters": 2},
+        "tune": {"n_trials": 2, "objective": "adjusted_rand", "cv_folds": cv},
+    }
+    rec = run(prepared, tmp_path, spec, name="km")  # main: KeyError 'adjusted_rand' (no labels reached it)
+    assert rec["objective"] == "adjusted_rand" and rec["n_complete"] == 2 and rec["n_failed"] == 0
+    # the classes are separated along f0 in make_events: two clusters agree with them better than chance
+    assert 0.05 < rec["best_value"] <= 1.0
