@@ -360,7 +360,8 @@ class _SourceIter:
                 if self.passes == 0:
                     self.n_chunks += 1
                     first = (-self._offset) % step
-                    self._kept.append((X[first::step], y[first::step], w[first::step]))
+                    # copies: a strided view would keep every chunk alive (the whole matrix)
+                    self._kept.append(tuple(a[first::step].copy() for a in (X, y, w)))
                     self._offset += len(X)
                 input_data(data=X, label=y, weight=w)
                 return True
