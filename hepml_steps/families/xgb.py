@@ -193,7 +193,10 @@ class XGBoostFamily(Family):
         if sample_weight is not None:
             self.info["weight_scale"] = curvature_scale(y, sample_weight, self.task)
             sample_weight = np.asarray(sample_weight, dtype=np.float64) * self.info["weight_scale"]
-        dtrain = xgb.DMatrix(X, label=y, weight=sample_weight, nthread=self.n_threads)
+        # quantised on the fly (one byte per value): a DMatrix would hold a copy of X besides its bins
+        dtrain = xgb.QuantileDMatrix(
+            X, label=y, weight=sample_weight, max_bin=int(self.params["max_bin"]), nthread=self.n_threads
+        )
         if len(X) <= TRAIN_CURVE_EVENTS:
             curve = dtrain
         else:  # the training loss of the learning curve on evenly spaced events (module docstring)
@@ -202,7 +205,7 @@ class XGBoostFamily(Family):
             curve = xgb.DMatrix(X[idx], label=np.asarray(y)[idx], weight=w, nthread=self.n_threads)
         dval = None
         if X_val is not None:
-            dval = xgb.DMatrix(X_val, label=y_val, weight=w_val, nthread=self.n_threads)
+            dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, ref=dtrain, nthread=self.n_threads)
         return self._boost(xgb, dtrain, curve, dval)
 
     def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
