@@ -5,7 +5,10 @@ splitmix64(salt)) / 2**64``; an event goes to *train* if ``u < f_train``, to
 *validation* if ``u < f_train + f_validation``, else to *test*. ``u`` depends
 on nothing but the event's id and the salt, so an event's split never depends
 on file order or on which other events are present. Streams the input by
-record batches, so memory stays at one batch.
+record batches of ``ROW_GROUP_EVENTS`` (65,536) events, the row-group size the
+outputs are written with (an output row group holds one batch's events of its
+split), so memory stays at about one batch of every column: the batch, its three
+filtered parts (one batch in all) and the per-event hash.
 
 Sanity (:func:`check_classes`): every split must hold at least
 ``min_events_per_class`` signal and background events with a positive total
@@ -125,7 +128,7 @@ def split(
     fractions: dict,
     salt: int = 0,
     summary_out: str | None = None,
-    batch_size: int = 1_000_000,
+    batch_size: int = ROW_GROUP_EVENTS,
     min_events_per_class: int = 1,
 ) -> dict:
     """Split the canonical event table ``events`` into the files ``outs[split]``.
@@ -162,7 +165,7 @@ def split(
                 mask = idx == i
                 n = int(mask.sum())
                 if n:
-                    part = batch.filter(pa.array(mask))
+                    part = batch.filter(pa.array(mask))  # Arrow's filter: the part's rows, no other copy
                     writers[s].write_batch(part, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory
                     counts[s] += n
                     if has_label:
