@@ -273,6 +273,10 @@ def headline(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--predictions", required=True, help="the model's prediction table")
         p.add_argument("--out", required=True, help="metrics.json to write")

@@ -631,6 +631,10 @@ def _write_root(path: Path, chunks) -> None:
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--out", required=True, help="output file (.parquet or .root)")
         p.add_argument("--n-events", type=int, required=True)

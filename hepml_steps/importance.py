@@ -173,6 +173,10 @@ def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_even
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--model-dir", required=True, help="the trained model's directory")
         p.add_argument("--test", required=True, help="prepared test split (features)")

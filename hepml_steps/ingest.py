@@ -1050,6 +1050,10 @@ SETTINGS_KEYS = ("columns", "aliases", "cut", "signal_values", "background_value
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument(
             "--inputs-json",

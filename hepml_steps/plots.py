@@ -986,6 +986,9 @@ def plot_summary(
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
     from . import cli
 
     def build(p):

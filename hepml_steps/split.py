@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError
-from .io import ROW_GROUP_EVENTS, atomic_path, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, write_json
 
 log = logging.getLogger("hepml.split")
 
@@ -144,9 +143,7 @@ def split(
     fractions = check_fractions(fractions)
     if set(outs) != set(SPLITS):
         raise ConfigError(f"split outputs must be given for {list(SPLITS)}")
-    if not Path(events).exists():
-        raise DataError(f"missing input file: {events}")
-    pf = pq.ParquetFile(events)
+    pf = parquet_file(events)  # not pre-buffered: pyarrow would hold every row group's column chunks read
     if EVENT_ID not in pf.schema_arrow.names:
         raise DataError(f"{events}: no '{EVENT_ID}' column")
     counts = {s: 0 for s in SPLITS}
@@ -206,6 +203,10 @@ def _count_classes(part, n: dict, w: dict, has_weight: bool) -> None:
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--events", required=True)
         for s in SPLITS:
