@@ -558,6 +558,7 @@ def _read_input(state: _Input, s: Settings, labels: Labels, spill: Path, counter
                     with pa.OSFile(str(chunk_path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
                         w.write_table(table)
                     state.chunks.append((chunk_path, kept, src.desc))
+                del table, arrays  # not alive while the next chunk is read
             offset += n_file
             state.n_read += n_file
             state.n_after_cut += n_cut
