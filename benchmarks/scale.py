@@ -27,23 +27,38 @@ it prints:
 - ``base MiB``: the same step's peak in a run at ``--baseline-events`` (20k by
   default): the interpreter, the libraries and the model, what does not grow
   with the events (``--baseline-events 0``: no baseline run, base 0);
-- ``needed MiB``: the in-memory size of the columns the step needs at once,
-  from the Parquet files' metadata (rows, columns, types; fixed-width types
-  take their width, others their uncompressed size per row):
+- ``needed MiB``: the in-memory size of the columns the step must hold at
+  once by its algorithm, from the Parquet files' metadata (rows, columns,
+  types; fixed-width types take their width, others their uncompressed size
+  per row):
 
   * train: the model's feature matrix, ``n_train`` (train record) × features ×
     4 bytes (``dataset.feature_matrix`` builds float32 for every family);
   * generate: one chunk (``data.toy.chunk_size`` events) of the generated
-    table; ingest: one chunk (``data.files.chunk_size`` events, ingest's default
-    for the toy) of its output table;
-  * predict, importance: one batch (``evaluation.inference_batch_size``
-    events) of the columns read from a prepared split (the model's features,
-    ``event_id``, ``label``, ``weight``, ``truth_llr``);
-  * split, features, evaluate, plots, summary_plots: one row group (the
-    largest) of every event table it reads, all its columns (split: the
-    events; features: the three splits; evaluate: the predictions; plots: the
-    predictions and the prepared test split; summary_plots: every model's
-    predictions and the prepared train split);
+    table (its random draws are made chunk by chunk: a chunk is the unit);
+  * ingest: one chunk (``data.files.chunk_size`` events, ingest's default for
+    the toy) of its output table, plus 8 bytes per event of the whole table:
+    the event ids the uniqueness check sorts;
+  * split: one record batch (``io.ROW_GROUP_EVENTS`` = 65,536 events, what it
+    reads at a time) of the events table, all its columns;
+  * features: the fit's matrix, ``n_fit_events`` × numeric columns ×
+    8 bytes (``transform.json``: ``features.fit`` builds float64 from the
+    training split; the rest streams by row group);
+  * predict: one batch (``evaluation.inference_batch_size`` events) of the
+    columns read from a prepared split (the model's features, ``event_id``,
+    ``label``, ``weight``, ``truth_llr``);
+  * importance: one record batch (65,536 events) of those columns from the
+    test split, plus the events it scores (at most 20,000, its
+    ``--max-events``) of them;
+  * evaluate, plots: the prediction table's columns they read, every row:
+    both hold the three splits' rows together (the train-vs-test KS test and
+    score histograms need the train and test scores at once, and the train,
+    validation and test AUCs each need all of a split's scores);
+  * summary_plots: the test rows of each model's prediction columns the ROC
+    and significance curves draw (``split``, ``label``, ``weight``,
+    ``score``, ``truth_llr``), plus the training events the input figures
+    draw (at most ``plots.MAX_SUMMARY_EVENTS`` = 1M, a subsample beyond) of
+    ``label``, ``weight`` and the feature columns;
   * leaderboard, report_front, track, track_summary: none (they read no event
     table: ``-``);
 
@@ -264,8 +279,18 @@ def batch_bytes(path: Path, rows: int | None = None, columns=None) -> float:
     return n * sum(cols.values())
 
 
+def columns_bytes(path: Path, keep) -> float:
+    """In-memory bytes per row of the columns of a Parquet file for which ``keep(name)`` holds."""
+    return sum(w for c, w in table_info(path)["width"].items() if keep(c))
+
+
 def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
     """(needed bytes, events handled) of a job; see the module docstring."""
+    from hepml_steps.columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TRUTH_LLR, WEIGHT, is_feature
+    from hepml_steps.evaluate import PREDICTION_COLUMNS
+    from hepml_steps.io import ROW_GROUP_EVENTS
+    from hepml_steps.plots import MAX_SUMMARY_EVENTS
+
     rule, _, model = job.partition("/")
     feat = {s: res / "features" / f"{s}.parquet" for s in ("train", "validation", "test")}
     n_all = cfg["data"]["toy"]["n_events"]
@@ -277,29 +302,37 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
         from hepml_steps.inputs import CHUNK_SIZE  # the toy input is read with ingest's default chunk
 
         chunk = cfg["data"]["files"]["chunk_size"] if cfg["data"]["source"] == "files" else CHUNK_SIZE
-        return batch_bytes(res / "data" / "events.parquet", chunk), n_all
+        events = res / "data" / "events.parquet"
+        return batch_bytes(events, chunk) + 8.0 * table_info(events)["rows"], n_all
     if rule == "split":
-        return batch_bytes(res / "data" / "events.parquet"), n_all
+        return batch_bytes(res / "data" / "events.parquet", ROW_GROUP_EVENTS), n_all
     if rule == "features":
-        splits = [res / "split" / f"{s}.parquet" for s in ("train", "validation", "test")]
-        return sum(batch_bytes(p) for p in splits), sum(rows.values())
+        transform = json.loads((res / "features" / "transform.json").read_text())
+        return transform["n_fit_events"] * len(transform["columns"]) * 8.0, sum(rows.values())
     if rule in ("train", "tune"):
         rec = json.loads((res / "records" / f"{model}.train.json").read_text())
         return rec["n_train"] * len(rec["features"]) * 4.0, rec["n_train"]
     if rule in ("predict", "importance"):
         meta = json.loads((res / "models" / model / "hepml_model.json").read_text())
         cols = [*meta["features"], "event_id", "label", "weight", "truth_llr"]
-        n = sum(rows.values()) if rule == "predict" else rows["test"]
-        return batch_bytes(feat["test"], batch, cols), n
+        if rule == "predict":
+            return batch_bytes(feat["test"], batch, cols), sum(rows.values())
+        sample = batch_bytes(feat["test"], 20_000, cols)  # importance's --max-events default
+        return batch_bytes(feat["test"], ROW_GROUP_EVENTS, cols) + sample, rows["test"]
     if rule in ("evaluate", "plots"):
         pred = res / "predictions" / f"{model}.parquet"
-        extra = batch_bytes(feat["test"]) if rule == "plots" else 0.0
-        return batch_bytes(pred) + extra, table_info(pred)["rows"]
+        n = table_info(pred)["rows"]
+        return n * columns_bytes(pred, lambda c: c in PREDICTION_COLUMNS or c.startswith(PROB)), n
     if rule == "summary_plots":
         preds = [
             res / "predictions" / f"{m}.parquet" for m in MODELS if (res / "predictions" / f"{m}.parquet").exists()
         ]
-        return sum(batch_bytes(p) for p in preds) + batch_bytes(feat["train"]), rows["train"]
+        drawn = (SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR)
+        test = sum(rows["test"] * columns_bytes(p, lambda c: c in drawn) for p in preds)
+        inputs = min(rows["train"], MAX_SUMMARY_EVENTS) * columns_bytes(
+            feat["train"], lambda c: c in (LABEL, WEIGHT) or (c != EVENT_ID and is_feature(c))
+        )
+        return test + inputs, rows["train"]
     return None, None
 
 

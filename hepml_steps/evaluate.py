@@ -149,7 +149,8 @@ def _by_split(predictions: str, what: str) -> dict:
             rows = np.flatnonzero(codes == i)
             if not len(rows):
                 continue
-            part = pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", s)]).to_pandas()
+            part = pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", s)], pre_buffer=False)
+            part = part.to_pandas(split_blocks=True, self_destruct=True)  # Arrow's buffers freed as converted
             if len(part) != len(rows):
                 raise DataError(f"{what}: split '{s}' read as {len(part)} rows, expected {len(rows)}")
             part.index = rows
@@ -273,6 +274,10 @@ def headline(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--predictions", required=True, help="the model's prediction table")
         p.add_argument("--out", required=True, help="metrics.json to write")

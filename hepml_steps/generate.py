@@ -98,7 +98,7 @@ from scipy import special
 from . import cli
 from .columns import EVENT_ID, LABEL, TRUTH_LLR, WEIGHT
 from .errors import ConfigError
-from .io import atomic_path, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, write_json
 
 log = logging.getLogger("hepml.generate")
 
@@ -435,6 +435,25 @@ def generate_chunk(
     """
     import pandas as pd
 
+    return pd.DataFrame(_chunk_columns(n, n_signal, seed, chunk_index, event_id_start, physics))
+
+
+#: Events per slice of a chunk in which the likelihood ratio and the detector map are computed
+#: (they are elementwise): their temporaries are a slice's, not a chunk's.
+SLICE_EVENTS = ROW_GROUP_EVENTS
+
+
+def _chunk_columns(
+    n: int, n_signal: int, seed: int, chunk_index: int, event_id_start: int, physics: dict | None = None, weights=None
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`generate_chunk` (with ``weight``, third, when ``weights`` = (signal,
+    background) is given), as numpy arrays.
+
+    The random draws are made for the whole chunk, in the same order as ever; ``truth_llr`` and
+    the detector columns are then computed slice by slice (:data:`SLICE_EVENTS`) into arrays of
+    the chunk's length, so the chunk's memory is its output columns plus the six latent
+    columns the detector map reads (``met``, ``n_extra_jets`` and ``n_pv`` are output as drawn).
+    """
     p = resolve_physics(physics)
     n, n_signal = int(n), int(n_signal)
     if n < 1:
@@ -445,18 +464,24 @@ def generate_chunk(
     zs = sample_latent(rng, n_signal, 1, p)
     zb = sample_latent(rng, n - n_signal, 0, p)
     order = rng.permutation(n)
-    z = {k: np.concatenate([zs[k], zb[k]])[order] for k in LATENT}
+    z = {k: np.concatenate([zs.pop(k), zb.pop(k)])[order] for k in LATENT}
     label = np.concatenate([np.ones(n_signal, np.int8), np.zeros(n - n_signal, np.int8)])[order]
-    del zs, zb
-    llr = log_density(z, 1, p) - log_density(z, 0, p)
-    det = to_detector(z)
-    cols = {
-        EVENT_ID: np.arange(event_id_start, event_id_start + n, dtype=np.int64),
-        LABEL: label,
-        TRUTH_LLR: llr.astype(np.float64),
-    }
-    cols.update((k, det[k]) for k in FEATURES)
-    return pd.DataFrame(cols)
+    del zs, zb, order
+    cols = {EVENT_ID: np.arange(event_id_start, event_id_start + n, dtype=np.int64), LABEL: label}
+    if weights is not None:
+        cols[WEIGHT] = np.where(label == 1, weights[0], weights[1])
+    cols[TRUTH_LLR] = np.empty(n, np.float64)
+    computed = [k for k in FEATURES if k not in EXTRA]
+    cols.update((k, np.empty(n, np.float64)) for k in computed)
+    for a in range(0, n, SLICE_EVENTS):
+        part = {k: v[a : a + SLICE_EVENTS] for k, v in z.items()}
+        cols[TRUTH_LLR][a : a + SLICE_EVENTS] = log_density(part, 1, p) - log_density(part, 0, p)
+        det = to_detector({k: part[k] for k in LATENT if k not in EXTRA})
+        for k in computed:
+            cols[k][a : a + SLICE_EVENTS] = det[k]
+        del part, det
+    cols.update((k, np.asarray(z.pop(k), dtype=np.float64)) for k in EXTRA)  # to_detector's pass-through
+    return {k: cols[k] for k in (EVENT_ID, LABEL, *([WEIGHT] if weights is not None else []), TRUTH_LLR, *FEATURES)}
 
 
 def signal_per_chunk(n_events: int, n_signal: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -544,11 +569,11 @@ def generate(
     def chunks():
         start = 0
         for index, (size, sig) in enumerate(plan):
-            df = generate_chunk(size, sig, seed, index, start, p)
-            df.insert(2, WEIGHT, np.where(df[LABEL].to_numpy() == 1, w_sig, w_bkg))
+            cols = _chunk_columns(size, sig, seed, index, start, p, weights=(w_sig, w_bkg))
             log.info("chunk %d/%d: %d events (%d signal)", index + 1, len(plan), size, sig)
             start += size
-            yield df
+            yield cols
+            del cols
 
     with atomic_path(out) as tmp:
         if fmt == "parquet":
@@ -584,11 +609,12 @@ def _write_parquet(path: Path, chunks) -> None:
 
     writer = None
     try:
-        for df in chunks:
-            table = pa.Table.from_pandas(df, preserve_index=False)
+        for cols in chunks:
+            table = pa.table(cols)  # the numpy arrays, not copied
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=table.num_rows)
+            writer.write_table(table, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory
+            del table, cols
     finally:
         if writer is not None:
             writer.close()
@@ -598,14 +624,17 @@ def _write_root(path: Path, chunks) -> None:
     import uproot
 
     with uproot.recreate(path) as f:
-        for i, df in enumerate(chunks):
-            arrays = {k: df[k].to_numpy() for k in df.columns}
+        for i, arrays in enumerate(chunks):
             if i == 0:  # a classic TTree (uproot would write an RNTuple for f[name] = arrays)
                 f.mktree(TREE, {k: v.dtype for k, v in arrays.items()}, title="hepml toy events")
             f[TREE].extend(arrays)
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--out", required=True, help="output file (.parquet or .root)")
         p.add_argument("--n-events", type=int, required=True)

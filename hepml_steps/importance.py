@@ -7,6 +7,11 @@ The figure of merit is the task's (:attr:`hepml_steps.tasks.Task.importance_metr
 test AUC for classification and anomaly detection, the macro one-vs-rest AUC
 for multiclass, MSE for regression; tasks without one (clustering,
 dimensionality reduction) get the native importance only.
+
+Memory: the events scored are drawn first (``max_events`` of the test split's
+rows, as ``DataFrame.sample(random_state=seed)`` draws them), and the split is
+then read record batch by record batch, only the columns scoring needs, keeping
+the drawn rows: the step holds the sample, not the split.
 """
 
 from __future__ import annotations
@@ -27,6 +32,46 @@ def native_importance(model, features: list[str]) -> dict[str, float]:
     if raw is None:
         return {}
     return {name: float(raw.get(i, 0.0)) for i, name in enumerate(features)}
+
+
+def _rows(n: int, max_events: int, seed: int) -> np.ndarray | None:
+    """Positions of the ``max_events`` events drawn out of ``n``, in :func:`_sample`'s order; None: all."""
+    if n <= max_events:
+        return None
+    import pandas as pd
+
+    return pd.RangeIndex(n).to_series().sample(n=max_events, random_state=seed).to_numpy()
+
+
+def _concat(parts: list):
+    """One :class:`~hepml_steps.dataset.Dataset` of the events of ``parts``, in order."""
+    from dataclasses import replace
+
+    arrays = ("X", "y", "weights", "fit_weights", "event_ids", "labels", "truth_llr")
+    return replace(
+        parts[0],
+        **{a: None if getattr(parts[0], a) is None else np.concatenate([getattr(p, a) for p in parts]) for a in arrays},
+    )
+
+
+def read_sample(path: str, meta: dict, max_events: int, seed: int):
+    """``_sample(dataset.read_scoring(path, meta), max_events, seed)``, reading the split by
+    record batches and keeping only the drawn events (the same events, in the same order)."""
+    from .io import ROW_GROUP_EVENTS, parquet_file
+
+    rows = _rows(parquet_file(path).metadata.num_rows, max_events, seed)
+    if rows is None:
+        return dataset.read_scoring(path, meta, meta["model"])
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    parts, start = [], 0
+    for batch in dataset.iter_scoring(path, meta, ROW_GROUP_EVENTS, meta["model"]):
+        end = start + len(batch.X)
+        lo, hi = np.searchsorted(wanted, [start, end])
+        if hi > lo:
+            parts.append(batch.take(wanted[lo:hi] - start))
+        start = end
+    return _concat(parts).take(np.argsort(order, kind="stable"))
 
 
 def _sample(data, max_events: int, seed: int):
@@ -116,7 +161,7 @@ def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_even
         return result
     if registry.get(meta["family"]).max_train_events:  # slow-inference families (kNN, SVM, ...)
         max_events = min(max_events, 2000)
-    data = _sample(dataset.read_scoring(test, meta, meta["model"]), max_events, seed)
+    data = read_sample(test, meta, max_events, seed)
     result.update(
         permutation(model, data, features, task, n_repeats, seed),
         metric=task.importance_metric[0],
@@ -128,6 +173,10 @@ def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_even
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--model-dir", required=True, help="the trained model's directory")
         p.add_argument("--test", required=True, help="prepared test split (features)")

@@ -58,9 +58,11 @@ beside the output; a second pass drops the events with NaN/inf in a column
 (``nonfinite: drop``, counted per column; ``fail`` stops; ``keep`` keeps
 them, ±inf written as NaN — a missing value, see :mod:`hepml_steps.features` —
 and drops only the events whose ``target`` is NaN/inf), gives every column
-one type over all inputs, and writes the table with a ParquetWriter, row group
-by row group, to a temporary file moved into place at the end. Peak memory is
-one chunk plus the event ids (8 bytes per event), whatever the input's size.
+one type over all inputs, and writes the table with a ParquetWriter, in row
+groups of ``ROW_GROUP_EVENTS`` (65,536) events (they bound the readers'
+memory), to a temporary file moved into place at the end. Peak memory is one
+chunk plus the event ids of the uniqueness check (8 bytes per event, sorted in
+place), whatever the input's size.
 
 **Record** (``--summary``, ``ingest.json``): per input what was read, the
 cut-flow (``cutflow: [{input, read, after_cut, after_nonfinite}]``), the
@@ -98,7 +100,7 @@ from .inputs import (  # noqa: F401 (the step's API: config.load, tests)
     name_prefix,
     same_value,
 )
-from .io import atomic_path, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, write_json
 from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
 from .readers import file_format, listing, open_source
 
@@ -556,6 +558,7 @@ def _read_input(state: _Input, s: Settings, labels: Labels, spill: Path, counter
                     with pa.OSFile(str(chunk_path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
                         w.write_table(table)
                     state.chunks.append((chunk_path, kept, src.desc))
+                del table, arrays  # not alive while the next chunk is read
             offset += n_file
             state.n_read += n_file
             state.n_after_cut += n_cut
@@ -682,7 +685,9 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
     import pyarrow.parquet as pq
 
     schema = _schema(order, inputs)
-    ids, bounds, kept = [], [], {}
+    # every written event's id, for the uniqueness check: 8 bytes per event, filled in place
+    ids = np.empty(sum(rows for state in inputs for _, rows, _ in state.chunks), dtype=np.int64)
+    bounds, kept = [], {}
     totals = {"n": 0, "w": 0.0, "n_sig": 0, "n_bkg": 0, "w_sig": 0.0, "w_bkg": 0.0}
     with pq.ParquetWriter(str(out), schema, compression="zstd") as writer:
         for state in inputs:
@@ -734,7 +739,7 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
                     f"{_per_column(state, check)})"
                 )
             kept[state.plan.index] = (n_kept, n_bad)
-    return kept, ids, bounds, totals
+    return kept, ids[: totals["n"]], bounds, totals
 
 
 def _inf_as_nan(table, c: str, values: np.ndarray):
@@ -749,8 +754,8 @@ def _inf_as_nan(table, c: str, values: np.ndarray):
 
 
 def _write_table(writer, table, ids, bounds, totals, desc):
-    writer.write_table(table)
-    ids.append(np.array(table.column(EVENT_ID).to_numpy(), copy=True))  # not a view that keeps the spill mapped
+    writer.write_table(table, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory (split)
+    ids[totals["n"] : totals["n"] + table.num_rows] = table.column(EVENT_ID).to_numpy()  # a copy: the spill unmapped
     bounds.append((table.num_rows, desc))
     w = table.column(WEIGHT).to_numpy()
     totals["n"] += table.num_rows
@@ -778,19 +783,23 @@ def _per_column(state: _Input, check: list[str]) -> dict[str, int]:
     return {c: state.nonfinite[c] for c in check if state.nonfinite.get(c)}
 
 
-def _check_unique(ids: list[np.ndarray], bounds: list[tuple[int, str]], event_id_column: str | None) -> None:
-    if not ids:
+def _check_unique(ids: np.ndarray, bounds: list[tuple[int, str]], event_id_column: str | None, table) -> None:
+    """Refuse duplicate event ids. ``ids`` (every written id, in the order of ``bounds``) is
+    sorted in place: 8 bytes per event and no copy; on a duplicate, the ids are read back from
+    the written ``table`` to name the files."""
+    if not len(ids):
         return
-    all_ids = np.concatenate(ids)
-    ordered = np.sort(all_ids)
-    dup = ordered[1:] == ordered[:-1]
-    if not dup.any():
+    ids.sort()
+    dup = np.flatnonzero(ids[1:] == ids[:-1])
+    if not len(dup):
         return
-    value = int(ordered[1:][dup][0])
-    where = np.flatnonzero(all_ids == value)
+    value = int(ids[dup[0]])
+    n_dup = len(dup)
+    import pyarrow.parquet as pq
+
+    where = np.flatnonzero(pq.read_table(table, columns=[EVENT_ID]).column(EVENT_ID).to_numpy() == value)
     ends = np.cumsum([n for n, _ in bounds])
     files = sorted({bounds[int(np.searchsorted(ends, i, side="right"))][1] for i in where})
-    n_dup = int(dup.sum())
     source = f"column '{event_id_column}'" if event_id_column else "hashed ids"
     raise DataError(
         f"event_id {value} ({source}) occurs {len(where)} times, in {', '.join(files)}; "
@@ -902,7 +911,7 @@ def ingest(
             for st in states
         }
         kept, ids, bounds, totals = _write(tmp, order, states, s, checked)
-        _check_unique(ids, bounds, event_id_column)
+        _check_unique(ids, bounds, event_id_column, tmp)
         del ids
         if labels.present and (totals["n_sig"] == 0 or totals["n_bkg"] == 0):  # a labelled table has both
             src = f"label column '{label_column}'" if label_column else "the per-file labels"
@@ -1042,6 +1051,10 @@ SETTINGS_KEYS = ("columns", "aliases", "cut", "signal_values", "background_value
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument(
             "--inputs-json",

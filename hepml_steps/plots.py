@@ -680,6 +680,7 @@ def correlation_matrix(df, columns, path, title: str, max_features: int = 40) ->
     w = np.clip(w, 0, None)
     mu = np.average(X, axis=0, weights=w)
     Xc = X - mu
+    del X  # a copy of the frame's values (or a view of them): not needed past here
     cov = (Xc * w[:, None]).T @ Xc / w.sum()
     del Xc
     sd = np.sqrt(np.diag(cov))
@@ -956,16 +957,18 @@ def plot_summary(
     df, sample = train_sample(train_features, max_events)
     cols = [c for c in df.columns if is_feature(c)]
     if not hepml_tasks.labelled(df):  # unlabelled inputs: one matrix of all events
-        classes = [(df, "all", "all events")]
+        classes = [(None, "all", "all events")]
     else:
-        classes = [(df[df[LABEL] == cls], name, name) for cls, name in ((1, "signal"), (0, "background"))]
-    for part, name, text in classes:
+        classes = [(cls, name, name) for cls, name in ((1, "signal"), (0, "background"))]
+    for cls, name, text in classes:
+        part = df if cls is None else df[df[LABEL] == cls]  # one class's copy at a time
         if len(part) > 1:
             made.append(
                 correlation_matrix(
                     part, cols, out / f"correlation_{name}.png", f"input correlations, {text} (train{sample})"
                 )
             )
+        del part
     if cols and len(df):
         made += input_distributions(df, cols, out, max_features=max_input_features, sample=sample)
     if len(cols) > 1 and len(df) > 1:
@@ -986,6 +989,9 @@ def plot_summary(
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
     from . import cli
 
     def build(p):

@@ -254,6 +254,7 @@ class _RootSource(Source):
                     len(arrays),
                     {n: _normalize(self.branches[n], arrays[n]) for n in names},
                 )
+                del arrays, report  # not alive while the next chunk is read
 
 
 class _ParquetSource(Source):
@@ -277,9 +278,10 @@ class _ParquetSource(Source):
         start = 0
         with culprit(self.path, context="cannot read as parquet"):
             for batch in self._file.iter_batches(batch_size=step, columns=list(names), use_pandas_metadata=False):
-                arrays = {n: self._values(n, batch.column(n)) for n in names}
-                yield start, batch.num_rows, arrays
-                start += batch.num_rows
+                arrays, rows = {n: self._values(n, batch.column(n)) for n in names}, batch.num_rows
+                yield start, rows, arrays
+                del arrays, batch  # not alive while the next chunk is read
+                start += rows
 
     def _values(self, name, col):
         import awkward as ak
@@ -322,8 +324,10 @@ class _CsvSource(Source):
                             f"{b.type} in rows {start}-{start + len(df) - 1}"
                         )
                     arrays[c] = _csv_values(df[c])
-                yield start, len(df), arrays
-                start += len(df)
+                n = len(df)
+                yield start, n, arrays
+                del arrays, df  # not alive while the next chunk is read
+                start += n
 
 
 def _csv_branch(name: str, series) -> Branch:

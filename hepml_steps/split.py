@@ -5,7 +5,10 @@ splitmix64(salt)) / 2**64``; an event goes to *train* if ``u < f_train``, to
 *validation* if ``u < f_train + f_validation``, else to *test*. ``u`` depends
 on nothing but the event's id and the salt, so an event's split never depends
 on file order or on which other events are present. Streams the input by
-record batches, so memory stays at one batch.
+record batches of ``ROW_GROUP_EVENTS`` (65,536) events, the row-group size the
+outputs are written with (an output row group holds one batch's events of its
+split), so memory stays at about one batch of every column: the batch, its three
+filtered parts (one batch in all) and the per-event hash.
 
 Sanity (:func:`check_classes`): every split must hold at least
 ``min_events_per_class`` signal and background events with a positive total
@@ -21,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError
-from .io import ROW_GROUP_EVENTS, atomic_path, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, write_json
 
 log = logging.getLogger("hepml.split")
 
@@ -125,7 +127,7 @@ def split(
     fractions: dict,
     salt: int = 0,
     summary_out: str | None = None,
-    batch_size: int = 1_000_000,
+    batch_size: int = ROW_GROUP_EVENTS,
     min_events_per_class: int = 1,
 ) -> dict:
     """Split the canonical event table ``events`` into the files ``outs[split]``.
@@ -141,9 +143,7 @@ def split(
     fractions = check_fractions(fractions)
     if set(outs) != set(SPLITS):
         raise ConfigError(f"split outputs must be given for {list(SPLITS)}")
-    if not Path(events).exists():
-        raise DataError(f"missing input file: {events}")
-    pf = pq.ParquetFile(events)
+    pf = parquet_file(events)  # not pre-buffered: pyarrow would hold every row group's column chunks read
     if EVENT_ID not in pf.schema_arrow.names:
         raise DataError(f"{events}: no '{EVENT_ID}' column")
     counts = {s: 0 for s in SPLITS}
@@ -162,7 +162,7 @@ def split(
                 mask = idx == i
                 n = int(mask.sum())
                 if n:
-                    part = batch.filter(pa.array(mask))
+                    part = batch.filter(pa.array(mask))  # Arrow's filter: the part's rows, no other copy
                     writers[s].write_batch(part, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory
                     counts[s] += n
                     if has_label:
@@ -203,6 +203,10 @@ def _count_classes(part, n: dict, w: dict, has_weight: bool) -> None:
 
 
 def main(argv=None) -> int:
+    from .io import release_freed_memory
+
+    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+
     def build(p):
         p.add_argument("--events", required=True)
         for s in SPLITS:

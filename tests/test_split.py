@@ -164,3 +164,44 @@ def test_a_class_without_positive_weight_in_a_split_is_refused(events, tmp_path)
 def test_unlabelled_tables_skip_the_class_check(label, tmp_path):
     summary = sp.split(str(_rare_signal(tmp_path, label=label)), outs(tmp_path), FR)
     assert sum(summary["n_events"].values()) == 2012
+
+
+def test_split_streams_in_batches_of_a_row_group(events, tmp_path, monkeypatch):
+    """The input is read ROW_GROUP_EVENTS events at a time (through io.parquet_file), and the outputs
+    (rows and their order) do not depend on the batch size; no output row group is larger
+    than a batch."""
+    import inspect
+
+    import pyarrow.parquet as pq
+
+    from hepml_steps.io import ROW_GROUP_EVENTS
+
+    assert inspect.signature(sp.split).parameters["batch_size"].default == ROW_GROUP_EVENTS
+    seen = []
+    opened = sp.parquet_file
+
+    def spy(path):
+        pf = opened(path)
+        batches = pf.iter_batches
+        seen.append(pf)
+
+        def iter_batches(batch_size, **kw):
+            for b in batches(batch_size=batch_size, **kw):
+                assert b.num_rows <= 700
+                yield b
+
+        pf.iter_batches = iter_batches
+        return pf
+
+    monkeypatch.setattr(sp, "parquet_file", spy)
+    small, whole = tmp_path / "small", tmp_path / "whole"
+    small.mkdir(), whole.mkdir()
+    sp.split(str(events), outs(small), FR, batch_size=700)
+    assert len(seen) == 1  # read through io.parquet_file (not pre-buffered)
+    monkeypatch.undo()
+    sp.split(str(events), outs(whole), FR, batch_size=10**6)
+    for s in FR:
+        a, b = pq.read_table(outs(small)[s]), pq.read_table(outs(whole)[s])
+        assert a.equals(b)
+        md = pq.ParquetFile(outs(small)[s]).metadata
+        assert max(md.row_group(g).num_rows for g in range(md.num_row_groups)) <= 700
