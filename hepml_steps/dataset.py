@@ -51,7 +51,6 @@ The rest of that metadata (identifier-like columns) is ``Dataset.prepared``.
 from __future__ import annotations
 
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -61,7 +60,7 @@ import numpy as np
 from . import tasks
 from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
-from .io import read_parquet
+from .io import parquet_file, read_parquet, table_attrs
 
 log = logging.getLogger("hepml.dataset")
 
@@ -319,7 +318,8 @@ def read_fit(
     classes : list, optional
         The training classes (multiclass; learned from ``path`` when None).
     warn_cap : bool, default True
-        Log a warning when the cap applies (False for a deliberate sample).
+        A training cap: log a warning when it applies and refuse one that lost
+        a whole class. False for a deliberate sample (a streamed fit's checks).
 
     Returns
     -------
@@ -353,7 +353,7 @@ def read_fit(
     y = task.targets(df, target, what, classes)
     task.check_fit_targets(y, what)
     if classes is not None:
-        df, y = _known_classes(df, y, classes, cap_rec, target, what)
+        df, y = _known_classes(df, y, classes, cap_rec, target, what, refuse_lost=warn_cap)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
     return Dataset(
         X=_features(df, cols, spec.get("family"), what),
@@ -380,18 +380,7 @@ def parquet_rows(path: str) -> int:
     DataError
         The file is missing or not Parquet (naming it).
     """
-    return _parquet_file(path).metadata.num_rows
-
-
-def _parquet_file(path: str):
-    import pyarrow.parquet as pq
-
-    from .errors import culprit
-
-    if not os.path.exists(path):
-        raise DataError(f"missing input file: {path}")
-    with culprit(path, context="cannot read as parquet"):
-        return pq.ParquetFile(path)
+    return parquet_file(path).metadata.num_rows
 
 
 def _key_columns(names, task, target: str | None, classes: list | None) -> list[str]:
@@ -411,7 +400,7 @@ def _task_positions(key, task, path: str, what: str) -> np.ndarray:
     """Row positions (int64, ascending) of the events a model of ``task`` is fitted on."""
     pos = np.arange(len(key), dtype=np.int64)
     if task.background_only:
-        pos = pos[_task_events(key, task, what).index.to_numpy()]
+        pos = pos[_task_events(key.reset_index(drop=True), task, what).index.to_numpy()]  # labels = positions
         if len(pos) == 0:
             raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
     return pos
@@ -440,7 +429,7 @@ def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list
     """:func:`read_fit`'s events under a training cap, without reading the others:
     the key columns of every event first (:func:`_key_columns`), then only the
     capped rows. Returns (frame, classes, cap record) as the in-memory path does."""
-    pf = _parquet_file(path)
+    pf = parquet_file(path)
     target = spec.get("target")
     key = read_parquet(path, columns=_key_columns(pf.schema_arrow.names, task, target, classes))
     if classes is None:
@@ -464,16 +453,17 @@ def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list
 def fit_cap(spec: dict, family_cls, streaming: bool) -> int | None:
     """The training cap of a model (``None``: no cap).
 
-    The model's own ``max_train_events`` wins; else the family's
-    ``max_train_events``, bounded, for a fit in memory (a family that does not
-    stream, or a streaming family below ``stream_above_events``), by
-    ``max_in_memory_events`` (:data:`MAX_IN_MEMORY_EVENTS` when the spec does not
-    say): above it a deterministic subsample is recorded instead of running out
-    of memory.
+    The model's own ``max_train_events`` wins (an explicit ``null``: no cap of
+    the family's); else the family's ``max_train_events``; either bounded, for a
+    fit in memory (a family that does not stream, or a streaming family below
+    ``stream_above_events``), by ``max_in_memory_events``
+    (:data:`MAX_IN_MEMORY_EVENTS` when the spec does not say) unless the model
+    set its own cap: above it a deterministic subsample is recorded instead of
+    running out of memory.
     """
     if spec.get("max_train_events") is not None:
         return int(spec["max_train_events"])
-    caps = [family_cls.max_train_events]
+    caps = [None if "max_train_events" in spec else family_cls.max_train_events]
     if not streaming:
         caps.append(spec.get("max_in_memory_events", MAX_IN_MEMORY_EVENTS))
     caps = [int(c) for c in caps if c is not None]
@@ -586,7 +576,9 @@ class FitSource(ABC):
 
         def drain(final: bool):
             nonlocal held, n_held
-            X, y, w = (_cat([h[i] for h in held]) for i in range(3))
+            parts, held = held, []  # the buffer's parts (views of chunks) go once concatenated
+            X, y, w = (_cat([h[i] for h in parts]) for i in range(3))
+            del parts
             order = rng.permutation(len(X))
             stop = len(X) if final else len(X) - len(X) % batch_size
             for s in range(0, stop, batch_size):
@@ -666,7 +658,7 @@ class ParquetSource(FitSource):
         self.classes, self.columns, self.read_columns = classes, columns, read_columns
         self.fill, self.batch_events, self._scale = fill, int(batch_events), scale
         self.n_features = len(columns)
-        self._pf = _parquet_file(path)
+        self._pf = parquet_file(path)
         self._group = None
 
     def _chunk_bounds(self):
@@ -690,7 +682,7 @@ class ParquetSource(FitSource):
         """(X, y, w) of an Arrow table: X built column by column in C order (no pandas
         copy of the features), the other columns through pandas as :func:`read_fit` reads them."""
         keys = [c for c in self.read_columns if c not in set(self.columns)]
-        df = table.select(keys).to_pandas()
+        df = table.select(keys).to_pandas().reset_index(drop=True)  # index labels = row positions
         keep = _task_events(df, self.task, self.what).index.to_numpy()
         all_rows = len(keep) == len(df)
         if not all_rows:
@@ -737,13 +729,14 @@ def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENT
     task = tasks.of(spec)
     target = spec.get("target")
     weighting, negative = spec.get("weighting", "balanced"), spec.get("negative_weights", "ignore")
-    pf = _parquet_file(path)
+    pf = parquet_file(path)
     names = pf.schema_arrow.names
     head = pf.schema_arrow.empty_table().to_pandas()
     columns = select_features(head, spec.get("features"), target)
     key_cols = [c for c in _key_columns(names, task, target, None) if c != EVENT_ID]
     key_cols += [c for c in (WEIGHT, LABEL) if c in names and c not in key_cols]
     first = read_parquet(path, columns=key_cols)
+    prepared = table_attrs(path).get(_attrs_key())  # the features step's fill values, read explicitly
     classes = task.learn_classes(first, target, what)
     first = _task_events(first, task, what)
     if first.empty:
@@ -765,7 +758,7 @@ def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENT
         classes,
         columns,
         [c for c in names if c in set(columns) | set(key_cols)],
-        None if handles_missing(spec.get("family")) else ((head.attrs.get(_attrs_key()) or {}).get("fill") or {}),
+        None if handles_missing(spec.get("family")) else (prepared or {}).get("fill") or {},
         batch_events,
         scale,
     )
@@ -773,7 +766,7 @@ def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENT
     source.sum_weights = float(first[WEIGHT].to_numpy(dtype=np.float64).sum())
     if labels is not None:
         source.class_weight_sums = {c.item(): float(fw[y == c].sum()) for c in np.unique(y)}
-    source.prepared = head.attrs.get(_attrs_key())
+    source.prepared = prepared
     return source
 
 
@@ -817,13 +810,14 @@ def _attrs_key() -> str:
     return ATTRS_KEY
 
 
-def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str):
+def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str, refuse_lost: bool = True):
     """Leave out events of a class the model does not know (index −1); refuse a
-    training cap that lost a whole class."""
+    training cap that lost a whole class (``refuse_lost``; not for a check sample
+    of a streamed fit, which itself sees every class)."""
     if (y < 0).any():
         log.warning("%s: %d events of a class absent from training are left out", what, int((y < 0).sum()))
         df, y = df[y >= 0].reset_index(drop=True), y[y >= 0]
-    if cap_rec["applied"] and len(df) and len(np.unique(y)) < len(classes):
+    if refuse_lost and cap_rec["applied"] and len(df) and len(np.unique(y)) < len(classes):
         absent = [c for i, c in enumerate(classes) if i not in set(y.tolist())]
         raise DataError(
             f"{what}: class(es) {absent} of '{target}' have no events left after "
@@ -922,7 +916,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
         The file is missing or unreadable, a feature column of the model is
         missing, or the target is unusable.
     """
-    from .io import columns_of, parquet_file, table_attrs
+    from .io import columns_of
 
     what = what or f"model '{meta['model']}'"
     task, target, features = tasks.get(meta["task"]), meta.get("target"), list(meta["features"])

@@ -276,7 +276,8 @@ def headline(result: dict) -> str:
 def main(argv=None) -> int:
     from .io import release_freed_memory
 
-    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+    if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+        release_freed_memory()
 
     def build(p):
         p.add_argument("--predictions", required=True, help="the model's prediction table")

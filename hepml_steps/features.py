@@ -682,7 +682,8 @@ def main(argv=None) -> int:
         )
 
     def call(a):
-        release_freed_memory()  # a process of its own: batches' memory goes back to the system
+        if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+            release_freed_memory()
         prm = a.params
         opts = {k: prm[k] for k in ("fill_value", "missing_indicators", "max_categories") if prm.get(k) is not None}
         features(

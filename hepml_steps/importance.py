@@ -175,7 +175,8 @@ def importance(model_dir: str, test: str, out: str, n_repeats: int = 3, max_even
 def main(argv=None) -> int:
     from .io import release_freed_memory
 
-    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+    if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+        release_freed_memory()
 
     def build(p):
         p.add_argument("--model-dir", required=True, help="the trained model's directory")

@@ -1053,7 +1053,8 @@ SETTINGS_KEYS = ("columns", "aliases", "cut", "signal_values", "background_value
 def main(argv=None) -> int:
     from .io import release_freed_memory
 
-    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+    if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+        release_freed_memory()
 
     def build(p):
         p.add_argument(

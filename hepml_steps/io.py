@@ -163,7 +163,7 @@ def columns_of(path: str | os.PathLike) -> list[str]:
 
 
 def table_attrs(path: str | os.PathLike) -> dict:
-    """The ``DataFrame.attrs`` stored with a Parquet table (as pandas writes them), or {}.
+    """The ``DataFrame.attrs`` stored with a Parquet table (as pandas or pyarrow write them), or {}.
 
     Raises
     ------
@@ -171,10 +171,12 @@ def table_attrs(path: str | os.PathLike) -> dict:
         As :func:`parquet_file`.
     """
     metadata = parquet_file(path).schema_arrow.metadata or {}
-    if b"PANDAS_ATTRS" not in metadata:
-        return {}
     with culprit(path, context="unreadable table attributes"):
-        return json.loads(metadata[b"PANDAS_ATTRS"])
+        if b"PANDAS_ATTRS" in metadata:  # pandas' DataFrame.to_parquet
+            return json.loads(metadata[b"PANDAS_ATTRS"])
+        if b"pandas" in metadata:  # pyarrow's Table.from_pandas keeps them in its pandas metadata
+            return json.loads(metadata[b"pandas"]).get("attributes") or {}
+    return {}
 
 
 #: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h)
@@ -192,7 +194,10 @@ def release_freed_memory(threshold: int = 128 * 1024) -> None:
     mmap threshold after a large buffer is freed, so the next batch's
     buffers come from the heap and are not returned, so the threshold is
     fixed at ``threshold`` bytes (glibc only; elsewhere nothing is changed).
-    Process-wide: the step CLIs call it, library functions never do.
+    Process-wide: the batch steps' ``main()`` call it when run as their own
+    process (no ``argv``), never when called in a caller's process (tests),
+    and library functions never do: under the fixed threshold every larger
+    allocation is a fresh mmap (slower for e.g. torch's temporaries).
     """
     import ctypes
     import ctypes.util

@@ -991,7 +991,8 @@ def plot_summary(
 def main(argv=None) -> int:
     from .io import release_freed_memory
 
-    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+    if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+        release_freed_memory()
     from . import cli
 
     def build(p):

@@ -215,7 +215,8 @@ def main(argv=None) -> int:
         p.add_argument("--energy", type=cli.json_arg, default={}, help="energy settings (config 'energy') as JSON")
 
     def call(a):
-        release_freed_memory()  # a process of its own: batches' memory goes back to the system
+        if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+            release_freed_memory()
         return predict(
             a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy
         )

@@ -205,7 +205,8 @@ def _count_classes(part, n: dict, w: dict, has_weight: bool) -> None:
 def main(argv=None) -> int:
     from .io import release_freed_memory
 
-    release_freed_memory()  # a process of its own: batches' memory goes back to the system
+    if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
+        release_freed_memory()
 
     def build(p):
         p.add_argument("--events", required=True)

@@ -188,3 +188,40 @@ def test_a_family_that_does_not_stream_is_capped_in_memory_and_recorded(splits, 
 def test_families_that_stream_pass_the_stream_check():
     for name, params in (("xgboost", {"n_estimators": 10}), ("autoencoder", {"epochs": 3})):
         check_family(registry.get(name), params=params, tasks=registry.get(name).tasks[:1])
+
+
+def test_explicit_null_cap_lifts_the_familys_but_not_the_in_memory_bound():
+    knn = registry.get("knn")
+    assert knn.max_train_events is not None
+    assert ds.fit_cap({"max_train_events": None}, knn, True) is None  # main: the family cap came back
+    assert ds.fit_cap({"max_train_events": None, "max_in_memory_events": 900}, knn, False) == 900
+
+
+def test_streamed_multiclass_fit_keeps_a_class_its_check_sample_misses(tmp_path, monkeypatch):
+    df = make_events(4000, seed=5)
+    df["process"] = np.where(df["label"] == 1, 1, 0)
+    df.loc[[3999], "process"] = 2  # one event of a rare class, last: a small sample misses it
+    path = _write(df, tmp_path / "mc.parquet", row_group=500)
+    val = _write(make_events(600, seed=6).assign(process=lambda d: d["label"].astype(int)), tmp_path / "v.parquet")
+    monkeypatch.setattr(tr, "STREAM_SAMPLE_EVENTS", 100)
+    spec = {
+        "family": "xgboost",
+        "task": "multiclass",
+        "target": "process",
+        "params": {"n_estimators": 5},
+        "stream_above_events": 0,
+        "features": ["f0", "f1", "f2", "f3"],
+    }
+    rec = tr.train(path, val, "mc", spec, str(tmp_path / "mc"), str(tmp_path / "mc.json"))
+    assert rec["streamed"] and rec["classes"] == [0, 1, 2]  # main: DataError "raise max_train_events"
+
+
+def test_background_only_reads_take_positions_not_a_stored_index(tmp_path):
+    df = make_events(3000, seed=7).iloc[500:]  # a stored pandas index starting at 500
+    path = str(tmp_path / "shifted.parquet")
+    df.to_parquet(path)  # index kept in the file's pandas metadata
+    spec = {"family": "autoencoder", "task": "anomaly", "params": {"epochs": 1}}
+    capped = ds.read_fit(path, spec, "ae", cap=800)
+    assert len(capped) == 800 and (capped.labels == 0).all()
+    X, _, _ = _all(ds.stream_fit(path, spec, "ae", batch_events=256))
+    np.testing.assert_array_equal(X, ds.read_fit(path, spec, "ae").X)  # main: IndexError in both
