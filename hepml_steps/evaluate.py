@@ -149,22 +149,20 @@ def read_predictions(predictions: str, what: str):
         return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
-def split_rows(pred) -> dict:
-    """The rows of each split of :func:`read_predictions`'s table, in ``groupby`` order.
+def split_part(pred, name: str):
+    """The rows of split ``name`` of :func:`read_predictions`'s table: a row
+    slice (no copy) when they are contiguous, as the predict step writes
+    them; else the rows taken. The index keeps the file's row numbers."""
+    rows = np.flatnonzero((pred[SPLIT] == name).to_numpy())  # a categorical: compared on its codes
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return pred.iloc[rows[0] : rows[-1] + 1]
+    return pred.take(rows)
 
-    A split whose rows are contiguous (the predict step writes a split's
-    rows together) is a row slice of ``pred`` (no copy); otherwise its rows
-    are taken. Each keeps the file's row numbers as index.
-    """
-    codes = pred[SPLIT].cat.codes.to_numpy()
-    out = {}
-    for i, name in sorted(enumerate(pred[SPLIT].cat.categories), key=lambda v: str(v[1])):
-        rows = np.flatnonzero(codes == i)
-        if not len(rows):
-            continue
-        contiguous = rows[-1] - rows[0] + 1 == len(rows)
-        out[name] = pred.iloc[rows[0] : rows[-1] + 1] if contiguous else pred.take(rows)
-    return out
+
+def split_rows(pred) -> dict:
+    """Every split's rows of :func:`read_predictions`'s table (:func:`split_part`), in ``groupby`` order."""
+    present = pred[SPLIT].cat.remove_unused_categories().cat.categories
+    return {name: split_part(pred, name) for name in sorted(present, key=str)}
 
 
 def _by_split(predictions: str, what: str) -> dict:
