@@ -286,17 +286,30 @@ def input_distributions(
     return made
 
 
-def pca_summary(X, max_events: int = 20000):
+def _rows(X, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an array or a DataFrame, as float64 (a chunk's copy at most)."""
+    return np.asarray(X.iloc[start:stop] if hasattr(X, "iloc") else X[start:stop], dtype=np.float64)
+
+
+def pca_summary(X, max_events: int = 20000, chunk: int = 1 << 17):
     """Explained-variance ratios of the principal components of ``X`` (its
-    first ``max_events`` rows, centred) and every row projected on the first two."""
-    X = np.asarray(X, dtype=np.float64)
-    X = np.where(np.isfinite(X), X, np.nan)
-    X = np.where(np.isnan(X), np.nanmean(X[:max_events], axis=0), X)
-    mu = X[:max_events].mean(axis=0)
-    _, sv, vt = np.linalg.svd(X[:max_events] - mu, full_matrices=False)
+    first ``max_events`` rows, centred) and every row projected on the first two.
+
+    ``X`` (array or DataFrame, shape (n_events, n_features)) is read ``chunk``
+    rows at a time; a non-finite value is replaced by its column's mean over
+    the first ``max_events`` rows."""
+    head = _rows(X, 0, max_events)
+    head = np.where(np.isfinite(head), head, np.nan)
+    fill = np.nanmean(head, axis=0)
+    head = np.where(np.isnan(head), fill, head)
+    mu = head.mean(axis=0)
+    _, sv, vt = np.linalg.svd(head - mu, full_matrices=False)
     var = sv**2
     evr = var / var.sum() if var.sum() > 0 else var
-    pcs = (X - mu) @ vt[:2].T
+    pcs = np.empty((len(X), min(2, len(vt))))
+    for start in range(0, len(X), chunk):
+        part = _rows(X, start, start + chunk)
+        pcs[start : start + chunk] = (np.where(np.isfinite(part), part, fill) - mu) @ vt[:2].T
     if pcs.shape[1] < 2:
         pcs = np.column_stack([pcs, np.zeros(len(pcs))])
     return evr, pcs
@@ -534,6 +547,25 @@ def feature_importance(importance: dict, path, title: str, target: str | None = 
     return _save(fig, path)
 
 
+def _thinned(*curve, n_points: int = 4000):
+    """At most about 2·``n_points`` points of a curve of one point per event (10^6–10^7 of
+    them): every k-th point plus points spaced geometrically from the start (the tight
+    cuts, which the log-scale rejection view spreads out), the first and last kept."""
+    n = len(curve[0])
+    if n <= 2 * n_points:
+        return curve
+    keep = np.unique(
+        np.concatenate(
+            (
+                np.arange(0, n, -(-n // n_points)),
+                np.geomspace(1, n, n_points).astype(np.int64) - 1,
+                [n - 1],
+            )
+        )
+    )
+    return tuple(np.asarray(c)[keep] for c in curve)
+
+
 def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split", path_inverse=None) -> list[str]:
     """All classification/anomaly models overlaid, plus the Bayes-optimal curve
     when known; with ``path_inverse`` also the rejection 1/ε_B against ε_S on a
@@ -556,7 +588,7 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
             curves.append(("Bayes optimal (truth LLR)", test[TRUTH_LLR].to_numpy(), {"color": "black", "ls": "--"}))
             bayes_done = True
         for label, score, kw in curves:
-            fpr, tpr, _ = roc_curve(y, score, sample_weight=w)
+            fpr, tpr = _thinned(*roc_curve(y, score, sample_weight=w)[:2])
             auc = roc_auc(y, score, sample_weight=w)
             a1.plot(tpr, 1 - fpr, label=f"{label} (AUC {auc:.4f})", **kw)
             a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
@@ -683,23 +715,25 @@ def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
     return _save(fig, path)
 
 
-def correlation_matrix(df, columns, path, title: str, max_features: int = 40) -> str:
+def correlation_matrix(df, columns, path, title: str, max_features: int = 40, chunk: int = 1 << 17) -> str:
     """Weighted linear correlation coefficients (in %) of the input features.
 
     With more than ``max_features`` features only the ``max_features`` most
     correlated ones (largest Σ_j |ρ_ij| over the others) are drawn, so the
     figure's size and drawing time stay bounded (800 features: one 800×800
-    matrix computed, 40×40 drawn); the title says so.
+    matrix computed, 40×40 drawn); the title says so. The covariance is
+    summed ``chunk`` events at a time.
     """
     plt = _plt()
-    X = df[columns].to_numpy(dtype=np.float64)
-    w = df[WEIGHT].to_numpy(dtype=np.float64)
-    w = np.clip(w, 0, None)
-    mu = np.average(X, axis=0, weights=w)
-    Xc = X - mu
-    del X  # a copy of the frame's values (or a view of them): not needed past here
-    cov = (Xc * w[:, None]).T @ Xc / w.sum()
-    del Xc
+    X = df[list(columns)]  # read chunk by chunk: the float64 copies of one chunk at a time
+    w = np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None)
+    chunks = range(0, len(X), chunk)
+    mu = sum((w[i : i + chunk, None] * _rows(X, i, i + chunk)).sum(axis=0) for i in chunks) / w.sum()
+    cov = np.zeros((len(mu), len(mu)))
+    for i in chunks:
+        Xc = _rows(X, i, i + chunk) - mu
+        cov += (Xc * w[i : i + chunk, None]).T @ Xc
+    cov /= w.sum()
     sd = np.sqrt(np.diag(cov))
     sd[sd == 0] = 1
     corr = cov / np.outer(sd, sd)
@@ -840,7 +874,10 @@ def _test_rows(predictions: str):
 
     wanted = [c for c in columns_of(predictions) if c in (SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR)]
     with culprit(predictions, context="cannot read as parquet"):
-        return pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", "test")]).to_pandas()
+        table = pq.read_table(
+            predictions, columns=wanted, filters=[(SPLIT, "==", "test")], read_dictionary=[SPLIT], pre_buffer=False
+        )
+        return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: int = 262_144):
@@ -993,7 +1030,7 @@ def plot_summary(
     if len(cols) > 1 and len(df) > 1:
         made.append(
             pca_figure(
-                df[cols].to_numpy(),
+                df[cols],
                 df[LABEL].to_numpy() if hepml_tasks.labelled(df) else None,
                 out / "pca_inputs.png",
                 f"principal components of the inputs (train{sample})",

@@ -926,9 +926,7 @@ class Clustering(Task):
         test = drawn.pred[drawn.pred[SPLIT] == "test"].set_index(EVENT_ID)
         labels = test.loc[ft[EVENT_ID].to_numpy(), SCORE].to_numpy()
         return [
-            plots.cluster_scatter(
-                ft[drawn.record["features"]].to_numpy(), labels, drawn.out / "clusters_pc12.png", drawn.title
-            )
+            plots.cluster_scatter(ft[drawn.record["features"]], labels, drawn.out / "clusters_pc12.png", drawn.title)
         ]
 
 
@@ -970,7 +968,7 @@ class DimReduction(Task):
         y = ft[LABEL].to_numpy() if labelled(ft) else None
         return [
             plots.pca_figure(
-                ft[drawn.record["features"]].to_numpy(),
+                ft[drawn.record["features"]],
                 y,
                 drawn.out / "pca.png",
                 f"{drawn.title}: principal components of its inputs (test)",
