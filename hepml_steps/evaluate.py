@@ -120,18 +120,22 @@ def _records(extra, inference) -> dict:
 PREDICTION_COLUMNS = (EVENT_ID, SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR, TARGET)
 
 
-def _by_split(predictions: str, what: str) -> dict:
-    """Prediction rows per split; ``train`` keeps the events the model was fitted on.
+def read_predictions(predictions: str, what: str):
+    """A prediction table as one DataFrame: :data:`PREDICTION_COLUMNS` and ``prob_<i>`` only.
 
-    Reads only :data:`PREDICTION_COLUMNS` and ``prob_<i>``, one split at a
-    time (a filtered read: the predict step writes a split's rows together),
-    so memory holds the table once; each split's rows keep their row numbers
-    in the file as index, as a ``groupby`` of the whole table gives them.
+    ``split`` is read dictionary-encoded (a pandas categorical: one byte per
+    event, not a string); the other columns as stored. The index is the
+    row number in the file. Memory holds the columns read once (each
+    column's Arrow buffers are freed as it is converted).
+
+    Returns
+    -------
+    DataFrame of shape (n_events, n_columns)
 
     Raises
     ------
     DataError
-        A canonical column is missing, the file is unreadable, or there are no test events.
+        A canonical column is missing or the file is unreadable.
     """
     import pyarrow.parquet as pq
 
@@ -141,20 +145,35 @@ def _by_split(predictions: str, what: str) -> dict:
         raise DataError(f"{what}: missing column(s) {missing}")
     wanted = [c for c in names if c in PREDICTION_COLUMNS or c.startswith(PROB)]
     with culprit(predictions, context="cannot read as parquet"):
-        splits = pq.read_table(predictions, columns=[SPLIT], read_dictionary=[SPLIT])[SPLIT]
-        codes = splits.combine_chunks()
-        values, codes = codes.dictionary.to_pylist(), codes.indices.to_numpy(zero_copy_only=False)
-        by_split = {}
-        for i, s in sorted(enumerate(values), key=lambda v: str(v[1])):  # groupby's order
-            rows = np.flatnonzero(codes == i)
-            if not len(rows):
-                continue
-            part = pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", s)], pre_buffer=False)
-            part = part.to_pandas(split_blocks=True, self_destruct=True)  # Arrow's buffers freed as converted
-            if len(part) != len(rows):
-                raise DataError(f"{what}: split '{s}' read as {len(part)} rows, expected {len(rows)}")
-            part.index = rows
-            by_split[s] = part
+        table = pq.read_table(predictions, columns=wanted, read_dictionary=[SPLIT], pre_buffer=False)
+        return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+def split_part(pred, name: str):
+    """The rows of split ``name`` of :func:`read_predictions`'s table: a row
+    slice (no copy) when they are contiguous, as the predict step writes
+    them; else the rows taken. The index keeps the file's row numbers."""
+    rows = np.flatnonzero((pred[SPLIT] == name).to_numpy())  # a categorical: compared on its codes
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return pred.iloc[rows[0] : rows[-1] + 1]
+    return pred.take(rows)
+
+
+def split_rows(pred) -> dict:
+    """Every split's rows of :func:`read_predictions`'s table (:func:`split_part`), in ``groupby`` order."""
+    present = pred[SPLIT].cat.remove_unused_categories().cat.categories
+    return {name: split_part(pred, name) for name in sorted(present, key=str)}
+
+
+def _by_split(predictions: str, what: str) -> dict:
+    """Prediction rows per split (:func:`read_predictions`, :func:`split_rows`).
+
+    Raises
+    ------
+    DataError
+        As :func:`read_predictions`, or there are no test events.
+    """
+    by_split = split_rows(read_predictions(predictions, what))
     if by_split.get("test") is None or by_split["test"].empty:
         raise DataError(f"{what}: no test events")
     return by_split

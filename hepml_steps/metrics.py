@@ -246,9 +246,35 @@ def roc_auc(y, score, sample_weight=None) -> float:
     split read a value above 1 as overtraining, as the KS test; on the test
     split (events the fit never saw) it estimates a quantity in [0, 1], with
     a statistical error that grows with the fraction of negative weights.
+
+    Computed from the class weights summed per distinct score (one sort),
+    so the curve's points are per score value, not per event: about half
+    the temporary memory of :func:`roc_curve` (which matters for a training
+    split of 10^7–10^8 events). The area equals that under
+    :func:`roc_curve` to rounding (tests compare both with
+    :func:`sklearn.metrics.roc_auc_score`).
     """
-    fpr, tpr, _ = roc_curve(y, score, sample_weight)
-    return float(np.trapezoid(tpr, fpr))
+    y, s, w = _arrays(y, score, sample_weight)
+    _class_sums(y, w)
+    if not _finite(s):
+        raise DataError(
+            f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; the ROC curve needs finite scores"
+        )
+    order = np.argsort(s, kind="stable")
+    sig = (y == 1)[order]
+    del y
+    s = s[order]
+    w = w[order]
+    del order
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))  # first event of each score value
+    del s
+    ws = np.add.reduceat(np.where(sig, w, 0.0), starts)  # signal weight at each score value, ascending
+    wb = np.add.reduceat(np.where(sig, 0.0, w), starts)
+    del sig, w, starts
+    # the ROC curve's points, from the tightest cut down, as sklearn's roc_curve
+    tps = np.concatenate(([0.0], np.cumsum(ws[::-1])))
+    fps = np.concatenate(([0.0], np.cumsum(wb[::-1])))
+    return float(np.trapezoid(tps / tps[-1], fps / fps[-1]))
 
 
 def signal_efficiency_at(y, score, bkg_efficiency, sample_weight=None):

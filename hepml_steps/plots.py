@@ -35,6 +35,7 @@ import numpy as np
 
 from . import tasks as hepml_tasks
 from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
+from .evaluate import split_part
 
 log = logging.getLogger("hepml.plots")
 
@@ -88,32 +89,43 @@ def quantity(name: str | None, default: str = "target") -> str:
     return f"{name} [{unit}]" if unit else name
 
 
-def weighted_hist(x, bins, w=None, flow: bool = False):
+def weighted_hist(x, bins, w=None, flow: bool = False, chunk: int = 1 << 20):
     """A weighted histogram and its statistical errors.
 
     Returns ``(sumw, err, under, over)``: Σw per bin, √(Σw²) per bin, and the
     weights below the first and above the last edge. With ``flow`` those are
     folded into the first and last bins (so ``sumw.sum()`` is the total weight
-    of the finite values); NaN values are left out either way.
+    of the finite values); NaN values are left out either way. Filled
+    ``chunk`` events at a time, so the temporaries stay those of one chunk
+    (a training split may hold 10^7–10^8 events).
     """
-    x = np.asarray(x, dtype=np.float64)
-    w = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64)
-    ok = np.isfinite(x)
-    x, w = x[ok], w[ok]
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    w = None if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
     bins = np.asarray(bins, dtype=np.float64)
     lo, hi = bins[0], bins[-1]
-    under, over = float(w[x < lo].sum()), float(w[x > hi].sum())
-    if flow:
-        x = np.clip(x, lo, hi)
-    sumw, _ = np.histogram(x, bins=bins, weights=w)
-    sumw2, _ = np.histogram(x, bins=bins, weights=w * w)
+    sumw, sumw2 = np.zeros(len(bins) - 1), np.zeros(len(bins) - 1)
+    under = over = 0.0
+    for start in range(0, len(x), chunk):
+        xc = x[start : start + chunk]
+        wc = np.ones_like(xc) if w is None else w[start : start + chunk]
+        ok = np.isfinite(xc)
+        xc, wc = xc[ok], wc[ok]
+        under += float(wc[xc < lo].sum())
+        over += float(wc[xc > hi].sum())
+        if flow:
+            xc = np.clip(xc, lo, hi)
+        sumw += np.histogram(xc, bins=bins, weights=wc)[0]
+        sumw2 += np.histogram(xc, bins=bins, weights=wc * wc)[0]
     return sumw, np.sqrt(sumw2), under, over
 
 
 def _range(x, w=None):
     """The central 99 % of the finite values (a unit-wide range when they are all equal)."""
     x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = x[finite]
+    del finite
     lo, hi = np.percentile(x, [0.5, 99.5]) if len(x) else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
@@ -135,14 +147,20 @@ def score_distributions(pred, path, title: str, ks: dict | None = None) -> str:
     lo, hi = _range(pred[SCORE]) if len(pred) else (0.0, 1.0)
     bins = np.linspace(lo, hi, 41)
     centres = 0.5 * (bins[1:] + bins[:-1])
+    label = pred[LABEL].to_numpy()
+    score, weight = pred[SCORE].to_numpy(dtype=np.float64), pred[WEIGHT].to_numpy(dtype=np.float64)
+    hists = {}  # the two columns drawn, per split and class (not copies of the table's rows)
+    for sp in ("test", "train"):
+        in_split = (pred[SPLIT] == sp).to_numpy()  # on a categorical: its codes, no strings
+        for cls in (1, 0):
+            rows = in_split & (label == cls)
+            hists[sp, cls] = _normalised(*weighted_hist(score[rows], bins, weight[rows], flow=True)[:2])
     for ax in axes:
         for cls, colour, name in ((1, "tab:blue", "signal"), (0, "tab:red", "background")):
-            test = pred[(pred[SPLIT] == "test") & (pred[LABEL] == cls)]
-            train = pred[(pred[SPLIT] == "train") & (pred[LABEL] == cls)]
-            h, e = _normalised(*weighted_hist(test[SCORE], bins, test[WEIGHT], flow=True)[:2])
+            h, e = hists["test", cls]
             ax.stairs(h, bins, fill=True, alpha=0.35, color=colour, label=f"{name} (test)")
             ax.stairs(h + e, bins, baseline=h - e, fill=True, alpha=0.25, color=colour, hatch="///", lw=0)
-            h, e = _normalised(*weighted_hist(train[SCORE], bins, train[WEIGHT], flow=True)[:2])
+            h, e = hists["train", cls]
             ax.errorbar(centres, h, yerr=e, fmt="o", ms=3.5, color=colour, label=f"{name} (train)")
         ax.set_xlabel("classifier score")
         ax.set_ylabel("fraction of events / bin")
@@ -268,17 +286,30 @@ def input_distributions(
     return made
 
 
-def pca_summary(X, max_events: int = 20000):
+def _rows(X, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an array or a DataFrame, as float64 (a chunk's copy at most)."""
+    return np.asarray(X.iloc[start:stop] if hasattr(X, "iloc") else X[start:stop], dtype=np.float64)
+
+
+def pca_summary(X, max_events: int = 20000, chunk: int = 1 << 17):
     """Explained-variance ratios of the principal components of ``X`` (its
-    first ``max_events`` rows, centred) and every row projected on the first two."""
-    X = np.asarray(X, dtype=np.float64)
-    X = np.where(np.isfinite(X), X, np.nan)
-    X = np.where(np.isnan(X), np.nanmean(X[:max_events], axis=0), X)
-    mu = X[:max_events].mean(axis=0)
-    _, sv, vt = np.linalg.svd(X[:max_events] - mu, full_matrices=False)
+    first ``max_events`` rows, centred) and every row projected on the first two.
+
+    ``X`` (array or DataFrame, shape (n_events, n_features)) is read ``chunk``
+    rows at a time; a non-finite value is replaced by its column's mean over
+    the first ``max_events`` rows."""
+    head = _rows(X, 0, max_events)
+    head = np.where(np.isfinite(head), head, np.nan)
+    fill = np.nanmean(head, axis=0)
+    head = np.where(np.isnan(head), fill, head)
+    mu = head.mean(axis=0)
+    _, sv, vt = np.linalg.svd(head - mu, full_matrices=False)
     var = sv**2
     evr = var / var.sum() if var.sum() > 0 else var
-    pcs = (X - mu) @ vt[:2].T
+    pcs = np.empty((len(X), min(2, len(vt))))
+    for start in range(0, len(X), chunk):
+        part = _rows(X, start, start + chunk)
+        pcs[start : start + chunk] = (np.where(np.isfinite(part), part, fill) - mu) @ vt[:2].T
     if pcs.shape[1] < 2:
         pcs = np.column_stack([pcs, np.zeros(len(pcs))])
     return evr, pcs
@@ -403,7 +434,7 @@ def residuals(pred, path, title: str, target: str | None = None) -> str:
     """Residual vs true target (2-D) and the relative residual (1-D); the axes
     span the central 99 % of the residuals so a few outliers do not hide the core."""
     plt = _plt()
-    test = pred[pred[SPLIT] == "test"]
+    test = split_part(pred, "test")
     t, p = test["target"].to_numpy(), test[SCORE].to_numpy()
     w = test[WEIGHT].to_numpy()
     name = f"true {quantity(target)}"
@@ -435,7 +466,7 @@ def residuals(pred, path, title: str, target: str | None = None) -> str:
 
 def anomaly_scores(pred, path, title: str) -> str:
     plt = _plt()
-    test = pred[pred[SPLIT] == "test"]
+    test = split_part(pred, "test")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     hi = np.nanpercentile(test[SCORE], 99.5) if len(test) else 1
     bins = np.linspace(0, hi if hi > 0 else 1, 50)
@@ -516,6 +547,25 @@ def feature_importance(importance: dict, path, title: str, target: str | None = 
     return _save(fig, path)
 
 
+def _thinned(*curve, n_points: int = 4000):
+    """At most about 2·``n_points`` points of a curve of one point per event (10^6–10^7 of
+    them): every k-th point plus points spaced geometrically from the start (the tight
+    cuts, which the log-scale rejection view spreads out), the first and last kept."""
+    n = len(curve[0])
+    if n <= 2 * n_points:
+        return curve
+    keep = np.unique(
+        np.concatenate(
+            (
+                np.arange(0, n, -(-n // n_points)),
+                np.geomspace(1, n, n_points).astype(np.int64) - 1,
+                [n - 1],
+            )
+        )
+    )
+    return tuple(np.asarray(c)[keep] for c in curve)
+
+
 def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test split", path_inverse=None) -> list[str]:
     """All classification/anomaly models overlaid, plus the Bayes-optimal curve
     when known; with ``path_inverse`` also the rejection 1/ε_B against ε_S on a
@@ -529,7 +579,7 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
     bayes_done = False
     colours = plt.get_cmap("tab10").colors
     for i, (name, pred) in enumerate(sorted(preds.items())):
-        test = pred[pred[SPLIT] == "test"]
+        test = split_part(pred, "test")
         y, w = test[LABEL].to_numpy(), test[WEIGHT].to_numpy()
         # ten colours, then the same colours dash-dotted, then dotted: every curve distinct
         style = {"color": colours[i % 10], "ls": ("-", "-.", ":")[(i // 10) % 3]}
@@ -538,7 +588,7 @@ def roc_curves(preds: dict, path_rejection, path_tpr_fpr, title: str = "test spl
             curves.append(("Bayes optimal (truth LLR)", test[TRUTH_LLR].to_numpy(), {"color": "black", "ls": "--"}))
             bayes_done = True
         for label, score, kw in curves:
-            fpr, tpr, _ = roc_curve(y, score, sample_weight=w)
+            fpr, tpr = _thinned(*roc_curve(y, score, sample_weight=w)[:2])
             auc = roc_auc(y, score, sample_weight=w)
             a1.plot(tpr, 1 - fpr, label=f"{label} (AUC {auc:.4f})", **kw)
             a2.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})", **kw)
@@ -580,10 +630,9 @@ def _scan(test, settings: dict, n_cuts: int = 500) -> dict:
     score = test[SCORE].to_numpy(dtype=np.float64)
     cuts = np.unique(np.quantile(score, np.linspace(0, 1, n_cuts + 1)))[::-1]
     w = test[WEIGHT].to_numpy(dtype=np.float64) * float(settings.get("weight_scale", 1.0))
-    scan = significance_scan(
-        test[LABEL].to_numpy(), score, w, cuts=cuts, rel_bkg_uncertainty=float(settings.get("rel_bkg_uncertainty", 0.0))
-    )
     fig = settings.get("figure", "asimov")
+    unc = float(settings.get("rel_bkg_uncertainty", 0.0))
+    scan = significance_scan(test[LABEL].to_numpy(), score, w, cuts=cuts, rel_bkg_uncertainty=unc, figures=(fig,))
     scan["z"] = np.where((scan["b"] >= 1.0) & (scan["n_b"] >= 10), scan[fig], np.nan)
     return scan
 
@@ -593,7 +642,7 @@ def significance_scan(pred, metrics: dict, path, title: str) -> str | None:
     cut (test split, expected yields), the optimal cut marked (TMVA's cut
     efficiencies figure)."""
     settings, m = metrics.get("significance"), metrics.get("metrics", {})
-    test = pred[pred[SPLIT] == "test"]
+    test = split_part(pred, "test")
     if not settings or LABEL not in test.columns or test.empty:
         return None
     scan = _scan(test, settings)
@@ -643,7 +692,7 @@ def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
     for i, (name, pred) in enumerate(sorted(preds.items())):
         met = metrics.get(name) or {}
         settings, m = met.get("significance"), met.get("metrics", {})
-        test = pred[pred[SPLIT] == "test"]
+        test = split_part(pred, "test")
         if not settings or LABEL not in test.columns or test.empty:
             continue
         figures.add(settings.get("figure", "asimov"))
@@ -666,23 +715,25 @@ def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
     return _save(fig, path)
 
 
-def correlation_matrix(df, columns, path, title: str, max_features: int = 40) -> str:
+def correlation_matrix(df, columns, path, title: str, max_features: int = 40, chunk: int = 1 << 17) -> str:
     """Weighted linear correlation coefficients (in %) of the input features.
 
     With more than ``max_features`` features only the ``max_features`` most
     correlated ones (largest Σ_j |ρ_ij| over the others) are drawn, so the
     figure's size and drawing time stay bounded (800 features: one 800×800
-    matrix computed, 40×40 drawn); the title says so.
+    matrix computed, 40×40 drawn); the title says so. The covariance is
+    summed ``chunk`` events at a time.
     """
     plt = _plt()
-    X = df[columns].to_numpy(dtype=np.float64)
-    w = df[WEIGHT].to_numpy(dtype=np.float64)
-    w = np.clip(w, 0, None)
-    mu = np.average(X, axis=0, weights=w)
-    Xc = X - mu
-    del X  # a copy of the frame's values (or a view of them): not needed past here
-    cov = (Xc * w[:, None]).T @ Xc / w.sum()
-    del Xc
+    X = df[list(columns)]  # read chunk by chunk: the float64 copies of one chunk at a time
+    w = np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None)
+    chunks = range(0, len(X), chunk)
+    mu = sum((w[i : i + chunk, None] * _rows(X, i, i + chunk)).sum(axis=0) for i in chunks) / w.sum()
+    cov = np.zeros((len(mu), len(mu)))
+    for i in chunks:
+        Xc = _rows(X, i, i + chunk) - mu
+        cov += (Xc * w[i : i + chunk, None]).T @ Xc
+    cov /= w.sum()
     sd = np.sqrt(np.diag(cov))
     sd[sd == 0] = 1
     corr = cov / np.outer(sd, sd)
@@ -823,7 +874,10 @@ def _test_rows(predictions: str):
 
     wanted = [c for c in columns_of(predictions) if c in (SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR)]
     with culprit(predictions, context="cannot read as parquet"):
-        return pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", "test")]).to_pandas()
+        table = pq.read_table(
+            predictions, columns=wanted, filters=[(SPLIT, "==", "test")], read_dictionary=[SPLIT], pre_buffer=False
+        )
+        return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: int = 262_144):
@@ -890,11 +944,13 @@ def plot_model(
     import pandas as pd
 
     from .dataset import fitted_events
-    from .io import read_json, read_parquet
+    from .evaluate import read_predictions
+    from .io import read_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pred, met, rec = read_parquet(predictions), read_json(metrics), read_json(record)
+    met, rec = read_json(metrics), read_json(record)
+    pred = read_predictions(predictions, f"model '{model}' ({predictions})")  # the columns drawn; split categorical
     if (rec.get("train_cap") or {}).get("applied"):
         # the train histograms show the events the model was fitted on, as its KS test does
         train = pred[pred[SPLIT] == "train"]
@@ -974,7 +1030,7 @@ def plot_summary(
     if len(cols) > 1 and len(df) > 1:
         made.append(
             pca_figure(
-                df[cols].to_numpy(),
+                df[cols],
                 df[LABEL].to_numpy() if hepml_tasks.labelled(df) else None,
                 out / "pca_inputs.png",
                 f"principal components of the inputs (train{sample})",

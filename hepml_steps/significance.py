@@ -79,17 +79,22 @@ _SERIES_TERMS = 16  # error < 0.05**17/17 relative to x**2/2: below 1e-20
 def _log1p_minus_x(x):
     """g(x) = ln(1 + x) − x without cancellation for small |x| (x > −1)."""
     x = np.asarray(x, dtype=np.float64)
+    flat = x.reshape(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        direct = np.log1p(x) - x
-    small = np.abs(x) < _SERIES_BELOW
-    if not small.any():
-        return direct
-    xs = np.where(small, x, 0.0)
-    # −x²/2 + x³/3 − x⁴/4 + ... by Horner, from the highest term down
-    acc = np.zeros_like(xs)
-    for k in range(_SERIES_TERMS, 1, -1):
-        acc = xs * acc + (-1.0) ** (k + 1) / k
-    return np.where(small, acc * xs * xs, direct)
+        out = np.log1p(flat)
+        out -= flat
+    small = np.abs(flat) < _SERIES_BELOW
+    if small.any():  # the series on the small |x| only (in place: one scan may have 10^7 cuts)
+        xs = flat[small]
+        # −x²/2 + x³/3 − x⁴/4 + ... by Horner, from the highest term down
+        acc = np.zeros_like(xs)
+        for k in range(_SERIES_TERMS, 1, -1):
+            acc *= xs
+            acc += (-1.0) ** (k + 1) / k
+        acc *= xs
+        acc *= xs
+        out[small] = acc
+    return out.reshape(x.shape)
 
 
 def _as_float(out):
@@ -190,7 +195,9 @@ _FIGURE_FUNCTIONS = {
 }
 
 
-def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertainty: float = 0.0) -> dict:
+def significance_scan(
+    y, score, sample_weight=None, cuts=None, rel_bkg_uncertainty: float = 0.0, figures=FIGURES
+) -> dict:
     """Yields, efficiencies and every figure of merit over a grid of score cuts.
 
     Vectorised: the events are sorted by score once and the yields are
@@ -212,6 +219,9 @@ def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertain
         selection the score allows.
     rel_bkg_uncertainty : float, default 0
         δ, the relative background uncertainty σ_b/B of the figures.
+    figures : sequence of str, default :data:`FIGURES`
+        The figures of merit computed (fewer: less memory, each costs a few
+        arrays of shape (n_cuts,)).
 
     Returns
     -------
@@ -221,8 +231,8 @@ def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertain
         S/S_tot and B/B_tot (``nan`` when the class's total weight is not
         positive); ``n_s`` and ``n_b``, the numbers of selected simulated
         signal and background events of non-zero weight; and one array per
-        name in :data:`FIGURES` (standard deviations), with the conventions
-        of the module docstring.
+        name in ``figures`` (standard deviations), with the conventions of
+        the module docstring.
 
     Raises
     ------
@@ -234,29 +244,43 @@ def significance_scan(y, score, sample_weight=None, cuts=None, rel_bkg_uncertain
     y, s, w = _arrays(y, score, sample_weight)
     if not np.all(np.isfinite(s)):
         raise DataError(f"significance: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite")
-    sig = y == 1
+    unknown = [f for f in figures if f not in _FIGURE_FUNCTIONS]
+    if unknown:
+        raise DataError(f"significance: unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
+    # the sorted arrays are dropped as soon as their cumulative sums exist: at
+    # 10^7 events each is 80 MB
     order = np.argsort(-s, kind="mergesort")
+    sig = (y == 1)[order]
     s_sorted = s[order]
-    w_sig = np.where(sig, w, 0.0)[order]
-    w_bkg = np.where(sig, 0.0, w)[order]
-    cs = np.concatenate(([0.0], np.cumsum(w_sig)))
-    cb = np.concatenate(([0.0], np.cumsum(w_bkg)))
-    ns = np.concatenate(([0], np.cumsum((w_sig != 0) & sig[order])))
-    nb = np.concatenate(([0], np.cumsum((w_bkg != 0) & ~sig[order])))
-    if cuts is None:
-        cut = np.unique(s)[::-1]
+    w_sorted = w[order]
+    del order
+    cs = np.concatenate(([0.0], np.cumsum(np.where(sig, w_sorted, 0.0))))
+    cb = np.concatenate(([0.0], np.cumsum(np.where(sig, 0.0, w_sorted))))
+    nonzero = w_sorted != 0
+    del w_sorted
+    ns = np.concatenate(([0], np.cumsum(nonzero & sig)))
+    nb = np.concatenate(([0], np.cumsum(nonzero & ~sig)))
+    del nonzero, sig
+    if cuts is None:  # every distinct score, highest first (s_sorted is descending)
+        first = np.empty(len(s_sorted), dtype=bool)
+        first[:1] = True
+        np.not_equal(s_sorted[1:], s_sorted[:-1], out=first[1:])
+        cut = s_sorted[first]
+        del first
     else:
         cut = np.asarray(cuts, dtype=np.float64).ravel()
         if np.any(np.isnan(cut)):
             raise DataError("significance: a cut is NaN")
     # number of events with score >= cut, in the descending order
     n_sel = len(s) - np.searchsorted(s_sorted[::-1], cut, side="left")
+    del s_sorted
     out = {"cut": cut, "s": cs[n_sel], "b": cb[n_sel], "n_s": ns[n_sel], "n_b": nb[n_sel]}
     s_tot, b_tot = cs[-1], cb[-1]
+    del n_sel, cs, cb, ns, nb
     out["eps_s"] = out["s"] / s_tot if s_tot > 0 else np.full(len(cut), np.nan)
     out["eps_b"] = out["b"] / b_tot if b_tot > 0 else np.full(len(cut), np.nan)
-    for name, fn in _FIGURE_FUNCTIONS.items():
-        out[name] = np.atleast_1d(fn(out["s"], out["b"], rel_bkg_uncertainty))
+    for name in figures:
+        out[name] = np.atleast_1d(_FIGURE_FUNCTIONS[name](out["s"], out["b"], rel_bkg_uncertainty))
     return out
 
 
@@ -311,7 +335,7 @@ def optimal_cut(
             f"significance: min_background ({min_background!r}) and min_background_events "
             f"({min_background_events!r}) must be >= 0"
         )
-    scan = significance_scan(y, score, sample_weight, rel_bkg_uncertainty=rel_bkg_uncertainty)
+    scan = significance_scan(y, score, sample_weight, rel_bkg_uncertainty=rel_bkg_uncertainty, figures=(figure,))
     allowed = (scan["b"] >= min_background) & (scan["n_b"] >= min_background_events)
     z = np.where(allowed, scan[figure], np.nan)
     out = {"figure": figure, "rel_bkg_uncertainty": float(rel_bkg_uncertainty)}

@@ -443,8 +443,10 @@ def ks_overtraining(by_split: dict, tests, ks_pvalue_min: float) -> dict:
         return {**out, "flagged": None, "reason": "no training events in the predictions"}
     ps = []
     for name, column, value, score in tests:
-        a, b = tr[tr[column] == value], te[te[column] == value]
-        r = M.ks_overtraining(a[score].to_numpy(), b[score].to_numpy(), a[WEIGHT].to_numpy(), b[WEIGHT].to_numpy())
+        a, b = (tr[column] == value).to_numpy(), (te[column] == value).to_numpy()  # the two columns only
+        r = M.ks_overtraining(
+            tr[score].to_numpy()[a], te[score].to_numpy()[b], tr[WEIGHT].to_numpy()[a], te[WEIGHT].to_numpy()[b]
+        )
         out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
         if not math.isnan(r["pvalue"]):
             ps.append(r["pvalue"])
@@ -924,9 +926,7 @@ class Clustering(Task):
         test = drawn.pred[drawn.pred[SPLIT] == "test"].set_index(EVENT_ID)
         labels = test.loc[ft[EVENT_ID].to_numpy(), SCORE].to_numpy()
         return [
-            plots.cluster_scatter(
-                ft[drawn.record["features"]].to_numpy(), labels, drawn.out / "clusters_pc12.png", drawn.title
-            )
+            plots.cluster_scatter(ft[drawn.record["features"]], labels, drawn.out / "clusters_pc12.png", drawn.title)
         ]
 
 
@@ -968,7 +968,7 @@ class DimReduction(Task):
         y = ft[LABEL].to_numpy() if labelled(ft) else None
         return [
             plots.pca_figure(
-                ft[drawn.record["features"]].to_numpy(),
+                ft[drawn.record["features"]],
                 y,
                 drawn.out / "pca.png",
                 f"{drawn.title}: principal components of its inputs (test)",

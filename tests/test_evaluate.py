@@ -322,17 +322,29 @@ def test_optimal_cut_of_anomaly_scores(tmp_path):
     assert out["metrics"]["z_max"] > 0 and out["metrics"]["optimal_cut"] is not None
 
 
-def test_splits_read_one_at_a_time_as_groupby_gives_them(tmp_path):
-    """The rows per split are those of a groupby of the whole table (index included),
-    and a column evaluation does not use is not read."""
-    from hepml_steps.evaluate import _by_split
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_split_rows_are_those_of_a_groupby(tmp_path, interleaved):
+    """The rows per split are those of a groupby of the whole table (index included:
+    the file's row numbers), whether a split's rows are contiguous (a row slice of the
+    table, no copy) or interleaved; a column evaluation does not use is not read, and
+    ``split`` is read as a categorical."""
+    from hepml_steps.evaluate import _by_split, read_predictions, split_rows
 
-    df = predictions_table(500).sample(frac=1.0, random_state=1).reset_index(drop=True)  # splits interleaved
+    df = predictions_table(500)
+    if interleaved:
+        df = df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    else:
+        df = df.sort_values("split", kind="stable").reset_index(drop=True)
     df["notes"] = "x" * 100
     path = tmp_path / "p.parquet"
     df.to_parquet(path, index=False, row_group_size=200)
+    table = read_predictions(str(path), "m")
+    assert isinstance(table["split"].dtype, pd.CategoricalDtype) and "notes" not in table
+    for part in split_rows(table).values():  # contiguous rows: a view of the table's; else a copy
+        assert np.shares_memory(part["score"].to_numpy(), table["score"].to_numpy()) == (not interleaved)
     got = _by_split(str(path), "m")
     expected = {s: g.drop(columns="notes") for s, g in df.groupby("split", observed=True)}
     assert list(got) == list(expected) == ["test", "train", "validation"]
     for s in expected:
-        pd.testing.assert_frame_equal(got[s], expected[s], check_exact=True)
+        assert (got[s]["split"] == s).all()
+        pd.testing.assert_frame_equal(got[s].drop(columns="split"), expected[s].drop(columns="split"), check_exact=True)

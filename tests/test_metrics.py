@@ -69,6 +69,15 @@ def test_auc_and_roc_match_sklearn_with_weights_and_ties(sample):
     assert np.allclose(fpr, f2) and np.allclose(tpr, t2)
 
 
+def test_auc_is_the_area_under_roc_curve_with_signed_weights_and_ties(sample):
+    """roc_auc sums the weights per score value; the area is that of the per-event curve."""
+    y, s, w = sample
+    signed = w * np.where(np.random.default_rng(1).random(len(w)) < 0.2, -1.0, 1.0)
+    for weights in (w, signed, None):
+        fpr, tpr, _ = M.roc_curve(y, s, weights)
+        assert M.roc_auc(y, s, weights) == pytest.approx(np.trapezoid(tpr, fpr), abs=1e-13)
+
+
 def test_auc_does_not_depend_on_event_order(sample):
     y, s, w = sample
     p = np.random.default_rng(0).permutation(len(y))

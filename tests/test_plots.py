@@ -374,3 +374,62 @@ def test_summary_input_figures_use_a_deterministic_subsample(tmp_path, captured)
     title = captured["correlation_signal.png"].axes[0].get_title()
     assert f"a subsample of {len(df)} of {n} events" in title
     assert "a subsample" in captured["input_variables_1.png"]._suptitle.get_text()
+
+
+def test_weighted_hist_filled_in_chunks_equals_one_pass():
+    """Chunked filling (bounded temporaries) gives the one-pass histogram, flows and NaNs included."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=1000)
+    x[::17] = np.nan
+    w = rng.normal(1.0, 0.5, size=1000)  # signed weights too
+    bins = np.linspace(-1.5, 1.5, 13)
+    for flow in (False, True):
+        one = plots.weighted_hist(x, bins, w, flow=flow, chunk=10**6)
+        chunked = plots.weighted_hist(x, bins, w, flow=flow, chunk=37)
+        for a, b in zip(one, chunked, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    sumw, _, under, over = plots.weighted_hist(x, bins, None, chunk=37)
+    assert sumw.sum() + under + over == np.isfinite(x).sum()
+
+
+def test_roc_curve_thinned_for_drawing_keeps_its_ends_and_tight_cuts():
+    fpr, tpr = np.linspace(0, 1, 100_001) ** 2, np.linspace(0, 1, 100_001)
+    f, t = plots._thinned(fpr, tpr, n_points=500)
+    assert len(f) <= 1000 and (f[0], t[0], f[-1], t[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
+    assert np.all(np.diff(t) > 0)  # a subset of the points, in order
+    assert np.isin(f, fpr).all() and np.count_nonzero(t < 0.001) >= 50  # the tight cuts stay dense
+    short = (fpr[:300], tpr[:300])
+    assert plots._thinned(*short, n_points=500) is short or all(
+        np.array_equal(a, b) for a, b in zip(plots._thinned(*short, n_points=500), short, strict=True)
+    )
+
+
+def test_correlation_summed_in_chunks_equals_one_pass(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame(rng.normal(size=(1000, 3)) @ [[1, 0.5, 0], [0, 1, 0.3], [0, 0, 1]], columns=["a", "b", "c"])
+    df["weight"] = rng.exponential(1.0, 1000)
+    shown = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: shown.append(fig.axes[0].images[0].get_array().copy()))
+    plots.correlation_matrix(df, ["a", "b", "c"], tmp_path / "one.png", "t", chunk=10**6)
+    plots.correlation_matrix(df, ["a", "b", "c"], tmp_path / "chunked.png", "t", chunk=77)
+    np.testing.assert_allclose(shown[0], shown[1], rtol=1e-10, atol=1e-10)
+    w = df["weight"].to_numpy()
+    expected = np.cov(df[["a", "b", "c"]].to_numpy().T, aweights=w, ddof=0)
+    sd = np.sqrt(np.diag(expected))
+    np.testing.assert_allclose(shown[1], 100 * expected / np.outer(sd, sd), rtol=1e-9)
+
+
+def test_pca_projection_in_chunks_equals_one_pass_and_fills_non_finite():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 4)) @ rng.normal(size=(4, 4))
+    X[3, 1], X[10, 2] = np.nan, np.inf
+    evr, pcs = plots.pca_summary(X, max_events=300, chunk=10**6)
+    evr2, pcs2 = plots.pca_summary(pd.DataFrame(X), max_events=300, chunk=64)  # a frame, read in chunks
+    np.testing.assert_allclose(evr, evr2, rtol=1e-12)
+    np.testing.assert_allclose(pcs, pcs2, rtol=1e-10, atol=1e-12)
+    assert pcs.shape == (500, 2) and np.isfinite(pcs).all()
+    head = X[:300].copy()
+    head[~np.isfinite(head)] = np.nan
+    filled = np.where(np.isfinite(X), X, np.nanmean(head, axis=0))
+    _, _, vt = np.linalg.svd(np.where(np.isnan(head), np.nanmean(head, axis=0), head) - filled[:300].mean(0))
+    np.testing.assert_allclose(np.abs(pcs), np.abs((filled - filled[:300].mean(0)) @ vt[:2].T), rtol=1e-9, atol=1e-9)
