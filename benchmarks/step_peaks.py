@@ -12,7 +12,8 @@ the other in ``DIR``, in the workflow's order, each under ``/usr/bin/time``
 (peak RSS of the step's process: its ``ru_maxrss``), with this checkout's
 code; their outputs replace the folder's (a step's outputs are the same
 whatever the code, so the later steps' inputs are what the workflow made).
-``train`` is not rerun unless named (slow); the model in ``DIR`` is used.
+``train`` is not rerun unless named (slow); the model in ``DIR`` is used. Per-model
+steps run for the first model of ``select_models``.
 
 It prints per step the peak, the base (the same step in ``BASE_DIR``), the
 needed size of :func:`scale.needed` and the ratio (peak - base) / needed
@@ -46,9 +47,10 @@ def _scale():
     return mod
 
 
-def commands(folder: Path, configfiles: list[str], env: dict) -> dict[str, str]:
-    """Step name (``plots``, ``summary_plots``, ``predict``...) -> its shell command, for the
-    first model of each per-model rule."""
+def commands(folder: Path, configfiles: list[str], env: dict, model: str | None = None) -> dict[str, str]:
+    """Step name (``plots``, ``summary_plots``, ``predict``...) -> its shell command; a
+    per-model rule's for ``model`` (default: the first of Snakemake's dry run, whose
+    order is not the config's)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(folder)]
     cmd += ["--configfile", str(folder / "config.yaml"), *configfiles, "-n", "-p", "-F", "--cores", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder).stdout
@@ -57,6 +59,9 @@ def commands(folder: Path, configfiles: list[str], env: dict) -> dict[str, str]:
         if not line.startswith("Shell command: "):
             continue
         c = line[len("Shell command: ") :].split(" > results/logs")[0]
+        named = re.search(r"--model(?: |-dir results/models/)(\S+)", c)  # not --models (summary plots)
+        if model and named and named[1] != model:
+            continue
         m = re.search(r"-m hepml_steps\.(\w+)(?: (model|summary))?", c)
         if m:
             name = {"model": "plots", "summary": "summary_plots"}.get(m[2], m[1]) if m[1] == "plots" else m[1]
@@ -64,11 +69,11 @@ def commands(folder: Path, configfiles: list[str], env: dict) -> dict[str, str]:
     return found
 
 
-def peaks(folder: Path, steps: list[str], configfiles: list[str]) -> dict[str, float]:
-    """Peak RSS (bytes) of each step rerun in ``folder``."""
+def peaks(folder: Path, steps: list[str], configfiles: list[str], model: str | None = None) -> dict[str, float]:
+    """Peak RSS (bytes) of each step rerun in ``folder`` (a per-model step: of ``model``)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    cmds, out = commands(folder, configfiles, env), {}
+    cmds, out = commands(folder, configfiles, env, model), {}
     for step in steps:
         t0 = time.perf_counter()
         r = subprocess.run(["/usr/bin/time", "-f", "%M", "bash", "-c", cmds[step]], capture_output=True, text=True,
@@ -91,8 +96,8 @@ def main(argv=None) -> int:
     folder, files = Path(a.dir).resolve(), [str(Path(f).resolve()) for f in a.configfile]
     cfg = scale.merged_config(yaml.safe_load((folder / "config.yaml").read_text()), files)
     model = cfg["select_models"][0]
-    peak = peaks(folder, a.steps, files)
-    base = peaks(Path(a.base).resolve(), a.steps, files) if a.base else {s: 0.0 for s in a.steps}
+    peak = peaks(folder, a.steps, files, model)
+    base = peaks(Path(a.base).resolve(), a.steps, files, model) if a.base else {s: 0.0 for s in a.steps}
     mib = 2.0**20
     print(f"{'step':15} {'peak MiB':>9} {'base MiB':>9} {'above':>7} {'needed':>8} {'ratio':>6}")
     for step in a.steps:

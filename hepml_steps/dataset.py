@@ -16,7 +16,9 @@ Reading for a fit (:func:`read_fit`):
   of the order of the events and of which other events are present; a
   warning is logged and the cap recorded;
 - the features are the model's ``features`` (default: every feature column of
-  the table), never its target;
+  the table), never its target; only they and the few columns of
+  :func:`fit_columns` are read, and the float32 matrix is filled from Arrow one
+  record batch at a time (no table of every column, no pandas copy of the features);
 - events of a class absent from the training classes are left out (warning);
 - the weights of the fit follow ``negative_weights`` and ``weighting``
   (:func:`fit_weights`); ``weights`` keep the signed event weights, which
@@ -60,7 +62,7 @@ import numpy as np
 from . import tasks
 from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
-from .io import parquet_file, read_parquet, table_attrs
+from .io import columns_of, parquet_file, read_parquet, table_attrs
 
 log = logging.getLogger("hepml.dataset")
 
@@ -228,12 +230,15 @@ def fit_weights(w, y, weighting: str, task: str, negative: str = "ignore") -> np
 def select_features(df, wanted, target=None) -> list[str]:
     """The feature columns of a model: ``wanted``, or every feature column of ``df``; never ``target``.
 
+    ``df`` is a table (its ``columns``) or its column names, in file order
+    (:func:`hepml_steps.io.columns_of`).
+
     Raises
     ------
     ConfigError
         A wanted column is not a feature column of ``df``.
     """
-    available = [c for c in df.columns if is_feature(c)]
+    available = [c for c in getattr(df, "columns", df) if is_feature(c)]
     if wanted:
         missing = [c for c in wanted if c not in available]
         if missing:
@@ -324,8 +329,12 @@ def read_fit(
     Returns
     -------
     Dataset
-        With ``fit_weights`` and ``cap`` set. Under a cap only the key columns
-        of every event and the kept rows are read, so memory follows the cap.
+        With ``fit_weights`` and ``cap`` set. Only the columns the fit needs are
+        read (the model's features and the columns of :func:`fit_columns`); the
+        feature matrix is built from Arrow one record batch at a time, so memory
+        holds ``X``, the few other columns and one batch. Under a cap only the
+        key columns of every event and the kept rows are read, so memory follows
+        the cap.
 
     Raises
     ------
@@ -336,27 +345,33 @@ def read_fit(
     """
     task = tasks.of(spec)
     target = spec.get("target")
-    n_rows = parquet_rows(path)
-    if cap and n_rows > cap:  # read the capped events only: the cap also bounds memory
-        df, classes, cap_rec = _read_capped(path, spec, task, what, cap, classes, warn_cap)
+    pf = parquet_file(path)
+    names = columns_of(path)
+    others = fit_columns(names, target)
+    if cap and pf.metadata.num_rows > cap:  # read the capped events only: the cap also bounds memory
+        df, rows, classes, cap_rec = _read_capped(pf, path, names, others, task, target, what, cap, classes, warn_cap)
     else:
-        df = read_parquet(path)
+        df = _read_rows(pf, None, others, path)
         if classes is None:
             classes = task.learn_classes(df, target, what)
-        df = _task_events(df, task, what).reset_index(drop=True)
-        if task.background_only and df.empty:
-            raise DataError(f"{what}: anomaly detection trains on background, but {path} has no background events")
-        df, cap_rec = cap_events(df, cap, what)
+        rows = _task_positions(df, task, path, what)
+        df = (df if len(rows) == len(df) else df.iloc[rows]).reset_index(drop=True)
+        cap_rec = {"cap": cap, "applied": False, "n_before": len(df), "n_after": len(df)}  # n <= cap here
     if df.empty:
         raise DataError(f"{what}: {path} has no events")
-    cols = select_features(df, spec.get("features"), target)
+    cols = select_features(names, spec.get("features"), target)
     y = task.targets(df, target, what, classes)
     task.check_fit_targets(y, what)
     if classes is not None:
+        rows = rows[y >= 0]
         df, y = _known_classes(df, y, classes, cap_rec, target, what, refuse_lost=warn_cap)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
+    prepared = table_attrs(path).get(_attrs_key())
+    X = _rows_matrix(pf, rows, cols, path)
+    if not handles_missing(spec.get("family")):
+        _log_filled(what, _fill_in_place(X, cols, (prepared or {}).get("fill") or {}), spec.get("family"))
     return Dataset(
-        X=_features(df, cols, spec.get("family"), what),
+        X=X,
         y=y,
         weights=w,
         fit_weights=fit_weights(
@@ -368,8 +383,15 @@ def read_fit(
         classes=classes,
         cap=cap_rec,
         truth_llr=_optional(df, TRUTH_LLR),
-        prepared=_prepared(df),
+        prepared=prepared,
     )
+
+
+def fit_columns(names: list[str], target: str | None) -> list[str]:
+    """The columns of a prepared split (``names``, in file order) besides the
+    features that a fit reads: those of :func:`scoring_columns` (event id, label,
+    weight, Bayes score, the task's target columns)."""
+    return scoring_columns(names, {"features": [], "target": target})
 
 
 def parquet_rows(path: str) -> int:
@@ -406,32 +428,42 @@ def _task_positions(key, task, path: str, what: str) -> np.ndarray:
     return pos
 
 
-def _read_rows(pf, positions: np.ndarray, columns: list | None = None):
-    """The rows at ``positions`` (ascending) of a Parquet file, read one row group at
-    a time (a group without a kept row is not read): memory holds the kept rows
-    plus one row group."""
+def _read_rows(pf, positions: np.ndarray | None, columns: list, path: str):
+    """The columns ``columns`` of the rows at ``positions`` (ascending; None: every
+    row) of a Parquet file, as a DataFrame indexed 0..n-1.
+
+    Read one row group at a time (a group without a kept row is not read), so
+    memory holds the kept rows plus one row group; the Arrow columns are then
+    released one by one as pandas takes them over (``self_destruct``).
+
+    Raises
+    ------
+    DataError
+        A row group cannot be read (naming ``path``).
+    """
     import pyarrow as pa
 
     parts, start = [], 0
     for rg in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(rg).num_rows
-        lo, hi = np.searchsorted(positions, [start, start + n])
+        lo, hi = (0, n) if positions is None else np.searchsorted(positions, [start, start + n])
         if hi > lo:
-            group = pf.read_row_group(rg, columns=columns, use_threads=False)
-            parts.append(group.take(pa.array(positions[lo:hi] - start)))
+            with culprit(path, context="cannot read as parquet"):
+                group = pf.read_row_group(rg, columns=columns, use_threads=False)
+            parts.append(group if hi - lo == n else group.take(pa.array(positions[lo:hi] - start)))
             del group
         start += n
-    table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
-    return table.to_pandas()
+    table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table().select(columns)
+    del parts  # the table is the columns' only holder: self_destruct can free them
+    return table.to_pandas(split_blocks=True, self_destruct=True).reset_index(drop=True)
 
 
-def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list | None, warn: bool = True):
+def _read_capped(pf, path: str, names, columns, task, target, what: str, cap: int, classes, warn: bool = True):
     """:func:`read_fit`'s events under a training cap, without reading the others:
-    the key columns of every event first (:func:`_key_columns`), then only the
-    capped rows. Returns (frame, classes, cap record) as the in-memory path does."""
-    pf = parquet_file(path)
-    target = spec.get("target")
-    key = read_parquet(path, columns=_key_columns(pf.schema_arrow.names, task, target, classes))
+    the key columns of every event first (:func:`_key_columns`), then only
+    ``columns`` of the capped rows. Returns (frame, row positions, classes, cap
+    record), as the uncapped path has them."""
+    key = read_parquet(path, columns=_key_columns(names, task, target, classes))
     if classes is None:
         classes = task.learn_classes(key, target, what)
     pool = _task_positions(key, task, path, what)
@@ -447,7 +479,7 @@ def _read_capped(path: str, spec: dict, task, what: str, cap: int, classes: list
             n,
         )
     del key
-    return _read_rows(pf, pool), classes, rec
+    return _read_rows(pf, pool, columns, path), pool, classes, rec
 
 
 def fit_cap(spec: dict, family_cls, streaming: bool) -> int | None:
@@ -692,10 +724,7 @@ class ParquetSource(FitSource):
             keep, df, y = keep[y >= 0], df[y >= 0], y[y >= 0]
             all_rows = False
         w = self._scale(df[WEIGHT].to_numpy(dtype=np.float64), y)
-        X = np.empty((len(df), len(self.columns)), dtype=np.float32)
-        for j, c in enumerate(self.columns):
-            col = table.column(c).to_numpy()
-            X[:, j] = col if all_rows else col[keep]
+        X = _arrow_matrix(table if all_rows else table.select(self.columns).take(keep), self.columns)
         return _fill(X, self.columns, self.fill), y, w
 
 
@@ -731,8 +760,7 @@ def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENT
     weighting, negative = spec.get("weighting", "balanced"), spec.get("negative_weights", "ignore")
     pf = parquet_file(path)
     names = pf.schema_arrow.names
-    head = pf.schema_arrow.empty_table().to_pandas()
-    columns = select_features(head, spec.get("features"), target)
+    columns = select_features(columns_of(path), spec.get("features"), target)
     key_cols = [c for c in _key_columns(names, task, target, None) if c != EVENT_ID]
     key_cols += [c for c in (WEIGHT, LABEL) if c in names and c not in key_cols]
     first = read_parquet(path, columns=key_cols)
@@ -804,12 +832,6 @@ def _weight_scale(w, y, weighting: str, task: str, negative: str):
     raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
 
 
-def _attrs_key() -> str:
-    from .features import ATTRS_KEY
-
-    return ATTRS_KEY
-
-
 def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str, refuse_lost: bool = True):
     """Leave out events of a class the model does not know (index −1); refuse a
     training cap that lost a whole class (``refuse_lost``; not for a check sample
@@ -849,8 +871,6 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
     DataError
         A feature column of the model is missing, or the target is unusable.
     """
-    from .io import columns_of
-
     what = what or f"model '{meta['model']}'"
     task = tasks.get(meta["task"])
     names = columns_of(path)
@@ -916,8 +936,6 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
         The file is missing or unreadable, a feature column of the model is
         missing, or the target is unusable.
     """
-    from .io import columns_of
-
     what = what or f"model '{meta['model']}'"
     task, target, features = tasks.get(meta["task"]), meta.get("target"), list(meta["features"])
     pf = parquet_file(path)
@@ -945,17 +963,12 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
             truth_llr=_arrow_column(batch, TRUTH_LLR),
             prepared=prepared,
         )
-    if n_filled:
-        log.info(
-            "%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)",
-            what,
-            n_filled,
-            meta.get("family"),
-        )
+    _log_filled(what, n_filled, meta.get("family"))
 
 
-def _record_batches(pf, columns: list, batch_size: int, path: str):
-    """The Arrow record batches of ``columns`` of the Parquet file ``pf``; one empty batch for no events.
+def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: list | None = None):
+    """The Arrow record batches of ``columns`` of the Parquet file ``pf`` (of its
+    ``row_groups`` only, when given); one empty batch for no events.
 
     Raises
     ------
@@ -965,7 +978,7 @@ def _record_batches(pf, columns: list, batch_size: int, path: str):
     import pyarrow as pa
 
     with culprit(path, context="cannot read as parquet"):
-        batches = iter(pf.iter_batches(batch_size=batch_size, columns=columns))
+        batches = iter(pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns))
     n = 0
     while True:
         with culprit(path, context="cannot read as parquet"):
@@ -984,11 +997,46 @@ def _attrs_key() -> str:
     return ATTRS_KEY
 
 
-def _arrow_matrix(batch, cols: list) -> np.ndarray:
-    """The columns ``cols`` of an Arrow record batch as a float32 matrix (n_events × n_features), nulls as NaN."""
-    X = np.empty((batch.num_rows, len(cols)), dtype=np.float32)
+def _arrow_matrix(batch, cols: list, out: np.ndarray | None = None) -> np.ndarray:
+    """The columns ``cols`` of an Arrow record batch as a float32 matrix (n_events × n_features), nulls as NaN.
+
+    Written column by column into ``out`` (float32, of that shape) when given,
+    else into a new array; no copy of the table as a whole is made."""
+    X = np.empty((batch.num_rows, len(cols)), dtype=np.float32) if out is None else out
     for j, c in enumerate(cols):
         X[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+    return X
+
+
+def _rows_matrix(pf, rows: np.ndarray, cols: list, path: str, batch_events: int = BATCH_EVENTS) -> np.ndarray:
+    """The feature matrix (float32, n_rows × n_features) of the rows at positions
+    ``rows`` (ascending) of the Parquet file ``pf``: the columns ``cols`` only,
+    read one record batch at a time (a row group without a wanted row is not
+    read) and written straight into the matrix (:func:`_arrow_matrix`). Memory:
+    the matrix plus one batch.
+
+    Raises
+    ------
+    DataError
+        A batch cannot be read (naming ``path``).
+    """
+    import pyarrow as pa
+
+    X = np.empty((len(rows), len(cols)), dtype=np.float32)
+    md, start = pf.metadata, 0
+    for rg in range(md.num_row_groups):
+        n = md.row_group(rg).num_rows
+        lo, hi = np.searchsorted(rows, [start, start + n])
+        if hi > lo:
+            at = start  # the file position of the batch's first row
+            for batch in _record_batches(pf, cols, batch_events, path, row_groups=[rg]):
+                m = batch.num_rows
+                b_lo, b_hi = np.searchsorted(rows, [at, at + m])
+                if b_hi > b_lo:
+                    part = batch if b_hi - b_lo == m else batch.take(pa.array(rows[b_lo:b_hi] - at))
+                    _arrow_matrix(part, cols, out=X[b_lo:b_hi])
+                at += m
+        start += n
     return X
 
 
@@ -1034,11 +1082,16 @@ def _features(df, cols: list, family: str | None, what: str) -> np.ndarray:
     if handles_missing(family):
         return X
     X, n = _fill(X, cols, fill, count=True)
+    _log_filled(what, n, family)
+    return X
+
+
+def _log_filled(what: str, n: int, family: str | None) -> None:
+    """Say (info) that ``n`` missing values were filled, when there were any."""
     if n:
         log.info(
             "%s: %d missing value(s) filled with the train medians (family '%s' does not handle NaN)", what, n, family
         )
-    return X
 
 
 def _fill(X: np.ndarray, cols: list, fill: dict | None, count: bool = False):
