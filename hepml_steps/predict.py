@@ -25,14 +25,18 @@ import numpy as np
 from . import cli, dataset, registry, tasks
 from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError
-from .io import atomic_path, release_freed_memory, write_json
+from .io import ScratchHeap, atomic_path, release_freed_memory, write_json
 
 log = logging.getLogger("hepml.predict")
 
 
-def _score(model, data, task, classes) -> np.ndarray:
-    """``model.predict_score`` of one batch (``task.empty_scores`` for no events)."""
-    return model.predict_score(data.X) if len(data) else task.empty_scores(classes)
+def _score(model, data, task, classes, heap: ScratchHeap) -> np.ndarray:
+    """``model.predict_score`` of one batch (``task.empty_scores`` for no events); its
+    temporaries reuse the heap (:class:`hepml_steps.io.ScratchHeap`)."""
+    if not len(data):
+        return task.empty_scores(classes)
+    with heap.calls():
+        return model.predict_score(data.X)
 
 
 def _table(data, split: str, score, task):
@@ -137,17 +141,17 @@ def predict(
     cls, task = registry.get(meta["family"]), tasks.get(meta["task"])
     model.use_device(meta.get("device", "cpu"))
     timing, inference = {}, None
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, ScratchHeap() as heap:
         writer = _Writer(tmp)
         try:
             for s in SPLITS:
                 t0 = time.perf_counter()
                 if s != "test":
-                    n, seconds = _score_and_write(model, inputs[s], meta, batch_size, task, s, writer)
+                    n, seconds = _score_and_write(model, inputs[s], meta, batch_size, task, s, writer, heap)
                 else:
                     meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
                     with meter:
-                        scores, seconds = _score_only(model, inputs[s], meta, batch_size, task)
+                        scores, seconds = _score_only(model, inputs[s], meta, batch_size, task, heap)
                     n = len(scores)
                     meter.set_events(n)
                     inference = {**meter.record, "batch_size": batch_size, "split": "test", "scope": "read+inference"}
@@ -173,24 +177,24 @@ def predict(
     return record
 
 
-def _score_and_write(model, path, meta, batch_size, task, split, writer) -> tuple[int, float]:
+def _score_and_write(model, path, meta, batch_size, task, split, writer, heap) -> tuple[int, float]:
     """Score a split batch by batch and write its rows; return (events, inference seconds)."""
     n, seconds = 0, 0.0
     for data in dataset.iter_scoring(path, meta, batch_size):
         t0 = time.perf_counter()
-        score = _score(model, data, task, meta.get("classes"))
+        score = _score(model, data, task, meta.get("classes"), heap)
         seconds += time.perf_counter() - t0
         writer.write(_table(data, split, score, task))
         n += len(data)
     return n, seconds
 
 
-def _score_only(model, path, meta, batch_size, task) -> tuple[np.ndarray, float]:
+def _score_only(model, path, meta, batch_size, task, heap) -> tuple[np.ndarray, float]:
     """The scores of a split, batch by batch; return (scores, inference seconds)."""
     parts, seconds = [], 0.0
     for data in dataset.iter_scoring(path, meta, batch_size):
         t0 = time.perf_counter()
-        parts.append(_score(model, data, task, meta.get("classes")))
+        parts.append(_score(model, data, task, meta.get("classes"), heap))
         seconds += time.perf_counter() - t0
     return np.concatenate(parts), seconds
 

@@ -349,3 +349,40 @@ def test_split_without_events_gives_its_empty_part(prepared, tmp_path):
         "train": 1500,
         "test": 1500,
     }
+
+
+def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_path, monkeypatch):
+    """In a step process (mmap threshold fixed by release_freed_memory) predict_score runs with
+    glibc's threshold lifted, so a model's temporaries reuse heap pages instead of fresh mmaps;
+    reading and writing the batches run under the fixed one; the heap is trimmed at the end."""
+    from hepml_steps import io
+    from hepml_steps.families.xgb import XGBoostFamily
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    state, seen, trims = {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}, [], []
+
+    def mallopt(param, value):
+        state[param] = value
+        return True
+
+    score, write = XGBoostFamily.predict_score, pr._Writer.write
+    monkeypatch.setattr(io, "_mallopt", mallopt)
+    monkeypatch.setattr(io, "_malloc_trim", lambda: trims.append(dict(state)))
+    monkeypatch.setattr(XGBoostFamily, "predict_score", lambda s, X: seen.append(("score", dict(state))) or score(s, X))
+    monkeypatch.setattr(pr._Writer, "write", lambda s, t: seen.append(("write", dict(state))) or write(s, t))
+
+    monkeypatch.setattr(io, "_fixed_threshold", None)  # a caller's process: nothing changed
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "a.parquet"), batch_size=500)
+    assert all(s == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for _, s in seen)
+    assert not trims
+
+    seen.clear()
+    monkeypatch.setattr(io, "_fixed_threshold", 128 * 1024)
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "b.parquet"), batch_size=500)
+    scores = [s for k, s in seen if k == "score"]
+    writes = [s for k, s in seen if k == "write"]
+    assert len(scores) == 9 and len(writes) == 9
+    assert all(s[io._M_MMAP_THRESHOLD] == io._MAX_MMAP_THRESHOLD and s[io._M_TRIM_THRESHOLD] > 2**27 for s in scores)
+    assert all(s[io._M_MMAP_THRESHOLD] == 128 * 1024 for s in writes)
+    assert trims == [{io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet"))
