@@ -17,6 +17,7 @@ J/event; ``scope: "read+inference"``) and written to the step's record
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -39,12 +40,21 @@ def _score(model, data, task, classes, heap: ScratchHeap) -> np.ndarray:
         return model.predict_score(data.X)
 
 
+@functools.lru_cache(maxsize=4)
+def _split_column(split: str, n: int):
+    """The ``split`` column of a batch of ``n`` rows (large_string), built once per split and
+    batch length (every full batch has the same): an immutable Arrow array, shared; the
+    cache is cleared when :func:`predict` returns."""
+    import pyarrow as pa
+
+    return pa.repeat(split, n).cast(pa.large_string())
+
+
 def _table(data, split: str, score, task):
     """The prediction rows of one batch of a split (see the module docstring), as an Arrow table."""
     import pyarrow as pa
 
-    n = len(data)
-    cols = {EVENT_ID: data.event_ids, SPLIT: pa.repeat(split, n).cast(pa.large_string())}
+    cols = {EVENT_ID: data.event_ids, SPLIT: _split_column(split, len(data))}
     if data.labels is not None:  # unlabelled inputs: no label column
         cols[LABEL] = data.labels
     cols[WEIGHT] = data.weights
@@ -159,6 +169,7 @@ def predict(
                 timing[s] = {"n_events": n, "seconds": seconds, "step_s": time.perf_counter() - t0}
         finally:
             writer.close()
+            _split_column.cache_clear()
     record = {
         "model": meta["model"],
         "family": meta["family"],

@@ -386,3 +386,58 @@ def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_p
     assert all(s[io._M_MMAP_THRESHOLD] == 128 * 1024 for s in writes)
     assert trims == [{io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet"))
+
+
+@pytest.mark.parametrize("labels", [[1, 0, 1, 0], [1, None, 0, 1]])
+def test_batch_targets_are_the_pandas_targets(labels):
+    """Task.batch_targets (Arrow, what scoring a batch calls) gives what targets gives on the
+    batch as pandas, for every task; classification and the unsupervised tasks convert nothing."""
+    import pyarrow as pa
+
+    from hepml_steps import tasks
+
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "label": pa.array(labels, pa.int8()),
+            "weight": [1.0, 2.0, 3.0, 4.0],
+            "target:m": [1.5, 2.5, 3.5, 4.5],
+            "cls": ["a", "b", "a", "c"],
+        }
+    )
+    cases = {"classification": None, "regression": "m", "multiclass": "cls", "anomaly": None, "clustering": None}
+    for name, target in cases.items():
+        task = tasks.get(name)
+        classes = ["a", "b"] if name == "multiclass" else None
+        try:
+            want = task.targets(batch.to_pandas(), target, "m", classes)
+        except DataError:
+            continue  # e.g. a regression target with a missing value: batch_targets raises the same
+        got = task.batch_targets(batch, target, "m", classes)
+        if want is None:
+            assert got is None, name
+        else:
+            assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=got.dtype.kind == "f"), name
+
+
+def test_scoring_a_classification_batch_converts_nothing_to_pandas(prepared, tmp_path, monkeypatch):
+    from hepml_steps import tasks
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    _, meta = registry.load_model(tmp_path / "m")
+    whole = ds.read_scoring(prepared["test"], meta)
+    monkeypatch.setattr(tasks.Classification, "targets", lambda *a, **k: pytest.fail("converted to pandas"))
+    ys = [d.y for d in ds.iter_scoring(prepared["test"], meta, 400)]
+    assert np.array_equal(np.concatenate(ys), whole.y) and np.concatenate(ys).dtype == whole.y.dtype
+
+
+def test_split_column_is_built_once_per_batch_length(prepared, tmp_path):
+    """The split column is shared by the batches of one length and split, right for a short last
+    batch, and not kept once predict returns."""
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "p.parquet"), batch_size=400)  # 400+400+400+300
+    p = pd.read_parquet(tmp_path / "p.parquet")
+    assert p["split"].tolist() == [s for s in SPLITS for _ in range(1500)]
+    assert pr._split_column.cache_info().currsize == 0
+    assert pr._split_column("test", 3) is pr._split_column("test", 3)
+    assert pr._split_column("test", 3).to_pylist() == ["test"] * 3 and len(pr._split_column("test", 2)) == 2
+    pr._split_column.cache_clear()
