@@ -66,7 +66,7 @@ import math
 import numpy as np
 
 from . import cli, tasks
-from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
+from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT, widen_scores
 from .dataset import fitted_events
 from .errors import DataError, culprit
 from .io import columns_of, read_json, write_json
@@ -150,7 +150,7 @@ def _by_split(predictions: str, what: str) -> dict:
             if not len(rows):
                 continue
             part = pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", s)], pre_buffer=False)
-            part = part.to_pandas(split_blocks=True, self_destruct=True)  # Arrow's buffers freed as converted
+            part = widen_scores(part.to_pandas(split_blocks=True, self_destruct=True))  # Arrow's freed as converted
             if len(part) != len(rows):
                 raise DataError(f"{what}: split '{s}' read as {len(part)} rows, expected {len(rows)}")
             part.index = rows

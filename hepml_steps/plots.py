@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks as hepml_tasks
-from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
+from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT, widen_scores
 
 log = logging.getLogger("hepml.plots")
 
@@ -823,7 +823,7 @@ def _test_rows(predictions: str):
 
     wanted = [c for c in columns_of(predictions) if c in (SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR)]
     with culprit(predictions, context="cannot read as parquet"):
-        return pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", "test")]).to_pandas()
+        return widen_scores(pq.read_table(predictions, columns=wanted, filters=[(SPLIT, "==", "test")]).to_pandas())
 
 
 def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: int = 262_144):
@@ -894,7 +894,7 @@ def plot_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pred, met, rec = read_parquet(predictions), read_json(metrics), read_json(record)
+    pred, met, rec = widen_scores(read_parquet(predictions)), read_json(metrics), read_json(record)
     if (rec.get("train_cap") or {}).get("applied"):
         # the train histograms show the events the model was fitted on, as its KS test does
         train = pred[pred[SPLIT] == "train"]

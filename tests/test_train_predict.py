@@ -11,6 +11,7 @@ from hepml_steps import dataset as ds
 from hepml_steps import predict as pr
 from hepml_steps import registry
 from hepml_steps import train as tr
+from hepml_steps.columns import widen_scores
 from hepml_steps.errors import ConfigError, DataError, FamilyError
 from tests.conftest import make_events
 
@@ -265,7 +266,9 @@ def test_streamed_predictions_are_those_of_the_whole_split(prepared, tmp_path):
         d = ds.read_scoring(prepared[s], meta)
         columns = {"event_id": d.event_ids, "split": s, "label": d.labels, "weight": d.weights}
         expected.append(pd.DataFrame({**columns, "score": model.predict_score(d.X), "truth_llr": d.truth_llr}))
-    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.concat(expected, ignore_index=True), check_exact=True)
+    got = pd.read_parquet(out)
+    assert got["score"].dtype == np.float32  # as XGBoost returns it; widened, predict_score's value for value
+    pd.testing.assert_frame_equal(widen_scores(got), pd.concat(expected, ignore_index=True), check_exact=True)
     assert {s: t["n_events"] for s, t in rec["timing"].items()} == dict.fromkeys(SPLITS, 1500)
     inference = rec["energy"]["inference"]
     assert inference["scope"] == "read+inference" and inference["events"] == 1500 and inference["batch_size"] == 150
@@ -441,3 +444,14 @@ def test_split_column_is_built_once_per_batch_length(prepared, tmp_path):
     assert pr._split_column("test", 3) is pr._split_column("test", 3)
     assert pr._split_column("test", 3).to_pylist() == ["test"] * 3 and len(pr._split_column("test", 2)) == 2
     pr._split_column.cache_clear()
+
+
+def test_scores_are_stored_in_the_familys_dtype_only_when_exact():
+    """float64 families keep float64; a float32 family's scores are narrowed only when every
+    value is a float32 one (else the family's score_dtype is wrong: refused, not rounded)."""
+    exact = {"score": np.array([0.25, 1 / 3], dtype=np.float32).astype(np.float64)}
+    assert pr._stored(exact, "float64") is exact
+    narrow = pr._stored(exact, "float32")["score"]
+    assert narrow.dtype == np.float32 and np.array_equal(narrow.astype(np.float64), exact["score"])
+    with pytest.raises(FamilyError, match="not float32"):
+        pr._stored({"score": np.array([1 / 3])}, "float32")
