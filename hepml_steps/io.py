@@ -261,7 +261,7 @@ class ScratchHeap:
     allocated between calls, so the heap holds more than one call's
     temporaries. Measured on the predict step at 10M events (the MLP,
     hidden layers 64-64, batches of 100,000 events): minor page faults 3.35M
-    -> 0.59M, wall time 10.0 -> 7.2 s, peak RSS 436-443 -> 481-538 MiB.
+    -> 0.59M, wall time 10.0 -> 7.2 s, peak RSS 426-443 -> 481-576 MiB.
     (Lifting the threshold only per call and trimming after each one kept
     the peak within 13-40 MiB, but only took the time to 8.9 s.)
     """
