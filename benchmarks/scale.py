@@ -67,12 +67,27 @@ it prints:
   no needed size has no target.
 
 Then, per model: ``predict/bare``, the predict step's wall time over the bare
-work, timed here in one warm process at the same size: reading the model's
-feature columns of the three prepared splits with pyarrow, as one float32
-matrix, and scoring them in batches of ``evaluation.inference_batch_size``
-(XGBoost ``Booster.inplace_predict`` on the saved ``model.ubj``; the MLP's
-torch module in eval mode under ``inference_mode``); target <= 1.3. With
-``--bare-fit`` (it takes as long as training again), per model the fit time of
+inference's, at the same size, both whole processes; target <= 1.3.
+
+- The step's time (its ``benchmark:`` file) is its process from start to
+  exit: interpreter start, imports, loading the model, reading the event and
+  feature columns of the three prepared splits batch by batch, filling
+  missing feature values, inference, metering the test split, and writing
+  the prediction table (Parquet) and the record.
+- The bare time is ``benchmarks/bare_predict.py``, run as a fresh process and
+  timed here from start to exit: interpreter start, importing the model's
+  library, loading the model with it alone (``xgb.Booster().load_model`` on
+  ``model.ubj``; the MLP rebuilt as a ``torch.nn.Sequential`` from
+  ``model_config.json`` and ``model.pt``; a model it cannot rebuild, e.g.
+  another torch family, is loaded with hepml's registry and scored with its
+  ``predict_score``, and the ``bare`` text says so), and, batch by batch
+  (``evaluation.inference_batch_size`` events), reading the model's feature
+  columns of the three splits with pyarrow into a float32 matrix and scoring
+  it (``Booster.inplace_predict``; the torch module under ``inference_mode``),
+  with ``training.threads`` threads as the step. Not in it: the event
+  columns, missing-value filling, energy metering, writing anything.
+
+With ``--bare-fit`` (it takes as long as training again), per model the fit time of
 the train record (``fit_seconds``: the family's fit, no I/O) over the bare
 library fit of ``benchmarks/overhead.py`` on the same training events, as many
 trees / epochs as the family ran; target <= 1.05. Without it, see
@@ -448,51 +463,24 @@ def measure(wd: Path, n_events: int, a, base: dict[str, float] | None) -> dict:
 
 # -- bare inference ---------------------------------------------------------------------------
 def bare_predict(res: Path, model: str, batch: int, threads: int) -> tuple[float, str]:
-    """Seconds to read the model's feature columns of the three splits and score them,
-    with the library alone (see the module docstring); and what was timed."""
-    import numpy as np
-    import pyarrow.parquet as pq
+    """Wall seconds of ``benchmarks/bare_predict.py`` on the model, run as a fresh process
+    (start to exit, see the module docstring); and what it timed (its ``how``).
 
-    from hepml_steps import registry
-
-    mdir = res / "models" / model
-    meta = json.loads((mdir / "hepml_model.json").read_text())
-    cols = meta["features"]
-    if meta["family"] == "xgboost":
-        import xgboost as xgb
-
-        booster = xgb.Booster()
-        booster.load_model(str(mdir / "model.ubj"))
-        booster.set_param({"nthread": threads})
-
-        def score(X):
-            return booster.inplace_predict(X)
-
-        how = "xgboost inplace_predict"
-    else:
-        import torch
-
-        fam, _ = registry.load_model(str(mdir))
-        net = getattr(fam, "scorer", None)
-        torch.set_num_threads(threads)
-        if net is None:  # not the torch family this script knows: its own predict_score
-            score, how = fam.predict_score, f"{meta['family']} predict_score"
-        else:
-            net.eval()
-
-            def score(X):
-                with torch.inference_mode():
-                    return net(torch.from_numpy(X)).numpy()
-
-            how = "torch module, eval, inference_mode"
+    Raises
+    ------
+    SystemExit
+        The bare script failed.
+    """
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bare_predict.py"), str(res), model]
+    cmd += ["--batch-size", str(batch), "--threads", str(threads)]
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)  # for the fallback
     t0 = time.perf_counter()
-    for s in ("train", "validation", "test"):
-        table = pq.read_table(res / "features" / f"{s}.parquet", columns=cols)
-        X = np.column_stack([table.column(c).to_numpy().astype(np.float32, copy=False) for c in cols])
-        del table
-        for i in range(0, len(X), batch):
-            score(np.ascontiguousarray(X[i : i + batch]))
-    return time.perf_counter() - t0, how
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"scale: bare_predict.py failed ({out.returncode}) for {model}:\n{out.stderr[-3000:]}")
+    return wall, json.loads(out.stdout.strip().splitlines()[-1])["how"]
 
 
 def bare_fit(res: Path, model: str, threads: int) -> tuple[float, float, str]:

@@ -9,7 +9,9 @@ never a training feature), ``target`` (regression target) and ``process``
 columns. Split tables add nothing. Prepared (feature) tables add
 ``target:<name>``, the unstandardised copy of a model's target column
 ``<name>`` (see :mod:`hepml_steps.features`); prediction tables add ``split``
-and ``score`` (and ``prob_<i>`` per class for multiclass models).
+and ``score`` (and ``prob_<i>`` per class for multiclass models), stored in
+the model library's dtype (float32 for XGBoost and torch) and read back as
+float64 (:func:`widen_scores`).
 """
 
 EVENT_ID = "event_id"
@@ -32,6 +34,16 @@ TARGET_COPY = "target:"
 RESERVED = (EVENT_ID, LABEL, WEIGHT, TRUTH_LLR, TARGET, SPLIT, SCORE, PROCESS)
 
 SPLITS = ("train", "validation", "test")
+
+
+def widen_scores(df):
+    """``df`` (a prediction table read with pandas) with its float32 ``score`` and
+    ``prob_<i>`` columns as float64, in place (value for value): what
+    ``predict_score`` gave before the predict step stored them narrow."""
+    for c in df.columns:
+        if (c == SCORE or c.startswith(PROB)) and str(df[c].dtype) == "float32":
+            df[c] = df[c].astype("float64")
+    return df
 
 
 def target_copy(name: str) -> str:

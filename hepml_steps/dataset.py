@@ -953,7 +953,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
         n_filled += _fill_in_place(X, features, fill)
         yield Dataset(
             X=X,
-            y=task.targets(batch.select(others).to_pandas(), target, what, meta.get("classes")),
+            y=task.batch_targets(batch.select(others), target, what, meta.get("classes")),
             weights=_arrow_column(batch, WEIGHT),
             fit_weights=None,
             event_ids=_arrow_column(batch, EVENT_ID),

@@ -66,7 +66,7 @@ import math
 import numpy as np
 
 from . import cli, tasks
-from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT
+from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT, widen_scores
 from .dataset import fitted_events
 from .errors import DataError, culprit
 from .io import columns_of, read_json, write_json
@@ -146,7 +146,7 @@ def read_predictions(predictions: str, what: str):
     wanted = [c for c in names if c in PREDICTION_COLUMNS or c.startswith(PROB)]
     with culprit(predictions, context="cannot read as parquet"):
         table = pq.read_table(predictions, columns=wanted, read_dictionary=[SPLIT], pre_buffer=False)
-        return table.to_pandas(split_blocks=True, self_destruct=True)
+        return widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
 
 
 def split_part(pred, name: str):

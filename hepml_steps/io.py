@@ -179,8 +179,39 @@ def table_attrs(path: str | os.PathLike) -> dict:
     return {}
 
 
-#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h)
-_M_MMAP_THRESHOLD = -3
+#: glibc's ``mallopt`` parameter numbers of ``M_TRIM_THRESHOLD`` and ``M_MMAP_THRESHOLD`` (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: glibc's default ``M_TRIM_THRESHOLD`` (bytes), what it stays at once the mmap threshold is fixed
+_DEFAULT_TRIM = 128 * 1024
+#: the largest ``M_MMAP_THRESHOLD`` glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``)
+_MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: the mmap threshold :func:`release_freed_memory` fixed in this process (None: not fixed)
+_fixed_threshold: int | None = None
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where there is no glibc (nothing changed)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(param, int(value)))
+    except (OSError, AttributeError):
+        return False
+
+
+def _malloc_trim() -> None:
+    """glibc's ``malloc_trim(0)``: free heap pages go back to the system (nothing elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 def release_freed_memory(threshold: int = 128 * 1024) -> None:
@@ -197,15 +228,65 @@ def release_freed_memory(threshold: int = 128 * 1024) -> None:
     Process-wide: the batch steps' ``main()`` call it when run as their own
     process (no ``argv``), never when called in a caller's process (tests),
     and library functions never do: under the fixed threshold every larger
-    allocation is a fresh mmap (slower for e.g. torch's temporaries).
+    allocation is a fresh mmap (slower for e.g. torch's temporaries: see
+    :class:`ScratchHeap`).
     """
-    import ctypes
-    import ctypes.util
-
+    global _fixed_threshold
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    if _mallopt(_M_MMAP_THRESHOLD, threshold):
+        _fixed_threshold = int(threshold)
+
+
+class ScratchHeap:
+    """Scratch memory of repeated calls (inference) reused from glibc's heap, in a
+    process whose mmap threshold :func:`release_freed_memory` fixed.
+
+    Under the fixed threshold every buffer above it is a fresh ``mmap``: a
+    model's temporaries (a torch MLP's activations, 16 MiB per 65,536 events
+    and 64 units; XGBoost's matrix) are mapped, faulted in page by page and
+    unmapped again at every call, which made the MLP's inference take about
+    twice the library's own time. Inside the block, :meth:`calls` lifts the
+    mmap threshold to 32 MiB (glibc's largest) for the calls it wraps, so their
+    buffers come from the heap, and freed heap memory is kept (trim threshold
+    ``keep`` bytes) so the next call reuses pages already faulted in; between
+    the calls the fixed threshold is back (the batches read and written stay
+    mmapped, returned when freed). On leaving the block the trim threshold is
+    glibc's default again and the heap's free pages are returned
+    (``malloc_trim``). Where the threshold was not fixed (a caller's process,
+    tests) or there is no glibc, nothing is changed.
+
+    The cost is memory: the kept pages are fragmented by the small objects
+    allocated between calls, so the heap holds more than one call's
+    temporaries. Measured on the predict step at 10M events (the MLP,
+    hidden layers 64-64, batches of 100,000 events): minor page faults 3.35M
+    -> 0.59M, wall time 10.0 -> 7.2 s, peak RSS 426-443 -> 481-576 MiB.
+    (Lifting the threshold only per call and trimming after each one kept
+    the peak within 13-40 MiB, but only took the time to 8.9 s.)
+    """
+
+    def __init__(self, keep: int = 256 * 1024 * 1024):
+        self.keep, self.active = int(keep), False
+
+    def __enter__(self) -> ScratchHeap:
+        self.active = _fixed_threshold is not None and _mallopt(_M_TRIM_THRESHOLD, self.keep)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            _mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
+            _malloc_trim()
+            self.active = False
+
+    @contextlib.contextmanager
+    def calls(self) -> Iterator[None]:
+        """Buffers up to 32 MiB allocated inside come from (and go back to) the heap."""
+        if not self.active:
+            yield
+            return
+        _mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
+        try:
+            yield
+        finally:
+            _mallopt(_M_MMAP_THRESHOLD, _fixed_threshold)

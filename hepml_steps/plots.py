@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks as hepml_tasks
-from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
+from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT, widen_scores
 from .evaluate import split_part
 
 log = logging.getLogger("hepml.plots")
@@ -877,7 +877,7 @@ def _test_rows(predictions: str):
         table = pq.read_table(
             predictions, columns=wanted, filters=[(SPLIT, "==", "test")], read_dictionary=[SPLIT], pre_buffer=False
         )
-        return table.to_pandas(split_blocks=True, self_destruct=True)
+        return widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
 
 
 def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: int = 262_144):

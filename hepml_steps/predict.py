@@ -8,7 +8,10 @@ and ``target`` for a task with a target) — the input of evaluation. How scores
 ``score`` is the index of its most probable class, ``prob_<i>`` the
 probability of class ``i`` and ``target`` the index of the true class (−1 for
 a class the model never saw); the index → value map is the model's
-``classes``. Each split is read, scored and written in batches of
+``classes``. The score columns (``score``, ``prob_<i>``) are stored in the
+family's ``score_dtype``: float32 for XGBoost and torch, the library's own
+values (``predict_score`` widens them to float64; hepml's readers widen them
+again, :func:`hepml_steps.columns.widen_scores`), so value for value. Each split is read, scored and written in batches of
 ``batch_size`` events (only the columns scoring needs are read); the test
 split's reading and inference are metered (time, CPU time, energy, events/s,
 J/event; ``scope: "read+inference"``) and written to the step's record
@@ -17,6 +20,7 @@ J/event; ``scope: "read+inference"``) and written to the step's record
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -24,27 +28,61 @@ import numpy as np
 
 from . import cli, dataset, registry, tasks
 from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
-from .errors import ConfigError
-from .io import atomic_path, release_freed_memory, write_json
+from .errors import ConfigError, FamilyError
+from .io import ScratchHeap, atomic_path, release_freed_memory, write_json
 
 log = logging.getLogger("hepml.predict")
 
 
-def _score(model, data, task, classes) -> np.ndarray:
-    """``model.predict_score`` of one batch (``task.empty_scores`` for no events)."""
-    return model.predict_score(data.X) if len(data) else task.empty_scores(classes)
+def _score(model, data, task, classes, heap: ScratchHeap) -> np.ndarray:
+    """``model.predict_score`` of one batch (``task.empty_scores`` for no events); its
+    temporaries reuse the heap (:class:`hepml_steps.io.ScratchHeap`)."""
+    if not len(data):
+        return task.empty_scores(classes)
+    with heap.calls():
+        return model.predict_score(data.X)
 
 
-def _table(data, split: str, score, task):
-    """The prediction rows of one batch of a split (see the module docstring), as an Arrow table."""
+@functools.lru_cache(maxsize=4)
+def _split_column(split: str, n: int):
+    """The ``split`` column of a batch of ``n`` rows (large_string), built once per split and
+    batch length (every full batch has the same): an immutable Arrow array, shared; the
+    cache is cleared when :func:`predict` returns."""
     import pyarrow as pa
 
-    n = len(data)
-    cols = {EVENT_ID: data.event_ids, SPLIT: pa.repeat(split, n).cast(pa.large_string())}
+    return pa.repeat(split, n).cast(pa.large_string())
+
+
+def _stored(columns: dict, dtype: str) -> dict:
+    """The prediction columns of ``task.prediction_columns`` in the family's ``score_dtype``
+    (float32 for XGBoost and torch, whose ``predict_score`` widened them), value for value.
+
+    Raises
+    ------
+    FamilyError
+        A value is not one of ``dtype`` (the family's ``score_dtype`` is wrong).
+    """
+    if dtype == "float64":
+        return columns
+    out = {}
+    for c, v in columns.items():
+        narrow = v.astype(dtype)
+        if not np.array_equal(narrow, v, equal_nan=True):
+            raise FamilyError(f"prediction column '{c}' holds values that are not {dtype} (the family's score_dtype)")
+        out[c] = narrow
+    return out
+
+
+def _table(data, split: str, score, task, dtype: str = "float64"):
+    """The prediction rows of one batch of a split (see the module docstring), as an Arrow
+    table; the score columns in ``dtype`` (the family's ``score_dtype``)."""
+    import pyarrow as pa
+
+    cols = {EVENT_ID: data.event_ids, SPLIT: _split_column(split, len(data))}
     if data.labels is not None:  # unlabelled inputs: no label column
         cols[LABEL] = data.labels
     cols[WEIGHT] = data.weights
-    cols.update(task.prediction_columns(score))
+    cols.update(_stored(task.prediction_columns(score), dtype))
     if data.truth_llr is not None:
         cols[TRUTH_LLR] = data.truth_llr
     if task.needs_target:
@@ -137,24 +175,25 @@ def predict(
     cls, task = registry.get(meta["family"]), tasks.get(meta["task"])
     model.use_device(meta.get("device", "cpu"))
     timing, inference = {}, None
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, ScratchHeap() as heap:
         writer = _Writer(tmp)
         try:
             for s in SPLITS:
                 t0 = time.perf_counter()
                 if s != "test":
-                    n, seconds = _score_and_write(model, inputs[s], meta, batch_size, task, s, writer)
+                    n, seconds = _score_and_write(model, inputs[s], meta, batch_size, task, s, writer, heap)
                 else:
                     meter = step_meter(energy, model.info.get("device", "cpu"), cls.gpu_capable)
                     with meter:
-                        scores, seconds = _score_only(model, inputs[s], meta, batch_size, task)
+                        scores, seconds = _score_only(model, inputs[s], meta, batch_size, task, heap)
                     n = len(scores)
                     meter.set_events(n)
                     inference = {**meter.record, "batch_size": batch_size, "split": "test", "scope": "read+inference"}
-                    _write_scores(scores, inputs[s], meta, batch_size, task, s, writer)
+                    _write_scores(scores, inputs[s], meta, batch_size, task, s, writer, model.score_dtype)
                 timing[s] = {"n_events": n, "seconds": seconds, "step_s": time.perf_counter() - t0}
         finally:
             writer.close()
+            _split_column.cache_clear()
     record = {
         "model": meta["model"],
         "family": meta["family"],
@@ -173,33 +212,33 @@ def predict(
     return record
 
 
-def _score_and_write(model, path, meta, batch_size, task, split, writer) -> tuple[int, float]:
+def _score_and_write(model, path, meta, batch_size, task, split, writer, heap) -> tuple[int, float]:
     """Score a split batch by batch and write its rows; return (events, inference seconds)."""
     n, seconds = 0, 0.0
     for data in dataset.iter_scoring(path, meta, batch_size):
         t0 = time.perf_counter()
-        score = _score(model, data, task, meta.get("classes"))
+        score = _score(model, data, task, meta.get("classes"), heap)
         seconds += time.perf_counter() - t0
-        writer.write(_table(data, split, score, task))
+        writer.write(_table(data, split, score, task, model.score_dtype))
         n += len(data)
     return n, seconds
 
 
-def _score_only(model, path, meta, batch_size, task) -> tuple[np.ndarray, float]:
+def _score_only(model, path, meta, batch_size, task, heap) -> tuple[np.ndarray, float]:
     """The scores of a split, batch by batch; return (scores, inference seconds)."""
     parts, seconds = [], 0.0
     for data in dataset.iter_scoring(path, meta, batch_size):
         t0 = time.perf_counter()
-        parts.append(_score(model, data, task, meta.get("classes")))
+        parts.append(_score(model, data, task, meta.get("classes"), heap))
         seconds += time.perf_counter() - t0
     return np.concatenate(parts), seconds
 
 
-def _write_scores(scores, path, meta, batch_size, task, split, writer) -> None:
+def _write_scores(scores, path, meta, batch_size, task, split, writer, dtype) -> None:
     """Write the rows of a split scored by :func:`_score_only`, reading its event columns again."""
     start = 0
     for data in dataset.iter_scoring(path, {**meta, "features": []}, batch_size):
-        writer.write(_table(data, split, scores[start : start + len(data)], task))
+        writer.write(_table(data, split, scores[start : start + len(data)], task, dtype))
         start += len(data)
 
 

@@ -244,6 +244,15 @@ class Task:
         """
         return None
 
+    def batch_targets(self, batch, target: str | None, what: str, classes: list | None = None) -> np.ndarray | None:
+        """:meth:`targets` of an Arrow record batch, value for value: the batch as
+        pandas, except where a task reads its truth from Arrow itself (a task
+        that does not override :meth:`targets` has none; classification reads
+        the ``label`` column), so that scoring a batch converts nothing to pandas."""
+        if type(self).targets is Task.targets:
+            return None
+        return self.targets(batch.to_pandas(), target, what, classes)
+
     def check_fit_targets(self, y, what: str) -> None:
         """Refuse targets a model cannot be fitted on (default: accept)."""
 
@@ -595,6 +604,11 @@ class Classification(Task):
 
     def targets(self, df, target, what, classes=None):
         return df[LABEL].to_numpy()
+
+    def batch_targets(self, batch, target, what, classes=None):
+        if LABEL not in batch.schema.names:  # unlabelled: the pandas path, and its error
+            return super().batch_targets(batch, target, what, classes)
+        return batch.column(LABEL).to_numpy(zero_copy_only=False)
 
     def check_fit_targets(self, y, what):
         if len(np.unique(y)) < 2:

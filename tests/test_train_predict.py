@@ -11,6 +11,7 @@ from hepml_steps import dataset as ds
 from hepml_steps import predict as pr
 from hepml_steps import registry
 from hepml_steps import train as tr
+from hepml_steps.columns import widen_scores
 from hepml_steps.errors import ConfigError, DataError, FamilyError
 from tests.conftest import make_events
 
@@ -265,7 +266,9 @@ def test_streamed_predictions_are_those_of_the_whole_split(prepared, tmp_path):
         d = ds.read_scoring(prepared[s], meta)
         columns = {"event_id": d.event_ids, "split": s, "label": d.labels, "weight": d.weights}
         expected.append(pd.DataFrame({**columns, "score": model.predict_score(d.X), "truth_llr": d.truth_llr}))
-    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.concat(expected, ignore_index=True), check_exact=True)
+    got = pd.read_parquet(out)
+    assert got["score"].dtype == np.float32  # as XGBoost returns it; widened, predict_score's value for value
+    pd.testing.assert_frame_equal(widen_scores(got), pd.concat(expected, ignore_index=True), check_exact=True)
     assert {s: t["n_events"] for s, t in rec["timing"].items()} == dict.fromkeys(SPLITS, 1500)
     inference = rec["energy"]["inference"]
     assert inference["scope"] == "read+inference" and inference["events"] == 1500 and inference["batch_size"] == 150
@@ -349,3 +352,106 @@ def test_split_without_events_gives_its_empty_part(prepared, tmp_path):
         "train": 1500,
         "test": 1500,
     }
+
+
+def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_path, monkeypatch):
+    """In a step process (mmap threshold fixed by release_freed_memory) predict_score runs with
+    glibc's threshold lifted, so a model's temporaries reuse heap pages instead of fresh mmaps;
+    reading and writing the batches run under the fixed one; the heap is trimmed at the end."""
+    from hepml_steps import io
+    from hepml_steps.families.xgb import XGBoostFamily
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    state, seen, trims = {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}, [], []
+
+    def mallopt(param, value):
+        state[param] = value
+        return True
+
+    score, write = XGBoostFamily.predict_score, pr._Writer.write
+    monkeypatch.setattr(io, "_mallopt", mallopt)
+    monkeypatch.setattr(io, "_malloc_trim", lambda: trims.append(dict(state)))
+    monkeypatch.setattr(XGBoostFamily, "predict_score", lambda s, X: seen.append(("score", dict(state))) or score(s, X))
+    monkeypatch.setattr(pr._Writer, "write", lambda s, t: seen.append(("write", dict(state))) or write(s, t))
+
+    monkeypatch.setattr(io, "_fixed_threshold", None)  # a caller's process: nothing changed
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "a.parquet"), batch_size=500)
+    assert all(s == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for _, s in seen)
+    assert not trims
+
+    seen.clear()
+    monkeypatch.setattr(io, "_fixed_threshold", 128 * 1024)
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "b.parquet"), batch_size=500)
+    scores = [s for k, s in seen if k == "score"]
+    writes = [s for k, s in seen if k == "write"]
+    assert len(scores) == 9 and len(writes) == 9
+    assert all(s[io._M_MMAP_THRESHOLD] == io._MAX_MMAP_THRESHOLD and s[io._M_TRIM_THRESHOLD] > 2**27 for s in scores)
+    assert all(s[io._M_MMAP_THRESHOLD] == 128 * 1024 for s in writes)
+    assert trims == [{io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet"))
+
+
+@pytest.mark.parametrize("labels", [[1, 0, 1, 0], [1, None, 0, 1]])
+def test_batch_targets_are_the_pandas_targets(labels):
+    """Task.batch_targets (Arrow, what scoring a batch calls) gives what targets gives on the
+    batch as pandas, for every task; classification and the unsupervised tasks convert nothing."""
+    import pyarrow as pa
+
+    from hepml_steps import tasks
+
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "label": pa.array(labels, pa.int8()),
+            "weight": [1.0, 2.0, 3.0, 4.0],
+            "target:m": [1.5, 2.5, 3.5, 4.5],
+            "cls": ["a", "b", "a", "c"],
+        }
+    )
+    cases = {"classification": None, "regression": "m", "multiclass": "cls", "anomaly": None, "clustering": None}
+    for name, target in cases.items():
+        task = tasks.get(name)
+        classes = ["a", "b"] if name == "multiclass" else None
+        try:
+            want = task.targets(batch.to_pandas(), target, "m", classes)
+        except DataError:
+            continue  # e.g. a regression target with a missing value: batch_targets raises the same
+        got = task.batch_targets(batch, target, "m", classes)
+        if want is None:
+            assert got is None, name
+        else:
+            assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=got.dtype.kind == "f"), name
+
+
+def test_scoring_a_classification_batch_converts_nothing_to_pandas(prepared, tmp_path, monkeypatch):
+    from hepml_steps import tasks
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    _, meta = registry.load_model(tmp_path / "m")
+    whole = ds.read_scoring(prepared["test"], meta)
+    monkeypatch.setattr(tasks.Classification, "targets", lambda *a, **k: pytest.fail("converted to pandas"))
+    ys = [d.y for d in ds.iter_scoring(prepared["test"], meta, 400)]
+    assert np.array_equal(np.concatenate(ys), whole.y) and np.concatenate(ys).dtype == whole.y.dtype
+
+
+def test_split_column_is_built_once_per_batch_length(prepared, tmp_path):
+    """The split column is shared by the batches of one length and split, right for a short last
+    batch, and not kept once predict returns."""
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "p.parquet"), batch_size=400)  # 400+400+400+300
+    p = pd.read_parquet(tmp_path / "p.parquet")
+    assert p["split"].tolist() == [s for s in SPLITS for _ in range(1500)]
+    assert pr._split_column.cache_info().currsize == 0
+    assert pr._split_column("test", 3) is pr._split_column("test", 3)
+    assert pr._split_column("test", 3).to_pylist() == ["test"] * 3 and len(pr._split_column("test", 2)) == 2
+    pr._split_column.cache_clear()
+
+
+def test_scores_are_stored_in_the_familys_dtype_only_when_exact():
+    """float64 families keep float64; a float32 family's scores are narrowed only when every
+    value is a float32 one (else the family's score_dtype is wrong: refused, not rounded)."""
+    exact = {"score": np.array([0.25, 1 / 3], dtype=np.float32).astype(np.float64)}
+    assert pr._stored(exact, "float64") is exact
+    narrow = pr._stored(exact, "float32")["score"]
+    assert narrow.dtype == np.float32 and np.array_equal(narrow.astype(np.float64), exact["score"])
+    with pytest.raises(FamilyError, match="not float32"):
+        pr._stored({"score": np.array([1 / 3])}, "float32")

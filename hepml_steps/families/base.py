@@ -131,6 +131,10 @@ class Family(ABC):
     #: (XGBoost, HistGradientBoosting); otherwise :mod:`hepml_steps.dataset`
     #: fills NaN with the train medians of the features step before ``fit``
     handles_missing: ClassVar[bool] = False
+    #: the dtype of the library's own scores, which :meth:`predict_score` widens to
+    #: float64 (float32 for XGBoost and torch): the predict step stores them in it,
+    #: value for value, and the readers of prediction tables widen them again
+    score_dtype: ClassVar[str] = "float64"
     #: whether ``fit`` trains correctly on negative event weights (signed NLO
     #: generator weights): the config accepts ``negative_weights: keep`` only
     #: for such families; under ``ignore`` (default) and ``abs`` the fit never

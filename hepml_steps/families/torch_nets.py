@@ -279,6 +279,7 @@ class TorchFamily(Family):
     """
 
     gpu_capable = True
+    score_dtype = "float32"  # the float32 network's
     # the loss is a weighted mean, a correct (signed) estimate of the expected
     # loss; a batch whose weights sum to <= 0 is normalised by its |weights|
     accepts_negative_weights = True

@@ -130,6 +130,7 @@ class XGBoostFamily(Family):
         "reg_lambda": {"type": "float", "low": 1e-3, "high": 10.0, "log": True},
     }
     gpu_capable = True
+    score_dtype = "float32"  # Booster.predict's
     streams_training = True  # fit_stream: a QuantileDMatrix from the batches of a FitSource
     file_format = "xgboost-ubj"
     iterative = True
