@@ -139,12 +139,47 @@ def test_xgboost_learning_curve_is_sampled_on_large_fits(monkeypatch):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 3)).astype(np.float32)
     y = (X[:, 0] > 0).astype(int)
+    monkeypatch.setattr(xgb, "TRAIN_CURVE_MIN_EVENTS", 10**9)  # every event of this small fit
     full = xgb.XGBoostFamily(params={"n_estimators": 5}).fit(X, y)
     monkeypatch.setattr(xgb, "TRAIN_CURVE_EVENTS", 500)
     sampled = xgb.XGBoostFamily(params={"n_estimators": 5}).fit(X, y)
     np.testing.assert_array_equal(full.predict_score(X), sampled.predict_score(X))  # the model is the same
     assert len(sampled.history["train_loss"]) == 5
     assert np.allclose(sampled.history["train_loss"], full.history["train_loss"], rtol=0.1)
+
+
+def test_xgboost_learning_curve_sample_is_a_fixed_fraction_between_bounds():
+    """1/32 of the training events, at least 2,000 (all of a smaller fit), at most 10,000:
+    the curve's evaluation stays a small fraction of the fit at any size."""
+    from hepml_steps.families.xgb import _curve_index
+
+    for n, events in ((1_500, 1_500), (10_000, 2_000), (100_000, 3_125), (1_000_000, 10_000), (10**7, 10_000)):
+        assert len(_curve_index(n)) == events, n
+
+
+def test_xgboost_small_fit_uses_a_plain_dmatrix_with_the_same_model(monkeypatch):
+    """Below _PLAIN_DMATRIX_BYTES the fit takes the bare library's DMatrix (no sketch pass of its
+    own); above, a QuantileDMatrix (no float copy of X): the same trees either way."""
+    import xgboost
+
+    from hepml_steps.families import xgb
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(4000, 4)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=4000) > 0).astype(int)
+    made = []
+    for cls in ("DMatrix", "QuantileDMatrix"):
+        orig = getattr(xgboost, cls)
+        monkeypatch.setattr(xgboost, cls, lambda *a, _o=orig, _c=cls, **k: made.append(_c) or _o(*a, **k))
+    params = {"n_estimators": 10}
+    small = xgb.XGBoostFamily(params=params).fit(X[:3000], y[:3000], X_val=X[3000:], y_val=y[3000:])
+    assert made[0] == "DMatrix"
+    made.clear()
+    monkeypatch.setattr(xgb, "_PLAIN_DMATRIX_BYTES", 0)
+    large = xgb.XGBoostFamily(params=params).fit(X[:3000], y[:3000], X_val=X[3000:], y_val=y[3000:])
+    assert made[0] == "QuantileDMatrix"
+    np.testing.assert_array_equal(small.predict_score(X), large.predict_score(X))
+    assert small.history == large.history
 
 
 def test_train_step_streams_above_the_threshold(splits, tmp_path):
