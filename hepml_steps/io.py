@@ -12,6 +12,7 @@ could not read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -181,7 +182,8 @@ def table_attrs(path: str | os.PathLike) -> dict:
 
 #: glibc's ``mallopt`` parameter numbers of ``M_TRIM_THRESHOLD`` and ``M_MMAP_THRESHOLD`` (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: glibc's default ``M_TRIM_THRESHOLD`` (bytes), what it stays at once the mmap threshold is fixed
+#: glibc's default ``M_TRIM_THRESHOLD`` (bytes), restored after a ScratchHeap (glibc's dynamic
+#: threshold may have raised it before the mmap threshold was fixed: then this trims more, never less)
 _DEFAULT_TRIM = 128 * 1024
 #: the largest ``M_MMAP_THRESHOLD`` glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``)
 _MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
@@ -189,29 +191,34 @@ _MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 _fixed_threshold: int | None = None
 
 
-def _mallopt(param: int, value: int) -> bool:
-    """glibc's ``mallopt(param, value)``; False where there is no glibc (nothing changed)."""
+@functools.cache
+def _libc():
+    """glibc, loaded once (``ctypes.util.find_library`` runs ``ldconfig``: ~1 ms a call); None elsewhere."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return False
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
-        return bool(ctypes.CDLL(name).mallopt(param, int(value)))
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where there is no glibc (nothing changed)."""
+    libc = _libc()
+    try:
+        return bool(libc.mallopt(param, int(value))) if libc is not None else False
+    except AttributeError:
         return False
 
 
 def _malloc_trim() -> None:
     """glibc's ``malloc_trim(0)``: free heap pages go back to the system (nothing elsewhere)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError):
+            libc.malloc_trim(0)
 
 
 def release_freed_memory(threshold: int = 128 * 1024) -> None:

@@ -66,6 +66,8 @@ def _finite(a) -> bool:
 
 
 def _class_sums(y, w):
+    if not _finite(w):
+        raise DataError(f"metrics: {int(np.sum(~np.isfinite(w)))} event weights are NaN or infinite")
     ws, wb = float(w[y == 1].sum()), float(w[y == 0].sum())
     if ws <= 0 or wb <= 0:
         raise DataError(

@@ -244,6 +244,8 @@ def significance_scan(
     y, s, w = _arrays(y, score, sample_weight)
     if not np.all(np.isfinite(s)):
         raise DataError(f"significance: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite")
+    figures = (figures,) if isinstance(figures, str) else tuple(figures)
+    _sigma2(0.0, rel_bkg_uncertainty)  # refuses a negative or non-finite δ, whatever the figures
     unknown = [f for f in figures if f not in _FIGURE_FUNCTIONS]
     if unknown:
         raise DataError(f"significance: unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")

@@ -253,3 +253,11 @@ def test_multiclass_cross_entropy_of_float32_probabilities_is_quiet():
         warnings.simplefilter("error")
         ce = M.multiclass_metrics(y, P)["cross_entropy"]
     assert ce == pytest.approx(np.mean(-np.log(P[np.arange(200), y])))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_roc_figures_refuse_non_finite_weights(bad):
+    w = np.ones(6)
+    w[2] = bad
+    with pytest.raises(DataError, match="1 event weights are NaN or infinite"):
+        M.roc_auc([1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3, 0.7, 0.2], w)

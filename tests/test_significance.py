@@ -232,3 +232,13 @@ def test_refusals():
     # no signal weight at all: efficiencies undefined, every Z_A 0
     scan = significance_scan(np.zeros(4), [0.1, 0.2, 0.3, 0.4])
     assert np.all(np.isnan(scan["eps_s"])) and np.all(scan["asimov"] == 0)
+
+
+def test_scan_figures_argument_takes_a_name_and_still_checks_the_uncertainty():
+    one = significance_scan(Y, SCORE, W, figures="asimov")
+    assert "asimov" in one and "s_over_sqrt_b" not in one
+    np.testing.assert_array_equal(one["asimov"], significance_scan(Y, SCORE, W)["asimov"])
+    with pytest.raises(DataError, match="rel_bkg_uncertainty"):
+        significance_scan(Y, SCORE, W, figures=(), rel_bkg_uncertainty=-0.1)
+    with pytest.raises(DataError, match="unknown figure"):
+        significance_scan(Y, SCORE, W, figures=("z",))

@@ -260,3 +260,23 @@ def test_background_only_reads_take_positions_not_a_stored_index(tmp_path):
     assert len(capped) == 800 and (capped.labels == 0).all()
     X, _, _ = _all(ds.stream_fit(path, spec, "ae", batch_events=256))
     np.testing.assert_array_equal(X, ds.read_fit(path, spec, "ae").X)  # main: IndexError in both
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_xgboost_validation_loss_uses_the_training_bins_for_any_max_bin(monkeypatch, plain):
+    """The validation set is binned with the training max_bin: its recorded loss is the model's
+    own log-loss on it (with another max_bin than 256 a QuantileDMatrix fit crashed, a DMatrix one
+    recorded the loss of other bins)."""
+    from sklearn.metrics import log_loss
+
+    from hepml_steps.families import xgb
+
+    if not plain:
+        monkeypatch.setattr(xgb, "_PLAIN_DMATRIX_BYTES", 0)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(4000, 4)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=4000) > 0).astype(int)
+    f = xgb.XGBoostFamily(params={"n_estimators": 10, "max_bin": 16}).fit(
+        X[:3000], y[:3000], X_val=X[3000:], y_val=y[3000:]
+    )
+    assert f.history["validation_loss"][-1] == pytest.approx(log_loss(y[3000:], f.predict_score(X[3000:])), abs=1e-6)

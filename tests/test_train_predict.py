@@ -455,3 +455,31 @@ def test_scores_are_stored_in_the_familys_dtype_only_when_exact():
     assert narrow.dtype == np.float32 and np.array_equal(narrow.astype(np.float64), exact["score"])
     with pytest.raises(FamilyError, match="not float32"):
         pr._stored({"score": np.array([1 / 3])}, "float32")
+
+
+def test_scratch_heap_restores_the_thresholds_when_scoring_raises(monkeypatch):
+    from hepml_steps import io
+
+    state = {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}
+    monkeypatch.setattr(io, "_mallopt", lambda p, v: state.__setitem__(p, v) or True)
+    monkeypatch.setattr(io, "_malloc_trim", lambda: None)
+    monkeypatch.setattr(io, "_fixed_threshold", 128 * 1024)
+    with pytest.raises(RuntimeError), io.ScratchHeap() as heap, heap.calls():
+        assert state[io._M_MMAP_THRESHOLD] == io._MAX_MMAP_THRESHOLD
+        raise RuntimeError("a model failed")
+    assert state == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}
+
+
+def test_libc_is_looked_up_once(monkeypatch):
+    """mallopt runs twice per inference batch: ctypes.util.find_library (an ldconfig process) only once."""
+    import ctypes.util
+
+    from hepml_steps import io
+
+    io._libc.cache_clear()
+    calls = []
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda n: calls.append(n) or real(n))
+    for _ in range(5):
+        io._mallopt(io._M_TRIM_THRESHOLD, io._DEFAULT_TRIM)
+    assert len(calls) <= 1

@@ -7,9 +7,10 @@ are all first-class. Early stopping (``early_stopping_rounds`` > 0) watches
 the validation log-loss, the metric of the learning curves and of pruning.
 Learning curve: the validation loss XGBoost evaluates for early stopping
 and pruning, and the training loss on evenly spaced training events: about
-1/:data:`TRAIN_CURVE_FRACTION` of them, at least
-:data:`TRAIN_CURVE_MIN_EVENTS` (every event of a smaller fit) and at most
-:data:`TRAIN_CURVE_EVENTS`. Its evaluation costs about 0.5 µs per curve
+1/:data:`TRAIN_CURVE_FRACTION` of them, and roughly between
+:data:`TRAIN_CURVE_MIN_EVENTS` and :data:`TRAIN_CURVE_EVENTS` (every k-th
+event, k = ceil(n / target): a fit of 2,001–64,000 events gets 1,000–2,000;
+every event of a fit of at most 2,000). Its evaluation costs about 0.5 µs per curve
 event and iteration against ~6 µs per training event and iteration for the
 boosting itself (2 cores, depth 5), so it stays within ~3 % of the fit at
 any size, not one more pass over the training set (``benchmarks/overhead.py``:
@@ -216,7 +217,14 @@ class XGBoostFamily(Family):
             curve = xgb.DMatrix(X[idx], label=np.asarray(y)[idx], weight=w, nthread=self.n_threads)
         dval = None
         if X_val is not None:
-            dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, ref=dtrain, nthread=self.n_threads)
+            dval = xgb.QuantileDMatrix(
+                X_val,
+                label=y_val,
+                weight=w_val,
+                ref=dtrain,
+                max_bin=int(self.params["max_bin"]),
+                nthread=self.n_threads,
+            )
         return self._boost(xgb, dtrain, curve, dval)
 
     def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
@@ -242,7 +250,14 @@ class XGBoostFamily(Family):
         it.release()
         dval = None
         if X_val is not None:
-            dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, ref=dtrain, nthread=self.n_threads)
+            dval = xgb.QuantileDMatrix(
+                X_val,
+                label=y_val,
+                weight=w_val,
+                ref=dtrain,
+                max_bin=int(self.params["max_bin"]),
+                nthread=self.n_threads,
+            )
         self.info["streamed"] = {"events": int(source.n_events), "chunks": it.n_chunks}
         return self._boost(xgb, dtrain, curve, dval)
 
@@ -336,9 +351,9 @@ class XGBoostFamily(Family):
 
 #: at most this many progress lines per fit (plus the last iteration's)
 PROGRESS_LINES = 20
-#: the training loss of the learning curve is evaluated on about
-#: n_train / TRAIN_CURVE_FRACTION evenly spaced training events, at least
-#: TRAIN_CURVE_MIN_EVENTS (all of them in a smaller fit), at most TRAIN_CURVE_EVENTS
+#: the training loss of the learning curve is evaluated on every k-th training event,
+#: k = ceil(n_train / target), target = n_train / TRAIN_CURVE_FRACTION clipped to
+#: [TRAIN_CURVE_MIN_EVENTS, TRAIN_CURVE_EVENTS] (all events when k = 1)
 TRAIN_CURVE_EVENTS = 10_000
 #: an in-memory fit of at most this many bytes of features uses a plain DMatrix
 _PLAIN_DMATRIX_BYTES = 64 << 20
