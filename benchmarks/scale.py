@@ -222,15 +222,24 @@ class PeakPoller(threading.Thread):
 
     def steps(self) -> dict[str, int]:
         """Job name (``rule`` or ``rule/model``) -> peak bytes: the step process's VmHWM
-        plus those of the processes it started."""
-        peaks: dict[str, int] = {}
+        plus the largest VmHWM of the processes it started. A step's helpers run one at a
+        time (``ldconfig`` from ``ctypes.util.find_library``, a compiler): summing them
+        counted a process started at every batch once per batch (before glibc was looked
+        up once, the predict step's ~400 ``ldconfig`` runs added ~1.2 GiB at 10M events)."""
+        own: dict[str, int] = {}
+        child: dict[str, int] = {}
         for key, hwm in self.hwm.items():
             k = key
             while k in self.parent and k not in self.job:
                 k = self.parent[k]
-            if k in self.job:
-                peaks[self.job[k]] = peaks.get(self.job[k], 0) + hwm
-        return peaks
+            if k not in self.job:
+                continue
+            name = self.job[k]
+            if k == key:
+                own[name] = own.get(name, 0) + hwm
+            else:
+                child[name] = max(child.get(name, 0), hwm)
+        return {name: own.get(name, 0) + child.get(name, 0) for name in {*own, *child}}
 
 
 def _arg(argv: list[str], flag: str) -> str | None:

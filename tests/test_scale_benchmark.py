@@ -55,3 +55,21 @@ def test_scale_benchmark_tiny(tmp_path):
     steps = report["runs"][0]["steps"]
     assert set(JOBS) <= set(steps)
     assert all(steps[j]["wall_s"] > 0 and steps[j]["peak_rss_mib"] > 0 for j in JOBS)
+
+
+def test_peak_of_a_step_adds_its_largest_helper_not_every_helper():
+    """A step that starts a short helper process per batch (ldconfig) is not charged their sum."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", ROOT / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    poller = scale.PeakPoller(pid=0)
+    step, other = (10, 1), (20, 1)
+    poller.job = {step: "predict/bdt", other: "evaluate/bdt"}
+    poller.hwm = {step: 300, other: 500}
+    for i in range(100):  # helpers of the step, one after another, and a grandchild
+        poller.parent[(100 + i, 1)] = step
+        poller.hwm[(100 + i, 1)] = 6 + (i == 50) * 20
+    poller.parent[(999, 1)], poller.hwm[(999, 1)] = (150, 1), 40
+    assert poller.steps() == {"predict/bdt": 340, "evaluate/bdt": 500}
