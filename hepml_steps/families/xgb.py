@@ -215,17 +215,7 @@ class XGBoostFamily(Family):
             idx = _curve_index(len(X))
             w = None if sample_weight is None else sample_weight[idx]
             curve = xgb.DMatrix(X[idx], label=np.asarray(y)[idx], weight=w, nthread=self.n_threads)
-        dval = None
-        if X_val is not None:
-            dval = xgb.QuantileDMatrix(
-                X_val,
-                label=y_val,
-                weight=w_val,
-                ref=dtrain,
-                max_bin=int(self.params["max_bin"]),
-                nthread=self.n_threads,
-            )
-        return self._boost(xgb, dtrain, curve, dval)
+        return self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
 
     def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
         """Train from a :class:`~hepml_steps.dataset.FitSource`: an
@@ -248,8 +238,15 @@ class XGBoostFamily(Family):
         X_curve, y_curve, w_curve = it.curve()
         curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
         it.release()
+        self.info["streamed"] = {"events": int(source.n_events), "chunks": it.n_chunks}
+        return self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
+
+    def _boost(self, xgb, dtrain, curve, validation):
+        """Boost on ``dtrain``, evaluating ``curve`` (the training loss) and the ``validation``
+        split (X, y, w; X None: none), binned with the training bins; fill history and info."""
+        X_val, y_val, w_val = validation
         dval = None
-        if X_val is not None:
+        if X_val is not None:  # the training max_bin: another one is refused by XGBoost (or bins differently)
             dval = xgb.QuantileDMatrix(
                 X_val,
                 label=y_val,
@@ -258,11 +255,6 @@ class XGBoostFamily(Family):
                 max_bin=int(self.params["max_bin"]),
                 nthread=self.n_threads,
             )
-        self.info["streamed"] = {"events": int(source.n_events), "chunks": it.n_chunks}
-        return self._boost(xgb, dtrain, curve, dval)
-
-    def _boost(self, xgb, dtrain, curve, dval):
-        """Boost on ``dtrain``, evaluating ``curve`` (the training loss) and ``dval``; fill history and info."""
         evals = [(curve, "train")]
         if dval is not None:
             evals.append((dval, "validation"))
