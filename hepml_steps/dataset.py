@@ -1100,12 +1100,7 @@ def _fill(X: np.ndarray, cols: list, fill: dict | None, count: bool = False):
     n = 0
     if fill and np.isnan(X).any():
         X = X.copy()
-        for j, c in enumerate(cols):
-            if c in fill:
-                bad = np.isnan(X[:, j])
-                if bad.any():
-                    X[bad, j] = fill[c]
-                    n += int(bad.sum())
+        n = _fill_in_place(X, cols, fill)
     return (X, n) if count else X
 
 
