@@ -873,10 +873,7 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
     """
     what = what or f"model '{meta['model']}'"
     task = tasks.get(meta["task"])
-    names = columns_of(path)
-    missing = [c for c in meta["features"] if c not in names]
-    if missing:
-        raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
+    names = _scoring_names(path, meta["features"], what)
     df = read_parquet(path, columns=scoring_columns(names, meta))  # only what scoring needs
     classes = meta.get("classes")
     return Dataset(
@@ -891,6 +888,15 @@ def read_scoring(path: str, meta: dict, what: str | None = None) -> Dataset:
         truth_llr=_optional(df, TRUTH_LLR),
         prepared=_prepared(df),
     )
+
+
+def _scoring_names(path: str, features: list, what: str) -> list[str]:
+    """The columns of the prepared split ``path``; DataError naming the model's feature columns it lacks."""
+    names = columns_of(path)
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
+    return names
 
 
 def scoring_columns(names: list[str], meta: dict) -> list[str]:
@@ -939,10 +945,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
     what = what or f"model '{meta['model']}'"
     task, target, features = tasks.get(meta["task"]), meta.get("target"), list(meta["features"])
     pf = parquet_file(path)
-    names = columns_of(path)
-    missing = [c for c in features if c not in names]
-    if missing:
-        raise DataError(f"{what}: feature column(s) {missing} missing from {path}")
+    names = _scoring_names(path, features, what)
     columns = scoring_columns(names, meta)
     others = [c for c in columns if c not in features or c == target]  # what the task's targets may read
     prepared = table_attrs(path).get(_attrs_key())

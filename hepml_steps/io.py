@@ -70,6 +70,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def _existing(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; DataError ``missing input file`` when there is nothing there."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"missing input file: {path}")
+    return path
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file.
 
@@ -80,9 +88,7 @@ def read_json(path: str | os.PathLike) -> Any:
     StorageError
         When the system refuses to read it.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"missing input file: {path}")
+    path = _existing(path)
     with culprit(path, context="not valid JSON"):
         return json.loads(path.read_text())
 
@@ -119,9 +125,7 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
     """
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"missing input file: {path}")
+    path = _existing(path)
     with culprit(path, context="cannot read as parquet"):
         return pd.read_parquet(path, columns=columns)
 
@@ -138,9 +142,7 @@ def parquet_file(path: str | os.PathLike):
     """
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"missing input file: {path}")
+    path = _existing(path)
     with culprit(path, context="cannot read as parquet"):
         return pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds a row group's column chunks at once
 
