@@ -221,6 +221,7 @@ def _score_and_write(model, path, meta, batch_size, task, split, writer, heap) -
         seconds += time.perf_counter() - t0
         writer.write(_table(data, split, score, task, model.score_dtype))
         n += len(data)
+        del data, score  # not held while the next batch is read
     return n, seconds
 
 
@@ -231,6 +232,7 @@ def _score_only(model, path, meta, batch_size, task, heap) -> tuple[np.ndarray, 
         t0 = time.perf_counter()
         parts.append(_score(model, data, task, meta.get("classes"), heap))
         seconds += time.perf_counter() - t0
+        del data  # not held while the next batch is read
     return np.concatenate(parts), seconds
 
 
@@ -240,6 +242,7 @@ def _write_scores(scores, path, meta, batch_size, task, split, writer, dtype) ->
     for data in dataset.iter_scoring(path, {**meta, "features": []}, batch_size):
         writer.write(_table(data, split, scores[start : start + len(data)], task, dtype))
         start += len(data)
+        del data  # not held while the next batch is read
 
 
 def main(argv=None) -> int:
