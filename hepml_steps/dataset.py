@@ -62,7 +62,7 @@ import numpy as np
 from . import tasks
 from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
-from .io import columns_of, parquet_file, read_parquet, table_attrs
+from .io import columns_of, parquet_file, read_batches, read_parquet, table_attrs
 
 log = logging.getLogger("hepml.dataset")
 
@@ -966,6 +966,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
             truth_llr=_arrow_column(batch, TRUTH_LLR),
             prepared=prepared,
         )
+        del batch, X  # not held while the next batch is read (the caller's copy may be gone)
     _log_filled(what, n_filled, meta.get("family"))
 
 
@@ -981,7 +982,7 @@ def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: l
     import pyarrow as pa
 
     with culprit(path, context="cannot read as parquet"):
-        batches = iter(pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns))
+        batches = read_batches(pf, batch_size, columns, row_groups)  # pyarrow's batches, less memory
     n = 0
     while True:
         with culprit(path, context="cannot read as parquet"):
@@ -990,6 +991,7 @@ def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: l
             break
         n += 1
         yield batch
+        del batch  # not held while the next one is read
     if not n:
         yield pa.RecordBatch.from_pylist([], schema=pa.schema([pf.schema_arrow.field(c) for c in columns]))
 

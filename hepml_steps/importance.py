@@ -35,12 +35,21 @@ def native_importance(model, features: list[str]) -> dict[str, float]:
 
 
 def _rows(n: int, max_events: int, seed: int) -> np.ndarray | None:
-    """Positions of the ``max_events`` events drawn out of ``n``, in :func:`_sample`'s order; None: all."""
+    """Positions (int64) of the ``max_events`` events drawn out of ``n``, in :func:`_sample`'s
+    order; None: all.
+
+    ``DataFrame.sample(n=max_events, random_state=seed)`` draws the first
+    ``max_events`` of ``RandomState(seed).permutation(n)``; the same shuffle of
+    an int32 range gives the same positions (the draws do not depend on the
+    array's type) in 4 bytes per event of the split, where pandas held 16 (the
+    range as a Series and its int64 permutation): 24 MiB at 30M events (6M test
+    events), not 96.
+    """
     if n <= max_events:
         return None
-    import pandas as pd
-
-    return pd.RangeIndex(n).to_series().sample(n=max_events, random_state=seed).to_numpy()
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    np.random.RandomState(seed).shuffle(order)
+    return order[:max_events].astype(np.int64)
 
 
 def _concat(parts: list):
@@ -71,6 +80,7 @@ def read_sample(path: str, meta: dict, max_events: int, seed: int):
         if hi > lo:
             parts.append(batch.take(wanted[lo:hi] - start))
         start = end
+        del batch  # not held while the next one is read
     return _concat(parts).take(np.argsort(order, kind="stable"))
 
 

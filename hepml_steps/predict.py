@@ -221,17 +221,26 @@ def _score_and_write(model, path, meta, batch_size, task, split, writer, heap) -
         seconds += time.perf_counter() - t0
         writer.write(_table(data, split, score, task, model.score_dtype))
         n += len(data)
+        del data, score  # not held while the next batch is read
     return n, seconds
 
 
 def _score_only(model, path, meta, batch_size, task, heap) -> tuple[np.ndarray, float]:
-    """The scores of a split, batch by batch; return (scores, inference seconds)."""
-    parts, seconds = [], 0.0
+    """The scores of a split, batch by batch, in one array of the split's rows (no list of
+    parts concatenated: that held them twice); return (scores, inference seconds)."""
+    from .io import parquet_file
+
+    n_rows, scores, start, seconds = parquet_file(path).metadata.num_rows, None, 0, 0.0
     for data in dataset.iter_scoring(path, meta, batch_size):
         t0 = time.perf_counter()
-        parts.append(_score(model, data, task, meta.get("classes"), heap))
+        score = _score(model, data, task, meta.get("classes"), heap)
         seconds += time.perf_counter() - t0
-    return np.concatenate(parts), seconds
+        if scores is None:
+            scores = np.empty((n_rows, *score.shape[1:]), dtype=score.dtype)
+        scores[start : start + len(score)] = score
+        start += len(score)
+        del data, score  # not held while the next batch is read
+    return scores, seconds
 
 
 def _write_scores(scores, path, meta, batch_size, task, split, writer, dtype) -> None:
@@ -240,6 +249,7 @@ def _write_scores(scores, path, meta, batch_size, task, split, writer, dtype) ->
     for data in dataset.iter_scoring(path, {**meta, "features": []}, batch_size):
         writer.write(_table(data, split, scores[start : start + len(data)], task, dtype))
         start += len(data)
+        del data  # not held while the next batch is read
 
 
 def main(argv=None) -> int:

@@ -177,22 +177,20 @@ def test_split_streams_in_batches_of_a_row_group(events, tmp_path, monkeypatch):
     from hepml_steps.io import ROW_GROUP_EVENTS
 
     assert inspect.signature(sp.split).parameters["batch_size"].default == ROW_GROUP_EVENTS
-    seen = []
+    seen, read = [], sp.read_batches
     opened = sp.parquet_file
 
     def spy(path):
-        pf = opened(path)
-        batches = pf.iter_batches
-        seen.append(pf)
+        seen.append(opened(path))
+        return seen[-1]
 
-        def iter_batches(batch_size, **kw):
-            for b in batches(batch_size=batch_size, **kw):
-                assert b.num_rows <= 700
-                yield b
+    def read_spy(pf, batch_size, **kw):
+        assert pf is seen[-1]
+        for b in read(pf, batch_size, **kw):
+            assert b.num_rows <= 700
+            yield b
 
-        pf.iter_batches = iter_batches
-        return pf
-
+    monkeypatch.setattr(sp, "read_batches", read_spy)
     monkeypatch.setattr(sp, "parquet_file", spy)
     small, whole = tmp_path / "small", tmp_path / "whole"
     small.mkdir(), whole.mkdir()

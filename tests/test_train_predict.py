@@ -279,13 +279,16 @@ def test_scoring_reads_only_the_columns_it_needs(prepared, tmp_path, monkeypatch
 
     fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
     multi_row_groups(prepared, extra=True)
-    asked, iter_batches = [], pq.ParquetFile.iter_batches
+    from hepml_steps import dataset as ds
 
-    def spy(self, *a, columns=None, **kw):
+    asked, read_batches = [], ds.read_batches
+
+    def spy(pf, batch_size, columns=None, *a, **kw):
+        assert isinstance(pf, pq.ParquetFile)
         asked.append(columns)
-        return iter_batches(self, *a, columns=columns, **kw)
+        return read_batches(pf, batch_size, columns, *a, **kw)
 
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    monkeypatch.setattr(ds, "read_batches", spy)
     pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=500)
     needed = ["event_id", "label", "weight", "f0", "f1", "f2", "f3", "truth_llr"]
     assert asked[0] == needed and all(c is not None and "blob" not in c for c in asked)

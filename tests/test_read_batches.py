@@ -1,0 +1,89 @@
+"""io.read_batches: pyarrow's record batches, value for value, read row group by row group."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hepml_steps.io import parquet_file, read_batches
+
+
+@pytest.fixture
+def table_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1000
+    table = pa.table(
+        {
+            "event_id": np.arange(n, dtype=np.int64),
+            "x": rng.normal(size=n),
+            "y": rng.normal(size=n).astype(np.float32),
+            "label": rng.integers(0, 2, n).astype(np.int8),
+            "name": [f"e{i % 7}" for i in range(n)],
+        }
+    ).replace_schema_metadata({"k": "v"})
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, table.schema) as w:  # row groups of unequal sizes
+        for lo, hi in [(0, 300), (300, 310), (310, 700), (700, 1000)]:
+            w.write_table(table.slice(lo, hi - lo))
+    return path
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 300, 301, 999, 1000, 5000])
+@pytest.mark.parametrize("columns", [None, ["x", "event_id"], ["name"]])
+def test_the_batches_of_iter_batches(table_file, batch_size, columns):
+    pf = parquet_file(table_file)
+    want = list(pf.iter_batches(batch_size=batch_size, columns=columns))
+    got = list(read_batches(pf, batch_size, columns))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.equals(b)
+        assert a.schema.equals(b.schema, check_metadata=True)
+
+
+def test_row_groups_and_no_spanning(table_file):
+    pf = parquet_file(table_file)
+    want = list(pf.iter_batches(batch_size=64, row_groups=[2, 0]))
+    assert pa.Table.from_batches(list(read_batches(pf, 64, row_groups=[2, 0]))).equals(pa.Table.from_batches(want))
+    got = list(read_batches(pf, 256, span=False))
+    assert [b.num_rows for b in got] == [256, 44, 10, 256, 134, 256, 44]
+    assert pa.Table.from_batches(got).equals(pq.read_table(table_file))
+
+
+def test_a_spanning_batch_holds_no_row_group(table_file):
+    """A batch of two row groups' rows is a copy: it shares no buffer with the groups."""
+    pf = parquet_file(table_file)
+    batches = list(read_batches(pf, 305, ["x"]))
+    assert [b.num_rows for b in batches] == [305, 305, 305, 85]
+    assert all(b.column(0).buffers()[1].size == 8 * b.num_rows for b in batches[:3])
+
+
+def test_a_file_without_rows_yields_nothing(tmp_path):
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"x": pa.array([], pa.float64())}), path)
+    assert list(read_batches(parquet_file(path), 10)) == []
+
+
+def test_release_freed_memory_puts_arrow_cpp_on_the_system_allocator(tmp_path):
+    """In a fresh process, Arrow C++'s own default pool (the Parquet reader's column chunks) is
+    the system allocator too: mimalloc and jemalloc never allocate."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+from hepml_steps.io import release_freed_memory
+assert "pyarrow" not in sys.modules
+release_freed_memory()
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system"
+pq.write_table(pa.table({{"x": np.arange(100000.0)}}), {str(tmp_path / "x.parquet")!r}, compression="zstd")
+assert pq.read_table({str(tmp_path / "x.parquet")!r}).num_rows == 100000
+for name in ("mimalloc_memory_pool", "jemalloc_memory_pool"):
+    try:
+        pool = getattr(pa, name)()
+    except NotImplementedError:
+        continue
+    assert pool.max_memory() == 0, name
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
