@@ -290,7 +290,7 @@ def _malloc_trim() -> None:
             libc.malloc_trim(0)
 
 
-def release_freed_memory(threshold: int = 128 * 1024) -> None:
+def release_freed_memory(threshold: int = 128 * 1024, *, arrow_cpp: bool = False) -> None:
     """Make memory freed between batches go back to the system, for a step
     that reads and writes tables batch by batch (call once, at its start, before pyarrow is imported).
 
@@ -298,12 +298,17 @@ def release_freed_memory(threshold: int = 128 * 1024) -> None:
     grows with the number of batches rather than staying at one batch:
     pyarrow's default pool (mimalloc or jemalloc) keeps freed pages for
     reuse, so Arrow is switched to the system allocator — pyarrow's pool
-    (``pyarrow.set_memory_pool``) and, when pyarrow is not imported yet, Arrow
-    C++'s own default pool too (``ARROW_DEFAULT_MEMORY_POOL=system``, read when
-    pyarrow is first imported): the Parquet reader takes its column chunks and
-    decompression buffers from the C++ default, not from pyarrow's pool, and
-    mimalloc kept 17 MiB of them per record batch read (split at 1M events:
-    peak 240 -> 173 MiB); and glibc raises its
+    (``pyarrow.set_memory_pool``) and, with ``arrow_cpp`` and when pyarrow is
+    not imported yet, Arrow C++'s own default pool too
+    (``ARROW_DEFAULT_MEMORY_POOL=system``, read when pyarrow is first
+    imported): the Parquet reader takes its column chunks and decompression
+    buffers from the C++ default, not from pyarrow's pool, and mimalloc kept
+    17 MiB of them per record batch read (split at 1M events: peak 240 -> 173
+    MiB). ``arrow_cpp`` is for the steps that read small batches and write
+    little (split, predict, importance): under the fixed mmap threshold below,
+    the system allocator made the steps that write large chunks slower
+    (generate 1.55x, ingest 1.8x the CPU time at 2M events), so they keep
+    mimalloc there. And glibc raises its
     mmap threshold after a large buffer is freed, so the next batch's
     buffers come from the heap and are not returned, so the threshold is
     fixed at ``threshold`` bytes (glibc only; elsewhere nothing is changed).
@@ -314,7 +319,7 @@ def release_freed_memory(threshold: int = 128 * 1024) -> None:
     :class:`ScratchHeap`).
     """
     global _fixed_threshold
-    if "pyarrow" not in sys.modules:  # afterwards Arrow C++ has chosen its default pool
+    if arrow_cpp and "pyarrow" not in sys.modules:  # afterwards Arrow C++ has chosen its default pool
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     import pyarrow as pa
 

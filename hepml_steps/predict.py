@@ -265,7 +265,7 @@ def main(argv=None) -> int:
 
     def call(a):
         if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
-            release_freed_memory()
+            release_freed_memory(arrow_cpp=True)
         return predict(
             a.model_dir, {s: getattr(a, s) for s in SPLITS}, a.out, a.batch_size, a.threads, a.record, a.energy
         )

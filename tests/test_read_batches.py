@@ -73,7 +73,7 @@ def test_release_freed_memory_puts_arrow_cpp_on_the_system_allocator(tmp_path):
 import os, sys
 from hepml_steps.io import release_freed_memory
 assert "pyarrow" not in sys.modules
-release_freed_memory()
+release_freed_memory(arrow_cpp=True)
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq
 assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system"
 pq.write_table(pa.table({{"x": np.arange(100000.0)}}), {str(tmp_path / "x.parquet")!r}, compression="zstd")
@@ -84,6 +84,24 @@ for name in ("mimalloc_memory_pool", "jemalloc_memory_pool"):
     except NotImplementedError:
         continue
     assert pool.max_memory() == 0, name
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_release_freed_memory_keeps_arrow_cpp_pool_unless_asked():
+    """Without ``arrow_cpp`` the Arrow C++ default pool is left alone (the steps that write large
+    chunks, generate and ingest, were slower on the system allocator)."""
+    import subprocess
+    import sys
+
+    code = """
+import os
+from hepml_steps.io import release_freed_memory
+release_freed_memory()
+import pyarrow as pa
+assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
+assert pa.default_memory_pool().backend_name == "system"  # pyarrow's own pool is still switched
 """
     env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
