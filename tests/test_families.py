@@ -256,3 +256,25 @@ def test_xgboost_progress_without_validation_and_after_early_stopping(caplog):
         f"xgboost: stopped early after iteration {n}/200; best iteration {m.info['best_iteration'] + 1}"
         == caplog.records[-1].getMessage()
     )
+
+
+@pytest.mark.parametrize("task", ["classification", "multiclass"])
+def test_xgboost_scores_on_cpu_without_a_dmatrix(task, monkeypatch):
+    """predict_score on the CPU scores the batch in place (no DMatrix copy of it) and gives the
+    DMatrix predict's scores bit for bit, NaN (missing) included."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int) + (task == "multiclass") * (X[:, 1] > 0.5)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    model = registry.get("xgboost")(task=task, params={"n_estimators": 15}).fit(X, y)
+    expected = model.booster.predict(xgb.DMatrix(X))
+
+    def no_dmatrix(*a, **k):
+        raise AssertionError("predict_score built a DMatrix")
+
+    monkeypatch.setattr(xgb, "DMatrix", no_dmatrix)
+    got = model.predict_score(X)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, expected.reshape(got.shape).astype(np.float64))

@@ -300,8 +300,13 @@ class XGBoostFamily(Family):
     def predict_score(self, X):
         import xgboost as xgb
 
-        dm = xgb.DMatrix(X, nthread=self.n_threads)
-        out = self.booster.predict(dm, iteration_range=self._iteration_range()).astype(np.float64)
+        if getattr(self, "_device", "cpu") == "cpu":
+            # scores X where it lies (no DMatrix copy of the batch); the same scores as a DMatrix
+            # predict, bit for bit (float32 or float64 X, NaN as missing)
+            out = self.booster.inplace_predict(X, iteration_range=self._iteration_range(), missing=np.nan)
+        else:  # a CUDA booster would fall back to a DMatrix (with a warning) for host arrays anyway
+            out = self.booster.predict(xgb.DMatrix(X, nthread=self.n_threads), iteration_range=self._iteration_range())
+        out = np.asarray(out).astype(np.float64)
         return out.reshape(len(X), -1) if self.task == "multiclass" else out
 
     def native_importance(self) -> dict[int, float]:
