@@ -120,13 +120,39 @@ def _records(extra, inference) -> dict:
 PREDICTION_COLUMNS = (EVENT_ID, SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR, TARGET)
 
 
-def read_predictions(predictions: str, what: str):
+def _wanted(predictions: str, what: str, exclude=()) -> list[str]:
+    """The columns of :func:`read_predictions` present in ``predictions``, less ``exclude``.
+
+    Raises
+    ------
+    DataError
+        A canonical column is missing or the file is unreadable.
+    """
+    names = columns_of(predictions)
+    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in names]  # label: when labelled
+    if missing:
+        raise DataError(f"{what}: missing column(s) {missing}")
+    return [c for c in names if (c in PREDICTION_COLUMNS or c.startswith(PROB)) and c not in exclude]
+
+
+def read_predictions(predictions: str, what: str, exclude=()):
     """A prediction table as one DataFrame: :data:`PREDICTION_COLUMNS` and ``prob_<i>`` only.
 
     ``split`` is read dictionary-encoded (a pandas categorical: one byte per
-    event, not a string); the other columns as stored. The index is the
-    row number in the file. Memory holds the columns read once (each
-    column's Arrow buffers are freed as it is converted).
+    event, not a string); the other columns as stored, scores widened to
+    float64 (:func:`~hepml_steps.columns.widen_scores`). The index is the
+    row number in the file.
+    Memory holds the columns read once (each column's Arrow buffers are freed
+    as it is converted).
+
+    Parameters
+    ----------
+    predictions : str
+        The prediction table (Parquet).
+    what : str
+        How error messages name it.
+    exclude : iterable of str
+        Columns not to read (those a caller does not use).
 
     Returns
     -------
@@ -139,11 +165,7 @@ def read_predictions(predictions: str, what: str):
     """
     import pyarrow.parquet as pq
 
-    names = columns_of(predictions)
-    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in names]  # label: when labelled
-    if missing:
-        raise DataError(f"{what}: missing column(s) {missing}")
-    wanted = [c for c in names if c in PREDICTION_COLUMNS or c.startswith(PROB)]
+    wanted = _wanted(predictions, what, exclude)
     with culprit(predictions, context="cannot read as parquet"):
         table = pq.read_table(predictions, columns=wanted, read_dictionary=[SPLIT], pre_buffer=False)
         return widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
@@ -165,15 +187,51 @@ def split_rows(pred) -> dict:
     return {name: split_part(pred, name) for name in sorted(present, key=str)}
 
 
-def _by_split(predictions: str, what: str) -> dict:
-    """Prediction rows per split (:func:`read_predictions`, :func:`split_rows`).
+def _by_split(predictions: str, what: str, unused: dict | None = None) -> dict:
+    """Prediction rows per split, in ``groupby`` order: the rows, columns and
+    index of :func:`split_rows` on :func:`read_predictions`'s table, but each
+    split read on its own, from the row groups holding its rows (its own
+    buffers: no split holds another's columns, and a column not needed for a
+    split is not read).
+
+    ``unused`` maps a split to the columns not to read for it (e.g. the truth
+    LLR of the training rows).
 
     Raises
     ------
     DataError
         As :func:`read_predictions`, or there are no test events.
     """
-    by_split = split_rows(read_predictions(predictions, what))
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted = _wanted(predictions, what)
+    split = read_predictions(predictions, what, exclude=[c for c in wanted if c != SPLIT])[SPLIT]
+    codes = split.cat.codes.to_numpy()
+    with culprit(predictions, context="cannot read as parquet"):
+        pf = pq.ParquetFile(predictions, read_dictionary=[SPLIT], pre_buffer=False)
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        by_split = {}
+        for name in sorted(split.cat.remove_unused_categories().cat.categories, key=str):
+            rows = np.flatnonzero(codes == split.cat.categories.get_loc(name))
+            first, last = int(rows[0]), int(rows[-1])
+            groups = range(
+                int(np.searchsorted(starts, first, "right")) - 1, int(np.searchsorted(starts, last, "right"))
+            )
+            columns = [c for c in wanted if c not in (unused or {}).get(name, ())]
+            table = pf.read_row_groups(groups, columns=columns, use_pandas_metadata=False)
+            offset = int(starts[groups[0]])
+            if last - first + 1 == len(rows):  # contiguous, as the predict step writes them: a slice
+                table, index = table.slice(first - offset, len(rows)), pd.RangeIndex(first, last + 1)
+            else:
+                table, index = table.take(pa.array(rows - offset)), pd.Index(rows)
+            del rows
+            part = widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
+            del table
+            part.index = index
+            by_split[name] = part
     if by_split.get("test") is None or by_split["test"].empty:
         raise DataError(f"{what}: no test events")
     return by_split
@@ -239,7 +297,14 @@ def evaluate(
     kind = tasks.get(task)
     what = f"model '{model}' ({predictions})"
     rec = _records(extra, inference)
-    by_split = _by_split(predictions, what)
+    # the truth LLR is judged on test only; event ids pick the fitted events of a
+    # capped model's training rows and match test rows to their features
+    capped = bool((rec.get("train_cap") or {}).get("applied"))
+    by_split = _by_split(
+        predictions,
+        what,
+        {"train": (TRUTH_LLR,) if capped else (TRUTH_LLR, EVENT_ID), "validation": (TRUTH_LLR, EVENT_ID)},
+    )
     n_events = {s: int(len(g)) for s, g in by_split.items()}
     if by_split.get("train") is not None:
         # train figures and the overtraining test use the events the model was

@@ -453,9 +453,18 @@ def ks_overtraining(by_split: dict, tests, ks_pvalue_min: float) -> dict:
     ps = []
     for name, column, value, score in tests:
         a, b = (tr[column] == value).to_numpy(), (te[column] == value).to_numpy()  # the two columns only
-        r = M.ks_overtraining(
-            tr[score].to_numpy()[a], te[score].to_numpy()[b], tr[WEIGHT].to_numpy()[a], te[WEIGHT].to_numpy()[b]
-        )
+        # the class's train and test events in one array each, built in place: no copy per split
+        n = int(a.sum())
+        s = np.empty(n + int(b.sum()), dtype=np.result_type(tr[score].dtype, te[score].dtype))
+        w = np.empty(len(s))
+        for rows, part, at in ((a, tr, slice(0, n)), (b, te, slice(n, None))):
+            np.compress(rows, part[score].to_numpy(), out=s[at])
+            np.compress(rows, part[WEIGHT].to_numpy(dtype=np.float64), out=w[at])
+        del a, b
+        train = np.zeros(len(s), dtype=bool)
+        train[:n] = True
+        r = M.ks_joint(s, w, train)
+        del s, w, train
         out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
         if not math.isnan(r["pvalue"]):
             ps.append(r["pvalue"])
