@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks as hepml_tasks
-from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT, widen_scores
+from .columns import EVENT_ID, LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT, widen_scores
 from .evaluate import split_part
 
 log = logging.getLogger("hepml.plots")
@@ -902,7 +902,7 @@ def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: in
     """
     import pyarrow as pa
 
-    from .columns import EVENT_ID, is_feature
+    from .columns import is_feature
     from .errors import culprit
     from .io import columns_of, parquet_file
     from .split import uniform_from_id
@@ -950,13 +950,18 @@ def plot_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     met, rec = read_json(metrics), read_json(record)
-    pred = read_predictions(predictions, f"model '{model}' ({predictions})")  # the columns drawn; split categorical
-    if (rec.get("train_cap") or {}).get("applied"):
+    task = hepml_tasks.get(rec["task"])
+    capped = bool((rec.get("train_cap") or {}).get("applied"))
+    # the columns drawn (split categorical): no figure draws the truth LLR; event ids
+    # pick a capped model's fitted events and match test rows to their features
+    unused = [TRUTH_LLR] + ([] if capped or task.needs_test_features else [EVENT_ID])
+    pred = read_predictions(predictions, f"model '{model}' ({predictions})", exclude=unused)
+    if capped:
         # the train histograms show the events the model was fitted on, as its KS test does
         train = pred[pred[SPLIT] == "train"]
         pred = pd.concat([fitted_events(train, rec), pred[pred[SPLIT] != "train"]], ignore_index=True)
     title = f"{model} ({rec['family']})"
-    made = hepml_tasks.get(rec["task"]).model_plots(hepml_tasks.Drawn(pred, met, rec, out, title, features_test))
+    made = task.model_plots(hepml_tasks.Drawn(pred, met, rec, out, title, features_test))
     made.append(learning_curve(rec.get("history") or {}, out / "learning_curve.png", title))
     if trials:
         objective = (rec.get("tuning") or {}).get("objective", "objective")
@@ -1010,6 +1015,7 @@ def plot_summary(
 
             docs = {d.get("model"): d for d in (read_json(p) for p in metrics)}
             made.append(significance_vs_efficiency(preds, docs, out / "significance_vs_efficiency.png"))
+    del preds  # the test rows are drawn: not held while the training sample is
     df, sample = train_sample(train_features, max_events)
     cols = [c for c in df.columns if is_feature(c)]
     if not hepml_tasks.labelled(df):  # unlabelled inputs: one matrix of all events
