@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 
@@ -187,54 +189,91 @@ def split_rows(pred) -> dict:
     return {name: split_part(pred, name) for name in sorted(present, key=str)}
 
 
-def _by_split(predictions: str, what: str, unused: dict | None = None) -> dict:
+class SplitFrames(Mapping):
+    """Split name -> its prediction rows (a DataFrame), each read at its first use.
+
+    A task reads the test rows first and the training rows last (its train
+    AUC, the overtraining test): the training split, the largest, is not held
+    while the test figures are computed. ``n_rows`` gives a split's size
+    without reading it; ``then`` maps a split to a function applied to its
+    frame once read (the fitted events of a capped model's training rows).
+    """
+
+    def __init__(self, loaders: dict, n_rows: dict, then: dict | None = None):
+        self._loaders, self._frames, self.n_rows, self._then = loaders, {}, n_rows, then or {}
+
+    def __getitem__(self, name):
+        if name not in self._frames:
+            frame = self._loaders[name]()  # KeyError for a split that is not there
+            self._frames[name] = self._then.get(name, lambda f: f)(frame)
+        return self._frames[name]
+
+    def __contains__(self, name):  # without reading it
+        return name in self._loaders
+
+    def __iter__(self):
+        return iter(self._loaders)
+
+    def __len__(self):
+        return len(self._loaders)
+
+
+def _by_split(predictions: str, what: str, unused: dict | None = None, then: dict | None = None) -> SplitFrames:
     """Prediction rows per split, in ``groupby`` order: the rows, columns and
     index of :func:`split_rows` on :func:`read_predictions`'s table, but each
-    split read on its own, from the row groups holding its rows (its own
-    buffers: no split holds another's columns, and a column not needed for a
-    split is not read).
+    split read on its own at its first use (:class:`SplitFrames`), from the
+    row groups holding its rows (its own buffers: no split holds another's
+    columns, and a column not needed for a split is not read).
 
     ``unused`` maps a split to the columns not to read for it (e.g. the truth
-    LLR of the training rows).
+    LLR of the training rows); ``then`` as for :class:`SplitFrames`.
 
     Raises
     ------
     DataError
-        As :func:`read_predictions`, or there are no test events.
+        As :func:`read_predictions` (the file's columns are checked here, each
+        split read later), or there are no test events.
     """
+    wanted = _wanted(predictions, what)
+    split = read_predictions(predictions, what, exclude=[c for c in wanted if c != SPLIT])[SPLIT]
+    codes = split.cat.codes.to_numpy()
+    loaders, n_rows = {}, {}
+    for name in sorted(split.cat.remove_unused_categories().cat.categories, key=str):
+        rows = np.flatnonzero(codes == split.cat.categories.get_loc(name))
+        n_rows[name] = len(rows)
+        if rows[-1] - rows[0] + 1 == len(rows):  # contiguous, as the predict step writes them
+            rows = range(int(rows[0]), int(rows[-1]) + 1)
+        columns = [c for c in wanted if c not in (unused or {}).get(name, ())]
+        loaders[name] = partial(_read_rows, predictions, what, rows, columns)
+    if not n_rows.get("test"):
+        raise DataError(f"{what}: no test events")
+    return SplitFrames(loaders, n_rows, then)
+
+
+def _read_rows(predictions: str, what: str, rows, columns: list[str]):
+    """The rows ``rows`` (a range, or ascending row numbers) of a prediction
+    table, columns ``columns``, read from the row groups holding them; the index
+    is the row numbers, scores widened as by :func:`read_predictions`."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    wanted = _wanted(predictions, what)
-    split = read_predictions(predictions, what, exclude=[c for c in wanted if c != SPLIT])[SPLIT]
-    codes = split.cat.codes.to_numpy()
     with culprit(predictions, context="cannot read as parquet"):
         pf = pq.ParquetFile(predictions, read_dictionary=[SPLIT], pre_buffer=False)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         starts = np.concatenate(([0], np.cumsum(sizes)))
-        by_split = {}
-        for name in sorted(split.cat.remove_unused_categories().cat.categories, key=str):
-            rows = np.flatnonzero(codes == split.cat.categories.get_loc(name))
-            first, last = int(rows[0]), int(rows[-1])
-            groups = range(
-                int(np.searchsorted(starts, first, "right")) - 1, int(np.searchsorted(starts, last, "right"))
-            )
-            columns = [c for c in wanted if c not in (unused or {}).get(name, ())]
-            table = pf.read_row_groups(groups, columns=columns, use_pandas_metadata=False)
-            offset = int(starts[groups[0]])
-            if last - first + 1 == len(rows):  # contiguous, as the predict step writes them: a slice
-                table, index = table.slice(first - offset, len(rows)), pd.RangeIndex(first, last + 1)
-            else:
-                table, index = table.take(pa.array(rows - offset)), pd.Index(rows)
-            del rows
-            part = widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
-            del table
-            part.index = index
-            by_split[name] = part
-    if by_split.get("test") is None or by_split["test"].empty:
-        raise DataError(f"{what}: no test events")
-    return by_split
+        first, last = int(rows[0]), int(rows[-1])
+        groups = range(int(np.searchsorted(starts, first, "right")) - 1, int(np.searchsorted(starts, last, "right")))
+        table = pf.read_row_groups(groups, columns=columns, use_pandas_metadata=False)
+        offset = int(starts[groups[0]])
+        if isinstance(rows, range):  # a slice of the row groups read
+            table, index = table.slice(first - offset, len(rows)), pd.RangeIndex(first, last + 1)
+        else:
+            table, index = table.take(pa.array(rows - offset)), pd.Index(rows)
+        part = widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
+    del table
+    part.index = index
+    return part
 
 
 def evaluate(
@@ -304,12 +343,11 @@ def evaluate(
         predictions,
         what,
         {"train": (TRUTH_LLR,) if capped else (TRUTH_LLR, EVENT_ID), "validation": (TRUTH_LLR, EVENT_ID)},
-    )
-    n_events = {s: int(len(g)) for s, g in by_split.items()}
-    if by_split.get("train") is not None:
         # train figures and the overtraining test use the events the model was
         # fitted on: a capped model (kNN, SVM, ...) never saw most of the training split
-        by_split["train"] = fitted_events(by_split["train"], {**rec, "task": kind.name})
+        {"train": partial(fitted_events, record={**rec, "task": kind.name})},
+    )
+    n_events = dict(by_split.n_rows)
     judged = tasks.Judged(
         by_split,
         rec,

@@ -32,6 +32,7 @@ features step keeps an unstandardised copy of every model's target (see
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,9 +54,13 @@ class Judged:
 
     Attributes
     ----------
-    by_split : dict of str to DataFrame
+    by_split : mapping of str to DataFrame
         Prediction rows per split (``train`` holds only the events the model
-        was fitted on); columns as written by the predict step.
+        was fitted on); columns as written by the predict step, less those no
+        task judges on that split (the truth LLR outside test, event ids
+        outside test unless the model's training was capped). The evaluate
+        step reads each split at its first use
+        (:class:`hepml_steps.evaluate.SplitFrames`).
     record : dict
         The training record (``features``, ``classes``, ``info``, ...).
     what : str
@@ -78,7 +83,7 @@ class Judged:
         by 1/test_fraction so that S and B are the full sample's expected yields.
     """
 
-    by_split: dict
+    by_split: Mapping
     record: dict
     what: str
     threshold: float = 0.5
@@ -433,7 +438,7 @@ def ks_overtraining(by_split: dict, tests, ks_pvalue_min: float) -> dict:
 
     Parameters
     ----------
-    by_split : dict of str to DataFrame
+    by_split : mapping of str to DataFrame
         Prediction rows per split (``train`` and ``test`` used).
     tests : iterable of (name, column, value, score column)
         One entry per class: its events are those with ``column == value``.
