@@ -235,19 +235,47 @@ def _by_split(predictions: str, what: str, unused: dict | None = None, then: dic
         split read later), or there are no test events.
     """
     wanted = _wanted(predictions, what)
-    split = read_predictions(predictions, what, exclude=[c for c in wanted if c != SPLIT])[SPLIT]
-    codes = split.cat.codes.to_numpy()
     loaders, n_rows = {}, {}
-    for name in sorted(split.cat.remove_unused_categories().cat.categories, key=str):
-        rows = np.flatnonzero(codes == split.cat.categories.get_loc(name))
+    for name, rows in sorted(_split_rows_of(predictions).items(), key=lambda kv: str(kv[0])):
         n_rows[name] = len(rows)
-        if rows[-1] - rows[0] + 1 == len(rows):  # contiguous, as the predict step writes them
-            rows = range(int(rows[0]), int(rows[-1]) + 1)
         columns = [c for c in wanted if c not in (unused or {}).get(name, ())]
         loaders[name] = partial(_read_rows, predictions, what, rows, columns)
     if not n_rows.get("test"):
         raise DataError(f"{what}: no test events")
     return SplitFrames(loaders, n_rows, then)
+
+
+def _split_rows_of(predictions: str, batch_size: int = 1 << 16) -> dict:
+    """Split name -> its rows in a prediction table: a ``range`` when they are
+    contiguous (as the predict step writes them), else the ascending row numbers.
+    Reads the ``split`` column a batch at a time (dictionary-encoded): nothing
+    per event is held for a contiguous split."""
+    import pyarrow.parquet as pq
+
+    found = {}  # name -> [first, last, count, row-number parts (None while contiguous)]
+    at = 0
+    with culprit(predictions, context="cannot read as parquet"):
+        pf = pq.ParquetFile(predictions, read_dictionary=[SPLIT], pre_buffer=False)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=[SPLIT]):
+            col = batch.column(0)
+            indices = col.indices.to_numpy(zero_copy_only=False)
+            for j, name in enumerate(col.dictionary.to_pylist()):
+                pos = np.flatnonzero(indices == j) + at
+                if not len(pos):
+                    continue
+                first, last, count, parts = found.setdefault(name, [int(pos[0]), int(pos[0]) - 1, 0, None])
+                if parts is None and pos[-1] - pos[0] + 1 == len(pos) and pos[0] == last + 1:
+                    found[name][1:3] = [int(pos[-1]), count + len(pos)]
+                    continue
+                if parts is None:
+                    parts = found[name][3] = [np.arange(first, last + 1)]
+                parts.append(pos)
+                found[name][1:3] = [int(pos[-1]), count + len(pos)]
+            at += len(indices)
+    return {
+        name: range(first, last + 1) if parts is None else np.concatenate(parts)
+        for name, (first, last, _, parts) in found.items()
+    }
 
 
 def _read_rows(predictions: str, what: str, rows, columns: list[str]):

@@ -177,7 +177,7 @@ def threshold_metrics(y, score, threshold: float = 0.5, sample_weight=None) -> d
 
 # -- threshold-free ------------------------------------------------------------
 #: events gathered at a time by :func:`score_groups` (its temporaries are those of one chunk)
-GROUP_CHUNK = 1 << 18
+GROUP_CHUNK = 1 << 16
 
 
 def _score_arrays(y, score, sample_weight=None):
