@@ -177,7 +177,7 @@ def threshold_metrics(y, score, threshold: float = 0.5, sample_weight=None) -> d
 
 # -- threshold-free ------------------------------------------------------------
 #: events gathered at a time by :func:`score_groups` (its temporaries are those of one chunk)
-GROUP_CHUNK = 1 << 16
+GROUP_CHUNK = 1 << 17
 
 
 def _score_arrays(y, score, sample_weight=None):
@@ -202,7 +202,7 @@ def _score_arrays(y, score, sample_weight=None):
     return sig, s, w
 
 
-def score_groups(sig, s, w, chunk: int = GROUP_CHUNK):
+def score_groups(sig, s, w, chunk: int = GROUP_CHUNK, counts: bool = True):
     """The events' weights summed per distinct score, from the highest score down.
 
     Parameters
@@ -215,6 +215,8 @@ def score_groups(sig, s, w, chunk: int = GROUP_CHUNK):
         Event weights (may be negative or zero).
     chunk : int
         Events gathered at a time.
+    counts : bool
+        Count the events of non-zero weight (else ``ns`` and ``nb`` are None).
 
     Yields
     ------
@@ -242,26 +244,32 @@ def score_groups(sig, s, w, chunk: int = GROUP_CHUNK):
         sc, sg, wc = s[idx], sig[idx], w[idx]
         del idx
         starts = np.flatnonzero(np.concatenate(([True], sc[1:] != sc[:-1])))
-        nonzero = wc != 0
         group = [
             sc[starts],
             np.add.reduceat(np.where(sg, wc, 0.0), starts),
             np.add.reduceat(np.where(sg, 0.0, wc), starts),
-            np.add.reduceat(nonzero & sg, starts, dtype=np.int64),
-            np.add.reduceat(nonzero & ~sg, starts, dtype=np.int64),
         ]
-        del sc, sg, wc, nonzero, starts
+        if counts:
+            nonzero = wc != 0
+            group += [np.add.reduceat(nonzero & sg, starts, dtype=np.int64)]
+            group += [np.add.reduceat(nonzero & ~sg, starts, dtype=np.int64)]
+            del nonzero
+        del sc, sg, wc, starts
         if carry is not None:
             if carry[0][0] == group[0][0]:  # the same score on both sides of the chunk boundary
                 for a, c in zip(group[1:], carry[1:]):
                     a[0] += c[0]
             else:
-                yield carry
+                yield _padded(carry)
         carry = [a[-1:] for a in group]
         if len(group[0]) > 1:
-            yield tuple(a[:-1] for a in group)
+            yield _padded([a[:-1] for a in group])
     if carry is not None:
-        yield tuple(carry)
+        yield _padded(carry)
+
+
+def _padded(group) -> tuple:
+    return (*group, None, None) if len(group) == 3 else tuple(group)
 
 
 def _check_roc(sig, s, w) -> None:
@@ -331,9 +339,10 @@ def roc_curve(y, score, sample_weight=None):
     thr, tps, fps = np.empty(len(s) + 1), np.empty(len(s) + 1), np.empty(len(s) + 1)
     thr[0], tps[0], fps[0] = np.inf, 0.0, 0.0
     k, ct, cf = 1, 0.0, 0.0
-    for v, ws, wb, ns, nb in score_groups(sig, s, w):
-        point = (ns + nb) > 0  # a score of weight-0 events only: no point
-        if not point.all():
+    zeros = bool(np.any(w == 0))
+    for v, ws, wb, ns, nb in score_groups(sig, s, w, counts=zeros):
+        point = (ns + nb) > 0 if zeros else None  # a score of weight-0 events only: no point
+        if zeros and not point.all():
             v, ws, wb = v[point], ws[point], wb[point]
         n = len(v)
         thr[k : k + n] = v
@@ -388,7 +397,7 @@ def roc_auc(y, score, sample_weight=None) -> float:
     sig, s, w = _score_arrays(y, score, sample_weight)
     _check_roc(sig, s, w)
     area, above, total_b = 0.0, 0.0, 0.0
-    for _, ws, wb, _, _ in score_groups(sig, s, w):
+    for _, ws, wb, _, _ in score_groups(sig, s, w, counts=False):
         tps = np.cumsum(ws)
         tps += above  # signal weight at or above each score
         area += float(np.dot(wb, tps - 0.5 * ws))
@@ -530,7 +539,7 @@ def ks_joint(score, weight, train) -> dict:
     total_a, total_b = float(wa.sum()), float(wb.sum())
     del wa, wb
     d, above_a, above_b = 0.0, 0.0, 0.0
-    for _, ga, gb, _, _ in score_groups(train, score, weight):
+    for _, ga, gb, _, _ in score_groups(train, score, weight, counts=False):
         ca, cb = np.empty(len(ga) + 1), np.empty(len(gb) + 1)
         above_a = _cumulative(ga, above_a, ca)
         above_b = _cumulative(gb, above_b, cb)

@@ -269,7 +269,7 @@ def test_roc_curve_and_auc_from_score_groups_match_sklearn(monkeypatch, chunk):
     memory): equal to sklearn's per-event curve with ties across chunk boundaries,
     zero weights (no point of their own, as sklearn drops them), signed weights and
     float32 scores (grouped exactly, thresholds returned as float64)."""
-    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk,))
+    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk, True))
     rng = np.random.default_rng(11)
     n = 3000
     y = rng.integers(0, 2, n)
@@ -296,7 +296,7 @@ def test_ks_statistic_equals_the_largest_cdf_distance(monkeypatch, chunk):
     either sample; unweighted, scipy's; float32 scores give the float64 result."""
     from scipy.stats import ks_2samp
 
-    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk,))
+    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk, True))
     rng = np.random.default_rng(12)
     a, b = np.round(rng.normal(size=700), 1), np.round(rng.normal(0.1, 1, size=400), 1)  # ties within and across
     wa, wb = rng.exponential(1.0, 700), rng.exponential(1.0, 400) * np.where(rng.random(400) < 0.1, -1.0, 1.0)
