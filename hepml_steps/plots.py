@@ -294,7 +294,7 @@ def _rows(X, start: int, stop: int, index=None) -> np.ndarray:
     return np.asarray(X.iloc[at] if hasattr(X, "iloc") else X[at], dtype=np.float64)
 
 
-def pca_summary(X, max_events: int = 20000, chunk: int = 1 << 17):
+def pca_summary(X, max_events: int = 20000, chunk: int = 1 << 15):
     """Explained-variance ratios of the principal components of ``X`` (its
     first ``max_events`` rows, centred) and every row projected on the first two.
 
@@ -718,7 +718,7 @@ def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
     return _save(fig, path)
 
 
-def correlation_matrix(df, columns, path, title: str, max_features: int = 40, chunk: int = 1 << 17, rows=None) -> str:
+def correlation_matrix(df, columns, path, title: str, max_features: int = 40, chunk: int = 1 << 15, rows=None) -> str:
     """Weighted linear correlation coefficients (in %) of the input features.
 
     With more than ``max_features`` features only the ``max_features`` most
