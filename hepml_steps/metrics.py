@@ -387,23 +387,27 @@ def roc_auc(y, score, sample_weight=None) -> float:
     a statistical error that grows with the fraction of negative weights.
 
     Computed from the class weights summed per distinct score
-    (:func:`score_groups`), group by group: each background weight w_b at a
-    score counts the signal weight above it plus half that at the score,
-    the trapezoid of the curve's segment. Nothing per point is kept: the
+    (:func:`score_groups`), group by group: each signal weight at a score
+    counts the background weight above it plus half that at the score (the
+    pairs ranked the wrong way round), and the area is 1 minus their share
+    of W_S W_B: the trapezoids of the curve's segments. Nothing per point is kept: the
     memory is the sort order (8 bytes per event) and one chunk. The area
     equals that under :func:`roc_curve` to rounding (tests compare both with
     :func:`sklearn.metrics.roc_auc_score`).
     """
     sig, s, w = _score_arrays(y, score, sample_weight)
     _check_roc(sig, s, w)
-    area, above, total_b = 0.0, 0.0, 0.0
+    # summed as 1 − the weight of the pairs ranked the wrong way round (a signal
+    # weight times the background weight above it, half that at its own score): a
+    # perfect separation gives exactly 1, every such product being 0
+    wrong, above, total_s = 0.0, 0.0, 0.0
     for _, ws, wb, _, _ in score_groups(sig, s, w, counts=False):
-        tps = np.cumsum(ws)
-        tps += above  # signal weight at or above each score
-        area += float(np.dot(wb, tps - 0.5 * ws))
-        above = float(tps[-1])
-        total_b += float(wb.sum())
-    return area / (above * total_b)
+        fps = np.cumsum(wb)
+        fps += above  # background weight at or above each score
+        wrong += float(np.dot(ws, fps - 0.5 * wb))
+        above = float(fps[-1])
+        total_s += float(ws.sum())
+    return 1.0 - wrong / (total_s * above)
 
 
 def signal_efficiency_at(y, score, bkg_efficiency, sample_weight=None):
