@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 
@@ -120,13 +122,39 @@ def _records(extra, inference) -> dict:
 PREDICTION_COLUMNS = (EVENT_ID, SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR, TARGET)
 
 
-def read_predictions(predictions: str, what: str):
+def _wanted(predictions: str, what: str, exclude=()) -> list[str]:
+    """The columns of :func:`read_predictions` present in ``predictions``, less ``exclude``.
+
+    Raises
+    ------
+    DataError
+        A canonical column is missing or the file is unreadable.
+    """
+    names = columns_of(predictions)
+    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in names]  # label: when labelled
+    if missing:
+        raise DataError(f"{what}: missing column(s) {missing}")
+    return [c for c in names if (c in PREDICTION_COLUMNS or c.startswith(PROB)) and c not in exclude]
+
+
+def read_predictions(predictions: str, what: str, exclude=()):
     """A prediction table as one DataFrame: :data:`PREDICTION_COLUMNS` and ``prob_<i>`` only.
 
     ``split`` is read dictionary-encoded (a pandas categorical: one byte per
-    event, not a string); the other columns as stored. The index is the
-    row number in the file. Memory holds the columns read once (each
-    column's Arrow buffers are freed as it is converted).
+    event, not a string); the other columns as stored, scores widened to
+    float64 (:func:`~hepml_steps.columns.widen_scores`). The index is the
+    row number in the file.
+    Memory holds the columns read once (each column's Arrow buffers are freed
+    as it is converted).
+
+    Parameters
+    ----------
+    predictions : str
+        The prediction table (Parquet).
+    what : str
+        How error messages name it.
+    exclude : iterable of str
+        Columns not to read (those a caller does not use).
 
     Returns
     -------
@@ -139,11 +167,7 @@ def read_predictions(predictions: str, what: str):
     """
     import pyarrow.parquet as pq
 
-    names = columns_of(predictions)
-    missing = [c for c in (EVENT_ID, SPLIT, WEIGHT, SCORE) if c not in names]  # label: when labelled
-    if missing:
-        raise DataError(f"{what}: missing column(s) {missing}")
-    wanted = [c for c in names if c in PREDICTION_COLUMNS or c.startswith(PROB)]
+    wanted = _wanted(predictions, what, exclude)
     with culprit(predictions, context="cannot read as parquet"):
         table = pq.read_table(predictions, columns=wanted, read_dictionary=[SPLIT], pre_buffer=False)
         return widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
@@ -165,18 +189,119 @@ def split_rows(pred) -> dict:
     return {name: split_part(pred, name) for name in sorted(present, key=str)}
 
 
-def _by_split(predictions: str, what: str) -> dict:
-    """Prediction rows per split (:func:`read_predictions`, :func:`split_rows`).
+class SplitFrames(Mapping):
+    """Split name -> its prediction rows (a DataFrame), each read at its first use.
+
+    A task reads the test rows first and the training rows last (its train
+    AUC, the overtraining test): the training split, the largest, is not held
+    while the test figures are computed. ``n_rows`` gives a split's size
+    without reading it; ``then`` maps a split to a function applied to its
+    frame once read (the fitted events of a capped model's training rows).
+    """
+
+    def __init__(self, loaders: dict, n_rows: dict, then: dict | None = None):
+        self._loaders, self._frames, self.n_rows, self._then = loaders, {}, n_rows, then or {}
+
+    def __getitem__(self, name):
+        if name not in self._frames:
+            frame = self._loaders[name]()  # KeyError for a split that is not there
+            self._frames[name] = self._then.get(name, lambda f: f)(frame)
+        return self._frames[name]
+
+    def __contains__(self, name):  # without reading it
+        return name in self._loaders
+
+    def __iter__(self):
+        return iter(self._loaders)
+
+    def __len__(self):
+        return len(self._loaders)
+
+
+def _by_split(predictions: str, what: str, unused: dict | None = None, then: dict | None = None) -> SplitFrames:
+    """Prediction rows per split, in ``groupby`` order: the rows, columns and
+    index of :func:`split_rows` on :func:`read_predictions`'s table, but each
+    split read on its own at its first use (:class:`SplitFrames`), from the
+    row groups holding its rows (its own buffers: no split holds another's
+    columns, and a column not needed for a split is not read).
+
+    ``unused`` maps a split to the columns not to read for it (e.g. the truth
+    LLR of the training rows); ``then`` as for :class:`SplitFrames`.
 
     Raises
     ------
     DataError
-        As :func:`read_predictions`, or there are no test events.
+        As :func:`read_predictions` (the file's columns are checked here, each
+        split read later), or there are no test events.
     """
-    by_split = split_rows(read_predictions(predictions, what))
-    if by_split.get("test") is None or by_split["test"].empty:
+    wanted = _wanted(predictions, what)
+    loaders, n_rows = {}, {}
+    for name, rows in sorted(_split_rows_of(predictions).items(), key=lambda kv: str(kv[0])):
+        n_rows[name] = len(rows)
+        columns = [c for c in wanted if c not in (unused or {}).get(name, ())]
+        loaders[name] = partial(_read_rows, predictions, what, rows, columns)
+    if not n_rows.get("test"):
         raise DataError(f"{what}: no test events")
-    return by_split
+    return SplitFrames(loaders, n_rows, then)
+
+
+def _split_rows_of(predictions: str, batch_size: int = 1 << 16) -> dict:
+    """Split name -> its rows in a prediction table: a ``range`` when they are
+    contiguous (as the predict step writes them), else the ascending row numbers.
+    Reads the ``split`` column a batch at a time (dictionary-encoded): nothing
+    per event is held for a contiguous split."""
+    import pyarrow.parquet as pq
+
+    found = {}  # name -> [first, last, count, row-number parts (None while contiguous)]
+    at = 0
+    with culprit(predictions, context="cannot read as parquet"):
+        pf = pq.ParquetFile(predictions, read_dictionary=[SPLIT], pre_buffer=False)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=[SPLIT]):
+            col = batch.column(0)
+            indices = col.indices.to_numpy(zero_copy_only=False)
+            for j, name in enumerate(col.dictionary.to_pylist()):
+                pos = np.flatnonzero(indices == j) + at
+                if not len(pos):
+                    continue
+                first, last, count, parts = found.setdefault(name, [int(pos[0]), int(pos[0]) - 1, 0, None])
+                if parts is None and pos[-1] - pos[0] + 1 == len(pos) and pos[0] == last + 1:
+                    found[name][1:3] = [int(pos[-1]), count + len(pos)]
+                    continue
+                if parts is None:
+                    parts = found[name][3] = [np.arange(first, last + 1)]
+                parts.append(pos)
+                found[name][1:3] = [int(pos[-1]), count + len(pos)]
+            at += len(indices)
+    return {
+        name: range(first, last + 1) if parts is None else np.concatenate(parts)
+        for name, (first, last, _, parts) in found.items()
+    }
+
+
+def _read_rows(predictions: str, what: str, rows, columns: list[str]):
+    """The rows ``rows`` (a range, or ascending row numbers) of a prediction
+    table, columns ``columns``, read from the row groups holding them; the index
+    is the row numbers, scores widened as by :func:`read_predictions`."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with culprit(predictions, context="cannot read as parquet"):
+        pf = pq.ParquetFile(predictions, read_dictionary=[SPLIT], pre_buffer=False)
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        first, last = int(rows[0]), int(rows[-1])
+        groups = range(int(np.searchsorted(starts, first, "right")) - 1, int(np.searchsorted(starts, last, "right")))
+        table = pf.read_row_groups(groups, columns=columns, use_pandas_metadata=False)
+        offset = int(starts[groups[0]])
+        if isinstance(rows, range):  # a slice of the row groups read
+            table, index = table.slice(first - offset, len(rows)), pd.RangeIndex(first, last + 1)
+        else:
+            table, index = table.take(pa.array(rows - offset)), pd.Index(rows)
+        part = widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
+    del table
+    part.index = index
+    return part
 
 
 def evaluate(
@@ -239,12 +364,18 @@ def evaluate(
     kind = tasks.get(task)
     what = f"model '{model}' ({predictions})"
     rec = _records(extra, inference)
-    by_split = _by_split(predictions, what)
-    n_events = {s: int(len(g)) for s, g in by_split.items()}
-    if by_split.get("train") is not None:
+    # the truth LLR is judged on test only; event ids pick the fitted events of a
+    # capped model's training rows and match test rows to their features
+    capped = bool((rec.get("train_cap") or {}).get("applied"))
+    by_split = _by_split(
+        predictions,
+        what,
+        {"train": (TRUTH_LLR,) if capped else (TRUTH_LLR, EVENT_ID), "validation": (TRUTH_LLR, EVENT_ID)},
         # train figures and the overtraining test use the events the model was
         # fitted on: a capped model (kNN, SVM, ...) never saw most of the training split
-        by_split["train"] = fitted_events(by_split["train"], {**rec, "task": kind.name})
+        {"train": partial(fitted_events, record={**rec, "task": kind.name})},
+    )
+    n_events = dict(by_split.n_rows)
     judged = tasks.Judged(
         by_split,
         rec,

@@ -6,13 +6,17 @@ an event of weight w counts w times. With no weights every event counts once
 and the results equal the textbook (and scikit-learn) definitions.
 
 What scikit-learn computes is taken from :mod:`sklearn.metrics` with
-``sample_weight`` (confusion matrix, precision/recall/F1, accuracy, the ROC
-curve, the losses, MSE/MAE/R², contingency tables, silhouette, adjusted Rand);
+``sample_weight`` (confusion matrix, precision/recall/F1, accuracy, the
+losses, MSE/MAE/R², contingency tables, silhouette, adjusted Rand);
 this module adds what HEP needs on top: signal efficiency at fixed background
 efficiency, the weighted Kolmogorov–Smirnov test with Kish effective sample
 sizes, weighted quantiles and the 68 % resolution, the combined "ROC" and
 geometric-mean figures at a cut, and the conventions below (undefined ratios,
-unseen classes, one-class inputs) that the pipeline relies on.
+unseen classes, one-class inputs) that the pipeline relies on. The ROC curve
+and its area equal scikit-learn's (tests compare them) but are computed here
+from the class weights summed per distinct score (:func:`score_groups`), for
+memory: scikit-learn's per-event sort holds several float64 copies of every
+event at once (10^7 events in a training split).
 
 Classification (``y`` = 1 signal, 0 background; ``score`` = signal
 probability or any monotone discriminant):
@@ -65,10 +69,11 @@ def _finite(a) -> bool:
     return bool(np.all(np.isfinite(a)))
 
 
-def _class_sums(y, w):
+def _class_sums(sig, w):
+    """Signal and background total weights (``sig``: True for signal); both must be positive."""
     if not _finite(w):
         raise DataError(f"metrics: {int(np.sum(~np.isfinite(w)))} event weights are NaN or infinite")
-    ws, wb = float(w[y == 1].sum()), float(w[y == 0].sum())
+    ws, wb = float(np.sum(w, where=sig)), float(np.sum(w, where=~sig))
     if ws <= 0 or wb <= 0:
         raise DataError(
             f"metrics: need signal and background with positive total weight (signal {ws:g}, background {wb:g})"
@@ -171,8 +176,121 @@ def threshold_metrics(y, score, threshold: float = 0.5, sample_weight=None) -> d
 
 
 # -- threshold-free ------------------------------------------------------------
+#: events gathered at a time by :func:`score_groups` (its temporaries are those of one chunk)
+GROUP_CHUNK = 1 << 17
+
+
+def _score_arrays(y, score, sample_weight=None):
+    """(signal mask, scores, weights) of the ROC functions: the scores in their
+    own floating type (float32 scores are not widened: sorting and grouping
+    them is exact either way), the weights as float64.
+
+    Raises
+    ------
+    DataError
+        If the lengths of the arrays differ.
+    """
+    s = np.asarray(score).ravel()
+    if s.dtype.kind != "f":
+        s = s.astype(np.float64)
+    sig = np.asarray(y).ravel() == 1
+    if len(sig) != len(s):
+        raise DataError(f"metrics: {len(sig)} labels but {len(s)} scores")
+    w = np.ones(len(s)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+    if len(w) != len(s):
+        raise DataError(f"metrics: {len(s)} scores but {len(w)} weights")
+    return sig, s, w
+
+
+def score_groups(sig, s, w, chunk: int = GROUP_CHUNK, counts: bool = True):
+    """The events' weights summed per distinct score, from the highest score down.
+
+    Parameters
+    ----------
+    sig : ndarray of bool, shape (n_events,)
+        True for signal (or the first of two samples), False for background.
+    s : ndarray of float, shape (n_events,)
+        Finite scores.
+    w : ndarray of float64, shape (n_events,)
+        Event weights (may be negative or zero).
+    chunk : int
+        Events gathered at a time.
+    counts : bool
+        Count the events of non-zero weight (else ``ns`` and ``nb`` are None).
+
+    Yields
+    ------
+    (values, ws, wb, ns, nb) : ndarrays of shape (n_groups,)
+        Consecutive runs of the distinct scores in descending order (each
+        value once over all yields), the summed signal and background weight
+        at each, and the numbers of signal and background events of non-zero
+        weight there. Every distinct score appears, also one carried only by
+        events of weight 0.
+
+    Notes
+    -----
+    One stable argsort of the scores (8 bytes per event), then the events are
+    gathered ``chunk`` at a time in that order and summed per score with
+    :func:`numpy.add.reduceat`. Written here rather than taken from
+    :func:`sklearn.metrics.roc_curve` (or :func:`numpy.unique`) for memory:
+    those gather every event's label, weight and score sorted in float64 at
+    once (several temporaries of 8 bytes per event, 10^7 events on a training
+    split), while this holds the order and one chunk.
+    """
+    order = np.argsort(s, kind="stable")
+    carry = None  # the lowest group of the previous chunk: the next may continue it
+    for stop in range(len(order), 0, -chunk):
+        idx = order[max(stop - chunk, 0) : stop][::-1]
+        sc, sg, wc = s[idx], sig[idx], w[idx]
+        del idx
+        starts = np.flatnonzero(np.concatenate(([True], sc[1:] != sc[:-1])))
+        group = [
+            sc[starts],
+            np.add.reduceat(np.where(sg, wc, 0.0), starts),
+            np.add.reduceat(np.where(sg, 0.0, wc), starts),
+        ]
+        if counts:
+            nonzero = wc != 0
+            group += [np.add.reduceat(nonzero & sg, starts, dtype=np.int64)]
+            group += [np.add.reduceat(nonzero & ~sg, starts, dtype=np.int64)]
+            del nonzero
+        del sc, sg, wc, starts
+        if carry is not None:
+            if carry[0][0] == group[0][0]:  # the same score on both sides of the chunk boundary
+                for a, c in zip(group[1:], carry[1:]):
+                    a[0] += c[0]
+            else:
+                yield _padded(carry)
+        carry = [a[-1:] for a in group]
+        if len(group[0]) > 1:
+            yield _padded([a[:-1] for a in group])
+    if carry is not None:
+        yield _padded(carry)
+
+
+def _padded(group) -> tuple:
+    return (*group, None, None) if len(group) == 3 else tuple(group)
+
+
+def _check_roc(sig, s, w) -> None:
+    """Refuse what has no ROC curve: one class, or scores that are not finite."""
+    _class_sums(sig, w)
+    if not _finite(s):  # sklearn would raise ValueError
+        raise DataError(
+            f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; the ROC curve needs finite scores"
+        )
+
+
+def _cumulative(a, start: float, out) -> float:
+    """``out`` = start + the running sum of ``a`` (summed in order, as one cumulative sum
+    over every group would be); returns the last value."""
+    np.cumsum(np.concatenate(([start], a)), out=out)
+    return float(out[-1])
+
+
 def roc_curve(y, score, sample_weight=None):
-    """Weighted ROC curve, from :func:`sklearn.metrics.roc_curve`.
+    """Weighted ROC curve, equal to :func:`sklearn.metrics.roc_curve` with
+    ``drop_intermediate=False``.
 
     Parameters
     ----------
@@ -186,12 +304,12 @@ def roc_curve(y, score, sample_weight=None):
     Returns
     -------
     fpr, tpr, thresholds : ndarray of shape (n_points,)
-        Background and signal efficiency of the cut ``score >= threshold``,
-        from the strictest cut (``inf``: nothing selected, (0, 0)) to the
-        loosest (everything, (1, 1)). Tied scores form one point, so the curve
-        does not depend on event order; every point is kept
-        (``drop_intermediate=False``). Scores carried only by events of weight
-        0 give no point (sklearn drops those events; the curve is the same).
+        Background and signal efficiency of the cut ``score >= threshold``
+        (float64), from the strictest cut (``inf``: nothing selected, (0, 0))
+        to the loosest (everything, (1, 1)). Tied scores form one point, so
+        the curve does not depend on event order; every point is kept.
+        Scores carried only by events of weight 0 give no point (sklearn drops
+        those events; the curve is the same).
 
     Raises
     ------
@@ -202,21 +320,40 @@ def roc_curve(y, score, sample_weight=None):
 
     Notes
     -----
-    Negative weights (signed NLO generator weights) are accepted by sklearn
-    1.9 (``_check_sample_weight`` without ``ensure_non_negative``): they enter
-    the cumulative sums as they are, so the efficiencies are the signed-weighted
-    (physical) ones and the curve may locally go backwards; it still ends at
-    (1, 1) and its area is :func:`roc_auc`.
-    """
-    from sklearn.metrics import roc_curve as sk_roc_curve
+    Computed from the class weights summed per distinct score
+    (:func:`score_groups`), not with sklearn's per-event sort, which holds
+    several float64 copies of every event at once (6·10^6 test events of a
+    30M-event sample): the points and their cumulative sums are the same,
+    summed per score first (tests compare with sklearn). Memory: the sort
+    order (8 bytes per event), one chunk, and the curve.
 
-    y, s, w = _arrays(y, score, sample_weight)
-    _class_sums(y, w)
-    if not _finite(s):  # sklearn would raise ValueError
-        raise DataError(
-            f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; the ROC curve needs finite scores"
-        )
-    return sk_roc_curve(y == 1, s, sample_weight=w, drop_intermediate=False)
+    Negative weights (signed NLO generator weights) enter the cumulative sums
+    as they are (as in sklearn 1.9), so the efficiencies are the
+    signed-weighted (physical) ones and the curve may locally go backwards;
+    it still ends at (1, 1) and its area is :func:`roc_auc`.
+    """
+    sig, s, w = _score_arrays(y, score, sample_weight)
+    _check_roc(sig, s, w)
+    # allocated for every event, filled per point: the pages past the last point are
+    # never touched (not resident) and resize gives them back
+    thr, tps, fps = np.empty(len(s) + 1), np.empty(len(s) + 1), np.empty(len(s) + 1)
+    thr[0], tps[0], fps[0] = np.inf, 0.0, 0.0
+    k, ct, cf = 1, 0.0, 0.0
+    zeros = bool(np.any(w == 0))
+    for v, ws, wb, ns, nb in score_groups(sig, s, w, counts=zeros):
+        point = (ns + nb) > 0 if zeros else None  # a score of weight-0 events only: no point
+        if zeros and not point.all():
+            v, ws, wb = v[point], ws[point], wb[point]
+        n = len(v)
+        thr[k : k + n] = v
+        ct = _cumulative(ws, ct, tps[k - 1 : k + n])
+        cf = _cumulative(wb, cf, fps[k - 1 : k + n])
+        k += n
+    for a in (thr, tps, fps):
+        a.resize(k, refcheck=False)
+    tps /= tps[-1]
+    fps /= fps[-1]
+    return fps, tps, thr
 
 
 def roc_auc(y, score, sample_weight=None) -> float:
@@ -249,34 +386,28 @@ def roc_auc(y, score, sample_weight=None) -> float:
     split (events the fit never saw) it estimates a quantity in [0, 1], with
     a statistical error that grows with the fraction of negative weights.
 
-    Computed from the class weights summed per distinct score (one sort),
-    so the curve's points are per score value, not per event: about half
-    the temporary memory of :func:`roc_curve` (which matters for a training
-    split of 10^7–10^8 events). The area equals that under
-    :func:`roc_curve` to rounding (tests compare both with
+    Computed from the class weights summed per distinct score
+    (:func:`score_groups`), group by group: each signal weight at a score
+    counts the background weight above it plus half that at the score (the
+    pairs ranked the wrong way round), and the area is 1 minus their share
+    of W_S W_B: the trapezoids of the curve's segments. Nothing per point is kept: the
+    memory is the sort order (8 bytes per event) and one chunk. The area
+    equals that under :func:`roc_curve` to rounding (tests compare both with
     :func:`sklearn.metrics.roc_auc_score`).
     """
-    y, s, w = _arrays(y, score, sample_weight)
-    _class_sums(y, w)
-    if not _finite(s):
-        raise DataError(
-            f"metrics: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite; the ROC curve needs finite scores"
-        )
-    order = np.argsort(s, kind="stable")
-    sig = (y == 1)[order]
-    del y
-    s = s[order]
-    w = w[order]
-    del order
-    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))  # first event of each score value
-    del s
-    ws = np.add.reduceat(np.where(sig, w, 0.0), starts)  # signal weight at each score value, ascending
-    wb = np.add.reduceat(np.where(sig, 0.0, w), starts)
-    del sig, w, starts
-    # the ROC curve's points, from the tightest cut down, as sklearn's roc_curve
-    tps = np.concatenate(([0.0], np.cumsum(ws[::-1])))
-    fps = np.concatenate(([0.0], np.cumsum(wb[::-1])))
-    return float(np.trapezoid(tps / tps[-1], fps / fps[-1]))
+    sig, s, w = _score_arrays(y, score, sample_weight)
+    _check_roc(sig, s, w)
+    # summed as 1 − the weight of the pairs ranked the wrong way round (a signal
+    # weight times the background weight above it, half that at its own score): a
+    # perfect separation gives exactly 1, every such product being 0
+    wrong, above, total_s = 0.0, 0.0, 0.0
+    for _, ws, wb, _, _ in score_groups(sig, s, w, counts=False):
+        fps = np.cumsum(wb)
+        fps += above  # background weight at or above each score
+        wrong += float(np.dot(ws, fps - 0.5 * wb))
+        above = float(fps[-1])
+        total_s += float(ws.sum())
+    return 1.0 - wrong / (total_s * above)
 
 
 def signal_efficiency_at(y, score, bkg_efficiency, sample_weight=None):
@@ -370,16 +501,58 @@ def cross_entropy(y, score, sample_weight=None, eps: float = 1e-15) -> float:
 
 
 # -- overtraining ----------------------------------------------------------------
-def _ecdf(values, w, grid):
-    """Weighted (signed) empirical CDF of ``values`` at ``grid``, divided by the total weight."""
-    order = np.argsort(values, kind="mergesort")
-    v, cw = values[order], np.cumsum(w[order])
-    idx = np.searchsorted(v, grid, side="right")
-    return np.where(idx > 0, cw[np.maximum(idx - 1, 0)], 0.0) / cw[-1]
-
-
 def _n_eff(w) -> float:
-    return float(w.sum() ** 2 / np.sum(w**2)) if np.sum(w**2) > 0 else 0.0
+    w2 = float(np.dot(w, w))
+    return float(w.sum()) ** 2 / w2 if w2 > 0 else 0.0
+
+
+def ks_joint(score, weight, train) -> dict:
+    """:func:`ks_overtraining` on both samples held in one array each.
+
+    Parameters
+    ----------
+    score : ndarray of float, shape (n_events,)
+        The scores of the training and the test events (float32 is not
+        widened: the test only compares them).
+    weight : ndarray of float64, shape (n_events,)
+        Their weights.
+    train : ndarray of bool, shape (n_events,)
+        True for a training event, False for a test event.
+
+    Returns
+    -------
+    dict
+        As :func:`ks_overtraining`.
+
+    Notes
+    -----
+    Both empirical CDFs only step at the samples' distinct values, so their
+    largest distance is at one of them: the events are summed per distinct
+    value and sample with :func:`score_groups` (one sort, chunk by chunk), and
+    1 − CDF of each sample, the weight above a value over the total, is
+    compared at every value from the top down. Written here, not with
+    :func:`numpy.union1d` and a CDF per sample evaluated on that grid, for
+    memory: those hold several float64 copies of every event at once.
+    """
+    from scipy.special import kolmogorov
+
+    wa, wb = weight[train], weight[~train]
+    if len(wa) == 0 or len(wb) == 0 or wa.sum() <= 0 or wb.sum() <= 0:
+        return {"statistic": math.nan, "pvalue": math.nan, "n_eff_train": 0.0, "n_eff_test": 0.0}
+    na, nb = _n_eff(wa), _n_eff(wb)
+    total_a, total_b = float(wa.sum()), float(wb.sum())
+    del wa, wb
+    d, above_a, above_b = 0.0, 0.0, 0.0
+    for _, ga, gb, _, _ in score_groups(train, score, weight, counts=False):
+        ca, cb = np.empty(len(ga) + 1), np.empty(len(gb) + 1)
+        above_a = _cumulative(ga, above_a, ca)
+        above_b = _cumulative(gb, above_b, cb)
+        ca /= total_a
+        cb /= total_b
+        d = max(d, float(np.max(np.abs(ca - cb))))
+    ne = na * nb / (na + nb)
+    p = float(kolmogorov((math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d)) if ne > 0 else math.nan
+    return {"statistic": d, "pvalue": min(max(p, 0.0), 1.0), "n_eff_train": na, "n_eff_test": nb}
 
 
 def ks_overtraining(score_train, score_test, w_train=None, w_test=None) -> dict:
@@ -415,20 +588,13 @@ def ks_overtraining(score_train, score_test, w_train=None, w_test=None) -> dict:
         All ``nan`` (and sizes 0) when a side has no events or a total
         weight that is not positive.
     """
-    from scipy.special import kolmogorov
-
-    a = np.asarray(score_train, dtype=np.float64).ravel()
-    b = np.asarray(score_test, dtype=np.float64).ravel()
-    wa = np.ones_like(a) if w_train is None else np.asarray(w_train, dtype=np.float64).ravel()
-    wb = np.ones_like(b) if w_test is None else np.asarray(w_test, dtype=np.float64).ravel()
-    if len(a) == 0 or len(b) == 0 or wa.sum() <= 0 or wb.sum() <= 0:
-        return {"statistic": math.nan, "pvalue": math.nan, "n_eff_train": 0.0, "n_eff_test": 0.0}
-    grid = np.union1d(a, b)
-    d = float(np.max(np.abs(_ecdf(a, wa, grid) - _ecdf(b, wb, grid))))
-    na, nb = _n_eff(wa), _n_eff(wb)
-    ne = na * nb / (na + nb)
-    p = float(kolmogorov((math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d)) if ne > 0 else math.nan
-    return {"statistic": d, "pvalue": min(max(p, 0.0), 1.0), "n_eff_train": na, "n_eff_test": nb}
+    a, b = (np.asarray(x).ravel() for x in (score_train, score_test))
+    a, b = (x if x.dtype.kind == "f" else x.astype(np.float64) for x in (a, b))  # float32 is compared exactly
+    wa = np.ones(len(a)) if w_train is None else np.asarray(w_train, dtype=np.float64).ravel()
+    wb = np.ones(len(b)) if w_test is None else np.asarray(w_test, dtype=np.float64).ravel()
+    train = np.zeros(len(a) + len(b), dtype=bool)
+    train[: len(a)] = True
+    return ks_joint(np.concatenate((a, b)), np.concatenate((wa, wb)), train)
 
 
 # -- regression ------------------------------------------------------------------

@@ -28,13 +28,14 @@ mplhep's ROOT style is used when mplhep is installed (optional).
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from . import tasks as hepml_tasks
-from .columns import LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT, widen_scores
+from .columns import EVENT_ID, LABEL, SCORE, SPLIT, TRUTH_LLR, WEIGHT
 from .evaluate import split_part
 
 log = logging.getLogger("hepml.plots")
@@ -286,12 +287,14 @@ def input_distributions(
     return made
 
 
-def _rows(X, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of an array or a DataFrame, as float64 (a chunk's copy at most)."""
-    return np.asarray(X.iloc[start:stop] if hasattr(X, "iloc") else X[start:stop], dtype=np.float64)
+def _rows(X, start: int, stop: int, index=None) -> np.ndarray:
+    """Rows ``start:stop`` of an array or a DataFrame (of ``index``, the row numbers
+    taken, when given), as float64 (a chunk's copy at most)."""
+    at = slice(start, stop) if index is None else index[start:stop]
+    return np.asarray(X.iloc[at] if hasattr(X, "iloc") else X[at], dtype=np.float64)
 
 
-def pca_summary(X, max_events: int = 20000, chunk: int = 1 << 17):
+def pca_summary(X, max_events: int = 20000, chunk: int = 1 << 15):
     """Explained-variance ratios of the principal components of ``X`` (its
     first ``max_events`` rows, centred) and every row projected on the first two.
 
@@ -715,23 +718,28 @@ def significance_vs_efficiency(preds: dict, metrics: dict, path) -> str | None:
     return _save(fig, path)
 
 
-def correlation_matrix(df, columns, path, title: str, max_features: int = 40, chunk: int = 1 << 17) -> str:
+def correlation_matrix(df, columns, path, title: str, max_features: int = 40, chunk: int = 1 << 15, rows=None) -> str:
     """Weighted linear correlation coefficients (in %) of the input features.
 
     With more than ``max_features`` features only the ``max_features`` most
     correlated ones (largest Σ_j |ρ_ij| over the others) are drawn, so the
     figure's size and drawing time stay bounded (800 features: one 800×800
     matrix computed, 40×40 drawn); the title says so. The covariance is
-    summed ``chunk`` events at a time.
+    summed ``chunk`` events at a time, of the events where the boolean mask
+    ``rows`` (shape (n_events,)) is true when given (the same sums as on
+    ``df[rows]``, without that copy of the table).
     """
     plt = _plt()
     X = df[list(columns)]  # read chunk by chunk: the float64 copies of one chunk at a time
+    index = None if rows is None else np.flatnonzero(rows)
     w = np.clip(df[WEIGHT].to_numpy(dtype=np.float64), 0, None)
-    chunks = range(0, len(X), chunk)
-    mu = sum((w[i : i + chunk, None] * _rows(X, i, i + chunk)).sum(axis=0) for i in chunks) / w.sum()
+    if index is not None:
+        w = w[index]
+    chunks = range(0, len(w), chunk)
+    mu = sum((w[i : i + chunk, None] * _rows(X, i, i + chunk, index)).sum(axis=0) for i in chunks) / w.sum()
     cov = np.zeros((len(mu), len(mu)))
     for i in chunks:
-        Xc = _rows(X, i, i + chunk) - mu
+        Xc = _rows(X, i, i + chunk, index) - mu
         cov += (Xc * w[i : i + chunk, None]).T @ Xc
     cov /= w.sum()
     sd = np.sqrt(np.diag(cov))
@@ -859,25 +867,20 @@ MAX_SUMMARY_EVENTS = 1_000_000
 SAMPLE_SALT = 0x9A11
 
 
-def _test_rows(predictions: str):
-    """The test rows of a prediction table, only the columns the ROC and significance figures draw.
+def _test_rows(predictions: str, truth: bool = True):
+    """The test rows of a prediction table, only the columns the ROC and significance
+    figures draw (``truth_llr`` only with ``truth``), read from the row groups holding
+    them (:func:`hepml_steps.evaluate.SplitFrames`).
 
     Raises
     ------
     DataError
-        The file is missing or unreadable.
+        The file is missing or unreadable, or has no test rows.
     """
-    import pyarrow.parquet as pq
+    from .evaluate import PREDICTION_COLUMNS, _by_split
 
-    from .errors import culprit
-    from .io import columns_of
-
-    wanted = [c for c in columns_of(predictions) if c in (SPLIT, LABEL, WEIGHT, SCORE, TRUTH_LLR)]
-    with culprit(predictions, context="cannot read as parquet"):
-        table = pq.read_table(
-            predictions, columns=wanted, filters=[(SPLIT, "==", "test")], read_dictionary=[SPLIT], pre_buffer=False
-        )
-        return widen_scores(table.to_pandas(split_blocks=True, self_destruct=True))
+    drawn = (SPLIT, LABEL, WEIGHT, SCORE) + ((TRUTH_LLR,) if truth else ())
+    return _by_split(predictions, f"{predictions}", {"test": [c for c in PREDICTION_COLUMNS if c not in drawn]})["test"]
 
 
 def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: int = 262_144):
@@ -902,7 +905,7 @@ def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: in
     """
     import pyarrow as pa
 
-    from .columns import EVENT_ID, is_feature
+    from .columns import is_feature
     from .errors import culprit
     from .io import columns_of, parquet_file
     from .split import uniform_from_id
@@ -913,16 +916,17 @@ def train_sample(path: str, max_events: int = MAX_SUMMARY_EVENTS, batch_size: in
     n = pf.metadata.num_rows
     if n <= max_events:
         with culprit(path, context="cannot read as parquet"):
-            return pf.read(columns=wanted).to_pandas(), ""
+            return pf.read(columns=wanted).to_pandas(split_blocks=True, self_destruct=True), ""
     fraction, parts = max_events / n, []
     with culprit(path, context="cannot read as parquet"):
         for batch in pf.iter_batches(batch_size=batch_size, columns=[EVENT_ID, *wanted]):
             keep = uniform_from_id(batch.column(EVENT_ID).to_numpy(zero_copy_only=False), SAMPLE_SALT) < fraction
             parts.append(batch.filter(pa.array(keep)).drop_columns([EVENT_ID]))
     table = pa.Table.from_batches(parts, schema=parts[0].schema) if parts else pf.schema_arrow.empty_table()
+    del parts  # the table's only reference: converted column by column, each freed once converted
     note = f", a subsample of {table.num_rows} of {n} events"
     log.info("summary input figures: %s (plots max_events %d)", note[2:], max_events)
-    return table.to_pandas(), note
+    return table.to_pandas(split_blocks=True, self_destruct=True), note
 
 
 def plot_model(
@@ -950,13 +954,18 @@ def plot_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     met, rec = read_json(metrics), read_json(record)
-    pred = read_predictions(predictions, f"model '{model}' ({predictions})")  # the columns drawn; split categorical
-    if (rec.get("train_cap") or {}).get("applied"):
+    task = hepml_tasks.get(rec["task"])
+    capped = bool((rec.get("train_cap") or {}).get("applied"))
+    # the columns drawn (split categorical): no figure draws the truth LLR; event ids
+    # pick a capped model's fitted events and match test rows to their features
+    unused = [TRUTH_LLR] + ([] if capped or task.needs_test_features else [EVENT_ID])
+    pred = read_predictions(predictions, f"model '{model}' ({predictions})", exclude=unused)
+    if capped:
         # the train histograms show the events the model was fitted on, as its KS test does
         train = pred[pred[SPLIT] == "train"]
         pred = pd.concat([fitted_events(train, rec), pred[pred[SPLIT] != "train"]], ignore_index=True)
     title = f"{model} ({rec['family']})"
-    made = hepml_tasks.get(rec["task"]).model_plots(hepml_tasks.Drawn(pred, met, rec, out, title, features_test))
+    made = task.model_plots(hepml_tasks.Drawn(pred, met, rec, out, title, features_test))
     made.append(learning_curve(rec.get("history") or {}, out / "learning_curve.png", title))
     if trials:
         objective = (rec.get("tuning") or {}).get("objective", "objective")
@@ -997,7 +1006,10 @@ def plot_summary(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    preds = {m: _test_rows(p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal}
+    preds = {}
+    for m, p in sorted((m, p) for m, p, t in zip(models, predictions, tasks) if hepml_tasks.get(t).separates_signal):
+        # the Bayes-optimal curve is drawn once, from the first model (by name) that has the truth LLR
+        preds[m] = _test_rows(p, truth=not any(TRUTH_LLR in d.columns for d in preds.values()))
     if preds:
         made += roc_curves(
             preds,
@@ -1010,6 +1022,11 @@ def plot_summary(
 
             docs = {d.get("model"): d for d in (read_json(p) for p in metrics)}
             made.append(significance_vs_efficiency(preds, docs, out / "significance_vs_efficiency.png"))
+    # the test rows are drawn: not held while the training sample is (collected now:
+    # a frame a figure function has indexed sits in a reference cycle until the next
+    # collection, which could come after the sample is read)
+    del preds
+    gc.collect()
     df, sample = train_sample(train_features, max_events)
     cols = [c for c in df.columns if is_feature(c)]
     if not hepml_tasks.labelled(df):  # unlabelled inputs: one matrix of all events
@@ -1017,14 +1034,14 @@ def plot_summary(
     else:
         classes = [(cls, name, name) for cls, name in ((1, "signal"), (0, "background"))]
     for cls, name, text in classes:
-        part = df if cls is None else df[df[LABEL] == cls]  # one class's copy at a time
-        if len(part) > 1:
+        rows = None if cls is None else (df[LABEL] == cls).to_numpy()  # one class's rows, not a copy of them
+        if (len(df) if rows is None else int(rows.sum())) > 1:
             made.append(
                 correlation_matrix(
-                    part, cols, out / f"correlation_{name}.png", f"input correlations, {text} (train{sample})"
+                    df, cols, out / f"correlation_{name}.png", f"input correlations, {text} (train{sample})", rows=rows
                 )
             )
-        del part
+        del rows
     if cols and len(df):
         made += input_distributions(df, cols, out, max_features=max_input_features, sample=sample)
     if len(cols) > 1 and len(df) > 1:

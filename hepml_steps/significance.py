@@ -67,7 +67,7 @@ import math
 import numpy as np
 
 from .errors import DataError
-from .metrics import _arrays
+from .metrics import GROUP_CHUNK, _score_arrays, score_groups
 
 #: the figures of merit :func:`optimal_cut` can maximise
 FIGURES = ("s_over_sqrt_b", "s_over_sqrt_s_plus_b", "asimov")
@@ -195,6 +195,55 @@ _FIGURE_FUNCTIONS = {
 }
 
 
+def _every_score(sig, s, w) -> tuple[dict, float, float]:
+    """The selected yields and event counts at every distinct score as the cut,
+    highest first, and the total signal and background yields: running sums over :func:`hepml_steps.metrics.score_groups`
+    (one sort, chunk by chunk; the arrays are per distinct score, the
+    temporaries per event are the sort order and one chunk)."""
+    # allocated for every event, filled per distinct score: the pages past the
+    # last are never touched (not resident) and resize gives them back
+    out = {k: np.empty(len(s), dtype=d) for k, d in (("cut", np.float64), ("s", np.float64), ("b", np.float64))}
+    out.update({k: np.empty(len(s), dtype=np.int64) for k in ("n_s", "n_b")})
+    at, run = 0, dict.fromkeys(("s", "b", "n_s", "n_b"), 0)
+    for group in score_groups(sig, s, w):
+        n = len(group[0])
+        out["cut"][at : at + n] = group[0]
+        for key, a in zip(("s", "b", "n_s", "n_b"), group[1:]):
+            part = out[key][at : at + n]
+            np.cumsum(a, out=part)
+            part += run[key]
+            run[key] = part[-1]
+        at += n
+    for a in out.values():
+        a.resize(at, refcheck=False)
+    return out, float(run["s"]), float(run["b"])
+
+
+def _at_cuts(sig, s, w, cut, chunk: int = GROUP_CHUNK) -> tuple[dict, float, float]:
+    """The selected yields and event counts at the given cuts (any order, ±inf
+    allowed), and the total signal and background yields: each event's weight goes to the bin of the sorted distinct cuts
+    it passes (:func:`numpy.bincount`, ``chunk`` events at a time: no sort of
+    the events), and a cut selects the bins from its own up."""
+    edges = np.unique(cut)  # ascending; an event passes edges[:j], j = searchsorted(edges, score, "right")
+    sums = {k: np.zeros(len(edges) + 1) for k in ("s", "b")}
+    counts = {k: np.zeros(len(edges) + 1, dtype=np.int64) for k in ("n_s", "n_b")}
+    for start in range(0, len(s), chunk):
+        sc, sg, wc = s[start : start + chunk], sig[start : start + chunk], w[start : start + chunk]
+        j = np.searchsorted(edges, sc, side="right")
+        sums["s"] += np.bincount(j, weights=np.where(sg, wc, 0.0), minlength=len(edges) + 1)
+        sums["b"] += np.bincount(j, weights=np.where(sg, 0.0, wc), minlength=len(edges) + 1)
+        nonzero = wc != 0
+        counts["n_s"] += np.bincount(j[nonzero & sg], minlength=len(edges) + 1)
+        counts["n_b"] += np.bincount(j[nonzero & ~sg], minlength=len(edges) + 1)
+    # passing edge i means bin j > i: the sums over bins i+1.. (from the top bin down)
+    at = np.searchsorted(edges, cut, side="left") + 1
+    out = {"cut": cut}
+    for key, per_bin in (*sums.items(), *counts.items()):
+        above = np.cumsum(per_bin[::-1])[::-1]  # above[j]: bins j and higher
+        out[key] = above[at]
+    return out, float(sums["s"].sum()), float(sums["b"].sum())
+
+
 def significance_scan(
     y, score, sample_weight=None, cuts=None, rel_bkg_uncertainty: float = 0.0, figures=FIGURES
 ) -> dict:
@@ -241,7 +290,7 @@ def significance_scan(
         infinite (``cuts`` may hold ±inf), or ``rel_bkg_uncertainty`` is
         negative.
     """
-    y, s, w = _arrays(y, score, sample_weight)
+    sig, s, w = _score_arrays(y, score, sample_weight)
     if not np.all(np.isfinite(s)):
         raise DataError(f"significance: {int(np.sum(~np.isfinite(s)))} scores are NaN or infinite")
     figures = (figures,) if isinstance(figures, str) else tuple(figures)
@@ -249,38 +298,15 @@ def significance_scan(
     unknown = [f for f in figures if f not in _FIGURE_FUNCTIONS]
     if unknown:
         raise DataError(f"significance: unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
-    # the sorted arrays are dropped as soon as their cumulative sums exist: at
-    # 10^7 events each is 80 MB
-    order = np.argsort(-s, kind="mergesort")
-    sig = (y == 1)[order]
-    s_sorted = s[order]
-    w_sorted = w[order]
-    del order
-    cs = np.concatenate(([0.0], np.cumsum(np.where(sig, w_sorted, 0.0))))
-    cb = np.concatenate(([0.0], np.cumsum(np.where(sig, 0.0, w_sorted))))
-    nonzero = w_sorted != 0
-    del w_sorted
-    ns = np.concatenate(([0], np.cumsum(nonzero & sig)))
-    nb = np.concatenate(([0], np.cumsum(nonzero & ~sig)))
-    del nonzero, sig
-    if cuts is None:  # every distinct score, highest first (s_sorted is descending)
-        first = np.empty(len(s_sorted), dtype=bool)
-        first[:1] = True
-        np.not_equal(s_sorted[1:], s_sorted[:-1], out=first[1:])
-        cut = s_sorted[first]
-        del first
+    if cuts is None:
+        out, s_tot, b_tot = _every_score(sig, s, w)
     else:
         cut = np.asarray(cuts, dtype=np.float64).ravel()
         if np.any(np.isnan(cut)):
             raise DataError("significance: a cut is NaN")
-    # number of events with score >= cut, in the descending order
-    n_sel = len(s) - np.searchsorted(s_sorted[::-1], cut, side="left")
-    del s_sorted
-    out = {"cut": cut, "s": cs[n_sel], "b": cb[n_sel], "n_s": ns[n_sel], "n_b": nb[n_sel]}
-    s_tot, b_tot = cs[-1], cb[-1]
-    del n_sel, cs, cb, ns, nb
-    out["eps_s"] = out["s"] / s_tot if s_tot > 0 else np.full(len(cut), np.nan)
-    out["eps_b"] = out["b"] / b_tot if b_tot > 0 else np.full(len(cut), np.nan)
+        out, s_tot, b_tot = _at_cuts(sig, s, w, cut)
+    out["eps_s"] = out["s"] / s_tot if s_tot > 0 else np.full(len(out["cut"]), np.nan)
+    out["eps_b"] = out["b"] / b_tot if b_tot > 0 else np.full(len(out["cut"]), np.nan)
     for name in figures:
         out[name] = np.atleast_1d(_FIGURE_FUNCTIONS[name](out["s"], out["b"], rel_bkg_uncertainty))
     return out
@@ -337,17 +363,25 @@ def optimal_cut(
             f"significance: min_background ({min_background!r}) and min_background_events "
             f"({min_background_events!r}) must be >= 0"
         )
-    scan = significance_scan(y, score, sample_weight, rel_bkg_uncertainty=rel_bkg_uncertainty, figures=(figure,))
-    allowed = (scan["b"] >= min_background) & (scan["n_b"] >= min_background_events)
-    z = np.where(allowed, scan[figure], np.nan)
+    scan = significance_scan(y, score, sample_weight, rel_bkg_uncertainty=rel_bkg_uncertainty, figures=())
     out = {"figure": figure, "rel_bkg_uncertainty": float(rel_bkg_uncertainty)}
-    if not np.any(np.isfinite(z)):
+    # the figure over blocks of cuts (its temporaries: a dozen arrays of one block), the
+    # first (tightest) of the largest values kept, as numpy.nanargmax over all cuts
+    i, best = -1, -np.inf
+    for start in range(0, len(scan["cut"]), GROUP_CHUNK):
+        part = slice(start, start + GROUP_CHUNK)
+        allowed = (scan["b"][part] >= min_background) & (scan["n_b"][part] >= min_background_events)
+        z = np.where(allowed, _FIGURE_FUNCTIONS[figure](scan["s"][part], scan["b"][part], rel_bkg_uncertainty), np.nan)
+        if np.any(np.isfinite(z)):
+            j = int(np.nanargmax(z))
+            if z[j] > best:
+                i, best = start + j, float(z[j])
+    if i < 0:
         return {**out, **dict.fromkeys(("cut", "z_max", "s", "b", "eps_s", "eps_b"), math.nan), "n_b": 0}
-    i = int(np.nanargmax(z))
     return {
         **out,
         "cut": float(scan["cut"][i]),
-        "z_max": float(z[i]),
+        "z_max": best,
         "s": float(scan["s"][i]),
         "b": float(scan["b"][i]),
         "eps_s": float(scan["eps_s"][i]),

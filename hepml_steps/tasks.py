@@ -32,6 +32,7 @@ features step keeps an unstandardised copy of every model's target (see
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,9 +54,13 @@ class Judged:
 
     Attributes
     ----------
-    by_split : dict of str to DataFrame
+    by_split : mapping of str to DataFrame
         Prediction rows per split (``train`` holds only the events the model
-        was fitted on); columns as written by the predict step.
+        was fitted on); columns as written by the predict step, less those no
+        task judges on that split (the truth LLR outside test, event ids
+        outside test unless the model's training was capped). The evaluate
+        step reads each split at its first use
+        (:class:`hepml_steps.evaluate.SplitFrames`).
     record : dict
         The training record (``features``, ``classes``, ``info``, ...).
     what : str
@@ -78,7 +83,7 @@ class Judged:
         by 1/test_fraction so that S and B are the full sample's expected yields.
     """
 
-    by_split: dict
+    by_split: Mapping
     record: dict
     what: str
     threshold: float = 0.5
@@ -433,7 +438,7 @@ def ks_overtraining(by_split: dict, tests, ks_pvalue_min: float) -> dict:
 
     Parameters
     ----------
-    by_split : dict of str to DataFrame
+    by_split : mapping of str to DataFrame
         Prediction rows per split (``train`` and ``test`` used).
     tests : iterable of (name, column, value, score column)
         One entry per class: its events are those with ``column == value``.
@@ -453,9 +458,18 @@ def ks_overtraining(by_split: dict, tests, ks_pvalue_min: float) -> dict:
     ps = []
     for name, column, value, score in tests:
         a, b = (tr[column] == value).to_numpy(), (te[column] == value).to_numpy()  # the two columns only
-        r = M.ks_overtraining(
-            tr[score].to_numpy()[a], te[score].to_numpy()[b], tr[WEIGHT].to_numpy()[a], te[WEIGHT].to_numpy()[b]
-        )
+        # the class's train and test events in one array each, built in place: no copy per split
+        n = int(a.sum())
+        s = np.empty(n + int(b.sum()), dtype=np.result_type(tr[score].dtype, te[score].dtype))
+        w = np.empty(len(s))
+        for rows, part, at in ((a, tr, slice(0, n)), (b, te, slice(n, None))):
+            np.compress(rows, part[score].to_numpy(), out=s[at])
+            np.compress(rows, part[WEIGHT].to_numpy(dtype=np.float64), out=w[at])
+        del a, b
+        train = np.zeros(len(s), dtype=bool)
+        train[:n] = True
+        r = M.ks_joint(s, w, train)
+        del s, w, train
         out[f"ks_statistic_{name}"], out[f"ks_pvalue_{name}"] = r["statistic"], r["pvalue"]
         if not math.isnan(r["pvalue"]):
             ps.append(r["pvalue"])

@@ -348,3 +348,22 @@ def test_split_rows_are_those_of_a_groupby(tmp_path, interleaved):
     for s in expected:
         assert (got[s]["split"] == s).all()
         pd.testing.assert_frame_equal(got[s].drop(columns="split"), expected[s].drop(columns="split"), check_exact=True)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("batch_size", [7, 64, 1 << 16])
+def test_split_rows_of_reads_the_split_column_batch_by_batch(tmp_path, interleaved, batch_size):
+    """Each split's rows, a range when contiguous (also across batch boundaries), else the row numbers."""
+    from hepml_steps.evaluate import _split_rows_of
+
+    df = predictions_table(300)
+    df = df.sample(frac=1.0, random_state=2) if interleaved else df.sort_values("split", kind="stable")
+    df = df.reset_index(drop=True)
+    path = tmp_path / "p.parquet"
+    df.to_parquet(path, index=False, row_group_size=50)
+    got = _split_rows_of(str(path), batch_size=batch_size)
+    assert sorted(got) == sorted(df["split"].unique())
+    for name, rows in got.items():
+        expected = np.flatnonzero(df["split"].to_numpy() == name)
+        assert isinstance(rows, range) == (not interleaved)
+        np.testing.assert_array_equal(np.asarray(rows), expected)

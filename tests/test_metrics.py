@@ -261,3 +261,53 @@ def test_roc_figures_refuse_non_finite_weights(bad):
     w[2] = bad
     with pytest.raises(DataError, match="1 event weights are NaN or infinite"):
         M.roc_auc([1, 0, 1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3, 0.7, 0.2], w)
+
+
+@pytest.mark.parametrize("chunk", [3, 64, M.GROUP_CHUNK])
+def test_roc_curve_and_auc_from_score_groups_match_sklearn(monkeypatch, chunk):
+    """The ROC curve is summed per distinct score in chunks of events (hand-written for
+    memory): equal to sklearn's per-event curve with ties across chunk boundaries,
+    zero weights (no point of their own, as sklearn drops them), signed weights and
+    float32 scores (grouped exactly, thresholds returned as float64)."""
+    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk, True))
+    rng = np.random.default_rng(11)
+    n = 3000
+    y = rng.integers(0, 2, n)
+    s = np.round(rng.normal(size=n) + y, 1)  # few distinct values: every chunk boundary cuts a tie
+    w = rng.exponential(1.0, n)
+    w[rng.random(n) < 0.05] = 0.0
+    w[s == s.max()] = 0.0  # the highest score is carried by weight-0 events only: no point
+    signed = w * np.where(rng.random(n) < 0.15, -1.0, 1.0)
+    for score in (s, s.astype(np.float32)):
+        for weights in (w, signed):
+            fpr, tpr, thr = M.roc_curve(y, score, weights)
+            f2, t2, th2 = skm.roc_curve(y, score.astype(np.float64), sample_weight=weights, drop_intermediate=False)
+            assert thr.dtype == np.float64 and np.array_equal(thr, th2)
+            np.testing.assert_allclose(fpr, f2, rtol=0, atol=1e-13)
+            np.testing.assert_allclose(tpr, t2, rtol=0, atol=1e-13)
+            assert M.roc_auc(y, score, weights) == pytest.approx(np.trapezoid(t2, f2), abs=1e-13)
+        assert M.roc_auc(y, score, w) == pytest.approx(skm.roc_auc_score(y, score, sample_weight=w), abs=1e-13)
+
+
+@pytest.mark.parametrize("chunk", [5, M.GROUP_CHUNK])
+def test_ks_statistic_equals_the_largest_cdf_distance(monkeypatch, chunk):
+    """The KS statistic from weights summed per distinct value (hand-written for memory)
+    is the largest distance of the two weighted CDFs evaluated at every value of
+    either sample; unweighted, scipy's; float32 scores give the float64 result."""
+    from scipy.stats import ks_2samp
+
+    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk, True))
+    rng = np.random.default_rng(12)
+    a, b = np.round(rng.normal(size=700), 1), np.round(rng.normal(0.1, 1, size=400), 1)  # ties within and across
+    wa, wb = rng.exponential(1.0, 700), rng.exponential(1.0, 400) * np.where(rng.random(400) < 0.1, -1.0, 1.0)
+    grid = np.union1d(a, b)
+
+    def cdf(x, w):
+        return np.array([w[x <= g].sum() for g in grid]) / w.sum()
+
+    got = M.ks_overtraining(a, b, wa, wb)
+    assert got["statistic"] == pytest.approx(np.max(np.abs(cdf(a, wa) - cdf(b, wb))), abs=1e-14)
+    assert M.ks_overtraining(a, b)["statistic"] == pytest.approx(ks_2samp(a, b).statistic, abs=1e-14)
+    narrow = M.ks_overtraining(a.astype(np.float32), b.astype(np.float32), wa, wb)
+    wide = M.ks_overtraining(a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64), wa, wb)
+    assert narrow == wide

@@ -433,3 +433,16 @@ def test_pca_projection_in_chunks_equals_one_pass_and_fills_non_finite():
     filled = np.where(np.isfinite(X), X, np.nanmean(head, axis=0))
     _, _, vt = np.linalg.svd(np.where(np.isnan(head), np.nanmean(head, axis=0), head) - filled[:300].mean(0))
     np.testing.assert_allclose(np.abs(pcs), np.abs((filled - filled[:300].mean(0)) @ vt[:2].T), rtol=1e-9, atol=1e-9)
+
+
+def test_correlation_of_masked_rows_equals_that_of_their_copy(tmp_path, monkeypatch):
+    """``rows`` draws one class without copying the table: the same sums, chunk for chunk."""
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame(rng.normal(size=(1000, 3)) @ [[1, 0.5, 0], [0, 1, 0.3], [0, 0, 1]], columns=["a", "b", "c"])
+    df["weight"] = rng.exponential(1.0, 1000)
+    rows = rng.random(1000) < 0.4
+    shown = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: shown.append(fig.axes[0].images[0].get_array().copy()))
+    plots.correlation_matrix(df[rows], ["a", "b", "c"], tmp_path / "copy.png", "t", chunk=77)
+    plots.correlation_matrix(df, ["a", "b", "c"], tmp_path / "mask.png", "t", chunk=77, rows=rows)
+    np.testing.assert_array_equal(shown[0], shown[1])
