@@ -595,48 +595,49 @@ class FitSource(ABC):
         at most ``buffer_events`` events, which is shuffled and cut into
         ``batch_size`` batches (its last partial batch carried into the next fill).
 
-        Deterministic for a given state of ``rng``. Memory: at most
-        ``buffer_events`` + one chunk events.
+        Deterministic for a given state of ``rng``. Memory: the buffer (one array per
+        column of ``buffer_events`` rows, allocated at the first chunk and reused by
+        every fill: the chunks are copied in and let go, so they never pile up on the
+        heap) and one chunk.
 
         Yields
         ------
-        (X, y, w) : as :meth:`chunks`, ``len(X) <= batch_size``.
+        (X, y, w) : as :meth:`chunks`, ``len(X) <= batch_size``; copies, not views of the buffer.
         """
         buffer_events = max(int(buffer_events), int(batch_size))
-        held: list = []
+        buf: tuple | None = None  # (X, y or None, w), buffer_events rows each
         n_held = 0
 
         def drain(final: bool):
-            nonlocal held, n_held
-            parts, held = held, []  # the buffer's parts (views of chunks) go once concatenated
-            X, y, w = (_cat([h[i] for h in parts]) for i in range(3))
-            del parts
-            order = rng.permutation(len(X))
-            stop = len(X) if final else len(X) - len(X) % batch_size
+            nonlocal n_held
+            X, y, w = (None if a is None else a[:n_held] for a in buf)
+            order = rng.permutation(n_held)
+            stop = n_held if final else n_held - n_held % batch_size
             for s in range(0, stop, batch_size):
                 idx = order[s : min(s + batch_size, stop)]
                 yield X[idx], (None if y is None else y[idx]), w[idx]
-            rest = order[stop:]
-            held = [(X[rest], None if y is None else y[rest], w[rest])] if len(rest) else []
+            rest = order[stop:]  # the next fill starts with them, in this order
+            for a in (X, y, w):
+                if a is not None and len(rest):
+                    a[: len(rest)] = a[rest]
             n_held = len(rest)
 
-        for X, y, w in self.chunks(rng):
-            start = 0
-            while start < len(X):
-                take = min(len(X) - start, buffer_events - n_held)
-                held.append(
-                    (X[start : start + take], None if y is None else y[start : start + take], w[start : start + take])
-                )
+        for chunk in self.chunks(rng):
+            if buf is None:
+                buf = tuple(None if a is None else np.empty((buffer_events, *a.shape[1:]), a.dtype) for a in chunk)
+            start, n = 0, len(chunk[0])
+            while start < n:
+                take = min(n - start, buffer_events - n_held)
+                for b, a in zip(buf, chunk):
+                    if b is not None:
+                        b[n_held : n_held + take] = a[start : start + take]
                 n_held += take
                 start += take
                 if n_held >= buffer_events:
                     yield from drain(final=False)
+            del chunk  # not held while the next chunk is read
         if n_held:
             yield from drain(final=True)
-
-
-def _cat(parts):
-    return None if parts[0] is None else (parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
 class ArraySource(FitSource):

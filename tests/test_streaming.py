@@ -97,6 +97,20 @@ def test_shuffled_batches_are_deterministic_cover_every_event_and_respect_the_bu
     assert not np.array_equal(np.concatenate(run(6)), flat)
 
 
+def test_shuffled_batches_are_not_views_of_the_reused_buffer():
+    """The buffer is refilled in place: a batch kept past the next fill (not copied) still holds
+    its events, and the pass is the same as the one copied batch by batch."""
+    X = np.arange(5_000, dtype=np.float32).reshape(-1, 1)
+    w = np.arange(5_000, dtype=np.float64)
+    source = ds.ArraySource(X, np.arange(5_000) % 2, w, chunk_events=300)
+    kept = list(source.shuffled_batches(64, 1000, np.random.default_rng(3)))
+    copied = [tuple(a.copy() for a in b) for b in source.shuffled_batches(64, 1000, np.random.default_rng(3))]
+    assert np.array_equal(np.sort(np.concatenate([b[0][:, 0] for b in kept])), X[:, 0])
+    for (xk, yk, wk), (xc, yc, wc) in zip(kept, copied, strict=True):
+        assert np.array_equal(xk, xc) and np.array_equal(yk, yc) and np.array_equal(wk, wc)
+        assert np.array_equal(xk[:, 0], wk) and np.array_equal(yk, wk.astype(int) % 2)  # rows stay together
+
+
 def _auc(family, X, y):
     return roc_auc_score(y, family.predict_score(X))
 
