@@ -379,7 +379,8 @@ class _SourceIter:
         class It(xgb.DataIter):
             def __init__(self):
                 super().__init__(release_data=True)
-                self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, [], 0, 0, 0
+                self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, None, 0, 0, 0
+                self._n_kept = 0
 
             def next(self, input_data):
                 if self._chunks is None:
@@ -392,8 +393,15 @@ class _SourceIter:
                 if self.passes == 0:
                     self.n_chunks += 1
                     first = (-self._offset) % step
-                    # copies: a strided view would keep every chunk alive (the whole matrix)
-                    self._kept.append(tuple(a[first::step].copy() for a in (X, y, w)))
+                    if self._kept is None:  # one array per column for the whole curve sample
+                        n = len(range(0, source.n_events, step))
+                        self._kept = tuple(np.empty((n, *a.shape[1:]), a.dtype) for a in (X, y, w))
+                    # copied in: a strided view would keep every chunk alive (the whole matrix), and
+                    # small per-chunk copies kept between the freed chunks pinned glibc's heap
+                    part = range(first, len(X), step)
+                    for kept, a in zip(self._kept, (X, y, w)):
+                        kept[self._n_kept : self._n_kept + len(part)] = a[first::step]
+                    self._n_kept += len(part)
                     self._offset += len(X)
                 input_data(data=X, label=y, weight=w)
                 return True
@@ -404,11 +412,10 @@ class _SourceIter:
                 self._chunks = None
 
             def curve(self):
-                X, y, w = (np.concatenate([k[i] for k in self._kept]) for i in range(3))
-                return X, y, w
+                return tuple(a[: self._n_kept] for a in self._kept)
 
             def release(self):
-                self._kept = []
+                self._kept = None
 
         return It()
 
