@@ -467,3 +467,20 @@ def test_early_stopping_logs_where_it_stopped(caplog):
         f"mlp: stopped early after epoch {n}/50; best epoch {m.info['best_epoch'] + 1}"
         in caplog.records[-1].getMessage()
     )
+
+
+def test_cpu_scores_come_in_cache_sized_passes_in_event_order(monkeypatch):
+    """predict_score on the CPU runs CPU_SCORE_BATCH events per forward pass: the scores are those
+    of one pass over every event to float32 rounding, row for row, whatever the pass size."""
+    from hepml_steps.families import torch_nets
+
+    X, y = circle(n=3000)
+    m = mlp(hidden_layers=[16], epochs=2).fit(X, y)
+    m.scorer.eval()
+    with torch.no_grad():
+        whole = m.scorer(torch.from_numpy(X)).numpy().astype(np.float64)
+    for step in (1000, 7, torch_nets.CPU_SCORE_BATCH):
+        monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", step)
+        got = m.predict_score(X)
+        assert got.dtype == np.float64 and got.shape == whole.shape
+        np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-7)

@@ -90,6 +90,10 @@ CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
 CONFIG_FORMAT = "hepml-torch-net-1"
 INFERENCE_BATCH = 65536
+#: events per forward pass of ``predict_score`` on the CPU: a 64-unit activation is 2 MiB
+#: (cache-sized), not 16 MiB; 2x faster at 2 threads than INFERENCE_BATCH, and the scores
+#: differ by at most one float32 rounding (the GEMM blocks differ); on a GPU INFERENCE_BATCH
+CPU_SCORE_BATCH = 8192
 #: the epoch's training loss is summed every this many mini-batches
 LOSS_FLUSH = 1024
 #: the initial training loss (``info["initial_train_loss"]``) is evaluated on at most
@@ -731,9 +735,10 @@ class TorchFamily(Family):
         dev = next(self.scorer.parameters()).device
         self.scorer.eval()
         res = None  # one array of all events, as in _evaluate (no list of parts on the heap)
+        step = CPU_SCORE_BATCH if dev.type == "cpu" else INFERENCE_BATCH
         with _threads(self.n_threads), torch.no_grad():
-            for i in range(0, len(X), INFERENCE_BATCH):
-                part = self.scorer(_tensor(X[i : i + INFERENCE_BATCH]).to(dev)).cpu().numpy()
+            for i in range(0, len(X), step):
+                part = self.scorer(_tensor(X[i : i + step]).to(dev)).cpu().numpy()
                 if res is None:
                     res = np.empty((len(X), *part.shape[1:]), dtype=np.float64)
                 res[i : i + len(part)] = part
