@@ -151,11 +151,15 @@ def read_batches(
     pf, batch_size: int, columns: list[str] | None = None, row_groups: list[int] | None = None, span: bool = True
 ):
     """The record batches of ``pf.iter_batches(batch_size, row_groups, columns)``, value for
-    value and batch for batch, read with less memory.
+    value, read with less memory.
 
     ``pf`` is a ``pyarrow.parquet.ParquetFile`` (:func:`parquet_file`). Batches hold
-    ``batch_size`` rows (>= 1), the last one fewer, spanning row groups as pyarrow's do;
-    ``columns`` None: every column of the file. A file without rows yields nothing.
+    ``batch_size`` rows (>= 1), the last one fewer, spanning row groups as pyarrow's do
+    (batch for batch the same as pyarrow's, except for a column read as dictionary
+    (``read_dictionary``): there pyarrow ends a batch at every row-group boundary, this
+    reader does not; the rows are the same); ``columns`` None: every column of the file,
+    ``[]``: nothing is yielded (pyarrow yields batches without columns). A file without
+    rows yields nothing.
     ``span=False``: no batch spans two row groups (a row group is cut into batches of
     ``batch_size`` rows, its last one fewer), so a batch never costs a copy nor holds
     two row groups. The file is read one row group at a time, column by column, on the calling

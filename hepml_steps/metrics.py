@@ -188,12 +188,22 @@ def _score_arrays(y, score, sample_weight=None):
     Raises
     ------
     DataError
-        If the lengths of the arrays differ.
+        If the lengths of the arrays differ, or a label is neither 1 (signal)
+        nor 0 (background).
     """
     s = np.asarray(score).ravel()
     if s.dtype.kind != "f":
         s = s.astype(np.float64)
-    sig = np.asarray(y).ravel() == 1
+    y = np.asarray(y).ravel()
+    sig = y == 1
+    if y.dtype != bool:
+        other = ~sig & (y != 0)
+        if other.any():
+            raise DataError(
+                f"metrics: labels must be 1 (signal) or 0 (background); {int(other.sum())} are not"
+                f" (e.g. {y[other][0]!r})"
+            )
+        del other
     if len(sig) != len(s):
         raise DataError(f"metrics: {len(sig)} labels but {len(s)} scores")
     w = np.ones(len(s)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()

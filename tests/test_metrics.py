@@ -311,3 +311,11 @@ def test_ks_statistic_equals_the_largest_cdf_distance(monkeypatch, chunk):
     narrow = M.ks_overtraining(a.astype(np.float32), b.astype(np.float32), wa, wb)
     wide = M.ks_overtraining(a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64), wa, wb)
     assert narrow == wide
+
+
+@pytest.mark.parametrize("fn", [M.roc_auc, M.roc_curve])
+def test_roc_refuses_labels_other_than_0_and_1(fn):
+    """A label of -1 (or 2) is neither signal nor background: refused, not taken as background."""
+    with pytest.raises(DataError, match=r"labels must be 1 \(signal\) or 0 \(background\); 2 are not"):
+        fn([-1, 1, -1, 1], [0.1, 0.9, 0.2, 0.8])
+    assert fn(np.array([False, True, False, True]), [0.1, 0.9, 0.2, 0.8]) is not None  # booleans are labels
