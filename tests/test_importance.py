@@ -23,3 +23,15 @@ def test_read_sample_equals_sampling_the_whole_split(tmp_path, monkeypatch, max_
     for field in ("X", "y", "weights", "event_ids", "labels", "truth_llr"):
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
     assert got.columns == want.columns and got.fit_weights is None
+
+
+def test_rows_draw_distinct_events_reproducibly():
+    rows = importance._rows(2_000_000, 20_000, seed=5)
+    assert rows.dtype == np.int64 and len(np.unique(rows)) == 20_000
+    assert rows.min() >= 0 and rows.max() < 2_000_000
+    np.testing.assert_array_equal(rows, importance._rows(2_000_000, 20_000, seed=5))
+    assert not np.array_equal(rows, importance._rows(2_000_000, 20_000, seed=6))
+    assert importance._rows(20_000, 20_000, seed=5) is None  # every event: no draw
+    # drawn over the whole split, not its start: each tenth holds about a tenth of the sample
+    counts = np.bincount(rows // 200_000, minlength=10)
+    assert counts.min() > 1800 and counts.max() < 2200
