@@ -346,15 +346,38 @@ def test_failed_prediction_leaves_no_table(prepared, tmp_path, monkeypatch):
     assert len(calls) == 12 and not list(tmp_path.glob("*pred*"))  # nor a temporary file
 
 
-def test_split_without_events_gives_its_empty_part(prepared, tmp_path):
+@pytest.mark.parametrize("empty", ["validation", "test"])  # test: the metered pass spills no score
+def test_split_without_events_gives_its_empty_part(prepared, tmp_path, empty):
     fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
-    pd.read_parquet(prepared["validation"]).iloc[:0].to_parquet(prepared["validation"], index=False)
+    pd.read_parquet(prepared[empty]).iloc[:0].to_parquet(prepared[empty], index=False)
     rec = pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=1000)
     p = pd.read_parquet(tmp_path / "pred.parquet")
-    assert rec["timing"]["validation"]["n_events"] == 0 and p["split"].value_counts().to_dict() == {
-        "train": 1500,
-        "test": 1500,
-    }
+    assert rec["timing"][empty]["n_events"] == 0
+    assert p["split"].value_counts().to_dict() == {s: 1500 for s in SPLITS if s != empty}
+    assert p["score"].dtype == np.float32
+
+
+def test_test_split_scores_are_spilled_not_held(prepared, tmp_path, monkeypatch):
+    """The metered pass appends each batch's test scores to the scratch file and returns no
+    score array; the rows written from the file are the scores of their own events."""
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    multi_row_groups(prepared)
+    orig, seen = pr._score_only, []
+
+    def score_only(model, path, meta, batch_size, task, heap, spill):
+        out = orig(model, path, meta, batch_size, task, heap, spill)
+        seen.append((spill.tell(), out[:3]))
+        assert not any(isinstance(v, np.ndarray) for v in out)
+        return out
+
+    monkeypatch.setattr(pr, "_score_only", score_only)
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=400)
+    assert seen == [(1500 * 8, (np.dtype(np.float64), (), 1500))]
+    got = pd.read_parquet(tmp_path / "pred.parquet").query("split == 'test'")
+    model, meta = registry.load_model(tmp_path / "m")
+    d = ds.read_scoring(prepared["test"], meta)
+    np.testing.assert_array_equal(got["event_id"].to_numpy(), d.event_ids)
+    np.testing.assert_array_equal(got["score"].to_numpy(np.float64), model.predict_score(d.X))
 
 
 def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_path, monkeypatch):
