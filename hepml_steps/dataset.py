@@ -729,7 +729,9 @@ class ParquetSource(FitSource):
         return _fill(X, self.columns, self.fill), y, w
 
 
-def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENTS) -> ParquetSource:
+def stream_fit(
+    path: str, spec: dict, what: str, batch_events: int = BATCH_EVENTS, classes: list | None = None
+) -> ParquetSource:
     """A training split as a :class:`ParquetSource`: :func:`read_fit` for data larger than memory.
 
     A first pass reads the weight, label and target columns only, to learn the
@@ -748,6 +750,9 @@ def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENT
         How messages name the model.
     batch_events : int, default :data:`BATCH_EVENTS`
         Events per chunk at most (a Parquet row group is cut into chunks).
+    classes : list, optional
+        Multiclass: the training split's classes (a validation split is read
+        with them, as :func:`read_fit` reads it); None: learnt from ``path``.
 
     Raises
     ------
@@ -766,7 +771,8 @@ def stream_fit(path: str, spec: dict, what: str, batch_events: int = BATCH_EVENT
     key_cols += [c for c in (WEIGHT, LABEL) if c in names and c not in key_cols]
     first = read_parquet(path, columns=key_cols)
     prepared = table_attrs(path).get(_attrs_key())  # the features step's fill values, read explicitly
-    classes = task.learn_classes(first, target, what)
+    if classes is None:
+        classes = task.learn_classes(first, target, what)
     first = _task_events(first, task, what)
     if first.empty:
         what_events = "background events" if task.background_only else "events"

@@ -176,12 +176,24 @@ class _Validation:
         return cls(val.X, val.y, val.fit_weights)
 
 
+def _read_validation(path: str, spec: dict, fam_cls, what: str, classes: list | None, streamed: bool):
+    """The validation split for the fit: a :class:`_Validation` in memory or, for a
+    streamed fit of a family that takes it so (``streams_validation``), a
+    :class:`~hepml_steps.dataset.ParquetSource` read chunk by chunk."""
+    if streamed and fam_cls.streams_validation:
+        batch = spec.get("stream_batch_events", dataset.BATCH_EVENTS)
+        return dataset.stream_fit(path, spec, what, batch, classes=classes)
+    return _Validation.read(path, spec, what, classes)
+
+
 def _fit(family, train, val, meter) -> dict:
     """Fit ``family`` under ``meter`` on a Dataset, or from a FitSource (``fit_stream``);
     return timing and energy."""
     t0, c0 = time.perf_counter(), time.process_time()
     with meter:
-        if isinstance(train, dataset.FitSource):
+        if isinstance(train, dataset.FitSource) and isinstance(val, dataset.FitSource):
+            family.fit_stream(train, X_val=val)
+        elif isinstance(train, dataset.FitSource):
             family.fit_stream(train, X_val=val.X, y_val=val.y, w_val=val.fit_weights)
         else:
             family.fit(
@@ -203,8 +215,9 @@ LEARNED_SAMPLE = 2000
 def check_learned(family, train, val, model: str, spec: dict) -> None:
     """Refuse a supervised fit whose score is the same for every event.
 
-    The validation events (``val.X``) are scored first; only when their scores
-    are all equal are (at most :data:`LEARNED_SAMPLE`) training events (a
+    The validation events (``val.X``, or the chunks of ``val`` when it is a
+    :class:`~hepml_steps.dataset.FitSource`) are scored first; only when their
+    scores are all equal are (at most :data:`LEARNED_SAMPLE`) training events (a
     :class:`~hepml_steps.dataset.Dataset`) scored too.
 
     Raises
@@ -216,12 +229,19 @@ def check_learned(family, train, val, model: str, spec: dict) -> None:
 
     if train.y is None:
         return  # unsupervised tasks: a constant output is not a failed fit
-    for data in (val, train.take(np.arange(min(len(train), LEARNED_SAMPLE)))):
-        if len(data) == 0:
-            continue
-        score = np.asarray(family.predict_score(data.X), dtype=np.float64)
-        if not np.all(np.ptp(score.reshape(len(score), -1), axis=0) <= 1e-12):
-            return
+    val_X = (X for X, _, _ in val.chunks()) if isinstance(val, dataset.FitSource) else [val.X]
+    sample = train.take(np.arange(min(len(train), LEARNED_SAMPLE)))
+    for batches in (val_X, [sample.X]):
+        lo = hi = None  # per score column, over the batches of the events scored so far
+        for X in batches:
+            if len(X) == 0:
+                continue
+            score = np.asarray(family.predict_score(X), dtype=np.float64)
+            score = score.reshape(len(score), -1)
+            lo = score.min(axis=0) if lo is None else np.minimum(lo, score.min(axis=0))
+            hi = score.max(axis=0) if hi is None else np.maximum(hi, score.max(axis=0))
+            if not np.all(hi - lo <= 1e-12):
+                return
     raise DataError(
         f"models.{model}: the fit learned nothing (constant score on the validation and "
         f"training events); likely cause: {_likely_cause(family, train, spec)}"
@@ -319,7 +339,7 @@ def train(
     family = cls(task=task.name, params=spec.get("params") or {}, seed=seed, n_threads=threads, device=device)
     data, source = _read_train(train_path, spec, cls, what)
     n_train = len(source) if source is not None else len(data)
-    val = _Validation.read(validation_path, spec, what + " (validation)", data.classes)
+    val = _read_validation(validation_path, spec, cls, what + " (validation)", data.classes, source is not None)
     if n_train < task.min_fit_events:
         raise DataError(f"{what}: {n_train} training events are too few for {task}")
     if data.classes is not None:

