@@ -13,7 +13,8 @@ the other in ``DIR``, in the workflow's order, each under ``/usr/bin/time``
 code; their outputs replace the folder's (a step's outputs are the same
 whatever the code, so the later steps' inputs are what the workflow made).
 ``train`` is not rerun unless named (slow); the model in ``DIR`` is used. Per-model
-steps run for the first model of ``select_models``.
+steps run for ``--model`` (default: the first model of ``select_models``). Steps
+run with one thread (Snakemake's dry run with ``--cores 1`` writes the commands).
 
 It prints per step the peak, the base (the same step in ``BASE_DIR``), the
 needed size of :func:`scale.needed` and the ratio (peak - base) / needed
@@ -91,11 +92,12 @@ def main(argv=None) -> int:
     p.add_argument("--base", help="the same workflow at a small size (the baseline peaks)")
     p.add_argument("--configfile", action="append", default=[], help="config merged over DIR/config.yaml")
     p.add_argument("--steps", nargs="+", default=[s for s in STEPS if s != "train"], choices=STEPS)
+    p.add_argument("--model", help="the model of the per-model steps (default: the first of select_models)")
     a = p.parse_args(argv)
     scale = _scale()
     folder, files = Path(a.dir).resolve(), [str(Path(f).resolve()) for f in a.configfile]
     cfg = scale.merged_config(yaml.safe_load((folder / "config.yaml").read_text()), files)
-    model = cfg["select_models"][0]
+    model = a.model or cfg["select_models"][0]
     peak = peaks(folder, a.steps, files, model)
     base = peaks(Path(a.base).resolve(), a.steps, files, model) if a.base else {s: 0.0 for s in a.steps}
     mib = 2.0**20
