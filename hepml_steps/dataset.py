@@ -771,13 +771,16 @@ def stream_fit(
     key_cols += [c for c in (WEIGHT, LABEL) if c in names and c not in key_cols]
     first = read_parquet(path, columns=key_cols)
     prepared = table_attrs(path).get(_attrs_key())  # the features step's fill values, read explicitly
-    if classes is None:
+    given = classes is not None
+    if not given:
         classes = task.learn_classes(first, target, what)
     first = _task_events(first, task, what)
     if first.empty:
         what_events = "background events" if task.background_only else "events"
         raise DataError(f"{what}: {path} has no {what_events}")
     y = task.targets(first, target, what, classes)
+    if given and y is not None and (y < 0).any():  # as read_fit (_known_classes) warns
+        log.warning("%s: %d events of a class absent from training are left out", what, int((y < 0).sum()))
     if classes is not None:
         first, y = first[y >= 0], y[y >= 0]
     task.check_fit_targets(y, what)

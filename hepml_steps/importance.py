@@ -42,7 +42,8 @@ def _rows(n: int, max_events: int, seed: int) -> np.ndarray | None:
     sample under 1/50 of a split of more than 10,000 events NumPy draws it by
     Floyd's algorithm, holding the sample (and a hash set of it), not the split
     (a permutation of the split held 4–8 bytes per event: 80 MiB at 20M test
-    events); otherwise by a partial shuffle of ``n`` positions, at most 8 MiB.
+    events); otherwise by a partial shuffle of ``n`` positions (8 bytes per event,
+    under 8 MiB while ``max_events`` <= 20,000, the default: then ``n`` < 1M).
     """
     if n <= max_events:
         return None

@@ -30,7 +30,9 @@ declares ``streams_training`` (XGBoost, MLP, autoencoder) trains from batches
 of the Parquet file instead (``fit_stream``) when the split holds more than
 ``stream_above_events`` events (2 million by default): memory then holds
 the family's own compact copy (XGBoost's quantised matrix) or a shuffle
-buffer, plus the validation split; the leakage and learned-nothing checks
+buffer, plus the validation split, itself read batch by batch by a family
+that declares ``streams_validation`` (all three: XGBoost's binned validation
+matrix, or the networks' outputs, targets and weights); the leakage and learned-nothing checks
 use a deterministic sample of 200,000 training events, and the record says
 ``streamed``. Before the fit the leakage check
 (:mod:`hepml_steps.leakage`, ``training.leakage``) flags features that

@@ -109,6 +109,27 @@ class PromisesOnnx(NearestCentroidFamily):
     exports_onnx = True  # without a to_onnx: the default refuses
 
 
+class ValidationWithoutStreaming(NearestCentroidFamily):
+    name = "validation_without_streaming"
+    streams_validation = True  # needs streams_training
+
+
+class StreamedValidationChangesTheFit(NearestCentroidFamily):
+    """Streams, but its fit with the validation split in chunks is not the one with it in memory."""
+
+    name = "streamed_validation_changes"
+    streams_training = streams_validation = True
+
+    def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
+        from hepml_steps.families.base import is_source
+
+        X, y, w = (np.concatenate(a) for a in zip(*source.chunks()))
+        self.fit(X, y, w)
+        if is_source(X_val):
+            self.centroids = self.centroids * 1.5
+        return self
+
+
 class CentroidsMulticlass(Family):
     """Nearest weighted centroid for K classes, with the classes' weight fractions
     as priors; K taken from the training labels (not ``classes_count``), so a
@@ -155,6 +176,8 @@ class CentroidsMulticlass(Family):
         (ScoresBackground, "classification", "scores"),
         (PromisesOnnx, "classification", "onnx"),
         (CentroidsMulticlass, "multiclass", "missing_class"),
+        (ValidationWithoutStreaming, None, "declarations"),
+        (StreamedValidationChangesTheFit, "classification", "stream"),
     ],
 )
 def test_broken_family_fails_the_check_it_breaks(cls, task, check):

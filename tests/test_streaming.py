@@ -297,9 +297,9 @@ def test_xgboost_validation_loss_uses_the_training_bins_for_any_max_bin(monkeypa
 
 
 def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(tmp_path, monkeypatch):
-    """On the CPU fit_stream bins into an ExtMemQuantileDMatrix whose cache lies in a temporary
-    directory ($TMPDIR) during the fit and is gone after it; the model is the one an in-memory
-    QuantileDMatrix over the same batches gives."""
+    """With external_memory on the CPU fit_stream bins into an ExtMemQuantileDMatrix whose cache
+    lies in a temporary directory ($TMPDIR) during the fit and is gone after it; the model is the
+    one an in-memory QuantileDMatrix over the same batches gives (the default)."""
     import tempfile
 
     import xgboost
@@ -319,7 +319,7 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
         return matrix
 
     monkeypatch.setattr(xgboost, "ExtMemQuantileDMatrix", spy)
-    params = {"n_estimators": 15, "max_depth": 3}
+    params = {"n_estimators": 15, "max_depth": 3, "external_memory": True}
     disk = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
     assert cached and disk.info["streamed"]["matrix"].startswith("external memory")
     assert list(tmp_path.iterdir()) == []  # the cache went with the fit
@@ -332,6 +332,12 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
     memory = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
     assert disk.booster.save_raw("json") == memory.booster.save_raw("json")
     assert disk.history == memory.history
+    cached.clear()  # by default (external_memory false) the binned matrix stays in memory
+    default = xgb.XGBoostFamily(params={**params, "external_memory": False}, seed=1).fit_stream(
+        source, X[5000:], y[5000:]
+    )
+    assert not cached and default.info["streamed"]["matrix"] == "in memory"
+    assert default.booster.save_raw("json") == memory.booster.save_raw("json")
 
 
 @pytest.mark.parametrize(
@@ -339,6 +345,7 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
     [
         ("xgboost", {"n_estimators": 20, "max_depth": 3, "early_stopping_rounds": 3}),
         ("mlp", {"epochs": 4, "hidden_layers": [8], "early_stopping_patience": 2, "batch_size": 256}),
+        ("autoencoder", {"epochs": 3, "hidden_layers": [4, 2], "batch_size": 256}),
     ],
 )
 def test_streamed_fit_reads_the_validation_split_in_chunks_with_the_same_result(
@@ -348,6 +355,8 @@ def test_streamed_fit_reads_the_validation_split_in_chunks_with_the_same_result(
     (never as arrays) and learns what it learns with the split in memory: the same validation
     losses (to summation order), the same model, the same record."""
     spec = {"family": name, "params": params, "stream_above_events": 0, "stream_batch_events": 512}
+    if name == "autoencoder":
+        spec["task"] = "anomaly"
     cls = registry.get(name)
     seen = []
     fit_stream = cls.fit_stream
@@ -361,7 +370,9 @@ def test_streamed_fit_reads_the_validation_split_in_chunks_with_the_same_result(
     monkeypatch.setattr(cls, "streams_validation", False)
     held = tr.train(splits[0], splits[1], "h", spec, str(tmp_path / "h"), str(tmp_path / "h.json"))
     assert seen == ["ParquetSource", "ndarray"]
-    assert chunked["n_validation"] == held["n_validation"] == 1500
+    labels = pd.read_parquet(splits[1])["label"]
+    expected = int((labels == 0).sum()) if name == "autoencoder" else len(labels)  # anomaly: background only
+    assert chunked["n_validation"] == held["n_validation"] == expected
     hist = {m: json.loads((tmp_path / f"{m}.json").read_text())["history"] for m in ("c", "h")}
     assert hist["c"].keys() == hist["h"].keys() and hist["c"]["validation_loss"]
     for key in hist["c"]:
@@ -397,3 +408,18 @@ def test_learned_nothing_is_caught_over_a_streamed_validation_split(splits, tmp_
         tr.check_learned(Const(), train, val, "m", spec)
     tr.check_learned(PerChunk(), train, val, "m", spec)
     assert PerChunk.calls == 2  # stopped at the second chunk
+
+
+def test_streamed_validation_warns_of_events_of_a_class_absent_from_training(tmp_path, caplog):
+    """As the in-memory read does: validation events of a class the training split lacks are
+    left out with a warning naming how many."""
+    train = make_events(3000, seed=7).assign(process=lambda d: d["label"].astype(int))
+    val = make_events(600, seed=8).assign(process=lambda d: d["label"].astype(int))
+    val.loc[val.index[:25], "process"] = 2  # a class training never saw
+    spec = {"family": "xgboost", "task": "multiclass", "target": "process", "params": {"n_estimators": 3}}
+    spec.update(stream_above_events=0, features=["f0", "f1", "f2", "f3"])
+    paths = _write(train, tmp_path / "t.parquet"), _write(val, tmp_path / "v.parquet")
+    with caplog.at_level(logging.WARNING, logger="hepml.dataset"):
+        rec = tr.train(*paths, "mc", spec, str(tmp_path / "mc"), str(tmp_path / "mc.json"))
+    assert rec["n_validation"] == 575 and rec["classes"] == [0, 1]
+    assert "25 events of a class absent from training are left out" in caplog.text

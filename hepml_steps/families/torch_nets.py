@@ -559,7 +559,11 @@ class TorchFamily(Family):
         (target or input moments, weighted as in :meth:`fit`); every epoch then
         reads the chunks in a random order through a shuffled buffer of
         :attr:`shuffle_buffer_events` events (:meth:`FitSource.shuffled_batches`),
-        so only the buffer, one chunk and the validation split are in memory.
+        so only the buffer, one chunk and the validation split are in memory;
+        ``X_val`` may be a FitSource of the validation split (``y_val`` and
+        ``w_val`` None, ``streams_validation``): it is then evaluated chunk by
+        chunk (:class:`_StreamedValidation`), holding its outputs, targets and
+        weights, not its features.
         Deterministic for a seed; the events of a mini-batch differ from
         :meth:`fit`'s, so the result is statistically equivalent to it, not
         identical. Raises as :meth:`fit`.
