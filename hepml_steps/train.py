@@ -191,16 +191,14 @@ def _read_validation(path: str, spec: dict, fam_cls, what: str, classes: list | 
 def _fit(family, train, val, meter) -> dict:
     """Fit ``family`` under ``meter`` on a Dataset, or from a FitSource (``fit_stream``);
     return timing and energy."""
+    streamed_val = isinstance(val, dataset.FitSource)  # a streams_validation family's (_read_validation)
+    validation = {"X_val": val} if streamed_val else {"X_val": val.X, "y_val": val.y, "w_val": val.fit_weights}
     t0, c0 = time.perf_counter(), time.process_time()
     with meter:
-        if isinstance(train, dataset.FitSource) and isinstance(val, dataset.FitSource):
-            family.fit_stream(train, X_val=val)
-        elif isinstance(train, dataset.FitSource):
-            family.fit_stream(train, X_val=val.X, y_val=val.y, w_val=val.fit_weights)
+        if isinstance(train, dataset.FitSource):
+            family.fit_stream(train, **validation)
         else:
-            family.fit(
-                train.X, train.y, sample_weight=train.fit_weights, X_val=val.X, y_val=val.y, w_val=val.fit_weights
-            )
+            family.fit(train.X, train.y, sample_weight=train.fit_weights, **validation)
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     meter.set_events(len(train))
     return {
