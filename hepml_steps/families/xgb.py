@@ -20,9 +20,9 @@ In memory, features of at most 64 MiB go into a plain ``DMatrix`` (as a
 bare script's: 5 % faster at 100k events), larger ones into a
 ``QuantileDMatrix`` (one byte per value, no float copy of X); the trees are
 the same. Data larger than memory: ``fit_stream`` (``streams_training``)
-builds an ``xgboost.QuantileDMatrix`` (``external_memory: true``: an
-``ExtMemQuantileDMatrix``, its pages cached on disk) from the batches of a
-FitSource.
+builds an ``xgboost.ExtMemQuantileDMatrix`` (its pages cached on disk;
+``external_memory: false`` or a GPU: a ``QuantileDMatrix`` in memory) from the
+batches of a FitSource.
 Progress: an INFO line on ``hepml.xgboost`` every ceil(n_estimators/20)
 iterations and after the last, with the training and validation losses
 XGBoost evaluates anyway, e.g.
@@ -130,7 +130,7 @@ class XGBoostFamily(Family):
         "gamma": 0.0,
         "max_bin": 256,
         "early_stopping_rounds": 0,
-        "external_memory": False,
+        "external_memory": True,
     }
     search_space = {
         "n_estimators": {"type": "int", "low": 50, "high": 600, "log": True},
@@ -143,7 +143,7 @@ class XGBoostFamily(Family):
     }
     gpu_capable = True
     score_dtype = "float32"  # Booster.predict's
-    streams_training = True  # fit_stream: a QuantileDMatrix (external_memory: on disk) from a FitSource's batches
+    streams_training = True  # fit_stream: a binned matrix (on disk by default) from a FitSource's batches
     streams_validation = True  # and the validation split's QuantileDMatrix from the batches of another
     file_format = "xgboost-ubj"
     iterative = True
@@ -222,27 +222,35 @@ class XGBoostFamily(Family):
         return self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
 
     def fit_stream(self, source, X_val=None, y_val=None, w_val=None):
-        """Train from a :class:`~hepml_steps.dataset.FitSource`: an
-        ``xgboost.QuantileDMatrix`` built from an ``xgboost.DataIter`` over its
-        chunks (the features held binned, one byte per value with ``max_bin``
-        <= 256), or, with ``external_memory: true`` on the CPU, an
-        ``xgboost.ExtMemQuantileDMatrix`` whose binned pages are cached on
-        disk in a temporary directory (``tempfile``: ``$TMPDIR``, which
-        Snakemake sets to the job's ``resources.tmpdir``; it must be a real
-        disk, not a tmpfs, which is memory) and removed after the fit: 40
-        bytes per event at 15 features without missing values, 85 with 1 %
-        NaN (measured at 200k events; a job killed by a signal leaves it).
-        Both give the same trees (same sketch, same bins; compared model for
-        model). External memory trades time for memory: at 10M events
-        (6M × 15 training, 300 trees of depth 5) the train step peaked at
-        781 MiB instead of 1,079 and took 141 s instead of 105 at 2 threads
-        (the same 170 s at 1 thread). The validation split is a
-        QuantileDMatrix with the training bins (``ref``), built from the
-        chunks of ``X_val`` when it is a FitSource. Same objective, weights
-        (``curvature_scale`` from the source's class sums) and learning curve
-        as :meth:`fit`; the bin edges come from XGBoost's streaming quantile
-        sketch, so the trees may differ slightly from those of :meth:`fit`
-        (statistically equivalent)."""
+        """Train from a :class:`~hepml_steps.dataset.FitSource`: on the CPU
+        (``external_memory: true``, the default) an
+        ``xgboost.ExtMemQuantileDMatrix`` built from an ``xgboost.DataIter``
+        over its chunks, gathered into batches of :data:`PAGE_BYTES`
+        (:func:`_pages`), whose binned pages are cached on disk in a temporary
+        directory (``tempfile``: ``$TMPDIR``, which Snakemake sets to the
+        job's ``resources.tmpdir``; on a tmpfs the cache is memory again) and
+        removed after the fit: 40 bytes per event at 15 features without
+        missing values, 85 with 1 % NaN (measured at 200k events; a job killed
+        by a signal leaves it). ``external_memory: false``, and on a GPU, an
+        in-memory ``xgboost.QuantileDMatrix`` over the same batches (one byte
+        per value with ``max_bin`` <= 256, plus XGBoost's row and column
+        indexes). Both give the same trees (same sketch, same bins; compared
+        model for model). At 10M events (6M × 15 training, 300 trees of depth
+        5, 2 threads) the train step peaked at 742 MiB on disk against 942 MiB
+        in memory, in 97 s against 95 s (with a page per 65,536-event chunk
+        the disk cache took 141 s). The validation split is a QuantileDMatrix
+        with the training bins (``ref``), built from the chunks of ``X_val``
+        when it is a FitSource. Same objective, weights (``curvature_scale``
+        from the source's class sums) and learning curve as :meth:`fit`; the
+        bin edges come from XGBoost's streaming quantile sketch, so the trees
+        may differ slightly from those of :meth:`fit` (statistically
+        equivalent).
+
+        Raises
+        ------
+        StorageError
+            The disk cache cannot be written (a full or missing ``$TMPDIR``).
+        """
         import xgboost as xgb
 
         self._select_device(xgb, "training")
@@ -255,13 +263,18 @@ class XGBoostFamily(Family):
             kw = {"cache_prefix": os.path.join(cache, "train")} if external else {}
             it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events), **kw)
             matrix = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
-            dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
+            try:
+                dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
+            except xgb.core.XGBoostError as e:
+                _raise_cache_error(e, cache if external else None)
+                raise
             X_curve, y_curve, w_curve = it.curve()
             curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
             it.release()
             self.info["streamed"] = {
                 "events": int(source.n_events),
                 "chunks": it.n_chunks,
+                "batches": it.n_batches,  # what XGBoost was handed: the chunks gathered (_pages)
                 "matrix": "external memory (disk cache)" if external else "in memory",
             }
             self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
@@ -395,11 +408,67 @@ def _curve_index(n: int) -> np.ndarray:
     return np.arange(0, n, _curve_step(n))
 
 
+def _raise_cache_error(error, cache: str | None) -> None:
+    """Raise a StorageError for an XGBoostError that says the external-memory cache
+    under ``cache`` (None: no cache) could not be written (a full or missing disk)."""
+    from ..errors import StorageError
+
+    text = str(error)
+    if cache is None or not (cache in text or "No space left" in text):
+        return
+    reason = text.split("\n", 1)[0].rsplit(": ", 1)[-1].strip()  # e.g. "No space left on device"
+    raise StorageError(
+        f"xgboost: cannot write its external-memory cache in {cache} ($TMPDIR, the job's resources.tmpdir):"
+        f" {reason}; free space there, point TMPDIR at a larger disk, or set the model's"
+        " params.external_memory: false (the binned matrix in memory)"
+    ) from error
+
+
+#: bytes of float32 features per batch handed to XGBoost (:func:`_pages`): an
+#: ExtMemQuantileDMatrix makes a page of each batch and pays per page at every iteration
+PAGE_BYTES = 32 * 1024 * 1024
+
+
+def _pages(chunks, page_bytes: int = PAGE_BYTES):
+    """The ``(X, y, w)`` chunks of a FitSource gathered, in order, into batches of
+    about ``page_bytes`` of features (``X`` float32: ``page_bytes / (4 n_features)``
+    events; a chunk of that size or more passes alone).
+
+    XGBoost's external-memory matrix makes one page of each batch and reads
+    every page at every boosting iteration: with the 65,536-event chunks of a
+    Parquet row group, 300 trees at 6M × 15 training events took 1.5× the
+    in-memory fit's time at 2 threads; with 559k-event batches (32 MiB) the
+    same (plain XGBoost, ``benchmarks`` notes in README). The in-memory
+    ``QuantileDMatrix`` builds as fast from either. Memory: one batch
+    (allocated per batch, so XGBoost may keep it until it has consumed it)
+    besides the chunk being copied in. Yields views of the batch's arrays
+    (C-contiguous).
+    """
+    buf, n = None, 0
+    for X, y, w in chunks:
+        size = max(1, page_bytes // (4 * max(1, X.shape[1])))
+        if buf is not None and n + len(X) > len(buf[0]):
+            yield tuple(None if a is None else a[:n] for a in buf)
+            buf, n = None, 0
+        if len(X) >= size:
+            yield X, y, w
+            continue
+        if buf is None:
+            buf = tuple(None if a is None else np.empty((size, *a.shape[1:]), a.dtype) for a in (X, y, w))
+        for b, a in zip(buf, (X, y, w)):
+            if b is not None:
+                b[n : n + len(X)] = a
+        n += len(X)
+    if n:
+        yield tuple(None if a is None else a[:n] for a in buf)
+
+
 class _SourceIter:
-    """An ``xgboost.DataIter`` over the chunks of a FitSource (weights times
-    ``scale``), keeping every ``step``-th event of the first pass for the
-    training-loss curve (``step`` None: none kept); ``cache_prefix``: an
-    external-memory matrix's cache files."""
+    """An ``xgboost.DataIter`` over the chunks of a FitSource gathered into
+    batches of :data:`PAGE_BYTES` (:func:`_pages`; weights times ``scale``),
+    keeping every ``step``-th event of the first pass for the training-loss
+    curve (``step`` None: none kept); ``cache_prefix``: an external-memory
+    matrix's cache files."""
 
     def __new__(cls, source, scale: float, step: int | None, cache_prefix: str | None = None):
         import xgboost as xgb
@@ -408,18 +477,23 @@ class _SourceIter:
             def __init__(self):
                 super().__init__(release_data=True, cache_prefix=cache_prefix)
                 self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, None, 0, 0, 0
-                self._n_kept = 0
+                self._n_kept, self.n_batches = 0, 0
+
+            def _counted(self):
+                for chunk in source.chunks():
+                    self.n_chunks += self.passes == 0
+                    yield chunk
 
             def next(self, input_data):
                 if self._chunks is None:
-                    self._chunks = source.chunks()
+                    self._chunks = _pages(self._counted())
                 try:
                     X, y, w = next(self._chunks)
                 except StopIteration:
                     return False
                 w = w * scale
                 if self.passes == 0:
-                    self.n_chunks += 1
+                    self.n_batches += 1
                 if self.passes == 0 and step is not None:
                     first = (-self._offset) % step
                     if self._kept is None:  # one array per column for the whole curve sample
