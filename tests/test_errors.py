@@ -408,3 +408,44 @@ def test_describe_is_one_line_without_unsafe_advice():
         == "Check failed: x"
     )
     assert describe(KeyError()) == "KeyError"
+
+
+def test_sigterm_in_a_steps_own_process_unwinds_and_exits_143(tmp_path, capsys):
+    """In a step's own process (no argv) SIGTERM raises cli.Terminated where the step is, so
+    its atomic outputs are removed, and the step exits 128 + 15 with one ``hepml: error:`` line;
+    the handler is the one before afterwards, and a call with argv (a caller's process) keeps
+    the caller's handler throughout."""
+    import signal
+
+    from hepml_steps.io import atomic_path
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def call(_):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the step's handler, checked first
+            seen.append("not reached")
+
+    with cli._terminable(True):
+        assert signal.getsignal(signal.SIGTERM) not in (before, signal.SIG_DFL)
+    assert signal.getsignal(signal.SIGTERM) == before
+    old_argv = sys.argv
+    try:
+        sys.argv = ["step"]
+        assert cli.run(lambda p: None, call, None) == 128 + signal.SIGTERM
+    finally:
+        sys.argv = old_argv
+    assert seen[0] not in (before, signal.SIG_DFL) and len(seen) == 1
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert list(tmp_path.iterdir()) == []  # the temporary output went with the stop
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("hepml: error: test_errors: terminated by SIGTERM")
+
+    def check(_):
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    cli.run(lambda p: None, check, [])
+    assert seen[-1] == before

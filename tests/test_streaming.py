@@ -465,3 +465,44 @@ def test_streamed_validation_warns_of_events_of_a_class_absent_from_training(tmp
         rec = tr.train(*paths, "mc", spec, str(tmp_path / "mc"), str(tmp_path / "mc.json"))
     assert rec["n_validation"] == 575 and rec["classes"] == [0, 1]
     assert "25 events of a class absent from training are left out" in caplog.text
+
+
+def test_sigterm_during_a_streamed_fit_removes_the_disk_cache_and_partial_outputs(splits, tmp_path):
+    """A train step sent SIGTERM (scancel, a time limit) while XGBoost's disk cache exists stops
+    with status 143 and one ``hepml: error:`` line, and leaves neither the cache in $TMPDIR nor
+    a model directory, record or temporary file behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    spec = {
+        "family": "xgboost",
+        "task": "classification",
+        "params": {"n_estimators": 100000, "max_depth": 6},
+        "stream_above_events": 0,
+        "stream_batch_events": 512,
+    }
+    cmd = [sys.executable, "-m", "hepml_steps.train", "--train", splits[0], "--validation", splits[1]]
+    cmd += ["--model", "bdt", "--spec", json.dumps(spec), "--out", str(out / "bdt"), "--record", str(out / "bdt.json")]
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.is_file() for p in scratch.rglob("*")):  # the cache is being written
+            assert proc.poll() is None and time.monotonic() < deadline, "the fit ended before its cache appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # only the process this test started
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1].startswith("hepml: error: train: terminated by SIGTERM")
+    assert list(scratch.iterdir()) == []
+    assert list(out.iterdir()) == []

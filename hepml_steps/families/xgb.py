@@ -45,11 +45,13 @@ weights (``accepts_negative_weights`` is False).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -230,9 +232,9 @@ class XGBoostFamily(Family):
         directory (``tempfile``: ``$TMPDIR``, which Snakemake sets to the
         job's ``resources.tmpdir``; on a tmpfs the cache is memory again) and
         removed after the fit: 40 bytes per event at 15 features without
-        missing values, 85 with 1 % NaN (measured at 200k events; a job killed
-        by a signal leaves it). ``external_memory: false``, and on a GPU, an
-        in-memory ``xgboost.QuantileDMatrix`` over the same batches (one byte
+        missing values, 85 with 1 % NaN (measured at 200k events; also
+        removed on SIGTERM, :mod:`hepml_steps.cli`; SIGKILL leaves it).
+        ``external_memory: false``, and on a GPU, an in-memory ``xgboost.QuantileDMatrix`` over the same batches (one byte
         per value with ``max_bin`` <= 256, plus XGBoost's row and column
         indexes). Both give the same trees (same sketch, same bins; compared
         model for model). At 10M events (6M × 15 training, 300 trees of depth
@@ -259,27 +261,40 @@ class XGBoostFamily(Family):
             self.n_classes = int(self.n_classes or int(max(sums)) + 1)
         self.info["weight_scale"] = curvature_scale_from_sums(source.n_events, sums, self.task)
         with tempfile.TemporaryDirectory(prefix="hepml-xgboost-") as cache:
-            external = bool(self.params["external_memory"]) and self._device == "cpu"
-            kw = {"cache_prefix": os.path.join(cache, "train")} if external else {}
-            it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events), **kw)
-            matrix = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
             try:
-                dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
-            except xgb.core.XGBoostError as e:
-                _raise_cache_error(e, cache if external else None)
+                self._fit_binned(xgb, source, cache, (X_val, y_val, w_val))
+            except BaseException as exc:
+                # the frames the tracebacks keep (xgb.train's; a matrix's __init__ in the chained
+                # XGBoostError of a stop during binning) hold the matrices, whose cache files
+                # XGBoost removes when they go (warning when they are gone): let them go first
+                _clear_frames(exc)
+                gc.collect()
                 raise
-            X_curve, y_curve, w_curve = it.curve()
-            curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
-            it.release()
-            self.info["streamed"] = {
-                "events": int(source.n_events),
-                "chunks": it.n_chunks,
-                "batches": it.n_batches,  # what XGBoost was handed: the chunks gathered (_pages)
-                "matrix": "external memory (disk cache)" if external else "in memory",
-            }
-            self._boost(xgb, dtrain, curve, (X_val, y_val, w_val))
-            del dtrain, curve  # before the cache directory goes
         return self
+
+    def _fit_binned(self, xgb, source, cache: str, validation) -> None:
+        """Bin ``source`` (on disk under ``cache`` on the CPU with ``external_memory``) and boost."""
+        external = bool(self.params["external_memory"]) and self._device == "cpu"
+        kw = {"cache_prefix": os.path.join(cache, "train")} if external else {}
+        it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events), **kw)
+        matrix = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
+        try:
+            dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
+        except xgb.core.XGBoostError as e:
+            it.raise_stopped()  # a stop during the iteration, not XGBoost's complaint about it
+            _raise_cache_error(e, cache if external else None)
+            raise
+        it.raise_stopped()
+        X_curve, y_curve, w_curve = it.curve()
+        curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
+        it.release()
+        self.info["streamed"] = {
+            "events": int(source.n_events),
+            "chunks": it.n_chunks,
+            "batches": it.n_batches,  # what XGBoost was handed: the chunks gathered (_pages)
+            "matrix": "external memory (disk cache)" if external else "in memory",
+        }
+        self._boost(xgb, dtrain, curve, validation)
 
     def _boost(self, xgb, dtrain, curve, validation):
         """Boost on ``dtrain``, evaluating ``curve`` (the training loss) and the ``validation``
@@ -292,7 +307,13 @@ class XGBoostFamily(Family):
         # the training max_bin: another one is refused by XGBoost (or bins differently)
         binned = {"ref": dtrain, "max_bin": int(self.params["max_bin"]), "nthread": self.n_threads}
         if is_source(X_val):  # streamed: binned chunk by chunk, no float copy of the split held
-            dval = xgb.QuantileDMatrix(_SourceIter(X_val, 1.0, None), **binned)
+            it = _SourceIter(X_val, 1.0, None)
+            try:
+                dval = xgb.QuantileDMatrix(it, **binned)
+            except xgb.core.XGBoostError:
+                it.raise_stopped()
+                raise
+            it.raise_stopped()
         elif X_val is not None:
             dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, **binned)
         evals = [(curve, "train")]
@@ -408,6 +429,15 @@ def _curve_index(n: int) -> np.ndarray:
     return np.arange(0, n, _curve_step(n))
 
 
+def _clear_frames(exc: BaseException) -> None:
+    """``traceback.clear_frames`` for ``exc`` and the exceptions chained to it (causes, contexts)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
 def _raise_cache_error(error, cache: str | None) -> None:
     """Raise a StorageError for an XGBoostError that says the external-memory cache
     under ``cache`` (None: no cache) could not be written (a full or missing disk)."""
@@ -477,14 +507,40 @@ class _SourceIter:
             def __init__(self):
                 super().__init__(release_data=True, cache_prefix=cache_prefix)
                 self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, None, 0, 0, 0
-                self._n_kept, self.n_batches = 0, 0
+                self._n_kept, self.n_batches, self._stopped = 0, 0, None
+
+            def next(self, input_data):
+                # XGBoost calls this from C and defers an Exception raised here until the
+                # matrix is built; a KeyboardInterrupt or a SIGTERM (cli.Terminated), which
+                # are not Exceptions, would be lost in the callback: they end the iteration
+                # and are raised again by raise_stopped once XGBoost has returned
+                return self._stoppable(lambda: self._next(input_data))
+
+            def reset(self):
+                self._stoppable(self._reset)
+
+            def _stoppable(self, call):
+                if self._stopped is not None:
+                    return False
+                try:
+                    return call()
+                except Exception:
+                    raise
+                except BaseException as stop:
+                    self._stopped = stop
+                    return False
+
+            def raise_stopped(self):
+                """Raise the KeyboardInterrupt or SIGTERM that ended the iteration, if one did."""
+                if self._stopped is not None:
+                    raise self._stopped
 
             def _counted(self):
                 for chunk in source.chunks():
                     self.n_chunks += self.passes == 0
                     yield chunk
 
-            def next(self, input_data):
+            def _next(self, input_data):
                 if self._chunks is None:
                     self._chunks = _pages(self._counted())
                 try:
@@ -509,7 +565,7 @@ class _SourceIter:
                 input_data(data=X, label=y, weight=w)
                 return True
 
-            def reset(self):
+            def _reset(self):
                 if self._chunks is not None:
                     self.passes += 1
                 self._chunks = None
