@@ -180,6 +180,7 @@ def read_batches(
     schema = pa.schema([pf.schema_arrow.field(c) for c in names], metadata=pf.schema_arrow.metadata)
     pending, n_pending = [], 0
     for rg in range(pf.num_row_groups) if row_groups is None else row_groups:
+        _trim_between_batches()
         group = pa.Table.from_arrays(
             [pf.read_row_group(rg, columns=[c], use_threads=False).column(0) for c in names], schema=schema
         )
@@ -262,6 +263,8 @@ _DEFAULT_TRIM = 128 * 1024
 _MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 #: the mmap threshold :func:`release_freed_memory` fixed in this process (None: not fixed)
 _fixed_threshold: int | None = None
+#: how many ScratchHeap blocks are active in this process (they keep freed heap pages on purpose)
+_scratch_heaps = 0
 
 
 @functools.cache
@@ -284,6 +287,17 @@ def _mallopt(param: int, value: int) -> bool:
         return bool(libc.mallopt(param, int(value))) if libc is not None else False
     except AttributeError:
         return False
+
+
+def _trim_between_batches() -> None:
+    """Return the heap's free pages to the system before the next row group is read, in a
+    process whose mmap threshold :func:`release_freed_memory` fixed and that keeps no
+    :class:`ScratchHeap` (whose kept pages are the point). glibc returns only the top of
+    its heap by itself; the free pages between the small blocks that stay (Parquet
+    pages, Python objects) accumulated: the split step at 10M events peaked 181 MiB
+    without, 168 with, for 0.14 s of ``malloc_trim`` over its 200 calls."""
+    if _fixed_threshold is not None and not _scratch_heaps:
+        _malloc_trim()
 
 
 def _malloc_trim() -> None:
@@ -363,11 +377,15 @@ class ScratchHeap:
         self.keep, self.active = int(keep), False
 
     def __enter__(self) -> ScratchHeap:
+        global _scratch_heaps
         self.active = _fixed_threshold is not None and _mallopt(_M_TRIM_THRESHOLD, self.keep)
+        _scratch_heaps += self.active
         return self
 
     def __exit__(self, *exc) -> None:
+        global _scratch_heaps
         if self.active:
+            _scratch_heaps -= 1
             _mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
             _malloc_trim()
             self.active = False
