@@ -105,3 +105,29 @@ assert pa.default_memory_pool().backend_name == "system"  # pyarrow's own pool i
 """
     env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_free_heap_pages_are_returned_before_each_row_group_unless_a_scratch_heap_keeps_them(
+    table_file, monkeypatch
+):
+    """In a step's own process (mmap threshold fixed) the heap is trimmed once per row group
+    read; inside a ScratchHeap (predict's inference temporaries) never; in a caller's process
+    (threshold not fixed, e.g. tests) never."""
+    from hepml_steps import io
+
+    trims = []
+    monkeypatch.setattr(io, "_malloc_trim", lambda: trims.append(1))
+    monkeypatch.setattr(io, "_fixed_threshold", None)
+    list(read_batches(parquet_file(table_file), 256))
+    assert trims == []
+    monkeypatch.setattr(io, "_fixed_threshold", 128 * 1024)
+    list(read_batches(parquet_file(table_file), 256))
+    assert len(trims) == 4  # the file's four row groups
+    trims.clear()
+    with io.ScratchHeap() as heap:
+        assert heap.active
+        list(read_batches(parquet_file(table_file), 256))
+        assert trims == []
+    assert trims == [1]  # the ScratchHeap's own trim on leaving
+    list(read_batches(parquet_file(table_file), 256))
+    assert len(trims) == 5
