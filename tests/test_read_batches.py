@@ -107,9 +107,7 @@ assert pa.default_memory_pool().backend_name == "system"  # pyarrow's own pool i
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
-def test_free_heap_pages_are_returned_before_each_row_group_unless_a_scratch_heap_keeps_them(
-    table_file, monkeypatch
-):
+def test_free_heap_pages_are_returned_before_each_row_group_unless_a_scratch_heap_keeps_them(table_file, monkeypatch):
     """In a step's own process (mmap threshold fixed) the heap is trimmed once per row group
     read; inside a ScratchHeap (predict's inference temporaries) never; in a caller's process
     (threshold not fixed, e.g. tests) never."""
