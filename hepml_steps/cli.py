@@ -9,18 +9,16 @@ the rule builds from the validated config.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import resource
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 
+from . import stopping
 from .errors import UNSAFE_ADVICE, HepmlError, describe
 
 log = logging.getLogger("hepml")
@@ -56,6 +54,10 @@ def run(
         its culprit; an OSError with an errno names its file; any other exception
         is ``<step>: <type>: <message>``. The traceback of a library error goes
         to the log (stderr, before that line), never into the line itself.
+        128 + the signal's number when the step's own process (``argv`` None)
+        was sent SIGTERM or SIGINT (:mod:`hepml_steps.stopping`): its ``with``
+        blocks unwound first, removing temporary outputs and scratch files; the
+        last line is ``hepml: error: <step>: terminated by SIGTERM; ...``.
     """
     parser = argparse.ArgumentParser(description=description)
     build(parser)
@@ -66,9 +68,9 @@ def run(
         step = os.path.splitext(os.path.basename(sys.argv[0]))[0]
     t0 = time.perf_counter()
     try:
-        with _terminable(argv is None):
+        with stopping.stoppable(argv is None):  # SIGTERM, SIGINT: unwind, then exit 128 + signal
             result = call(args)
-    except Terminated as exc:
+    except stopping.Terminated as exc:
         print(f"hepml: error: {step}: {exc}; its partial outputs and scratch files were removed", file=sys.stderr)
         return 128 + exc.signum
     except Exception as exc:
@@ -76,43 +78,6 @@ def run(
         return 1
     print(_done_line(step, args, time.perf_counter() - t0, result, summary), file=sys.stderr, flush=True)
     return 0
-
-
-class Terminated(BaseException):
-    """A step's process was asked to stop (SIGTERM: ``scancel``, a cluster's time
-    limit, Snakemake cancelling its jobs). A BaseException, as KeyboardInterrupt,
-    so no ``except Exception`` takes it for a failure to handle."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _terminable(own_process: bool):
-    """In a step's own process (``own_process``, main thread), SIGTERM raises
-    :class:`Terminated` instead of killing the process on the spot, so the
-    ``with`` blocks unwind: the temporary output files of ``io.atomic_path`` and
-    the scratch directories (XGBoost's disk cache: gigabytes at 10⁸ events) are
-    removed before it exits, with status 128 + 15 (as a killed process). Python
-    runs the handler between bytecodes: after the C call running at the time
-    (one boosting iteration, one batch). SIGKILL, which follows when a job
-    outlives the scheduler's grace period (SLURM's ``KillWait``, 30 s by
-    default), cannot be caught. Elsewhere (a caller's process, tests) nothing
-    is changed."""
-    if not own_process or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills while unwinding
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _done_line(step: str, args: argparse.Namespace, seconds: float, result, summary) -> str:

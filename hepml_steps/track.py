@@ -59,7 +59,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from . import __version__, cli
+from . import __version__, cli, stopping
 from . import tracking_store as store
 from .errors import ConfigError, DataError
 from .io import read_json, write_json
@@ -570,9 +570,10 @@ def _new_run(client, exp_id: str, uri: str, model: str, rec: dict, met: dict, ta
             )
         if files["trials"]:
             _log_trials(client, exp_id, run_id, model, files["trials"], tags)
-    except BaseException:
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, stopping.Terminated) else "FAILED"  # SIGTERM, SIGINT: killed
         with contextlib.suppress(Exception):  # if this fails too, the next publish closes it
-            client.set_terminated(run_id, "FAILED")
+            client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED", end_time=end)
     return run_id

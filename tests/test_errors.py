@@ -411,10 +411,10 @@ def test_describe_is_one_line_without_unsafe_advice():
 
 
 def test_sigterm_in_a_steps_own_process_unwinds_and_exits_143(tmp_path, capsys):
-    """In a step's own process (no argv) SIGTERM raises cli.Terminated where the step is, so
-    its atomic outputs are removed, and the step exits 128 + 15 with one ``hepml: error:`` line;
-    the handler is the one before afterwards, and a call with argv (a caller's process) keeps
-    the caller's handler throughout."""
+    """In a step's own process (no argv) SIGTERM raises stopping.Terminated where the step is,
+    so its atomic outputs are removed, and the step exits 128 + 15 with one ``hepml: error:``
+    line; the handler is the one before afterwards, and a call with argv (a caller's process)
+    keeps the caller's handler throughout."""
     import signal
 
     from hepml_steps.io import atomic_path
@@ -429,9 +429,6 @@ def test_sigterm_in_a_steps_own_process_unwinds_and_exits_143(tmp_path, capsys):
             os.kill(os.getpid(), signal.SIGTERM)  # handled by the step's handler, checked first
             seen.append("not reached")
 
-    with cli._terminable(True):
-        assert signal.getsignal(signal.SIGTERM) not in (before, signal.SIG_DFL)
-    assert signal.getsignal(signal.SIGTERM) == before
     old_argv = sys.argv
     try:
         sys.argv = ["step"]
@@ -449,3 +446,31 @@ def test_sigterm_in_a_steps_own_process_unwinds_and_exits_143(tmp_path, capsys):
 
     cli.run(lambda p: None, check, [])
     assert seen[-1] == before
+
+
+def test_a_stop_inside_a_deferred_block_is_held_then_raised_on_leaving_it():
+    """stopping.deferred: a SIGTERM that comes while C code may call back into Python is only
+    recorded (pending), raised as Terminated on leaving the outermost block, also over an
+    exception the block raised meanwhile; outside a block it is raised at once."""
+    import signal
+
+    from hepml_steps import stopping
+
+    before = signal.getsignal(signal.SIGINT)
+    with stopping.stoppable(True):
+        with pytest.raises(stopping.Terminated) as stop:
+            with stopping.deferred():
+                with stopping.deferred():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    assert stopping.pending()
+                assert stopping.pending()  # the inner block does not raise it
+        assert stop.value.signum == signal.SIGTERM and not stopping.pending()
+    with stopping.stoppable(True):
+        with pytest.raises(stopping.Terminated) as stop:
+            with stopping.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                raise ValueError("the C code's complaint about the iteration ended early")
+        assert isinstance(stop.value.__context__, ValueError) and stop.value.signum == signal.SIGINT
+    with stopping.stoppable(True), pytest.raises(stopping.Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) == before

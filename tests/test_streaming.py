@@ -506,3 +506,49 @@ def test_sigterm_during_a_streamed_fit_removes_the_disk_cache_and_partial_output
     assert err.strip().splitlines()[-1].startswith("hepml: error: train: terminated by SIGTERM")
     assert list(scratch.iterdir()) == []
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["training", "validation"])
+@pytest.mark.parametrize("call", [1, 3])
+def test_sigterm_while_xgboost_bins_from_the_iterator_stops_the_fit_cleanly(tmp_path, monkeypatch, where, call):
+    """A SIGTERM that comes while XGBoost builds a matrix from the iterator is handled in the
+    C callback's own Python wrapper, where an exception would be lost (a crash, or the signal
+    ignored): it is held, ends the iteration and is raised when XGBoost returns; the fit stops
+    with Terminated and leaves nothing in $TMPDIR (nor a warning of a cache file gone)."""
+    import gc
+    import os
+    import signal
+    import tempfile
+    import warnings
+
+    import xgboost
+
+    from hepml_steps import stopping
+    from hepml_steps.families import xgb
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(xgb, "PAGE_BYTES", 4 * 3 * 400)  # pages of 400 events: several batches
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(6000, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    train, val = (
+        ds.ArraySource(X[:4000], y[:4000], np.ones(4000), 500),
+        ds.ArraySource(X[4000:], y[4000:], np.ones(2000), 500),
+    )
+    original, calls = xgboost.core.DataIter._next_wrapper, []
+
+    def next_wrapper(self, this):
+        calls.append(self)
+        if (where == "training") == (calls[0] is self) and sum(c is self for c in calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in the wrapper
+        return original(self, this)
+
+    monkeypatch.setattr(xgboost.core.DataIter, "_next_wrapper", next_wrapper)
+    with warnings.catch_warnings(record=True) as caught, stopping.stoppable(True):
+        warnings.simplefilter("always")
+        with pytest.raises(stopping.Terminated):
+            xgb.XGBoostFamily(params={"n_estimators": 5}).fit_stream(train, val)
+        gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    assert not [w for w in caught if "external memory" in str(w.message)]
+    assert not stopping.pending()

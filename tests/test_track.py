@@ -469,6 +469,29 @@ def test_run_that_died_half_way_is_marked_failed_and_not_reused(tmp_path, monkey
     assert tk.track(**job)["run_id"] == again["run_id"]  # and the finished one is reused
 
 
+def test_run_stopped_by_sigterm_is_marked_killed_and_not_reused(tmp_path, monkeypatch):
+    """A track job stopped by SIGTERM (stopping.Terminated) half way leaves its MLflow run
+    KILLED, not FAILED, and the next job starts a fresh run."""
+    from mlflow.tracking import MlflowClient
+
+    from hepml_steps import stopping
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = make_inputs(tmp_path, "m")
+    real = MlflowClient.log_artifact
+
+    def stopped(self, *a, **k):
+        raise stopping.Terminated(15)
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", stopped)
+    with pytest.raises(stopping.Terminated):
+        tk.track(**job)
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
+    (killed,) = runs(tk.resolve_uri(None, str(tmp_path)))
+    assert killed.info.status == "KILLED"
+    assert tk.track(**job)["run_id"] != killed.info.run_id
+
+
 def test_changed_results_make_a_new_run(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = make_inputs(tmp_path, "m")

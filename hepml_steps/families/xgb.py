@@ -55,6 +55,7 @@ import traceback
 
 import numpy as np
 
+from .. import stopping
 from .base import Family, is_source, log_progress
 
 log = logging.getLogger("hepml.xgboost")
@@ -279,12 +280,11 @@ class XGBoostFamily(Family):
         it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events), **kw)
         matrix = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
         try:
-            dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
+            with stopping.deferred():  # a stop while XGBoost calls back into the iterator: on leaving
+                dtrain = matrix(it, max_bin=int(self.params["max_bin"]), nthread=self.n_threads)
         except xgb.core.XGBoostError as e:
-            it.raise_stopped()  # a stop during the iteration, not XGBoost's complaint about it
             _raise_cache_error(e, cache if external else None)
             raise
-        it.raise_stopped()
         X_curve, y_curve, w_curve = it.curve()
         curve = xgb.DMatrix(X_curve, label=y_curve, weight=w_curve, nthread=self.n_threads)
         it.release()
@@ -307,13 +307,8 @@ class XGBoostFamily(Family):
         # the training max_bin: another one is refused by XGBoost (or bins differently)
         binned = {"ref": dtrain, "max_bin": int(self.params["max_bin"]), "nthread": self.n_threads}
         if is_source(X_val):  # streamed: binned chunk by chunk, no float copy of the split held
-            it = _SourceIter(X_val, 1.0, None)
-            try:
-                dval = xgb.QuantileDMatrix(it, **binned)
-            except xgb.core.XGBoostError:
-                it.raise_stopped()
-                raise
-            it.raise_stopped()
+            with stopping.deferred():
+                dval = xgb.QuantileDMatrix(_SourceIter(X_val, 1.0, None), **binned)
         elif X_val is not None:
             dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, **binned)
         evals = [(curve, "train")]
@@ -459,10 +454,11 @@ def _raise_cache_error(error, cache: str | None) -> None:
 PAGE_BYTES = 32 * 1024 * 1024
 
 
-def _pages(chunks, page_bytes: int = PAGE_BYTES):
+def _pages(chunks, page_bytes: int | None = None):
     """The ``(X, y, w)`` chunks of a FitSource gathered, in order, into batches of
-    about ``page_bytes`` of features (``X`` float32: ``page_bytes / (4 n_features)``
-    events; a chunk of that size or more passes alone).
+    about ``page_bytes`` (default :data:`PAGE_BYTES`) of features (``X`` float32:
+    ``page_bytes / (4 n_features)`` events; a chunk of that size or more passes
+    alone; empty chunks are left out).
 
     XGBoost's external-memory matrix makes one page of each batch and reads
     every page at every boosting iteration: with the 65,536-event chunks of a
@@ -474,8 +470,11 @@ def _pages(chunks, page_bytes: int = PAGE_BYTES):
     besides the chunk being copied in. Yields views of the batch's arrays
     (C-contiguous).
     """
+    page_bytes = PAGE_BYTES if page_bytes is None else page_bytes
     buf, n = None, 0
     for X, y, w in chunks:
+        if not len(X):
+            continue
         size = max(1, page_bytes // (4 * max(1, X.shape[1])))
         if buf is not None and n + len(X) > len(buf[0]):
             yield tuple(None if a is None else a[:n] for a in buf)
@@ -507,40 +506,16 @@ class _SourceIter:
             def __init__(self):
                 super().__init__(release_data=True, cache_prefix=cache_prefix)
                 self._chunks, self._kept, self._offset, self.passes, self.n_chunks = None, None, 0, 0, 0
-                self._n_kept, self.n_batches, self._stopped = 0, 0, None
-
-            def next(self, input_data):
-                # XGBoost calls this from C and defers an Exception raised here until the
-                # matrix is built; a KeyboardInterrupt or a SIGTERM (cli.Terminated), which
-                # are not Exceptions, would be lost in the callback: they end the iteration
-                # and are raised again by raise_stopped once XGBoost has returned
-                return self._stoppable(lambda: self._next(input_data))
-
-            def reset(self):
-                self._stoppable(self._reset)
-
-            def _stoppable(self, call):
-                if self._stopped is not None:
-                    return False
-                try:
-                    return call()
-                except Exception:
-                    raise
-                except BaseException as stop:
-                    self._stopped = stop
-                    return False
-
-            def raise_stopped(self):
-                """Raise the KeyboardInterrupt or SIGTERM that ended the iteration, if one did."""
-                if self._stopped is not None:
-                    raise self._stopped
+                self._n_kept, self.n_batches = 0, 0
 
             def _counted(self):
                 for chunk in source.chunks():
                     self.n_chunks += self.passes == 0
                     yield chunk
 
-            def _next(self, input_data):
+            def next(self, input_data):
+                if stopping.pending():  # a SIGTERM held (stopping.deferred): end the pass now
+                    return False
                 if self._chunks is None:
                     self._chunks = _pages(self._counted())
                 try:
@@ -565,7 +540,7 @@ class _SourceIter:
                 input_data(data=X, label=y, weight=w)
                 return True
 
-            def _reset(self):
+            def reset(self):
                 if self._chunks is not None:
                     self.passes += 1
                 self._chunks = None
