@@ -320,10 +320,11 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
         return matrix
 
     monkeypatch.setattr(xgboost, "ExtMemQuantileDMatrix", spy)
+    monkeypatch.setattr(xgb, "PAGE_BYTES", 4 * 4 * 2000)  # 2,000 events of 4 features a page
     params = {"n_estimators": 15, "max_depth": 3}
     disk = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
     assert cached and disk.info["streamed"]["matrix"].startswith("external memory")
-    assert disk.info["streamed"]["chunks"] == 6 and disk.info["streamed"]["batches"] == 1  # gathered
+    assert disk.info["streamed"]["chunks"] == 6 and disk.info["streamed"]["batches"] == 3  # 2 chunks a page
     assert list(tmp_path.iterdir()) == []  # the cache went with the fit
 
     def in_memory(it, **kw):
