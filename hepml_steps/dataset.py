@@ -980,6 +980,42 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
     _log_filled(what, n_filled, meta.get("family"))
 
 
+def iter_feature_matrices(path: str, meta: dict, batch_size: int, what: str | None = None) -> Iterator[np.ndarray]:
+    """The feature matrices of a prepared split, ``batch_size`` events at a time: the
+    ``X`` of :func:`iter_scoring`'s batches, value for value (missing values filled
+    alike), reading the model's feature columns only, what bare inference reads.
+
+    Parameters
+    ----------
+    path, meta, batch_size, what
+        As :func:`iter_scoring`.
+
+    Yields
+    ------
+    ndarray of shape (n_batch, n_features), float32
+        A split without events yields one empty matrix.
+
+    Raises
+    ------
+    DataError
+        The file is missing or unreadable, or a feature column of the model is missing.
+    """
+    what = what or f"model '{meta['model']}'"
+    features = list(meta["features"])
+    pf = parquet_file(path)
+    _scoring_names(path, features, what)
+    prepared = table_attrs(path).get(_attrs_key())
+    fill = {} if handles_missing(meta.get("family")) else (prepared or {}).get("fill") or {}
+    n_filled = 0
+    for batch in _record_batches(pf, features, batch_size, path):
+        X = _arrow_matrix(batch, features)
+        del batch  # the Arrow columns go before the matrix is used
+        n_filled += _fill_in_place(X, features, fill)
+        yield X
+        del X
+    _log_filled(what, n_filled, meta.get("family"))
+
+
 def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: list | None = None):
     """The Arrow record batches of ``columns`` of the Parquet file ``pf`` (of its
     ``row_groups`` only, when given); one empty batch for no events.

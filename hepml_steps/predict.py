@@ -36,13 +36,13 @@ from .io import ScratchHeap, atomic_path, release_freed_memory, write_json
 log = logging.getLogger("hepml.predict")
 
 
-def _score(model, data, task, classes, heap: ScratchHeap) -> np.ndarray:
-    """``model.predict_score`` of one batch (``task.empty_scores`` for no events); its
-    temporaries reuse the heap (:class:`hepml_steps.io.ScratchHeap`)."""
-    if not len(data):
+def _score(model, X, task, classes, heap: ScratchHeap) -> np.ndarray:
+    """``model.predict_score`` of one batch's feature matrix (``task.empty_scores`` for no
+    events); its temporaries reuse the heap (:class:`hepml_steps.io.ScratchHeap`)."""
+    if not len(X):
         return task.empty_scores(classes)
     with heap.calls():
-        return model.predict_score(data.X)
+        return model.predict_score(X)
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,8 +133,9 @@ def predict(
     appended to ``out``, so memory holds a batch, not a split. ``out`` is
     written atomically: after any error there is no (partial) prediction table.
 
-    The test split is scored in two passes: the metered one reads its batches
-    and scores them, appending the scores to an unnamed scratch file beside
+    The test split is scored in two passes: the metered one reads the model's
+    feature columns only (:func:`hepml_steps.dataset.iter_feature_matrices`, what
+    bare inference reads) and scores them, appending the scores to an unnamed scratch file beside
     ``out`` (``tempfile.TemporaryFile``: removed on close, also after an error;
     8 bytes per event and class, written with a plain ``write``, under 1 % of
     the pass's time); the second reads the event columns and the scores back
@@ -232,7 +233,7 @@ def _score_and_write(model, path, meta, batch_size, task, split, writer, heap) -
     n, seconds = 0, 0.0
     for data in dataset.iter_scoring(path, meta, batch_size):
         t0 = time.perf_counter()
-        score = _score(model, data, task, meta.get("classes"), heap)
+        score = _score(model, data.X, task, meta.get("classes"), heap)
         seconds += time.perf_counter() - t0
         writer.write(_table(data, split, score, task, model.score_dtype))
         n += len(data)
@@ -246,15 +247,15 @@ def _score_only(model, path, meta, batch_size, task, heap, spill) -> tuple[np.dt
     holds a batch's scores, not the split's; return (dtype, shape of one event's scores,
     events, inference seconds)."""
     dtype, shape, n, seconds = None, (), 0, 0.0
-    for data in dataset.iter_scoring(path, meta, batch_size):
+    for X in dataset.iter_feature_matrices(path, meta, batch_size):  # the features only, as bare inference
         t0 = time.perf_counter()
-        score = _score(model, data, task, meta.get("classes"), heap)
+        score = _score(model, X, task, meta.get("classes"), heap)
         seconds += time.perf_counter() - t0
         if dtype is None:
             dtype, shape = score.dtype, score.shape[1:]
         np.ascontiguousarray(score, dtype=dtype).tofile(spill)
         n += len(score)
-        del data, score  # not held while the next batch is read
+        del X, score  # not held while the next batch is read
     if dtype is None:  # a split without rows
         empty = task.empty_scores(meta.get("classes"))
         dtype, shape = empty.dtype, empty.shape[1:]

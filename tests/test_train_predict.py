@@ -292,7 +292,9 @@ def test_scoring_reads_only_the_columns_it_needs(prepared, tmp_path, monkeypatch
     pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=500)
     needed = ["event_id", "label", "weight", "f0", "f1", "f2", "f3", "truth_llr"]
     assert asked[0] == needed and all(c is not None and "blob" not in c for c in asked)
-    assert asked[-1] == ["event_id", "label", "weight", "truth_llr"]  # the test split's rows: no features again
+    # the test split: its metered pass reads the features alone (as bare inference), the rows
+    # written after it the event columns alone: each column read once
+    assert asked[-2:] == [["f0", "f1", "f2", "f3"], ["event_id", "label", "weight", "truth_llr"]]
 
 
 def test_iter_scoring_batches_are_read_scoring(tmp_path):
@@ -320,6 +322,9 @@ def test_iter_scoring_batches_are_read_scoring(tmp_path):
             )
         assert parts[0].prepared == whole.prepared and parts[0].truth_llr is None and whole.truth_llr is None
         assert np.isnan(whole.X).any() == (family == "xgboost")  # xgboost handles NaN: not filled
+        matrices = list(ds.iter_feature_matrices(outs["test"], meta, 128))  # the X alone, the same values
+        assert [len(X) for X in matrices] == [128] * 7 + [4] and all(X.dtype == np.float32 for X in matrices)
+        assert np.array_equal(np.concatenate(matrices), whole.X, equal_nan=True)
 
 
 def test_failed_prediction_leaves_no_table(prepared, tmp_path, monkeypatch):
