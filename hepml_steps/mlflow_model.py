@@ -164,20 +164,33 @@ def output_columns(meta: dict) -> list[str]:
 
 
 def signature(meta: dict, columns: list[str] | None = None, example: pd.DataFrame | None = None):
-    """Inputs: ``columns`` (default: the prepared features), ``double`` unless the
-    example shows a string column; outputs: :func:`output_columns`."""
+    """Inputs: ``columns`` (default: the prepared features), typed by the example's
+    column (:func:`_column_type`; ``double`` for a column it lacks); outputs:
+    :func:`output_columns`, ``double``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     def kind(c):
-        numeric = example is None or c not in example or pd.api.types.is_numeric_dtype(example[c])
-        return "double" if numeric else "string"
+        return "double" if example is None or c not in example else _column_type(example[c].dtype)
 
     cols = list(meta["features"]) if columns is None else columns
     return ModelSignature(
         inputs=Schema([ColSpec(kind(c), c) for c in cols]),
         outputs=Schema([ColSpec("double", c) for c in output_columns(meta)]),
     )
+
+
+def _column_type(dtype) -> str:
+    """The MLflow column type of a raw input column of this pandas dtype: ``double`` for
+    floats (float32 and float64 data both pass MLflow's schema check), ``long`` for
+    integers up to 64 bits signed or 32 unsigned (NanoAOD counts such as ``nJet``, an
+    ingest alias ``len(Jet_pt)``: int64 data fail a ``double`` column, a conversion
+    that could lose precision), ``boolean``, ``string`` otherwise. Raises nothing."""
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "long" if dtype.itemsize < 8 or pd.api.types.is_signed_integer_dtype(dtype) else "double"
+    return "double" if pd.api.types.is_numeric_dtype(dtype) else "string"
 
 
 def input_example(path: str, features: list[str], n: int = 5) -> pd.DataFrame | None:

@@ -122,3 +122,34 @@ def test_refuses_missing_column(trained):
     b = bundle.load(trained["models"]["bdt"])
     with pytest.raises(DataError, match=r"model 'bdt'.*Jet_pt_0"):
         b.score(_raw_test(trained).drop(columns=["Jet_pt_0"]))
+
+
+def test_mlflow_model_takes_the_raw_columns_with_their_integer_types(trained, tmp_path, monkeypatch):
+    """The MLflow model of a bundle is typed by the raw test split's columns: NanoAOD counts
+    (``len(Jet_pt)``: int64, ``PV_npvs``: int32) are ``long``, floats ``double``; logging it with
+    that split's first rows as the example works (a ``double`` signature refused int64 columns),
+    and pyfunc scores the raw split, int columns and all, as the bundle does."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from hepml_steps import mlflow_model
+
+    raw = _raw_test(trained)
+    model_dir = trained["models"]["bdt"]
+    meta = json.loads((model_dir / registry.META_FILE).read_text())
+    cols = mlflow_model.input_columns(str(model_dir), meta)
+    ints = [c for c in cols if raw[c].dtype.kind == "i"]
+    assert ints  # the sample has integer columns: the case this test is about
+    example = mlflow_model.input_example(trained["raw"]["test"], cols)
+    sig = mlflow_model.signature(meta, cols, example).inputs.input_dict()
+    assert {c: sig[c].type.name for c in ints} == dict.fromkeys(ints, "long")
+    assert {sig[c].type.name for c in cols if c not in ints} == {"double"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("bundle", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    mlflow_model.log(str(model_dir), run.info.run_id, exp, uri, meta, example)
+    got = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(raw[cols])
+    want = bundle.load(model_dir).score(raw[cols])
+    np.testing.assert_allclose(got["score"].to_numpy(), want, rtol=0, atol=1e-6)
