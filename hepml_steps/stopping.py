@@ -45,10 +45,12 @@ class Terminated(BaseException):
 def stoppable(own_process: bool) -> Iterator[None]:
     """Inside the block SIGTERM and SIGINT raise :class:`Terminated` (held inside
     :func:`deferred`), in a step's own process (``own_process``) and on the main
-    thread; elsewhere (a caller's process, tests) nothing is changed. A second
-    signal while the first unwinds kills (the default action). SIGKILL, which
-    follows when a job outlives the scheduler's grace period (SLURM's
-    ``KillWait``, 30 s by default), cannot be caught."""
+    thread; elsewhere (a caller's process, tests) nothing is changed, nor is a
+    signal the process was started ignoring (``SIG_IGN``, e.g. SIGINT of a
+    background job). A second signal, of either kind, while the first unwinds
+    kills (the default action). SIGKILL, which follows when a job outlives the
+    scheduler's grace period (SLURM's ``KillWait``, 30 s by default), cannot be
+    caught."""
     global _pending
     if not own_process or threading.current_thread() is not threading.main_thread():
         yield
@@ -56,19 +58,27 @@ def stoppable(own_process: bool) -> Iterator[None]:
 
     def stop(signum, frame):
         global _pending
-        signal.signal(signum, signal.SIG_DFL)
+        for s in previous:
+            signal.signal(s, signal.SIG_DFL)
         if _depth:
             _pending = signum
             return
         raise Terminated(signum)
 
-    previous = {s: signal.signal(s, stop) for s in SIGNALS}
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
+    for s in previous:
+        signal.signal(s, stop)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _pending = None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, previous)  # none lands between the restores
+        try:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            _pending = None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @contextlib.contextmanager

@@ -474,3 +474,28 @@ def test_a_stop_inside_a_deferred_block_is_held_then_raised_on_leaving_it():
     with stopping.stoppable(True), pytest.raises(stopping.Terminated):
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_after_a_stop_either_signal_kills_and_an_ignored_signal_stays_ignored():
+    """Once a stop is raised, SIGTERM and SIGINT are both back to the default action (a second
+    one kills while the first unwinds); a signal the process was started ignoring is left so."""
+    import signal
+
+    from hepml_steps import stopping
+
+    before = {s: signal.getsignal(s) for s in stopping.SIGNALS}
+    try:
+        with stopping.stoppable(True):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            except stopping.Terminated:
+                assert all(signal.getsignal(s) == signal.SIG_DFL for s in stopping.SIGNALS)
+        assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == before
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with stopping.stoppable(True):
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (before[signal.SIGTERM], signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

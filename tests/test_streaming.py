@@ -553,3 +553,64 @@ def test_sigterm_while_xgboost_bins_from_the_iterator_stops_the_fit_cleanly(tmp_
     assert list(tmp_path.iterdir()) == []
     assert not [w for w in caught if "external memory" in str(w.message)]
     assert not stopping.pending()
+
+
+def test_sigterm_during_boosting_ends_it_after_the_iteration_and_raises():
+    """A SIGTERM while XGBoost boosts (a C call that may call back into Python to log) is held
+    until the iteration ends, stops the boosting there and is raised once xgb.train returns."""
+    import os
+    import signal
+
+    import xgboost
+
+    from hepml_steps import stopping
+    from hepml_steps.families import xgb
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(3000, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    original, updates = xgboost.Booster.update, []
+
+    def update(self, *a, **kw):
+        updates.append(1)
+        if len(updates) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside xgb.train
+        return original(self, *a, **kw)
+
+    family = xgb.XGBoostFamily(params={"n_estimators": 500})
+    with stopping.stoppable(True), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(xgboost.Booster, "update", update)
+        with pytest.raises(stopping.Terminated):
+            family.fit(X[:2000], y[:2000], X_val=X[2000:], y_val=y[2000:])
+    assert len(updates) == 3 and not stopping.pending()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # XGBoost's, about the unused parameter
+def test_sigterm_in_xgboosts_log_callback_is_not_lost():
+    """XGBoost's C++ logs reach Python through a ctypes callback (here its warning about an
+    unused parameter, at the first iteration): a SIGTERM handled there is held, not lost in
+    ctypes (the fit then ran to its end), and raised when xgb.train returns."""
+    import os
+    import signal
+    import warnings
+
+    from hepml_steps import stopping
+    from hepml_steps.families import xgb
+
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(2000, 3)).astype(np.float32)
+    family = xgb.XGBoostFamily(params={"n_estimators": 300})
+    params, warn, sent = family._booster_params, warnings.warn, []
+
+    def in_the_log_callback(message, *a, **kw):
+        if "not_a_parameter" in str(message) and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the ctypes callback
+        return warn(message, *a, **kw)
+
+    with stopping.stoppable(True), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(family, "_booster_params", lambda: {**params(), "not_a_parameter": 1})
+        mp.setattr(warnings, "warn", in_the_log_callback)
+        with pytest.raises(stopping.Terminated):
+            family.fit(X, (X[:, 0] > 0).astype(int))
+    assert sent and family.booster.num_boosted_rounds() == 1  # ended after the iteration it came in

@@ -234,7 +234,8 @@ class XGBoostFamily(Family):
         job's ``resources.tmpdir``; on a tmpfs the cache is memory again) and
         removed after the fit: 40 bytes per event at 15 features without
         missing values, 85 with 1 % NaN (measured at 200k events; also
-        removed on SIGTERM, :mod:`hepml_steps.cli`; SIGKILL leaves it).
+        removed on SIGTERM or SIGINT, :mod:`hepml_steps.stopping`; SIGKILL
+        leaves it).
         ``external_memory: false``, and on a GPU, an in-memory ``xgboost.QuantileDMatrix`` over the same batches (one byte
         per value with ``max_bin`` <= 256, plus XGBoost's row and column
         indexes). Both give the same trees (same sketch, same bins; compared
@@ -318,16 +319,19 @@ class XGBoostFamily(Family):
         n_rounds = int(self.params["n_estimators"])
         callbacks = [_IterationHook(self, n_rounds)]
         esr = int(self.params["early_stopping_rounds"]) or None
-        self.booster = xgb.train(
-            self._booster_params(),
-            dtrain,
-            num_boost_round=n_rounds,
-            evals=evals,
-            evals_result=record,
-            verbose_eval=False,
-            early_stopping_rounds=esr if dval is not None else None,
-            callbacks=callbacks,
-        )
+        # C++ log messages reach Python through a ctypes callback too: a stop is held until
+        # the iteration ends (_IterationHook), then raised
+        with stopping.deferred():
+            self.booster = xgb.train(
+                self._booster_params(),
+                dtrain,
+                num_boost_round=n_rounds,
+                evals=evals,
+                evals_result=record,
+                verbose_eval=False,
+                early_stopping_rounds=esr if dval is not None else None,
+                callbacks=callbacks,
+            )
         for split, metrics in record.items():
             for metric, values in metrics.items():
                 key = {"logloss": "loss", "mlogloss": "loss", "rmse": "loss"}.get(metric, metric)
@@ -514,7 +518,7 @@ class _SourceIter:
                     yield chunk
 
             def next(self, input_data):
-                if stopping.pending():  # a SIGTERM held (stopping.deferred): end the pass now
+                if stopping.pending():  # a stop held (stopping.deferred): end the pass now
                     return False
                 if self._chunks is None:
                     self._chunks = _pages(self._counted())
@@ -586,7 +590,7 @@ class _IterationHook:
                     self.log()
                 if "validation_loss" in losses:
                     family.report_epoch(epoch, {"validation_loss": losses["validation_loss"]})
-                return False
+                return stopping.pending()  # a stop held (stopping.deferred): end the boosting here
 
             def after_training(self, model):
                 self.log()  # the last iteration, when early stopping ended the fit off the grid
