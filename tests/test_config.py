@@ -102,6 +102,12 @@ def test_model_errors_name_the_model_and_key():
     )
 
 
+def test_a_feature_listed_twice_is_named():
+    """A model's features with a repeated column are refused at validation (scoring read it twice)."""
+    msg = error({"models": {"bdt": {"family": "xgboost", "features": ["j1_pt", "m_jj", "j1_pt"]}}})
+    assert msg.startswith("models.bdt.features:") and "non-unique" in msg
+
+
 def test_exit_on_error_prints_one_line_and_exits_1(capsys):
     def bad():
         raise ConfigError("evaluation.threshold: 2.0 is greater than or equal to the maximum of 1")
