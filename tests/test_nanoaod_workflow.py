@@ -50,10 +50,10 @@ CONFIG = {
 _MEASURED = ("second", "_s", "time", "energy", "j_per", "per_s", "watt", "co2", "rss", "throughput")
 
 
-def _snakemake(workdir: Path, *args):
+def _snakemake(workdir: Path, *args, config: dict = CONFIG):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    (workdir / "nano.yaml").write_text(yaml.safe_dump(CONFIG))
+    (workdir / "nano.yaml").write_text(yaml.safe_dump(config))
     cmd = [
         str(Path(sys.executable).parent / "snakemake"),
         "-s",
@@ -77,7 +77,9 @@ def runs(tmp_path_factory):
         wd = tmp_path_factory.mktemp(f"wf_{kind}")
         sample(wd / "data", kind, True, 1000, n_files=3, seed=7)
         sample(wd / "data", kind, False, 1500, n_files=2, seed=7)
-        res = _snakemake(wd)
+        # the RNTuple run tracks in MLflow too: its models are logged with their raw NanoAOD
+        # columns (integer counts among them) as the signature
+        res = _snakemake(wd, config={**CONFIG, "tracking": {"enabled": kind == "rntuple"}})
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
         out[kind] = wd / "results"
     return out
@@ -101,6 +103,23 @@ def test_nanoaod_files_run_through_the_workflow(runs):
     assert all(0 < f["after_nonfinite"] == f["after_cut"] < f["read"] for f in flow)  # the cut asks for 2 jets
     board = pd.read_csv(res / "leaderboard.csv").set_index("model")
     assert set(board.index) == {"bdt", "logreg"} and (board["roc_auc"] > 0.6).all()
+
+
+def test_the_tracked_model_scores_the_raw_nanoaod_columns_as_the_predict_step(runs, monkeypatch):
+    """The RNTuple run's MLflow model (pyfunc) takes the raw split, integer counts and all,
+    and gives the scores the predict step wrote for the test split."""
+    import mlflow
+
+    res = runs["rntuple"]
+    rec = json.loads((res / "tracking" / "bdt.json").read_text())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", rec["tracking_uri"])
+    model = mlflow.pyfunc.load_model(rec["model_uri"])
+    raw = pd.read_parquet(res / "split" / "test.parquet")
+    assert raw["len_Jet_pt"].dtype.kind == "i"
+    pred = pd.read_parquet(res / "predictions" / "bdt.parquet")
+    test = pred[pred["split"] == "test"].set_index("event_id").loc[raw["event_id"]]
+    got = model.predict(raw)["score"].to_numpy()
+    assert abs(got - test["score"].to_numpy()).max() < 1e-6
 
 
 def test_ttree_and_rntuple_give_the_same_table_and_leaderboard(runs):
