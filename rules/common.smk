@@ -26,9 +26,11 @@ wildcard_constraints:
 
 
 # End of every step's shell command: the step's output goes to its log, and the
-# log's last line, the step's one-line summary (hepml_steps.cli.run: "hepml:
-# <step>: done in ... s, peak RSS ...; <figures>"), to the Snakemake console.
-TO_LOG = " > {log:q} 2>&1 && tail -n 1 {log:q}"
+# log's last line to the Snakemake console: the step's one-line summary
+# (hepml_steps.cli.run: "hepml: <step>: done in ... s, peak RSS ...; <figures>"),
+# or, when it fails, its one-line "hepml: error: ..." (on stderr, and the job
+# exits with the step's status), without --show-failed-logs.
+TO_LOG = " > {log:q} 2>&1 || {{ status=$?; tail -n 1 {log:q} >&2; exit $status; }}; tail -n 1 {log:q}"
 
 
 def step(name, *args):

@@ -50,7 +50,7 @@ CONFIG = {
 _MEASURED = ("second", "_s", "time", "energy", "j_per", "per_s", "watt", "co2", "rss", "throughput")
 
 
-def _snakemake(workdir: Path, *args, config: dict = CONFIG):
+def _snakemake(workdir: Path, *args, config: dict = CONFIG, failed_logs: bool = True):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     (workdir / "nano.yaml").write_text(yaml.safe_dump(config))
@@ -64,7 +64,7 @@ def _snakemake(workdir: Path, *args, config: dict = CONFIG):
         str(workdir / "nano.yaml"),
         "--cores",
         "2",
-        "--show-failed-logs",
+        *(["--show-failed-logs"] if failed_logs else []),
         *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, stdin=subprocess.DEVNULL)
@@ -139,3 +139,16 @@ def test_a_glob_matching_nothing_stops_before_any_job(tmp_path):
     assert res.stderr.strip().splitlines()[-1] == (
         "hepml: error: data.files.inputs[1].path: no file matches 'data/bkg_*.root'"
     )
+
+
+def test_a_failing_step_puts_its_error_line_on_the_console_without_show_failed_logs(tmp_path):
+    """The plain ``snakemake --cores 2``: a step that fails (here ingest, on a branch the files
+    lack) prints its one-line ``hepml: error:`` on the console, not only in its log."""
+    wd = tmp_path / "wd"
+    sample(wd / "data", "ttree", True, 50, seed=1)
+    sample(wd / "data", "ttree", False, 50, seed=2)
+    files = {**CONFIG["data"]["files"], "columns": ["MET_ptt", "Jet_pt[0]"]}
+    res = _snakemake(wd, config={**CONFIG, "data": {**CONFIG["data"], "files": files}}, failed_logs=False)
+    assert res.returncode == 1
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("hepml: error:")]
+    assert len(lines) == 1 and "MET_ptt" in lines[0], res.stderr[-3000:]
