@@ -50,7 +50,10 @@ maximising the figure ``significance`` (``asimov``, ``s_over_sqrt_b``,
 considers cuts keeping at least 1 expected and 10 simulated background events)
 gives the metrics ``z_max`` (standard deviations), ``optimal_cut`` (select
 ``score >= optimal_cut``), ``s_at_cut`` and ``b_at_cut`` (events),
-``sig_eff_at_cut`` and ``bkg_eff_at_cut``; metrics.json's ``significance``
+``sig_eff_at_cut`` and ``bkg_eff_at_cut``, ``n_bkg_mc_at_cut`` and
+``b_mc_error_at_cut`` (simulated background events there and √Σw² of their
+weights, events) and ``cut_at_guard`` (the guard, not the score, set the
+cut: a warning is logged); metrics.json's ``significance``
 entry records the figure, the uncertainty and the weight scale.
 
 Train-split figures and the overtraining test use only the training events the

@@ -345,10 +345,15 @@ def optimal_cut(
         ``figure``; ``cut`` (select ``score >= cut``), ``z_max`` (the
         figure there, standard deviations), ``s`` and ``b`` (expected
         yields, events), ``eps_s``, ``eps_b``, ``n_b`` (simulated background
-        events selected), ``rel_bkg_uncertainty``. Every candidate is a
-        distinct score value (see :func:`significance_scan`); on a tie the
-        tightest cut wins. When no cut passes the guard or no figure is
-        defined, every number is ``nan`` (``n_b`` 0).
+        events selected), ``b_mc_error`` (√Σw² of the selected background,
+        events: the statistical uncertainty of ``b`` from the simulation's
+        size), ``at_guard`` (True when a tighter cut, refused by the guard,
+        had a larger figure: the optimum is set by the minimum background,
+        not by the score, and ``z_max`` rests on the few simulated events
+        there), ``rel_bkg_uncertainty``. Every candidate is a distinct score
+        value (see :func:`significance_scan`); on a tie the tightest cut
+        wins. When no cut passes the guard or no figure is defined, every
+        number is ``nan`` (``n_b`` 0, ``at_guard`` False).
 
     Raises
     ------
@@ -377,7 +382,19 @@ def optimal_cut(
             if z[j] > best:
                 i, best = start + j, float(z[j])
     if i < 0:
-        return {**out, **dict.fromkeys(("cut", "z_max", "s", "b", "eps_s", "eps_b"), math.nan), "n_b": 0}
+        nan = dict.fromkeys(("cut", "z_max", "s", "b", "eps_s", "eps_b", "b_mc_error"), math.nan)
+        return {**out, **nan, "n_b": 0, "at_guard": False}
+    # the cuts tighter than the chosen one (the scan runs from the tightest), figures unguarded
+    at_guard = False
+    for start in range(0, i, GROUP_CHUNK):
+        part = slice(start, min(start + GROUP_CHUNK, i))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = _FIGURE_FUNCTIONS[figure](scan["s"][part], scan["b"][part], rel_bkg_uncertainty)
+        if np.any(np.asarray(z) > best):
+            at_guard = True
+            break
+    sig, s, w = _score_arrays(y, score, sample_weight)
+    selected = ~sig & (s >= scan["cut"][i])
     return {
         **out,
         "cut": float(scan["cut"][i]),
@@ -387,4 +404,6 @@ def optimal_cut(
         "eps_s": float(scan["eps_s"][i]),
         "eps_b": float(scan["eps_b"][i]),
         "n_b": int(scan["n_b"][i]),
+        "b_mc_error": float(np.sqrt(np.sum(np.square(w[selected])))),
+        "at_guard": at_guard,
     }

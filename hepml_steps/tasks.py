@@ -31,6 +31,7 @@ features step keeps an unstandardised copy of every model's target (see
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ import numpy as np
 from . import metrics as M
 from .columns import EVENT_ID, LABEL, PROB, SCORE, SPLIT, TARGET, TRUTH_LLR, WEIGHT, is_feature, target_copy
 from .errors import ConfigError, DataError
+
+log = logging.getLogger("hepml.evaluate")
 
 #: At most this many classes in a multiclass target (more: it is a continuous variable).
 MAX_CLASSES = 50
@@ -388,6 +391,9 @@ CUT_METRICS = {
     "optimal_cut": "cut",
     "s_at_cut": "s",
     "b_at_cut": "b",
+    "b_mc_error_at_cut": "b_mc_error",
+    "n_bkg_mc_at_cut": "n_b",
+    "cut_at_guard": "at_guard",
     "sig_eff_at_cut": "eps_s",
     "bkg_eff_at_cut": "eps_b",
 }
@@ -422,6 +428,19 @@ def _optimal_cut(m: dict, test, judged: Judged) -> dict:
     )
     for name, key in CUT_METRICS.items():
         m[name] = best[key]
+    if best["at_guard"]:
+        log.warning(
+            "%s: the best %s cut (%.4g) is the tightest keeping %d simulated background events (the "
+            "minimum the scan allows): tighter cuts scored higher, so Z_max = %.3g rests on them; "
+            "B = %.4g ± %.2g (MC statistics)",
+            judged.what,
+            judged.significance,
+            best["cut"],
+            best["n_b"],
+            best["z_max"],
+            best["b"],
+            best["b_mc_error"],
+        )
     return doc
 
 
@@ -604,6 +623,9 @@ class Classification(Task):
         ("optimal_cut", "best cut", ".3g"),
         ("s_at_cut", "S @ cut", ".4g"),
         ("b_at_cut", "B @ cut", ".4g"),
+        ("b_mc_error_at_cut", "± B (MC)", ".2g"),
+        ("n_bkg_mc_at_cut", "B MC events @ cut", ".0f"),
+        ("cut_at_guard", "cut at MC limit?", ""),
         ("sig_eff_at_cut", "ε_S @ cut", ".3f"),
         ("f1_at_cut", "F1 @ cut", ".3f"),
         ("accuracy", "accuracy", ".3f"),

@@ -262,3 +262,25 @@ def test_scan_on_given_cuts_matches_brute_force():
         assert scan["b"][i] == pytest.approx(w[sel & (y == 0)].sum(), abs=1e-9)
         assert scan["n_s"][i] == np.sum(sel & (y == 1) & (w != 0))
         assert scan["n_b"][i] == np.sum(sel & (y == 0) & (w != 0))
+
+
+def test_optimal_cut_reports_the_mc_statistics_and_whether_the_guard_set_it():
+    """At the best cut: the simulated background events, √Σw² of their weights (the MC
+    uncertainty of B), and at_guard when a tighter cut refused by the guard scored higher (the
+    optimum then rests on the minimum number of simulated events)."""
+    rng = np.random.default_rng(3)
+    n = 20000
+    y = (rng.random(n) < 0.5).astype(int)
+    score = np.where(y == 1, rng.beta(5, 2, n), rng.beta(2, 5, n))
+    w = np.where(y == 1, 0.01, rng.choice([-1.0, 2.0, 3.0], n))  # signed, unequal background weights
+    best = optimal_cut(y, score, w)
+    sel = (y == 0) & (score >= best["cut"])
+    assert best["n_b"] == int(np.sum(sel & (w != 0)))
+    assert best["b_mc_error"] == pytest.approx(np.sqrt(np.sum(w[sel] ** 2)))
+    # S/sqrt(B) grows as B falls: the guard of 10 simulated events sets the optimum
+    guarded = optimal_cut(y, score, np.where(y == 1, 1.0, 0.001), figure="s_over_sqrt_b", min_background=0)
+    assert guarded["at_guard"] and guarded["n_b"] == 10
+    free = optimal_cut(
+        y, score, np.where(y == 1, 1.0, 0.001), figure="s_over_sqrt_b", min_background=0, min_background_events=0
+    )
+    assert not free["at_guard"] and free["n_b"] < 10 and free["z_max"] > guarded["z_max"]
