@@ -430,14 +430,14 @@ def _optimal_cut(m: dict, test, judged: Judged) -> dict:
         m[name] = best[key]
     if best["at_guard"]:
         log.warning(
-            "%s: the best %s cut (%.4g) is the tightest keeping %d simulated background events (the "
-            "minimum the scan allows): tighter cuts scored higher, so Z_max = %.3g rests on them; "
-            "B = %.4g ± %.2g (MC statistics)",
+            "%s: the best %s cut (%.4g) is the tightest the scan allows (>= 1 expected and >= 10 "
+            "simulated background events): tighter cuts scored higher, so Z_max = %.3g rests on the %d "
+            "simulated background events there, B = %.4g ± %.2g (MC statistics)",
             judged.what,
             judged.significance,
             best["cut"],
-            best["n_b"],
             best["z_max"],
+            best["n_b"],
             best["b"],
             best["b_mc_error"],
         )

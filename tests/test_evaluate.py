@@ -315,6 +315,28 @@ def test_optimal_cut_in_metrics_json_equals_significance_on_test(tmp_path, figur
     assert m["s_at_cut"] <= test.weight[test.label == 1].sum() * 4.0 + 1e-9
 
 
+def test_a_cut_set_by_the_minimum_simulated_background_is_flagged_and_warned(tmp_path, caplog):
+    """When S/√B would keep rising past the guard (well separated classes: B → 0 at the tightest
+    cuts), metrics.json says the cut sits at it (cut_at_guard), with the simulated background
+    events there (10) and √Σw² of their weights, and the step logs a warning saying so."""
+    import logging
+
+    pred = predictions_table(n=4000, seed=5, shift=3.0)
+    pred.to_parquet(tmp_path / "p.parquet")
+    with caplog.at_level(logging.WARNING, logger="hepml.evaluate"):
+        m = evaluate(
+            str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification", significance="s_over_sqrt_b"
+        )["metrics"]
+    assert m["cut_at_guard"] is True and m["n_bkg_mc_at_cut"] == 10
+    test = pred[pred.split == "test"]
+    kept = test[(test.label == 0) & (test.score >= m["optimal_cut"])]
+    assert len(kept) == 10
+    assert m["b_mc_error_at_cut"] == pytest.approx(np.sqrt(np.sum(kept.weight**2)))  # test_fraction 1: as stored
+    assert any("tightest the scan allows" in r.getMessage() for r in caplog.records)
+    m = evaluate(str(tmp_path / "p.parquet"), str(tmp_path / "m.json"), "bdt", "classification")["metrics"]
+    assert m["cut_at_guard"] is False or m["n_bkg_mc_at_cut"] >= 10  # Asimov: flagged only if it binds
+
+
 def test_optimal_cut_of_anomaly_scores(tmp_path):
     pred = predictions_table(n=2000, seed=4)
     pred.to_parquet(tmp_path / "p.parquet")

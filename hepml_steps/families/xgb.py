@@ -235,10 +235,10 @@ class XGBoostFamily(Family):
         removed after the fit: 40 bytes per event at 15 features without
         missing values, 85 with 1 % NaN (measured at 200k events; also
         removed on SIGTERM or SIGINT, :mod:`hepml_steps.stopping`; SIGKILL
-        leaves it).
-        ``external_memory: false``, and on a GPU, an in-memory ``xgboost.QuantileDMatrix`` over the same batches (one byte
-        per value with ``max_bin`` <= 256, plus XGBoost's row and column
-        indexes). Both give the same trees (same sketch, same bins; compared
+        leaves it). With ``external_memory: false``, or on a GPU, an in-memory
+        ``xgboost.QuantileDMatrix`` over the same batches (one byte per value
+        with ``max_bin`` <= 256, plus XGBoost's row and column indexes). Both
+        give the same trees (same sketch, same bins; compared
         model for model). At 10M events (6M × 15 training, 300 trees of depth
         5, 2 threads) the train step peaked at 742 MiB on disk against 942 MiB
         in memory, in 97 s against 95 s (with a page per 65,536-event chunk
@@ -465,11 +465,12 @@ def _pages(chunks, page_bytes: int | None = None):
     alone; empty chunks are left out).
 
     XGBoost's external-memory matrix makes one page of each batch and reads
-    every page at every boosting iteration: with the 65,536-event chunks of a
-    Parquet row group, 300 trees at 6M × 15 training events took 1.5× the
-    in-memory fit's time at 2 threads; with 559k-event batches (32 MiB) the
-    same (plain XGBoost, ``benchmarks`` notes in README). The in-memory
-    ``QuantileDMatrix`` builds as fast from either. Memory: one batch
+    every page at every boosting iteration: plain XGBoost at 6M × 15 training
+    events, 60 trees, 2 threads, took 18.3 s with pages of 65,536 events (a
+    Parquet row group), 13.3 s with 262k, 11.9 s with 524k, against 12.0 s in
+    memory; in the train step at 10M events, 141 s with chunk pages, 97 s with
+    these batches, 95 s in memory. The in-memory ``QuantileDMatrix`` builds as
+    fast from either. Memory: one batch
     (allocated per batch, so XGBoost may keep it until it has consumed it)
     besides the chunk being copied in. Yields views of the batch's arrays
     (C-contiguous).
