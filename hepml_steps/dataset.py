@@ -958,8 +958,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
     names = _scoring_names(path, features, what)
     columns = scoring_columns(names, meta)
     others = [c for c in columns if c not in features or c == target]  # what the task's targets may read
-    prepared = table_attrs(path).get(_attrs_key())
-    fill = {} if handles_missing(meta.get("family")) else (prepared or {}).get("fill") or {}
+    prepared, fill = _prepared_fill(path, meta)
     n_filled = 0
     for batch in _record_batches(pf, columns, batch_size, path):
         X = _arrow_matrix(batch, features)
@@ -1004,8 +1003,7 @@ def iter_feature_matrices(path: str, meta: dict, batch_size: int, what: str | No
     features = list(meta["features"])
     pf = parquet_file(path)
     _scoring_names(path, features, what)
-    prepared = table_attrs(path).get(_attrs_key())
-    fill = {} if handles_missing(meta.get("family")) else (prepared or {}).get("fill") or {}
+    prepared, fill = _prepared_fill(path, meta)
     n_filled = 0
     for batch in _record_batches(pf, features, batch_size, path):
         X = _arrow_matrix(batch, features)
@@ -1014,6 +1012,14 @@ def iter_feature_matrices(path: str, meta: dict, batch_size: int, what: str | No
         yield X
         del X
     _log_filled(what, n_filled, meta.get("family"))
+
+
+def _prepared_fill(path: str, meta: dict) -> tuple[dict | None, dict]:
+    """The features step's record stored with the prepared split ``path`` (None when
+    absent) and the fill values scoring applies: its medians, none for a family that
+    handles missing values itself."""
+    prepared = table_attrs(path).get(_attrs_key())
+    return prepared, {} if handles_missing(meta.get("family")) else (prepared or {}).get("fill") or {}
 
 
 def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: list | None = None):
