@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, help="the workflow's results folder")
     p.add_argument("model", help="the model's name (results/models/<model>)")
-    p.add_argument("--batch-size", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=131_072)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--scores", help="also save the test split's scores here (.npy)")
     a = p.parse_args(argv)

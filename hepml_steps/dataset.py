@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -62,7 +62,7 @@ import numpy as np
 from . import tasks
 from .columns import EVENT_ID, LABEL, PROCESS, TARGET, TRUTH_LLR, WEIGHT, is_feature, target_copy
 from .errors import ConfigError, DataError, culprit
-from .io import columns_of, parquet_file, read_batches, read_parquet, table_attrs
+from .io import columns_of, parquet_file, read_batches, read_matrices, read_parquet, table_attrs
 
 log = logging.getLogger("hepml.dataset")
 
@@ -920,7 +920,9 @@ def scoring_columns(names: list[str], meta: dict) -> list[str]:
     return [c for c in names if c in wanted]
 
 
-def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None) -> Iterator[Dataset]:
+def iter_scoring(
+    path: str, meta: dict, batch_size: int, what: str | None = None, span: bool = True
+) -> Iterator[Dataset]:
     """Read a prepared split for scoring, ``batch_size`` events at a time.
 
     The batches of :func:`read_scoring`, in file order: concatenated they are
@@ -939,6 +941,9 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
         Events per batch (>= 1); the last batch may be shorter.
     what : str, optional
         How messages name the model (default ``model '<name>'``).
+    span : bool
+        False: no batch spans two row groups (:func:`hepml_steps.io.read_batches`),
+        a row group of at most ``batch_size`` events is one batch, read without a copy.
 
     Yields
     ------
@@ -960,7 +965,7 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
     others = [c for c in columns if c not in features or c == target]  # what the task's targets may read
     prepared, fill = _prepared_fill(path, meta)
     n_filled = 0
-    for batch in _record_batches(pf, columns, batch_size, path):
+    for batch in _record_batches(pf, columns, batch_size, path, span=span):
         X = _arrow_matrix(batch, features)
         n_filled += _fill_in_place(X, features, fill)
         yield Dataset(
@@ -982,7 +987,9 @@ def iter_scoring(path: str, meta: dict, batch_size: int, what: str | None = None
 def iter_feature_matrices(path: str, meta: dict, batch_size: int, what: str | None = None) -> Iterator[np.ndarray]:
     """The feature matrices of a prepared split, ``batch_size`` events at a time: the
     ``X`` of :func:`iter_scoring`'s batches, value for value (missing values filled
-    alike), reading the model's feature columns only, what bare inference reads.
+    alike), reading the model's feature columns only, what bare inference reads,
+    one column at a time straight into the matrix (:func:`hepml_steps.io.read_matrices`:
+    no record batch is built).
 
     Parameters
     ----------
@@ -1005,12 +1012,14 @@ def iter_feature_matrices(path: str, meta: dict, batch_size: int, what: str | No
     _scoring_names(path, features, what)
     prepared, fill = _prepared_fill(path, meta)
     n_filled = 0
-    for batch in _record_batches(pf, features, batch_size, path):
-        X = _arrow_matrix(batch, features)
-        del batch  # the Arrow columns go before the matrix is used
+    n = 0
+    for X in _reads(path, lambda: read_matrices(pf, features, batch_size)):  # no record batch: the matrix alone
+        n += len(X)
         n_filled += _fill_in_place(X, features, fill)
         yield X
-        del X
+        del X  # not held while the next one is read
+    if not n:
+        yield np.empty((0, len(features)), dtype=np.float32)
     _log_filled(what, n_filled, meta.get("family"))
 
 
@@ -1022,9 +1031,10 @@ def _prepared_fill(path: str, meta: dict) -> tuple[dict | None, dict]:
     return prepared, {} if handles_missing(meta.get("family")) else (prepared or {}).get("fill") or {}
 
 
-def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: list | None = None):
+def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: list | None = None, span: bool = True):
     """The Arrow record batches of ``columns`` of the Parquet file ``pf`` (of its
-    ``row_groups`` only, when given); one empty batch for no events.
+    ``row_groups`` only, when given; none spanning two row groups unless ``span``);
+    one empty batch for no events.
 
     Raises
     ------
@@ -1033,19 +1043,27 @@ def _record_batches(pf, columns: list, batch_size: int, path: str, row_groups: l
     """
     import pyarrow as pa
 
-    with culprit(path, context="cannot read as parquet"):
-        batches = read_batches(pf, batch_size, columns, row_groups)  # pyarrow's batches, less memory
     n = 0
-    while True:
-        with culprit(path, context="cannot read as parquet"):
-            batch = next(batches, None)
-        if batch is None:
-            break
+    for batch in _reads(path, lambda: read_batches(pf, batch_size, columns, row_groups, span)):  # less memory
         n += 1
         yield batch
         del batch  # not held while the next one is read
     if not n:
         yield pa.RecordBatch.from_pylist([], schema=pa.schema([pf.schema_arrow.field(c) for c in columns]))
+
+
+def _reads(path: str, make: Callable[[], Iterator]) -> Iterator:
+    """The items of the reader of ``path`` that ``make()`` returns; an error making or
+    advancing it is a DataError naming ``path``."""
+    with culprit(path, context="cannot read as parquet"):
+        items = make()
+    while True:
+        with culprit(path, context="cannot read as parquet"):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
+        del item  # not held while the next one is read
 
 
 def _attrs_key() -> str:

@@ -206,6 +206,60 @@ def read_batches(
         yield _one_batch(pending)
 
 
+def read_matrices(pf, columns: list[str], batch_size: int, dtype="float32"):
+    """The rows of ``columns`` of ``pf`` (a ``pyarrow.parquet.ParquetFile``) as matrices
+    of shape (n_batch, len(columns)) and type ``dtype``, ``batch_size`` rows each (>= 1),
+    the last one fewer; a null as NaN. A file without rows yields nothing.
+
+    The values are those of :func:`read_batches`' batches turned into a matrix
+    column by column (``to_numpy(zero_copy_only=False)``), but no record batch is
+    built: each row group is read one column at a time, straight into the matrices
+    of the batches it holds rows of, and each column is freed before the next is
+    read. So memory holds the matrix being yielded and, when a row group straddles
+    two batches, the next batch's rows read so far (none when ``batch_size`` is a
+    multiple of the file's row groups, as :data:`ROW_GROUP_EVENTS` is of 131,072)
+    — not the record batch, the row group and the copy that a matrix built from
+    :func:`read_batches` costs besides (the predict step at 10M events, 100,000-event
+    batches: 33 MiB above a 20,000-event run with them, 16 with this reader).
+
+    Raises
+    ------
+    pyarrow.ArrowInvalid, OSError
+        As ``ParquetFile.read_row_group`` (a missing column, a corrupt file).
+    TypeError, ValueError
+        A column's values do not convert to ``dtype``.
+    """
+    import numpy as np
+
+    md = pf.metadata
+    total, width = md.num_rows, len(columns)
+    filling: dict[int, np.ndarray] = {}  # batch index -> its matrix, rows being filled
+    first = 0  # the file row of the row group's first row
+    for rg in range(md.num_row_groups):
+        n = md.row_group(rg).num_rows
+        if not n:
+            continue
+        _trim_between_batches()
+        ks = range(first // batch_size, (first + n - 1) // batch_size + 1)  # the batches it feeds
+        for k in ks:
+            if k not in filling:
+                filling[k] = np.empty((min(batch_size, total - k * batch_size), width), dtype=dtype)
+        for j, c in enumerate(columns):
+            col = pf.read_row_group(rg, columns=[c], use_threads=False).column(0)
+            for k in ks:
+                lo, hi = max(first, k * batch_size), min(first + n, (k + 1) * batch_size)
+                filling[k][lo - k * batch_size : hi - k * batch_size, j] = col.slice(lo - first, hi - lo).to_numpy(
+                    zero_copy_only=False
+                )
+            del col
+        first += n
+        for k in ks:
+            if min((k + 1) * batch_size, total) <= first:  # complete
+                X = filling.pop(k)
+                yield X
+                del X
+
+
 def _copied(tables: list):
     """The rows of ``tables`` (same schema), in order, as one table of fresh single-chunk columns."""
     import pyarrow as pa

@@ -1,11 +1,12 @@
-"""io.read_batches: pyarrow's record batches, value for value, read row group by row group."""
+"""io.read_batches: pyarrow's record batches, value for value, read row group by row group;
+io.read_matrices: their values as matrices, read column by column."""
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hepml_steps.io import parquet_file, read_batches
+from hepml_steps.io import parquet_file, read_batches, read_matrices
 
 
 @pytest.fixture
@@ -61,6 +62,68 @@ def test_a_file_without_rows_yields_nothing(tmp_path):
     path = tmp_path / "e.parquet"
     pq.write_table(pa.table({"x": pa.array([], pa.float64())}), path)
     assert list(read_batches(parquet_file(path), 10)) == []
+
+
+@pytest.fixture
+def numeric_file(tmp_path):
+    """Row groups of 300, 0, 10, 390 and 300 events; a float column with nulls, an int column with nulls."""
+    rng = np.random.default_rng(1)
+    n = 1000
+    x = rng.normal(size=n)
+    k = rng.integers(-5, 5, n)
+    table = pa.table(
+        {
+            "x": pa.array(x, mask=np.arange(n) % 13 == 0),
+            "y": rng.normal(size=n).astype(np.float32),
+            "k": pa.array(k, mask=np.arange(n) % 17 == 0),
+            "b": rng.integers(0, 2, n).astype(bool),
+        }
+    )
+    path = tmp_path / "m.parquet"
+    with pq.ParquetWriter(path, table.schema) as w:
+        for lo, hi in [(0, 300), (300, 300), (300, 310), (310, 700), (700, 1000)]:
+            w.write_table(table.slice(lo, hi - lo))
+    return path
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 300, 301, 600, 999, 1000, 5000])
+@pytest.mark.parametrize("columns", [["x", "y", "k", "b"], ["k", "x"], ["y"]])
+def test_the_matrices_of_the_batches(numeric_file, batch_size, columns):
+    """Batch for batch, read_batches' values (nulls as NaN) in a float32 matrix."""
+    pf = parquet_file(numeric_file)
+    want = list(read_batches(pf, batch_size, columns))
+    got = list(read_matrices(pf, columns, batch_size))
+    assert [len(X) for X in got] == [b.num_rows for b in want]
+    for X, b in zip(got, want):
+        assert X.dtype == np.float32 and X.shape == (b.num_rows, len(columns)) and X.flags.c_contiguous
+        ref = np.column_stack([b.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in columns])
+        assert np.array_equal(X, ref, equal_nan=True)
+    if "x" in columns:  # the nulls are NaN
+        assert np.isnan(np.concatenate(got)[:, columns.index("x")]).sum() == 77
+
+
+def test_matrices_read_one_column_of_one_row_group_at_a_time(numeric_file, monkeypatch):
+    """No record batch is built: each read is one column of one row group, and a batch is
+    yielded as soon as its last row is read (a row group straddling two batches feeds both)."""
+    pf = parquet_file(numeric_file)
+    reads, read = [], pf.read_row_group
+
+    def spy(i, columns=None, **kw):
+        reads.append((i, tuple(columns)))
+        return read(i, columns=columns, **kw)
+
+    monkeypatch.setattr(pf, "read_row_group", spy)
+    it = read_matrices(pf, ["x", "y"], 350)
+    assert len(next(it)) == 350
+    assert reads == [(0, ("x",)), (0, ("y",)), (2, ("x",)), (2, ("y",)), (3, ("x",)), (3, ("y",))]
+    assert [len(X) for X in it] == [350, 300]
+    assert reads[6:] == [(4, ("x",)), (4, ("y",))]  # each column of each row group read once
+
+
+def test_matrices_of_a_file_without_rows(tmp_path):
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"x": pa.array([], pa.float64())}), path)
+    assert list(read_matrices(parquet_file(path), ["x"], 10)) == []
 
 
 def test_release_freed_memory_puts_arrow_cpp_on_the_system_allocator(tmp_path):

@@ -281,20 +281,25 @@ def test_scoring_reads_only_the_columns_it_needs(prepared, tmp_path, monkeypatch
     multi_row_groups(prepared, extra=True)
     from hepml_steps import dataset as ds
 
-    asked, read_batches = [], ds.read_batches
+    asked, read_batches, read_matrices = [], ds.read_batches, ds.read_matrices
 
     def spy(pf, batch_size, columns=None, *a, **kw):
         assert isinstance(pf, pq.ParquetFile)
-        asked.append(columns)
+        asked.append(("batches", columns))
         return read_batches(pf, batch_size, columns, *a, **kw)
 
+    def spy_matrices(pf, columns, batch_size, *a, **kw):
+        assert isinstance(pf, pq.ParquetFile)
+        asked.append(("matrices", columns))
+        return read_matrices(pf, columns, batch_size, *a, **kw)
+
     monkeypatch.setattr(ds, "read_batches", spy)
+    monkeypatch.setattr(ds, "read_matrices", spy_matrices)
     pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=500)
-    needed = ["event_id", "label", "weight", "f0", "f1", "f2", "f3", "truth_llr"]
-    assert asked[0] == needed and all(c is not None and "blob" not in c for c in asked)
-    # the test split: its metered pass reads the features alone (as bare inference), the rows
-    # written after it the event columns alone: each column read once
-    assert asked[-2:] == [["f0", "f1", "f2", "f3"], ["event_id", "label", "weight", "truth_llr"]]
+    # per split: the scoring pass reads the features alone, straight into the matrix (as bare
+    # inference), the rows written after it the event columns alone: each column read once
+    per_split = [("matrices", ["f0", "f1", "f2", "f3"]), ("batches", ["event_id", "label", "weight", "truth_llr"])]
+    assert asked == per_split * 3
 
 
 def test_iter_scoring_batches_are_read_scoring(tmp_path):
@@ -362,9 +367,9 @@ def test_split_without_events_gives_its_empty_part(prepared, tmp_path, empty):
     assert p["score"].dtype == np.float32
 
 
-def test_test_split_scores_are_spilled_not_held(prepared, tmp_path, monkeypatch):
-    """The metered pass appends each batch's test scores to the scratch file and returns no
-    score array; the rows written from the file are the scores of their own events."""
+def test_split_scores_are_spilled_not_held(prepared, tmp_path, monkeypatch):
+    """The scoring pass of each split appends each batch's scores to the scratch file and
+    returns no score array; the rows written from the file are the scores of their own events."""
     fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
     multi_row_groups(prepared)
     orig, seen = pr._score_only, []
@@ -377,12 +382,13 @@ def test_test_split_scores_are_spilled_not_held(prepared, tmp_path, monkeypatch)
 
     monkeypatch.setattr(pr, "_score_only", score_only)
     pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=400)
-    assert seen == [(1500 * 8, (np.dtype(np.float64), (), 1500))]
-    got = pd.read_parquet(tmp_path / "pred.parquet").query("split == 'test'")
+    assert seen == [(1500 * 8, (np.dtype(np.float64), (), 1500))] * 3
     model, meta = registry.load_model(tmp_path / "m")
-    d = ds.read_scoring(prepared["test"], meta)
-    np.testing.assert_array_equal(got["event_id"].to_numpy(), d.event_ids)
-    np.testing.assert_array_equal(got["score"].to_numpy(np.float64), model.predict_score(d.X))
+    for s in SPLITS:
+        got = pd.read_parquet(tmp_path / "pred.parquet").query(f"split == '{s}'")
+        d = ds.read_scoring(prepared[s], meta)
+        np.testing.assert_array_equal(got["event_id"].to_numpy(), d.event_ids)
+        np.testing.assert_array_equal(got["score"].to_numpy(np.float64), model.predict_score(d.X))
 
 
 def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_path, monkeypatch):
@@ -415,10 +421,13 @@ def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_p
     pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "b.parquet"), batch_size=500)
     scores = [s for k, s in seen if k == "score"]
     writes = [s for k, s in seen if k == "write"]
-    assert len(scores) == 9 and len(writes) == 9
+    assert len(scores) == 9 and len(writes) == 3  # batches of 500; the rows written a row group at a time
     assert all(s[io._M_MMAP_THRESHOLD] == io._MAX_MMAP_THRESHOLD and s[io._M_TRIM_THRESHOLD] > 2**27 for s in scores)
-    assert all(s[io._M_MMAP_THRESHOLD] == 128 * 1024 for s in writes)
-    assert trims == [{io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024}]
+    assert all(s == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for _, s in seen[3::4])
+    # trimmed after each split's scoring pass, and before each row group the rows are written from
+    assert len(trims) == 6 and all(
+        t == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for t in trims
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet"))
 
 
@@ -464,17 +473,17 @@ def test_scoring_a_classification_batch_converts_nothing_to_pandas(prepared, tmp
     assert np.array_equal(np.concatenate(ys), whole.y) and np.concatenate(ys).dtype == whole.y.dtype
 
 
-def test_split_column_is_built_once_per_batch_length(prepared, tmp_path):
-    """The split column is shared by the batches of one length and split, right for a short last
-    batch, and not kept once predict returns."""
+def test_split_column_names_each_row_group_written(prepared, tmp_path):
+    """Every row written names its split (large_string), also in a short last row group."""
+    import pyarrow.parquet as pq
+
     fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
-    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "p.parquet"), batch_size=400)  # 400+400+400+300
-    p = pd.read_parquet(tmp_path / "p.parquet")
-    assert p["split"].tolist() == [s for s in SPLITS for _ in range(1500)]
-    assert pr._split_column.cache_info().currsize == 0
-    assert pr._split_column("test", 3) is pr._split_column("test", 3)
-    assert pr._split_column("test", 3).to_pylist() == ["test"] * 3 and len(pr._split_column("test", 2)) == 2
-    pr._split_column.cache_clear()
+    multi_row_groups(prepared)  # 400+400+400+300 events per split
+    pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "p.parquet"), batch_size=1000)
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.schema.field("split").type == "large_string"
+    assert table.column("split").to_pylist() == [s for s in SPLITS for _ in range(1500)]
+    assert pq.ParquetFile(tmp_path / "p.parquet").metadata.num_row_groups == 12
 
 
 def test_scores_are_stored_in_the_familys_dtype_only_when_exact():
