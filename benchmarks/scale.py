@@ -39,8 +39,8 @@ it prints:
   * ingest: one chunk (``data.files.chunk_size`` events, ingest's default for
     the toy) of its output table, plus 8 bytes per event of the whole table:
     the event ids the uniqueness check sorts;
-  * split: one record batch (``io.ROW_GROUP_EVENTS`` = 65,536 events, what it
-    reads at a time) of the events table, all its columns;
+  * split: one batch (``split.BATCH_EVENTS`` = 262,144 events, four row
+    groups: what it reads at a time) of the events table, all its columns;
   * features: the fit's matrix, ``n_fit_events`` × numeric columns ×
     8 bytes (``transform.json``: ``features.fit`` builds float64 from the
     training split; the rest streams by row group);
@@ -329,7 +329,9 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
         events = res / "data" / "events.parquet"
         return batch_bytes(events, chunk) + 8.0 * table_info(events)["rows"], n_all
     if rule == "split":
-        return batch_bytes(res / "data" / "events.parquet", ROW_GROUP_EVENTS), n_all
+        from hepml_steps.split import BATCH_EVENTS
+
+        return batch_bytes(res / "data" / "events.parquet", BATCH_EVENTS), n_all
     if rule == "features":
         transform = json.loads((res / "features" / "transform.json").read_text())
         return transform["n_fit_events"] * len(transform["columns"]) * 8.0, sum(rows.values())

@@ -166,7 +166,7 @@ def read_batches(
     thread, so memory holds the batch, one row group, a copy of the rows of the
     next batch read so far, and one column chunk being decoded; in a step's own
     process the heap's free pages are returned before each row group
-    (:func:`_trim_between_batches`). pyarrow's
+    (:func:`trim_between_batches`). pyarrow's
     reader held about twice the batch besides the batch it returned, and
     decoded on its thread pool: 48 MiB of Arrow memory at its peak for
     batches of 9 MiB (65,536 events, 19 columns); this reader, 19.
@@ -182,7 +182,7 @@ def read_batches(
     schema = pa.schema([pf.schema_arrow.field(c) for c in names], metadata=pf.schema_arrow.metadata)
     pending, n_pending = [], 0
     for rg in range(pf.num_row_groups) if row_groups is None else row_groups:
-        _trim_between_batches()
+        trim_between_batches()
         group = pa.Table.from_arrays(
             [pf.read_row_group(rg, columns=[c], use_threads=False).column(0) for c in names], schema=schema
         )
@@ -239,7 +239,7 @@ def read_matrices(pf, columns: list[str], batch_size: int, dtype="float32"):
         n = md.row_group(rg).num_rows
         if not n:
             continue
-        _trim_between_batches()
+        trim_between_batches()
         ks = range(first // batch_size, (first + n - 1) // batch_size + 1)  # the batches it feeds
         for k in ks:
             if k not in filling:
@@ -345,14 +345,13 @@ def _mallopt(param: int, value: int) -> bool:
         return False
 
 
-def _trim_between_batches() -> None:
-    """Return the heap's free pages to the system before the next row group is read, in a
-    process whose mmap threshold :func:`release_freed_memory` fixed and that keeps no
-    :class:`ScratchHeap` (whose kept pages are the point). glibc returns only the top of
-    its heap by itself; the free pages between the small blocks that stay (Parquet
-    pages, Python objects) accumulated: the split step peaked at 187 MiB without, 172
-    with at 10M events (0.14 s of ``malloc_trim`` over its 200 calls), 283 against 230
-    MiB at 100M."""
+def trim_between_batches() -> None:
+    """Return the heap's free pages to the system before the next row group (or batch) is
+    read, in a process whose mmap threshold :func:`release_freed_memory` fixed and that
+    keeps no :class:`ScratchHeap` (whose kept pages are the point). glibc returns only the
+    top of its heap by itself; the free pages between the small blocks that stay (Parquet
+    pages, Python objects, parts under the threshold) accumulated: the split step, 4-row-group
+    batches, peaked at 170 MiB without, 163 with at 10M events (1M: 158, 156)."""
     if _fixed_threshold is not None and not _scratch_heaps:
         _malloc_trim()
 

@@ -4,15 +4,24 @@ Recipe (recorded in the split summary): ``u = splitmix64(event_id XOR
 splitmix64(salt)) / 2**64``; an event goes to *train* if ``u < f_train``, to
 *validation* if ``u < f_train + f_validation``, else to *test*. ``u`` depends
 on nothing but the event's id and the salt, so an event's split never depends
-on file order or on which other events are present. Streams the input by
-record batches of at most ``ROW_GROUP_EVENTS`` (65,536) events, the row-group
-size ingest writes: a batch is the input's row group, or a piece of one
-(:func:`hepml_steps.io.read_batches` without spanning), never two row groups'
-rows (that cost a copy and held both groups). Each output is written in row
-groups of ``ROW_GROUP_EVENTS`` events (the last one fewer) from the parts of
-several batches (:class:`_RowGroups`), so memory holds the batch, the
-per-event hash and, per split, its parts not yet written (under a row
-group, plus the part that filled it).
+on file order or on which other events are present.
+
+Streams the input by batches of whole row groups, gathered until they hold
+:data:`BATCH_EVENTS` (262,144) events (four of the 65,536-event row groups
+ingest writes), column by column: the batch's ``event_id`` is read and
+hashed, then each column of each of its row groups is read, cut into its
+three splits' parts and freed before the next is read. Each split's parts of
+a batch are then written as one row group. So memory holds one batch of
+parts (the batch's rows, once) plus one column of one row group, never a
+record batch of the input beside the parts cut from it nor parts waiting
+for a full row group; the heap's free pages go back before each batch
+(:func:`hepml_steps.io.trim_between_batches`). Larger batches mean fewer output row
+groups: a Parquet writer holds about 17 kB of footer metadata per row group of
+19 columns until it closes (three row groups per 65,536 input events: 7.6 MiB
+at 10M events). Peak above a 20,000-event run, 10M events of 19 columns
+(36.5 MiB a batch): 45 MiB; with batches of one row group 19 MiB (9.1 a
+batch), and 52 MiB when one record batch was read and parts were gathered
+into 65,536-event row groups.
 
 Sanity (:func:`check_classes`): every split must hold at least
 ``min_events_per_class`` signal and background events with a positive total
@@ -34,9 +43,12 @@ import numpy as np
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError
-from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, read_batches, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, trim_between_batches, write_json
 
 log = logging.getLogger("hepml.split")
+
+#: events split at a time (whole row groups gathered until they hold at least this many)
+BATCH_EVENTS = 4 * ROW_GROUP_EVENTS
 
 RECIPE = (
     "u = splitmix64(uint64(event_id) XOR splitmix64(uint64(salt))) / 2**64; "
@@ -131,10 +143,14 @@ def split(
     fractions: dict,
     salt: int = 0,
     summary_out: str | None = None,
-    batch_size: int = ROW_GROUP_EVENTS,
+    batch_size: int = BATCH_EVENTS,
     min_events_per_class: int = 1,
 ) -> dict:
     """Split the canonical event table ``events`` into the files ``outs[split]``.
+
+    ``batch_size``: events read at a time (whole row groups, gathered until they
+    hold at least this many; a larger row group alone); each output gets one row
+    group per batch. The outputs keep the input's schema and rows, in file order.
 
     Raises
     ------
@@ -148,42 +164,35 @@ def split(
     if set(outs) != set(SPLITS):
         raise ConfigError(f"split outputs must be given for {list(SPLITS)}")
     pf = parquet_file(events)  # not pre-buffered: pyarrow would hold every row group's column chunks read
-    if EVENT_ID not in pf.schema_arrow.names:
+    schema = pf.schema_arrow
+    if EVENT_ID not in schema.names:
         raise DataError(f"{events}: no '{EVENT_ID}' column")
     counts = {s: 0 for s in SPLITS}
     per_class = {s: {} for s in SPLITS}
     weight_class = {s: {} for s in SPLITS}
-    names = pf.schema_arrow.names
-    has_label = LABEL in names
+    has_label = LABEL in schema.names
     with contextlib.ExitStack() as stack:
         tmps = {s: stack.enter_context(atomic_path(outs[s])) for s in SPLITS}
         # dictionary encoding only for the columns that repeat values (labels, categories): on
         # floating-point columns and the unique event ids it made the files 20% larger, and its
         # per-column buffers (Arrow's default pool) cost 1.7x the step's CPU time under the
         # system allocator (io.release_freed_memory)
-        dictionary = [f.name for f in pf.schema_arrow if f.name != EVENT_ID and not pa.types.is_floating(f.type)]
+        dictionary = [f.name for f in schema if f.name != EVENT_ID and not pa.types.is_floating(f.type)]
         writers = {
-            s: stack.enter_context(
-                pq.ParquetWriter(tmps[s], pf.schema_arrow, compression="zstd", use_dictionary=dictionary)
-            )
+            s: stack.enter_context(pq.ParquetWriter(tmps[s], schema, compression="zstd", use_dictionary=dictionary))
             for s in SPLITS
         }
-        pending = {s: _RowGroups(writers[s]) for s in SPLITS}
-        for batch in read_batches(pf, batch_size, span=False):
-            idx = assign(batch.column(EVENT_ID).to_numpy(), fractions, salt)
-            for i, s in enumerate(SPLITS):
-                mask = idx == i
-                n = int(mask.sum())
-                if n:
-                    part = batch.filter(pa.array(mask))  # Arrow's filter: the part's rows, no other copy
-                    counts[s] += n
+        for groups in _batches(pf, batch_size):
+            trim_between_batches()
+            parts = _cut(pf, groups, fractions, salt)
+            for s in SPLITS:
+                part = pa.table(parts.pop(s), schema=schema)
+                if part.num_rows:
+                    counts[s] += part.num_rows
                     if has_label:
-                        _count_classes(part, per_class[s], weight_class[s], WEIGHT in names)
-                    pending[s].add(part)
-                    del part  # one part at a time
-            del batch  # not held while the next one is read
-        for s in SPLITS:
-            pending[s].flush()
+                        _count_classes(part, per_class[s], weight_class[s], WEIGHT in schema.names)
+                    writers[s].write_table(part, row_group_size=part.num_rows)  # one row group
+                del part  # not held while the next split's part is written
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
             raise DataError(
@@ -209,43 +218,52 @@ def split(
     return summary
 
 
-class _RowGroups:
-    """The parts of one split, written in row groups of ``ROW_GROUP_EVENTS`` events.
+def _batches(pf, batch_size: int):
+    """The row groups of ``pf`` (indices) gathered in file order until they hold at least
+    ``batch_size`` events (the last batch fewer); row groups without rows are left out."""
+    md, groups, n = pf.metadata, [], 0
+    for rg in range(md.num_row_groups):
+        rows = md.row_group(rg).num_rows
+        if rows:
+            groups.append(rg)
+            n += rows
+        if n >= batch_size:
+            yield groups
+            groups, n = [], 0
+    if groups:
+        yield groups
 
-    A part (a batch's events of the split: about 60 % or 20 % of a batch) is
-    held until the split's held parts reach a row group, which is written
-    from them without a copy (a row group of Arrow chunks); the rest waits
-    for the next parts, and :meth:`flush` writes the last, shorter, group.
-    One row group per part instead cost three times the row groups, and the
-    writer holds about 0.8 kB of footer metadata per row group and column
-    until it closes: 72 MiB at 100M events, growing with the events.
-    """
 
-    def __init__(self, writer):
-        self.writer, self.parts, self.n = writer, [], 0
+def _cut(pf, groups: list[int], fractions: dict, salt: int) -> dict:
+    """The rows of the row groups ``groups`` of ``pf`` by split: split -> column name ->
+    the split's rows of the column (chunked, a chunk per row group), read a column of a
+    row group at a time (:func:`assign` on the batch's ``event_id`` first)."""
+    import pyarrow as pa
 
-    def add(self, part) -> None:
-        self.parts.append(part)
-        self.n += part.num_rows
-        if self.n >= ROW_GROUP_EVENTS:
-            self._write(self.n - self.n % ROW_GROUP_EVENTS)
+    def column(rg, name):
+        return pf.read_row_group(rg, columns=[name], use_threads=False).column(0)
 
-    def flush(self) -> None:
-        if self.n:
-            self._write(self.n)
-
-    def _write(self, n: int) -> None:
-        import pyarrow as pa
-
-        table = pa.Table.from_batches(self.parts)
-        self.writer.write_table(table.slice(0, n), row_group_size=ROW_GROUP_EVENTS)
-        rest = table.slice(n)
-        self.parts, self.n = rest.to_batches(), rest.num_rows
-        del table, rest
+    ids = np.concatenate([column(rg, EVENT_ID).to_numpy() for rg in groups])
+    idx = assign(ids, fractions, salt)
+    del ids
+    bounds = np.cumsum([0] + [pf.metadata.row_group(rg).num_rows for rg in groups])
+    masks = [[pa.array(idx[lo:hi] == i) for lo, hi in zip(bounds[:-1], bounds[1:])] for i in range(len(SPLITS))]
+    del idx
+    parts = {s: {} for s in SPLITS}
+    for name in pf.schema_arrow.names:
+        chunks = {s: [] for s in SPLITS}
+        for j, rg in enumerate(groups):
+            col = column(rg, name)
+            for i, s in enumerate(SPLITS):
+                chunks[s].extend(col.filter(masks[i][j]).chunks)  # Arrow's filter: the part's rows
+            del col  # freed before the next column is read
+        for s in SPLITS:
+            parts[s][name] = pa.chunked_array(chunks[s], type=pf.schema_arrow.field(name).type)
+    return parts
 
 
 def _count_classes(part, n: dict, w: dict, has_weight: bool) -> None:
-    """Add the events and weights per class label (0, 1) of a record batch to ``n`` and ``w``."""
+    """Add the events and weights per class label (0, 1) of a table to ``n`` and ``w``."""
     y = np.asarray(part.column(LABEL))
     wt = np.asarray(part.column(WEIGHT), dtype=np.float64) if has_weight else np.ones(len(y))
     for c in CLASSES:

@@ -166,42 +166,45 @@ def test_unlabelled_tables_skip_the_class_check(label, tmp_path):
     assert sum(summary["n_events"].values()) == 2012
 
 
-def test_split_streams_in_batches_of_a_row_group(events, tmp_path, monkeypatch):
-    """The input is read ROW_GROUP_EVENTS events at a time (through io.parquet_file), and the outputs
-    (rows and their order) do not depend on the batch size; each output is written in row
-    groups of ROW_GROUP_EVENTS events (the last one fewer), gathered across batches."""
+def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monkeypatch):
+    """The input (opened through io.parquet_file) is read one column of one row group at a
+    time, row groups gathered until a batch holds batch_size events; each output gets one
+    row group per batch, and its rows (and their order) do not depend on the batch size."""
     import inspect
 
     import pyarrow.parquet as pq
 
     from hepml_steps.io import ROW_GROUP_EVENTS
 
-    assert inspect.signature(sp.split).parameters["batch_size"].default == ROW_GROUP_EVENTS
-    seen, read = [], sp.read_batches
-    opened = sp.parquet_file
+    assert inspect.signature(sp.split).parameters["batch_size"].default == sp.BATCH_EVENTS == 4 * ROW_GROUP_EVENTS
+    table = pq.read_table(events)
+    pq.write_table(table, events, row_group_size=300)  # 2,000 events: 300 x 6 + 200
+    seen, reads, opened = [], [], sp.parquet_file
 
     def spy(path):
-        seen.append(opened(path))
-        return seen[-1]
+        pf = opened(path)
+        read = pf.read_row_group
 
-    def read_spy(pf, batch_size, **kw):
-        assert pf is seen[-1]
-        for b in read(pf, batch_size, **kw):
-            assert b.num_rows <= 700
-            yield b
+        def read_spy(i, columns=None, **kw):
+            reads.append((i, tuple(columns)))
+            return read(i, columns=columns, **kw)
 
-    monkeypatch.setattr(sp, "read_batches", read_spy)
+        pf.read_row_group = read_spy
+        seen.append(pf)
+        return pf
+
     monkeypatch.setattr(sp, "parquet_file", spy)
-    monkeypatch.setattr(sp, "ROW_GROUP_EVENTS", 150)  # a split's part of a 700-event batch is smaller
     small, whole = tmp_path / "small", tmp_path / "whole"
     small.mkdir(), whole.mkdir()
-    sp.split(str(events), outs(small), FR, batch_size=700)
+    sp.split(str(events), outs(small), FR, batch_size=700)  # batches of row groups 0-2, 3-5, 6
     assert len(seen) == 1  # read through io.parquet_file (not pre-buffered)
+    names = table.schema.names
+    first = [(rg, ("event_id",)) for rg in (0, 1, 2)] + [(rg, (c,)) for c in names for rg in (0, 1, 2)]
+    assert reads[: len(first)] == first and len(reads) == 3 * len(first) - 2 * (len(names) + 1)
     monkeypatch.undo()
     sp.split(str(events), outs(whole), FR, batch_size=10**6)
     for s in FR:
         a, b = pq.read_table(outs(small)[s]), pq.read_table(outs(whole)[s])
-        assert a.equals(b)
-        md = pq.ParquetFile(outs(small)[s]).metadata
-        sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
-        assert sizes[:-1] == [150] * (len(sizes) - 1) and 0 < sizes[-1] <= 150 and len(sizes) > 1, sizes
+        assert a.equals(b) and a.schema.equals(table.schema)
+        assert pq.ParquetFile(outs(small)[s]).metadata.num_row_groups == 3
+        assert pq.ParquetFile(outs(whole)[s]).metadata.num_row_groups == 1
