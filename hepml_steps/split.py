@@ -10,15 +10,16 @@ Streams the input by batches of whole row groups, gathered until they hold
 :data:`BATCH_EVENTS` (262,144) events (four of the 65,536-event row groups
 ingest writes), column by column: the batch's ``event_id`` is read and
 hashed, then each column of each of its row groups is read, cut into its
-three splits' parts and freed before the next is read. Each split's parts of
-a batch are then written as one row group. So memory holds one batch of
+three splits' parts and freed before the next is read. Each split's part of
+a batch is then written, in row groups of at most ``ROW_GROUP_EVENTS`` events
+(the features step reads them one at a time). So memory holds one batch of
 parts (the batch's rows, once) plus one column of one row group, never a
 record batch of the input beside the parts cut from it nor parts waiting
 for a full row group; the heap's free pages go back before each batch
 (:func:`hepml_steps.io.trim_between_batches`). Larger batches mean fewer output row
 groups: a Parquet writer holds about 17 kB of footer metadata per row group of
 19 columns until it closes (three row groups per 65,536 input events: 7.6 MiB
-at 10M events). Peak above a 20,000-event run, 10M events of 19 columns
+at 10M events; 168 row groups, 2.8 MiB, with these batches). Peak above a 20,000-event run, 10M events of 19 columns
 (36.5 MiB a batch): 45 MiB; with batches of one row group 19 MiB (9.1 a
 batch), and 52 MiB when one record batch was read and parts were gathered
 into 65,536-event row groups.
@@ -149,8 +150,9 @@ def split(
     """Split the canonical event table ``events`` into the files ``outs[split]``.
 
     ``batch_size``: events read at a time (whole row groups, gathered until they
-    hold at least this many; a larger row group alone); each output gets one row
-    group per batch. The outputs keep the input's schema and rows, in file order.
+    hold at least this many; a larger row group alone); each output gets its part of
+    a batch in row groups of at most ``ROW_GROUP_EVENTS`` events. The outputs keep the
+    input's schema and rows, in file order.
 
     Raises
     ------
@@ -191,7 +193,7 @@ def split(
                     counts[s] += part.num_rows
                     if has_label:
                         _count_classes(part, per_class[s], weight_class[s], WEIGHT in schema.names)
-                    writers[s].write_table(part, row_group_size=part.num_rows)  # one row group
+                    writers[s].write_table(part, row_group_size=ROW_GROUP_EVENTS)  # what features reads at a time
                 del part  # not held while the next split's part is written
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:

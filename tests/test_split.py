@@ -168,8 +168,9 @@ def test_unlabelled_tables_skip_the_class_check(label, tmp_path):
 
 def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monkeypatch):
     """The input (opened through io.parquet_file) is read one column of one row group at a
-    time, row groups gathered until a batch holds batch_size events; each output gets one
-    row group per batch, and its rows (and their order) do not depend on the batch size."""
+    time, row groups gathered until a batch holds batch_size events; each output gets its
+    part of a batch in row groups of at most ROW_GROUP_EVENTS events, and its rows (and
+    their order) do not depend on the batch size."""
     import inspect
 
     import pyarrow.parquet as pq
@@ -194,6 +195,7 @@ def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monke
         return pf
 
     monkeypatch.setattr(sp, "parquet_file", spy)
+    monkeypatch.setattr(sp, "ROW_GROUP_EVENTS", 250)
     small, whole = tmp_path / "small", tmp_path / "whole"
     small.mkdir(), whole.mkdir()
     sp.split(str(events), outs(small), FR, batch_size=700)  # batches of row groups 0-2, 3-5, 6
@@ -201,10 +203,13 @@ def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monke
     names = table.schema.names
     first = [(rg, ("event_id",)) for rg in (0, 1, 2)] + [(rg, (c,)) for c in names for rg in (0, 1, 2)]
     assert reads[: len(first)] == first and len(reads) == 3 * len(first) - 2 * (len(names) + 1)
-    monkeypatch.undo()
+    monkeypatch.setattr(sp, "parquet_file", opened)
     sp.split(str(events), outs(whole), FR, batch_size=10**6)
     for s in FR:
         a, b = pq.read_table(outs(small)[s]), pq.read_table(outs(whole)[s])
         assert a.equals(b) and a.schema.equals(table.schema)
-        assert pq.ParquetFile(outs(small)[s]).metadata.num_row_groups == 3
-        assert pq.ParquetFile(outs(whole)[s]).metadata.num_row_groups == 1
+        for out, batches in ((small, 3), (whole, 1)):
+            md = pq.ParquetFile(outs(out)[s]).metadata
+            sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+            assert max(sizes) <= 250 and len(sizes) >= max(batches, -(-sum(sizes) // 250)), sizes
+        assert len(sizes) == -(-sum(sizes) // 250)  # one batch: no short row group but the last
