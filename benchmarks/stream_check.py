@@ -11,7 +11,7 @@ unpacked, to compare), runs in a fresh process each:
 
 - the features step (all feature columns standardised; one derived column;
   the model's target ``m_jj`` kept), and
-- the predict step (batch of 100,000 events, ``--threads``),
+- the predict step (batches of 131,072 events, the config default, ``--threads``),
 
 printing the peak RSS (VmHWM; with :func:`hepml_steps.io.release_freed_memory`
 when the code has it, as the step CLIs call it), the peak above a baseline process that only
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SPLITS = ("train", "validation", "test")
-BATCH = 100_000
+BATCH = 131_072
 DERIVED = {"pt_sum": "j1_pt + j2_pt"}
 
 # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork+exec.

@@ -160,16 +160,16 @@ def test_reads_only_the_columns_it_needs(splits, tmp_path, monkeypatch):
         df["blob"] = ["x" * 1000] * len(df)
         df.to_parquet(p, index=False)
     asked = []
-    read_table, iter_batches = pq.read_table, pq.ParquetFile.iter_batches
+    read_table, read_batches = pq.read_table, ft.read_batches
     monkeypatch.setattr(
         pq,
         "read_table",
         lambda path, columns=None, **kw: asked.append(columns) or read_table(path, columns=columns, **kw),
     )
-    monkeypatch.setattr(
-        pq.ParquetFile,
-        "iter_batches",
-        lambda self, *a, columns=None, **kw: asked.append(columns) or iter_batches(self, *a, columns=columns, **kw),
+    monkeypatch.setattr(  # the row-group reader (io.read_batches) every read goes through
+        ft,
+        "read_batches",
+        lambda pf, size, columns=None, *a, **kw: asked.append(columns) or read_batches(pf, size, columns, *a, **kw),
     )
     outs = {s: str(tmp_path / f"out_{s}.parquet") for s in splits}
     ft.features(splits, outs, str(tmp_path / "transform.json"), columns=["f0", "f1"])
