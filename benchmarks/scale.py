@@ -39,8 +39,9 @@ it prints:
   * ingest: one chunk (``data.files.chunk_size`` events, ingest's default for
     the toy) of its output table, plus 8 bytes per event of the whole table:
     the event ids the uniqueness check sorts;
-  * split: one batch (``split.BATCH_EVENTS`` = 262,144 events, four row
-    groups: what it reads at a time) of the events table, all its columns;
+  * split: its largest batch (whole row groups gathered until they hold
+    ``split.BATCH_EVENTS`` = 262,144 events or more: what it reads at a time,
+    ``split.row_group_batches``) of the events table, all its columns;
   * features: the fit's matrix, ``n_fit_events`` × numeric columns ×
     8 bytes (``transform.json``: ``features.fit`` builds float64 from the
     training split; the rest streams by row group);
@@ -329,9 +330,13 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
         events = res / "data" / "events.parquet"
         return batch_bytes(events, chunk) + 8.0 * table_info(events)["rows"], n_all
     if rule == "split":
-        from hepml_steps.split import BATCH_EVENTS
+        from hepml_steps.io import parquet_file
+        from hepml_steps.split import BATCH_EVENTS, row_group_batches
 
-        return batch_bytes(res / "data" / "events.parquet", BATCH_EVENTS), n_all
+        events = res / "data" / "events.parquet"
+        md = parquet_file(events).metadata
+        batches = row_group_batches(parquet_file(events), BATCH_EVENTS)
+        return batch_bytes(events, max(sum(md.row_group(g).num_rows for g in b) for b in batches)), n_all
     if rule == "features":
         transform = json.loads((res / "features" / "transform.json").read_text())
         return transform["n_fit_events"] * len(transform["columns"]) * 8.0, sum(rows.values())

@@ -216,11 +216,15 @@ def read_matrices(pf, columns: list[str], batch_size: int, dtype="float32"):
     built: each row group is read one column at a time, straight into the matrices
     of the batches it holds rows of, and each column is freed before the next is
     read. So memory holds the matrix being yielded and, when a row group straddles
-    two batches, the next batch's rows read so far (none when ``batch_size`` is a
-    multiple of the file's row groups, as :data:`ROW_GROUP_EVENTS` is of 131,072)
-    — not the record batch, the row group and the copy that a matrix built from
-    :func:`read_batches` costs besides (the predict step at 10M events, 100,000-event
-    batches: 33 MiB above a 20,000-event run with them, 16 with this reader).
+    two batches, the next batch's rows read so far (none when every row group but
+    the last holds a multiple or a divisor of ``batch_size`` events: 65,536-event row
+    groups, :data:`ROW_GROUP_EVENTS`, and batches of 131,072), or, for a row group
+    larger than a batch, the matrices of all the batches it holds (the row group's
+    rows) — not the record batch, the row group and the copy that a matrix built
+    from :func:`read_batches` costs besides (the predict step at 10M events,
+    100,000-event batches: 33 MiB above a 20,000-event run with them, 16 with this
+    reader). Each row group's rows are copied per column and batch: tiny batches
+    (a few events) make that a Python loop per event.
 
     Raises
     ------
@@ -427,9 +431,9 @@ class ScratchHeap:
     -> 0.59M, wall time 10.0 -> 7.2 s, peak RSS 426-443 -> 481-576 MiB.
     (Lifting the threshold only per call and trimming after each one kept
     the peak within 13-40 MiB, but only took the time to 8.9 s.) With the MLP's
-    CPU forward passes now of 1,024-2,048 events (0.25-0.5 MiB activations, still
-    above the fixed threshold) and one block per split's scoring pass: 12.5 s
-    without the block, 6.9-7.6 s with it, and the same peak.
+    CPU forward passes now of 1,024 events (0.25 MiB activations, still above the
+    fixed threshold) and one block per split's scoring pass: measured with 2,048-event
+    passes, 12.5 s without the block, 6.9-7.6 s with it, and the same peak.
     """
 
     def __init__(self, keep: int = 256 * 1024 * 1024):

@@ -11,8 +11,9 @@ a class the model never saw); the index → value map is the model's
 ``classes``. The score columns (``score``, ``prob_<i>``) are stored in the
 family's ``score_dtype``: float32 for XGBoost and torch, the library's own
 values (``predict_score`` widens them to float64; hepml's readers widen them
-again, :func:`hepml_steps.columns.widen_scores`), so value for value. Each split is read, scored and written in batches of
-``batch_size`` events (only the columns scoring needs are read); the test
+again, :func:`hepml_steps.columns.widen_scores`), so value for value. Each split's
+feature columns are read and scored in batches of ``batch_size`` events, then its
+rows written a row group at a time (:func:`predict`: two passes); the test
 split's reading and inference are metered (time, CPU time, energy, events/s,
 J/event; ``scope: "read+inference"``) and written to the step's record
 (``--record``).
@@ -133,8 +134,8 @@ def predict(
     the matrix (:func:`hepml_steps.dataset.iter_feature_matrices`, what bare
     inference reads), scores them and appends the scores to an unnamed scratch
     file beside ``out`` (``tempfile.TemporaryFile``: removed on close, also after
-    an error; 8 bytes per event and class, a plain ``write``, under 1 % of the
-    pass's time); the model's temporaries reuse the heap during the pass
+    an error; 8 bytes per event and class for float64 scores, a plain ``write``,
+    under 1 % of the pass's time); the model's temporaries reuse the heap during the pass
     (:class:`hepml_steps.io.ScratchHeap`), which is given back after it. The
     second reads the event columns row group by row group and the scores back,
     and appends the rows to ``out``, which is written atomically: after any
@@ -228,7 +229,8 @@ def predict(
 
 def _score_only(model, path, meta, batch_size, task, heap, spill) -> tuple[np.dtype, tuple, int, float]:
     """Score a split batch by batch, appending the scores to the open binary file ``spill``
-    (``ndarray.tofile``: 8 bytes per event and class, a plain write, no mapping), so memory
+    (``ndarray.tofile``: the scores' bytes, 8 per event and class for float64, a plain
+    write, no mapping), so memory
     holds a batch's scores, not the split's; return (dtype, shape of one event's scores,
     events, inference seconds)."""
     dtype, shape, n, seconds = None, (), 0, 0.0

@@ -7,8 +7,9 @@ on nothing but the event's id and the salt, so an event's split never depends
 on file order or on which other events are present.
 
 Streams the input by batches of whole row groups, gathered until they hold
-:data:`BATCH_EVENTS` (262,144) events (four of the 65,536-event row groups
-ingest writes), column by column: the batch's ``event_id`` is read and
+:data:`BATCH_EVENTS` (262,144) events or more (:func:`row_group_batches`; ingest
+writes row groups of at most 65,536 events, 65,536 x 3 + 3,392 per 200,000-event
+chunk, so a batch holds at most 268,928 of them), column by column: the batch's ``event_id`` is read and
 hashed, then each column of each of its row groups is read, cut into its
 three splits' parts and freed before the next is read. Each split's part of
 a batch is then written, in row groups of at most ``ROW_GROUP_EVENTS`` events
@@ -19,10 +20,10 @@ for a full row group; the heap's free pages go back before each batch
 (:func:`hepml_steps.io.trim_between_batches`). Larger batches mean fewer output row
 groups: a Parquet writer holds about 17 kB of footer metadata per row group of
 19 columns until it closes (three row groups per 65,536 input events: 7.6 MiB
-at 10M events; 168 row groups, 2.8 MiB, with these batches). Peak above a 20,000-event run, 10M events of 19 columns
-(36.5 MiB a batch): 45 MiB; with batches of one row group 19 MiB (9.1 a
-batch), and 52 MiB when one record batch was read and parts were gathered
-into 65,536-event row groups.
+at 10M events; 168 row groups, 2.8 MiB, with these batches). Peak above a
+20,000-event run, 10M events of 19 columns (37.5 MiB in the largest batch):
+49 MiB; with batches of one row group 19 MiB (9.1 a batch), and 52 MiB when
+one record batch was read and parts were gathered into 65,536-event row groups.
 
 Sanity (:func:`check_classes`): every split must hold at least
 ``min_events_per_class`` signal and background events with a positive total
@@ -43,7 +44,7 @@ import numpy as np
 
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, culprit
 from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, trim_between_batches, write_json
 
 log = logging.getLogger("hepml.split")
@@ -184,9 +185,10 @@ def split(
             s: stack.enter_context(pq.ParquetWriter(tmps[s], schema, compression="zstd", use_dictionary=dictionary))
             for s in SPLITS
         }
-        for groups in _batches(pf, batch_size):
+        for groups in row_group_batches(pf, batch_size):
             trim_between_batches()
-            parts = _cut(pf, groups, fractions, salt)
+            with culprit(events, context="cannot read as parquet"):
+                parts = _cut(pf, groups, fractions, salt, events)
             for s in SPLITS:
                 part = pa.table(parts.pop(s), schema=schema)
                 if part.num_rows:
@@ -220,9 +222,10 @@ def split(
     return summary
 
 
-def _batches(pf, batch_size: int):
-    """The row groups of ``pf`` (indices) gathered in file order until they hold at least
-    ``batch_size`` events (the last batch fewer); row groups without rows are left out."""
+def row_group_batches(pf, batch_size: int):
+    """The row groups of the Parquet file ``pf`` (lists of indices), gathered in file order
+    until they hold at least ``batch_size`` events (the last batch fewer): the batches
+    :func:`split` reads; row groups without rows are left out."""
     md, groups, n = pf.metadata, [], 0
     for rg in range(md.num_row_groups):
         rows = md.row_group(rg).num_rows
@@ -236,16 +239,25 @@ def _batches(pf, batch_size: int):
         yield groups
 
 
-def _cut(pf, groups: list[int], fractions: dict, salt: int) -> dict:
+def _cut(pf, groups: list[int], fractions: dict, salt: int, path: str) -> dict:
     """The rows of the row groups ``groups`` of ``pf`` by split: split -> column name ->
     the split's rows of the column (chunked, a chunk per row group), read a column of a
-    row group at a time (:func:`assign` on the batch's ``event_id`` first)."""
+    row group at a time (:func:`assign` on the batch's ``event_id`` first).
+
+    Raises
+    ------
+    DataError
+        An ``event_id`` is missing (null).
+    """
     import pyarrow as pa
 
     def column(rg, name):
         return pf.read_row_group(rg, columns=[name], use_threads=False).column(0)
 
-    ids = np.concatenate([column(rg, EVENT_ID).to_numpy() for rg in groups])
+    ids = [column(rg, EVENT_ID) for rg in groups]
+    if any(c.null_count for c in ids):
+        raise DataError(f"{path}: '{EVENT_ID}' has missing values; every event needs an id to be split")
+    ids = np.concatenate([c.to_numpy() for c in ids])
     idx = assign(ids, fractions, salt)
     del ids
     bounds = np.cumsum([0] + [pf.metadata.row_group(rg).num_rows for rg in groups])

@@ -207,9 +207,55 @@ def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monke
     sp.split(str(events), outs(whole), FR, batch_size=10**6)
     for s in FR:
         a, b = pq.read_table(outs(small)[s]), pq.read_table(outs(whole)[s])
-        assert a.equals(b) and a.schema.equals(table.schema)
+        assert a.equals(b) and a.schema.equals(table.schema, check_metadata=True)
         for out, batches in ((small, 3), (whole, 1)):
             md = pq.ParquetFile(outs(out)[s]).metadata
             sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
             assert max(sizes) <= 250 and len(sizes) >= max(batches, -(-sum(sizes) // 250)), sizes
         assert len(sizes) == -(-sum(sizes) // 250)  # one batch: no short row group but the last
+
+
+def test_split_keeps_string_dictionary_and_null_values(tmp_path):
+    """Columns of any type (strings with nulls, dictionary-encoded categories) are cut
+    row for row, with the input's schema and its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 1000
+    rng = np.random.default_rng(3)
+    table = pa.table(
+        {
+            "event_id": np.arange(n, dtype=np.int64) * 7 + 1,
+            "label": rng.integers(0, 2, n).astype(np.int8),
+            "weight": rng.random(n),
+            "name": pa.array([None if i % 9 == 0 else f"e{i}" for i in range(n)]),
+            "cat": pa.array([f"c{i % 3}" for i in range(n)]).dictionary_encode(),
+        }
+    ).replace_schema_metadata({"origin": "test"})
+    events = tmp_path / "events.parquet"
+    pq.write_table(table, events, row_group_size=128)
+    sp.split(str(events), outs(tmp_path), FR, batch_size=300)
+    idx = sp.assign(table.column("event_id").to_numpy(), FR)
+    for i, s in enumerate(("train", "validation", "test")):
+        got = pq.read_table(outs(tmp_path)[s])
+        assert got.schema.equals(pq.read_table(events).schema, check_metadata=True)
+        assert got.equals(pq.read_table(events).filter(pa.array(idx == i)))
+
+
+def test_an_event_without_id_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    events = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"event_id": pa.array([1, None, 3], pa.int64()), "x": [1.0, 2.0, 3.0]}), events)
+    with pytest.raises(DataError, match=r"events.parquet: 'event_id' has missing values"):
+        sp.split(str(events), outs(tmp_path), FR)
+    assert not any((tmp_path / f"{s}.parquet").exists() for s in FR)
+
+
+def test_a_corrupt_input_names_the_file(events, tmp_path):
+    data = bytearray(events.read_bytes())
+    data[4 : len(data) // 2] = b"\xff" * (len(data) // 2 - 4)  # the column chunks; the footer intact
+    events.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=str(events)):
+        sp.split(str(events), outs(tmp_path), FR)

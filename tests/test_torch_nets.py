@@ -57,6 +57,26 @@ def test_mlp_learns_a_nonlinear_boundary():
     assert m.history["train_loss"][-1] < m.history["train_loss"][0]
 
 
+def test_scoring_refuses_a_nonfinite_value_in_any_forward_pass(monkeypatch):
+    """predict_score checks finiteness pass by pass (CPU_SCORE_BATCH events): a NaN or inf in
+    a later pass than the first still stops it, and whole-batch scores equal pass-by-pass ones."""
+    from hepml_steps.errors import DataError
+    from hepml_steps.families import torch_nets
+
+    X, y = easy()
+    m = mlp(epochs=1).fit(X, y)
+    monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", 256)
+    whole = m.predict_score(X)
+    monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", 4096)
+    np.testing.assert_allclose(whole, m.predict_score(X), rtol=1e-6)
+    monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", 256)
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[1500, 2] = bad  # in the sixth pass
+        with pytest.raises(DataError, match="X contains NaN or infinite values"):
+            m.predict_score(Xb)
+
+
 def test_linear_activation_cannot_learn_the_circle():
     """With the identity activation the whole net is linear: no better than chance on a circle."""
     X, y = circle()
