@@ -360,6 +360,17 @@ def trim_between_batches() -> None:
         _malloc_trim()
 
 
+def release_heap() -> None:
+    """Collect garbage and return the heap's free pages to the system (glibc's
+    ``malloc_trim``; elsewhere only the collection), for a step about to enter a
+    phase that allocates anew after letting large arrays go (the train step before
+    its model files: the ONNX check). Changes no setting of the process."""
+    import gc
+
+    gc.collect()
+    _malloc_trim()
+
+
 def _malloc_trim() -> None:
     """glibc's ``malloc_trim(0)``: free heap pages go back to the system (nothing elsewhere)."""
     libc = _libc()

@@ -54,7 +54,7 @@ from typing import Any
 
 from . import bundle, cli, dataset, leakage, registry, tasks
 from .errors import ConfigError, DataError, describe
-from .io import read_json, write_json
+from .io import read_json, release_heap, write_json
 
 log = logging.getLogger("hepml.train")
 
@@ -347,6 +347,11 @@ def train(
     leaks = leakage.check(
         data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT), task.separates_signal
     )
+    n_sample = len(data)
+    if source is not None:  # the streamed fit's check sample: check_learned scores its first events only
+        import numpy as np
+
+        data = data.take(np.arange(min(len(data), LEARNED_SAMPLE)))
     fitted = _fit(family, source or data, val, step_meter(energy, device, cls.gpu_capable))
     check_learned(family, data, val, model, spec)
     meta = {
@@ -362,11 +367,7 @@ def train(
     }  # the request: inference resolves it again where it runs
     if data.classes is not None:
         meta["classes"] = data.classes  # class index i of the scores is the target value classes[i]
-    _save(family, meta, out_dir, bundle.make(read_json(transform), ingest) if transform else None)
-    record = {
-        **meta,
-        "weighting": spec.get("weighting", "balanced"),
-        "n_train": n_train,
+    events = {
         "n_validation": len(val),
         "sum_weights_train": source.sum_weights if source is not None else float(data.weights.sum()),
         "train_cap": data.cap
@@ -377,9 +378,18 @@ def train(
         else {
             "events": n_train,
             "chunks": source.n_chunks,
-            "sample_events": len(data),
+            "sample_events": n_sample,
             "batch_events": source.batch_events,
         },
+    }
+    del data, val, source
+    release_heap()  # the events go before the model files are written (the ONNX check's peak)
+    _save(family, meta, out_dir, bundle.make(read_json(transform), ingest) if transform else None)
+    record = {
+        **meta,
+        "weighting": spec.get("weighting", "balanced"),
+        "n_train": n_train,
+        **events,
         "fit_seconds": fitted["fit_seconds"],
         "fit_cpu_seconds": fitted["fit_cpu_seconds"],
         "threads": threads,

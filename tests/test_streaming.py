@@ -614,3 +614,40 @@ def test_sigterm_in_xgboosts_log_callback_is_not_lost():
         with pytest.raises(stopping.Terminated):
             family.fit(X, (X[:, 0] > 0).astype(int))
     assert sent and family.booster.num_boosted_rounds() == 1  # ended after the iteration it came in
+
+
+@pytest.mark.parametrize("above", [10**9, 0])
+def test_train_step_lets_the_events_go_before_writing_the_model(splits, tmp_path, monkeypatch, above):
+    """No split's events (a Dataset, a FitSource) are alive while the model files are written
+    (the ONNX check allocates anew there): the train step's peak is the fit's, not the fit's
+    arrays plus the export. A streamed fit keeps check_learned's events of its check sample only,
+    and records the sample it checked leakage on."""
+    import gc
+
+    alive = []
+
+    def save(*a, **k):
+        gc.collect()
+        alive.extend(type(o).__name__ for o in gc.get_objects() if isinstance(o, ds.Dataset | ds.FitSource))
+        return real_save(*a, **k)
+
+    real_save = tr._save
+    monkeypatch.setattr(tr, "_save", save)
+    checked = []
+    real_check = tr.check_learned
+    monkeypatch.setattr(
+        tr, "check_learned", lambda fam, train, *a: checked.append(len(train)) or real_check(fam, train, *a)
+    )
+    spec = {
+        "family": "xgboost",
+        "params": {"n_estimators": 10},
+        "stream_above_events": above,
+        "stream_batch_events": 512,
+    }
+    rec = tr.train(splits[0], splits[1], "m", spec, str(tmp_path / "m"), str(tmp_path / "m.json"))
+    assert alive == [] and (tmp_path / "m" / registry.META_FILE).exists()
+    if above:
+        assert rec["streamed"] is None and checked == [5000]
+    else:
+        assert rec["streamed"]["sample_events"] == 5000 and checked == [tr.LEARNED_SAMPLE]
+    assert rec["n_validation"] > 0 and rec["sum_weights_train"] > 0

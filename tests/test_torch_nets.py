@@ -504,3 +504,31 @@ def test_cpu_scores_come_in_cache_sized_passes_in_event_order(monkeypatch):
         got = m.predict_score(X)
         assert got.dtype == np.float64 and got.shape == whole.shape
         np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_fit_losses_are_evaluated_in_cpu_score_passes(monkeypatch):
+    """The validation loss of every epoch is evaluated CPU_SCORE_BATCH events per forward pass on
+    the CPU (not a 65,536-event pass, whose activations raised the train step's peak): the
+    network never sees more events at once, and the loss is that of one pass over every event."""
+    from hepml_steps.families import torch_nets
+
+    X, y = circle(n=3000)
+    Xv, yv = circle(n=2500, seed=5)
+    monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", 300)
+    m = mlp(hidden_layers=[16], epochs=2, batch_size=256)
+    seen = []
+    real_build = m._build
+
+    def build(*a, **k):
+        scorer = real_build(*a, **k)
+        scorer.net.register_forward_pre_hook(lambda mod, inp: seen.append((mod.training, len(inp[0]))))
+        return scorer
+
+    monkeypatch.setattr(m, "_build", build)
+    m.fit(X, y, X_val=Xv, y_val=yv)
+    evaluated = [n for training, n in seen if not training]
+    assert evaluated and max(evaluated) == 300  # 2500 validation events in passes of 300
+    loss, _ = m._evaluate(m.scorer.net, *m._as_tensors(Xv, yv, np.ones(len(Xv), np.float32), torch.device("cpu")))
+    monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", 10**6)
+    whole, _ = m._evaluate(m.scorer.net, *m._as_tensors(Xv, yv, np.ones(len(Xv), np.float32), torch.device("cpu")))
+    assert loss == pytest.approx(whole, rel=1e-6) and m.history["validation_loss"][-1] == pytest.approx(whole, rel=1e-6)

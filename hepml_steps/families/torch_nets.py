@@ -94,7 +94,10 @@ INFERENCE_BATCH = 65536
 #: pass too): a 64-unit activation is 0.25 MiB, not 16 MiB; 65,536-event passes were 2x
 #: slower at 2 threads. Against 8,192: the predict step's peak above a 20,000-event run,
 #: at 10M events (131,072-event batches), 20 -> 12 MiB for 4% more time (8.4 s); the
-#: scores differ by at most one float32 rounding (the GEMM blocks differ). On a GPU INFERENCE_BATCH
+#: scores differ by at most one float32 rounding (the GEMM blocks differ). On a GPU INFERENCE_BATCH.
+#: The validation and training losses of a fit are evaluated in passes of this size too: in
+#: 65,536-event passes, the train step at 1M events (200k validation events) peaked 60-80 MiB
+#: higher at each evaluation (a pass's activations).
 CPU_SCORE_BATCH = 1024
 #: the epoch's training loss is summed every this many mini-batches
 LOSS_FLUSH = 1024
@@ -492,11 +495,12 @@ class TorchFamily(Family):
         """:meth:`_evaluate`'s sums: (Σ w·loss, Σ w, outputs)."""
         net.eval()
         loss_sum, w_sum, res = 0.0, 0.0, None
+        step = CPU_SCORE_BATCH if Xt.device.type == "cpu" else INFERENCE_BATCH
         with torch.no_grad():
-            for i in range(0, len(Xt), INFERENCE_BATCH):
-                out = net(Xt[i : i + INFERENCE_BATCH])
-                per = self._per_event_loss(out, Tt[i : i + INFERENCE_BATCH])
-                wb = Wt[i : i + INFERENCE_BATCH]
+            for i in range(0, len(Xt), step):
+                out = net(Xt[i : i + step])
+                per = self._per_event_loss(out, Tt[i : i + step])
+                wb = Wt[i : i + step]
                 loss_sum += float((per * wb).sum())
                 w_sum += float(wb.sum())
                 if res is None:
