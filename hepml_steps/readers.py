@@ -275,9 +275,14 @@ class _ParquetSource(Source):
         if not names:
             yield from _ranges(self.num_entries, step)
             return
+        from .io import read_batches
+
         start = 0
+        # io.read_batches: pyarrow's batches, a row group at a time column by column (its
+        # iter_batches held about twice the batch besides it: ingest at 1M events, 200,000-event
+        # chunks, peaked at 228 MiB with it)
         with culprit(self.path, context="cannot read as parquet"):
-            for batch in self._file.iter_batches(batch_size=step, columns=list(names), use_pandas_metadata=False):
+            for batch in read_batches(self._file, step, list(names)):
                 arrays, rows = {n: self._values(n, batch.column(n)) for n in names}, batch.num_rows
                 yield start, rows, arrays
                 del arrays, batch  # not alive while the next chunk is read

@@ -536,3 +536,45 @@ def test_process_must_be_an_integer_and_given_for_every_input(tmp_path):
     with pytest.raises(ConfigError, match=r"'process' is given for .*a\.root but not for .*b\.root"):
         ing.ingest([{"path": str(a), "label": 1, "process": 1}, {"path": str(b), "label": 0}], tmp_path / "o.parquet")
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_parquet_input_chunks_read_one_column_of_one_row_group_at_a_time(tmp_path, monkeypatch):
+    """A Parquet input is read for ingest through io.read_batches: each read is one column of one
+    row group (pyarrow's iter_batches held about twice a chunk besides it), and the chunks, which
+    span row groups, are the file's rows in order, jagged and string columns included."""
+    import awkward as ak
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hepml_steps import readers
+
+    n = 1000
+    rng = np.random.default_rng(3)
+    jets = [list(rng.normal(size=k)) for k in rng.integers(0, 4, n)]
+    table = pa.table(
+        {
+            "x": rng.normal(size=n),
+            "n": np.arange(n, dtype=np.int32),
+            "Jet_pt": pa.array(jets, pa.list_(pa.float64())),
+            "process": pa.array([f"p{i % 3}" for i in range(n)]),
+        }
+    )
+    path = tmp_path / "in.parquet"
+    pq.write_table(table, path, row_group_size=300)
+    with readers.open_source(path, "parquet") as src:
+        reads, read = [], src._file.read_row_group
+
+        def spy(i, columns=None, **kw):
+            reads.append((i, tuple(columns)))
+            return read(i, columns=columns, **kw)
+
+        monkeypatch.setattr(src._file, "read_row_group", spy)
+        chunks = list(src.chunks(["x", "n", "Jet_pt", "process"], 400))
+    assert [(start, rows) for start, rows, _ in chunks] == [(0, 400), (400, 400), (800, 200)]
+    assert all(len(cols) == 1 for _, cols in reads)
+    assert sorted(reads) == sorted((rg, (c,)) for rg in range(4) for c in ("x", "n", "Jet_pt", "process"))
+    x = np.concatenate([np.asarray(a["x"]) for _, _, a in chunks])
+    assert np.array_equal(x, table.column("x").to_numpy())
+    jagged = ak.concatenate([a["Jet_pt"] for _, _, a in chunks])
+    assert ak.to_list(jagged) == jets
+    assert [str(v) for _, _, a in chunks for v in a["process"].to_pylist()] == table.column("process").to_pylist()
