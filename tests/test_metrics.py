@@ -289,6 +289,39 @@ def test_roc_curve_and_auc_from_score_groups_match_sklearn(monkeypatch, chunk):
         assert M.roc_auc(y, score, w) == pytest.approx(skm.roc_auc_score(y, score, sample_weight=w), abs=1e-13)
 
 
+@pytest.mark.parametrize("chunk", [7, 1000, M.GROUP_CHUNK])
+def test_roc_curve_thinned_as_computed_is_a_subset_of_the_whole_curve(monkeypatch, chunk):
+    """roc_curve(max_points=m) keeps points of the whole curve only, exactly, in order: its ends,
+    at most about 3m + 2 of them for non-negative weights, the tight cuts (the first points) dense,
+    and every point it leaves out within 1/m in both efficiencies of the kept point before it,
+    with ties across chunk boundaries, weight-0 events and signed weights."""
+    monkeypatch.setattr(M.score_groups, "__defaults__", (chunk, True))
+    rng = np.random.default_rng(21)
+    n, m = 20_000, 100
+    y = rng.integers(0, 2, n)
+    w = rng.exponential(1.0, n)
+    w[rng.random(n) < 0.02] = 0.0
+    signed = w * np.where(rng.random(n) < 0.15, -1.0, 1.0)
+    for score, weights in (
+        (rng.normal(size=n) + y, w),
+        (np.round(rng.normal(size=n) + y, 2), w),
+        (rng.normal(size=n).astype(np.float32) + y, signed),
+    ):
+        fpr, tpr, thr = M.roc_curve(y, score, weights)
+        f, t, th = M.roc_curve(y, score, weights, max_points=m)
+        at = np.searchsorted(-thr, -th)  # thresholds run from +inf down
+        assert np.array_equal(thr[at], th) and np.array_equal(fpr[at], f) and np.array_equal(tpr[at], t)
+        assert at[0] == 0 and at[-1] == len(thr) - 1 and np.all(np.diff(at) > 0)
+        if weights is w:
+            assert len(th) <= 3 * m + 2
+        assert len(th) < len(thr) and np.array_equal(at[:10], np.arange(10))  # the tightest cuts all kept
+        before = at[np.searchsorted(at, np.arange(len(thr)), side="right") - 1]  # each point's kept predecessor
+        if weights is w:
+            assert np.abs(fpr - fpr[before]).max() < 1 / m and np.abs(tpr - tpr[before]).max() < 1 / m
+    with pytest.raises(DataError, match="max_points"):
+        M.roc_curve(y, score, weights, max_points=0)
+
+
 @pytest.mark.parametrize("chunk", [5, M.GROUP_CHUNK])
 def test_ks_statistic_equals_the_largest_cdf_distance(monkeypatch, chunk):
     """The KS statistic from weights summed per distinct value (hand-written for memory)

@@ -392,16 +392,27 @@ def test_weighted_hist_filled_in_chunks_equals_one_pass():
     assert sumw.sum() + under + over == np.isfinite(x).sum()
 
 
-def test_roc_curve_thinned_for_drawing_keeps_its_ends_and_tight_cuts():
-    fpr, tpr = np.linspace(0, 1, 100_001) ** 2, np.linspace(0, 1, 100_001)
-    f, t = plots._thinned(fpr, tpr, n_points=500)
-    assert len(f) <= 1000 and (f[0], t[0], f[-1], t[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
-    assert np.all(np.diff(t) > 0)  # a subset of the points, in order
-    assert np.isin(f, fpr).all() and np.count_nonzero(t < 0.001) >= 50  # the tight cuts stay dense
-    short = (fpr[:300], tpr[:300])
-    assert plots._thinned(*short, n_points=500) is short or all(
-        np.array_equal(a, b) for a, b in zip(plots._thinned(*short, n_points=500), short, strict=True)
+def test_roc_figures_draw_a_thinned_curve_not_one_point_per_event(tmp_path, monkeypatch):
+    """roc_curves asks metrics.roc_curve for at most about 3·ROC_DRAWN_POINTS points (thinned as
+    they are computed), and draws that many, not one per event."""
+    from hepml_steps import metrics
+
+    rng = np.random.default_rng(4)
+    n = 30_000
+    y = rng.integers(0, 2, n)
+    pred = pd.DataFrame(
+        {"split": "test", "label": y, "weight": rng.exponential(size=n), "score": rng.normal(size=n) + y}
     )
+    asked, real = [], metrics.roc_curve
+    monkeypatch.setattr(metrics, "roc_curve", lambda *a, **k: asked.append(k.get("max_points")) or real(*a, **k))
+    monkeypatch.setattr(plots, "ROC_DRAWN_POINTS", 200)
+    drawn = []
+    plt = plots._plt()
+    real_plot = plt.Axes.plot
+    monkeypatch.setattr(plt.Axes, "plot", lambda ax, x, *a, **k: drawn.append(len(x)) or real_plot(ax, x, *a, **k))
+    plots.roc_curves({"m": pred}, tmp_path / "r.png", tmp_path / "t.png")
+    assert asked == [200]
+    assert max(drawn) <= 3 * 200 + 2 and max(drawn) > 200
 
 
 def test_correlation_summed_in_chunks_equals_one_pass(tmp_path, monkeypatch):
