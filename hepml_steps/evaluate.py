@@ -430,7 +430,7 @@ def main(argv=None) -> int:
     from .io import release_freed_memory
 
     if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
-        release_freed_memory()
+        release_freed_memory(arrow_cpp=True)
 
     def build(p):
         p.add_argument("--predictions", required=True, help="the model's prediction table")

@@ -394,7 +394,9 @@ def release_freed_memory(threshold: int = 128 * 1024, *, arrow_cpp: bool = False
     buffers from the C++ default, not from pyarrow's pool, and mimalloc kept
     17 MiB of them per record batch read (split at 1M events: peak 240 -> 173
     MiB). ``arrow_cpp`` is for the steps that read small batches and write
-    little (split, predict, importance): under the fixed mmap threshold below,
+    little (split, predict, importance) and those that read prediction
+    tables (evaluate, plots: evaluate at 1M events peaked 53 MiB above its
+    20k run with mimalloc, 39 with the system allocator): under the fixed mmap threshold below,
     the system allocator made the steps that write large chunks slower
     (generate 1.55x, ingest 1.8x the CPU time at 2M events), so they keep
     mimalloc there. And glibc raises its
