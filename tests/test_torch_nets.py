@@ -532,3 +532,32 @@ def test_fit_losses_are_evaluated_in_cpu_score_passes(monkeypatch):
     monkeypatch.setattr(torch_nets, "CPU_SCORE_BATCH", 10**6)
     whole, _ = m._evaluate(m.scorer.net, *m._as_tensors(Xv, yv, np.ones(len(Xv), np.float32), torch.device("cpu")))
     assert loss == pytest.approx(whole, rel=1e-6) and m.history["validation_loss"][-1] == pytest.approx(whole, rel=1e-6)
+
+
+def test_epoch_training_loss_is_the_weighted_mean_of_the_batch_losses_whatever_the_flush(monkeypatch):
+    """_descend keeps each batch's loss and weight in two preallocated buffers summed every
+    LOSS_FLUSH batches (no list of small tensors between the batches' activations): the epoch's
+    training loss is Σ loss_b · W_b / Σ W_b over the batches, the same for any flush size."""
+    from hepml_steps.families import torch_nets
+
+    X, y = circle(n=1000)
+    w = np.random.default_rng(2).exponential(size=len(X)).astype(np.float32)
+    got = {}
+    for flush in (3, 1024):
+        monkeypatch.setattr(torch_nets, "LOSS_FLUSH", flush)
+        m = mlp(hidden_layers=[8], epochs=1, batch_size=64)
+        seen = []
+        real = m._weighted_mean
+
+        def weighted_mean(per, wb, signed, _real=real, _seen=seen):
+            loss, total = _real(per, wb, signed)
+            _seen.append((float(loss.detach()), float(total)))
+            return loss, total
+
+        monkeypatch.setattr(m, "_weighted_mean", weighted_mean)
+        m.fit(X, y, sample_weight=w)
+        losses, totals = np.array(seen).T
+        assert len(seen) == 16  # 1000 events in batches of 64
+        assert m.history["train_loss"][0] == pytest.approx((losses * totals).sum() / totals.sum(), rel=1e-6)
+        got[flush] = m.history["train_loss"][0]
+    assert got[3] == pytest.approx(got[1024], rel=1e-12)
