@@ -86,14 +86,16 @@ class Dataset:
         The task's targets (:meth:`hepml_steps.tasks.Task.targets`): 0/1
         labels, the regression target in its physical units (float64), the
         class index (int64; −1 for a class not among ``classes``), or None.
-    weights : ndarray of shape (n_events,), float64
-        The event weights as stored.
+    weights : ndarray of shape (n_events,), float64, or None
+        The event weights as stored; None in a :meth:`fit_view`.
     fit_weights : ndarray of shape (n_events,), float64, or None
         The weights of the fit (``weighting``); None when read for scoring.
-    event_ids : ndarray of shape (n_events,), int64
+    event_ids : ndarray of shape (n_events,), int64, or None
+        None in a :meth:`fit_view`.
     labels : ndarray of shape (n_events,) or None
         1 signal, 0 background; None when the inputs are unlabelled (the
-        table has no ``label`` column: :class:`hepml_steps.ingest.Labels`).
+        table has no ``label`` column: :class:`hepml_steps.ingest.Labels`)
+        and in a :meth:`fit_view`.
     columns : list of str
         The feature names.
     classes : list or None
@@ -109,9 +111,9 @@ class Dataset:
 
     X: np.ndarray
     y: np.ndarray | None
-    weights: np.ndarray
+    weights: np.ndarray | None
     fit_weights: np.ndarray | None
-    event_ids: np.ndarray
+    event_ids: np.ndarray | None
     labels: np.ndarray | None
     columns: list
     classes: list | None = None
@@ -132,12 +134,20 @@ class Dataset:
             self,
             X=self.X[index],
             y=pick(self.y),
-            weights=self.weights[index],
+            weights=pick(self.weights),
             fit_weights=pick(self.fit_weights),
-            event_ids=self.event_ids[index],
+            event_ids=pick(self.event_ids),
             labels=pick(self.labels),
             truth_llr=pick(self.truth_llr),
         )
+
+    def fit_view(self) -> Dataset:
+        """The same events with only what a fit reads (``X``, ``y``,
+        ``fit_weights``, ``columns``, ``classes``, ``cap``): the stored weights,
+        event ids, labels and truth LLR (32 bytes per event) are let go, so a
+        fit in memory holds its matrix and targets, not the split's other
+        columns (19 MiB at 600,000 training events)."""
+        return replace(self, weights=None, event_ids=None, labels=None, truth_llr=None)
 
 
 def signed_policy(w, negative: str) -> np.ndarray:

@@ -348,10 +348,13 @@ def train(
         data, what, spec.get("leakage", "warn"), spec.get("leakage_auc", leakage.AUC_LIMIT), task.separates_signal
     )
     n_sample = len(data)
+    sum_weights = source.sum_weights if source is not None else float(data.weights.sum())
     if source is not None:  # the streamed fit's check sample: check_learned scores its first events only
         import numpy as np
 
         data = data.take(np.arange(min(len(data), LEARNED_SAMPLE)))
+    data = data.fit_view()  # the fit holds the matrix and targets, not the split's other columns
+    release_heap()  # ... nor the pages they and the leakage check's temporaries left free
     fitted = _fit(family, source or data, val, step_meter(energy, device, cls.gpu_capable))
     check_learned(family, data, val, model, spec)
     meta = {
@@ -369,7 +372,7 @@ def train(
         meta["classes"] = data.classes  # class index i of the scores is the target value classes[i]
     events = {
         "n_validation": len(val),
-        "sum_weights_train": source.sum_weights if source is not None else float(data.weights.sum()),
+        "sum_weights_train": sum_weights,
         "train_cap": data.cap
         if source is None
         else {"cap": None, "applied": False, "n_before": n_train, "n_after": n_train},
@@ -416,6 +419,11 @@ def summary(record: dict) -> str:
 
 
 def main(argv=None) -> int:
+    if argv is None:  # the step's own process (python -m), never a caller's
+        from .io import arrow_on_system_allocator
+
+        arrow_on_system_allocator()
+
     def build(p):
         p.add_argument("--train", required=True, help="prepared training split (features)")
         p.add_argument("--validation", required=True, help="prepared validation split (features)")

@@ -196,14 +196,16 @@ def test_free_heap_pages_are_returned_before_each_row_group_unless_a_scratch_hea
 
 @pytest.mark.parametrize(
     "step, arrow_cpp",
-    [("split", True), ("importance", True), ("evaluate", True), ("plots", True), ("ingest", False)],
+    [("split", True), ("importance", True), ("evaluate", True), ("plots", True), ("train", True), ("ingest", False)],
 )
 def test_each_step_chooses_its_arrow_allocator_in_its_own_process(step, arrow_cpp):
     """The steps that read Parquet and write little (split, importance; predict once its arguments
     are parsed) and those that
     read prediction tables (evaluate, plots: at 1M events evaluate's peak above its 20k run fell
     from 53 to 39 MiB on it) put Arrow C++ on the system allocator when run as their own process;
-    ingest, which writes large chunks, keeps mimalloc."""
+    the train step too (without the fixed mmap threshold: its fit's temporaries come from the
+    heap), where mimalloc kept the reading's pages through the fit; ingest, which writes large
+    chunks, keeps mimalloc."""
     import os
     import subprocess
     import sys
