@@ -618,20 +618,36 @@ def test_sigterm_in_xgboosts_log_callback_is_not_lost():
 
 @pytest.mark.parametrize("above", [10**9, 0])
 def test_train_step_lets_the_events_go_before_writing_the_model(splits, tmp_path, monkeypatch, above):
-    """No split's events (a Dataset, a FitSource) are alive while the model files are written
-    (the ONNX check allocates anew there): the train step's peak is the fit's, not the fit's
-    arrays plus the export. A streamed fit keeps check_learned's events of its check sample only,
-    and records the sample it checked leakage on."""
+    """None of the events the train step read (the training Dataset or FitSource and its check
+    sample, the validation split) is alive while the model files are written (the ONNX check
+    allocates anew there): the step's peak is the fit's, not the fit's arrays plus the export.
+    A streamed fit keeps check_learned's events of its check sample only, and records the
+    sample it checked leakage on."""
     import gc
+    import weakref
 
+    read = []  # weak references to what the step read
+
+    def keep(fn):
+        def wrapped(*a, **k):
+            out = fn(*a, **k)
+            for o in out if isinstance(out, tuple) else (out,):
+                if o is not None:
+                    read.append(weakref.ref(o))
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(tr, "_read_train", keep(tr._read_train))
+    monkeypatch.setattr(tr, "_read_validation", keep(tr._read_validation))
     alive = []
+    real_save = tr._save
 
     def save(*a, **k):
         gc.collect()
-        alive.extend(type(o).__name__ for o in gc.get_objects() if isinstance(o, ds.Dataset | ds.FitSource))
+        alive.extend(type(r()).__name__ for r in read if r() is not None)
         return real_save(*a, **k)
 
-    real_save = tr._save
     monkeypatch.setattr(tr, "_save", save)
     checked = []
     real_check = tr.check_learned
@@ -645,7 +661,7 @@ def test_train_step_lets_the_events_go_before_writing_the_model(splits, tmp_path
         "stream_batch_events": 512,
     }
     rec = tr.train(splits[0], splits[1], "m", spec, str(tmp_path / "m"), str(tmp_path / "m.json"))
-    assert alive == [] and (tmp_path / "m" / registry.META_FILE).exists()
+    assert len(read) >= 2 and alive == [] and (tmp_path / "m" / registry.META_FILE).exists()
     if above:
         assert rec["streamed"] is None and checked == [5000]
     else:
