@@ -385,8 +385,11 @@ def train(
             "batch_events": source.batch_events,
         },
     }
+    streamed = source is not None
     del data, val, source
-    release_heap()  # the events go before the model files are written (the ONNX check's peak)
+    # the events go before the model files are written (the ONNX check's peak); a streamed
+    # fit's sources are in reference cycles (XGBoost's iterator callbacks): collected
+    release_heap(collect=streamed)
     _save(family, meta, out_dir, bundle.make(read_json(transform), ingest) if transform else None)
     record = {
         **meta,
