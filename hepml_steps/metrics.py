@@ -176,8 +176,10 @@ def threshold_metrics(y, score, threshold: float = 0.5, sample_weight=None) -> d
 
 
 # -- threshold-free ------------------------------------------------------------
-#: events gathered at a time by :func:`score_groups` (its temporaries are those of one chunk)
-GROUP_CHUNK = 1 << 17
+#: events gathered at a time by :func:`score_groups` (its temporaries are those of one chunk,
+#: about 8 arrays of it); 2^17 before: the evaluate step at 1M events peaked 6-8 MiB higher (its
+#: ROC, KS and significance temporaries), in the same time (roc_auc and KS of 10^7 events: 2.4 s)
+GROUP_CHUNK = 1 << 15
 
 
 def _score_arrays(y, score, sample_weight=None):
