@@ -148,7 +148,12 @@ def parquet_file(path: str | os.PathLike):
 
 
 def read_batches(
-    pf, batch_size: int, columns: list[str] | None = None, row_groups: list[int] | None = None, span: bool = True
+    pf,
+    batch_size: int,
+    columns: list[str] | None = None,
+    row_groups: list[int] | None = None,
+    span: bool = True,
+    coalesce_rows: int = ROW_GROUP_EVENTS,
 ):
     """The record batches of ``pf.iter_batches(batch_size, row_groups, columns)``, value for
     value, read with less memory.
@@ -166,7 +171,13 @@ def read_batches(
     thread, so memory holds the batch, one row group, a copy of the rows of the
     next batch read so far, and one column chunk being decoded; in a step's own
     process the heap's free pages are returned before each row group
-    (:func:`trim_between_batches`). pyarrow's
+    (:func:`trim_between_batches`). With ``span`` (the default), consecutive
+    row groups are read together while they hold fewer than ``coalesce_rows``
+    rows (:data:`ROW_GROUP_EVENTS`; 0: one row group per read), which memory
+    then holds as it holds one row group: a file written in small pieces
+    (500-row groups) would otherwise cost a read per column and a trim per
+    piece (ingest of 200k events x 30 columns took 3.9 s instead of 0.15 s with
+    pyarrow's reader). pyarrow's
     reader held about twice the batch besides the batch it returned, and
     decoded on its thread pool: 48 MiB of Arrow memory at its peak for
     batches of 9 MiB (65,536 events, 19 columns); this reader, 19.
@@ -181,11 +192,17 @@ def read_batches(
     names = list(pf.schema_arrow.names if columns is None else columns)
     schema = pa.schema([pf.schema_arrow.field(c) for c in names], metadata=pf.schema_arrow.metadata)
     pending, n_pending = [], 0
-    for rg in range(pf.num_row_groups) if row_groups is None else row_groups:
+    groups = range(pf.num_row_groups) if row_groups is None else row_groups
+    for read in _coalesced(pf, groups, coalesce_rows) if span else ([rg] for rg in groups):
         trim_between_batches()
-        group = pa.Table.from_arrays(
-            [pf.read_row_group(rg, columns=[c], use_threads=False).column(0) for c in names], schema=schema
-        )
+        if len(read) == 1:
+            group = pa.Table.from_arrays(
+                [pf.read_row_group(read[0], columns=[c], use_threads=False).column(0) for c in names], schema=schema
+            )
+        else:
+            group = pa.Table.from_arrays(
+                [pf.read_row_groups(read, columns=[c], use_threads=False).column(0) for c in names], schema=schema
+            )
         start = 0
         while start < group.num_rows:
             take = min(batch_size - n_pending, group.num_rows - start)
@@ -204,6 +221,21 @@ def read_batches(
         del group
     if n_pending:
         yield _one_batch(pending)
+
+
+def _coalesced(pf, row_groups, rows: int = ROW_GROUP_EVENTS):
+    """``row_groups`` in order as lists of consecutive ones to read together: a row group of
+    ``rows`` rows or more alone, smaller ones gathered while they hold fewer than ``rows``."""
+    md, read, n = pf.metadata, [], 0
+    for rg in row_groups:
+        size = md.row_group(rg).num_rows
+        if read and (n + size > rows or read[-1] + 1 != rg):
+            yield read
+            read, n = [], 0
+        read.append(rg)
+        n += size
+    if read:
+        yield read
 
 
 def read_matrices(pf, columns: list[str], batch_size: int, dtype="float32"):

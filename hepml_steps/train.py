@@ -32,9 +32,10 @@ of the Parquet file instead (``fit_stream``) when the split holds more than
 the family's own compact copy (XGBoost's quantised matrix) or a shuffle
 buffer, plus the validation split, itself read batch by batch by a family
 that declares ``streams_validation`` (all three: XGBoost's binned validation
-matrix, or the networks' outputs, targets and weights); the leakage and learned-nothing checks
-use a deterministic sample of 200,000 training events, and the record says
-``streamed``. Before the fit the leakage check
+matrix, or the networks' outputs, targets and weights); the leakage check
+uses a deterministic sample of 200,000 training events (the learned-nothing
+check scores 2,000 of them and judges the class weights of every event), and
+the record says ``streamed``. Before the fit the leakage check
 (:mod:`hepml_steps.leakage`, ``training.leakage``) flags features that
 alone separate the classes or look like identifiers. The model directory (model files
 + ``hepml_model.json``) is replaced atomically.
@@ -212,13 +213,15 @@ def _fit(family, train, val, meter) -> dict:
 LEARNED_SAMPLE = 2000
 
 
-def check_learned(family, train, val, model: str, spec: dict) -> None:
+def check_learned(family, train, val, model: str, spec: dict, source=None) -> None:
     """Refuse a supervised fit whose score is the same for every event.
 
     The validation events (``val.X``, or the chunks of ``val`` when it is a
     :class:`~hepml_steps.dataset.FitSource`) are scored first; only when their
     scores are all equal are (at most :data:`LEARNED_SAMPLE`) training events (a
-    :class:`~hepml_steps.dataset.Dataset`) scored too.
+    :class:`~hepml_steps.dataset.Dataset`) scored too. The message's likely cause
+    is judged on the class fit weights of ``train``, or of every training event
+    when ``source`` (a streamed fit's :class:`~hepml_steps.dataset.FitSource`) is given.
 
     Raises
     ------
@@ -244,28 +247,35 @@ def check_learned(family, train, val, model: str, spec: dict) -> None:
                 return
     raise DataError(
         f"models.{model}: the fit learned nothing (constant score on the validation and "
-        f"training events); likely cause: {_likely_cause(family, train, spec)}"
+        f"training events); likely cause: {_likely_cause(family, train, spec, source)}"
     )
 
 
-def _likely_cause(family, train, spec: dict) -> str:
+def _likely_cause(family, train, spec: dict, source=None) -> str:
+    """Why a fit learned nothing, judged on the class fit weights of every training
+    event: ``source``'s (a streamed fit: :attr:`FitSource.class_weight_sums`), else
+    ``train``'s."""
     import numpy as np
 
     from . import tasks
 
-    w, y = train.fit_weights, train.y
-    classes = tasks.get(family.task).balance_classes(y) if w is not None else None
-    if classes is not None:  # a task with classes (classification, multiclass)
-        totals = [float(w[y == c].sum()) for c in np.unique(y)]
+    if source is not None:
+        n, sums = len(source), source.class_weight_sums
+        totals = None if sums is None else list(sums.values())
+    else:
+        n, w, y = len(train), train.fit_weights, train.y
+        classes = tasks.get(family.task).balance_classes(y) if w is not None else None
+        totals = None if classes is None else [float(w[y == c].sum()) for c in np.unique(y)]
+    if totals is not None:  # a task with classes (classification, multiclass)
         if len(totals) > 1 and min(totals) < 0.05 * max(totals):
             return (
                 f"weighting: {spec.get('weighting', 'balanced')} gives a class {min(totals) / max(totals):.2g} "
-                f"of the weight of another over {len(train)} training events, too little for the family's "
+                f"of the weight of another over {n} training events, too little for the family's "
                 "minimum-weight parameters (min_child_weight, min_samples_leaf, ...); use weighting: "
                 "balanced, more events, or smaller such parameters"
             )
     return (
-        f"{len(train)} training events too few for the family's parameters (min_child_weight, "
+        f"{n} training events too few for the family's parameters (min_child_weight, "
         "min_samples_leaf, regularisation), or features that carry no information on the target; "
         "check the features and loosen those parameters"
     )
@@ -356,7 +366,7 @@ def train(
     data = data.fit_view()  # the fit holds the matrix and targets, not the split's other columns
     release_heap()  # ... nor the pages they and the leakage check's temporaries left free
     fitted = _fit(family, source or data, val, step_meter(energy, device, cls.gpu_capable))
-    check_learned(family, data, val, model, spec)
+    check_learned(family, data, val, model, spec, source)
     meta = {
         "model": model,
         "family": cls.name,

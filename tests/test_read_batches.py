@@ -53,9 +53,33 @@ def test_row_groups_and_no_spanning(table_file):
 def test_a_spanning_batch_holds_no_row_group(table_file):
     """A batch of two row groups' rows is a copy: it shares no buffer with the groups."""
     pf = parquet_file(table_file)
-    batches = list(read_batches(pf, 305, ["x"]))
+    batches = list(read_batches(pf, 305, ["x"], coalesce_rows=0))  # one row group per read
     assert [b.num_rows for b in batches] == [305, 305, 305, 85]
     assert all(b.column(0).buffers()[1].size == 8 * b.num_rows for b in batches[:3])
+
+
+@pytest.mark.parametrize("batch_size", [1, 64, 1000, 5000])
+def test_small_row_groups_are_read_together_with_the_same_batches(tmp_path, monkeypatch, batch_size):
+    """Row groups smaller than coalesce_rows are read together (one read per column for up to
+    that many rows, not one per row group), giving pyarrow's batches value for value; with
+    span=False (no batch across row groups) they are still read one by one."""
+    n = 3000
+    rng = np.random.default_rng(5)
+    table = pa.table({"x": rng.normal(size=n), "name": [f"p{i % 3}" for i in range(n)]})
+    path = tmp_path / "small.parquet"
+    pq.write_table(table, path, row_group_size=100)  # 30 row groups
+    pf = parquet_file(path)
+    calls = []
+    for name in ("read_row_group", "read_row_groups"):
+        real = getattr(pf, name)
+        monkeypatch.setattr(pf, name, lambda g, *a, _r=real, _n=name, **k: calls.append((_n, g)) or _r(g, *a, **k))
+    got = list(read_batches(pf, batch_size, coalesce_rows=1000))
+    want = list(parquet_file(path).iter_batches(batch_size=batch_size))
+    assert len(got) == len(want) and all(a.equals(b) for a, b in zip(got, want))
+    assert [g for _, g in calls[::2]] == [list(range(i, i + 10)) for i in range(0, 30, 10)]  # 3 reads x 2 columns
+    calls.clear()
+    list(read_batches(pf, 100, span=False, coalesce_rows=1000))
+    assert len(calls) == 60 and all(name == "read_row_group" for name, _ in calls)
 
 
 def test_a_file_without_rows_yields_nothing(tmp_path):
@@ -182,15 +206,18 @@ def test_free_heap_pages_are_returned_before_each_row_group_unless_a_scratch_hea
     list(read_batches(parquet_file(table_file), 256))
     assert trims == []
     monkeypatch.setattr(io, "_fixed_threshold", 128 * 1024)
-    list(read_batches(parquet_file(table_file), 256))
+    list(read_batches(parquet_file(table_file), 256, coalesce_rows=0))
     assert len(trims) == 4  # the file's four row groups
+    trims.clear()
+    list(read_batches(parquet_file(table_file), 256, coalesce_rows=400))
+    assert len(trims) == 3  # reads [0, 1], [2], [3]: 310 rows, then 390 and 300
     trims.clear()
     with io.ScratchHeap() as heap:
         assert heap.active
-        list(read_batches(parquet_file(table_file), 256))
+        list(read_batches(parquet_file(table_file), 256, coalesce_rows=0))
         assert trims == []
     assert trims == [1]  # the ScratchHeap's own trim on leaving
-    list(read_batches(parquet_file(table_file), 256))
+    list(read_batches(parquet_file(table_file), 256, coalesce_rows=0))
     assert len(trims) == 5
 
 
