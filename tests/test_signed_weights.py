@@ -236,3 +236,24 @@ def test_ingest_records_negative_weights_per_class_and_the_leaderboard_shows_the
         [], {"negative_weights": {"signal": {"n": 0, "sum_weights": 0.0}, "background": {"n": 0, "sum_weights": 0.0}}}
     )
     assert pd.read_parquet(tmp_path / "o.parquet")["weight"].lt(0).sum() == (df["weight"] < 0).sum()
+
+
+def test_a_streamed_fit_judges_the_likely_cause_on_every_training_event(tmp_path):
+    """A streamed fit checks what it learned on LEARNED_SAMPLE events of its check sample, but the
+    likely cause weighs the classes over every training event (the source's class sums): a class
+    at 1 % of another's weight is named, with the training split's size, whatever the sample holds."""
+    p = _splits(tmp_path, n=5000, yield_ratio=0.01)  # more training events than LEARNED_SAMPLE
+    n_train = len(pd.read_parquet(p["train"]))
+    assert n_train > train.LEARNED_SAMPLE
+    spec = {
+        "family": "xgboost",
+        "weighting": "physical",
+        "params": {"n_estimators": 3, "min_child_weight": 1e9},
+        "stream_above_events": 0,
+        "stream_batch_events": 128,
+    }
+    with pytest.raises(DataError) as exc:
+        train.train(p["train"], p["validation"], "bdt", spec, str(tmp_path / "bdt"), str(tmp_path / "bdt.json"))
+    msg = str(exc.value)
+    assert "weighting: physical gives a class 0.01 of the weight of another" in msg
+    assert f"over {n_train} training events" in msg

@@ -95,7 +95,7 @@ INFERENCE_BATCH = 65536
 #: slower at 2 threads. Against 8,192: the predict step's peak above a 20,000-event run,
 #: at 10M events (131,072-event batches), 20 -> 12 MiB for 4% more time (8.4 s); the
 #: scores differ by at most one float32 rounding (the GEMM blocks differ). On a GPU INFERENCE_BATCH.
-#: The validation and training losses of a fit are evaluated in passes of this size too: in
+#: A fit's validation losses and its initial training loss are evaluated in passes of this size too: in
 #: 65,536-event passes, the train step at 1M events (200k validation events) peaked 60-80 MiB
 #: higher at each evaluation (a pass's activations).
 CPU_SCORE_BATCH = 1024
