@@ -538,10 +538,11 @@ def test_process_must_be_an_integer_and_given_for_every_input(tmp_path):
     assert not (tmp_path / "o.parquet").exists()
 
 
-def test_parquet_input_chunks_read_one_column_of_one_row_group_at_a_time(tmp_path, monkeypatch):
-    """A Parquet input is read for ingest through io.read_batches: each read is one column of one
-    row group (pyarrow's iter_batches held about twice a chunk besides it), and the chunks, which
-    span row groups, are the file's rows in order, jagged and string columns included."""
+def test_parquet_input_chunks_read_one_column_at_a_time(tmp_path, monkeypatch):
+    """A Parquet input is read for ingest through io.read_batches: each read is one column of its
+    row groups (small ones read together; pyarrow's iter_batches held about twice a chunk besides
+    it), and the chunks, which span row groups, are the file's rows in order, jagged and string
+    columns included."""
     import awkward as ak
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -562,17 +563,20 @@ def test_parquet_input_chunks_read_one_column_of_one_row_group_at_a_time(tmp_pat
     path = tmp_path / "in.parquet"
     pq.write_table(table, path, row_group_size=300)
     with readers.open_source(path, "parquet") as src:
-        reads, read = [], src._file.read_row_group
+        reads = []
+        for name in ("read_row_group", "read_row_groups"):
+            real = getattr(src._file, name)
 
-        def spy(i, columns=None, **kw):
-            reads.append((i, tuple(columns)))
-            return read(i, columns=columns, **kw)
+            def spy(groups, columns=None, _real=real, **kw):
+                reads.append((tuple(groups) if isinstance(groups, list) else (groups,), tuple(columns)))
+                return _real(groups, columns=columns, **kw)
 
-        monkeypatch.setattr(src._file, "read_row_group", spy)
+            monkeypatch.setattr(src._file, name, spy)
         chunks = list(src.chunks(["x", "n", "Jet_pt", "process"], 400))
+    assert reads and all(len(cols) == 1 for _, cols in reads)
+    assert sorted(c for _, (c,) in reads) == ["Jet_pt", "n", "process", "x"]  # each column read once
+    assert all(groups == (0, 1, 2, 3) for groups, _ in reads)  # four 300-row groups read together
     assert [(start, rows) for start, rows, _ in chunks] == [(0, 400), (400, 400), (800, 200)]
-    assert all(len(cols) == 1 for _, cols in reads)
-    assert sorted(reads) == sorted((rg, (c,)) for rg in range(4) for c in ("x", "n", "Jet_pt", "process"))
     x = np.concatenate([np.asarray(a["x"]) for _, _, a in chunks])
     assert np.array_equal(x, table.column("x").to_numpy())
     jagged = ak.concatenate([a["Jet_pt"] for _, _, a in chunks])
