@@ -195,14 +195,18 @@ def read_batches(
     groups = range(pf.num_row_groups) if row_groups is None else row_groups
     for read in _coalesced(pf, groups, coalesce_rows) if span else ([rg] for rg in groups):
         trim_between_batches()
-        if len(read) == 1:
-            group = pa.Table.from_arrays(
-                [pf.read_row_group(read[0], columns=[c], use_threads=False).column(0) for c in names], schema=schema
-            )
-        else:
-            group = pa.Table.from_arrays(
-                [pf.read_row_groups(read, columns=[c], use_threads=False).column(0) for c in names], schema=schema
-            )
+        one = len(read) == 1  # pyarrow's single-group read, else its read of several
+        group = pa.Table.from_arrays(
+            [
+                (
+                    pf.read_row_group(read[0], columns=[c], use_threads=False)
+                    if one
+                    else pf.read_row_groups(read, columns=[c], use_threads=False)
+                ).column(0)
+                for c in names
+            ],
+            schema=schema,
+        )
         start = 0
         while start < group.num_rows:
             take = min(batch_size - n_pending, group.num_rows - start)
