@@ -515,7 +515,7 @@ def fit_cap(spec: dict, family_cls, streaming: bool) -> int | None:
 #: Default ``training.max_in_memory_events``: 20 million events x 20 float32 features is 1.6 GB.
 MAX_IN_MEMORY_EVENTS = 20_000_000
 #: Default ``training.stream_above_events``: streaming families train from batches above it.
-STREAM_ABOVE_EVENTS = 2_000_000
+STREAM_ABOVE_EVENTS = 500_000
 #: Default number of events per batch of a :class:`ParquetSource`.
 BATCH_EVENTS = 262_144
 

@@ -28,7 +28,7 @@ warning is logged and the cap is recorded. A fit in memory is also capped at
 memory is subsampled, recorded, rather than crashing the job. A family that
 declares ``streams_training`` (XGBoost, MLP, autoencoder) trains from batches
 of the Parquet file instead (``fit_stream``) when the split holds more than
-``stream_above_events`` events (2 million by default): memory then holds
+``stream_above_events`` events (500,000 by default): memory then holds
 the family's own compact copy (XGBoost's quantised matrix) or a shuffle
 buffer, plus the validation split, itself read batch by batch by a family
 that declares ``streams_validation`` (all three: XGBoost's binned validation
