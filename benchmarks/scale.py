@@ -40,14 +40,17 @@ it prints:
     the toy) of its output table, plus 8 bytes per event of the whole table:
     the event ids the uniqueness check sorts;
   * split: its largest batch (whole row groups gathered until they hold
-    ``split.BATCH_EVENTS`` = 262,144 events or more: what it reads at a time,
+    ``split.batch_events(n)`` = 262,144 events or more up to 16.8M events,
+    four of the row groups of ``io.row_group_events``: what it reads at a time,
     ``split.row_group_batches``) of the events table, all its columns;
   * features: the fit's matrix, ``n_fit_events`` × numeric columns ×
     8 bytes (``transform.json``: ``features.fit`` builds float64 from the
     training split; the rest streams by row group);
-  * predict: one batch (``evaluation.inference_batch_size`` events) of the
-    columns read from a prepared split (the model's features, ``event_id``,
-    ``label``, ``weight``, ``truth_llr``);
+  * predict: one batch (``evaluation.inference_batch_size`` events), or one
+    row group of the prepared splits when larger (above 16.8M events in a
+    split, ``io.row_group_events``: ``io.read_matrices`` holds a row group's
+    batches), of the columns read from a prepared split (the model's
+    features, ``event_id``, ``label``, ``weight``, ``truth_llr``);
   * importance: one record batch (65,536 events) of those columns from the
     test split, plus the events it scores (at most 20,000, its
     ``--max-events``) of them;
@@ -331,11 +334,11 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
         return batch_bytes(events, chunk) + 8.0 * table_info(events)["rows"], n_all
     if rule == "split":
         from hepml_steps.io import parquet_file
-        from hepml_steps.split import BATCH_EVENTS, row_group_batches
+        from hepml_steps.split import batch_events, row_group_batches
 
         events = res / "data" / "events.parquet"
         md = parquet_file(events).metadata
-        batches = row_group_batches(parquet_file(events), BATCH_EVENTS)
+        batches = row_group_batches(parquet_file(events), batch_events(md.num_rows))
         return batch_bytes(events, max(sum(md.row_group(g).num_rows for g in b) for b in batches)), n_all
     if rule == "features":
         transform = json.loads((res / "features" / "transform.json").read_text())
@@ -346,8 +349,9 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
     if rule in ("predict", "importance"):
         meta = json.loads((res / "models" / model / "hepml_model.json").read_text())
         cols = [*meta["features"], "event_id", "label", "weight", "truth_llr"]
-        if rule == "predict":
-            return batch_bytes(feat["test"], batch, cols), sum(rows.values())
+        if rule == "predict":  # a batch, or a row group when larger (read_matrices holds its batches)
+            group = max(table_info(p)["row_group"] for p in feat.values() if p.exists())
+            return batch_bytes(feat["test"], max(batch, group), cols), sum(rows.values())
         sample = batch_bytes(feat["test"], 20_000, cols)  # importance's --max-events default
         return batch_bytes(feat["test"], ROW_GROUP_EVENTS, cols) + sample, rows["test"]
     if rule in ("evaluate", "plots"):

@@ -12,7 +12,8 @@ evaluated with numexpr, so no arbitrary code can run and nothing runs for long.
 **Memory.** The fit reads only the columns it needs from the training split
 (the features and the derived columns' inputs, never the reserved ones) and
 holds them once as a float64 matrix (n_train × n_features); each split is
-then prepared :data:`BATCH_EVENTS` events at a time, reading only the
+then prepared a row group at a time (``io.row_group_events`` of the split's
+events: :data:`BATCH_EVENTS` up to 16.8M events), reading only the
 columns the transform needs and writing the prepared table batch by batch
 (:func:`apply_file`): the same values as :func:`apply` of the whole split.
 
@@ -97,6 +98,7 @@ from .io import (
     read_batches,
     read_json,
     release_freed_memory,
+    row_group_events,
     write_json,
 )
 
@@ -126,7 +128,7 @@ ID_NAMES = (
 ID_MIN_EVENTS = 100
 #: key of the prepared table's Parquet metadata (``DataFrame.attrs``) read by :mod:`hepml_steps.dataset`
 ATTRS_KEY = "hepml"
-#: events per batch when the splits are prepared (:func:`apply_file`)
+#: events per batch when the splits are prepared (:func:`apply_file`) and fitted, up to 16.8M events
 BATCH_EVENTS = ROW_GROUP_EVENTS
 #: suffixes of the missing-indicator and one-hot columns
 MISSING_SUFFIX, CATEGORY_SUFFIX = "_missing", "_cat"
@@ -543,7 +545,7 @@ def _apply_columns(names: list[str], transform: dict) -> list[str]:
     return [c for c in names if c in RESERVED or c in wanted]
 
 
-def apply_file(path: str, out: str, transform: dict, batch_size: int = BATCH_EVENTS) -> dict:
+def apply_file(path: str, out: str, transform: dict, batch_size: int | None = None) -> dict:
     """Write the prepared table of the split ``path`` to ``out``, ``batch_size`` events at a time.
 
     The same table as :func:`apply` of the whole split (row for row, value for
@@ -560,8 +562,9 @@ def apply_file(path: str, out: str, transform: dict, batch_size: int = BATCH_EVE
         The prepared split (Parquet, zstd).
     transform : dict
         The fitted transform (:func:`fit`).
-    batch_size : int
-        Events per batch.
+    batch_size : int or None
+        Events per batch, each written as one row group (None:
+        ``io.row_group_events`` of the split's events, 65,536 up to 16.8M events).
 
     Returns
     -------
@@ -580,6 +583,7 @@ def apply_file(path: str, out: str, transform: dict, batch_size: int = BATCH_EVE
     import pyarrow.parquet as pq
 
     pf = parquet_file(path)
+    batch_size = batch_size or row_group_events(pf.metadata.num_rows)
     need = _apply_columns(columns_of(path), transform)
     total = {"missing": {}, "unseen": {}}
     with atomic_path(out) as tmp:
@@ -646,10 +650,11 @@ def features(
     ``targets``: the models' target columns, kept unstandardised (see :func:`fit`);
     ``options``: ``fill_value``, ``missing_indicators``, ``max_categories`` of :func:`fit`.
     The fit reads the training split's feature columns whole; the splits are
-    then prepared ``batch_size`` events at a time (:func:`apply_file`).
+    then prepared ``batch_size`` events at a time (None: a row group of :func:`apply_file`).
     The transform records the missing values and unseen categories per split and column."""
-    batch_size = batch_size or BATCH_EVENTS
-    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, batch_size=batch_size, **options)
+    transform = fit(
+        inputs["train"], columns, derived, standardize, pca, targets, batch_size=batch_size or BATCH_EVENTS, **options
+    )
     transform["missing"], transform["unseen"] = {}, {}
     for s in SPLITS:
         counts = apply_file(inputs[s], outs[s], transform, batch_size)

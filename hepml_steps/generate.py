@@ -98,7 +98,7 @@ from scipy import special
 from . import cli
 from .columns import EVENT_ID, LABEL, TRUTH_LLR, WEIGHT
 from .errors import ConfigError
-from .io import ROW_GROUP_EVENTS, atomic_path, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, row_group_events, write_json
 
 log = logging.getLogger("hepml.generate")
 
@@ -577,7 +577,7 @@ def generate(
 
     with atomic_path(out) as tmp:
         if fmt == "parquet":
-            _write_parquet(tmp, chunks())
+            _write_parquet(tmp, chunks(), row_group_events(n_events))
         else:
             _write_root(tmp, chunks())
 
@@ -603,7 +603,8 @@ def generate(
     return summary
 
 
-def _write_parquet(path: Path, chunks) -> None:
+def _write_parquet(path: Path, chunks, rows_per_group: int) -> None:
+    """Write ``chunks`` (dicts of columns) to ``path`` in row groups of at most ``rows_per_group`` events."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -613,7 +614,7 @@ def _write_parquet(path: Path, chunks) -> None:
             table = pa.table(cols)  # the numpy arrays, not copied
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory
+            writer.write_table(table, row_group_size=rows_per_group)  # bounds the readers' memory
             del table, cols
     finally:
         if writer is not None:

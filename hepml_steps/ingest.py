@@ -59,8 +59,8 @@ beside the output; a second pass drops the events with NaN/inf in a column
 them, ±inf written as NaN — a missing value, see :mod:`hepml_steps.features` —
 and drops only the events whose ``target`` is NaN/inf), gives every column
 one type over all inputs, and writes the table with a ParquetWriter, in row
-groups of ``ROW_GROUP_EVENTS`` (65,536) events (they bound the readers'
-memory), to a temporary file moved into place at the end. Peak memory is one
+groups of at most ``io.row_group_events`` events (65,536 up to 16.8M events; they
+bound the readers' memory), to a temporary file moved into place at the end. Peak memory is one
 chunk plus the event ids of the uniqueness check (8 bytes per event, sorted in
 place), whatever the input's size.
 
@@ -100,7 +100,7 @@ from .inputs import (  # noqa: F401 (the step's API: config.load, tests)
     name_prefix,
     same_value,
 )
-from .io import ROW_GROUP_EVENTS, atomic_path, write_json
+from .io import atomic_path, row_group_events, write_json
 from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
 from .readers import file_format, listing, open_source
 
@@ -687,6 +687,7 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
     schema = _schema(order, inputs)
     # every written event's id, for the uniqueness check: 8 bytes per event, filled in place
     ids = np.empty(sum(rows for state in inputs for _, rows, _ in state.chunks), dtype=np.int64)
+    group = row_group_events(len(ids))  # a row group per chunk read at most
     bounds, kept = [], {}
     totals = {"n": 0, "w": 0.0, "n_sig": 0, "n_bkg": 0, "w_sig": 0.0, "w_bkg": 0.0}
     with pq.ParquetWriter(str(out), schema, compression="zstd") as writer:
@@ -710,7 +711,7 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
                         continue  # counted for the message; the step stops after this input
                     table = table.filter(pa.array(~bad))
                 if table.num_rows:
-                    _write_table(writer, table.cast(schema, safe=False), ids, bounds, totals, desc)
+                    _write_table(writer, table.cast(schema, safe=False), group, ids, bounds, totals, desc)
                     n_kept += table.num_rows
             state_n = state.n_after_cut
             if n_bad and s.nonfinite == "fail":
@@ -753,8 +754,8 @@ def _inf_as_nan(table, c: str, values: np.ndarray):
     return table.set_column(table.schema.get_field_index(c), c, pa.array(values, type=table.column(c).type))
 
 
-def _write_table(writer, table, ids, bounds, totals, desc):
-    writer.write_table(table, row_group_size=ROW_GROUP_EVENTS)  # bounds the readers' memory (split)
+def _write_table(writer, table, group, ids, bounds, totals, desc):
+    writer.write_table(table, row_group_size=group)  # bounds the readers' memory (split)
     ids[totals["n"] : totals["n"] + table.num_rows] = table.column(EVENT_ID).to_numpy()  # a copy: the spill unmapped
     bounds.append((table.num_rows, desc))
     w = table.column(WEIGHT).to_numpy()

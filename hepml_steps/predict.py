@@ -32,7 +32,7 @@ import numpy as np
 from . import cli, dataset, registry, tasks
 from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, FamilyError
-from .io import ROW_GROUP_EVENTS, ScratchHeap, atomic_path, release_freed_memory, write_json
+from .io import ScratchHeap, atomic_path, parquet_file, release_freed_memory, row_group_events, write_json
 
 log = logging.getLogger("hepml.predict")
 
@@ -251,11 +251,12 @@ def _score_only(model, path, meta, batch_size, task, heap, spill) -> tuple[np.dt
 
 def _write_scores(spill, dtype, shape, path, meta, task, split, writer, score_dtype) -> None:
     """Write the rows of a split scored by :func:`_score_only`: its event columns read row
-    group by row group (at most ``ROW_GROUP_EVENTS`` events, no batch spanning two: no
-    copy), its scores read back from ``spill`` (rewound) alike."""
+    group by row group (no batch spanning two: no copy; one output row group each), its
+    scores read back from ``spill`` (rewound) alike."""
     spill.seek(0)
     width = int(np.prod(shape, dtype=np.int64))
-    for data in dataset.iter_scoring(path, {**meta, "features": []}, ROW_GROUP_EVENTS, span=False):
+    group = row_group_events(parquet_file(path).metadata.num_rows)  # as the features step wrote them
+    for data in dataset.iter_scoring(path, {**meta, "features": []}, group, span=False):
         scores = np.fromfile(spill, dtype=dtype, count=len(data) * width).reshape(len(data), *shape)
         writer.write(_table(data, split, scores, task, score_dtype))
         del data, scores  # not held while the next batch is read

@@ -7,12 +7,13 @@ on nothing but the event's id and the salt, so an event's split never depends
 on file order or on which other events are present.
 
 Streams the input by batches of whole row groups, gathered until they hold
-:data:`BATCH_EVENTS` (262,144) events or more (:func:`row_group_batches`; ingest
-writes row groups of at most 65,536 events, 65,536 x 3 + 3,392 per 200,000-event
+:func:`batch_events` events or more (:func:`row_group_batches`): four row groups'
+worth, ``4 * io.row_group_events(n)`` (262,144 up to 16.8M events; ingest writes
+row groups of at most 65,536 events there, 65,536 x 3 + 3,392 per 200,000-event
 chunk, so a batch holds at most 268,928 of them), column by column: the batch's ``event_id`` is read and
 hashed, then each column of each of its row groups is read, cut into its
 three splits' parts and freed before the next is read. Each split's part of
-a batch is then written, in row groups of at most ``ROW_GROUP_EVENTS`` events
+a batch is then written, in row groups of at most ``io.row_group_events(n)`` events
 (the features step reads them one at a time). So memory holds one batch of
 parts (the batch's rows, once) plus one column of one row group, never a
 record batch of the input beside the parts cut from it nor parts waiting
@@ -20,7 +21,9 @@ for a full row group; the heap's free pages go back before each batch
 (:func:`hepml_steps.io.trim_between_batches`). Larger batches mean fewer output row
 groups: a Parquet writer holds about 17 kB of footer metadata per row group of
 19 columns until it closes (three row groups per 65,536 input events: 7.6 MiB
-at 10M events; 168 row groups, 2.8 MiB, with these batches). Peak above a
+at 10M events; 168 row groups, 2.8 MiB, with these batches; at 100M events, before
+batches and row groups grew with the file, the 2,000 row groups read held 37 MiB,
+a batch's worth). Peak above a
 20,000-event run, 10M events of 19 columns (37.5 MiB in the largest batch):
 49 MiB; with batches of one row group 19 MiB (9.1 a batch), and 52 MiB when
 one record batch was read and parts were gathered into 65,536-event row groups.
@@ -45,12 +48,20 @@ import numpy as np
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError, culprit
-from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, trim_between_batches, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, row_group_events, trim_between_batches, write_json
 
 log = logging.getLogger("hepml.split")
 
-#: events split at a time (whole row groups gathered until they hold at least this many)
+#: events split at a time up to 16.8M events (whole row groups gathered until they hold at least this many)
 BATCH_EVENTS = 4 * ROW_GROUP_EVENTS
+
+
+def batch_events(n_events: int) -> int:
+    """Events split at a time from a table of ``n_events`` events: four of its output
+    row groups, ``4 * io.row_group_events(n_events)`` (:data:`BATCH_EVENTS` up to
+    16.8M events, 1,572,864 at 100M)."""
+    return 4 * row_group_events(n_events)
+
 
 RECIPE = (
     "u = splitmix64(uint64(event_id) XOR splitmix64(uint64(salt))) / 2**64; "
@@ -145,14 +156,15 @@ def split(
     fractions: dict,
     salt: int = 0,
     summary_out: str | None = None,
-    batch_size: int = BATCH_EVENTS,
+    batch_size: int | None = None,
     min_events_per_class: int = 1,
 ) -> dict:
     """Split the canonical event table ``events`` into the files ``outs[split]``.
 
     ``batch_size``: events read at a time (whole row groups, gathered until they
-    hold at least this many; a larger row group alone); each output gets its part of
-    a batch in row groups of at most ``ROW_GROUP_EVENTS`` events. The outputs keep the
+    hold at least this many; a larger row group alone; None: :func:`batch_events` of
+    the input's size); each output gets its part of a batch in row groups of at most
+    ``io.row_group_events(n)`` events, ``n`` the input's events. The outputs keep the
     input's schema and rows, in file order.
 
     Raises
@@ -170,6 +182,8 @@ def split(
     schema = pf.schema_arrow
     if EVENT_ID not in schema.names:
         raise DataError(f"{events}: no '{EVENT_ID}' column")
+    group = row_group_events(pf.metadata.num_rows)
+    batch_size = batch_events(pf.metadata.num_rows) if batch_size is None else batch_size
     counts = {s: 0 for s in SPLITS}
     per_class = {s: {} for s in SPLITS}
     weight_class = {s: {} for s in SPLITS}
@@ -195,7 +209,7 @@ def split(
                     counts[s] += part.num_rows
                     if has_label:
                         _count_classes(part, per_class[s], weight_class[s], WEIGHT in schema.names)
-                    writers[s].write_table(part, row_group_size=ROW_GROUP_EVENTS)  # what features reads at a time
+                    writers[s].write_table(part, row_group_size=group)  # what features reads at a time
                 del part  # not held while the next split's part is written
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:

@@ -111,6 +111,25 @@ def rich_table(n, seed):
     return df
 
 
+def test_prepared_splits_are_written_in_row_groups_that_grow_with_the_split(tmp_path, monkeypatch):
+    """By default each split is prepared a row group at a time, io.row_group_events of its
+    events, one output row group per batch: at most MAX_ROW_GROUPS of them."""
+    import pyarrow.parquet as pq
+
+    from hepml_steps import io as hio
+
+    monkeypatch.setattr(hio, "ROW_GROUP_EVENTS", 100)
+    monkeypatch.setattr(hio, "MAX_ROW_GROUPS", 2)
+    paths, outs = {}, {}
+    for i, (s, n) in enumerate((("train", 1200), ("validation", 150), ("test", 450))):
+        paths[s], outs[s] = str(tmp_path / f"{s}.parquet"), str(tmp_path / f"out_{s}.parquet")
+        rich_table(n, i).to_parquet(paths[s], index=False, row_group_size=50)
+    ft.features(paths, outs, str(tmp_path / "t.json"))
+    for s, sizes in (("train", [600, 600]), ("validation", [100, 50]), ("test", [300, 150])):
+        md = pq.ParquetFile(outs[s]).metadata
+        assert [md.row_group(g).num_rows for g in range(md.num_row_groups)] == sizes, s
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -271,6 +271,26 @@ def test_chunked_parquet_counts_weights_and_summary(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_row_groups_grow_with_the_sample(tmp_path, monkeypatch):
+    """Each chunk is written in row groups of io.row_group_events(n_events): more events than
+    MAX_ROW_GROUPS x ROW_GROUP_EVENTS make larger row groups, the same values."""
+    import pyarrow.parquet as pq
+
+    from hepml_steps import io as hio
+
+    def sizes(path):
+        md = pq.ParquetFile(path).metadata
+        return [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+
+    monkeypatch.setattr(hio, "ROW_GROUP_EVENTS", 100)
+    g.generate(tmp_path / "a.parquet", 3000, seed=1, chunk_size=1000)
+    assert sizes(tmp_path / "a.parquet") == [100] * 30
+    monkeypatch.setattr(hio, "MAX_ROW_GROUPS", 4)  # 3,000 events: row groups of 800
+    g.generate(tmp_path / "b.parquet", 3000, seed=1, chunk_size=1000)
+    assert sizes(tmp_path / "b.parquet") == [800, 200] * 3
+    assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
+
+
 def test_same_seed_same_file_different_seed_different(tmp_path):
     a, b, c = (tmp_path / f"{x}.parquet" for x in "abc")
     g.generate(a, 3000, seed=1, chunk_size=700)

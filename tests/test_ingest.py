@@ -80,6 +80,27 @@ def test_root_trees_labelled_per_file_with_file_weight(tmp_path):
     assert on_disk["files"][1]["file_weight"] == 2.5
 
 
+def test_written_row_groups_grow_with_the_input(tmp_path, monkeypatch):
+    """The canonical table is written a row group per chunk, of at most io.row_group_events of
+    the events read: chunks larger than a row group are cut, until the file would hold more
+    than MAX_ROW_GROUPS of them."""
+    import pyarrow.parquet as pq
+
+    from hepml_steps import io as hio
+
+    g.generate(tmp_path / "toy.parquet", 2000, seed=3, chunk_size=2000)
+    kw = {"label_column": "label", "weight_column": "weight", "event_id_column": "event_id", "chunk_size": 500}
+    monkeypatch.setattr(hio, "ROW_GROUP_EVENTS", 100)
+    sizes = {}
+    for max_groups in (256, 2):  # 2,000 events: row groups of 100, then of 1,000 (chunks of 500)
+        monkeypatch.setattr(hio, "MAX_ROW_GROUPS", max_groups)
+        ing.ingest([{"path": str(tmp_path / "toy.parquet")}], tmp_path / f"{max_groups}.parquet", **kw)
+        md = pq.ParquetFile(tmp_path / f"{max_groups}.parquet").metadata
+        sizes[max_groups] = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    assert sizes == {256: [100] * 20, 2: [500] * 4}
+    assert pq.read_table(tmp_path / "256.parquet").equals(pq.read_table(tmp_path / "2.parquet"))
+
+
 def test_generated_root_file_matches_parquet(tmp_path):
     """The generator's ROOT output (read with uproot) gives the same table as its Parquet output."""
     g.generate(tmp_path / "toy.root", 700, seed=3, chunk_size=300, fmt="root")

@@ -169,15 +169,17 @@ def test_unlabelled_tables_skip_the_class_check(label, tmp_path):
 def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monkeypatch):
     """The input (opened through io.parquet_file) is read one column of one row group at a
     time, row groups gathered until a batch holds batch_size events; each output gets its
-    part of a batch in row groups of at most ROW_GROUP_EVENTS events, and its rows (and
-    their order) do not depend on the batch size."""
+    part of a batch in row groups of at most io.row_group_events(n) events, and its rows
+    (and their order) do not depend on the batch size."""
     import inspect
 
     import pyarrow.parquet as pq
 
     from hepml_steps.io import ROW_GROUP_EVENTS
 
-    assert inspect.signature(sp.split).parameters["batch_size"].default == sp.BATCH_EVENTS == 4 * ROW_GROUP_EVENTS
+    assert inspect.signature(sp.split).parameters["batch_size"].default is None  # batch_events of the input
+    assert sp.batch_events(2000) == sp.batch_events(16 * 2**20) == sp.BATCH_EVENTS == 4 * ROW_GROUP_EVENTS
+    assert sp.batch_events(10**8) == 4 * 393_216
     table = pq.read_table(events)
     pq.write_table(table, events, row_group_size=300)  # 2,000 events: 300 x 6 + 200
     seen, reads, opened = [], [], sp.parquet_file
@@ -195,7 +197,7 @@ def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monke
         return pf
 
     monkeypatch.setattr(sp, "parquet_file", spy)
-    monkeypatch.setattr(sp, "ROW_GROUP_EVENTS", 250)
+    monkeypatch.setattr(sp, "row_group_events", lambda n: 250)
     small, whole = tmp_path / "small", tmp_path / "whole"
     small.mkdir(), whole.mkdir()
     sp.split(str(events), outs(small), FR, batch_size=700)  # batches of row groups 0-2, 3-5, 6
@@ -213,6 +215,47 @@ def test_split_streams_a_column_of_a_row_group_at_a_time(events, tmp_path, monke
             sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
             assert max(sizes) <= 250 and len(sizes) >= max(batches, -(-sum(sizes) // 250)), sizes
         assert len(sizes) == -(-sum(sizes) // 250)  # one batch: no short row group but the last
+
+
+def test_row_group_events_bounds_the_number_of_row_groups():
+    """65,536-event row groups up to 256 of them, then multiples of 65,536 that keep a file
+    within 256 row groups, at most 1,048,576 events (pyarrow's default cap) each."""
+    from hepml_steps.io import MAX_ROW_GROUP_EVENTS, ROW_GROUP_EVENTS, row_group_events
+
+    assert [row_group_events(n) for n in (0, 1, 10**6, 10**7, 256 * 65_536)] == [ROW_GROUP_EVENTS] * 5
+    assert row_group_events(256 * 65_536 + 1) == 2 * ROW_GROUP_EVENTS
+    assert row_group_events(10**8) == 6 * ROW_GROUP_EVENTS  # 255 row groups
+    assert row_group_events(10**9) == MAX_ROW_GROUP_EVENTS == 2**20  # 954 row groups: the cap
+    for n in (10**7, 2 * 10**7, 6 * 10**7, 10**8, 2 * 10**8):
+        assert -(-n // row_group_events(n)) <= 256
+
+
+def test_row_groups_grow_with_the_file_so_their_number_stays_bounded(events, tmp_path, monkeypatch):
+    """Above MAX_ROW_GROUPS x ROW_GROUP_EVENTS events, split reads batches of four and writes
+    row groups of io.row_group_events(n) events: the outputs hold at most MAX_ROW_GROUPS row
+    groups (a reader holds every row group's footer metadata), with the same rows."""
+    import pyarrow.parquet as pq
+
+    from hepml_steps import io as hio
+
+    table = pq.read_table(events)
+    pq.write_table(table, events, row_group_size=100)  # 2,000 events in 20 row groups
+    monkeypatch.setattr(hio, "ROW_GROUP_EVENTS", 100)
+    small, grown = tmp_path / "small", tmp_path / "grown"
+    small.mkdir(), grown.mkdir()
+    sp.split(str(events), outs(small), FR)  # 2,000 events <= 256 x 100: groups of 100, batches of 400
+    monkeypatch.setattr(hio, "MAX_ROW_GROUPS", 4)
+    assert hio.row_group_events(2000) == 500 and sp.batch_events(2000) == 2000
+    sp.split(str(events), outs(grown), FR)  # 2,000 > 4 x 100: groups of 500, one batch
+    for s in FR:
+        a, b = pq.read_table(outs(small)[s]), pq.read_table(outs(grown)[s])
+        assert a.equals(b)
+        sizes = {}
+        for out in (small, grown):
+            md = pq.ParquetFile(outs(out)[s]).metadata
+            sizes[out] = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+        assert max(sizes[small]) <= 100 and max(sizes[grown]) <= 500 and len(sizes[grown]) <= 4, sizes
+        assert len(sizes[grown]) < len(sizes[small])
 
 
 def test_split_keeps_string_dictionary_and_null_values(tmp_path):
