@@ -486,6 +486,25 @@ def test_split_column_names_each_row_group_written(prepared, tmp_path):
     assert pq.ParquetFile(tmp_path / "p.parquet").metadata.num_row_groups == 12
 
 
+def test_prediction_row_groups_are_the_splits_cut_at_row_group_events(prepared, tmp_path, monkeypatch):
+    """The prediction table is written a row group of a split at a time, cut to at most
+    io.row_group_events(split events): row groups that grow with the splits."""
+    import pyarrow.parquet as pq
+
+    from hepml_steps import io as hio
+
+    fit(prepared, tmp_path, {"family": "xgboost", "params": {"n_estimators": 5, "max_depth": 2}})
+    multi_row_groups(prepared)  # 400+400+400+300 events per split
+    monkeypatch.setattr(hio, "ROW_GROUP_EVENTS", 200)
+    counts = []
+    for max_groups in (256, 2):  # row_group_events(1500): 200, then 800
+        monkeypatch.setattr(hio, "MAX_ROW_GROUPS", max_groups)
+        pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / f"p{max_groups}.parquet"), batch_size=1000)
+        md = pq.ParquetFile(tmp_path / f"p{max_groups}.parquet").metadata
+        counts.append([md.row_group(g).num_rows for g in range(md.num_row_groups)])
+    assert counts == [[200, 200, 200, 200, 200, 200, 200, 100] * 3, [400, 400, 400, 300] * 3]
+
+
 def test_scores_are_stored_in_the_familys_dtype_only_when_exact():
     """float64 families keep float64; a float32 family's scores are narrowed only when every
     value is a float32 one (else the family's score_dtype is wrong: refused, not rounded)."""
