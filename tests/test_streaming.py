@@ -297,10 +297,10 @@ def test_xgboost_validation_loss_uses_the_training_bins_for_any_max_bin(monkeypa
 
 
 def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(tmp_path, monkeypatch):
-    """By default (external_memory true) on the CPU fit_stream bins into an ExtMemQuantileDMatrix
-    whose cache lies in a temporary directory ($TMPDIR) during the fit and is gone after it; the
-    model is the one an in-memory QuantileDMatrix over the same batches gives (external_memory
-    false)."""
+    """With external_memory true (by default, "auto", above EXTERNAL_MEMORY_ABOVE training events)
+    on the CPU fit_stream bins into an ExtMemQuantileDMatrix whose cache lies in a temporary
+    directory ($TMPDIR) during the fit and is gone after it; the model is the one an in-memory
+    QuantileDMatrix over the same batches gives (external_memory false; "auto" at or below)."""
     import tempfile
 
     import xgboost
@@ -322,7 +322,7 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
     monkeypatch.setattr(xgboost, "ExtMemQuantileDMatrix", spy)
     monkeypatch.setattr(xgb, "PAGE_BYTES", 4 * 4 * 2000)  # 2,000 events of 4 features a page
     params = {"n_estimators": 15, "max_depth": 3}
-    disk = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
+    disk = xgb.XGBoostFamily(params={**params, "external_memory": True}, seed=1).fit_stream(source, X[5000:], y[5000:])
     assert cached and disk.info["streamed"]["matrix"].startswith("external memory")
     assert disk.info["streamed"]["chunks"] == 6 and disk.info["streamed"]["batches"] == 3  # 2 chunks a page
     assert list(tmp_path.iterdir()) == []  # the cache went with the fit
@@ -341,6 +341,17 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
     )
     assert not cached and default.info["streamed"]["matrix"] == "in memory"
     assert default.booster.save_raw("json") == memory.booster.save_raw("json")
+    monkeypatch.setattr(xgboost, "ExtMemQuantileDMatrix", spy)
+    for above, on_disk in ((5000, False), (4999, True)):  # "auto": on disk above it only
+        cached.clear()
+        monkeypatch.setattr(xgb, "EXTERNAL_MEMORY_ABOVE", above)
+        auto = xgb.XGBoostFamily(params=params, seed=1).fit_stream(source, X[5000:], y[5000:])
+        assert bool(cached) == on_disk and auto.info["streamed"]["matrix"].startswith("external") == on_disk
+        assert auto.booster.save_raw("json") == memory.booster.save_raw("json")
+    from hepml_steps.errors import FamilyError
+
+    with pytest.raises(FamilyError, match=r"xgboost: params.external_memory must be true, false or 'auto', got 'yes'"):
+        xgb.XGBoostFamily(params={**params, "external_memory": "yes"}).fit_stream(source)
 
 
 def test_xgboost_pages_gather_chunks_in_order_into_batches_of_page_bytes():
@@ -378,7 +389,7 @@ def test_xgboost_disk_cache_that_cannot_be_written_is_a_storage_error(tmp_path, 
     X = rng.normal(size=(2000, 3)).astype(np.float32)
     source = ds.ArraySource(X, (X[:, 0] > 0).astype(int), np.ones(2000), chunk_events=500)
     with pytest.raises(StorageError, match=r"external-memory cache in .*not-a-directory.*external_memory: false"):
-        xgb.XGBoostFamily(params={"n_estimators": 3}).fit_stream(source)
+        xgb.XGBoostFamily(params={"n_estimators": 3, "external_memory": True}).fit_stream(source)
     model = xgb.XGBoostFamily(params={"n_estimators": 3, "external_memory": False}).fit_stream(source)
     assert model.info["streamed"]["matrix"] == "in memory"
 
@@ -484,7 +495,7 @@ def test_sigterm_during_a_streamed_fit_removes_the_disk_cache_and_partial_output
     spec = {
         "family": "xgboost",
         "task": "classification",
-        "params": {"n_estimators": 100000, "max_depth": 6},
+        "params": {"n_estimators": 100000, "max_depth": 6, "external_memory": True},
         "stream_above_events": 0,
         "stream_batch_events": 512,
     }
@@ -548,7 +559,7 @@ def test_sigterm_while_xgboost_bins_from_the_iterator_stops_the_fit_cleanly(tmp_
     with warnings.catch_warnings(record=True) as caught, stopping.stoppable(True):
         warnings.simplefilter("always")
         with pytest.raises(stopping.Terminated):
-            xgb.XGBoostFamily(params={"n_estimators": 5}).fit_stream(train, val)
+            xgb.XGBoostFamily(params={"n_estimators": 5, "external_memory": True}).fit_stream(train, val)
         gc.collect()
     assert list(tmp_path.iterdir()) == []
     assert not [w for w in caught if "external memory" in str(w.message)]
