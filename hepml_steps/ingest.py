@@ -101,7 +101,7 @@ from .inputs import (  # noqa: F401 (the step's API: config.load, tests)
     same_value,
 )
 from .io import atomic_path, row_group_events, write_json
-from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, parse
+from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, counter_hint, parse
 from .readers import file_format, listing, open_source
 
 log = logging.getLogger("hepml.ingest")
@@ -291,9 +291,9 @@ def _plan(index: int, spec: dict, src, s: Settings, labels: Labels) -> _Plan:
     else:
         picker.default(typer)
     if picker.missing:
-        raise DataError(
-            f"{src.desc}: no column(s)/branch(es) {list(dict.fromkeys(picker.missing))} (has: {listing(src.branches)})"
-        )
+        missing = list(dict.fromkeys(picker.missing))
+        counters = "".join(counter_hint(m, src.branches) for m in missing)
+        raise DataError(f"{src.desc}: no column(s)/branch(es) {missing}{counters} (has: {listing(src.branches)})")
     read = _check_sources(src, s, typer, sources)
     for expr in picker.columns.values():
         if _is_string(src, expr):

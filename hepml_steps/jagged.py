@@ -130,6 +130,18 @@ _ALLOWED = (
 )
 
 
+def counter_hint(name: str, branches: dict) -> str:
+    """`` (no counter branch nJet here: len(Jet_pt) counts the objects)`` when ``name`` is a
+    NanoAOD counter, ``n`` + a collection's prefix, that the file lacks while it holds a
+    collection branch of that prefix (a file written without counters: an RNTuple from
+    uproot, a flat ntuple's arrays); else ``""``. ``branches``: name -> Branch."""
+    if len(name) < 2 or name[0] != "n" or not name[1].isupper():
+        return ""
+    prefix = name[1:] + "_"
+    held = [b for b, branch in branches.items() if b.startswith(prefix) and branch.shape == COLLECTION]
+    return f" (no counter branch {name} here: len({held[0]}) counts the objects)" if held else ""
+
+
 @dataclass(frozen=True)
 class Kind:
     """What an expression gives: its shape (:data:`EVENT` or :data:`COLLECTION`)
@@ -429,7 +441,9 @@ class _Typing:
             kind, used = self.typer.alias(node.id)
             self.used.extend(used)
             return kind
-        self.fail(f"no branch or alias '{node.id}'{hint(node.id, [*branches, *aliases])}")
+        self.fail(
+            f"no branch or alias '{node.id}'{counter_hint(node.id, branches) or hint(node.id, [*branches, *aliases])}"
+        )
 
     def _Constant(self, node):
         return Kind(EVENT, BOOLEAN if isinstance(node.value, bool) else NUMBER)

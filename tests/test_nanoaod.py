@@ -450,6 +450,29 @@ def test_bad_expressions_are_one_line_errors_naming_file_and_expression(settings
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [{"columns": ["nJet", "MET_pt"]}, {"columns": ["MET_pt"], "cut": "nJet >= 2"}, {"aliases": {"nj": "nJet"}}],
+)
+def test_a_counter_the_file_lacks_points_to_len_of_its_collection(settings, tmp_path, capsys):
+    """A file written without NanoAOD counters (an RNTuple from uproot, Parquet lists): asking for
+    nJet, as a column, in a cut or in an alias, names len(Jet_pt) in the one-line error."""
+    import awkward as ak
+
+    arrays = {k: v for k, v in nanoaod_arrays(50, seed=7, signal=True).items() if k not in ("nJet", "nMuon")}
+    path = tmp_path / "nocounter.parquet"
+    ak.to_parquet(ak.zip(arrays, depth_limit=1), path)
+    settings = {**settings, "columns": settings.get("columns", ["nj", "MET_pt"])}
+    rc = ing.main(
+        ["--inputs-json", json.dumps([{"path": str(path), "label": 1}]), "--out", str(tmp_path / "o.parquet")]
+        + ["--settings-json", json.dumps(settings)]
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1 and line.startswith("hepml: error: ") and str(path) in line, line
+    assert "no counter branch nJet here: len(Jet_" in line and "counts the objects" in line, line
+    assert not (tmp_path / "o.parquet").exists()
+
+
 # --------------------------------------------------------------------------- chunks, types, exclusions
 
 
