@@ -153,6 +153,49 @@ def _writable(name: str, values) -> bool:
     )
 
 
+def _shared_counters(arrays, names: list[str], keep: list[str]) -> dict[str, str]:
+    """Counter branch names for the collections ``names`` of ``arrays`` (the first chunk) that
+    have no count leaf (an RNTuple): NanoAOD's ``n`` + the collection's prefix (``Jet_pt``,
+    ``Jet_eta`` -> one ``nJet``) for the branches of a prefix whose objects count alike per
+    event, and agree with a kept branch of that name if there is one; the others get none here
+    (uproot's ``n`` + branch name). A kept branch of a counter's name is then written as that
+    counter."""
+    import awkward as ak
+
+    groups: dict[str, list[str]] = {}
+    for b in names:
+        if "_" in b.strip("_") and isinstance(ak.type(arrays[b]).content, ak.types.ListType):
+            groups.setdefault("n" + b.split("_", 1)[0], []).append(b)
+    shared = {}
+    for counter, group in groups.items():
+        counts = ak.to_numpy(ak.num(arrays[group[0]]))
+        alike = [b for b in group if np.array_equal(ak.to_numpy(ak.num(arrays[b])), counts)]
+        if counter in keep and not np.array_equal(ak.to_numpy(arrays[counter]), counts):
+            continue  # a branch of that name that counts something else
+        shared.update(dict.fromkeys(alike, counter))
+    return shared
+
+
+def _check_counts(arrays, counters: dict[str, str], desc: str) -> None:
+    """Raise a DataError when collections given one counter (:func:`_shared_counters`) count
+    their objects differently in this chunk of ``arrays``, or differently from an input branch
+    of the counter's name."""
+    import awkward as ak
+
+    first: dict[str, tuple[str, np.ndarray]] = {}
+    for b, counter in counters.items():
+        counts = ak.to_numpy(ak.num(arrays[b]))
+        if counter not in first:
+            first[counter] = (b, counts)
+            if counter in arrays.fields and not np.array_equal(ak.to_numpy(arrays[counter]), counts):
+                raise DataError(f"{desc}: branch '{counter}' does not count the objects of '{b}' in every event")
+        elif not np.array_equal(first[counter][1], counts):
+            raise DataError(
+                f"{desc}: branches '{first[counter][0]}' and '{b}' share the counter '{counter}' but not their"
+                " number of objects in every event: they cannot be written back as one collection"
+            )
+
+
 def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int):
     """Copy the input tree's writable branches and add the score branches, chunk by chunk."""
     import awkward as ak
@@ -186,7 +229,10 @@ def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int
                         leaf = leaf.member("fName") if leaf is not None else None
                         if leaf in keep:
                             counters[b] = leaf
-                    types = {b: arrays[b].type.content for b in keep}
+                    shared = _shared_counters(arrays, [b for b in keep if b not in counters], keep)
+                    counters.update(shared)
+                    # a kept branch made a shared counter is written as the counter (uproot cannot take both)
+                    types = {b: arrays[b].type.content for b in keep if b not in shared.values()}
                     types.update({c: np.float32 for c in sc})
                     f.mktree(
                         name.rsplit("/", 1)[-1],
@@ -194,6 +240,7 @@ def _write_root(path: Path, tree: str | None, tmp: Path, scores, chunk_size: int
                         counter_name=lambda b, counters=counters: counters.get(b, "n" + b),
                     )
                     out = f[name.rsplit("/", 1)[-1]]
+                _check_counts(arrays, counters, src.desc)
                 out.extend({**{b: arrays[b] for b in types if b not in sc}, **sc})
                 n += len(arrays)
     if n != src.num_entries:

@@ -23,12 +23,17 @@ def _expected(trained, path, tmp_path):  # noqa: F811
     return {m: bundle.load(d).score(raw) for m, d in trained["models"].items()}
 
 
-@pytest.mark.parametrize("kind", ["ttree", "rntuple"])
+@pytest.mark.parametrize("kind", ["ttree", "rntuple", "rntuple without counters"])
 def test_apply_root(trained, tmp_path, kind):  # noqa: F811
+    """The input's branches and the scores, entry for entry, written as a TTree whose
+    collections keep NanoAOD's counters (one nJet for Jet_pt, Jet_eta...), made from the
+    collections' lengths for an RNTuple, which has none of its own."""
     import uproot
 
     arrays = nanoaod_arrays(N, seed=7, signal=True)
-    path = write(tmp_path / f"data_{kind}.root", arrays, kind)
+    if kind == "rntuple without counters":
+        arrays = {k: v for k, v in arrays.items() if k not in ("nJet", "nMuon")}
+    path = write(tmp_path / "data.root", arrays, kind.split()[0])
     out = tmp_path / "scored.root"
     rec = apply.apply([str(d) for d in trained["models"].values()], str(path), str(out), chunk_size=300)
     assert rec["n_events"] == N
@@ -36,6 +41,10 @@ def test_apply_root(trained, tmp_path, kind):  # noqa: F811
     assert t.num_entries == N
     keys = set(t.keys())
     assert {"MET_pt", "nJet", "Jet_pt", "bdt_score", "mlp_score"} <= keys
+    assert not {k for k in keys if k.startswith(("nJet_", "nMuon_"))}  # one counter per collection
+    for b in keys:
+        if b.startswith(("Jet_", "Muon_")):
+            assert t[b].count_leaf.member("fName") == "n" + b.split("_")[0], b
     got = t.arrays(["MET_pt", "Jet_pt", "bdt_score", "mlp_score"], library="ak")
     np.testing.assert_array_equal(got["MET_pt"].to_numpy(), arrays["MET_pt"])  # entry order kept
     assert got["Jet_pt"].tolist() == arrays["Jet_pt"].tolist()
@@ -76,3 +85,29 @@ def test_cli_errors_are_one_line(trained, tmp_path, capsys):  # noqa: F811
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("hepml: error:") and "bad.root" in err[-1]
+
+
+def test_collections_share_a_counter_only_when_they_count_alike():
+    """Jet_pt and Jet_eta (same lengths) get one nJet; Jet_x (other lengths) keeps its own; a
+    branch named nMuon that counts something else is not used; a chunk where collections
+    given one counter disagree, or the input's counter branch does, stops with a DataError."""
+    import awkward as ak
+
+    arrays = ak.Array(
+        {
+            "Jet_pt": [[1.0, 2.0], [3.0]],
+            "Jet_eta": [[0.1, 0.2], [0.3]],
+            "Jet_x": [[1.0], [2.0, 3.0]],
+            "Muon_pt": [[5.0], []],
+            "nMuon": np.array([2, 2], dtype=np.int32),
+            "MET_pt": [1.0, 2.0],
+        }
+    )
+    shared = apply._shared_counters(arrays, ["Jet_pt", "Jet_eta", "Jet_x", "Muon_pt", "MET_pt"], list(arrays.fields))
+    assert shared == {"Jet_pt": "nJet", "Jet_eta": "nJet"}
+    apply._check_counts(arrays, shared, "in.root")
+    later = ak.Array({"Jet_pt": [[1.0], [3.0]], "Jet_eta": [[0.1, 0.2], [0.3]], "nJet": np.array([1, 1])})
+    with pytest.raises(DataError, match=r"in.root: branches 'Jet_pt' and 'Jet_eta' share the counter 'nJet'"):
+        apply._check_counts(later, shared, "in.root")
+    with pytest.raises(DataError, match=r"in.root: branch 'nJet' does not count the objects of 'Jet_eta'"):
+        apply._check_counts(later, {"Jet_eta": "nJet"}, "in.root")
