@@ -358,7 +358,8 @@ def needed(job: str, res: Path, cfg: dict) -> tuple[float | None, int | None]:
             group = max(table_info(p)["row_group"] for p in feat.values() if p.exists())
             return batch_bytes(feat["test"], max(batch, group), cols), sum(rows.values())
         sample = batch_bytes(feat["test"], 20_000, cols)  # importance's --max-events default
-        return batch_bytes(feat["test"], ROW_GROUP_EVENTS, cols) + sample, rows["test"]
+        group = max(ROW_GROUP_EVENTS, table_info(feat["test"])["row_group"])  # a whole row group is read
+        return batch_bytes(feat["test"], group, cols) + sample, rows["test"]
     if rule in ("evaluate", "plots"):
         pred = res / "predictions" / f"{model}.parquet"
         n = table_info(pred)["rows"]
@@ -555,8 +556,9 @@ def bare_stream_xgboost(res: Path, cols: list, p: dict, max_bin: int, threads: i
     """Seconds of XGBoost alone doing what hepml's streamed fit does: an ``xgboost.DataIter``
     over pyarrow's record batches of the training split (pages of ``xgb.PAGE_BYTES`` of float32
     features, as hepml hands them), binned into an ``ExtMemQuantileDMatrix`` (disk cache in a
-    temporary directory) or a ``QuantileDMatrix`` as the record says, the validation split
-    binned with its bins (``ref``) and evaluated every round, ``p["n_estimators"]`` rounds."""
+    temporary directory) or a ``QuantileDMatrix`` as the record says, with the event weights,
+    read on the calling thread; the validation split binned with its bins (``ref``) and
+    evaluated every round, ``p["n_estimators"]`` rounds."""
     import tempfile
 
     import numpy as np
@@ -567,7 +569,7 @@ def bare_stream_xgboost(res: Path, cols: list, p: dict, max_bin: int, threads: i
 
     class Batches(xgb.DataIter):
         def __init__(self, path, **kw):
-            self.pf, self.batches = pq.ParquetFile(path), None
+            self.pf, self.batches = pq.ParquetFile(path, pre_buffer=False), None  # as hepml reads
             super().__init__(**kw)
 
         def reset(self):
@@ -575,12 +577,14 @@ def bare_stream_xgboost(res: Path, cols: list, p: dict, max_bin: int, threads: i
 
         def next(self, input_data):
             if self.batches is None:
-                self.batches = self.pf.iter_batches(max(1, PAGE_BYTES // (4 * len(cols))), columns=[*cols, "label"])
+                rows = max(1, PAGE_BYTES // (4 * len(cols)))
+                self.batches = self.pf.iter_batches(rows, columns=[*cols, "label", "weight"], use_threads=False)
             batch = next(self.batches, None)
             if batch is None:
                 return False
             X = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in cols]).astype(np.float32)
-            input_data(data=X, label=batch.column("label").to_numpy(zero_copy_only=False))
+            y, w = (batch.column(c).to_numpy(zero_copy_only=False) for c in ("label", "weight"))
+            input_data(data=X, label=y, weight=w)
             return True
 
     t0 = time.perf_counter()

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 ROW_GROUP = 250_000
 PARAMS = {
-    "xgboost": {"n_estimators": 20, "max_depth": 6},
+    "xgboost": {"n_estimators": 20, "max_depth": 6, "external_memory": True},  # streamed: on disk at every size
     "mlp": {"epochs": 1, "hidden_layers": [64, 64], "batch_size": 1024, "early_stopping_patience": 0},
     "autoencoder": {"epochs": 1, "hidden_layers": [16, 4], "batch_size": 1024, "early_stopping_patience": 0},
 }

@@ -12,8 +12,8 @@ evaluated with numexpr, so no arbitrary code can run and nothing runs for long.
 **Memory.** The fit reads only the columns it needs from the training split
 (the features and the derived columns' inputs, never the reserved ones) and
 holds them once as a float64 matrix (n_train × n_features); each split is
-then prepared a row group at a time (``io.row_group_events`` of the split's
-events: :data:`BATCH_EVENTS` up to 16.8M events), reading only the
+then prepared in batches of ``io.row_group_events`` of the split's events
+(:data:`BATCH_EVENTS`, a row group of the split, up to 16.8M events), reading only the
 columns the transform needs and writing the prepared table batch by batch
 (:func:`apply_file`): the same values as :func:`apply` of the whole split.
 
@@ -128,7 +128,7 @@ ID_NAMES = (
 ID_MIN_EVENTS = 100
 #: key of the prepared table's Parquet metadata (``DataFrame.attrs``) read by :mod:`hepml_steps.dataset`
 ATTRS_KEY = "hepml"
-#: events per batch when the splits are prepared (:func:`apply_file`) and fitted, up to 16.8M events
+#: events per batch of the fit's reading, and of the splits' preparation (:func:`apply_file`) up to 16.8M events
 BATCH_EVENTS = ROW_GROUP_EVENTS
 #: suffixes of the missing-indicator and one-hot columns
 MISSING_SUFFIX, CATEGORY_SUFFIX = "_missing", "_cat"
@@ -652,9 +652,7 @@ def features(
     The fit reads the training split's feature columns whole; the splits are
     then prepared ``batch_size`` events at a time (None: a row group of :func:`apply_file`).
     The transform records the missing values and unseen categories per split and column."""
-    transform = fit(
-        inputs["train"], columns, derived, standardize, pca, targets, batch_size=batch_size or BATCH_EVENTS, **options
-    )
+    transform = fit(inputs["train"], columns, derived, standardize, pca, targets, batch_size=batch_size, **options)
     transform["missing"], transform["unseen"] = {}, {}
     for s in SPLITS:
         counts = apply_file(inputs[s], outs[s], transform, batch_size)

@@ -39,7 +39,10 @@ def row_group_events(n_events: int) -> int:
     :data:`ROW_GROUP_EVENTS` (65,536) up to ``MAX_ROW_GROUPS`` such groups (16.8M
     events); above, the smallest multiple of it that keeps the file within
     ``MAX_ROW_GROUPS`` row groups, at most :data:`MAX_ROW_GROUP_EVENTS` (1,048,576;
-    from 268M events on the file holds more groups). Returns an int >= 65,536.
+    from 268M events on the file holds more groups). Returns an int >= 65,536. A
+    step that writes chunk by chunk also ends a row group with each chunk (generate:
+    1M-event chunks, 300 row groups at 100M events; ingest: 200k, 500), as a step
+    writing a batch per row group does with each batch (split, features, predict).
 
     Why: a reader holds the footer metadata of every row group for as long as the
     file is open, and a writer holds it until the file is closed, about 1 kB per column
@@ -334,17 +337,20 @@ def _copied(tables: list):
     parts go once it is copied: memory holds the copy and the columns not yet copied, not
     both tables whole (ingest at 1M events, 200,000-event chunks over 65,536-event row groups:
     Arrow held 65 MiB at the chunk's copy, 2.2 chunks, when the parts were kept to the end).
+    Columns are taken by position (duplicate names allowed), in time linear in columns x parts.
     """
     import pyarrow as pa
 
     schema = tables[0].schema
-    columns = []
-    for name in schema.names:
-        chunks = [chunk for t in tables for chunk in t.column(name).chunks]
-        columns.append(pa.concat_arrays(chunks) if chunks else pa.array([], schema.field(name).type))
-        del chunks
-        tables[:] = [t.drop_columns([name]) for t in tables]  # this column's parts let go
+    parts = [list(t.columns) for t in tables]
     tables.clear()
+    columns = []
+    for i, field in enumerate(schema):
+        chunks = [chunk for p in parts for chunk in p[i].chunks]
+        for p in parts:
+            p[i] = None  # this column's parts let go once copied
+        columns.append(pa.concat_arrays(chunks) if chunks else pa.array([], field.type))
+        del chunks
     return pa.Table.from_arrays(columns, schema=schema)
 
 

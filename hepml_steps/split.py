@@ -14,7 +14,7 @@ chunk, so a batch holds at most 268,928 of them), column by column: the batch's 
 hashed, then each column of each of its row groups is read, cut into its
 three splits' parts and freed before the next is read. Each split's part of
 a batch is then written, in row groups of at most ``io.row_group_events(n)`` events
-(the features step reads them one at a time). So memory holds one batch of
+(up to 16.8M events the features step reads them one at a time). So memory holds one batch of
 parts (the batch's rows, once) plus one column of one row group, never a
 record batch of the input beside the parts cut from it nor parts waiting
 for a full row group; the heap's free pages go back before each batch

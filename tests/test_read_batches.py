@@ -275,3 +275,6 @@ def test_a_batch_copied_from_parts_lets_each_columns_parts_go_once_copied(monkey
     assert max(held) < n * 8  # a column's copy in, its parts out: never a whole column more
     want = np.concatenate([np.arange(n, dtype=np.float64) + k for k in range(3)])
     assert all(np.array_equal(batch.column(c).to_numpy(), want) for c in "abcd")
+    twins = [pa.Table.from_arrays([pa.array([1.0 * k]), pa.array([2.0 * k])], names=["a", "a"]) for k in (1, 2)]
+    twins = hio._one_batch(twins)  # columns by position: twin names are no matter
+    assert twins.column(0).to_pylist() == [1.0, 2.0] and twins.column(1).to_pylist() == [2.0, 4.0]

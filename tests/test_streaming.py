@@ -350,8 +350,11 @@ def test_xgboost_streamed_fit_caches_its_pages_on_disk_with_the_in_memory_trees(
         assert auto.booster.save_raw("json") == memory.booster.save_raw("json")
     from hepml_steps.errors import FamilyError
 
-    with pytest.raises(FamilyError, match=r"xgboost: params.external_memory must be true, false or 'auto', got 'yes'"):
-        xgb.XGBoostFamily(params={**params, "external_memory": "yes"}).fit_stream(source)
+    for bad in ("yes", 1):  # refused when the model is made: in memory, streamed or tuned alike
+        with pytest.raises(
+            FamilyError, match=rf"xgboost: params.external_memory must be true, false or 'auto', got {bad!r}"
+        ):
+            xgb.XGBoostFamily(params={**params, "external_memory": bad})
 
 
 def test_xgboost_pages_gather_chunks_in_order_into_batches_of_page_bytes():
