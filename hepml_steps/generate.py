@@ -98,7 +98,7 @@ from scipy import special
 from . import cli
 from .columns import EVENT_ID, LABEL, TRUTH_LLR, WEIGHT
 from .errors import ConfigError
-from .io import ROW_GROUP_EVENTS, atomic_path, row_group_events, write_json
+from .io import ROW_GROUP_EVENTS, atomic_path, dictionary_columns, row_group_events, write_json
 
 log = logging.getLogger("hepml.generate")
 
@@ -613,7 +613,9 @@ def _write_parquet(path: Path, chunks, rows_per_group: int) -> None:
         for cols in chunks:
             table = pa.table(cols)  # the numpy arrays, not copied
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                writer = pq.ParquetWriter(
+                    path, table.schema, compression="zstd", use_dictionary=dictionary_columns(table.schema)
+                )
             writer.write_table(table, row_group_size=rows_per_group)  # bounds the readers' memory
             del table, cols
     finally:
@@ -635,7 +637,7 @@ def main(argv=None) -> int:
     from .io import release_freed_memory
 
     if argv is None:  # the step's own process (python -m), never a caller's: see io.release_freed_memory
-        release_freed_memory()
+        release_freed_memory(arrow_cpp=True)
 
     def build(p):
         p.add_argument("--out", required=True, help="output file (.parquet or .root)")

@@ -100,7 +100,7 @@ from .inputs import (  # noqa: F401 (the step's API: config.load, tests)
     name_prefix,
     same_value,
 )
-from .io import atomic_path, row_group_events, write_json
+from .io import atomic_path, dictionary_columns, row_group_events, write_json
 from .jagged import BOOLEAN, COLLECTION, EVENT, NUMBER, STRING, Evaluator, Typer, column_name, counter_hint, parse
 from .readers import file_format, listing, open_source
 
@@ -690,7 +690,7 @@ def _write(out: Path, order: list[str], inputs: list[_Input], s: Settings, check
     group = row_group_events(len(ids))  # and a row group ends with each chunk (500 of 200k at 100M events)
     bounds, kept = [], {}
     totals = {"n": 0, "w": 0.0, "n_sig": 0, "n_bkg": 0, "w_sig": 0.0, "w_bkg": 0.0}
-    with pq.ParquetWriter(str(out), schema, compression="zstd") as writer:
+    with pq.ParquetWriter(str(out), schema, compression="zstd", use_dictionary=dictionary_columns(schema)) as writer:
         for state in inputs:
             check = checked[state.plan.index]
             n_bad, n_kept = 0, 0

@@ -48,7 +48,15 @@ import numpy as np
 from . import cli
 from .columns import EVENT_ID, LABEL, SPLITS, WEIGHT
 from .errors import ConfigError, DataError, culprit
-from .io import ROW_GROUP_EVENTS, atomic_path, parquet_file, row_group_events, trim_between_batches, write_json
+from .io import (
+    ROW_GROUP_EVENTS,
+    atomic_path,
+    dictionary_columns,
+    parquet_file,
+    row_group_events,
+    trim_between_batches,
+    write_json,
+)
 
 log = logging.getLogger("hepml.split")
 
@@ -190,11 +198,7 @@ def split(
     has_label = LABEL in schema.names
     with contextlib.ExitStack() as stack:
         tmps = {s: stack.enter_context(atomic_path(outs[s])) for s in SPLITS}
-        # dictionary encoding only for the columns that repeat values (labels, categories): on
-        # floating-point columns and the unique event ids it made the files 20% larger, and its
-        # per-column buffers (Arrow's default pool) cost 1.7x the step's CPU time under the
-        # system allocator (io.release_freed_memory)
-        dictionary = [f.name for f in schema if f.name != EVENT_ID and not pa.types.is_floating(f.type)]
+        dictionary = dictionary_columns(schema)  # labels, categories: not floats nor event ids
         writers = {
             s: stack.enter_context(pq.ParquetWriter(tmps[s], schema, compression="zstd", use_dictionary=dictionary))
             for s in SPLITS

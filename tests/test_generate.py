@@ -291,6 +291,18 @@ def test_row_groups_grow_with_the_sample(tmp_path, monkeypatch):
     assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
 
 
+def test_only_columns_that_repeat_values_are_dictionary_encoded(tmp_path):
+    """The sample's floats and event ids are written plain (a dictionary of unique values costs
+    time, size and the writer's memory); the label, an integer that repeats, as a dictionary."""
+    import pyarrow.parquet as pq
+
+    g.generate(tmp_path / "t.parquet", 3000, seed=1, chunk_size=1000)
+    md = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    rg = md.row_group(0)
+    dictionary = {rg.column(i).path_in_schema for i in range(rg.num_columns) if rg.column(i).has_dictionary_page}
+    assert "label" in dictionary and not dictionary & {"event_id", "weight", "truth_llr", "met"}, dictionary
+
+
 def test_same_seed_same_file_different_seed_different(tmp_path):
     a, b, c = (tmp_path / f"{x}.parquet" for x in "abc")
     g.generate(a, 3000, seed=1, chunk_size=700)
