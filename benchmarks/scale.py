@@ -166,7 +166,8 @@ class PeakPoller(threading.Thread):
     """Polls the process tree under ``pid`` and keeps every process's VmHWM (bytes), parent
     and step (:func:`job_name` of its argv), until stopped. A process is keyed by (pid, start
     time), so a reused pid is another process; its argv is read at every poll until it names
-    a step (a forked shell becomes the step's python when it execs)."""
+    a step (a forked shell becomes the step's python when it execs). A process whose argv is
+    still its parent's (forked, not yet exec'd) is not counted: its RSS is its parent's pages."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         super().__init__(daemon=True)
@@ -174,6 +175,7 @@ class PeakPoller(threading.Thread):
         self.hwm: dict[tuple, int] = {}
         self.parent: dict[tuple, tuple] = {}
         self.job: dict[tuple, str] = {}
+        self.cmd: dict[tuple, bytes] = {}
         self._halt = threading.Event()
 
     @staticmethod
@@ -207,9 +209,12 @@ class PeakPoller(threading.Thread):
             if pid == self.pid or key is None:
                 continue
             try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    self.cmd[key] = f.read()
+                if self.cmd[key] == self.cmd.get(self.parent.get(key)):
+                    continue  # forked, not yet exec'd: its RSS is its parent's pages (ldconfig's fork, 57 MiB)
                 if key not in self.job:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        name = job_name([a.decode(errors="replace") for a in f.read().split(b"\0") if a])
+                    name = job_name([a.decode(errors="replace") for a in self.cmd[key].split(b"\0") if a])
                     if name:
                         self.job[key] = name
                 with open(f"/proc/{pid}/status") as f:

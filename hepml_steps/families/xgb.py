@@ -299,7 +299,9 @@ class XGBoostFamily(Family):
     def _fit_binned(self, xgb, source, cache: str, validation) -> None:
         """Bin ``source`` (on disk under ``cache`` on the CPU with ``external_memory``) and boost."""
         external = self._external_memory(source.n_events) and self._device == "cpu"
-        kw = {"cache_prefix": os.path.join(cache, "train")} if external else {}
+        # the disk cache pays per page at every iteration: 32 MiB batches; an in-memory matrix
+        # builds as fast from the chunks as they come, and holds one less batch (0: no gathering)
+        kw = {"cache_prefix": os.path.join(cache, "train")} if external else {"page_bytes": 0}
         it = _SourceIter(source, self.info["weight_scale"], _curve_step(source.n_events), **kw)
         matrix = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
         try:
@@ -331,7 +333,7 @@ class XGBoostFamily(Family):
         binned = {"ref": dtrain, "max_bin": int(self.params["max_bin"]), "nthread": self.n_threads}
         if is_source(X_val):  # streamed: binned chunk by chunk, no float copy of the split held
             with stopping.deferred():
-                dval = xgb.QuantileDMatrix(_SourceIter(X_val, 1.0, None), **binned)
+                dval = xgb.QuantileDMatrix(_SourceIter(X_val, 1.0, None, page_bytes=0), **binned)
         elif X_val is not None:
             dval = xgb.QuantileDMatrix(X_val, label=y_val, weight=w_val, **binned)
         evals = [(curve, "train")]
@@ -531,9 +533,13 @@ class _SourceIter:
     batches of :data:`PAGE_BYTES` (:func:`_pages`; weights times ``scale``),
     keeping every ``step``-th event of the first pass for the training-loss
     curve (``step`` None: none kept); ``cache_prefix``: an external-memory
-    matrix's cache files."""
+    matrix's cache files; ``page_bytes``: :func:`_pages`' (0: the chunks as they come, for an
+    in-memory matrix: at 600k x 15 training events the train step peaked 18 MiB lower, 305
+    MiB against 322-325, in the same time)."""
 
-    def __new__(cls, source, scale: float, step: int | None, cache_prefix: str | None = None):
+    def __new__(
+        cls, source, scale: float, step: int | None, cache_prefix: str | None = None, page_bytes: int | None = None
+    ):
         import xgboost as xgb
 
         class It(xgb.DataIter):
@@ -551,7 +557,7 @@ class _SourceIter:
                 if stopping.pending():  # a stop held (stopping.deferred): end the pass now
                     return False
                 if self._chunks is None:
-                    self._chunks = _pages(self._counted())
+                    self._chunks = _pages(self._counted(), page_bytes)
                 try:
                     X, y, w = next(self._chunks)
                 except StopIteration:
