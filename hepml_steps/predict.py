@@ -32,7 +32,7 @@ import numpy as np
 from . import cli, dataset, registry, tasks
 from .columns import EVENT_ID, LABEL, SPLIT, SPLITS, TARGET, TRUTH_LLR, WEIGHT
 from .errors import ConfigError, FamilyError
-from .io import ScratchHeap, atomic_path, parquet_file, release_freed_memory, row_group_events, write_json
+from .io import ScratchHeap, atomic_path, release_freed_memory, row_group_events, write_json
 
 log = logging.getLogger("hepml.predict")
 
@@ -255,7 +255,7 @@ def _write_scores(spill, dtype, shape, path, meta, task, split, writer, score_dt
     scores read back from ``spill`` (rewound) alike."""
     spill.seek(0)
     width = int(np.prod(shape, dtype=np.int64))
-    group = row_group_events(parquet_file(path).metadata.num_rows)  # as the features step wrote them
+    group = row_group_events(dataset.parquet_rows(path))  # as the features step wrote them
     for data in dataset.iter_scoring(path, {**meta, "features": []}, group, span=False):
         scores = np.fromfile(spill, dtype=dtype, count=len(data) * width).reshape(len(data), *shape)
         writer.write(_table(data, split, scores, task, score_dtype))
