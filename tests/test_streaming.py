@@ -111,6 +111,25 @@ def test_shuffled_batches_are_not_views_of_the_reused_buffer():
         assert np.array_equal(xk[:, 0], wk) and np.array_equal(yk, wk.astype(int) % 2)  # rows stay together
 
 
+def test_shuffled_batches_prepare_converts_each_chunk_once_and_keeps_the_pass():
+    """``prepare`` runs once per chunk, before the buffer; the batches are its arrays, in the
+    order the unprepared pass gives (a None column stays None)."""
+    X = np.arange(3_000, dtype=np.float32).reshape(-1, 1)
+    source = ds.ArraySource(X, np.arange(3_000) % 2, np.arange(3_000, dtype=np.float64), chunk_events=250)
+    calls = []
+
+    def prepare(X, y, w):
+        calls.append(len(X))
+        return X * 2, None, w.astype(np.float32)
+
+    plain = list(source.shuffled_batches(100, 700, np.random.default_rng(4)))
+    prepared = list(source.shuffled_batches(100, 700, np.random.default_rng(4), prepare=prepare))
+    assert calls == [250] * 12
+    for (x, _, w), (xp, yp, wp) in zip(plain, prepared, strict=True):
+        assert yp is None and wp.dtype == np.float32
+        assert np.array_equal(xp, 2 * x) and np.array_equal(wp, w)
+
+
 def _auc(family, X, y):
     return roc_auc_score(y, family.predict_score(X))
 

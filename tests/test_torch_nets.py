@@ -561,3 +561,62 @@ def test_epoch_training_loss_is_the_weighted_mean_of_the_batch_losses_whatever_t
         assert m.history["train_loss"][0] == pytest.approx((losses * totals).sum() / totals.sum(), rel=1e-6)
         got[flush] = m.history["train_loss"][0]
     assert got[3] == pytest.approx(got[1024], rel=1e-12)
+
+
+def test_validation_auc_of_each_epoch_is_that_of_evenly_spaced_validation_events(monkeypatch):
+    """history["validation_auc"] is the weighted AUC of every k-th validation event, k the
+    smallest step that keeps VALIDATION_AUC_EVENTS or fewer (a sampled learning curve); the
+    validation loss, which early stopping watches, stays that of every event."""
+    from hepml_steps.families import torch_nets
+
+    X, y = circle(n=2000)
+    Xv, yv = circle(n=2500, seed=5)
+    wv = np.random.default_rng(1).exponential(size=len(Xv)).astype(np.float32)
+    monkeypatch.setattr(torch_nets, "VALIDATION_AUC_EVENTS", 1000)
+    m = mlp(hidden_layers=[16], epochs=1)
+    m.fit(X, y, X_val=Xv, y_val=yv, w_val=wv)
+    score = m.predict_score(Xv)
+    assert m.history["validation_auc"][0] == pytest.approx(roc_auc_score(yv[::3], score[::3], sample_weight=wv[::3]))
+    assert m.history["validation_auc"][0] != pytest.approx(roc_auc_score(yv, score, sample_weight=wv), abs=1e-9)
+    whole, _ = m._evaluate(m.scorer.net, *m._as_tensors(Xv, yv, wv, torch.device("cpu")))
+    assert m.history["validation_loss"][0] == pytest.approx(whole, rel=1e-6)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_initial_losses_are_those_of_the_first_or_evenly_spaced_events(monkeypatch, streamed):
+    """info["initial_train_loss"] and ["initial_validation_loss"]: the untrained network's
+    weighted loss on INITIAL_LOSS_EVENTS events, evenly spaced in memory, the first ones of a
+    streamed split (not a pass over every validation event)."""
+    from hepml_steps import dataset
+    from hepml_steps.families import torch_nets
+
+    X, y = circle(n=1500)
+    Xv, yv = circle(n=1200, seed=5)
+    wv = np.random.default_rng(1).exponential(size=len(Xv)).astype(np.float32)
+    monkeypatch.setattr(torch_nets, "INITIAL_LOSS_EVENTS", 400)
+    m = mlp(hidden_layers=[8], epochs=1)
+    untrained = {}
+    real_build = m._build
+
+    def build(*a, **k):
+        scorer = real_build(*a, **k)
+        untrained["state"] = {k: v.clone() for k, v in scorer.net.state_dict().items()}
+        return scorer
+
+    monkeypatch.setattr(m, "_build", build)
+    if streamed:
+        m.fit_stream(
+            dataset.ArraySource(X, y, chunk_events=300), X_val=dataset.ArraySource(Xv, yv, wv, chunk_events=300)
+        )
+        pick = slice(0, 400)
+    else:
+        m.fit(X, y, X_val=Xv, y_val=yv, w_val=wv)
+        pick = slice(None, None, 3)  # 1200 validation events, step 3 -> 400
+    net = m.scorer.net
+    net.load_state_dict(untrained["state"])
+    cpu = torch.device("cpu")
+    expected, _ = m._evaluate(net, *m._as_tensors(Xv[pick], yv[pick], wv[pick], cpu))
+    assert m.info["initial_validation_loss"] == pytest.approx(expected, rel=1e-6)
+    tpick = slice(0, 400) if streamed else slice(None, None, 4)  # 1500 training events, step 4
+    expected, _ = m._evaluate(net, *m._as_tensors(X[tpick], y[tpick], np.ones(len(X))[tpick].astype(np.float32), cpu))
+    assert m.info["initial_train_loss"] == pytest.approx(expected, rel=1e-6)

@@ -101,9 +101,15 @@ INFERENCE_BATCH = 65536
 CPU_SCORE_BATCH = 1024
 #: the epoch's training loss is summed every this many mini-batches
 LOSS_FLUSH = 1024
-#: the initial training loss (``info["initial_train_loss"]``) is evaluated on at most
-#: about this many training events (evenly spaced; the first chunks of a streamed fit)
+#: the initial training and validation losses (``info["initial_train_loss"]``,
+#: ``info["initial_validation_loss"]``) are evaluated on at most about this many events
+#: (evenly spaced; the first events of a streamed fit, whose splits are in a random order)
 INITIAL_LOSS_EVENTS = 10_000
+#: a classifier's validation AUC of each epoch (``history["validation_auc"]``, a learning
+#: curve: early stopping watches the validation loss of every event) is computed on at most
+#: about this many validation events, evenly spaced: on 200,000 events sklearn's weighted AUC
+#: took 0.06 s, 5 % of an epoch of the streamed fit at 1M events (15 features, 64x64)
+VALIDATION_AUC_EVENTS = 65_536
 
 
 # --------------------------------------------------------------------------
@@ -185,14 +191,13 @@ class Net(nn.Module):
         self.dropout = float(dropout)
 
     def forward(self, x):
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < last:
-                x = self.act(x)
-                if self.dropout > 0:
-                    x = F.dropout(x, self.dropout, self.training)
-        return x
+        *hidden, last = self.layers  # attributes looked up once: this runs per mini-batch
+        act, dropout = self.act, self.dropout
+        for layer in hidden:
+            x = act(layer(x))
+            if dropout > 0:
+                x = F.dropout(x, dropout, self.training)
+        return last(x)
 
 
 class Scorer(nn.Module):
@@ -668,7 +673,7 @@ class TorchFamily(Family):
             step = max(1, math.ceil(len(train[0]) / INITIAL_LOSS_EVENTS))
             self.info["initial_train_loss"], _ = self._evaluate(net, *(t[::step] for t in train))
         if val is not None:
-            self.info["initial_validation_loss"], _ = val.evaluate(net)
+            self.info["initial_validation_loss"] = val.loss(net, INITIAL_LOSS_EVENTS)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
         rng = np.random.default_rng(self.seed)
         epoch, started = -1, time.perf_counter()
@@ -912,13 +917,15 @@ class _Streamed:
         return _tensor(inp).to(self.device), _tensor(tgt).to(self.device), _tensor(w).to(self.device)
 
     def loss(self, net, at_least: int) -> float:
-        """The weighted mean loss (eval mode, no grad) over the first chunks, until
-        ``at_least`` events (the events of a prepared split are in a random order)."""
+        """The weighted mean loss (eval mode, no grad) over the first ``at_least`` events
+        (the events of a prepared split are in a random order)."""
         loss_sum = w_sum = 0.0
         n = 0
         for X, y, w in self.source.chunks():
             if n >= at_least:
                 break
+            k = at_least - n
+            X, y, w = X[:k], (None if y is None else y[:k]), w[:k]
             n += len(X)
             Xt, Tt, Wt = self._tensors(X, y, w)
             loss, _ = self.family._evaluate(net, Xt, Tt, Wt)
@@ -926,15 +933,29 @@ class _Streamed:
             loss_sum, w_sum = loss_sum + loss * total, w_sum + total
         return loss_sum / w_sum if w_sum > 0 else float("nan")
 
+    def _training_arrays(self, X, y, w):
+        """A chunk's (network input, target or None when it is the input, weights) as the
+        shuffle buffer holds them: converted once per chunk, not per mini-batch."""
+        inp, tgt = self.family._training_tensors(np.asarray(X, dtype=np.float32), y)
+        return inp, (None if tgt is inp else tgt), np.asarray(w, dtype=np.float32)
+
     def epoch(self, net, optimizer, rng, epoch: int) -> float:
         """One shuffled pass of gradient steps; the weighted mean training loss."""
         net.train()
         fam = self.family
-        batches = (
-            self._tensors(X, y, w)
-            for X, y, w in self.source.shuffled_batches(fam.params["batch_size"], fam.shuffle_buffer_events, rng)
+        shuffled = self.source.shuffled_batches(
+            fam.params["batch_size"], fam.shuffle_buffer_events, rng, prepare=self._training_arrays
         )
-        return fam._descend(net, optimizer, batches, self.device, epoch)
+        on_cpu = self.device.type == "cpu"
+
+        def batches():  # a batch's arrays are fresh copies (shuffled_batches): wrapped, not copied
+            for inp, tgt, w in shuffled:
+                t = [torch.from_numpy(inp), None if tgt is None else torch.from_numpy(tgt), torch.from_numpy(w)]
+                if not on_cpu:
+                    t = [None if a is None else a.to(self.device) for a in t]
+                yield t[0], (t[0] if t[1] is None else t[1]), t[2]
+
+        return fam._descend(net, optimizer, batches(), self.device, epoch)
 
 
 class _HeldValidation:
@@ -947,6 +968,11 @@ class _HeldValidation:
     def evaluate(self, net):
         """(weighted mean loss, outputs of every event): :meth:`TorchFamily._evaluate`."""
         return self.family._evaluate(net, *self.tensors)
+
+    def loss(self, net, at_least: int) -> float:
+        """The weighted mean loss over about ``at_least`` events, evenly spaced."""
+        step = max(1, math.ceil(len(self.tensors[0]) / at_least))
+        return self.family._evaluate(net, *(t[::step] for t in self.tensors))[0]
 
 
 class _StreamedValidation(_Streamed):
@@ -1170,8 +1196,11 @@ class MLPFamily(TorchFamily):
             return {}
         from sklearn.metrics import roc_auc_score
 
+        step = max(1, math.ceil(len(out) / VALIDATION_AUC_EVENTS))  # evenly spaced: see VALIDATION_AUC_EVENTS
+        score = torch.sigmoid(out[::step, 0]).cpu().numpy()
+        w = None if w_val is None else np.asarray(w_val)[::step]
         try:
-            auc = float(roc_auc_score(np.asarray(y_val), torch.sigmoid(out[:, 0]).cpu().numpy(), sample_weight=w_val))
+            auc = float(roc_auc_score(np.asarray(y_val)[::step], score, sample_weight=w))
         except ValueError:  # a single class in the validation set
             auc = float("nan")
         return {"validation_auc": auc}
