@@ -23,6 +23,7 @@ JOBS = [
     "report_front",
 ]
 SMALL = """
+training: {stream_above_events: 0}  # both models stream: --bare-fit compares with the libraries streaming
 models:
   bdt: {params: {n_estimators: 20, max_depth: 3}}
   mlp: {params: {hidden_layers: [8], epochs: 2, batch_size: 256}}
@@ -35,7 +36,7 @@ def test_scale_benchmark_tiny(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--events", "20000", "--baseline-events", "0"]
     cmd += ["--no-tracking", "--configfile", str(tmp_path / "small.yaml"), "--out", str(tmp_path / "out")]
-    cmd += ["--json", str(tmp_path / "scale.json")]
+    cmd += ["--json", str(tmp_path / "scale.json"), "--bare-fit", "--repeats", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
@@ -47,6 +48,7 @@ def test_scale_benchmark_tiny(tmp_path):
     for job in JOBS[:-2]:  # every step that reads events has a needed size, a ratio and a verdict
         assert float(rows[job][5]) > 0 and float(rows[job][6]) > 0 and rows[job][-1] in ("pass", "FAIL"), rows[job]
     assert "predict/bdt: step" in res.stdout and "predict/mlp: step" in res.stdout
+    assert "train/bdt: streamed fit" in res.stdout and "train/mlp: streamed fit" in res.stdout
 
     bench = tmp_path / "out" / "events_20000" / "results" / "benchmarks"
     for job in JOBS:
@@ -55,6 +57,12 @@ def test_scale_benchmark_tiny(tmp_path):
     steps = report["runs"][0]["steps"]
     assert set(JOBS) <= set(steps)
     assert all(steps[j]["wall_s"] > 0 and steps[j]["peak_rss_mib"] > 0 for j in JOBS)
+    for model in ("bdt", "mlp"):  # rerun alone and timed against the bare library, once each (--repeats 1)
+        predict, fit = report["runs"][0]["predict_vs_bare"][model], report["runs"][0]["fit_vs_bare"][model]
+        assert len(predict["runs"]["step_s"]) == len(predict["runs"]["bare_s"]) == 1 and predict["ratio"] > 0
+        assert (
+            fit["fit_s"] > 0 and fit["bare_stream_s"] > 0 and fit["ratio_stream"] == fit["fit_s"] / fit["bare_stream_s"]
+        )
 
 
 def test_peak_of_a_step_adds_its_largest_helper_not_every_helper():

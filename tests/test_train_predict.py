@@ -297,9 +297,10 @@ def test_scoring_reads_only_the_columns_it_needs(prepared, tmp_path, monkeypatch
     monkeypatch.setattr(ds, "read_matrices", spy_matrices)
     pr.predict(str(tmp_path / "m"), prepared, str(tmp_path / "pred.parquet"), batch_size=500)
     # per split: the scoring pass reads the features alone, straight into the matrix (as bare
-    # inference), the rows written after it the event columns alone: each column read once
-    per_split = [("matrices", ["f0", "f1", "f2", "f3"]), ("batches", ["event_id", "label", "weight", "truth_llr"])]
-    assert asked == per_split * 3
+    # inference), the rows written after it the event columns alone: each column read once; every
+    # split is scored before any row is written (the table's writer is not open during scoring)
+    scoring, writing = ("matrices", ["f0", "f1", "f2", "f3"]), ("batches", ["event_id", "label", "weight", "truth_llr"])
+    assert asked == [scoring] * 3 + [writing] * 3
 
 
 def test_iter_scoring_batches_are_read_scoring(tmp_path):
@@ -423,7 +424,8 @@ def test_inference_temporaries_reuse_the_heap_only_while_scoring(prepared, tmp_p
     writes = [s for k, s in seen if k == "write"]
     assert len(scores) == 9 and len(writes) == 3  # batches of 500; the rows written a row group at a time
     assert all(s[io._M_MMAP_THRESHOLD] == io._MAX_MMAP_THRESHOLD and s[io._M_TRIM_THRESHOLD] > 2**27 for s in scores)
-    assert all(s == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for _, s in seen[3::4])
+    assert [k for k, _ in seen] == ["score"] * 9 + ["write"] * 3  # every split scored, then the rows written
+    assert all(s == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for s in writes)
     # trimmed after each split's scoring pass, and before each row group the rows are written from
     assert len(trims) == 6 and all(
         t == {io._M_MMAP_THRESHOLD: 128 * 1024, io._M_TRIM_THRESHOLD: 128 * 1024} for t in trims
