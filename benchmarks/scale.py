@@ -106,7 +106,7 @@ against the library streaming alike, and the ratio to the fit in memory is print
 beside it (what streaming costs, not hepml): for XGBoost :func:`bare_stream_xgboost`
 (a ``DataIter`` over the Parquet batches binned into the record's kind of matrix, the
 validation split evaluated every round), for the MLP :func:`bare_stream_torch` (a
-moments pass, then per epoch the row groups in a random order through a shuffled
+check pass, then per epoch the row groups in a random order through a shuffled
 buffer of the record's size into Adam steps, and the validation loss). Without it, see ``benchmarks/overhead.py``
 (``family fit`` column).
 
@@ -139,6 +139,9 @@ MODELS = ["bdt", "mlp"]
 TARGET_RSS = 1.5
 TARGET_PREDICT = 1.3
 TARGET_FIT = 1.05
+#: the MLP parameters :func:`bare_stream_torch` builds its network and loss with: another
+#: record (a --configfile) is not compared with it
+BARE_MLP = {"activation": "relu", "optimizer": "adam", "dropout": 0.0, "l2": 0.0, "loss": "cross_entropy"}
 #: what the bare streamed fit of each model is (printed beside its ratio)
 STREAMED_BARE = {
     "bdt": "xgb.train on a matrix binned from a DataIter over the Parquet batches, validation evaluated",
@@ -562,7 +565,7 @@ def bare_fit(res: Path, model: str, threads: int) -> tuple[float, str, float | N
         how = f"xgb.train, {trees} trees"
     else:
         epochs = int(info.get("epochs_run") or params["epochs"])
-        if streamed:
+        if streamed and rec.get("task") == "classification" and all(params.get(k) == v for k, v in BARE_MLP.items()):
             stream_s = bare_stream_torch(res, cols, {**params, "epochs": epochs}, streamed["buffer_events"], threads)
         keys = ("hidden_layers", "batch_size", "learning_rate")
         fit, _ = overhead.bare_torch({**{k: params[k] for k in keys}, "epochs": epochs}, threads)
@@ -589,16 +592,22 @@ def bare_fit_child(res: Path, model: str, threads: int) -> tuple[float, str, flo
     return got["bare_s"], got["how"], got["stream_s"]
 
 
-def rerun_job(wd: Path, a, target: str) -> None:
+def rerun_job(wd: Path, a, target: str, written: str) -> None:
     """Run the one job that writes ``target`` (relative to ``wd``) again, alone:
-    ``snakemake TARGET --forcerun TARGET`` (its output is rewritten; nothing downstream runs)."""
+    ``snakemake TARGET --forcerun TARGET`` (its output is rewritten; nothing downstream runs).
+
+    Raises SystemExit when Snakemake fails or leaves ``written`` (relative to ``wd``: the
+    file the caller reads the new time from) as it was: no stale time is reported."""
+    before = (wd / written).stat().st_mtime_ns if (wd / written).exists() else None
     cmd = [sys.executable, "-m", "snakemake", target, "-s", str(ROOT / "Snakefile"), "--directory", str(wd)]
     cmd += ["--configfile", str(wd / "config.yaml"), *a.configfile, "--cores", str(a.cores), "--forcerun", target]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=wd)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=wd)
     if out.returncode != 0:
         raise SystemExit(f"scale: rerunning {target} failed ({out.returncode}):\n{out.stdout[-3000:]}")
+    if not (wd / written).exists() or (wd / written).stat().st_mtime_ns == before:
+        raise SystemExit(f"scale: rerunning {target} did not rewrite {written}:\n{out.stdout[-3000:]}")
 
 
 def compare_alone(wd: Path, a, model: str, threads: int, batch: int) -> dict:
@@ -607,12 +616,13 @@ def compare_alone(wd: Path, a, model: str, threads: int, batch: int) -> dict:
     res = wd / "results"
     step_s, bare_s, fit_s, bare_fit_s, stream_s, how_p, how_f = [], [], [], [], [], None, None
     for _ in range(a.repeats):
-        rerun_job(wd, a, f"results/predictions/{model}.parquet")
-        step_s.append(_num(read_tsv(res / "benchmarks" / "predict" / f"{model}.tsv").get("s")))
+        tsv = f"results/benchmarks/predict/{model}.tsv"
+        rerun_job(wd, a, f"results/predictions/{model}.parquet", tsv)
+        step_s.append(_num(read_tsv(wd / tsv).get("s")))
         t, how_p = bare_predict(res, model, batch, threads)
         bare_s.append(t)
         if a.bare_fit:
-            rerun_job(wd, a, f"results/records/{model}.train.json")
+            rerun_job(wd, a, f"results/records/{model}.train.json", f"results/records/{model}.train.json")
             fit_s.append(json.loads((res / "records" / f"{model}.train.json").read_text())["fit_seconds"])
             t, how_f, st = bare_fit_child(res, model, threads)
             bare_fit_s.append(t)
@@ -702,7 +712,9 @@ def bare_stream_torch(res: Path, cols: list, params: dict, buffer_events: int, t
     binary cross-entropy (a partial last batch carried into the next fill), followed by the
     validation split's weighted loss, evaluated row group by row group without gradients.
     Not done here but done by hepml: the initial training and validation losses, the
-    validation AUC per epoch, the checks of each chunk and the loss buffers."""
+    validation AUC per epoch, the checks of each validation chunk and the loss buffers.
+    The network and loss are those of the MLP's defaults (ReLU, Adam, no dropout, no l2,
+    cross-entropy): :func:`bare_fit` compares only a record that has them."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
@@ -712,7 +724,7 @@ def bare_stream_torch(res: Path, cols: list, params: dict, buffer_events: int, t
         pf = pq.ParquetFile(path, pre_buffer=False)
         for rg in range(pf.num_row_groups) if order is None else order(pf.num_row_groups):
             t = pf.read_row_group(rg, columns=[*cols, "label", "weight"], use_threads=False)
-            X = np.column_stack([t.column(c).to_numpy() for c in cols]).astype(np.float32)
+            X = np.column_stack([t.column(c).to_numpy() for c in cols]).astype(np.float32, copy=False)
             yield X, t.column("label").to_numpy().astype(np.float32), t.column("weight").to_numpy().astype(np.float32)
 
     t0 = time.perf_counter()
@@ -877,6 +889,8 @@ def main(argv=None) -> int:
         return 0
     if a.bare_fit and not a.bare:
         p.error("--bare-fit needs the bare comparisons (drop --no-bare)")
+    if a.repeats < 1:
+        p.error("--repeats must be >= 1")
     a.configfile = [str(Path(f).resolve()) for f in a.configfile]
     sizes = sorted({int(n) for n in a.events})
     out = Path(a.out).resolve() if a.out else Path(tempfile.mkdtemp(prefix="hepml-scale-"))
@@ -888,7 +902,6 @@ def main(argv=None) -> int:
     runs = []
     for n in sizes:
         m = measure(out / f"events_{n}", n, a, base)
-        res = Path(m["dir"]) / "results"
         if a.bare:
             m["predict_vs_bare"], m["fit_vs_bare"] = {}, {}
             threads = m["config"]["training"]["threads"]

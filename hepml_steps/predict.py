@@ -11,9 +11,9 @@ a class the model never saw); the index → value map is the model's
 ``classes``. The score columns (``score``, ``prob_<i>``) are stored in the
 family's ``score_dtype``: float32 for XGBoost and torch, the library's own
 values (``predict_score`` widens them to float64; hepml's readers widen them
-again, :func:`hepml_steps.columns.widen_scores`), so value for value. Each split's
-feature columns are read and scored in batches of ``batch_size`` events, then its
-rows written a row group at a time (:func:`predict`: two passes); the test
+again, :func:`hepml_steps.columns.widen_scores`), so value for value. Every split's
+feature columns are read and scored in batches of ``batch_size`` events, then each
+split's rows written a row group at a time (:func:`predict`: two passes); the test
 split's reading and inference are metered (time, CPU time, energy, events/s,
 J/event; ``scope: "read+inference"``) and written to the step's record
 (``--record``).

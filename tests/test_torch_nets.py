@@ -583,14 +583,20 @@ def test_validation_auc_of_each_epoch_is_that_of_evenly_spaced_validation_events
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_initial_losses_are_those_of_the_first_or_evenly_spaced_events(monkeypatch, streamed):
-    """info["initial_train_loss"] and ["initial_validation_loss"]: the untrained network's
-    weighted loss on INITIAL_LOSS_EVENTS events, evenly spaced in memory, the first ones of a
-    streamed split (not a pass over every validation event)."""
+def test_initial_losses_are_those_of_evenly_spaced_training_events_and_every_validation_event(
+    monkeypatch, streamed
+):
+    """info["initial_train_loss"]: the untrained network's weighted loss on every k-th training
+    event (k = ceil(n / INITIAL_LOSS_EVENTS)), in memory as streamed (kept in the streamed fit's
+    first pass, across every chunk: a split in file order may hold one class first);
+    info["initial_validation_loss"]: on every validation event."""
     from hepml_steps import dataset
     from hepml_steps.families import torch_nets
 
     X, y = circle(n=1500)
+    order = np.argsort(y, kind="stable")  # the classes one after the other, as concatenated inputs
+    X, y = X[order], y[order]
+    w = np.random.default_rng(2).exponential(size=len(X)).astype(np.float32)
     Xv, yv = circle(n=1200, seed=5)
     wv = np.random.default_rng(1).exponential(size=len(Xv)).astype(np.float32)
     monkeypatch.setattr(torch_nets, "INITIAL_LOSS_EVENTS", 400)
@@ -606,17 +612,15 @@ def test_initial_losses_are_those_of_the_first_or_evenly_spaced_events(monkeypat
     monkeypatch.setattr(m, "_build", build)
     if streamed:
         m.fit_stream(
-            dataset.ArraySource(X, y, chunk_events=300), X_val=dataset.ArraySource(Xv, yv, wv, chunk_events=300)
+            dataset.ArraySource(X, y, w, chunk_events=300), X_val=dataset.ArraySource(Xv, yv, wv, chunk_events=300)
         )
-        pick = slice(0, 400)
     else:
-        m.fit(X, y, X_val=Xv, y_val=yv, w_val=wv)
-        pick = slice(None, None, 3)  # 1200 validation events, step 3 -> 400
+        m.fit(X, y, sample_weight=w, X_val=Xv, y_val=yv, w_val=wv)
     net = m.scorer.net
     net.load_state_dict(untrained["state"])
     cpu = torch.device("cpu")
-    expected, _ = m._evaluate(net, *m._as_tensors(Xv[pick], yv[pick], wv[pick], cpu))
+    expected, _ = m._evaluate(net, *m._as_tensors(Xv, yv, wv, cpu))
     assert m.info["initial_validation_loss"] == pytest.approx(expected, rel=1e-6)
-    tpick = slice(0, 400) if streamed else slice(None, None, 4)  # 1500 training events, step 4
-    expected, _ = m._evaluate(net, *m._as_tensors(X[tpick], y[tpick], np.ones(len(X))[tpick].astype(np.float32), cpu))
+    pick = slice(None, None, 4)  # 1500 training events, k = 4: 375 events of both classes
+    expected, _ = m._evaluate(net, *m._as_tensors(X[pick], y[pick], w[pick], cpu))
     assert m.info["initial_train_loss"] == pytest.approx(expected, rel=1e-6)

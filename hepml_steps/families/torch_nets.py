@@ -101,9 +101,8 @@ INFERENCE_BATCH = 65536
 CPU_SCORE_BATCH = 1024
 #: the epoch's training loss is summed every this many mini-batches
 LOSS_FLUSH = 1024
-#: the initial training and validation losses (``info["initial_train_loss"]``,
-#: ``info["initial_validation_loss"]``) are evaluated on at most about this many events
-#: (evenly spaced; the first events of a streamed fit, whose splits are in a random order)
+#: the initial training loss (``info["initial_train_loss"]``) is evaluated on at most
+#: this many evenly spaced training events (a streamed fit keeps them in its first pass)
 INITIAL_LOSS_EVENTS = 10_000
 #: a classifier's validation AUC of each epoch (``history["validation_auc"]``, a learning
 #: curve: early stopping watches the validation loss of every event) is computed on at most
@@ -599,9 +598,9 @@ class TorchFamily(Family):
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         with _threads(self.n_threads), torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(self.seed)
-            self.scaling, self._signed = self._fit_scaling_stream(source)
+            self.scaling, self._signed, sample = self._fit_scaling_stream(source)
             scorer = self._build(self.n_features, self.scaling).to(device)
-            train = _Streamed(self, source, device)
+            train = _Streamed(self, source, device, sample)
             if X_val is None:
                 val = None
             elif is_source(X_val):
@@ -614,15 +613,31 @@ class TorchFamily(Family):
         self.info["streamed"] = {"events": int(source.n_events), "buffer_events": int(self.shuffle_buffer_events)}
         return self
 
-    def _fit_scaling_stream(self, source) -> tuple[dict, bool]:
+    def _fit_scaling_stream(self, source) -> tuple[dict, bool, tuple]:
         """:meth:`_fit_scaling` over the chunks of ``source`` (each checked as :meth:`fit`
-        checks ``X``, ``w``), and whether any fit weight is negative."""
+        checks ``X``, ``w``), whether any fit weight is negative, and the events of the
+        initial training loss: every k-th event of the split (``X, y, w``; k the smallest
+        stride that keeps :data:`INITIAL_LOSS_EVENTS` or fewer), as :meth:`fit` takes them.
+        The sample is copied into arrays allocated once (small copies kept per chunk would
+        sit on the heap between the freed chunks)."""
         moments = _Moments()
         out: dict = {}
         signed = False
+        step = max(1, math.ceil(source.n_events / INITIAL_LOSS_EVENTS))
+        sample, n_kept, offset = None, 0, 0
         for X, y, w in source.chunks():
             X = self._as_X(X, "X")
             w = self._as_w(w, len(X), "sample_weight")
+            first = (-offset) % step
+            part = (X[first::step], None if y is None else np.asarray(y)[first::step], w[first::step])
+            if sample is None:
+                n = len(range(0, source.n_events, step))
+                sample = tuple(None if a is None else np.empty((n, *a.shape[1:]), a.dtype) for a in part)
+            for kept, a in zip(sample, part):
+                if kept is not None:
+                    kept[n_kept : n_kept + len(a)] = a
+            n_kept += len(part[0])
+            offset += len(X)
             part = self._fit_scaling(X, y, w)  # checks the targets of the chunk
             if "n_classes" in part:
                 out["n_classes"] = max(out.get("n_classes", 0), part["n_classes"])
@@ -632,7 +647,8 @@ class TorchFamily(Family):
             signed = signed or bool(np.any(w < 0))
         if self.task == "multiclass" and self.n_classes:
             out["n_classes"] = int(self.n_classes)
-        return {**out, **self._scaling_from_moments(moments)}, signed
+        sample = tuple(None if a is None else a[:n_kept] for a in sample)
+        return {**out, **self._scaling_from_moments(moments)}, signed, sample
 
     def _scaling_column(self, X, y):
         """What :meth:`_fit_scaling` takes moments of (``None``: nothing), for the streamed fit."""
@@ -668,12 +684,12 @@ class TorchFamily(Family):
         optimizer = self._make_optimizer(net.parameters())
         streamed = isinstance(train, _Streamed)
         if streamed:
-            self.info["initial_train_loss"] = train.loss(net, INITIAL_LOSS_EVENTS)
+            self.info["initial_train_loss"] = train.initial_loss(net)
         else:
             step = max(1, math.ceil(len(train[0]) / INITIAL_LOSS_EVENTS))
             self.info["initial_train_loss"], _ = self._evaluate(net, *(t[::step] for t in train))
         if val is not None:
-            self.info["initial_validation_loss"] = val.loss(net, INITIAL_LOSS_EVENTS)
+            self.info["initial_validation_loss"], _ = val.evaluate(net)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
         rng = np.random.default_rng(self.seed)
         epoch, started = -1, time.perf_counter()
@@ -906,32 +922,20 @@ class TorchFamily(Family):
 
 class _Streamed:
     """The training events of :meth:`TorchFamily.fit_stream`: mini-batches of a
-    shuffled pass over a FitSource, converted to tensors batch by batch."""
+    shuffled pass over a FitSource (each chunk converted once, as the shuffle buffer
+    holds it), and the evenly spaced ``sample`` ``(X, y, w)`` of the initial loss."""
 
-    def __init__(self, family: TorchFamily, source, device):
-        self.family, self.source, self.device = family, source, device
+    def __init__(self, family: TorchFamily, source, device, sample=None):
+        self.family, self.source, self.device, self.sample = family, source, device, sample
 
     def _tensors(self, X, y, w):
         inp, tgt = self.family._training_tensors(np.asarray(X, dtype=np.float32), y)
         w = np.asarray(w, dtype=np.float32)
         return _tensor(inp).to(self.device), _tensor(tgt).to(self.device), _tensor(w).to(self.device)
 
-    def loss(self, net, at_least: int) -> float:
-        """The weighted mean loss (eval mode, no grad) over the first ``at_least`` events
-        (the events of a prepared split are in a random order)."""
-        loss_sum = w_sum = 0.0
-        n = 0
-        for X, y, w in self.source.chunks():
-            if n >= at_least:
-                break
-            k = at_least - n
-            X, y, w = X[:k], (None if y is None else y[:k]), w[:k]
-            n += len(X)
-            Xt, Tt, Wt = self._tensors(X, y, w)
-            loss, _ = self.family._evaluate(net, Xt, Tt, Wt)
-            total = float(Wt.sum())
-            loss_sum, w_sum = loss_sum + loss * total, w_sum + total
-        return loss_sum / w_sum if w_sum > 0 else float("nan")
+    def initial_loss(self, net) -> float:
+        """The weighted mean loss (eval mode, no grad) of the evenly spaced ``sample``."""
+        return self.family._evaluate(net, *self._tensors(*self.sample))[0]
 
     def _training_arrays(self, X, y, w):
         """A chunk's (network input, target or None when it is the input, weights) as the
@@ -968,11 +972,6 @@ class _HeldValidation:
     def evaluate(self, net):
         """(weighted mean loss, outputs of every event): :meth:`TorchFamily._evaluate`."""
         return self.family._evaluate(net, *self.tensors)
-
-    def loss(self, net, at_least: int) -> float:
-        """The weighted mean loss over about ``at_least`` events, evenly spaced."""
-        step = max(1, math.ceil(len(self.tensors[0]) / at_least))
-        return self.family._evaluate(net, *(t[::step] for t in self.tensors))[0]
 
 
 class _StreamedValidation(_Streamed):
