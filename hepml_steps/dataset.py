@@ -846,12 +846,11 @@ def _weight_scale(w, y, weighting: str, task: str, negative: str):
                 )
             factors[cls] = (n / len(labels), total)
 
-        def balanced(wb, yb):
+        def balanced(wb, yb):  # per class (w * per) / total, as fit_weights; no gather or scatter
             wb = signed_policy(wb, negative)
             out = np.empty_like(wb)
             for cls, (per, total) in factors.items():
-                m = yb == cls
-                out[m] = wb[m] * per / total
+                np.divide(wb * per, total, out=out, where=yb == cls)
             return out
 
         return balanced

@@ -583,21 +583,21 @@ def test_validation_auc_of_each_epoch_is_that_of_evenly_spaced_validation_events
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_initial_losses_are_those_of_evenly_spaced_training_events_and_every_validation_event(
-    monkeypatch, streamed
-):
-    """info["initial_train_loss"]: the untrained network's weighted loss on every k-th training
-    event (k = ceil(n / INITIAL_LOSS_EVENTS)), in memory as streamed (kept in the streamed fit's
-    first pass, across every chunk: a split in file order may hold one class first);
-    info["initial_validation_loss"]: on every validation event."""
+def test_initial_losses_are_those_of_every_kth_event(monkeypatch, streamed):
+    """info["initial_train_loss"] and ["initial_validation_loss"]: the untrained network's weighted
+    loss on every k-th event of the split (k = ceil(n / INITIAL_LOSS_EVENTS)), in memory as
+    streamed (across every chunk, not the first ones: a split in file order may hold one class
+    first; the streamed training ones kept in the fit's first pass)."""
     from hepml_steps import dataset
     from hepml_steps.families import torch_nets
 
     X, y = circle(n=1500)
     order = np.argsort(y, kind="stable")  # the classes one after the other, as concatenated inputs
     X, y = X[order], y[order]
-    w = np.random.default_rng(2).exponential(size=len(X)).astype(np.float32)
     Xv, yv = circle(n=1200, seed=5)
+    order = np.argsort(yv, kind="stable")
+    Xv, yv = Xv[order], yv[order]
+    w = np.random.default_rng(2).exponential(size=len(X)).astype(np.float32)
     wv = np.random.default_rng(1).exponential(size=len(Xv)).astype(np.float32)
     monkeypatch.setattr(torch_nets, "INITIAL_LOSS_EVENTS", 400)
     m = mlp(hidden_layers=[8], epochs=1)
@@ -619,7 +619,8 @@ def test_initial_losses_are_those_of_evenly_spaced_training_events_and_every_val
     net = m.scorer.net
     net.load_state_dict(untrained["state"])
     cpu = torch.device("cpu")
-    expected, _ = m._evaluate(net, *m._as_tensors(Xv, yv, wv, cpu))
+    vpick = slice(None, None, 3)  # 1200 validation events, k = 3
+    expected, _ = m._evaluate(net, *m._as_tensors(Xv[vpick], yv[vpick], wv[vpick], cpu))
     assert m.info["initial_validation_loss"] == pytest.approx(expected, rel=1e-6)
     pick = slice(None, None, 4)  # 1500 training events, k = 4: 375 events of both classes
     expected, _ = m._evaluate(net, *m._as_tensors(X[pick], y[pick], w[pick], cpu))

@@ -101,8 +101,10 @@ INFERENCE_BATCH = 65536
 CPU_SCORE_BATCH = 1024
 #: the epoch's training loss is summed every this many mini-batches
 LOSS_FLUSH = 1024
-#: the initial training loss (``info["initial_train_loss"]``) is evaluated on at most
-#: this many evenly spaced training events (a streamed fit keeps them in its first pass)
+#: the losses before training (``info["initial_train_loss"]``, ``info["initial_validation_loss"]``)
+#: are evaluated on every k-th event, k the smallest stride that keeps at most this many (a
+#: streamed fit keeps the training ones in its first pass): a pass over 2M validation events
+#: took 0.7 s, 2 % of the streamed fit at 10M events
 INITIAL_LOSS_EVENTS = 10_000
 #: a classifier's validation AUC of each epoch (``history["validation_auc"]``, a learning
 #: curve: early stopping watches the validation loss of every event) is computed on at most
@@ -623,21 +625,11 @@ class TorchFamily(Family):
         moments = _Moments()
         out: dict = {}
         signed = False
-        step = max(1, math.ceil(source.n_events / INITIAL_LOSS_EVENTS))
-        sample, n_kept, offset = None, 0, 0
+        sample = _EveryKth(source.n_events, INITIAL_LOSS_EVENTS)
         for X, y, w in source.chunks():
             X = self._as_X(X, "X")
             w = self._as_w(w, len(X), "sample_weight")
-            first = (-offset) % step
-            part = (X[first::step], None if y is None else np.asarray(y)[first::step], w[first::step])
-            if sample is None:
-                n = len(range(0, source.n_events, step))
-                sample = tuple(None if a is None else np.empty((n, *a.shape[1:]), a.dtype) for a in part)
-            for kept, a in zip(sample, part):
-                if kept is not None:
-                    kept[n_kept : n_kept + len(a)] = a
-            n_kept += len(part[0])
-            offset += len(X)
+            sample.add(X, y, w)
             part = self._fit_scaling(X, y, w)  # checks the targets of the chunk
             if "n_classes" in part:
                 out["n_classes"] = max(out.get("n_classes", 0), part["n_classes"])
@@ -647,8 +639,7 @@ class TorchFamily(Family):
             signed = signed or bool(np.any(w < 0))
         if self.task == "multiclass" and self.n_classes:
             out["n_classes"] = int(self.n_classes)
-        sample = tuple(None if a is None else a[:n_kept] for a in sample)
-        return {**out, **self._scaling_from_moments(moments)}, signed, sample
+        return {**out, **self._scaling_from_moments(moments)}, signed, sample.result()
 
     def _scaling_column(self, X, y):
         """What :meth:`_fit_scaling` takes moments of (``None``: nothing), for the streamed fit."""
@@ -686,10 +677,9 @@ class TorchFamily(Family):
         if streamed:
             self.info["initial_train_loss"] = train.initial_loss(net)
         else:
-            step = max(1, math.ceil(len(train[0]) / INITIAL_LOSS_EVENTS))
-            self.info["initial_train_loss"], _ = self._evaluate(net, *(t[::step] for t in train))
+            self.info["initial_train_loss"] = _HeldValidation(self, train, None, None).initial_loss(net)
         if val is not None:
-            self.info["initial_validation_loss"], _ = val.evaluate(net)
+            self.info["initial_validation_loss"] = val.initial_loss(net)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
         rng = np.random.default_rng(self.seed)
         epoch, started = -1, time.perf_counter()
@@ -973,6 +963,11 @@ class _HeldValidation:
         """(weighted mean loss, outputs of every event): :meth:`TorchFamily._evaluate`."""
         return self.family._evaluate(net, *self.tensors)
 
+    def initial_loss(self, net) -> float:
+        """The weighted mean loss of every k-th event (:data:`INITIAL_LOSS_EVENTS`)."""
+        step = max(1, math.ceil(len(self.tensors[0]) / INITIAL_LOSS_EVENTS))
+        return self.family._evaluate(net, *(t[::step] for t in self.tensors))[0]
+
 
 class _StreamedValidation(_Streamed):
     """The validation split as a FitSource, evaluated chunk by chunk (file order).
@@ -987,6 +982,15 @@ class _StreamedValidation(_Streamed):
     def __init__(self, family: TorchFamily, source, device):
         super().__init__(family, source, device)
         self.y = self.w = None
+
+    def initial_loss(self, net) -> float:
+        """The weighted mean loss of every k-th event (:data:`INITIAL_LOSS_EVENTS`), read in
+        one pass over the chunks, each checked as :meth:`evaluate` checks them."""
+        sample = _EveryKth(self.source.n_events, INITIAL_LOSS_EVENTS)
+        for X, y, w in self.source.chunks():
+            X = self.family._as_X(X, "X_val")
+            sample.add(X, y, self.family._as_w(w, len(X), "w_val"))
+        return self.family._evaluate(net, *self._tensors(*sample.result()))[0]
 
     def evaluate(self, net):
         """(weighted mean loss, outputs of every event), as :meth:`TorchFamily._evaluate`
@@ -1008,6 +1012,33 @@ class _StreamedValidation(_Streamed):
             start += len(out)
             del out
         return (loss_sum / w_sum if w_sum > 0 else float("nan")), res
+
+
+class _EveryKth:
+    """Every k-th event of a pass over chunks ``(X, y, w)`` (``y`` may be None), k the smallest
+    stride that keeps at most ``at_most`` of ``n_events``: the events ``[::k]`` of the
+    concatenated chunks, copied into arrays allocated at the first chunk (small copies kept
+    per chunk would sit on the heap between the freed chunks)."""
+
+    def __init__(self, n_events: int, at_most: int):
+        self.step = max(1, math.ceil(n_events / at_most))
+        self.size = len(range(0, n_events, self.step))
+        self.kept, self.n, self.offset = None, 0, 0
+
+    def add(self, X, y, w) -> None:
+        first = (-self.offset) % self.step
+        part = (X[first :: self.step], None if y is None else np.asarray(y)[first :: self.step], w[first :: self.step])
+        if self.kept is None:
+            self.kept = tuple(None if a is None else np.empty((self.size, *a.shape[1:]), a.dtype) for a in part)
+        for kept, a in zip(self.kept, part):
+            if kept is not None:
+                kept[self.n : self.n + len(a)] = a
+        self.n += len(part[0])
+        self.offset += len(X)
+
+    def result(self) -> tuple:
+        """(X, y or None, w) of the events kept."""
+        return tuple(None if a is None else a[: self.n] for a in self.kept)
 
 
 class _Moments:
