@@ -625,3 +625,28 @@ def test_initial_losses_are_those_of_every_kth_event(monkeypatch, streamed):
     pick = slice(None, None, 4)  # 1500 training events, k = 4: 375 events of both classes
     expected, _ = m._evaluate(net, *m._as_tensors(X[pick], y[pick], w[pick], cpu))
     assert m.info["initial_train_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["classification", "autoencoder"])
+def test_onnx_export_falls_back_to_the_dynamo_exporter(case, tmp_path, monkeypatch):
+    """The TorchScript exporter is tried first (a fraction of the dynamo one's time); where it
+    fails (a torch without it) the dynamo exporter writes a model that still equals predict_score."""
+    X, y = easy(500)
+    m = (
+        mlp(epochs=2).fit(X, y)
+        if case == "classification"
+        else AutoencoderFamily(task="anomaly", params={"epochs": 2}).fit(X)
+    )
+    real, calls = torch.onnx.export, []
+
+    def export(*a, dynamo=True, **k):
+        calls.append(dynamo)
+        if not dynamo:
+            raise RuntimeError("no TorchScript exporter in this torch")
+        return real(*a, dynamo=dynamo, **k)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    path = tmp_path / "model.onnx"
+    m.to_onnx(path)
+    assert calls == [False, True]
+    np.testing.assert_allclose(_onnx_scores(path, X[:77]), m.predict_score(X[:77]), rtol=1e-5, atol=1e-5)

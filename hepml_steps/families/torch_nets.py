@@ -858,8 +858,10 @@ class TorchFamily(Family):
     def to_onnx(self, path, n_features: int | None = None) -> None:
         """Write the model as ONNX: input ``features`` [N, n_features] -> output ``score`` [N] (= predict_score).
 
-        Uses the dynamo exporter when onnxscript is installed, else the legacy
-        TorchScript exporter (``dynamo=False``).
+        Uses torch's TorchScript exporter (``dynamo=False``, opset 17): for a
+        64-64 MLP of 15 inputs it took 0.16 s where the dynamo exporter took 1.9
+        s, a fixed cost of every torch train job. The dynamo exporter (it needs
+        onnxscript) is the fallback, where the TorchScript one is missing or fails.
         """
         import onnx
 
@@ -871,25 +873,8 @@ class TorchFamily(Family):
             )
         model = copy.deepcopy(self.scorer).cpu().eval()
         example = (torch.zeros(2, self.n_features, dtype=torch.float32),)
-        try:
-            import onnxscript  # noqa: F401  (needed by the dynamo exporter)
-
-            dynamo = True
-        except ImportError:
-            dynamo = False
         with torch.no_grad(), _threads(self.n_threads), _quiet_exporter():
-            if dynamo:
-                program = torch.onnx.export(
-                    model,
-                    example,
-                    dynamo=True,
-                    input_names=["features"],
-                    output_names=["score"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),
-                    verbose=False,
-                )
-                proto = program.model_proto
-            else:
+            try:
                 buf = io.BytesIO()
                 torch.onnx.export(
                     model,
@@ -902,6 +887,21 @@ class TorchFamily(Family):
                     dynamic_axes={"features": {0: "batch"}, "score": {0: "batch"}},
                 )
                 proto = onnx.load_from_string(buf.getvalue())
+            except Exception as legacy_error:
+                try:
+                    import onnxscript  # noqa: F401  (needed by the dynamo exporter)
+                except ImportError:
+                    raise legacy_error from None
+                program = torch.onnx.export(
+                    model,
+                    example,
+                    dynamo=True,
+                    input_names=["features"],
+                    output_names=["score"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    verbose=False,
+                )
+                proto = program.model_proto
         onnx.checker.check_model(proto)
         names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
         if names != (["features"], ["score"]):
