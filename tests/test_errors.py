@@ -448,7 +448,22 @@ def test_sigterm_in_a_steps_own_process_unwinds_and_exits_143(tmp_path, capsys):
     assert seen[-1] == before
 
 
-def test_a_stop_inside_a_deferred_block_is_held_then_raised_on_leaving_it():
+@pytest.fixture
+def interactive_signals():
+    """SIGINT and SIGTERM as an interactive Python process has them (a shell starts a background
+    job, e.g. ``pytest &``, with SIGINT ignored, which stopping rightly leaves ignored), restored
+    after the test."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def test_a_stop_inside_a_deferred_block_is_held_then_raised_on_leaving_it(interactive_signals):
     """stopping.deferred: a SIGTERM that comes while C code may call back into Python is only
     recorded (pending), raised as Terminated on leaving the outermost block, also over an
     exception the block raised meanwhile; outside a block it is raised at once."""
@@ -476,7 +491,7 @@ def test_a_stop_inside_a_deferred_block_is_held_then_raised_on_leaving_it():
     assert signal.getsignal(signal.SIGINT) == before
 
 
-def test_after_a_stop_either_signal_kills_and_an_ignored_signal_stays_ignored():
+def test_after_a_stop_either_signal_kills_and_an_ignored_signal_stays_ignored(interactive_signals):
     """Once a stop is raised, SIGTERM and SIGINT are both back to the default action (a second
     one kills while the first unwinds); a signal the process was started ignoring is left so."""
     import signal
