@@ -497,6 +497,12 @@ class TorchFamily(Family):
         loss = loss_sum / w_sum if w_sum > 0 else float("nan")
         return loss, res
 
+    def _every_kth_loss(self, net, tensors) -> float:
+        """:meth:`_evaluate`'s loss of every k-th event of ``tensors`` (input, target, weight),
+        k the smallest stride that keeps at most :data:`INITIAL_LOSS_EVENTS`."""
+        step = max(1, math.ceil(len(tensors[0]) / INITIAL_LOSS_EVENTS))
+        return self._evaluate(net, *(t[::step] for t in tensors))[0]
+
     def _evaluate_sums(self, net, Xt, Tt, Wt):
         """:meth:`_evaluate`'s sums: (Σ w·loss, Σ w, outputs)."""
         net.eval()
@@ -677,7 +683,7 @@ class TorchFamily(Family):
         if streamed:
             self.info["initial_train_loss"] = train.initial_loss(net)
         else:
-            self.info["initial_train_loss"] = _HeldValidation(self, train, None, None).initial_loss(net)
+            self.info["initial_train_loss"] = self._every_kth_loss(net, train)
         if val is not None:
             self.info["initial_validation_loss"] = val.initial_loss(net)
         stop = _EarlyStopping(p["early_stopping_patience"] if val is not None else 0)
@@ -965,8 +971,7 @@ class _HeldValidation:
 
     def initial_loss(self, net) -> float:
         """The weighted mean loss of every k-th event (:data:`INITIAL_LOSS_EVENTS`)."""
-        step = max(1, math.ceil(len(self.tensors[0]) / INITIAL_LOSS_EVENTS))
-        return self.family._evaluate(net, *(t[::step] for t in self.tensors))[0]
+        return self.family._every_kth_loss(net, self.tensors)
 
 
 class _StreamedValidation(_Streamed):
