@@ -925,9 +925,9 @@ class _Streamed:
         self.family, self.source, self.device, self.sample = family, source, device, sample
 
     def _tensors(self, X, y, w):
-        inp, tgt = self.family._training_tensors(np.asarray(X, dtype=np.float32), y)
-        w = np.asarray(w, dtype=np.float32)
-        return _tensor(inp).to(self.device), _tensor(tgt).to(self.device), _tensor(w).to(self.device)
+        """(input, target, weight) tensors on the device of :meth:`_training_arrays`' arrays."""
+        inp, tgt, w = (None if a is None else _tensor(a).to(self.device) for a in self._training_arrays(X, y, w))
+        return inp, (inp if tgt is None else tgt), w
 
     def initial_loss(self, net) -> float:
         """The weighted mean loss (eval mode, no grad) of the evenly spaced ``sample``."""
