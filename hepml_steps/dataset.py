@@ -218,17 +218,7 @@ def fit_weights(w, y, weighting: str, task: str, negative: str = "ignore") -> np
         return np.where(w == 0, 0.0, 1.0) if negative == "ignore" else np.ones_like(w)
     labels = tasks.get(task).balance_classes(y) if weighting == "balanced" else None
     if labels is not None:
-        out = np.empty_like(w)
-        for cls in labels:
-            m = y == cls
-            total = w[m].sum()
-            if total <= 0:
-                raise DataError(
-                    f"class {cls} has non-positive total weight {total:g} "
-                    f"(negative_weights: {negative}); cannot balance"
-                )
-            out[m] = w[m] * (len(w) / len(labels)) / total
-        return out
+        return w * _balance_factors(w, y, labels, negative)[np.asarray(y, dtype=np.intp)]
     if weighting in ("balanced", "physical"):
         total = w.sum()
         if total <= 0:
@@ -733,20 +723,20 @@ class ParquetSource(FitSource):
         return self._prepare(table.slice(s, e - s))
 
     def _prepare(self, table):
-        """(X, y, w) of an Arrow table: X built column by column in C order (no pandas
-        copy of the features), the other columns through pandas as :func:`read_fit` reads them."""
-        keys = [c for c in self.read_columns if c not in set(self.columns)]
-        df = table.select(keys).to_pandas().reset_index(drop=True)  # index labels = row positions
-        keep = _task_events(df, self.task, self.what).index.to_numpy()
-        all_rows = len(keep) == len(df)
-        if not all_rows:
-            df = df.iloc[keep]
-        y = self.task.targets(df, self.spec.get("target"), self.what, self.classes)
-        if self.classes is not None and len(df) and (y < 0).any():
-            keep, df, y = keep[y >= 0], df[y >= 0], y[y >= 0]
-            all_rows = False
-        w = self._scale(df[WEIGHT].to_numpy(dtype=np.float64), y)
-        X = _arrow_matrix(table if all_rows else table.select(self.columns).take(keep), self.columns)
+        """(X, y, w) of an Arrow table with the rules of :func:`read_fit`: X built column by
+        column in C order, the targets by :meth:`Task.batch_targets` (no pandas copy for a
+        task that reads them from Arrow), the events a task does not fit on left out."""
+        keys = table.select([c for c in self.read_columns if c not in set(self.columns)])
+        keep = None  # row positions kept (None: all)
+        if self.task.background_only:  # the selection of read_fit (_task_events), through pandas
+            keep = _task_events(keys.to_pandas().reset_index(drop=True), self.task, self.what).index.to_numpy()
+            keys = keys.take(keep)
+        y = self.task.batch_targets(keys, self.spec.get("target"), self.what, self.classes)
+        if self.classes is not None and len(y) and (y < 0).any():
+            known = np.flatnonzero(y >= 0)
+            keep, keys, y = (known if keep is None else keep[known]), keys.take(known), y[known]
+        w = self._scale(keys.column(WEIGHT).to_numpy(zero_copy_only=False).astype(np.float64, copy=False), y)
+        X = _arrow_matrix(table if keep is None else table.select(self.columns).take(keep), self.columns)
         return _fill(X, self.columns, self.fill), y, w
 
 
@@ -837,29 +827,37 @@ def _weight_scale(w, y, weighting: str, task: str, negative: str):
     n = len(w)
     labels = tasks.get(task).balance_classes(y) if weighting == "balanced" else None
     if labels is not None:
-        factors = {}
-        for cls in labels:
-            total = w[y == cls].sum()
-            if total <= 0:
-                raise DataError(
-                    f"class {cls} has non-positive total weight {total:g} (negative_weights: {negative}); cannot balance"
-                )
-            factors[cls] = (n / len(labels), total)
-
-        def balanced(wb, yb):  # per class (w * per) / total, as fit_weights; no gather or scatter
-            wb = signed_policy(wb, negative)
-            out = np.empty_like(wb)
-            for cls, (per, total) in factors.items():
-                np.divide(wb * per, total, out=out, where=yb == cls)
-            return out
-
-        return balanced
+        factors = _balance_factors(w, y, labels, negative)
+        return lambda wb, yb: signed_policy(wb, negative) * factors[np.asarray(yb, dtype=np.intp)]
     if weighting in ("balanced", "physical"):
         total = w.sum()
         if total <= 0:
             raise DataError(f"events have non-positive total weight {total:g} (negative_weights: {negative})")
         return lambda wb, yb: signed_policy(wb, negative) * n / total
     raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
+
+
+def _balance_factors(w, y, labels, negative: str) -> np.ndarray:
+    """The factor of ``balanced`` weighting per class index: ``n / (K · W_c)`` for each of
+    the K classes ``labels`` (non-negative integers), W_c the class's total weight in ``w``
+    (after the negative policy) and n = len(w), so every class sums to n / K; NaN for an
+    index that is not a class.
+
+    Raises
+    ------
+    DataError
+        A class with non-positive total weight.
+    """
+    labels = [int(c) for c in labels]
+    factors = np.full(max(labels, default=-1) + 1, np.nan)
+    for cls in labels:
+        total = w[y == cls].sum()
+        if total <= 0:
+            raise DataError(
+                f"class {cls} has non-positive total weight {total:g} (negative_weights: {negative}); cannot balance"
+            )
+        factors[cls] = len(w) / len(labels) / total
+    return factors
 
 
 def _known_classes(df, y, classes: list, cap_rec: dict, target: str, what: str, refuse_lost: bool = True):
