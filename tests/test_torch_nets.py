@@ -627,6 +627,32 @@ def test_initial_losses_are_those_of_every_kth_event(monkeypatch, streamed):
     assert m.info["initial_train_loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("epochs", [0, 1, 3])
+def test_streamed_validation_is_read_once_per_epoch(epochs):
+    """The streamed fit takes the untrained network's validation loss in the first epoch's
+    read of the validation split (a pass of its own only when no epoch runs), and it is the
+    same loss as a fit with the validation split in memory gives."""
+    from hepml_steps import dataset
+
+    X, y = circle(n=1200)
+    Xv, yv = circle(n=900, seed=5)
+    wv = np.random.default_rng(1).exponential(size=len(Xv)).astype(np.float32)
+
+    class Counted(dataset.ArraySource):
+        passes = 0
+
+        def chunks(self, rng=None):
+            Counted.passes += 1
+            return super().chunks(rng)
+
+    val = Counted(Xv, yv, wv, chunk_events=250)
+    m = mlp(hidden_layers=[8], epochs=epochs).fit_stream(dataset.ArraySource(X, y, chunk_events=250), X_val=val)
+    assert Counted.passes == max(epochs, 1)
+    held = mlp(hidden_layers=[8], epochs=epochs).fit(X, y, X_val=Xv, y_val=yv, w_val=wv)
+    assert m.info["initial_validation_loss"] == pytest.approx(held.info["initial_validation_loss"], rel=1e-6)
+    assert len(m.history["validation_loss"]) == epochs
+
+
 @pytest.mark.parametrize("case", ["classification", "autoencoder"])
 def test_onnx_export_falls_back_to_the_dynamo_exporter(case, tmp_path, monkeypatch):
     """The TorchScript exporter is tried first (a fraction of the dynamo one's time); where it
