@@ -48,6 +48,47 @@ log = logging.getLogger("hepml.apply")
 CHUNK_SIZE = 100_000
 
 
+def output_names(inputs: list[tuple[str, str]]) -> list[str]:
+    """The output file name of each input ``(path, format)`` (format ``root`` or other):
+    ``<stem>.root`` for ROOT, else ``<stem>.parquet``.
+
+    Inputs whose names would be the same get the parent folders that tell them
+    apart, as few as needed, joined before it: ``data/2017/nano.root`` and
+    ``data/2018/nano.root`` give ``2017_nano.root`` and ``2018_nano.root``; the
+    same file given twice gives ``nano.root`` and ``1_nano.root``. Deterministic
+    for the order of ``inputs``; the names are unique.
+    """
+    import collections
+    import os
+
+    base = [Path(p).stem + (".root" if fmt == "root" else ".parquet") for p, fmt in inputs]
+    names = list(base)
+    for name, n in collections.Counter(base).items():
+        if n == 1:
+            continue
+        idx = [i for i, b in enumerate(base) if b == name]
+        paths = [os.path.abspath(inputs[i][0]) for i in idx]
+        distinct = list(dict.fromkeys(paths))
+        parents = {p: Path(p).parent.parts[1:] for p in distinct}  # without the leading "/"
+        told = {distinct[0]: name}
+        for depth in range(1, max(map(len, parents.values())) + 1) if len(distinct) > 1 else ():
+            tried = {p: "_".join((*parents[p][-depth:], name)) for p in distinct}
+            if len(set(tried.values())) == len(distinct):
+                told = tried
+                break
+        for i, p in zip(idx, paths):
+            names[i] = told.get(p, name)  # left alike (same folders, e.g. .csv and .parquet): numbered below
+    seen: set = set()
+    for i, name in enumerate(names):  # the same file again, or a made-up name that is another's own
+        k, unique = 0, name
+        while unique in seen:
+            k += 1
+            unique = f"{k}_{name}"
+        names[i] = unique
+        seen.add(unique)
+    return names
+
+
 def apply(
     model_dirs: list[str],
     path: str,

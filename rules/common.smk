@@ -89,26 +89,28 @@ def model_targets():
 
 
 def _apply_jobs():
-    """Output name (``<file stem>.root`` / ``.parquet``) -> {path, tree, format} of every
-    file of ``apply.inputs`` (globs expanded now; one apply job per file)."""
+    """Output name (``<file stem>.root`` / ``.parquet``, :func:`hepml_steps.apply.output_names`
+    when stems collide) -> {path, tree, format} of every file of ``apply.inputs`` (globs
+    expanded now; one apply job per file)."""
     from hepml_steps.errors import ConfigError
     from hepml_steps.readers import expand_files
 
     unknown = [m for m in config["apply"]["models"] or [] if m not in MODELS]
     if unknown:
         raise ConfigError(f"apply.models: {unknown} are not selected models ({sorted(MODELS)})")
-    jobs = {}
+    from hepml_steps.apply import output_names
+
+    found = []
     for i, spec in enumerate(config["apply"]["inputs"]):
         files, unmatched = expand_files(spec["path"], spec.get("pattern"))
         if unmatched:
             raise ConfigError(f"apply.inputs[{i}].path: no file matches {unmatched}")
-        for f in files:
-            fmt = spec.get("format") or ("root" if f.endswith(".root") else None)
-            key = Path(f).stem + (".root" if fmt == "root" else ".parquet")
-            if key in jobs:
-                key = f"{i}_{key}"
-            jobs[key] = {"path": f, "tree": spec.get("tree"), "format": spec.get("format")}
-    return jobs
+        found += [(f, spec) for f in files]
+    kinds = [(f, spec.get("format") or ("root" if f.endswith(".root") else None)) for f, spec in found]
+    return {
+        name: {"path": f, "tree": spec.get("tree"), "format": spec.get("format")}
+        for name, (f, spec) in zip(output_names(kinds), found)
+    }
 
 
 APPLY = hepml_config.exit_on_error(_apply_jobs)

@@ -111,3 +111,38 @@ def test_collections_share_a_counter_only_when_they_count_alike():
         apply._check_counts(later, shared, "in.root")
     with pytest.raises(DataError, match=r"in.root: branch 'nJet' does not count the objects of 'Jet_eta'"):
         apply._check_counts(later, {"Jet_eta": "nJet"}, "in.root")
+
+
+def test_output_names_tell_colliding_stems_apart():
+    """One output per input, never two alike: the stem, the parent folders that tell
+    colliding stems apart, a number for the same file given twice."""
+    names = apply.output_names(
+        [
+            ("d/2017/nano.root", "root"),
+            ("d/2018/nano.root", "root"),
+            ("e/2018/nano.root", "root"),
+            ("d/2017/nano.root", "root"),  # again, from another apply.inputs entry
+            ("d/2017/nano.parquet", None),
+            ("x/single.root", "root"),
+            ("2017_nano.root", "root"),  # its own name is a made-up one
+        ]
+    )
+    assert names == [
+        "d_2017_nano.root",
+        "d_2018_nano.root",
+        "e_2018_nano.root",
+        "1_d_2017_nano.root",
+        "nano.parquet",
+        "single.root",
+        "2017_nano.root",
+    ]
+    assert apply.output_names([("a/2017/nano.root", "root"), ("a/2018/nano.root", "root")]) == [
+        "2017_nano.root",
+        "2018_nano.root",
+    ]
+    assert apply.output_names([("a/nano.root", "root"), ("a/nano.root", "root"), ("a/nano.root", "root")]) == [
+        "nano.root",
+        "1_nano.root",
+        "2_nano.root",
+    ]
+    assert apply.output_names([("a/nano.csv", None), ("a/nano.parquet", None)]) == ["nano.parquet", "1_nano.parquet"]

@@ -227,6 +227,22 @@ def test_global_tuning_skips_tasks_without_objective_and_explicit_request_is_an_
     )
 
 
+def test_apply_inputs_with_one_stem_get_one_job_each(tmp_path):
+    """Files of apply.inputs that share a name (one per period folder, or one file given
+    twice) each get their own apply job and output, named by the folders that differ."""
+    for period in ("2017", "2018", "2019"):
+        (tmp_path / "data" / period).mkdir(parents=True)
+        (tmp_path / "data" / period / "nano.root").write_bytes(b"")
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(
+        "apply:\n  inputs:\n    - {path: data/*/nano.root, tree: Events}\n"
+        "    - {path: data/2018/nano.root, tree: Events}\n"
+    )
+    plan = snakemake(tmp_path, "--configfile", str(TINY), str(cfg), "-n")
+    planned = set(re.findall(r"results/apply/(\S+?\.root)\b", plan.stdout + plan.stderr))
+    assert planned == {"2017_nano.root", "2018_nano.root", "2019_nano.root", "1_2018_nano.root"}, planned
+
+
 def test_bad_config_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("split:\n  fractionz: {train: 0.5}\n")
