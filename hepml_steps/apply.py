@@ -52,11 +52,14 @@ def output_names(inputs: list[tuple[str, str]]) -> list[str]:
     """The output file name of each input ``(path, format)`` (format ``root`` or other):
     ``<stem>.root`` for ROOT, else ``<stem>.parquet``.
 
-    Inputs whose names would be the same get the parent folders that tell them
-    apart, as few as needed, joined before it: ``data/2017/nano.root`` and
-    ``data/2018/nano.root`` give ``2017_nano.root`` and ``2018_nano.root``; the
-    same file given twice gives ``nano.root`` and ``1_nano.root``. Deterministic
-    for the order of ``inputs``; the names are unique.
+    Inputs whose names would be the same get the folders that tell them apart
+    (below the folder they share), as few as needed, joined before it:
+    ``data/2017/nano.root`` and ``data/2018/nano.root`` give ``2017_nano.root``
+    and ``2018_nano.root``; ``nano.root`` and ``old/nano.root`` give
+    ``nano.root`` and ``old_nano.root``. What is still alike (the same file
+    given twice; ``nano.csv`` beside ``nano.parquet``) is numbered: ``nano.root``,
+    ``1_nano.root``. The names are unique and depend only on ``inputs`` (their
+    order included), not on the working directory.
     """
     import collections
     import os
@@ -69,17 +72,18 @@ def output_names(inputs: list[tuple[str, str]]) -> list[str]:
         idx = [i for i, b in enumerate(base) if b == name]
         paths = [os.path.abspath(inputs[i][0]) for i in idx]
         distinct = list(dict.fromkeys(paths))
-        parents = {p: Path(p).parent.parts[1:] for p in distinct}  # without the leading "/"
-        told = {distinct[0]: name}
-        for depth in range(1, max(map(len, parents.values())) + 1) if len(distinct) > 1 else ():
-            tried = {p: "_".join((*parents[p][-depth:], name)) for p in distinct}
-            if len(set(tried.values())) == len(distinct):
-                told = tried
+        shared = os.path.commonpath([os.path.dirname(p) for p in distinct])
+        parents = {p: Path(os.path.relpath(os.path.dirname(p), shared)).parts for p in distinct}
+        parents = {p: () if parts == (".",) else parts for p, parts in parents.items()}
+        deepest = max(map(len, parents.values()))
+        for depth in range(1, deepest + 1):
+            told = {p: "_".join((*parents[p][-depth:], name)) for p in distinct}
+            if len(set(told.values())) == len(distinct):
                 break
         for i, p in zip(idx, paths):
-            names[i] = told.get(p, name)  # left alike (same folders, e.g. .csv and .parquet): numbered below
+            names[i] = told[p] if deepest else name
     seen: set = set()
-    for i, name in enumerate(names):  # the same file again, or a made-up name that is another's own
+    for i, name in enumerate(names):  # still alike, or a made-up name that is another's own: numbered
         k, unique = 0, name
         while unique in seen:
             k += 1

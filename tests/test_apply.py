@@ -146,3 +146,13 @@ def test_output_names_tell_colliding_stems_apart():
         "2_nano.root",
     ]
     assert apply.output_names([("a/nano.csv", None), ("a/nano.parquet", None)]) == ["nano.parquet", "1_nano.parquet"]
+    # folders below the shared one only: the same names wherever the workflow runs
+    assert apply.output_names([("nano.root", "root"), ("old/nano.root", "root")]) == ["nano.root", "old_nano.root"]
+    assert apply.output_names([("/abs/nano.root", "root"), ("/abs/old/nano.root", "root")]) == [
+        "nano.root",
+        "old_nano.root",
+    ]
+    # what stays alike is numbered; the others keep their folders
+    assert apply.output_names(
+        [("d/2017/nano.csv", None), ("d/2017/nano.parquet", None), ("d/2018/nano.parquet", None)]
+    ) == ["2017_nano.parquet", "1_2017_nano.parquet", "2018_nano.parquet"]
