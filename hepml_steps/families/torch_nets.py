@@ -998,7 +998,9 @@ class _StreamedValidation(_Streamed):
     def begin(self, net) -> None:
         """Keep a copy of the untrained ``net``: the first :meth:`evaluate` takes its loss
         of every k-th event (:data:`INITIAL_LOSS_EVENTS`) in the same read of the split
-        (a pass of its own cost as much as an epoch's validation: 0.34 s at 2M events)."""
+        (a pass of its own cost as much as an epoch's validation: 0.34 s at 2M events).
+        A non-finite validation value is therefore reported after the first epoch, not
+        before it (the training split is checked before training, in its own first pass)."""
         self._untrained, self._initial = copy.deepcopy(net), None
 
     def initial_loss(self) -> float:
