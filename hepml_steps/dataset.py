@@ -227,8 +227,10 @@ def fit_weights(w, y, weighting: str, task: str, negative: str = "ignore") -> np
     raise ConfigError(f"training weighting '{weighting}' unknown; use one of {WEIGHTINGS}")
 
 
-def select_features(df, wanted, target=None) -> list[str]:
-    """The feature columns of a model: ``wanted``, or every feature column of ``df``; never ``target``.
+def select_features(df, wanted, target=None, prepared: dict | None = None) -> list[str]:
+    """The feature columns of a model: ``wanted``, or every feature column of ``df``; never
+    ``target``, nor the columns the features step made from it (``prepared``, the prepared
+    table's ``attrs["hepml"]``: a class-name target's one-hot columns, its missing indicator).
 
     ``df`` is a table (its ``columns``) or its column names, in file order
     (:func:`hepml_steps.io.columns_of`).
@@ -246,8 +248,9 @@ def select_features(df, wanted, target=None) -> list[str]:
         cols = list(wanted)
     else:
         cols = available
-    if target is not None and target in cols:
-        cols.remove(target)  # never learn a target from itself
+    if target is not None:  # never learn a target from itself
+        own = {target, *((prepared or {}).get("derived_from") or {}).get(target, [])}
+        cols = [c for c in cols if c not in own]
     return cols
 
 
@@ -359,14 +362,14 @@ def read_fit(
         cap_rec = {"cap": cap, "applied": False, "n_before": len(df), "n_after": len(df)}  # n <= cap here
     if df.empty:
         raise DataError(f"{what}: {path} has no events")
-    cols = select_features(names, spec.get("features"), target)
+    prepared = table_attrs(path).get(_attrs_key())
+    cols = select_features(names, spec.get("features"), target, prepared)
     y = task.targets(df, target, what, classes)
     task.check_fit_targets(y, what)
     if classes is not None:
         rows = rows[y >= 0]
         df, y = _known_classes(df, y, classes, cap_rec, target, what, refuse_lost=warn_cap)
     w = df[WEIGHT].to_numpy(dtype=np.float64)
-    prepared = table_attrs(path).get(_attrs_key())
     X = _rows_matrix(pf, rows, cols, path)
     if not handles_missing(spec.get("family")):
         _log_filled(what, _fill_in_place(X, cols, (prepared or {}).get("fill") or {}), spec.get("family"))
@@ -777,11 +780,11 @@ def stream_fit(
     weighting, negative = spec.get("weighting", "balanced"), spec.get("negative_weights", "ignore")
     pf = parquet_file(path)
     names = pf.schema_arrow.names
-    columns = select_features(columns_of(path), spec.get("features"), target)
+    prepared = table_attrs(path).get(_attrs_key())  # the features step's fill values, read explicitly
+    columns = select_features(columns_of(path), spec.get("features"), target, prepared)
     key_cols = [c for c in _key_columns(names, task, target, None) if c != EVENT_ID]
     key_cols += [c for c in (WEIGHT, LABEL) if c in names and c not in key_cols]
     first = read_parquet(path, columns=key_cols)
-    prepared = table_attrs(path).get(_attrs_key())  # the features step's fill values, read explicitly
     given = classes is not None
     if not given:
         classes = task.learn_classes(first, target, what)

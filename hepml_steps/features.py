@@ -68,7 +68,9 @@ out of the features with a warning listing them (``left_out`` in the transform).
 string branches): one-hot encoded, the categories fitted on train (sorted,
 missing values a category of their own), one 0/1 column ``<name>_cat<i>`` per
 category ``categories[<name>][i]``; a value not seen in train sets none of
-them (counted per split in ``unseen``). A column with more than
+them (counted per split in ``unseen``); the one-hot columns of a model's
+target are never that model's features (``derived_from`` in the table's
+attrs, :func:`derived_columns`). A column with more than
 ``features.max_categories`` categories on train is an identifier or free
 text rather than a category: left out with a warning when chosen by default,
 an error when listed in ``features.columns``.
@@ -530,8 +532,21 @@ def _apply(df, transform: dict, where: str, counts: dict):
     table.attrs[ATTRS_KEY] = {
         "fill": {} if "pca_components" in transform else transform.get("fill", {}),
         "identifier_like": transform.get("identifier_like", {}),
+        "derived_from": {} if "pca_components" in transform else derived_columns(transform),
     }
     return table
+
+
+def derived_columns(transform: dict) -> dict[str, list[str]]:
+    """Column -> the feature columns made from it besides itself: its one-hot columns
+    ``<name>_cat<i>`` and its missing indicator ``<name>_missing`` (a model whose target
+    the column is must not learn from them: :func:`hepml_steps.dataset.select_features`)."""
+    out: dict[str, list[str]] = {}
+    for c in transform.get("missing_indicators", []):
+        out.setdefault(c, []).append(c + MISSING_SUFFIX)
+    for c, cats in transform.get("categories", {}).items():
+        out.setdefault(c, []).extend(f"{c}{CATEGORY_SUFFIX}{i}" for i in range(len(cats)))
+    return out
 
 
 def _apply_columns(names: list[str], transform: dict) -> list[str]:

@@ -24,9 +24,10 @@ label, weight, name, format, process, cut}``:
   alias, default 1);
 - ``name``: the name hashed into the event ids (default: the file's name;
   for a glob the pattern's last part, for a list the names joined by ``+``);
-- ``process``: an integer written to the ``process`` column for every event —
-  TMVA's multiclass ``AddTree(tree, className)``; give it for every input or
-  for none; never a feature;
+- ``process``: a class index (integer) or class name (``ttbar``) written to
+  the ``process`` column for every event — TMVA's multiclass
+  ``AddTree(tree, className)``; give it for every input or for none, names
+  or numbers for all; never a feature;
 - ``cut``: a selection for this input, combined (and) with
   ``data.files.cut`` for all inputs — TMVA's ``PrepareTrainingAndTestTree(cut)``.
 
@@ -610,8 +611,11 @@ def _chunk(plan: _Plan, desc: str, arrays: dict, n: int, first_entry: int, s: Se
     if "target" in values:
         t = values["target"]
         cols[TARGET] = t.astype(np.int8) if t.dtype == np.bool_ else np.array(t, copy=True)
-    if spec.get("process") is not None:
-        cols[PROCESS] = np.full(m, int(spec["process"]), dtype=np.int64)
+    process = spec.get("process")
+    if isinstance(process, str):  # a class name: a string column (as a text branch is kept)
+        cols[PROCESS] = pa.repeat(pa.scalar(process, pa.string()), m)
+    elif process is not None:
+        cols[PROCESS] = np.full(m, int(process), dtype=np.int64)
     return pa.table(cols), m
 
 

@@ -182,8 +182,14 @@ def check_inputs(inputs, expand: bool = True, error: type = ConfigError) -> list
         ):
             raise ConfigError(f"{where} ({path}): weight must be a finite number, got {weight!r}")
         process = spec.get("process")
-        if process is not None and (isinstance(process, bool) or not isinstance(process, numbers.Integral)):
-            raise ConfigError(f"{where} ({path}): process must be an integer (the class index), got {process!r}")
+        if process is not None and not (
+            (isinstance(process, numbers.Integral) and not isinstance(process, bool) and process >= 0)
+            or (isinstance(process, str) and process.strip())
+        ):
+            raise ConfigError(
+                f"{where} ({path}): process must be a class index (an integer >= 0) or a class name "
+                f"(a non-empty string such as ttbar), got {process!r}"
+            )
         if spec.get("format") is not None and spec["format"] not in FORMATS:
             raise ConfigError(f"{where} ({path}): format {spec['format']!r} unknown; use one of {FORMATS}")
         if spec.get("cut") is not None:
@@ -196,6 +202,13 @@ def check_inputs(inputs, expand: bool = True, error: type = ConfigError) -> list
         raise ConfigError(
             f"data.files.inputs: 'process' is given for {listing(with_process)} but not for "
             f"{listing(without)}; give every input its process or none"
+        )
+    named = [s["path"] for s in inputs if isinstance(s.get("process"), str)]
+    if named and len(named) != len(inputs):
+        numbered = [s["path"] for s in inputs if not isinstance(s.get("process"), str)]
+        raise ConfigError(
+            f"data.files.inputs: 'process' is a class name for {listing(named)} but a number for "
+            f"{listing(numbered)}; use names or numbers for all"
         )
     return list(inputs)
 

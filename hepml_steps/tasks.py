@@ -523,22 +523,23 @@ def _discriminant_objective(objective: str, y, score, w) -> float:
 
 
 # -- targets ---------------------------------------------------------------------
-def target_column(df, target: str | None, kind: str, task: str, what: str):
+def target_column(df, target: str | None, kind: str, task: str, what: str, names: bool = False):
     """A model's ``target`` column of ``df`` in physical units.
 
     Read from the features step's unstandardised copy ``target:<name>`` when
     the table has one, else from the column ``<name>`` itself (a reserved
     column such as ``process``, which is never standardised, or a table that
-    did not go through the features step).
+    did not go through the features step). With ``names``, a column of
+    strings (class names such as ``ttbar``) is accepted too.
 
     Raises
     ------
     ConfigError
         No ``target`` given.
     DataError
-        The column is absent, or not numeric.
+        The column is absent, or not numeric (nor strings, with ``names``).
     """
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_string_dtype
 
     if not target:
         raise ConfigError(f"{what}: a {task} model needs 'target' (the {kind}'s name)")
@@ -548,23 +549,47 @@ def target_column(df, target: str | None, kind: str, task: str, what: str):
             break
     else:
         raise DataError(f"{what}: {kind} '{target}' not found in the prepared features")
+    if names and is_string_dtype(col.dtype) and not is_numeric_dtype(col.dtype):
+        return col
     if not is_numeric_dtype(col.dtype) or is_bool_dtype(col.dtype):
-        raise DataError(f"{what}: {kind} '{target}' is not numeric (dtype {col.dtype})")
+        also = " nor class names" if names else ""
+        raise DataError(f"{what}: {kind} '{target}' is not numeric{also} (dtype {col.dtype})")
     return col
 
 
+def _class_names(values) -> np.ndarray | None:
+    """``values`` as an array of str when they are class names (strings; a missing one
+    as ""), else None."""
+    import pandas as pd
+
+    v = np.asarray(values)
+    if v.dtype.kind == "U":
+        return v
+    if v.dtype.kind == "O" and pd.api.types.infer_dtype(v.ravel(), skipna=True) == "string":
+        return np.where(pd.isna(v), "", v).astype(str)
+    return None
+
+
 def learn_classes(col, target: str, what: str) -> list:
-    """The sorted distinct values of a multiclass target (2 to :data:`MAX_CLASSES` of them).
+    """The sorted distinct values of a multiclass target (2 to :data:`MAX_CLASSES` of them):
+    numbers, or class names (str, sorted as text: ``["QCD", "tt", "ttH"]``).
 
     Raises
     ------
     DataError
-        Non-finite values, one class only, or more than :data:`MAX_CLASSES` values.
+        Non-finite or missing values, one class only, or more than :data:`MAX_CLASSES` values.
     """
-    v = np.asarray(col, dtype=np.float64)
-    if not np.all(np.isfinite(v)):
-        raise DataError(f"{what}: class column '{target}' has {int((~np.isfinite(v)).sum())} non-finite values")
-    classes = np.unique(v)
+    names = _class_names(col)
+    if names is not None:
+        missing = int((names == "").sum())
+        if missing:
+            raise DataError(f"{what}: class column '{target}' has {missing} missing or empty class names")
+        classes = np.unique(names)
+    else:
+        v = np.asarray(col, dtype=np.float64)
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"{what}: class column '{target}' has {int((~np.isfinite(v)).sum())} non-finite values")
+        classes = np.unique(v)
     if len(classes) < 2:
         raise DataError(f"{what}: class column '{target}' has one class only in the training split")
     if len(classes) > MAX_CLASSES:
@@ -573,13 +598,34 @@ def learn_classes(col, target: str, what: str) -> list:
             f"{MAX_CLASSES}); a multiclass target holds class labels — use task 'regression' "
             "for a continuous target"
         )
+    if names is not None:
+        return [str(c) for c in classes]
     return [int(c) if float(c).is_integer() else float(c) for c in classes]
 
 
 def encode_classes(values, classes) -> np.ndarray:
-    """Indices of ``values`` into ``classes`` (int64, shape of ``values``); −1 where a value is not a class."""
-    ref = np.asarray(classes, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
+    """Indices of ``values`` into ``classes`` (int64, shape of ``values``); −1 where a value
+    is not a class (for class names: also a number, a missing or an empty value).
+
+    Raises
+    ------
+    DataError
+        Class names against numeric values, or the reverse (a model trained on the other kind).
+    """
+    if any(isinstance(c, str) for c in classes):
+        ref = np.asarray(classes, dtype=str)
+        v = _class_names(values)
+        if v is None:
+            if np.asarray(values).dtype.kind in "biuf":
+                raise DataError(f"class names {list(classes)} cannot be matched to numeric class values")
+            return np.full(np.shape(values), -1, dtype=np.int64)
+    else:
+        ref = np.asarray(classes, dtype=np.float64)
+        if _class_names(values) is not None:
+            raise DataError(f"numeric classes {list(classes)} cannot be matched to class names")
+        v = np.asarray(values, dtype=np.float64)
+    if len(ref) == 0:
+        return np.full(np.shape(v), -1, dtype=np.int64)
     idx = np.clip(np.searchsorted(ref, v), 0, len(ref) - 1)
     return np.where(ref[idx] == v, idx, -1).astype(np.int64)
 
@@ -745,12 +791,12 @@ class Multiclass(Task):
     rank_by = ("roc_auc", True)
 
     def learn_classes(self, df, target, what):
-        return learn_classes(target_column(df, target, self.target_kind, self.name, what), target, what)
+        return learn_classes(target_column(df, target, self.target_kind, self.name, what, names=True), target, what)
 
     def targets(self, df, target, what, classes=None):
         """Indices of the ``target`` values into ``classes`` (learned from ``df``
         when not given); −1 for a value that is not among ``classes``."""
-        col = target_column(df, target, self.target_kind, self.name, what)
+        col = target_column(df, target, self.target_kind, self.name, what, names=True)
         if classes is None:
             classes = learn_classes(col, target, what)
         return encode_classes(col.to_numpy(), classes)

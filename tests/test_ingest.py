@@ -548,11 +548,45 @@ def test_process_per_input_feeds_a_multiclass_model(tmp_path):
     assert "process" not in rec2["features"]
 
 
-def test_process_must_be_an_integer_and_given_for_every_input(tmp_path):
+def test_process_names_are_a_string_column_and_the_classes(tmp_path):
+    """``process: ttbar``: the class name of every event of the input, a string column
+    that a multiclass model learns its classes from (sorted names)."""
+    from hepml_steps import train as tr
+
+    files = [_root_tree(tmp_path / f"p{k}.root", _features(300, 20 + k, shift=40.0 * k)) for k in range(3)]
+    names = ["ttH", "tt", "QCD"]
+    out = tmp_path / "events.parquet"
+    s = ing.ingest(
+        [{"path": str(f), "label": int(k == 0), "process": names[k]} for k, f in enumerate(files)],
+        out,
+        weight_column="w",
+    )
+    df = pd.read_parquet(out)
+    assert df.groupby("process").size().to_dict() == {"QCD": 300, "tt": 300, "ttH": 300}
+    assert [f["process"] for f in s["files"]] == names and "process" not in s["features"]
+    rec = tr.train(
+        str(out),
+        str(out),
+        "procs",
+        {"family": "xgboost", "task": "multiclass", "target": "process", "params": {"n_estimators": 10}},
+        str(tmp_path / "model"),
+        str(tmp_path / "rec.json"),
+    )
+    assert rec["classes"] == ["QCD", "tt", "ttH"]
+
+
+def test_process_must_be_a_class_index_or_name_and_given_for_every_input(tmp_path):
     a, b = (_root_tree(tmp_path / f"{n}.root", _features(50, i)) for i, n in enumerate("ab"))
-    with pytest.raises(ConfigError, match=r"inputs\[0\] .*process must be an integer .*'ttbar'"):
+    for bad in (-1, True, "", 1.5):
+        with pytest.raises(ConfigError, match=r"inputs\[0\] .*process must be a class index .* or a class name"):
+            ing.ingest(
+                [{"path": str(a), "label": 1, "process": bad}, {"path": str(b), "label": 0, "process": 1}],
+                tmp_path / "o.parquet",
+            )
+    with pytest.raises(ConfigError, match=r"'process' is a class name for .*a\.root but a number for .*b\.root"):
         ing.ingest(
-            [{"path": str(a), "label": 1, "process": "ttbar"}, {"path": str(b), "label": 0}], tmp_path / "o.parquet"
+            [{"path": str(a), "label": 1, "process": "ttbar"}, {"path": str(b), "label": 0, "process": 0}],
+            tmp_path / "o.parquet",
         )
     with pytest.raises(ConfigError, match=r"'process' is given for .*a\.root but not for .*b\.root"):
         ing.ingest([{"path": str(a), "label": 1, "process": 1}, {"path": str(b), "label": 0}], tmp_path / "o.parquet")

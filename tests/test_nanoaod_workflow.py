@@ -152,3 +152,57 @@ def test_a_failing_step_puts_its_error_line_on_the_console_without_show_failed_l
     assert res.returncode == 1
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("hepml: error:")]
     assert len(lines) == 1 and "MET_ptt" in lines[0], res.stderr[-3000:]
+
+
+def test_process_names_train_a_multiclass_model(tmp_path):
+    """TMVA's AddTree(tree, "ttbar"): inputs with a class name as ``process`` give a
+    multiclass model whose classes are the names (sorted), predict and apply write a
+    probability per class, and the confusion matrix names the classes."""
+    wd = tmp_path / "wd"
+    sample(wd / "data", "ttree", True, 600, seed=3)
+    sample(wd / "data", "ttree", False, 600, seed=4)
+    sample(wd / "data" / "qcd", "ttree", False, 600, seed=5)
+    files = CONFIG["data"]["files"]
+    config = {
+        **CONFIG,
+        "data": {
+            "source": "files",
+            "files": {
+                **files,
+                "inputs": [
+                    {"path": "data/sig_0.root", "label": 1, "process": "ttH"},
+                    {"path": "data/bkg_0.root", "label": 0, "process": "tt"},
+                    {"path": "data/qcd/bkg_0.root", "label": 0, "process": "QCD", "name": "qcd"},
+                ],
+            },
+        },
+        "select_models": ["procs"],
+        "models": {
+            "procs": {
+                "family": "xgboost",
+                "task": "multiclass",
+                "target": "process",
+                "params": {"n_estimators": 10, "max_depth": 2},
+            }
+        },
+        "apply": {"inputs": [{"path": "data/sig_0.root", "tree": "Events"}]},
+    }
+    res = _snakemake(wd, config=config)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    out = wd / "results"
+    events = pd.read_parquet(out / "data" / "events.parquet")
+    assert events.groupby("process").size().to_dict().keys() == {"QCD", "tt", "ttH"}
+    rec = json.loads((out / "records" / "procs.train.json").read_text())
+    assert rec["classes"] == ["QCD", "tt", "ttH"] and "process" not in rec["features"]
+    pred = pd.read_parquet(out / "predictions" / "procs.parquet")
+    assert {"prob_0", "prob_1", "prob_2"} <= set(pred.columns)
+    metrics = json.loads((out / "metrics" / "procs.json").read_text())
+    assert metrics["confusion"]["classes"] == ["QCD", "tt", "ttH"], metrics.get("confusion")
+    assert metrics["metrics"]["roc_auc"] > 0.6  # ttH apart from the two backgrounds
+    assert (out / "plots" / "procs" / "confusion_matrix.png").exists()
+    import uproot
+
+    with uproot.open(out / "apply" / "sig_0.root") as f:
+        scored = f["Events"].arrays(["procs_prob_0", "procs_prob_1", "procs_prob_2"], library="np")
+    total = scored["procs_prob_0"] + scored["procs_prob_1"] + scored["procs_prob_2"]
+    assert len(total) == 600 and abs(total - 1).max() < 1e-5

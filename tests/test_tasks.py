@@ -78,3 +78,51 @@ def test_a_regression_target_is_read_in_physical_units(prepared):
     test = p[p.split == "test"]
     assert np.allclose(test["target"], pd.read_parquet(raw["test"])["m"])
     assert np.sqrt(np.mean((test["score"] - test["target"]) ** 2)) < 5.0  # GeV, not standard deviations
+
+
+def test_multiclass_classes_may_be_names():
+    """A multiclass target of class names (strings): the sorted names are the classes,
+    a name not among them is −1, a missing or empty name is refused when learning, and
+    names are never matched against numbers (a model trained on the other kind)."""
+    from hepml_steps.errors import DataError
+
+    task = tasks.get("multiclass")
+    df = pd.DataFrame({"process": ["ttH", "tt", "QCD", "tt"], "f0": [0.1, 0.2, 0.3, 0.4]})
+    classes = task.learn_classes(df, "process", "m")
+    assert classes == ["QCD", "tt", "ttH"] and all(type(c) is str for c in classes)
+    assert task.targets(df, "process", "m", classes).tolist() == [2, 1, 0, 1]
+    other = pd.DataFrame({"process": ["tt", "WJets", None, "ttH"]})
+    assert task.targets(other, "process", "m", classes).tolist() == [1, -1, -1, 2]
+    with pytest.raises(DataError, match=r"class column 'process' has 1 missing or empty class names"):
+        task.learn_classes(other, "process", "m")
+    with pytest.raises(DataError, match=r"class names \['QCD', 'tt', 'ttH'\] cannot be matched to numeric"):
+        task.targets(pd.DataFrame({"process": [0, 1]}), "process", "m", classes)
+    with pytest.raises(DataError, match=r"numeric classes \[0, 1\] cannot be matched to class names"):
+        task.targets(df, "process", "m", [0, 1])
+    assert tasks.learn_classes(pd.Series([2.0, 0.0, 1.0, 2.0]), "process", "m") == [0, 1, 2]
+    with pytest.raises(DataError, match=r"'f0' is not numeric"):  # regression targets stay numbers
+        tasks.get("regression").targets(pd.DataFrame({"f0": ["a", "b"]}), "f0", "m")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_class_name_target_never_feeds_its_own_model(tmp_path, streamed):
+    """A string column ``sample`` is one-hot encoded by the features step (a feature of
+    other models); the multiclass model whose target it is learns the names as classes
+    and never sees ``sample_cat<i>`` (they would give it the answer)."""
+    raw, out = {}, {}
+    names = np.array(["WJets", "ttbar", "Higgs"])
+    for i, s in enumerate(("train", "validation", "test")):
+        df = make_events(600, seed=40 + i)
+        df["sample"] = names[np.random.default_rng(i).integers(0, 3, len(df))]
+        raw[s], out[s] = str(tmp_path / f"raw_{s}.parquet"), str(tmp_path / f"{s}.parquet")
+        df.to_parquet(raw[s], index=False)
+    features.features(raw, out, str(tmp_path / "transform.json"), targets=["sample"])
+    table = pd.read_parquet(out["train"])
+    assert {"sample_cat0", "sample_cat1", "sample_cat2"} <= set(dataset.select_features(table, None))
+    spec = {"family": "xgboost", "task": "multiclass", "target": "sample", "params": {"n_estimators": 5}}
+    if streamed:
+        spec["stream_above_events"] = 0
+    rec = train.train(out["train"], out["validation"], "procs", spec, str(tmp_path / "m"), str(tmp_path / "m.json"))
+    assert rec["classes"] == ["Higgs", "WJets", "ttbar"]
+    assert not any(f.startswith("sample") for f in rec["features"]), rec["features"]
+    assert (rec["streamed"] is not None) == streamed
