@@ -849,9 +849,12 @@ def _balance_factors(w, y, labels, negative: str) -> np.ndarray:
     Raises
     ------
     DataError
-        A class with non-positive total weight.
+        A class with non-positive total weight, or targets ``y`` other than the classes.
     """
     labels = [int(c) for c in labels]
+    outside = int(np.count_nonzero(~np.isin(y, labels)))
+    if outside:
+        raise DataError(f"{outside} events have a class other than {labels}; cannot balance")
     factors = np.full(max(labels, default=-1) + 1, np.nan)
     for cls in labels:
         total = w[y == cls].sum()

@@ -178,6 +178,20 @@ def test_curvature_scale_leaves_balanced_weights_alone():
     assert curvature_scale(y, balanced, "regression") == 1.0
 
 
+def test_balanced_weights_give_every_class_the_same_total_and_refuse_other_targets():
+    """``balanced``: each class sums to n / K (multiclass indices too, a class absent
+    from a split included); a target that is not one of the classes is an error, not
+    a weight left undefined."""
+    w = np.random.default_rng(0).exponential(size=90)
+    y = np.arange(90) % 3
+    fw = dataset.fit_weights(w, y, "balanced", "multiclass")
+    assert [fw[y == c].sum() for c in range(3)] == pytest.approx([30.0, 30.0, 30.0])
+    two = dataset.fit_weights(w[y != 1], y[y != 1], "balanced", "multiclass")  # classes 0 and 2 only
+    assert two.sum() == pytest.approx(60.0) and np.isfinite(two).all()
+    with pytest.raises(DataError, match=r"1 events have a class other than \[0, 1\]; cannot balance"):
+        dataset.fit_weights(np.ones(4), np.array([0, 1, 2, 1]), "balanced", "classification")
+
+
 def _splits(tmp_path, n=300, yield_ratio=None):
     paths = {}
     for i, s in enumerate(("train", "validation", "test")):
