@@ -12,7 +12,9 @@ input vector:
   training cut would have removed;
 - ``transform``: the fitted part of ``transform.json``
   (:mod:`hepml_steps.features`): derived columns, standardisation, fill
-  values, missing indicators, categories, PCA, the output columns;
+  values, missing indicators, categories, PCA, the output columns — only
+  what makes the model's features (:func:`hepml_steps.features.restrict`),
+  so scoring never needs the model's own target or another model's features;
 - ``format`` (:data:`FORMAT`) and ``hepml_version``.
 
 Its fingerprint (sha256 of its canonical JSON, :func:`fingerprint`) is
@@ -84,8 +86,15 @@ def fingerprint(pre: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make(transform: dict, ingest: dict | None = None) -> dict:
-    """The content of ``preprocessing.json`` from a fitted transform and the ingest settings."""
+def make(transform: dict, ingest: dict | None = None, features: list[str] | None = None) -> dict:
+    """The content of ``preprocessing.json`` from a fitted transform and the ingest settings;
+    with ``features`` (the model's), only the part of the transform that makes them
+    (:func:`hepml_steps.features.restrict`): scoring then needs no column the model does
+    not use (another model's feature, its own target)."""
+    from .features import restrict
+
+    if features is not None:
+        transform = restrict(transform, features)
     t = {k: transform[k] for k in TRANSFORM_KEYS if k in transform}
     pre = {
         "format": FORMAT,
@@ -99,22 +108,17 @@ def make(transform: dict, ingest: dict | None = None) -> dict:
 def raw_columns(transform: dict) -> list[str]:
     """The columns of a raw frame the transform reads: its columns that are not
     derived, then the inputs of the derived columns, each once."""
+    from .features import expression_columns
+
     derived = transform.get("derived") or {}
     need = [c for c in transform["columns"] if c not in derived]
     known = set(need)
     for expr in derived.values():
-        for c in _names(expr):
+        for c in expression_columns(expr):
             if c not in derived and c not in known:
                 need.append(c)
                 known.add(c)
     return need
-
-
-def _names(expr: str) -> list[str]:
-    """The column names an (already checked) derived expression reads, in order."""
-    tree = ast.parse(expr, mode="eval")
-    funcs = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    return list(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in funcs))
 
 
 class Bundle:

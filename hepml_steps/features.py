@@ -372,11 +372,7 @@ def fit(
     if not numeric and not categories:
         raise DataError(f"no feature columns left in {train_path}" + (f" (left out: {left_out})" if left_out else ""))
     indicators = [c for c in numeric if missing_indicators and n_missing[c]]
-    outputs = (
-        numeric
-        + [c + MISSING_SUFFIX for c in indicators]
-        + [f"{c}{CATEGORY_SUFFIX}{i}" for c, cats in categories.items() for i in range(len(cats))]
-    )
+    outputs = _outputs(numeric, indicators, categories)
     clash = [o for o in outputs[len(numeric) :] if o in names]
     if clash:
         raise DataError(
@@ -465,6 +461,69 @@ def _assemble(df, X, transform: dict, fill_missing: bool = False):
         if (~ok).any():
             unseen[c] = int((~ok).sum())
     return np.column_stack(parts) if parts else X, unseen
+
+
+def _outputs(numeric: list[str], indicators: list[str], categories: dict) -> list[str]:
+    """The feature columns, in order: the numeric ones, their missing indicators, the one-hots."""
+    return (
+        numeric
+        + [c + MISSING_SUFFIX for c in indicators]
+        + [f"{c}{CATEGORY_SUFFIX}{i}" for c, cats in categories.items() for i in range(len(cats))]
+    )
+
+
+def expression_columns(expr: str) -> list[str]:
+    """The column names a (checked) derived expression reads, in order of appearance."""
+    import ast
+
+    tree = ast.parse(expr, mode="eval")
+    funcs = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    return list(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in funcs))
+
+
+def restrict(transform: dict, outputs: list[str]) -> dict:
+    """``transform`` limited to what makes the feature columns ``outputs`` (a model's
+    features): the columns, statistics, categories, indicators and derived columns they
+    come from, so that scoring needs no other column (another model's feature, this
+    model's own target). A transform with PCA is returned as it is (every component
+    reads every column).
+
+    Returns
+    -------
+    dict
+        A transform :func:`apply` makes ``outputs`` with (among its own outputs).
+    """
+    if "pca_components" in transform:
+        return transform
+    wanted = set(outputs)
+    numeric = _numeric_columns(transform)
+    categories = {
+        c: cats
+        for c, cats in (transform.get("categories") or {}).items()
+        if any(f"{c}{CATEGORY_SUFFIX}{i}" in wanted for i in range(len(cats)))
+    }
+    indicators = [c for c in transform.get("missing_indicators", []) if c + MISSING_SUFFIX in wanted]
+    kept = [c for c in numeric if c in wanted or c in indicators]
+    columns = [c for c in transform["columns"] if c in kept or c in categories]
+    derived, todo = {}, [c for c in columns if c in (transform.get("derived") or {})]
+    while todo:  # the derived columns kept, and those their expressions read
+        name = todo.pop()
+        if name not in derived:
+            derived[name] = transform["derived"][name]
+            todo += [c for c in expression_columns(derived[name]) if c in transform["derived"]]
+    out = {
+        **transform,
+        "columns": columns,
+        "derived": {k: v for k, v in transform.get("derived", {}).items() if k in derived},  # their order
+        "categories": categories,
+        "missing_indicators": indicators,
+        "fill": {c: v for c, v in (transform.get("fill") or {}).items() if c in kept},
+        "outputs": _outputs(kept, indicators, categories),
+    }
+    for key in ("mean", "std"):
+        if key in transform:
+            out[key] = [transform[key][numeric.index(c)] for c in kept]
+    return out
 
 
 def _numeric_columns(transform: dict) -> list[str]:

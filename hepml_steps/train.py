@@ -400,7 +400,7 @@ def train(
     # the events go before the model files are written (the ONNX check's peak); a streamed
     # fit's sources are in reference cycles (XGBoost's iterator callbacks): collected
     release_heap(collect=streamed)
-    _save(family, meta, out_dir, bundle.make(read_json(transform), ingest) if transform else None)
+    _save(family, meta, out_dir, bundle.make(read_json(transform), ingest, meta["features"]) if transform else None)
     record = {
         **meta,
         "weighting": spec.get("weighting", "balanced"),

@@ -206,3 +206,28 @@ def test_failed_split_leaves_no_output(splits, tmp_path):
         ft.features(splits, outs, str(tmp_path / "t.json"), batch_size=100)
     assert not (tmp_path / "out_test.parquet").exists() and not (tmp_path / "t.json").exists()
     assert not list(tmp_path.glob(".out_test*"))  # no temporary file either
+
+
+def test_restrict_makes_a_models_features_from_its_own_columns_only(tmp_path):
+    """features.restrict: the transform of a model's features reads only the columns
+    they come from (a derived column's inputs, through a chain of derived columns) and
+    makes them value for value as the whole transform does."""
+    path = str(tmp_path / "train.parquet")
+    df = rich_table(800, 3)
+    df.to_parquet(path, index=False)
+    derived = {"dj": "m_jj * 2", "dk": "dj + f0"}
+    t = ft.fit(path, None, derived, missing_indicators=True)
+    assert "f2_missing" in t["outputs"] and "cat_cat0" in t["outputs"] and "m_jj" in t["columns"]
+    whole = ft.apply(df, t, "t")
+    for wanted, needs in [
+        (["f2_missing", "cat_cat1", "dk"], {"f2", "cat", "dk", "dj", "m_jj", "f0"}),
+        (["f0", "f1"], {"f0", "f1"}),
+        (["dj"], {"dj", "m_jj"}),
+    ]:
+        r = ft.restrict(t, wanted)
+        assert set(r["columns"]) | set(r["derived"]) <= needs and set(wanted) <= set(r["outputs"])
+        assert "cat" not in r["columns"] or "cat" in needs
+        narrow = ft.apply(df[[c for c in df.columns if c in needs or c in ("event_id", "label", "weight")]], r, "t")
+        pd.testing.assert_frame_equal(narrow[wanted], whole[wanted], check_exact=True)
+    with_pca = ft.fit(path, None, None, pca=2)
+    assert ft.restrict(with_pca, ["pc0"]) is with_pca

@@ -122,7 +122,45 @@ def test_a_class_name_target_never_feeds_its_own_model(tmp_path, streamed):
     spec = {"family": "xgboost", "task": "multiclass", "target": "sample", "params": {"n_estimators": 5}}
     if streamed:
         spec["stream_above_events"] = 0
-    rec = train.train(out["train"], out["validation"], "procs", spec, str(tmp_path / "m"), str(tmp_path / "m.json"))
+    rec = train.train(
+        out["train"],
+        out["validation"],
+        "procs",
+        spec,
+        str(tmp_path / "m"),
+        str(tmp_path / "m.json"),
+        transform=str(tmp_path / "transform.json"),
+    )
     assert rec["classes"] == ["Higgs", "WJets", "ttbar"]
     assert not any(f.startswith("sample") for f in rec["features"]), rec["features"]
     assert (rec["streamed"] is not None) == streamed
+    # the model scores data without the class column (real data has none)
+    from hepml_steps import bundle
+
+    b = bundle.load(tmp_path / "m")
+    assert "sample" not in b.raw_columns and "sample" not in b.pre["transform"]["columns"]
+    raw = pd.read_parquet(raw["test"])
+    scores = b.score(raw.drop(columns=["sample"]))
+    assert scores.shape == (len(raw), 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_regression_model_scores_data_without_its_target(prepared):
+    """The bundle of a model of ``m`` (also a feature of other models) needs the columns
+    of its own features only: ``m`` is what it predicts, absent from the data it scores."""
+    from hepml_steps import bundle
+
+    raw, out, tmp_path = prepared
+    spec = {"family": "linear_regression", "task": "regression", "target": "m", "features": ["f1", "f2"]}
+    train.train(
+        out["train"],
+        out["validation"],
+        "mass",
+        spec,
+        str(tmp_path / "mass"),
+        str(tmp_path / "mass.json"),
+        transform=str(tmp_path / "transform.json"),
+    )
+    b = bundle.load(tmp_path / "mass")
+    assert b.raw_columns == ["f1", "f2"]
+    test = pd.read_parquet(raw["test"])
+    assert np.allclose(b.score(test[["f1", "f2"]]), b.score(test), atol=0)
