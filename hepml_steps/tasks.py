@@ -548,7 +548,9 @@ def target_column(df, target: str | None, kind: str, task: str, what: str, names
             col = df[name]
             break
     else:
-        raise DataError(f"{what}: {kind} '{target}' not found in the prepared features")
+        from .expressions import hint
+
+        raise DataError(f"{what}: {kind} '{target}' not found in the prepared split{hint(target, df.columns)}")
     if names and is_string_dtype(col.dtype) and not is_numeric_dtype(col.dtype):
         return col
     if not is_numeric_dtype(col.dtype) or is_bool_dtype(col.dtype):

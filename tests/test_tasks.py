@@ -164,3 +164,13 @@ def test_a_regression_model_scores_data_without_its_target(prepared):
     assert b.raw_columns == ["f1", "f2"]
     test = pd.read_parquet(raw["test"])
     assert np.allclose(b.score(test[["f1", "f2"]]), b.score(test), atol=0)
+
+
+def test_a_misspelt_target_is_named_with_the_closest_column():
+    from hepml_steps.errors import DataError
+
+    df = pd.DataFrame({"process": ["tt", "ttH"], "f0": [0.1, 0.2]})
+    with pytest.raises(
+        DataError, match=r"class column 'Process' not found in the prepared split \(did you mean 'process'\?\)"
+    ):
+        tasks.get("multiclass").learn_classes(df, "Process", "model 'm'")
